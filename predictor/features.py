@@ -1,0 +1,160 @@
+"""The feature vector: one definition, used by training and by the router.
+
+A stage's answer is summarised from its token logprobs and top-k
+alternatives, its length and finish reason, simple prompt statistics, the
+stage index, and -- when a lower stage's draft was verified -- the share of the
+draft the stage accepted. ``FEATURE_VERSION`` and ``FEATURE_NAMES`` are
+recorded in every exported model; the runtime refuses a mismatch.
+
+Extraction works on numpy arrays (``AnswerStats``); turning an OpenAI
+``logprobs.content`` list into those arrays is ``AnswerStats.from_choice``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+FEATURE_VERSION = 1
+LOW_LOGPROB = (-0.5, -1.0, -2.3, -4.6)  # p < 0.61, 0.37, 0.1, 0.01
+EDGE = 16  # tokens at the start/end of the answer summarised separately
+_CODE = re.compile(r"```|\bdef |\bclass |\breturn\b|[{};]\s*$", re.M)
+_DIGIT = re.compile(r"\d")
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "lp_mean",
+    "lp_min",
+    "lp_std",
+    "lp_q05",
+    "lp_q25",
+    "lp_q50",
+    *(f"lp_frac_below_{abs(t):g}" for t in LOW_LOGPROB),
+    "lp_mean_first",
+    "lp_mean_last",
+    "entropy_mean",
+    "entropy_max",
+    "margin_mean",
+    "margin_min",
+    "margin_frac_below_0.5",
+    "top1_frac",
+    "log_answer_tokens",
+    "finish_length",
+    "empty_answer",
+    "log_prompt_tokens",
+    "log_prompt_chars",
+    "n_messages",
+    "prompt_code_hint",
+    "prompt_digit_share",
+    "stage_index",
+    "has_draft",
+    "draft_accept_frac",
+    "log_draft_accepted",
+)
+N_FEATURES = len(FEATURE_NAMES)
+INDEX: Mapping[str, int] = {n: i for i, n in enumerate(FEATURE_NAMES)}
+
+
+@dataclass(frozen=True)
+class PromptStats:
+    n_tokens: int
+    n_chars: int
+    n_messages: int
+    code_hint: float
+    digit_share: float
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str], n_tokens: int | None = None) -> PromptStats:
+        joined = "\n".join(texts)
+        n_chars = len(joined)
+        return cls(
+            n_tokens=n_tokens if n_tokens is not None else max(1, n_chars // 4),
+            n_chars=n_chars,
+            n_messages=len(texts),
+            code_hint=1.0 if _CODE.search(joined) else 0.0,
+            digit_share=len(_DIGIT.findall(joined)) / n_chars if n_chars else 0.0,
+        )
+
+
+@dataclass(frozen=True)
+class AnswerStats:
+    token_logprobs: np.ndarray  # (n,) float64 logprob of each chosen token
+    top_logprobs: np.ndarray  # (n, k) float64, descending, -inf where missing
+    finish_reason: str
+
+    @classmethod
+    def from_choice(cls, choice: Mapping[str, Any], k: int) -> AnswerStats:
+        """Arrays from one OpenAI chat choice (``logprobs.content`` entries)."""
+        content = ((choice.get("logprobs") or {}).get("content")) or []
+        n = len(content)
+        chosen = np.empty(n)
+        top = np.full((n, k), -np.inf)
+        for i, entry in enumerate(content):
+            chosen[i] = entry["logprob"]
+            for j, alt in enumerate(entry.get("top_logprobs") or ()):
+                if j >= k:
+                    break
+                top[i, j] = alt["logprob"]
+        return cls(chosen, top, choice.get("finish_reason") or "stop")
+
+
+@dataclass(frozen=True)
+class DraftStats:
+    """Outcome of verifying a lower stage's draft (0 accepted of 0 when none)."""
+
+    accepted_tokens: int
+    draft_tokens: int
+
+
+def _mean(x: np.ndarray) -> float:
+    return float(x.mean()) if x.size else 0.0
+
+
+def answer_features(prompt: PromptStats, answer: AnswerStats, stage: int, draft: DraftStats | None = None) -> np.ndarray:
+    """The feature vector (float32, ``FEATURE_NAMES`` order) for one stage answer."""
+    lp = np.maximum(answer.token_logprobs, -30.0)
+    n = lp.size
+    out = np.zeros(N_FEATURES, dtype=np.float32)
+    if n:
+        q05, q25, q50 = np.quantile(lp, (0.05, 0.25, 0.5))
+        out[0:6] = (lp.mean(), lp.min(), lp.std(), q05, q25, q50)
+        for j, t in enumerate(LOW_LOGPROB):
+            out[6 + j] = (lp < t).mean()
+        out[10] = lp[:EDGE].mean()
+        out[11] = lp[-EDGE:].mean()
+        top = answer.top_logprobs
+        if top.shape[1]:
+            probs = np.exp(np.maximum(top, -30.0))
+            probs = np.where(np.isfinite(top), probs, 0.0)
+            tail = np.clip(1.0 - probs.sum(axis=1), 0.0, 1.0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ent = -(np.where(probs > 0, probs * np.log(probs), 0.0)).sum(axis=1) - np.where(tail > 0, tail * np.log(np.maximum(tail, 1e-30)), 0.0)
+            out[12] = ent.mean()
+            out[13] = ent.max()
+            second = top[:, 1] if top.shape[1] > 1 else np.full(n, -30.0)
+            margin = np.minimum(top[:, 0] - np.maximum(second, -30.0), 30.0)
+            out[14] = margin.mean()
+            out[15] = margin.min()
+            out[16] = (margin < 0.5).mean()
+            out[17] = (lp >= np.maximum(top[:, 0], -30.0) - 1e-4).mean()
+    out[18] = math.log1p(n)
+    out[19] = 1.0 if answer.finish_reason == "length" else 0.0
+    out[20] = 1.0 if n == 0 else 0.0
+    out[21] = math.log1p(prompt.n_tokens)
+    out[22] = math.log1p(prompt.n_chars)
+    out[23] = prompt.n_messages
+    out[24] = prompt.code_hint
+    out[25] = prompt.digit_share
+    out[26] = stage
+    if draft is not None and draft.draft_tokens:
+        out[27] = 1.0
+        out[28] = draft.accepted_tokens / draft.draft_tokens
+        out[29] = math.log1p(draft.accepted_tokens)
+    return out
+
+
+assert N_FEATURES == 30, "update answer_features when FEATURE_NAMES changes"

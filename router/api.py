@@ -1,0 +1,99 @@
+"""The FastAPI app: thin routes over the serving classes.
+
+Request flow: route -> ``parse_chat_request`` (validate) -> ``ChatServing``
+(pass-through or cascade) -> response. Every error leaves as an OpenAI-shaped
+body; nothing escapes as a bare 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import orjson
+from fastapi import FastAPI, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from predictor.interface import Predictor
+from predictor.loader import load_predictor
+from router.cascade import CascadeEngine
+from router.config import Settings
+from router.errors import APIError, parse_chat_request
+from router.metrics import REGISTRY, REQUESTS
+from router.serving_chat import ChatServing
+from router.stage_client import StageClient
+
+log = logging.getLogger("adaptive_sd.router")
+
+
+def _json(body: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAPI:
+    predictor = predictor or load_predictor(settings)
+    clients = [StageClient(s) for s in settings.stages]
+    engine = CascadeEngine(settings, clients, predictor)
+    chat_serving = ChatServing(settings, clients, engine)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        for c in clients:
+            await c.start()
+        try:
+            yield
+        finally:
+            for c in clients:
+                await c.close()
+
+    app = FastAPI(title="adaptive-sd router", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.settings = settings
+    app.state.engine = engine
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return APIError(500, f"internal error: {type(exc).__name__}", type="server_error").response()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        model = "-"
+        try:
+            req = parse_chat_request(await request.body())
+            model = req.model
+            response = await chat_serving.create(req, request.headers)
+        except APIError as exc:
+            REQUESTS.labels(model if exc.status != 404 else "-", str(exc.status)).inc()
+            raise
+        REQUESTS.labels(model, str(response.status_code)).inc()
+        return response
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        cards = [{"id": settings.cascade.model_name, "object": "model", "created": 0, "owned_by": "adaptive-sd"}]
+        cards += [{"id": s.name, "object": "model", "created": 0, "owned_by": "adaptive-sd", "stage": i} for i, s in enumerate(settings.stages)]
+        return _json({"object": "list", "data": cards})
+
+    @app.get("/health")
+    async def health(stages: bool = False) -> Response:
+        """Liveness; with ``?stages=true`` also probes every stage (2 s timeout each)."""
+        body: dict[str, object] = {"status": "ok", "predictor": predictor.name}
+        if stages:
+            states = await asyncio.gather(*(c.healthy() for c in clients))
+            body["stages"] = {c.name: ("ok" if ok else "unreachable") for c, ok in zip(clients, states)}
+            if not all(states):
+                body["status"] = "degraded"
+        return _json(body)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    return app

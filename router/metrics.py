@@ -1,0 +1,20 @@
+"""Prometheus metrics of the router (exposed at ``GET /metrics``)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter("adaptive_sd_requests", "Chat completion requests by model and HTTP status", ["model", "status"], registry=REGISTRY)
+STAGE_CALLS = Counter("adaptive_sd_stage_calls", "Calls to each stage by outcome", ["stage", "outcome"], registry=REGISTRY)
+STAGE_SECONDS = Histogram(
+    "adaptive_sd_stage_seconds", "Wall time of stage calls", ["stage"], registry=REGISTRY,
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+)
+CASCADE_STOPS = Counter("adaptive_sd_cascade_stops", "Cascade requests by the stage that answered", ["stage"], registry=REGISTRY)
+CASCADE_ESCALATIONS = Counter("adaptive_sd_cascade_escalations", "Escalations between stages", ["from_stage", "to_stage"], registry=REGISTRY)
+OVERHEAD_SECONDS = Histogram(
+    "adaptive_sd_router_overhead_seconds", "Router time per request outside stage calls", registry=REGISTRY,
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1),
+)

@@ -1,0 +1,112 @@
+"""The optimal-stopping rule over the ladder (expected cost + λ · expected loss).
+
+After stage i answered with posterior p̂_i, the router either stops (expected
+loss λ(1 - p̂_i)) or pays for some later stage j and continues optimally from
+there. The value of continuing from j is computed by backward induction over
+the stages above, using prompt-only priors for answers not seen yet:
+
+    V_j = c_j + E_{p̂_j}[ min( λ(1 - p̂_j), min_{k>j, k<=m} V_k ) ]
+
+with V at the top allowed stage m equal to c_m + λ(1 - prior_m). When
+``strength`` is None the expectation collapses to the point prior (the plain
+rule of the design notes); with a finite strength, p̂_j is treated as
+Beta(strength·prior, strength·(1-prior)) distributed, which gives seeing an
+intermediate answer its option value. Backward induction is O(L²) with L
+stages and a fixed quadrature grid: microseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+_GRID = 64
+_P_EPS = 1e-3
+_XS = (np.arange(_GRID) + 0.5) / _GRID  # midpoints on (0, 1)
+_LOG_XS = np.log(_XS)
+_LOG_1MXS = np.log1p(-_XS)
+
+
+def beta_weights(mean: float, strength: float) -> np.ndarray:
+    """Discrete Beta(strength·mean, strength·(1-mean)) weights on the midpoint grid."""
+    m = min(max(mean, _P_EPS), 1.0 - _P_EPS)
+    a, b = strength * m, strength * (1.0 - m)
+    logw = (a - 1.0) * _LOG_XS + (b - 1.0) * _LOG_1MXS
+    w = np.exp(logw - logw.max())
+    return w / w.sum()
+
+
+def shrink(p: float, n: float, alpha: float, beta: float) -> float:
+    """Risk adjustment: pull p̂ toward the Beta(alpha, beta) prior mean by evidence n."""
+    return (n * p + alpha) / (n + alpha + beta)
+
+
+@dataclass(frozen=True)
+class Decision:
+    stop: bool
+    next_stage: int | None  # where to go when not stopping
+    stop_value: float  # λ(1 - p̂)
+    continue_value: float  # best V_j over j > i (inf when none)
+
+
+class StoppingPolicy:
+    """Backward induction for one request: costs and priors fixed, λ given."""
+
+    def __init__(
+        self,
+        costs: Sequence[float],
+        priors: Sequence[float],
+        lam: float,
+        *,
+        max_stage: int | None = None,
+        strength: float | None = None,
+    ) -> None:
+        if len(costs) != len(priors) or not costs:
+            raise ValueError("costs and priors must be non-empty and of equal length")
+        self.costs = list(costs)
+        self.priors = list(priors)
+        self.lam = lam
+        self.top = len(costs) - 1 if max_stage is None else min(max_stage, len(costs) - 1)
+        self.strength = strength
+        self.values = self._backward()  # V_j for j = 0..top
+
+    def _expected_min(self, prior: float, cont: float) -> float:
+        """E[min(λ(1 - p̂), cont)] for p̂ around ``prior``."""
+        if self.strength is None or not math.isfinite(cont):
+            return min(self.lam * (1.0 - prior), cont)
+        w = beta_weights(prior, self.strength)
+        return float(np.minimum(self.lam * (1.0 - _XS), cont) @ w)
+
+    def _backward(self) -> list[float]:
+        values = [math.inf] * (self.top + 1)
+        best_above = math.inf
+        for j in range(self.top, -1, -1):
+            values[j] = self.costs[j] + self._expected_min(self.priors[j], best_above)
+            best_above = min(best_above, values[j])
+        return values
+
+    def best_after(self, i: int) -> tuple[int | None, float]:
+        """The cheapest stage to continue at after stage ``i`` (``i = -1``: before any)."""
+        best, value = None, math.inf
+        for j in range(i + 1, self.top + 1):
+            if self.values[j] < value:
+                best, value = j, self.values[j]
+        return best, value
+
+    def start(self, skip_by_prior: bool = True) -> int:
+        """Where to begin: the stage with the lowest expected total, or stage 0."""
+        if not skip_by_prior:
+            return 0
+        best, _ = self.best_after(-1)
+        return best if best is not None else 0
+
+    def decide(self, i: int, p_hat: float) -> Decision:
+        """Stop at stage ``i`` with posterior ``p_hat``, or escalate to the best next stage."""
+        stop_value = self.lam * (1.0 - p_hat)
+        nxt, cont = self.best_after(i)
+        if nxt is None or stop_value <= cont:
+            return Decision(True, None, stop_value, cont)
+        return Decision(False, nxt, stop_value, cont)

@@ -1,0 +1,222 @@
+"""``POST /v1/chat/completions``: pass-through to a named stage, or the cascade.
+
+The route stays thin; this class validates the cascade knobs (λ, max stage),
+runs the engine, and shapes the OpenAI response: the answering stage's body
+with ``model`` set to what the client asked for, ``usage`` summed over every
+stage called, client-requested logprobs only, and the ``x-cascade-*`` headers
+that say what happened.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import orjson
+from starlette.responses import Response, StreamingResponse
+
+from predictor.features import PromptStats
+from router.cascade import CascadeEngine, CascadeRequest, CascadeResult
+from router.config import Settings
+from router.errors import APIError
+from router.metrics import CASCADE_STOPS, OVERHEAD_SECONDS, STAGE_CALLS, STAGE_SECONDS
+from router.protocol import ChatCompletionRequest
+from router.stage_client import StageClient, StageFailure
+
+LAMBDA_HEADER = "x-cascade-lambda"
+MAX_STAGE_HEADER = "x-cascade-max-stage"
+_CASCADE_FIELDS = {"cascade_lambda", "cascade_max_stage"}
+_JSON = "application/json"
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _sse(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
+
+
+def _error_event(exc: Exception) -> bytes:
+    status = getattr(exc, "status", 502)
+    return _sse(orjson.dumps(APIError(status, str(exc), type="upstream_error").body()))
+
+
+class ChatServing:
+    def __init__(self, settings: Settings, clients: list[StageClient], engine: CascadeEngine) -> None:
+        self.settings = settings
+        self.clients = {c.name: c for c in clients}
+        self.engine = engine
+        self.cascade_name = settings.cascade.model_name
+
+    # -- entry ----------------------------------------------------------------
+    async def create(self, req: ChatCompletionRequest, headers: Mapping[str, str]) -> Response:
+        t0 = time.perf_counter()
+        if req.model == self.cascade_name:
+            return await self._cascade(req, headers, t0)
+        client = self.clients.get(req.model)
+        if client is None:
+            known = ", ".join([self.cascade_name, *self.clients])
+            raise APIError(404, f"The model '{req.model}' does not exist; available: {known}", param="model", code="model_not_found")
+        for name in _CASCADE_FIELDS:
+            if getattr(req, name) is not None:
+                raise APIError(400, f"'{name}' only applies to model '{self.cascade_name}'", param=name)
+        return await self._passthrough(req, client, t0)
+
+    # -- pass-through ---------------------------------------------------------
+    async def _passthrough(self, req: ChatCompletionRequest, client: StageClient, t0: float) -> Response:
+        body = req.model_dump(exclude_none=True, exclude=_CASCADE_FIELDS | {"model"})
+        headers = {"x-cascade-stage": client.name, "x-cascade-path": client.name}
+        try:
+            if req.stream:
+                events = await client.stream(body)
+                overhead = time.perf_counter() - t0
+                headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"
+                return StreamingResponse(self._relay(events, client), media_type="text/event-stream", headers={**_SSE_HEADERS, **headers})
+            data, seconds = await client.chat(body)
+        except StageFailure as exc:
+            STAGE_CALLS.labels(client.name, "error").inc()
+            raise APIError(exc.status, str(exc), type="upstream_error") from None
+        STAGE_CALLS.labels(client.name, "ok").inc()
+        STAGE_SECONDS.labels(client.name).observe(seconds)
+        data["model"] = client.name
+        overhead = time.perf_counter() - t0 - seconds
+        OVERHEAD_SECONDS.observe(overhead)
+        headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"
+        return Response(orjson.dumps(data), media_type=_JSON, headers=headers)
+
+    async def _relay(self, events: AsyncIterator[bytes], client: StageClient) -> AsyncIterator[bytes]:
+        upstream = f'"model":"{client.config.model}"'.encode()
+        public = f'"model":"{client.name}"'.encode()
+        try:
+            async for payload in events:
+                yield _sse(payload.replace(upstream, public, 1) if upstream != public else payload)
+        except StageFailure as exc:
+            yield _error_event(exc)
+        yield b"data: [DONE]\n\n"
+
+    # -- cascade --------------------------------------------------------------
+    def _knobs(self, req: ChatCompletionRequest, headers: Mapping[str, str]) -> tuple[float, int]:
+        lam: float = self.settings.cascade.default_lambda
+        raw = headers.get(LAMBDA_HEADER)
+        if raw is not None:
+            try:
+                lam = float(raw)
+            except ValueError:
+                raise APIError(400, f"Invalid {LAMBDA_HEADER} header: {raw!r} is not a number", param=LAMBDA_HEADER) from None
+            if not math.isfinite(lam) or lam < 0:
+                raise APIError(400, f"Invalid {LAMBDA_HEADER} header: must be a finite number >= 0", param=LAMBDA_HEADER)
+        if req.cascade_lambda is not None:
+            lam = req.cascade_lambda
+        top = len(self.settings.stages) - 1
+        ref: int | str | None = req.cascade_max_stage
+        param = "cascade_max_stage"
+        if ref is None and (raw := headers.get(MAX_STAGE_HEADER)) is not None:
+            ref, param = (int(raw) if raw.isdigit() else raw), MAX_STAGE_HEADER
+        if ref is None:
+            return lam, top
+        try:
+            return lam, self.settings.stage_index(ref)
+        except ValueError as exc:
+            raise APIError(400, f"Invalid {param}: {exc}", param=param) from None
+
+    async def _cascade(self, req: ChatCompletionRequest, headers: Mapping[str, str], t0: float) -> Response:
+        lam, max_stage = self._knobs(req, headers)
+        body = req.model_dump(exclude_none=True, exclude=_CASCADE_FIELDS | {"model", "stream", "stream_options"})
+        prompt = PromptStats.from_texts([m.text() for m in req.messages])
+        try:
+            result = await self.engine.run(CascadeRequest(body, prompt, lam, max_stage, stream=req.stream))
+        except StageFailure as exc:
+            raise APIError(exc.status, str(exc), type="upstream_error") from None
+        CASCADE_STOPS.labels(self.engine.clients[result.final_stage].name).inc()
+        out_headers = self._headers(result)
+        if result.events is not None:
+            overhead = time.perf_counter() - t0 - result.stage_seconds
+            out_headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"
+            OVERHEAD_SECONDS.observe(overhead)
+            return StreamingResponse(self._stream_final(req, result), media_type="text/event-stream", headers={**_SSE_HEADERS, **out_headers})
+        data = self._shape(req, result)
+        overhead = time.perf_counter() - t0 - result.stage_seconds
+        OVERHEAD_SECONDS.observe(overhead)
+        out_headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"
+        if req.stream:
+            return StreamingResponse(self._stream_whole(req, data), media_type="text/event-stream", headers={**_SSE_HEADERS, **out_headers})
+        return Response(orjson.dumps(data), media_type=_JSON, headers=out_headers)
+
+    def _headers(self, result: CascadeResult) -> dict[str, str]:
+        answered = [v for v in result.visits if v.error is None]
+        headers = {
+            "x-cascade-stage": self.engine.clients[result.final_stage].name,
+            "x-cascade-path": ",".join(v.name for v in answered),
+            "x-cascade-p": ",".join("-" if v.p_hat is None else f"{v.p_hat:.4f}" for v in answered),
+        }
+        if result.degraded:
+            headers["x-cascade-degraded"] = result.degraded.replace("\n", " ")[:200]
+        return headers
+
+    def _shape(self, req: ChatCompletionRequest, result: CascadeResult) -> dict[str, Any]:
+        data = result.response
+        assert data is not None
+        data["model"] = self.cascade_name
+        data["usage"] = result.usage()
+        for choice in data["choices"]:
+            choice["logprobs"] = self._client_logprobs(req, choice.get("logprobs"))
+        return data
+
+    @staticmethod
+    def _client_logprobs(req: ChatCompletionRequest, logprobs: Any) -> Any:
+        """Logprobs were asked of the stage for the predictor; give the client only what it asked for."""
+        if not req.logprobs or not logprobs:
+            return None
+        k = req.top_logprobs or 0
+        for entry in logprobs.get("content") or ():
+            entry["top_logprobs"] = entry.get("top_logprobs", [])[:k]
+        return logprobs
+
+    async def _stream_whole(self, req: ChatCompletionRequest, data: dict[str, Any]) -> AsyncIterator[bytes]:
+        """An answer already complete (a lower stage stopped): role, content, finish, usage."""
+        choice = data["choices"][0]
+        base = {"id": data.get("id", ""), "object": "chat.completion.chunk", "created": data.get("created", 0), "model": self.cascade_name}
+
+        def chunk(delta: dict[str, Any], finish: str | None, logprobs: Any = None) -> bytes:
+            return _sse(orjson.dumps({**base, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}))
+
+        yield chunk({"role": "assistant", "content": ""}, None)
+        yield chunk({"content": choice["message"].get("content") or ""}, None, choice.get("logprobs"))
+        yield chunk({}, choice.get("finish_reason") or "stop")
+        if req.include_usage:
+            yield _sse(orjson.dumps({**base, "choices": [], "usage": data["usage"]}))
+        yield b"data: [DONE]\n\n"
+
+    async def _stream_final(self, req: ChatCompletionRequest, result: CascadeResult) -> AsyncIterator[bytes]:
+        """Relay the top stage's stream; fold earlier stages' tokens into its usage chunk."""
+        assert result.events is not None
+        before = result.usage()
+        client = self.engine.clients[result.final_stage]
+        upstream = f'"model":"{client.config.model}"'.encode()
+        public = f'"model":"{self.cascade_name}"'.encode()
+        trim = not req.logprobs
+        try:
+            async for payload in result.events:
+                if b'"usage"' in payload:
+                    chunk = orjson.loads(payload)
+                    if chunk.get("usage") and not chunk.get("choices"):
+                        if req.include_usage:
+                            u = chunk["usage"]
+                            prompt = before["prompt_tokens"] + u.get("prompt_tokens", 0)
+                            completion = before["completion_tokens"] + u.get("completion_tokens", 0)
+                            chunk["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+                            chunk["model"] = self.cascade_name
+                            yield _sse(orjson.dumps(chunk))
+                        continue
+                if trim or req.top_logprobs is not None:
+                    chunk = orjson.loads(payload)
+                    for choice in chunk.get("choices", ()):
+                        choice["logprobs"] = self._client_logprobs(req, choice.get("logprobs"))
+                    chunk["model"] = self.cascade_name
+                    chunk.pop("usage", None)
+                    yield _sse(orjson.dumps(chunk))
+                else:
+                    yield _sse(payload.replace(upstream, public, 1))
+        except StageFailure as exc:
+            yield _error_event(exc)
+        yield b"data: [DONE]\n\n"

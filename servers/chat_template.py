@@ -1,0 +1,60 @@
+"""Render chat messages to a prompt string with the model's own Jinja template.
+
+The template comes from the GGUF metadata, so each stage formats prompts
+exactly as its model was trained. ``continue_final_message`` follows vLLM:
+render without a generation prompt and cut the text right after the final
+(assistant) message's content, so the model continues that message instead
+of starting a new turn -- this is what draft verification relies on.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from jinja2.exceptions import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+
+class ChatTemplateError(ValueError):
+    """The messages cannot be rendered (bad roles, template raised, ...)."""
+
+
+def _raise(message: str) -> None:
+    raise ChatTemplateError(message)
+
+
+class ChatTemplate:
+    def __init__(self, source: str, bos_token: str, eos_token: str) -> None:
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = _raise
+        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        self._template = env.from_string(source)
+        self._bos = bos_token
+        self._eos = eos_token
+
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+    ) -> str:
+        if continue_final_message and add_generation_prompt:
+            raise ChatTemplateError("continue_final_message and add_generation_prompt cannot both be true")
+        try:
+            text = self._template.render(
+                messages=messages,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self._bos,
+                eos_token=self._eos,
+            )
+        except TemplateError as exc:
+            raise ChatTemplateError(f"chat template failed: {exc}") from exc
+        if not continue_final_message:
+            return text
+        final = messages[-1].get("content") or ""
+        cut = text.rfind(final) if final else -1
+        if not final or cut < 0:
+            raise ChatTemplateError("continue_final_message needs a final message with non-empty text content")
+        return text[: cut + len(final)]
