@@ -82,8 +82,8 @@ class PromptStats:
 
 @dataclass(frozen=True)
 class AnswerStats:
-    token_logprobs: np.ndarray  # (n,) float64 logprob of each chosen token
-    top_logprobs: np.ndarray  # (n, k) float64, descending, -inf where missing
+    token_logprobs: np.ndarray  # (n,) float32 logprob of each chosen token
+    top_logprobs: np.ndarray  # (n, k) float32, descending, -inf where missing
     finish_reason: str
 
     @classmethod
@@ -91,8 +91,8 @@ class AnswerStats:
         """Arrays from one OpenAI chat choice (``logprobs.content`` entries)."""
         content = ((choice.get("logprobs") or {}).get("content")) or []
         n = len(content)
-        chosen = np.empty(n)
-        top = np.full((n, k), -np.inf)
+        chosen = np.empty(n, dtype=np.float32)
+        top = np.full((n, k), -np.inf, dtype=np.float32)
         for i, entry in enumerate(content):
             chosen[i] = entry["logprob"]
             for j, alt in enumerate(entry.get("top_logprobs") or ()):
@@ -110,37 +110,57 @@ class DraftStats:
     draft_tokens: int
 
 
+_QUANTILES = (0.05, 0.25, 0.5)
+_LOW = np.array(LOW_LOGPROB, dtype=np.float32)
+_FLOOR = np.float32(-30.0)  # logprobs below this carry no extra information (and keep exp/log finite)
+
+
 def _mean(x: np.ndarray) -> float:
-    return float(x.mean()) if x.size else 0.0
+    """``x.mean()`` costs ~25 µs of Python dispatch on small arrays; this is ~3 µs."""
+    return float(np.add.reduce(x)) / x.size
+
+
+def _quantiles(ordered: np.ndarray) -> list[float]:
+    """np.quantile's default (linear) on an already sorted array, without its overhead."""
+    n = ordered.size
+    out = []
+    for q in _QUANTILES:
+        pos = q * (n - 1)
+        lo = int(pos)
+        hi = min(lo + 1, n - 1)
+        out.append(float(ordered[lo] + (pos - lo) * (ordered[hi] - ordered[lo])))
+    return out
 
 
 def answer_features(prompt: PromptStats, answer: AnswerStats, stage: int, draft: DraftStats | None = None) -> np.ndarray:
-    """The feature vector (float32, ``FEATURE_NAMES`` order) for one stage answer."""
-    lp = np.maximum(answer.token_logprobs, -30.0)
+    """The feature vector (float32, ``FEATURE_NAMES`` order) for one stage answer.
+
+    Written for speed on the router's hot path: one sort, vectorised top-k
+    statistics, no temporary context managers (~tens of µs for 512 tokens).
+    """
+    lp = np.maximum(answer.token_logprobs, _FLOOR)
     n = lp.size
     out = np.zeros(N_FEATURES, dtype=np.float32)
     if n:
-        q05, q25, q50 = np.quantile(lp, (0.05, 0.25, 0.5))
-        out[0:6] = (lp.mean(), lp.min(), lp.std(), q05, q25, q50)
-        for j, t in enumerate(LOW_LOGPROB):
-            out[6 + j] = (lp < t).mean()
-        out[10] = lp[:EDGE].mean()
-        out[11] = lp[-EDGE:].mean()
-        top = answer.top_logprobs
+        ordered = np.sort(lp)
+        mean = float(np.add.reduce(lp)) / n
+        out[0:3] = (mean, ordered[0], math.sqrt(max(float(lp @ lp) / n - mean * mean, 0.0)))
+        out[3:6] = _quantiles(ordered)
+        out[6:10] = np.searchsorted(ordered, _LOW) / n
+        out[10] = _mean(lp[:EDGE])
+        out[11] = _mean(lp[-EDGE:])
+        top = np.maximum(answer.top_logprobs, _FLOOR)
         if top.shape[1]:
-            probs = np.exp(np.maximum(top, -30.0))
-            probs = np.where(np.isfinite(top), probs, 0.0)
-            tail = np.clip(1.0 - probs.sum(axis=1), 0.0, 1.0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ent = -(np.where(probs > 0, probs * np.log(probs), 0.0)).sum(axis=1) - np.where(tail > 0, tail * np.log(np.maximum(tail, 1e-30)), 0.0)
-            out[12] = ent.mean()
+            probs = np.exp(top)
+            tail = np.maximum(1.0 - np.add.reduce(probs, axis=1), 1e-12)
+            ent = -np.add.reduce(probs * top, axis=1) - tail * np.log(tail)
+            out[12] = _mean(ent)
             out[13] = ent.max()
-            second = top[:, 1] if top.shape[1] > 1 else np.full(n, -30.0)
-            margin = np.minimum(top[:, 0] - np.maximum(second, -30.0), 30.0)
-            out[14] = margin.mean()
+            margin = top[:, 0] - (top[:, 1] if top.shape[1] > 1 else _FLOOR)
+            out[14] = _mean(margin)
             out[15] = margin.min()
-            out[16] = (margin < 0.5).mean()
-            out[17] = (lp >= np.maximum(top[:, 0], -30.0) - 1e-4).mean()
+            out[16] = np.count_nonzero(margin < 0.5) / n
+            out[17] = np.count_nonzero(lp >= top[:, 0] - 1e-4) / n
     out[18] = math.log1p(n)
     out[19] = 1.0 if answer.finish_reason == "length" else 0.0
     out[20] = 1.0 if n == 0 else 0.0

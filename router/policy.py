@@ -18,6 +18,7 @@ stages and a fixed quadrature grid: microseconds.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ _LOG_XS = np.log(_XS)
 _LOG_1MXS = np.log1p(-_XS)
 
 
+@lru_cache(maxsize=4096)
 def beta_weights(mean: float, strength: float) -> np.ndarray:
     """Discrete Beta(strength·mean, strength·(1-mean)) weights on the midpoint grid."""
     m = min(max(mean, _P_EPS), 1.0 - _P_EPS)
@@ -75,7 +77,7 @@ class StoppingPolicy:
 
     def _expected_min(self, prior: float, cont: float) -> float:
         """E[min(λ(1 - p̂), cont)] for p̂ around ``prior``."""
-        if self.strength is None or not math.isfinite(cont):
+        if self.strength is None:
             return min(self.lam * (1.0 - prior), cont)
         w = beta_weights(prior, self.strength)
         return float(np.minimum(self.lam * (1.0 - _XS), cont) @ w)

@@ -1,0 +1,121 @@
+"""The router through the official OpenAI client, in front of real llama.cpp stages 0 and 1."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.conftest import RouterProcess
+
+PROMPT = [{"role": "user", "content": "Write a Python function that returns the square of a number."}]
+GREEDY = {"temperature": 0.0, "max_tokens": 24}
+
+
+def _raw(client: OpenAI, **kw: object):  # type: ignore[no-untyped-def]
+    return client.chat.completions.with_raw_response.create(messages=PROMPT, **GREEDY, **kw)  # type: ignore[arg-type]
+
+
+def test_models_lists_cascade_and_stages(client: OpenAI, router: RouterProcess) -> None:
+    ids = [m.id for m in client.models.list().data]
+    assert ids == ["cascade", *(s.name for s in router.settings.stages)]
+
+
+def test_passthrough_to_each_stage(client: OpenAI, router: RouterProcess) -> None:
+    for stage in router.settings.stages:
+        raw = _raw(client, model=stage.name)
+        resp = raw.parse()
+        assert resp.model == stage.name
+        assert resp.choices[0].message.content
+        assert raw.headers["x-cascade-stage"] == stage.name
+        assert resp.usage.completion_tokens <= 24
+
+
+def test_small_lambda_stops_at_stage_0(client: OpenAI, router: RouterProcess) -> None:
+    raw = _raw(client, model="cascade", extra_body={"cascade_lambda": 0.001})
+    resp = raw.parse()
+    s0 = router.settings.stages[0].name
+    assert raw.headers["x-cascade-stage"] == s0
+    assert raw.headers["x-cascade-path"] == s0
+    assert 0.0 <= float(raw.headers["x-cascade-p"]) <= 1.0
+    assert float(raw.headers["x-cascade-overhead-ms"]) >= 0.0
+    assert resp.model == "cascade"
+    direct = client.chat.completions.create(model=s0, messages=PROMPT, **GREEDY)  # type: ignore[arg-type]
+    assert resp.choices[0].message.content == direct.choices[0].message.content
+    assert resp.usage.total_tokens == direct.usage.total_tokens
+
+
+def test_large_lambda_escalates_and_sums_usage(client: OpenAI, router: RouterProcess) -> None:
+    s0, s1 = (s.name for s in router.settings.stages[:2])
+    raw = client.chat.completions.with_raw_response.create(
+        model="cascade", messages=PROMPT, **GREEDY, extra_headers={"x-cascade-lambda": "1e6"}  # type: ignore[arg-type]
+    )
+    resp = raw.parse()
+    assert raw.headers["x-cascade-stage"] == s1
+    assert raw.headers["x-cascade-path"] == f"{s0},{s1}"
+    assert len(raw.headers["x-cascade-p"].split(",")) == 2
+    u0 = client.chat.completions.create(model=s0, messages=PROMPT, **GREEDY).usage  # type: ignore[arg-type]
+    d1 = client.chat.completions.create(model=s1, messages=PROMPT, **GREEDY)  # type: ignore[arg-type]
+    assert resp.choices[0].message.content == d1.choices[0].message.content
+    assert resp.usage.prompt_tokens == u0.prompt_tokens + d1.usage.prompt_tokens
+    assert resp.usage.completion_tokens == u0.completion_tokens + d1.usage.completion_tokens
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+
+
+def test_max_stage_caps_escalation(client: OpenAI, router: RouterProcess) -> None:
+    raw = _raw(client, model="cascade", extra_body={"cascade_lambda": 1e6, "cascade_max_stage": 0})
+    assert raw.headers["x-cascade-stage"] == router.settings.stages[0].name
+
+
+def test_streaming_cascade_matches_non_streaming(client: OpenAI) -> None:
+    for lam in (0.001, 1e6):
+        whole = client.chat.completions.create(model="cascade", messages=PROMPT, **GREEDY, extra_body={"cascade_lambda": lam})  # type: ignore[arg-type]
+        chunks = list(
+            client.chat.completions.create(
+                model="cascade", messages=PROMPT, **GREEDY, stream=True,  # type: ignore[arg-type]
+                stream_options={"include_usage": True}, extra_body={"cascade_lambda": lam},
+            )
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == whole.choices[0].message.content
+        assert all(c.model == "cascade" for c in chunks)
+        assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == whole.usage.total_tokens
+        finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        assert finishes == [whole.choices[0].finish_reason]
+
+
+def test_streaming_passthrough(client: OpenAI, router: RouterProcess) -> None:
+    stage = router.settings.stages[1].name
+    chunks = list(client.chat.completions.create(model=stage, messages=PROMPT, **GREEDY, stream=True))  # type: ignore[arg-type]
+    whole = client.chat.completions.create(model=stage, messages=PROMPT, **GREEDY)  # type: ignore[arg-type]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
+    assert all(c.model == stage for c in chunks)
+
+
+def test_logprobs_only_when_asked(client: OpenAI) -> None:
+    plain = client.chat.completions.create(model="cascade", messages=PROMPT, **GREEDY, extra_body={"cascade_lambda": 0.001})  # type: ignore[arg-type]
+    assert plain.choices[0].logprobs is None
+    asked = client.chat.completions.create(
+        model="cascade", messages=PROMPT, **GREEDY, logprobs=True, top_logprobs=2, extra_body={"cascade_lambda": 0.001}  # type: ignore[arg-type]
+    )
+    content = asked.choices[0].logprobs.content
+    assert len(content) == asked.usage.completion_tokens
+    assert all(len(t.top_logprobs) == 2 and t.top_logprobs[0].logprob >= t.logprob - 1e-6 for t in content)
+
+
+def test_sdk_raises_typed_errors(client: OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=PROMPT)  # type: ignore[arg-type]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="cascade", messages=PROMPT, temperature=5)  # type: ignore[arg-type]
+    assert info.value.body["param"] == "temperature"  # type: ignore[index]
+
+
+def test_metrics_count_what_happened(client: OpenAI, router: RouterProcess) -> None:
+    client.chat.completions.create(model="cascade", messages=PROMPT, **GREEDY, extra_body={"cascade_lambda": 0.001})  # type: ignore[arg-type]
+    text = httpx.get(f"{router.url}/metrics").text
+    s0 = router.settings.stages[0].name
+    assert f'adaptive_sd_cascade_stops_total{{stage="{s0}"}}' in text
+    assert 'adaptive_sd_requests_total{model="cascade",status="200"}' in text
+    assert "adaptive_sd_router_overhead_seconds_bucket" in text

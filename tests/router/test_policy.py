@@ -1,0 +1,116 @@
+"""The stopping rule against brute-force enumeration of every policy.
+
+Point priors (strength None): a policy is a sequence of stages to visit,
+stopping at the last; after stage i with known p̂_i, the best policy value
+must equal the DP's choice. Beta priors: future p̂_j take values on the
+quadrature grid with the Beta weights, independently across stages, so
+Markov policies (action depends on the current stage and its p̂) are optimal
+among all policies; we enumerate every one of them on a coarse grid.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from router import policy as policy_mod
+from router.policy import StoppingPolicy, shrink
+
+
+def _subsets_after(i: int, top: int) -> list[tuple[int, ...]]:
+    rest = list(range(i + 1, top + 1))
+    return [c for r in range(1, len(rest) + 1) for c in itertools.combinations(rest, r)]
+
+
+def _brute_point(costs: list[float], p: list[float], lam: float, i: int, p_hat: float, top: int) -> float:
+    best = lam * (1 - p_hat)
+    for seq in _subsets_after(i, top):
+        best = min(best, sum(costs[j] for j in seq) + lam * (1 - p[seq[-1]]))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_point_policy_matches_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 6))
+    costs = sorted(rng.uniform(0.1, 10, n).tolist())
+    priors = rng.uniform(0.05, 0.95, n).tolist()
+    lam = float(10 ** rng.uniform(-2, 3))
+    top = int(rng.integers(1, n))
+    pol = StoppingPolicy(costs, priors, lam, max_stage=top, strength=None)
+    for i in range(top + 1):
+        p_hat = float(rng.uniform())
+        d = pol.decide(i, p_hat)
+        chosen = d.stop_value if d.stop else d.continue_value
+        assert chosen == pytest.approx(_brute_point(costs, priors, lam, i, p_hat, top), rel=1e-9, abs=1e-12)
+    # start: the cheapest way to reach any stage first
+    start_best = min(costs[s] + _brute_point(costs, priors, lam, s, priors[s], top) for s in range(top + 1))
+    s = pol.start()
+    assert costs[s] + min(lam * (1 - priors[s]), pol.best_after(s)[1]) == pytest.approx(start_best)
+
+
+def _markov_value(costs, grids, weights, lam, start, actions) -> float:
+    """Exact expected total of a Markov policy: actions[(stage, grid index)] -> next stage or None."""
+    total = 0.0
+    n_grid = len(grids)
+    for outcome in itertools.product(range(n_grid), repeat=len(costs)):
+        prob = math.prod(weights[j][outcome[j]] for j in range(len(costs)))
+        stage, cost = start, costs[start]
+        while (nxt := actions[(stage, outcome[stage])]) is not None:
+            stage = nxt
+            cost += costs[stage]
+        total += prob * (cost + lam * (1 - grids[outcome[stage]]))
+    return total
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_beta_policy_matches_brute_force(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    grid = np.array([0.1, 0.5, 0.9])
+    monkeypatch.setattr(policy_mod, "_XS", grid)
+    monkeypatch.setattr(policy_mod, "_LOG_XS", np.log(grid))
+    monkeypatch.setattr(policy_mod, "_LOG_1MXS", np.log1p(-grid))
+    rng = np.random.default_rng(1000 + seed)
+    costs = sorted(rng.uniform(0.1, 5, 3).tolist())
+    priors = rng.uniform(0.1, 0.9, 3).tolist()
+    lam = float(10 ** rng.uniform(-1, 2))
+    strength = float(rng.uniform(1.5, 10))
+    pol = StoppingPolicy(costs, priors, lam, strength=strength)
+    weights = [policy_mod.beta_weights(p, strength) for p in priors]
+
+    nodes = [(i, g) for i in range(2) for g in range(len(grid))]
+    choices = [[None, *range(i + 1, 3)] for i, _ in nodes]
+    brute = math.inf
+    for start in range(3):
+        for combo in itertools.product(*choices):
+            actions = dict(zip(nodes, combo))
+            actions.update({(2, g): None for g in range(len(grid))})
+            brute = min(brute, _markov_value(costs, grid, weights, lam, start, actions))
+    assert pol.best_after(-1)[1] == pytest.approx(brute, rel=1e-9)
+
+
+def test_small_lambda_stops_large_lambda_escalates() -> None:
+    pol = StoppingPolicy([1.0, 4.0, 8.0], [0.4, 0.7, 0.8], 0.01, strength=8.0)
+    assert pol.decide(0, 0.2).stop
+    pol = StoppingPolicy([1.0, 4.0, 8.0], [0.4, 0.7, 0.8], 1e4, strength=8.0)
+    d = pol.decide(0, 0.5)
+    assert not d.stop and d.next_stage in (1, 2)
+
+
+def test_max_stage_caps_the_ladder() -> None:
+    pol = StoppingPolicy([1.0, 4.0, 8.0], [0.4, 0.7, 0.8], 1e6, max_stage=0)
+    assert pol.start() == 0 and pol.decide(0, 0.0).stop
+
+
+def test_start_skips_a_hopeless_small_stage() -> None:
+    pol = StoppingPolicy([1.0, 4.0], [0.01, 0.95], 100.0, strength=None)
+    assert pol.start(skip_by_prior=True) == 1
+    assert pol.start(skip_by_prior=False) == 0
+
+
+def test_shrink_pulls_toward_prior_mean() -> None:
+    assert shrink(1.0, 50, 1, 1) == pytest.approx(51 / 52)
+    assert shrink(0.0, 50, 1, 1) == pytest.approx(1 / 52)
+    assert shrink(0.5, 10, 3, 3) == pytest.approx(0.5)

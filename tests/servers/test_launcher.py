@@ -1,0 +1,46 @@
+"""Stage command lines from config (CPU and GPU) and the launcher's failure messages."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from router.config import Settings, load_settings
+from servers.launcher import Ladder, LaunchError, stage_command, vllm_command
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_vllm_command_for_every_gpu_stage() -> None:
+    settings = load_settings(ROOT / "configs" / "gpu.yaml")
+    assert len(settings.stages) == 4
+    for stage in settings.stages:
+        cmd, env = vllm_command(stage, stage.launch)  # type: ignore[arg-type]
+        assert cmd[:3] == ["vllm", "serve", stage.launch.model]  # type: ignore[union-attr]
+        assert cmd[cmd.index("--tensor-parallel-size") + 1] == str(stage.launch.tensor_parallel_size)  # type: ignore[union-attr]
+        assert env["CUDA_VISIBLE_DEVICES"] == ",".join(map(str, stage.launch.gpus))  # type: ignore[union-attr]
+        assert cmd[cmd.index("--served-model-name") + 1] == stage.model
+    spec_stage = settings.stages[2]
+    cmd, _ = vllm_command(spec_stage, spec_stage.launch)  # type: ignore[arg-type]
+    assert json.loads(cmd[cmd.index("--speculative-config") + 1])["model"] == "Qwen/Qwen2.5-0.5B-Instruct"
+    # GPU subsets must not overlap
+    used = [g for s in settings.stages for g in s.launch.gpus]  # type: ignore[union-attr]
+    assert len(used) == len(set(used))
+
+
+def test_cpu_stage_command() -> None:
+    stage = load_settings(ROOT / "configs" / "cpu.yaml").stages[0]
+    cmd, env = stage_command(stage)
+    assert cmd[:3] == [sys.executable, "-m", "servers.llama_server"] and env == {}
+    assert cmd[cmd.index("--port") + 1] == str(stage.port)
+
+
+def test_dead_stage_reports_its_log(tmp_path: Path) -> None:
+    settings = Settings.model_validate(
+        {"stages": [{"name": "bad", "model": "m", "url": "http://127.0.0.1:9/v1", "cost": 1, "launch": {"backend": "llamacpp", "weights": "no-such-weights"}}]}
+    )
+    with Ladder(settings, log_dir=tmp_path) as ladder, pytest.raises(LaunchError, match="unknown weights"):
+        ladder.wait_healthy(60, progress=False)

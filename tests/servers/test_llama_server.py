@@ -1,0 +1,95 @@
+"""Our llama.cpp stage server speaks the vLLM dialect the router relies on (real models)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+PROMPT = [{"role": "user", "content": "List three prime numbers."}]
+
+
+@pytest.fixture(scope="module")
+def stage(stage_ports: list[int]) -> str:
+    return f"http://127.0.0.1:{stage_ports[1]}/v1"
+
+
+def _post(url: str, **body: object) -> dict:
+    resp = httpx.post(f"{url}/chat/completions", json={"model": "qwen2.5-coder-0.5b", "messages": PROMPT, **body}, timeout=300)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def test_greedy_logprobs_are_consistent(stage: str) -> None:
+    data = _post(stage, temperature=0, max_tokens=16, logprobs=True, top_logprobs=3)
+    content = data["choices"][0]["logprobs"]["content"]
+    assert len(content) == data["usage"]["completion_tokens"]
+    for entry in content:
+        assert entry["top_logprobs"][0]["token"] == entry["token"]  # greedy picks the top-1
+        assert entry["top_logprobs"][0]["logprob"] == pytest.approx(entry["logprob"])
+        lps = [t["logprob"] for t in entry["top_logprobs"]]
+        assert lps == sorted(lps, reverse=True) and all(lp <= 0 for lp in lps)
+    assert "".join(e["token"] for e in content) == data["choices"][0]["message"]["content"]
+
+
+def test_stream_equals_non_stream(stage: str) -> None:
+    whole = _post(stage, temperature=0, max_tokens=20)["choices"][0]["message"]["content"]
+    text = ""
+    with httpx.stream("POST", f"{stage}/chat/completions", json={"model": "qwen2.5-coder-0.5b", "messages": PROMPT, "temperature": 0, "max_tokens": 20, "stream": True}, timeout=300) as resp:
+        for line in resp.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                import json
+
+                chunk = json.loads(line[6:])
+                text += chunk["choices"][0]["delta"].get("content", "") if chunk["choices"] else ""
+    assert text == whole
+
+
+def test_stop_sequence_cuts_the_answer(stage: str) -> None:
+    full = _post(stage, temperature=0, max_tokens=30)["choices"][0]["message"]["content"]
+    cut = full[len(full) // 2 :].strip().split()[0]
+    data = _post(stage, temperature=0, max_tokens=30, stop=[cut])
+    assert data["choices"][0]["finish_reason"] == "stop"
+    assert data["choices"][0]["message"]["content"] == full[: full.index(cut)]
+
+
+def test_seeded_sampling_is_reproducible(stage: str) -> None:
+    a = _post(stage, temperature=1.0, seed=7, max_tokens=12)["choices"][0]["message"]["content"]
+    b = _post(stage, temperature=1.0, seed=7, max_tokens=12)["choices"][0]["message"]["content"]
+    assert a == b
+
+
+def test_prompt_logprobs_accept_own_greedy_answer(stage: str) -> None:
+    """Alignment: scoring the stage's own greedy answer ranks every answer token first."""
+    answer = _post(stage, temperature=0, max_tokens=24)
+    text = answer["choices"][0]["message"]["content"]
+    scored = _post(
+        stage, messages=[*PROMPT, {"role": "assistant", "content": text}], max_tokens=1, temperature=0,
+        prompt_logprobs=1, continue_final_message=True, add_generation_prompt=False,
+    )
+    plp = scored["prompt_logprobs"]
+    ids = scored["prompt_token_ids"]
+    assert plp[0] is None and len(plp) == len(ids)
+    n_answer = answer["usage"]["completion_tokens"]
+    tail = plp[-n_answer:]
+    ranks = [entry[str(tok)]["rank"] for entry, tok in zip(tail, ids[-n_answer:])]
+    assert ranks == [1] * n_answer
+
+
+def test_continue_final_message_continues_greedily(stage: str) -> None:
+    """Continuing the first half of the greedy answer (cut at a token boundary) regenerates the rest."""
+    data = _post(stage, temperature=0, max_tokens=24, logprobs=True)
+    text = data["choices"][0]["message"]["content"]
+    tokens = [e["token"] for e in data["choices"][0]["logprobs"]["content"]]
+    head = "".join(tokens[: len(tokens) // 2])
+    rest = 24 - len(tokens) // 2
+    cont = _post(stage, messages=[*PROMPT, {"role": "assistant", "content": head}], temperature=0, max_tokens=rest, continue_final_message=True, add_generation_prompt=False)
+    assert head + cont["choices"][0]["message"]["content"] == text
+
+
+def test_stage_rejects_bad_input(stage: str) -> None:
+    resp = httpx.post(f"{stage}/chat/completions", json={"model": "qwen2.5-coder-0.5b", "messages": PROMPT, "presence_penalty": 1.0})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "presence_penalty"
+    resp = httpx.post(f"{stage}/chat/completions", json={"model": "other", "messages": PROMPT})
+    assert resp.status_code == 404 and resp.json()["error"]["param"] == "model"
+    resp = httpx.post(f"{stage}/chat/completions", json={"model": "qwen2.5-coder-0.5b", "messages": [{"role": "user", "content": "x " * 5000}]})
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "context_length_exceeded"

@@ -1,0 +1,45 @@
+"""docker-compose.yml validates offline and starts the stages the configs describe."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from router.config import load_settings
+from servers.launcher import vllm_command
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed (the test command installs it)")
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+def test_compose_file_validates(profile: str) -> None:
+    out = subprocess.run(["docker-compose", "--profile", profile, "config", "-q"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_gpu_services_run_the_configured_vllm_commands() -> None:
+    settings = load_settings(ROOT / "configs" / "gpu.yaml")
+    for stage in settings.stages:
+        service = COMPOSE["services"][stage.url.split("//")[1].split(":")[0]]
+        cmd, env = vllm_command(stage, stage.launch, host="0.0.0.0")  # type: ignore[arg-type]
+        assert ["vllm", "serve", *service["command"]] == cmd
+        devices = service["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
+        assert ",".join(devices) == env["CUDA_VISIBLE_DEVICES"]
+
+
+def test_cpu_services_match_the_cpu_ladder() -> None:
+    local = load_settings(ROOT / "configs" / "cpu.yaml")
+    compose = load_settings(ROOT / "configs" / "cpu-compose.yaml")
+    assert [s.model_dump(exclude={"url"}) for s in local.stages] == [s.model_dump(exclude={"url"}) for s in compose.stages]
+    for stage in compose.stages:
+        cmd = COMPOSE["services"][stage.host]["command"]
+        assert cmd[cmd.index("--weights") + 1] == stage.launch.weights  # type: ignore[union-attr]
+        assert cmd[cmd.index("--model-id") + 1] == stage.model
+        assert cmd[cmd.index("--threads") + 1] == str(stage.launch.threads)  # type: ignore[union-attr]
+        assert cmd[cmd.index("--port") + 1] == str(stage.port)
