@@ -68,7 +68,7 @@ class ChatServing:
         headers = {"x-cascade-stage": client.name, "x-cascade-path": client.name}
         try:
             if req.stream:
-                events = await client.stream(body)
+                events = await client.stream(body, raw=True)
                 overhead = time.perf_counter() - t0
                 headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"
                 return StreamingResponse(self._relay(events, client), media_type="text/event-stream", headers={**_SSE_HEADERS, **headers})
@@ -84,15 +84,19 @@ class ChatServing:
         headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"
         return Response(orjson.dumps(data), media_type=_JSON, headers=headers)
 
-    async def _relay(self, events: AsyncIterator[bytes], client: StageClient) -> AsyncIterator[bytes]:
+    async def _relay(self, blocks: AsyncIterator[bytes], client: StageClient) -> AsyncIterator[bytes]:
+        """Forward whole SSE blocks (``[DONE]`` included), renaming the model if it differs."""
         upstream = f'"model":"{client.config.model}"'.encode()
         public = f'"model":"{client.name}"'.encode()
+        done = False
         try:
-            async for payload in events:
-                yield _sse(payload.replace(upstream, public, 1) if upstream != public else payload)
+            async for block in blocks:
+                done = done or b"data: [DONE]" in block
+                yield block.replace(upstream, public) if upstream != public else block
         except StageFailure as exc:
             yield _error_event(exc)
-        yield b"data: [DONE]\n\n"
+        if not done:
+            yield b"data: [DONE]\n\n"
 
     # -- cascade --------------------------------------------------------------
     def _knobs(self, req: ChatCompletionRequest, headers: Mapping[str, str]) -> tuple[float, int]:

@@ -112,11 +112,14 @@ class StageClient:
             raise StageBadResponse(self.name, f"malformed chat completion: {raw[:200]!r}") from None
         return data, time.perf_counter() - t0
 
-    async def stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
-        """Streaming chat completion: yields each SSE ``data:`` payload (without prefix).
+    async def stream(self, body: dict[str, Any], raw: bool = False) -> AsyncIterator[bytes]:
+        """Streaming chat completion.
 
-        The connection is opened before the first yield, so connection errors
-        surface before any byte goes to the client.
+        Yields each SSE ``data:`` payload (without prefix), or with ``raw``
+        whole blocks of complete SSE events as they arrive (``[DONE]``
+        included): the cheap path for pass-through, one write per network read
+        instead of one per token. The connection is opened before the first
+        yield, so connection errors surface before any byte goes to the client.
         """
         try:
             resp = await self.session.post(self._url, data=self.payload(body), headers=self._headers)
@@ -131,7 +134,25 @@ class StageClient:
                 await self._relay_client_error(resp)
             finally:
                 resp.release()
-        return self._events(resp)
+        return self._blocks(resp) if raw else self._events(resp)
+
+    async def _blocks(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        pending = b""
+        try:
+            async for data in resp.content.iter_any():
+                pending += data
+                cut = pending.rfind(b"\n\n")
+                if cut >= 0:
+                    yield pending[: cut + 2]
+                    pending = pending[cut + 2 :]
+            if pending.strip():
+                yield pending
+        except asyncio.TimeoutError:
+            raise StageTimeout(self.name, f"stream stalled beyond {self.config.timeout_s:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise StageBadResponse(self.name, f"stream broken: {exc}") from None
+        finally:
+            resp.release()
 
     async def _events(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         try:
