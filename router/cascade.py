@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from predictor.features import AnswerStats, PromptStats, answer_features
+from predictor.features import AnswerStats, DraftStats, PromptStats, answer_features
 from predictor.interface import Predictor
 from router.config import Settings
-from router.metrics import CASCADE_ESCALATIONS, STAGE_CALLS, STAGE_SECONDS
+from router.draft import DraftCheck, continuation_body, merge, score_draft, trim, why_not_verify
+from router.metrics import CASCADE_ESCALATIONS, DRAFT_TOKENS, STAGE_CALLS, STAGE_SECONDS
 from router.policy import StoppingPolicy, shrink
 from router.stage_client import StageClient, StageFailure
 
@@ -29,6 +30,8 @@ class StageVisit:
     p_hat: float | None = None
     usage: dict[str, int] | None = None
     error: str | None = None
+    draft: DraftCheck | None = None  # verification of the previous stage's answer
+    draft_mode: str | None = None  # "verify" or "regenerate:<reason>" when there was a draft
 
 
 @dataclass
@@ -37,6 +40,7 @@ class CascadeResult:
     final_stage: int
     response: dict[str, Any] | None = None  # final stage's chat completion (non-streaming)
     events: AsyncIterator[bytes] | None = None  # final stage's SSE payloads (streaming)
+    prefix: DraftCheck | None = None  # draft check of the streamed stage; its accepted text goes out first
     degraded: str | None = None  # why the answer is not the policy's choice
 
     @property
@@ -46,6 +50,9 @@ class CascadeResult:
     def usage(self) -> dict[str, int]:
         prompt = sum((v.usage or {}).get("prompt_tokens", 0) for v in self.visits)
         completion = sum((v.usage or {}).get("completion_tokens", 0) for v in self.visits)
+        if self.prefix is not None:  # streamed stage: its scoring call and the accepted tokens
+            prompt += self.prefix.usage.get("prompt_tokens", 0)
+            completion += self.prefix.accepted_tokens
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
@@ -71,9 +78,10 @@ class CascadeEngine:
         priors = self.predictor.priors(prompt, len(self.costs))
         return StoppingPolicy(self.costs, priors, lam, max_stage=max_stage, strength=self.settings.cascade.prior_strength)
 
-    def _judge(self, req: CascadeRequest, stage: int, data: dict[str, Any]) -> float:
+    def _judge(self, req: CascadeRequest, stage: int, data: dict[str, Any], check: DraftCheck | None) -> float:
         choice = data["choices"][0]
-        features = answer_features(req.prompt, AnswerStats.from_choice(choice, self.top_k), stage)
+        draft = DraftStats(check.accepted_tokens, check.draft_tokens) if check else None
+        features = answer_features(req.prompt, AnswerStats.from_choice(choice, self.top_k), stage, draft)
         risk = self.settings.cascade.risk
         return shrink(self.predictor.predict(features), self.predictor.evidence, risk.alpha, risk.beta)
 
@@ -86,24 +94,27 @@ class CascadeEngine:
         while stage is not None:
             client = self.clients[stage]
             is_last = policy.best_after(stage)[0] is None
-            if req.stream and is_last:
-                t0 = time.perf_counter()
-                try:
-                    events = await client.stream({**body, "stream": True, "stream_options": {"include_usage": True}})
-                except StageFailure as exc:
-                    visits.append(StageVisit(stage, client.name, time.perf_counter() - t0, error=str(exc)))
-                    STAGE_CALLS.labels(client.name, "error").inc()
-                    if answer is None:
-                        raise
-                    return CascadeResult(visits, answer[0], response=answer[1], degraded=str(exc))
-                visits.append(StageVisit(stage, client.name, time.perf_counter() - t0))
-                STAGE_CALLS.labels(client.name, "ok").inc()
-                return CascadeResult(visits, stage, events=events)
+            draft = answer[1]["choices"][0]["message"].get("content") or "" if answer else None
+            t0 = time.perf_counter()
+            check, mode = None, None
             try:
-                data, seconds = await client.chat(body)
+                if draft is not None:
+                    check, mode = await self._verify(client, body, draft)
+                if req.stream and is_last and not (check and trim(check, _limit(body))):
+                    stream_body = continuation_body(body, check) if check else body
+                    events = await client.stream({**stream_body, "stream": True, "stream_options": {"include_usage": True}})
+                    visits.append(StageVisit(stage, client.name, time.perf_counter() - t0, draft=check, draft_mode=mode))
+                    STAGE_CALLS.labels(client.name, "ok").inc()
+                    return CascadeResult(visits, stage, events=events, prefix=check)
+                if check is not None:
+                    done = trim(check, _limit(body))
+                    data = merge(check, None if done else (await client.chat(continuation_body(body, check)))[0])
+                else:
+                    data, _ = await client.chat(body)
+                seconds = time.perf_counter() - t0
             except StageFailure as exc:
                 STAGE_CALLS.labels(client.name, "error").inc()
-                visits.append(StageVisit(stage, client.name, 0.0, error=str(exc)))
+                visits.append(StageVisit(stage, client.name, time.perf_counter() - t0, error=str(exc)))
                 if answer is not None:
                     return CascadeResult(visits, answer[0], response=answer[1], degraded=str(exc))
                 nxt = policy.best_after(stage)[0]
@@ -113,8 +124,8 @@ class CascadeEngine:
                 continue
             STAGE_CALLS.labels(client.name, "ok").inc()
             STAGE_SECONDS.labels(client.name).observe(seconds)
-            p_hat = self._judge(req, stage, data)
-            visits.append(StageVisit(stage, client.name, seconds, p_hat=p_hat, usage=data.get("usage")))
+            p_hat = self._judge(req, stage, data, check)
+            visits.append(StageVisit(stage, client.name, seconds, p_hat=p_hat, usage=data.get("usage"), draft=check, draft_mode=mode))
             answer = (stage, data)
             decision = policy.decide(stage, p_hat)
             if decision.stop:
@@ -122,3 +133,20 @@ class CascadeEngine:
             CASCADE_ESCALATIONS.labels(client.name, self.clients[decision.next_stage].name).inc()  # type: ignore[index]
             stage = decision.next_stage
         raise AssertionError("unreachable: the loop returns at the top stage")
+
+    async def _verify(self, client: StageClient, body: dict[str, Any], draft: str) -> tuple[DraftCheck | None, str]:
+        """Score the lower stage's draft on ``client`` when that is lossless; say what happened."""
+        reason = why_not_verify(client, body, draft)
+        if reason is None:
+            check = await score_draft(client, body, draft)
+            if check is not None:
+                DRAFT_TOKENS.labels(client.name, "accepted").inc(check.accepted_tokens)
+                DRAFT_TOKENS.labels(client.name, "rejected").inc(check.draft_tokens - check.accepted_tokens)
+                return check, "verify"
+            reason = "misaligned"
+        return None, f"regenerate:{reason}"
+
+
+def _limit(body: dict[str, Any]) -> int | None:
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    return int(limit) if limit is not None else None

@@ -18,3 +18,4 @@ OVERHEAD_SECONDS = Histogram(
     "adaptive_sd_router_overhead_seconds", "Router time per request outside stage calls", registry=REGISTRY,
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1),
 )
+DRAFT_TOKENS = Counter("adaptive_sd_draft_tokens", "Draft tokens verified by a larger stage, accepted or rejected", ["stage", "verdict"], registry=REGISTRY)

@@ -153,6 +153,12 @@ class ChatServing:
             "x-cascade-path": ",".join(v.name for v in answered),
             "x-cascade-p": ",".join("-" if v.p_hat is None else f"{v.p_hat:.4f}" for v in answered),
         }
+        drafts = [v for v in answered if v.draft_mode]
+        if drafts:
+            headers["x-cascade-draft"] = ",".join(f"{v.name}:{v.draft_mode}" for v in drafts)
+            headers["x-cascade-accepted"] = ",".join(
+                f"{v.name}:{v.draft.accepted_tokens}/{v.draft.draft_tokens}" for v in drafts if v.draft is not None
+            ) or "-"
         if result.degraded:
             headers["x-cascade-degraded"] = result.degraded.replace("\n", " ")[:200]
         return headers
@@ -199,6 +205,11 @@ class ChatServing:
         upstream = f'"model":"{client.config.model}"'.encode()
         public = f'"model":"{self.cascade_name}"'.encode()
         trim = not req.logprobs
+        if result.prefix is not None and result.prefix.accepted_tokens:  # the verified draft prefix goes out at once
+            lp = self._client_logprobs(req, {"content": [dict(e) for e in result.prefix.accepted_logprobs]})
+            first = {"id": "chatcmpl-prefix", "object": "chat.completion.chunk", "created": 0, "model": self.cascade_name}
+            first["choices"] = [{"index": 0, "delta": {"role": "assistant", "content": result.prefix.accepted_text}, "logprobs": lp, "finish_reason": None}]
+            yield _sse(orjson.dumps(first))
         try:
             async for payload in result.events:
                 if b'"usage"' in payload:

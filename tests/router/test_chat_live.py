@@ -58,8 +58,12 @@ def test_large_lambda_escalates_and_sums_usage(client: OpenAI, router: RouterPro
     u0 = client.chat.completions.create(model=s0, messages=PROMPT, **GREEDY).usage  # type: ignore[arg-type]
     d1 = client.chat.completions.create(model=s1, messages=PROMPT, **GREEDY)  # type: ignore[arg-type]
     assert resp.choices[0].message.content == d1.choices[0].message.content
-    assert resp.usage.prompt_tokens == u0.prompt_tokens + d1.usage.prompt_tokens
+    # stage 1 verified stage 0's draft (greedy): one scoring pass over prompt + draft, then the rest
+    assert raw.headers["x-cascade-draft"] == f"{s1}:verify"
+    accepted, drafted = map(int, raw.headers["x-cascade-accepted"].split(":")[1].split("/"))
+    assert 0 <= accepted <= drafted
     assert resp.usage.completion_tokens == u0.completion_tokens + d1.usage.completion_tokens
+    assert resp.usage.prompt_tokens >= u0.prompt_tokens + d1.usage.prompt_tokens
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
 
 

@@ -1,0 +1,48 @@
+"""Pure parts of draft reuse: when to verify, trimming to the token limit, merging answers."""
+
+from __future__ import annotations
+
+from router.config import StageConfig
+from router.draft import DraftCheck, continuation_body, merge, trim, why_not_verify
+from router.stage_client import StageClient
+
+
+def _check(tokens: list[str]) -> DraftCheck:
+    entries = [{"token": t, "logprob": -0.1, "bytes": list(t.encode()), "top_logprobs": []} for t in tokens]
+    return DraftCheck(draft_tokens=len(tokens) + 2, accepted_tokens=len(tokens), accepted_text="".join(tokens),
+                      accepted_logprobs=entries, usage={"prompt_tokens": 30, "completion_tokens": 1})
+
+
+def _client(dialect: str) -> StageClient:
+    return StageClient(StageConfig(name="s", model="m", url="http://127.0.0.1:1/v1", cost=1.0, dialect=dialect))  # type: ignore[arg-type]
+
+
+def test_why_not_verify() -> None:
+    greedy = {"messages": [], "temperature": 0}
+    assert why_not_verify(_client("vllm"), greedy, "draft") is None
+    assert why_not_verify(_client("openai"), greedy, "draft") == "dialect"
+    assert why_not_verify(_client("vllm"), {"messages": []}, "draft") == "sampling"
+    assert why_not_verify(_client("vllm"), {**greedy, "temperature": 0.5}, "draft") == "sampling"
+    assert why_not_verify(_client("vllm"), {**greedy, "stop": ["x"]}, "draft") == "stop"
+    assert why_not_verify(_client("vllm"), greedy, "") == "empty-draft"
+
+
+def test_trim_to_limit() -> None:
+    check = _check(["a", "b", "c", "d"])
+    assert not trim(check, None) and not trim(check, 5)
+    assert trim(check, 2) and check.accepted_text == "ab" and check.accepted_tokens == 2
+
+
+def test_continuation_and_merge() -> None:
+    check = _check(["Hel", "lo"])
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10, "temperature": 0}
+    cont = continuation_body(body, check)
+    assert cont["messages"][-1] == {"role": "assistant", "content": "Hello"}
+    assert cont["continue_final_message"] and not cont["add_generation_prompt"] and cont["max_tokens"] == 8
+    data = {"choices": [{"index": 0, "message": {"role": "assistant", "content": " world"}, "logprobs": {"content": [{"token": " world"}]}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 32, "completion_tokens": 1}}
+    out = merge(check, data)
+    assert out["choices"][0]["message"]["content"] == "Hello world"
+    assert [e["token"] for e in out["choices"][0]["logprobs"]["content"]] == ["Hel", "lo", " world"]
+    assert out["usage"] == {"prompt_tokens": 62, "completion_tokens": 3, "total_tokens": 65}
+    assert continuation_body(body, DraftCheck()) is body
