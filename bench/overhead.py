@@ -28,7 +28,7 @@ import aiohttp
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._procs import cpu_seconds, free_port, stop, wait_ok  # noqa: E402
+from bench._procs import cpu_seconds, free_port, stop, wait_ok
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = {"messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 8, "temperature": 0}

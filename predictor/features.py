@@ -23,7 +23,7 @@ import numpy as np
 FEATURE_VERSION = 1
 LOW_LOGPROB = (-0.5, -1.0, -2.3, -4.6)  # p < 0.61, 0.37, 0.1, 0.01
 EDGE = 16  # tokens at the start/end of the answer summarised separately
-_CODE = re.compile(r"```|\bdef |\bclass |\breturn\b|[{};]\s*$", re.M)
+_CODE = re.compile(r"```|\bdef |\bclass |\breturn\b|[{};]\s*$", re.MULTILINE)
 _DIGIT = re.compile(r"\d")
 
 FEATURE_NAMES: tuple[str, ...] = (

@@ -168,17 +168,17 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _FileSource(settings_cls))
 
 
-_file_data: ContextVar[dict[str, Any]] = ContextVar("adaptive_sd_file_data", default={})
+_file_data: ContextVar[dict[str, Any] | None] = ContextVar("adaptive_sd_file_data", default=None)
 
 
 class _FileSource(PydanticBaseSettingsSource):
     """The already-parsed YAML file, as the lowest-priority settings source."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return _file_data.get().get(field_name), field_name, False
+        return (_file_data.get() or {}).get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_file_data.get())
+        return dict(_file_data.get() or {})
 
 
 class ConfigError(ValueError):

@@ -18,9 +18,9 @@ stages and a fixed quadrature grid: microseconds.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 

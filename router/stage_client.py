@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
@@ -136,36 +137,40 @@ class StageClient:
                 resp.release()
         return self._blocks(resp) if raw else self._events(resp)
 
-    async def _blocks(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-        pending = b""
+    @contextmanager
+    def _read_errors(self) -> Iterator[None]:
+        """Map failures while reading a stream to typed stage failures."""
         try:
-            async for data in resp.content.iter_any():
-                pending += data
-                cut = pending.rfind(b"\n\n")
-                if cut >= 0:
-                    yield pending[: cut + 2]
-                    pending = pending[cut + 2 :]
-            if pending.strip():
-                yield pending
+            yield
         except asyncio.TimeoutError:
             raise StageTimeout(self.name, f"stream stalled beyond {self.config.timeout_s:g} s") from None
         except aiohttp.ClientError as exc:
             raise StageBadResponse(self.name, f"stream broken: {exc}") from None
+
+    async def _blocks(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        pending = b""
+        try:
+            with self._read_errors():
+                async for data in resp.content.iter_any():
+                    pending += data
+                    cut = pending.rfind(b"\n\n")
+                    if cut >= 0:
+                        yield pending[: cut + 2]
+                        pending = pending[cut + 2 :]
+            if pending.strip():
+                yield pending
         finally:
             resp.release()
 
     async def _events(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         try:
-            async for line in resp.content:
-                if line.startswith(b"data:"):
-                    payload = line[5:].strip()
-                    if payload == b"[DONE]":
-                        return
-                    yield payload
-        except asyncio.TimeoutError:
-            raise StageTimeout(self.name, f"stream stalled beyond {self.config.timeout_s:g} s") from None
-        except aiohttp.ClientError as exc:
-            raise StageBadResponse(self.name, f"stream broken: {exc}") from None
+            with self._read_errors():
+                async for line in resp.content:
+                    if line.startswith(b"data:"):
+                        payload = line[5:].strip()
+                        if payload == b"[DONE]":
+                            return
+                        yield payload
         finally:
             resp.release()
 

@@ -19,7 +19,7 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed (the test command installs it)")
 @pytest.mark.parametrize("profile", ["cpu", "gpu"])
 def test_compose_file_validates(profile: str) -> None:
-    out = subprocess.run(["docker-compose", "--profile", profile, "config", "-q"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(["docker-compose", "--profile", profile, "config", "-q"], check=False, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
 
 

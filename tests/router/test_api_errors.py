@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, RouterProcess, free_port, wait_http
+from tests.conftest import ROOT, RouterProcess, free_port, stop_process, wait_http
 
 GOOD = {"model": "cascade", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
@@ -116,12 +116,7 @@ class StubStage:
         wait_http(f"http://127.0.0.1:{self.port}/health", 30, self.proc)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, grace_s=5)
 
 
 def _fault_config(ports: list[int], router_port: int, timeout_s: float = 2.0) -> dict[str, object]:

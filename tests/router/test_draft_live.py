@@ -19,7 +19,7 @@ import pytest
 from openai import OpenAI
 
 from router.config import Settings
-from router.draft import continuation_body, merge, score_draft, trim
+from router.draft import score_draft
 from router.stage_client import StageClient
 from tests.conftest import RouterProcess
 

@@ -16,8 +16,7 @@ def _fake_gguf(path: Path, name: str, template: str | None = "{{ messages }}") -
     with open(path, "wb") as f:
         f.write(b"GGUF" + struct.pack("<IQQ", 3, 0, len(kv)))
         for key, value in kv:
-            for s in (key,):
-                f.write(struct.pack("<Q", len(s)) + s.encode())
+            f.writelines(struct.pack("<Q", len(s)) + s.encode() for s in (key,))
             f.write(struct.pack("<I", 8) + struct.pack("<Q", len(value)) + value.encode())
     return path
 
