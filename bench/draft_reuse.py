@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import statistics
 import sys
 import time
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "draft_reuse.json"))
     args = parser.parse_args()
     settings = load_settings(ROOT / "configs" / "cpu.yaml")
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))  # stop the stages too
     with Ladder(settings) as ladder:
         ladder.wait_healthy(settings.server.startup_timeout_s, progress=False)
         result = asyncio.run(run(args))

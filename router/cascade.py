@@ -16,7 +16,7 @@ from typing import Any
 from predictor.features import AnswerStats, DraftStats, PromptStats, answer_features
 from predictor.interface import Predictor
 from router.config import Settings
-from router.draft import DraftCheck, continuation_body, merge, score_draft, trim, why_not_verify
+from router.draft import AcceptanceTracker, DraftCheck, continuation_body, merge, score_draft, trim, why_not_verify
 from router.metrics import CASCADE_ESCALATIONS, DRAFT_TOKENS, STAGE_CALLS, STAGE_SECONDS
 from router.policy import StoppingPolicy, shrink
 from router.stage_client import StageClient, StageFailure
@@ -73,6 +73,7 @@ class CascadeEngine:
         self.predictor = predictor
         self.costs = [s.cost for s in settings.stages]
         self.top_k = settings.cascade.top_logprobs
+        self.acceptance = AcceptanceTracker(settings.cascade.draft_min_accepted)
 
     def policy(self, prompt: PromptStats, lam: float, max_stage: int) -> StoppingPolicy:
         priors = self.predictor.priors(prompt, len(self.costs))
@@ -95,11 +96,12 @@ class CascadeEngine:
             client = self.clients[stage]
             is_last = policy.best_after(stage)[0] is None
             draft = answer[1]["choices"][0]["message"].get("content") or "" if answer else None
+            pair = (answer[0] if answer else -1, stage)
             t0 = time.perf_counter()
             check, mode = None, None
             try:
                 if draft is not None:
-                    check, mode = await self._verify(client, body, draft)
+                    check, mode = await self._verify(client, body, draft, pair)
                 if req.stream and is_last and not (check and trim(check, _limit(body))):
                     stream_body = continuation_body(body, check) if check else body
                     events = await client.stream({**stream_body, "stream": True, "stream_options": {"include_usage": True}})
@@ -134,12 +136,15 @@ class CascadeEngine:
             stage = decision.next_stage
         raise AssertionError("unreachable: the loop returns at the top stage")
 
-    async def _verify(self, client: StageClient, body: dict[str, Any], draft: str) -> tuple[DraftCheck | None, str]:
-        """Score the lower stage's draft on ``client`` when that is lossless; say what happened."""
+    async def _verify(self, client: StageClient, body: dict[str, Any], draft: str, pair: tuple[int, int]) -> tuple[DraftCheck | None, str]:
+        """Score the lower stage's draft on ``client`` when that is lossless and pays off; say what happened."""
         reason = why_not_verify(client, body, draft)
+        if reason is None and not self.acceptance.should_verify(pair):
+            reason = "low-acceptance"
         if reason is None:
             check = await score_draft(client, body, draft)
             if check is not None:
+                self.acceptance.observe(pair, check.accepted_tokens)
                 DRAFT_TOKENS.labels(client.name, "accepted").inc(check.accepted_tokens)
                 DRAFT_TOKENS.labels(client.name, "rejected").inc(check.draft_tokens - check.accepted_tokens)
                 return check, "verify"

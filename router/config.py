@@ -105,6 +105,9 @@ class CascadeConfig(_Model):
     )
     top_logprobs: int = Field(5, ge=1, le=20, description="top-k asked of each stage for the predictor's features")
     risk: RiskConfig = Field(default_factory=RiskConfig)
+    draft_min_accepted: float = Field(
+        4.0, ge=0.0, description="regenerate instead of verifying once a stage pair's mean accepted draft tokens falls below this (0: always verify)"
+    )
 
 
 class BaselineCoefficients(_Model):

@@ -132,3 +132,40 @@ def merge(check: DraftCheck, data: dict[str, Any] | None) -> dict[str, Any]:
     completion = check.accepted_tokens + u.get("completion_tokens", 0)
     data["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
     return data
+
+
+class AcceptanceTracker:
+    """Running acceptance per stage pair, to stop paying for scoring passes that do not pay off.
+
+    Prefix acceptance is all-or-nothing at the first disagreement: two models
+    that open their answers differently ("Here's a function..." vs
+    "```python") accept nothing even when they agree on most later tokens.
+    Scoring a draft costs a prefill of its length, so once the exponentially
+    weighted mean of accepted tokens for a pair falls below ``min_accepted``
+    (after ``warmup`` observations), the pair regenerates instead, probing
+    with a verification every ``probe_every``-th escalation to notice a change.
+    """
+
+    def __init__(self, min_accepted: float, warmup: int = 8, probe_every: int = 10, weight: float = 0.2) -> None:
+        self.min_accepted = min_accepted
+        self.warmup = warmup
+        self.probe_every = probe_every
+        self.weight = weight
+        self._mean: dict[tuple[int, int], float] = {}
+        self._seen: dict[tuple[int, int], int] = {}
+        self._skipped: dict[tuple[int, int], int] = {}
+
+    def should_verify(self, pair: tuple[int, int]) -> bool:
+        if self.min_accepted <= 0 or self._seen.get(pair, 0) < self.warmup or self._mean[pair] >= self.min_accepted:
+            return True
+        self._skipped[pair] = self._skipped.get(pair, 0) + 1
+        return self._skipped[pair] % self.probe_every == 0
+
+    def observe(self, pair: tuple[int, int], accepted: int) -> None:
+        seen = self._seen.get(pair, 0)
+        mean = self._mean.get(pair, float(accepted))
+        self._mean[pair] = mean + self.weight * (accepted - mean) if seen else float(accepted)
+        self._seen[pair] = seen + 1
+
+    def mean(self, pair: tuple[int, int]) -> float | None:
+        return self._mean.get(pair)

@@ -65,7 +65,8 @@ def ladder_config(stage_ports: list[int], router_port: int, **cascade: object) -
         stage["url"] = f"http://127.0.0.1:{port}/v1"
     base["stages"] = stages
     base["server"] = {"host": "127.0.0.1", "port": router_port}
-    base["cascade"] = {**base["cascade"], "skip_by_prior": False, **cascade}
+    # always verify drafts: the acceptance gate is tested on its own (tests/router/test_draft.py)
+    base["cascade"] = {**base["cascade"], "skip_by_prior": False, "draft_min_accepted": 0, **cascade}
     base["predictor"]["baseline"] = base["predictor"]["baseline"][: len(stage_ports)]
     return base
 

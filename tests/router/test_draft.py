@@ -46,3 +46,21 @@ def test_continuation_and_merge() -> None:
     assert [e["token"] for e in out["choices"][0]["logprobs"]["content"]] == ["Hel", "lo", " world"]
     assert out["usage"] == {"prompt_tokens": 62, "completion_tokens": 3, "total_tokens": 65}
     assert continuation_body(body, DraftCheck()) is body
+
+
+def test_acceptance_tracker_gives_up_on_a_pair_that_never_agrees_and_probes() -> None:
+    from router.draft import AcceptanceTracker
+
+    t = AcceptanceTracker(min_accepted=4, warmup=3, probe_every=5)
+    good, bad = (0, 1), (0, 2)
+    for _ in range(3):
+        assert t.should_verify(good) and t.should_verify(bad)
+        t.observe(good, 30)
+        t.observe(bad, 0)
+    assert t.should_verify(good)
+    decisions = [t.should_verify(bad) for _ in range(10)]
+    assert decisions.count(True) == 2 and decisions[4] and decisions[9]  # probes only
+    for _ in range(20):
+        t.observe(bad, 40)  # the pair starts agreeing: the mean recovers
+    assert t.should_verify(bad)
+    assert AcceptanceTracker(min_accepted=0).should_verify(bad)
