@@ -1,12 +1,14 @@
-"""Process helpers for benchmarks: free ports, health waits, CPU time from /proc."""
+"""Shared benchmark helpers: free ports, health waits, CPU time from /proc, result output."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -44,3 +46,10 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def emit(result: dict[str, object], out: str | Path) -> None:
+    """Print the figures as JSON and keep them in ``out``."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    Path(out).write_text(text + "\n")

@@ -89,9 +89,7 @@ def main() -> None:
     with Ladder(settings) as ladder:
         ladder.wait_healthy(settings.server.startup_timeout_s, progress=False)
         result = asyncio.run(run(args))
-    text = json.dumps(result, indent=2)
-    print(text)
-    Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
