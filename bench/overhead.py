@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import aiohttp
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._procs import cpu_seconds, free_port, stop, wait_ok
+from bench._procs import cpu_seconds, emit, free_port, stop, wait_ok
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = {"messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 8, "temperature": 0}
