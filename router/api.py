@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,7 +17,7 @@ import orjson
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from predictor.interface import Predictor
 from predictor.loader import load_predictor
@@ -24,10 +25,15 @@ from router.cascade import CascadeEngine
 from router.config import Settings
 from router.errors import APIError, parse_chat_request
 from router.metrics import REGISTRY, REQUESTS
-from router.serving_chat import ChatServing
+from router.metrics import RATE_LIMITED
+from router.serving_chat import ChatServing, Outcome, TenantLimits
 from router.stage_client import StageClient
+from router.tenants.admin import admin_router
+from router.tenants.model import Tenant
+from router.tenants.service import TenantService
 
 log = logging.getLogger("adaptive_sd.router")
+DEFAULT_STREAM_TOKEN_ESTIMATE = 256  # a stream's completion tokens are charged as max_tokens, or this
 
 
 def _json(body: object, status: int = 200) -> Response:
@@ -39,20 +45,47 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
     clients = [StageClient(s) for s in settings.stages]
     engine = CascadeEngine(settings, clients, predictor)
     chat_serving = ChatServing(settings, clients, engine)
+    tenants = TenantService(settings.tenancy, settings.cascade.default_lambda)
+    admin_key = settings.tenancy.admin_key.get_secret_value() if settings.tenancy.admin_key else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         for c in clients:
             await c.start()
+        await tenants.start()
         try:
             yield
         finally:
+            await tenants.close()
             for c in clients:
                 await c.close()
 
     app = FastAPI(title="adaptive-sd router", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.engine = engine
+    app.state.tenants = tenants
+    app.include_router(admin_router(tenants, admin_key))
+
+    def limits(tenant: Tenant) -> TenantLimits:
+        s = tenant.settings
+        return TenantLimits(tenants.lam_for(tenant), s.slo is not None, s.max_stage, s.allowed_models)
+
+    def account(tenant: Tenant, outcome: Outcome, response: Response, t0: float, stream_tokens: int) -> Response:
+        """Record usage after the response (streams: when the last byte is sent; tokens then estimated)."""
+        if not isinstance(response, StreamingResponse):
+            tenants.record(tenant, outcome.tokens, (time.perf_counter() - t0) * 1e3, outcome.cost, outcome.stage)
+            return response
+        body = response.body_iterator
+
+        async def counted() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in body:
+                    yield chunk
+            finally:
+                tenants.record(tenant, outcome.tokens + stream_tokens, (time.perf_counter() - t0) * 1e3, outcome.cost, outcome.stage)
+
+        response.body_iterator = counted()
+        return response
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> Response:
@@ -70,16 +103,21 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
+        t0 = time.perf_counter()
         model = "-"
         try:
+            tenant = await tenants.authenticate(request.headers.get("authorization"))
             req = parse_chat_request(await request.body())
             model = req.model
-            response = await chat_serving.create(req, request.headers)
+            outcome = Outcome()
+            response = await chat_serving.create(req, request.headers, limits(tenant), outcome)
         except APIError as exc:
+            if exc.status == 429:
+                RATE_LIMITED.labels(exc.param or "-").inc()
             REQUESTS.labels(model if exc.status != 404 else "-", str(exc.status)).inc()
             raise
         REQUESTS.labels(model, str(response.status_code)).inc()
-        return response
+        return account(tenant, outcome, response, t0, req.token_limit or DEFAULT_STREAM_TOKEN_ESTIMATE)
 
     @app.get("/v1/models")
     async def models() -> Response:
@@ -90,7 +128,9 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
     @app.get("/health")
     async def health(stages: bool = False) -> Response:
         """Liveness; with ``?stages=true`` also probes every stage (2 s timeout each)."""
-        body: dict[str, object] = {"status": "ok", "predictor": predictor.name}
+        body: dict[str, object] = {"status": "ok", "predictor": predictor.name, "tenancy": tenants.health()}
+        if tenants.degraded:
+            body["status"] = "degraded"
         if stages:
             states = await asyncio.gather(*(c.healthy() for c in clients))
             body["stages"] = {c.name: ("ok" if ok else "unreachable") for c, ok in zip(clients, states)}

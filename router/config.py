@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cpu.yaml"
@@ -119,8 +119,22 @@ class BaselineCoefficients(_Model):
 
 class PredictorConfig(_Model):
     kind: Literal["baseline", "onnx"] = "baseline"
-    path: str | None = Field(None, description="ONNX model file for kind=onnx")
+    path: str | None = Field(None, description="for kind=onnx: the directory written by `python -m predictor train` (relative paths resolve against the working directory, then the repository)")
     baseline: list[BaselineCoefficients] = Field(default_factory=list, description="per stage; missing stages use defaults")
+
+
+class TenancyConfig(_Model):
+    auth: Literal["open", "keys"] = Field(
+        "keys", description="keys: every request needs a tenant's API key; open: unknown or missing keys use the default tenant (local demo)"
+    )
+    redis_url: str | None = Field(None, description="redis://host:port/db shared by all replicas; unset = in-process store (one replica)")
+    admin_key: SecretStr | None = Field(None, description="bearer key of the admin API; unset = admin API disabled")
+    cache_ttl_s: float = Field(2.0, gt=0.0, description="how long a replica trusts cached tenant settings")
+    redis_timeout_s: float = Field(0.1, gt=0.0, description="socket timeout of each Redis call")
+    breaker_failures: int = Field(3, ge=1, description="consecutive Redis failures that open the circuit breaker")
+    breaker_cooldown_s: float = Field(1.0, gt=0.0, description="how long the breaker stays open before probing Redis again")
+    sync_interval_s: float = Field(0.5, gt=0.0, description="how often usage is written and SLO controllers step")
+    slo_initial_lambda: float = Field(10.0, gt=0.0, description="starting λ of an SLO tenant that sets none")
 
 
 class ServerConfig(_Model):
@@ -136,6 +150,7 @@ class Settings(BaseSettings):
     server: ServerConfig = Field(default_factory=ServerConfig)
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
     predictor: PredictorConfig = Field(default_factory=PredictorConfig)
+    tenancy: TenancyConfig = Field(default_factory=TenancyConfig)
     stages: list[StageConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -19,3 +19,8 @@ OVERHEAD_SECONDS = Histogram(
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1),
 )
 DRAFT_TOKENS = Counter("adaptive_sd_draft_tokens", "Draft tokens verified by a larger stage, accepted or rejected", ["stage", "verdict"], registry=REGISTRY)
+STORE_UP = Gauge("adaptive_sd_store_up", "1 while the tenant store (Redis) answers, 0 while the router runs degraded", registry=REGISTRY)
+STORE_ERRORS = Counter("adaptive_sd_store_errors", "Failed tenant-store calls (timeouts, refused connections)", registry=REGISTRY)
+TENANT_LAMBDA = Gauge("adaptive_sd_tenant_lambda", "Current λ of tenants under SLO control", ["tenant"], registry=REGISTRY)
+TENANT_OBSERVED = Gauge("adaptive_sd_tenant_slo_observed", "Latest observed SLO metric per tenant", ["tenant", "metric"], registry=REGISTRY)
+RATE_LIMITED = Counter("adaptive_sd_rate_limited", "Requests refused by a tenant rate limit", ["limit"], registry=REGISTRY)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -41,6 +42,25 @@ def _error_event(exc: Exception) -> bytes:
     return _sse(orjson.dumps(APIError(status, str(exc), type="upstream_error").body()))
 
 
+@dataclass
+class TenantLimits:
+    """What the tenant allows this request: its λ (and whether an SLO controller owns it), top stage, models."""
+
+    lam: float
+    lam_locked: bool = False
+    max_stage: int | str | None = None
+    allowed_models: list[str] | None = None
+
+
+@dataclass
+class Outcome:
+    """Filled by ``ChatServing.create`` for accounting: who answered, tokens used, stage cost spent."""
+
+    stage: str = "-"
+    tokens: int = 0
+    cost: float = 0.0
+
+
 class ChatServing:
     def __init__(self, settings: Settings, clients: list[StageClient], engine: CascadeEngine) -> None:
         self.settings = settings
@@ -49,10 +69,17 @@ class ChatServing:
         self.cascade_name = settings.cascade.model_name
 
     # -- entry ----------------------------------------------------------------
-    async def create(self, req: ChatCompletionRequest, headers: Mapping[str, str]) -> Response:
+    async def create(
+        self, req: ChatCompletionRequest, headers: Mapping[str, str], limits: TenantLimits | None = None, outcome: Outcome | None = None
+    ) -> Response:
         t0 = time.perf_counter()
+        limits = limits or TenantLimits(self.settings.cascade.default_lambda)
+        outcome = outcome or Outcome()
+        if limits.allowed_models is not None and req.model not in limits.allowed_models:
+            raise APIError(403, f"This API key may not use model '{req.model}'; allowed: {', '.join(limits.allowed_models)}",
+                           type="permission_error", param="model", code="model_not_allowed")  # fmt: skip
         if req.model == self.cascade_name:
-            return await self._cascade(req, headers, t0)
+            return await self._cascade(req, headers, t0, limits, outcome)
         client = self.clients.get(req.model)
         if client is None:
             known = ", ".join([self.cascade_name, *self.clients])
@@ -60,12 +87,13 @@ class ChatServing:
         for name in _CASCADE_FIELDS:
             if getattr(req, name) is not None:
                 raise APIError(400, f"'{name}' only applies to model '{self.cascade_name}'", param=name)
-        return await self._passthrough(req, client, t0)
+        return await self._passthrough(req, client, t0, outcome)
 
     # -- pass-through ---------------------------------------------------------
-    async def _passthrough(self, req: ChatCompletionRequest, client: StageClient, t0: float) -> Response:
+    async def _passthrough(self, req: ChatCompletionRequest, client: StageClient, t0: float, outcome: Outcome) -> Response:
         body = req.model_dump(exclude_none=True, exclude=_CASCADE_FIELDS | {"model"})
         headers = {"x-cascade-stage": client.name, "x-cascade-path": client.name}
+        outcome.stage, outcome.cost = client.name, client.config.cost
         try:
             if req.stream:
                 events = await client.stream(body, raw=True)
@@ -78,6 +106,7 @@ class ChatServing:
             raise APIError(exc.status, str(exc), type="upstream_error") from None
         STAGE_CALLS.labels(client.name, "ok").inc()
         STAGE_SECONDS.labels(client.name).observe(seconds)
+        outcome.tokens = int((data.get("usage") or {}).get("total_tokens") or 0)
         data["model"] = client.name
         overhead = time.perf_counter() - t0 - seconds
         OVERHEAD_SECONDS.observe(overhead)
@@ -99,8 +128,26 @@ class ChatServing:
             yield b"data: [DONE]\n\n"
 
     # -- cascade --------------------------------------------------------------
-    def _knobs(self, req: ChatCompletionRequest, headers: Mapping[str, str]) -> tuple[float, int]:
-        lam: float = self.settings.cascade.default_lambda
+    def _knobs(self, req: ChatCompletionRequest, headers: Mapping[str, str], limits: TenantLimits) -> tuple[float, int]:
+        """λ and top stage: the request may set them, within what its tenant allows.
+
+        An SLO tenant's λ belongs to its controller, so a request's λ is ignored
+        (the λ used is in the ``x-cascade-lambda`` response header); a request's
+        max stage can only lower the tenant's.
+        """
+        lam, top = self._request_knobs(req, headers)
+        if limits.lam_locked or lam is None:
+            lam = limits.lam
+        if limits.max_stage is not None:
+            try:
+                cap = self.settings.stage_index(limits.max_stage)
+            except ValueError:
+                cap = len(self.settings.stages) - 1  # a stage renamed since the tenant was set: no cap rather than an outage
+            top = min(top, cap)
+        return lam, top
+
+    def _request_knobs(self, req: ChatCompletionRequest, headers: Mapping[str, str]) -> tuple[float | None, int]:
+        lam: float | None = None
         raw = headers.get(LAMBDA_HEADER)
         if raw is not None:
             try:
@@ -123,8 +170,8 @@ class ChatServing:
         except ValueError as exc:
             raise APIError(400, f"Invalid {param}: {exc}", param=param) from None
 
-    async def _cascade(self, req: ChatCompletionRequest, headers: Mapping[str, str], t0: float) -> Response:
-        lam, max_stage = self._knobs(req, headers)
+    async def _cascade(self, req: ChatCompletionRequest, headers: Mapping[str, str], t0: float, limits: TenantLimits, outcome: Outcome) -> Response:
+        lam, max_stage = self._knobs(req, headers, limits)
         body = req.model_dump(exclude_none=True, exclude=_CASCADE_FIELDS | {"model", "stream", "stream_options"})
         prompt = PromptStats.from_texts([m.text() for m in req.messages])
         try:
@@ -132,7 +179,11 @@ class ChatServing:
         except StageFailure as exc:
             raise APIError(exc.status, str(exc), type="upstream_error") from None
         CASCADE_STOPS.labels(self.engine.clients[result.final_stage].name).inc()
+        outcome.stage = self.engine.clients[result.final_stage].name
+        outcome.cost = sum(self.settings.stages[v.stage].cost for v in result.visits)
+        outcome.tokens = result.usage().get("total_tokens", 0)
         out_headers = self._headers(result)
+        out_headers["x-cascade-lambda"] = f"{lam:g}"
         if result.events is not None:
             overhead = time.perf_counter() - t0 - result.stage_seconds
             out_headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"

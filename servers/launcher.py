@@ -81,6 +81,11 @@ def _healthy(stage: StageConfig) -> bool:
         return False
 
 
+def stages_healthy(settings: Settings) -> bool:
+    """True when every stage of ``settings`` already answers ``/health`` (nothing to launch)."""
+    return all(_healthy(s) for s in settings.stages)
+
+
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,8 +20,16 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed (the test command installs it)")
 @pytest.mark.parametrize("profile", ["cpu", "gpu"])
 def test_compose_file_validates(profile: str) -> None:
-    out = subprocess.run(["docker-compose", "--profile", profile, "config", "-q"], check=False, cwd=ROOT, capture_output=True, text=True)
+    env = {**os.environ, "ADAPTIVE_SD_ADMIN_KEY": "test-admin-key"}
+    out = subprocess.run(["docker-compose", "--profile", profile, "config", "-q"], check=False, cwd=ROOT, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed (the test command installs it)")
+def test_compose_refuses_to_start_routers_without_an_admin_key() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "ADAPTIVE_SD_ADMIN_KEY"}
+    out = subprocess.run(["docker-compose", "--profile", "cpu", "config", "-q"], check=False, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert out.returncode != 0 and "ADAPTIVE_SD_ADMIN_KEY" in out.stderr
 
 
 def test_gpu_services_run_the_configured_vllm_commands() -> None:

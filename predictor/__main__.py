@@ -1,0 +1,72 @@
+"""``python -m predictor``: collect training data from a ladder, train and export the predictor.
+
+    python -m predictor collect --out data/cpu/collect.jsonl        # resumable
+    python -m predictor train   --data data/cpu/collect.jsonl --out predictor/models/cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from predictor import collect
+    from predictor.tasks import registry
+    from router.config import load_settings
+    from servers.launcher import Ladder, stages_healthy
+
+    settings = load_settings(args.config)
+    tasks = registry.build(args.tasks, per_family=args.per_family, seed=args.seed, humaneval_limit=args.humaneval_limit)
+    if args.limit:
+        tasks = tasks[: args.limit]
+    options = collect.CollectOptions(score_drafts=args.drafts)
+    print(f"{len(tasks)} tasks ({args.tasks}), {len(settings.stages)} stages -> {args.out}", file=sys.stderr)
+    if stages_healthy(settings):
+        added = collect.run(settings, tasks, Path(args.out), options)
+    else:
+        with Ladder(settings) as ladder:
+            ladder.wait_healthy(settings.server.startup_timeout_s)
+            added = collect.run(settings, tasks, Path(args.out), options)
+    print(f"added {added} tasks", file=sys.stderr)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from predictor import train
+
+    card = train.run(Path(args.data), Path(args.out), seed=args.seed)
+    print(card.summary())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m predictor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("collect", help="run tasks through every stage; store answers, logprobs, labels")
+    c.add_argument("--config", help="ladder YAML (default: $ADAPTIVE_SD_CONFIG or configs/cpu.yaml)")
+    c.add_argument("--out", default="data/cpu/collect.jsonl")
+    c.add_argument("--tasks", default="mix", help="mix | generated | humaneval | open")
+    c.add_argument("--per-family", type=int, default=35, help="generated tasks per family")
+    c.add_argument("--humaneval-limit", type=int, default=None)
+    c.add_argument("--limit", type=int, default=None, help="only the first N tasks of the set")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--drafts", action="store_true", help="also verify stage i-1's answer on stage i for checked tasks (slow on CPU)")
+    t = sub.add_parser("train", help="fit, calibrate, export ONNX and a model card")
+    t.add_argument("--data", default="data/cpu/collect.jsonl")
+    t.add_argument("--out", default="predictor/models/cpu")
+    t.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        return _collect(args) if args.command == "collect" else _train(args)
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

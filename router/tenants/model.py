@@ -1,0 +1,83 @@
+"""Tenant settings, API keys and the admission result."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+KEY_PREFIX = "asd-"
+_TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def new_key() -> str:
+    """A fresh API key: 32 random bytes, url-safe. Shown once, stored only as its hash."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    """SHA-256 of the key. Keys are 256-bit random, so an unsalted hash cannot be brute-forced."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class SLO(BaseModel):
+    """A target the controller tunes λ to meet instead of a fixed λ."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: Literal["p95_latency_ms", "mean_cost"] = Field(description="p95 end-to-end latency, or mean stage cost per request")
+    target: float = Field(gt=0.0)
+
+
+class TenantSettings(BaseModel):
+    """What an operator sets per tenant (admin API, CLI). Unset fields use the router's defaults."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    lambda_: float | None = Field(None, alias="lambda", ge=0.0, allow_inf_nan=False, description="cost of one bad answer, in cost units")
+    slo: SLO | None = None
+    max_stage: int | str | None = Field(None, description="highest stage (index or name) the cascade may use")
+    allowed_models: list[str] | None = Field(None, description="models this tenant may call; null = all")
+    rpm: int = Field(0, ge=0, description="requests per minute, 0 = unlimited")
+    tpm: int = Field(0, ge=0, description="tokens per minute, 0 = unlimited")
+
+    @field_validator("max_stage")
+    @classmethod
+    def _stage(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("must be >= 0")
+        return v
+
+    def public(self) -> dict[str, object]:
+        return self.model_dump(by_alias=True, mode="json")
+
+
+def check_tenant_id(tenant_id: str) -> str:
+    if not _TENANT_ID.match(tenant_id):
+        raise ValueError("tenant id must be 1-64 characters of a-z, 0-9, '_' or '-', starting with a letter or digit")
+    return tenant_id
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A resolved tenant for one request."""
+
+    id: str
+    settings: TenantSettings
+    lam: float | None  # the SLO controller's current λ, when it has one
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The store's answer for one request's key."""
+
+    tenant_id: str
+    settings: TenantSettings | None  # None when the caller already had fresh settings
+    lam: float | None
+    allowed: bool
+    retry_after_ms: int = 0
+    limit: str = ""  # "rpm" or "tpm" when refused

@@ -1,0 +1,260 @@
+"""What a request sees of tenancy: authentication, cached settings, admission, accounting.
+
+Per request: the key's hash is looked up in a short-lived in-process cache;
+a tenant with no rate limits and fresh cached settings costs no Redis round
+trip at all, any other request exactly one (the admission script, which also
+refreshes stale settings). Usage is buffered and written in batches by a
+background task, which also runs the SLO controllers (one replica at a time
+per tenant, by a Redis lock).
+
+Redis failure -- what fails open and what fails closed:
+* known keys keep working with their last cached settings (fail open), and
+  rate limits fall back to per-replica buckets with the same limits (so N
+  replicas may admit up to N x the limit while Redis is down);
+* keys this replica has never seen get 503 (fail closed: they cannot be checked);
+  in open mode they are served as the default tenant, as always;
+* the admin API answers 503 (fail closed: no change can be stored);
+* usage is kept in a bounded buffer and written when Redis is back; SLO
+  controllers hold their λ.
+A circuit breaker skips Redis during the outage, ``/health`` and
+``adaptive_sd_store_up`` report it, and the first successful probe after the
+cool-down restores normal service without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from router.config import TenancyConfig
+from router.errors import APIError
+from router.metrics import STORE_ERRORS, STORE_UP, TENANT_LAMBDA, TENANT_OBSERVED
+from router.tenants import slo
+from router.tenants.breaker import CircuitBreaker
+from router.tenants.model import Admission, Tenant, TenantSettings, hash_key
+from router.tenants.store import Bucket, MemoryStore, SLOState, TenantStore, Usage, admit_buckets
+
+log = logging.getLogger("adaptive_sd.tenants")
+DEFAULT_TENANT = "default"
+BUFFER_LIMIT = 10_000
+
+
+@dataclass
+class _Cached:
+    tenant_id: str
+    settings: TenantSettings
+    lam: float | None
+    expires: float
+    req: Bucket
+    tok: Bucket
+
+
+def bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def make_store(cfg: TenancyConfig) -> TenantStore:
+    if cfg.redis_url:
+        from router.tenants.redis_store import RedisStore
+
+        return RedisStore(cfg.redis_url, timeout_s=cfg.redis_timeout_s)
+    return MemoryStore()
+
+
+class TenantService:
+    def __init__(
+        self, cfg: TenancyConfig, default_lambda: float = 10.0, store: TenantStore | None = None, controller: slo.ControllerConfig = slo.ControllerConfig()
+    ) -> None:
+        self.cfg = cfg
+        self.default_lambda = default_lambda
+        self.store = store or make_store(cfg)
+        self.breaker = CircuitBreaker(cfg.breaker_failures, cfg.breaker_cooldown_s)
+        self.controller = controller
+        self._cache: dict[str, _Cached] = {}
+        self._buffer: deque[Usage] = deque(maxlen=BUFFER_LIMIT)
+        self._slo_tenants: dict[str, TenantSettings] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.default = Tenant(DEFAULT_TENANT, TenantSettings(), None)
+        self._up = True
+        STORE_UP.set(1)
+
+    # -- lifecycle ------------------------------------------------------------
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._sync_loop())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self.flush()
+        await self.store.close()
+
+    @property
+    def degraded(self) -> bool:
+        return self.breaker.state != "closed"
+
+    def health(self) -> dict[str, object]:
+        return {"store": self.store.kind, "state": "degraded" if self.degraded else "ok", "breaker": self.breaker.state, "buffered_usage": len(self._buffer)}
+
+    # -- store calls through the breaker --------------------------------------
+    async def _guarded(self, coro: object) -> tuple[bool, object]:
+        """(ok, result); on failure the breaker counts it and the caller falls back."""
+        if not self.breaker.allow():
+            coro.close()  # type: ignore[attr-defined]
+            return False, None
+        try:
+            result = await coro  # type: ignore[misc]
+        except Exception as exc:  # redis ConnectionError/TimeoutError and friends
+            self.breaker.failure()
+            STORE_ERRORS.inc()
+            self._up = False
+            STORE_UP.set(0)
+            log.warning("tenant store error (%s): %s", type(exc).__name__, exc)
+            return False, None
+        if not self._up:
+            log.warning("tenant store reachable again")
+            self._up = True
+            STORE_UP.set(1)
+        self.breaker.success()
+        return True, result
+
+    # -- per request ----------------------------------------------------------
+    async def authenticate(self, authorization: str | None) -> Tenant:
+        key = bearer(authorization)
+        open_mode = self.cfg.auth == "open"
+        if key is None:
+            if open_mode:
+                return self.default
+            raise APIError(401, "Missing API key: send 'Authorization: Bearer <key>'", type="invalid_request_error", param="authorization", code="invalid_api_key")
+        h = hash_key(key)
+        now = time.monotonic()
+        cached = self._cache.get(h)
+        fresh = cached is not None and cached.expires > now
+        if fresh and not (cached.settings.rpm or cached.settings.tpm):  # type: ignore[union-attr]
+            return Tenant(cached.tenant_id, cached.settings, cached.lam)  # type: ignore[union-attr]
+        ok, adm = await self._guarded(self.store.admit(h, want_settings=not fresh))
+        if ok:
+            if adm is None:
+                self._cache.pop(h, None)
+                if open_mode:
+                    return self.default
+                raise APIError(401, "Incorrect API key provided", type="invalid_request_error", param="authorization", code="invalid_api_key")
+            assert isinstance(adm, Admission)
+            cached = self._remember(h, adm, cached, now)
+            if not adm.allowed:
+                self._refuse(adm.limit, adm.retry_after_ms)
+            return Tenant(cached.tenant_id, cached.settings, cached.lam)
+        # the store is unreachable: last known settings, per-replica limits
+        if cached is None:
+            if open_mode:
+                return self.default
+            raise APIError(503, "Cannot verify the API key: the tenant store is unavailable; retry shortly", type="service_unavailable", code="store_unavailable")
+        s = cached.settings
+        cached.req.capacity, cached.tok.capacity = s.rpm, s.tpm
+        allowed, retry, which = admit_buckets(s.rpm, s.tpm, cached.req, cached.tok, now * 1e3)
+        if not allowed:
+            self._refuse(which, retry)
+        return Tenant(cached.tenant_id, s, cached.lam)
+
+    def _remember(self, h: str, adm: Admission, cached: _Cached | None, now: float) -> _Cached:
+        settings = adm.settings or (cached.settings if cached else TenantSettings())
+        if cached is None:
+            cached = _Cached(adm.tenant_id, settings, adm.lam, 0.0, Bucket(settings.rpm), Bucket(settings.tpm))
+            self._cache[h] = cached
+        cached.tenant_id, cached.settings, cached.lam = adm.tenant_id, settings, adm.lam
+        if adm.settings is not None:
+            cached.expires = now + self.cfg.cache_ttl_s
+        if settings.slo is not None:
+            self._slo_tenants[adm.tenant_id] = settings
+        else:
+            self._slo_tenants.pop(adm.tenant_id, None)
+        if adm.lam is not None:
+            TENANT_LAMBDA.labels(adm.tenant_id).set(adm.lam)
+        return cached
+
+    @staticmethod
+    def _refuse(limit: str, retry_ms: int) -> None:
+        seconds = max(1, -(-retry_ms // 1000))
+        what = "requests" if limit == "rpm" else "tokens"
+        raise APIError(429, f"Rate limit reached for {what} per minute ({limit}); retry in {seconds} s", type="rate_limit_error",
+                       param=limit, code="rate_limit_exceeded", headers={"Retry-After": str(seconds)})  # fmt: skip
+
+    def lam_for_settings(self, settings: TenantSettings, controlled: float | None, default: float | None = None) -> float:
+        """λ in force: the controller's for an SLO tenant, else the tenant's own, else the router default."""
+        fallback = default if default is not None else self.default_lambda
+        if settings.slo is not None:
+            return controlled if controlled is not None else (settings.lambda_ if settings.lambda_ is not None else self.cfg.slo_initial_lambda)
+        return settings.lambda_ if settings.lambda_ is not None else fallback
+
+    def lam_for(self, tenant: Tenant) -> float:
+        return self.lam_for_settings(tenant.settings, tenant.lam)
+
+    def forget(self, tenant_id: str) -> None:
+        """Drop cached entries of a tenant after an admin change (other replicas expire theirs within cache_ttl_s)."""
+        for h in [h for h, c in self._cache.items() if c.tenant_id == tenant_id]:
+            del self._cache[h]
+        self._slo_tenants.pop(tenant_id, None)
+
+    def record(self, tenant: Tenant, tokens: int, latency_ms: float, cost: float, stage: str) -> None:
+        if tenant.id == DEFAULT_TENANT and tenant is self.default:
+            return
+        self._buffer.append(Usage(tenant.id, tokens, latency_ms, cost, stage, tenant.settings.tpm))
+
+    # -- background -------------------------------------------------------------
+    async def flush(self) -> None:
+        if not self._buffer:
+            return
+        batch = list(self._buffer)
+        self._buffer.clear()
+        ok, _ = await self._guarded(self.store.record(batch))
+        if not ok:  # keep it for later, newest wins if the buffer fills
+            self._buffer.extendleft(reversed(batch[-(BUFFER_LIMIT - len(self._buffer)) :]))
+
+    async def run_controllers(self) -> None:
+        for tid, settings in list(self._slo_tenants.items()):
+            target = settings.slo
+            if target is None:
+                continue
+            ok, locked = await self._guarded(self.store.try_lock(f"slo:{tid}", int(self.cfg.sync_interval_s * 1000 * 0.9)))
+            if not ok or not locked:
+                continue
+            ok, state = await self._guarded(self.store.slo_state(tid))
+            if not ok:
+                continue
+            if state is None:
+                start = settings.lambda_ if settings.lambda_ is not None else self.cfg.slo_initial_lambda
+                state = SLOState(start, 0, 0)
+            ok, res = await self._guarded(self.store.samples(tid, target.metric))
+            if not ok:
+                continue
+            samples, total = res  # type: ignore[misc]
+            new = slo.update(state, target, samples, total, self.controller)  # type: ignore[arg-type]
+            if new is None:
+                if state.updates == 0 and state.seen == 0:
+                    await self._guarded(self.store.set_slo_state(tid, state))
+                continue
+            observed = slo.observe(target, samples[: max(1, total - state.seen)])
+            if observed is not None:
+                TENANT_OBSERVED.labels(tid, target.metric).set(observed)
+            TENANT_LAMBDA.labels(tid).set(new.lam)
+            await self._guarded(self.store.set_slo_state(tid, new))
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.sync_interval_s)
+            try:
+                if self.breaker.state == "half-open" and not self._buffer:
+                    await self._guarded(self.store.ping())
+                await self.flush()
+                await self.run_controllers()
+            except Exception:  # never let the loop die
+                log.exception("tenant sync loop")

@@ -1,0 +1,83 @@
+"""Both stores, same behaviour: the in-process one and a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from router.tenants.model import SLO, TenantSettings, hash_key
+from router.tenants.redis_store import RedisStore
+from router.tenants.store import MemoryStore, SLOState, TenantExists, TenantStore, UnknownTenant, Usage
+from tests.conftest import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[TenantStore]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    redis_server.flush()
+    s = RedisStore(redis_server.url, timeout_s=1.0)
+    yield s
+    await s.close()
+
+
+async def test_lifecycle_keys_and_isolation(store: TenantStore) -> None:
+    await store.create("a", TenantSettings(**{"lambda": 3.0}))
+    await store.create("b", TenantSettings(max_stage=1))
+    with pytest.raises(TenantExists):
+        await store.create("a", TenantSettings())
+    await store.add_key("a", hash_key("key-a"))
+    await store.add_key("b", hash_key("key-b"))
+    adm = await store.admit(hash_key("key-a"), want_settings=True)
+    assert adm is not None and adm.tenant_id == "a" and adm.allowed and adm.settings.lambda_ == 3.0
+    adm = await store.admit(hash_key("key-b"), want_settings=False)
+    assert adm is not None and adm.tenant_id == "b" and adm.settings is None
+    assert await store.admit(hash_key("nope"), want_settings=True) is None
+    await store.put("a", TenantSettings(**{"lambda": 7.0}))
+    assert (await store.get("a")).lambda_ == 7.0
+    assert await store.list() == ["a", "b"]
+    assert await store.revoke_keys("a") == 1
+    assert await store.admit(hash_key("key-a"), want_settings=True) is None
+    await store.delete("b")
+    assert await store.admit(hash_key("key-b"), want_settings=True) is None
+    with pytest.raises(UnknownTenant):
+        await store.get("b")
+
+
+async def test_concurrent_admissions_never_exceed_the_request_limit(store: TenantStore) -> None:
+    await store.create("t", TenantSettings(rpm=10))
+    await store.add_key("t", hash_key("k"))
+    results = await asyncio.gather(*(store.admit(hash_key("k"), want_settings=False) for _ in range(60)))
+    allowed = [r for r in results if r.allowed]
+    assert len(allowed) == 10
+    refused = [r for r in results if not r.allowed]
+    assert all(r.limit == "rpm" and r.retry_after_ms > 0 for r in refused)
+
+
+async def test_token_limit_refuses_after_usage_is_charged(store: TenantStore) -> None:
+    await store.create("t", TenantSettings(tpm=1000))
+    await store.add_key("t", hash_key("k"))
+    assert (await store.admit(hash_key("k"), False)).allowed
+    await store.record([Usage("t", 1500, 12.0, 1.5, "s0", tpm=1000)])
+    adm = await store.admit(hash_key("k"), False)
+    assert not adm.allowed and adm.limit == "tpm" and adm.retry_after_ms > 0
+    stats = await store.stats("t")
+    assert stats["requests"] == 1 and stats["tokens"] == 1500 and stats["stops"] == {"s0": 1}
+
+
+async def test_slo_state_and_samples(store: TenantStore) -> None:
+    await store.create("t", TenantSettings(slo=SLO(metric="p95_latency_ms", target=500)))
+    assert await store.slo_state("t") is None
+    await store.set_slo_state("t", SLOState(4.5, 2, 40))
+    assert await store.slo_state("t") == SLOState(4.5, 2, 40)
+    await store.record([Usage("t", 10, float(i), 1.0, "s0") for i in range(5)])
+    samples, total = await store.samples("t", "p95_latency_ms")
+    assert samples == [4.0, 3.0, 2.0, 1.0, 0.0] and total == 5
+    assert await store.try_lock("x", 5000) and not await store.try_lock("x", 5000)
+    await store.put("t", TenantSettings(slo=SLO(metric="mean_cost", target=2)))
+    assert await store.slo_state("t") is None, "a new target restarts the controller"
