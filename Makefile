@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: install system-deps vllm-env up test test-vllm bench-overhead bench-draft lint clean
+.PHONY: install system-deps vllm-env up test test-vllm predictor bench-overhead bench-draft bench-predictor bench-tenancy lint clean
 
 $(STAMP): pyproject.toml requirements-models.txt
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,17 @@ test: $(STAMP) system-deps
 # The vLLM-dialect integration tests (real vLLM, CPU build); skipped by `make test` when .venv-vllm is absent.
 test-vllm: $(STAMP) $(VLLM_STAMP) system-deps
 	ADAPTIVE_SD_REQUIRE_VLLM=1 $(BIN)/pytest tests/integration_vllm
+
+# Collect (resumable; the committed data file makes this a no-op) and train the shipped predictor.
+predictor: $(STAMP)
+	$(BIN)/python -m predictor collect --out data/cpu/collect.jsonl
+	$(BIN)/python -m predictor train --data data/cpu/collect.jsonl --out predictor/models/cpu
+
+bench-predictor: $(STAMP)
+	$(BIN)/python bench/predictor_latency.py
+
+bench-tenancy: $(STAMP) system-deps
+	$(BIN)/python bench/tenancy_overhead.py
 
 bench-overhead: $(STAMP)
 	$(BIN)/python bench/overhead.py

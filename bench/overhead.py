@@ -107,6 +107,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     cfg = {
         "server": {"host": "127.0.0.1", "port": router_port},
         "cascade": {"skip_by_prior": False},
+        "tenancy": {"auth": "open"},
         "stages": [
             {"name": "stub", "model": "stub", "url": f"http://127.0.0.1:{stub_port}/v1", "cost": 1.0},
             {"name": "slow", "model": "stub", "url": f"http://127.0.0.1:{slow_port}/v1", "cost": 2.0},

@@ -22,7 +22,11 @@ def _collect(args: argparse.Namespace) -> int:
     if args.limit:
         tasks = tasks[: args.limit]
     options = collect.CollectOptions(score_drafts=args.drafts)
-    print(f"{len(tasks)} tasks ({args.tasks}), {len(settings.stages)} stages -> {args.out}", file=sys.stderr)
+    have = collect.done_ids(Path(args.out))
+    todo = sum(t.id not in have for t in tasks)
+    print(f"{len(tasks)} tasks ({args.tasks}), {todo} to collect, {len(settings.stages)} stages -> {args.out}", file=sys.stderr)
+    if todo == 0:
+        return 0
     if stages_healthy(settings):
         added = collect.run(settings, tasks, Path(args.out), options)
     else:

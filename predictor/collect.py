@@ -53,6 +53,16 @@ def expand_logprobs(compact: Sequence[Sequence[Any]]) -> dict[str, Any]:
     return {"content": [{"logprob": lp, "top_logprobs": [{"logprob": t} for t in top]} for lp, top in compact]}
 
 
+def drop_partial_line(path: Path) -> None:
+    """Cut a last line an interrupted run left unfinished, so the next append starts on a fresh line."""
+    if not path.exists():
+        return
+    with path.open("rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 def done_ids(path: Path) -> set[str]:
     if not path.exists():
         return set()
@@ -146,6 +156,7 @@ async def collect(settings: Settings, tasks: Iterable[Task], out: Path, options:
     from tqdm import tqdm
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    drop_partial_line(out)
     have = done_ids(out)
     todo = [t for t in tasks if t.id not in have]
     added = 0

@@ -24,10 +24,13 @@ from predictor.features import AnswerStats, DraftStats, PromptStats, answer_feat
 from predictor.tasks.open_prompts import AGREEMENT_THRESHOLD
 
 
-def label(stage_row: dict[str, Any]) -> int:
-    if stage_row["passed"] is not None:
+def label(stage_row: dict[str, Any]) -> int | None:
+    """1 acceptable, 0 not, None unknown (logged traffic that was never verified): such rows are skipped."""
+    if stage_row.get("passed") is not None:
         return int(stage_row["passed"])
-    return int((stage_row["agreement"] or 0.0) >= AGREEMENT_THRESHOLD)
+    if stage_row.get("agreement") is not None:
+        return int(stage_row["agreement"] >= AGREEMENT_THRESHOLD)
+    return None
 
 
 def stage_features(prompt: PromptStats, stage_row: dict[str, Any]) -> np.ndarray:
@@ -75,11 +78,16 @@ def load(path: Path) -> Dataset:
     for row in read_rows(path):
         prompt = PromptStats.from_texts(row["prompt_texts"])
         n_stages = max(n_stages, len(row["stages"]))
-        pf = prompt_features(prompt, len(row["stages"]))
+        pf = prompt_features(prompt, max(s["stage"] for s in row["stages"]) + 1) if row["stages"] else None
+        if pf is None:
+            continue
         for s in row["stages"]:
+            y = label(s)
+            if y is None or s["stage"] >= len(pf):
+                continue
             xs.append(stage_features(prompt, s))
             px.append(pf[s["stage"]])
-            ys.append(label(s))
+            ys.append(y)
             st.append(s["stage"])
             tk.append(row["task"])
             sp.append(row["split"])

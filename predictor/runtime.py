@@ -50,7 +50,7 @@ class _Graph:
         opts.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types for corrupt files
             raise PredictorLoadError(f"predictor file {path} is not a loadable ONNX model: {exc}") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("kind") != kind:

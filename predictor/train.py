@@ -43,7 +43,7 @@ def scores(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
     from sklearn.metrics import roc_auc_score
 
     auc = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
-    return {"n": int(len(y)), "positive_rate": float(y.mean()) if len(y) else 0.0, "auc": auc,
+    return {"n": len(y), "positive_rate": float(y.mean()) if len(y) else 0.0, "auc": auc,
             "brier": float(np.mean((p - y) ** 2)), "ece": ece(y, p)}  # fmt: skip
 
 
@@ -81,6 +81,7 @@ class FittedModel:
     validation_log_loss: dict[str, float]
     calibration: Calibration
     onnx: bytes = field(repr=False)
+    estimator: Any = field(repr=False, default=None)  # the in-memory model the ONNX graph was converted from
 
 
 def fit(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], names: tuple[str, ...], kind: str, seed: int) -> FittedModel:
@@ -102,7 +103,7 @@ def fit(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray]
         "feature_names": json.dumps(list(names)),
         "calibration": json.dumps(asdict(calibration)),
     }
-    return FittedModel(best, losses, calibration, _to_onnx(fitted[best], len(names), metadata))
+    return FittedModel(best, losses, calibration, _to_onnx(fitted[best], len(names), metadata), fitted[best])
 
 
 def baseline(train: dataset.Dataset, test: dataset.Dataset) -> tuple[np.ndarray, list[dict[str, float]]]:
@@ -200,17 +201,17 @@ def run(data_path: Path, out_dir: Path, seed: int = 0) -> ModelCard:
     card = ModelCard(
         data={
             "source": data_path.name,
-            "tasks": {k: int(len(set(d.task))) for k, d in (("train", train), ("val", val), ("test", test))},
-            "rows": {k: int(len(d.y)) for k, d in (("train", train), ("val", val), ("test", test))},
+            "tasks": {k: len(set(d.task)) for k, d in (("train", train), ("val", val), ("test", test))},
+            "rows": {k: len(d.y) for k, d in (("train", train), ("val", val), ("test", test))},
             "families": sorted(set(data.family.tolist())),
             "stages": data.n_stages,
             "label": "exact checker verdict; open prompts: top-stage agreement >= threshold",
         },
         answer_model={"chosen": answer.name, "validation_log_loss": answer.validation_log_loss, "feature_version": FEATURE_VERSION,
-                      "features": list(FEATURE_NAMES), "calibration": "isotonic on validation"},  # fmt: skip
+                      "features": list(FEATURE_NAMES), "calibration": "isotonic on validation"},
         prior_model={"chosen": prior.name, "validation_log_loss": prior.validation_log_loss, "features": list(PROMPT_FEATURE_NAMES)},
         test={"pooled": {"learned": scores(test.y, p_learned), "baseline": scores(test.y, p_base), "prior": scores(test.y, p_prior)},
-              "per_stage": per_stage},  # fmt: skip
+              "per_stage": per_stage},
         baseline_coefficients=coefs,
     )
     card.data["train_seconds"] = round(time.perf_counter() - t0, 2)

@@ -24,8 +24,7 @@ from predictor.loader import load_predictor
 from router.cascade import CascadeEngine
 from router.config import Settings
 from router.errors import APIError, parse_chat_request
-from router.metrics import REGISTRY, REQUESTS
-from router.metrics import RATE_LIMITED
+from router.metrics import RATE_LIMITED, REGISTRY, REQUESTS
 from router.serving_chat import ChatServing, Outcome, TenantLimits
 from router.stage_client import StageClient
 from router.tenants.admin import admin_router

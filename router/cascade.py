@@ -8,6 +8,7 @@ hand is returned (marked degraded), otherwise the next stage is tried.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 
 from predictor.features import AnswerStats, DraftStats, PromptStats, answer_features
 from predictor.interface import Predictor
+from predictor.traffic import TrafficLog
 from router.config import Settings
 from router.draft import AcceptanceTracker, DraftCheck, continuation_body, merge, score_draft, trim, why_not_verify
 from router.metrics import CASCADE_ESCALATIONS, DRAFT_TOKENS, STAGE_CALLS, STAGE_SECONDS
@@ -32,6 +34,7 @@ class StageVisit:
     error: str | None = None
     draft: DraftCheck | None = None  # verification of the previous stage's answer
     draft_mode: str | None = None  # "verify" or "regenerate:<reason>" when there was a draft
+    choice: dict[str, Any] | None = None  # the stage's answer (kept for the opt-in traffic log)
 
 
 @dataclass
@@ -74,6 +77,7 @@ class CascadeEngine:
         self.costs = [s.cost for s in settings.stages]
         self.top_k = settings.cascade.top_logprobs
         self.acceptance = AcceptanceTracker(settings.cascade.draft_min_accepted)
+        self.traffic = TrafficLog(settings.predictor.log_path) if settings.predictor.log_path else None
 
     def policy(self, prompt: PromptStats, lam: float, max_stage: int) -> StoppingPolicy:
         priors = self.predictor.priors(prompt, len(self.costs))
@@ -87,6 +91,21 @@ class CascadeEngine:
         return shrink(self.predictor.predict(features), self.predictor.evidence, risk.alpha, risk.beta)
 
     async def run(self, req: CascadeRequest) -> CascadeResult:
+        result = await self._run(req)
+        if self.traffic is not None:
+            self._log(req, result)
+        return result
+
+    def _log(self, req: CascadeRequest, result: CascadeResult) -> None:
+        visits = [
+            {"stage": v.stage, "name": v.name, "choice": v.choice, "usage": v.usage, "seconds": v.seconds,
+             "draft": {"accepted": v.draft.accepted_tokens, "tokens": v.draft.draft_tokens} if v.draft else None}
+            for v in result.visits if v.error is None
+        ]  # fmt: skip
+        if any(v["choice"] is not None for v in visits):
+            self.traffic.record([m.get("content") if isinstance(m.get("content"), str) else json.dumps(m.get("content")) for m in req.body["messages"]], visits)  # type: ignore[union-attr]
+
+    async def _run(self, req: CascadeRequest) -> CascadeResult:
         policy = self.policy(req.prompt, req.lam, req.max_stage)
         body = {**req.body, "logprobs": True, "top_logprobs": max(req.body.get("top_logprobs") or 0, self.top_k)}
         stage: int | None = policy.start(self.settings.cascade.skip_by_prior)
@@ -127,7 +146,7 @@ class CascadeEngine:
             STAGE_CALLS.labels(client.name, "ok").inc()
             STAGE_SECONDS.labels(client.name).observe(seconds)
             p_hat = self._judge(req, stage, data, check)
-            visits.append(StageVisit(stage, client.name, seconds, p_hat=p_hat, usage=data.get("usage"), draft=check, draft_mode=mode))
+            visits.append(StageVisit(stage, client.name, seconds, p_hat=p_hat, usage=data.get("usage"), draft=check, draft_mode=mode, choice=data["choices"][0]))
             answer = (stage, data)
             decision = policy.decide(stage, p_hat)
             if decision.stop:

@@ -5,6 +5,7 @@
     adaptive-sd stages        stage servers only
     adaptive-sd vllm-cmd      print the vLLM command line of each GPU stage
     adaptive-sd check-config  validate a config and print it resolved
+    adaptive-sd tenants ...   manage tenants in the shared Redis store (see `adaptive-sd tenants -h`)
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("up", "serve", "stages", "vllm-cmd", "check-config"):
         sub.add_parser(name)
+    from router.tenants import cli as tenants_cli
+
+    tenants_cli.add_parser(sub)
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
@@ -83,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(" ".join(f"{k}={v}" for k, v in env.items()), shlex.join(cmd))
         elif args.command == "check-config":
             print(settings.model_dump_json(indent=2))
+        elif args.command == "tenants":
+            return tenants_cli.run(settings, args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

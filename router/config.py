@@ -121,6 +121,7 @@ class PredictorConfig(_Model):
     kind: Literal["baseline", "onnx"] = "baseline"
     path: str | None = Field(None, description="for kind=onnx: the directory written by `python -m predictor train` (relative paths resolve against the working directory, then the repository)")
     baseline: list[BaselineCoefficients] = Field(default_factory=list, description="per stage; missing stages use defaults")
+    log_path: str | None = Field(None, description="opt-in: append each cascade's stage answers (prompts included) here, in the collection format, to retrain on")
 
 
 class TenancyConfig(_Model):

@@ -24,11 +24,7 @@ GENERATOR_VERSION = 1
 SHORT_MAX_TOKENS = 48
 CODE_MAX_TOKENS = 320
 _INSTRUCT = "Reply with only the answer, nothing else."
-_WORDS = (
-    "apple river stone cloud garden window silver rocket planet forest yellow candle marble "
-    "pepper bridge castle dragon engine falcon guitar harbor island jungle kettle lantern meadow "
-    "needle orange pencil quartz ribbon saddle tunnel velvet walnut"
-).split()
+_WORDS = ["apple", "river", "stone", "cloud", "garden", "window", "silver", "rocket", "planet", "forest", "yellow", "candle", "marble", "pepper", "bridge", "castle", "dragon", "engine", "falcon", "guitar", "harbor", "island", "jungle", "kettle", "lantern", "meadow", "needle", "orange", "pencil", "quartz", "ribbon", "saddle", "tunnel", "velvet", "walnut"]
 
 
 def _short(family: str, i: int, difficulty: int, question: str, expected: str) -> Task:

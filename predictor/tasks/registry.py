@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from predictor.tasks import Task
-from predictor.tasks import generated, humaneval, open_prompts
+from predictor.tasks import Task, generated, humaneval, open_prompts
 
 TASK_SETS = ("mix", "generated", "humaneval", "open")
 

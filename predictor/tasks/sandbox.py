@@ -40,7 +40,7 @@ def passes(program: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_limits,
+            preexec_fn=_limits,  # noqa: PLW1509 - rlimits must be set in the child; callers do not fork from threads
         )
         try:
             return proc.wait(timeout=timeout_s) == 0

@@ -58,7 +58,7 @@ def admin_router(service: TenantService, admin_key: str | None) -> APIRouter:
             raise APIError(401, "Admin API: missing or incorrect admin key", param="authorization", code="invalid_api_key")
 
     async def call(coro: Any, tenant_id: str | None = None) -> Any:
-        ok, result = await service._guarded(_wrap(coro))  # noqa: SLF001 - same breaker as the request path
+        ok, result = await service._guarded(_wrap(coro))
         if not ok:
             raise APIError(503, "The tenant store is unavailable; no change was made", type="service_unavailable", code="store_unavailable")
         if isinstance(result, _Failure):

@@ -57,22 +57,22 @@ if allowed == 1 and rpm > 0 then
     allowed, retry, which = 0, math.ceil((1 - rv) * 60000 / rpm), 'rpm'
   else
     redis.call('HSET', rk, 'v', tostring(rv - 1), 'ts', now)
-    redis.call('PEXPIRE', rk, %d)
+    redis.call('PEXPIRE', rk, BUCKET_TTL_MS)
   end
 end
 local settings = false
 if ARGV[3] == '1' then settings = f[1] end
 return {1, tid, settings, f[2] or false, allowed, retry, which}
-""" % BUCKET_TTL_MS
+""".replace("BUCKET_TTL_MS", str(BUCKET_TTL_MS))
 
 CHARGE_LUA = _BUCKET + """
 local now = now_ms()
 local cap = tonumber(ARGV[1])
 local v = level(KEYS[1], cap, now) - tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'v', tostring(v), 'ts', now)
-redis.call('PEXPIRE', KEYS[1], %d)
+redis.call('PEXPIRE', KEYS[1], BUCKET_TTL_MS)
 return 1
-""" % BUCKET_TTL_MS
+""".replace("BUCKET_TTL_MS", str(BUCKET_TTL_MS))
 
 
 def _s(v: Any) -> str | None:

@@ -40,6 +40,7 @@ from router.tenants.store import Bucket, MemoryStore, SLOState, TenantStore, Usa
 log = logging.getLogger("adaptive_sd.tenants")
 DEFAULT_TENANT = "default"
 BUFFER_LIMIT = 10_000
+DEFAULT_CONTROLLER = slo.ControllerConfig()
 
 
 @dataclass
@@ -69,7 +70,7 @@ def make_store(cfg: TenancyConfig) -> TenantStore:
 
 class TenantService:
     def __init__(
-        self, cfg: TenancyConfig, default_lambda: float = 10.0, store: TenantStore | None = None, controller: slo.ControllerConfig = slo.ControllerConfig()
+        self, cfg: TenancyConfig, default_lambda: float = 10.0, store: TenantStore | None = None, controller: slo.ControllerConfig = DEFAULT_CONTROLLER
     ) -> None:
         self.cfg = cfg
         self.default_lambda = default_lambda
@@ -113,7 +114,7 @@ class TenantService:
             return False, None
         try:
             result = await coro  # type: ignore[misc]
-        except Exception as exc:  # redis ConnectionError/TimeoutError and friends
+        except Exception as exc:  # noqa: BLE001 - any store failure (redis ConnectionError, TimeoutError, ...) means: fall back
             self.breaker.failure()
             STORE_ERRORS.inc()
             self._up = False

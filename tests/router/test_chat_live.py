@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import httpx
 import openai
 import pytest
+import yaml
 from openai import OpenAI
 
-from tests.conftest import RouterProcess
+from tests.conftest import ROOT, RouterProcess, free_port, ladder_config
 
 PROMPT = [{"role": "user", "content": "Write a Python function that returns the square of a number."}]
 GREEDY = {"temperature": 0.0, "max_tokens": 24}
@@ -123,3 +127,43 @@ def test_metrics_count_what_happened(client: OpenAI, router: RouterProcess) -> N
     assert f'adaptive_sd_cascade_stops_total{{stage="{s0}"}}' in text
     assert 'adaptive_sd_requests_total{model="cascade",status="200"}' in text
     assert "adaptive_sd_router_overhead_seconds_bucket" in text
+
+
+def test_router_serves_with_the_shipped_learned_predictor(stage_ports: list[int], tmp_path: Path) -> None:
+    """configs/cpu.yaml's default predictor (ONNX) loads at start-up and drives the cascade."""
+    cfg = ladder_config(stage_ports, free_port())
+    cfg["predictor"] = yaml.safe_load((ROOT / "configs" / "cpu.yaml").read_text())["predictor"]
+    proc = RouterProcess(cfg, tmp_path)
+    try:
+        health = httpx.get(f"{proc.url}/health").json()
+        assert health["predictor"].startswith("onnx-")
+        raw = proc.client().chat.completions.with_raw_response.create(
+            model="cascade", messages=[{"role": "user", "content": "What is 3 + 4?"}], max_tokens=8, temperature=0
+        )
+        p_hats = [float(p) for p in raw.headers["x-cascade-p"].split(",")]
+        assert raw.parse().choices[0].message.content and all(0.0 <= p <= 1.0 for p in p_hats)
+    finally:
+        proc.stop()
+
+
+def test_opt_in_traffic_log_feeds_training(stage_ports: list[int], tmp_path: Path) -> None:
+    """With predictor.log_path set, escalations are logged in the collection format, labelled by verification."""
+    from predictor import dataset
+
+    log = tmp_path / "traffic.jsonl"
+    cfg = ladder_config(stage_ports, free_port())
+    cfg["predictor"]["log_path"] = str(log)
+    proc = RouterProcess(cfg, tmp_path)
+    try:
+        for question in ("What is 2 + 2?", "Name a colour."):
+            proc.client().chat.completions.create(
+                model="cascade", messages=[{"role": "user", "content": question}], max_tokens=8, temperature=0, extra_body={"cascade_lambda": 1e6}
+            )
+    finally:
+        proc.stop()
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(rows) == 2 and all(r["family"] == "traffic" for r in rows)
+    lower = [r["stages"][0] for r in rows]
+    assert all(s["stage"] == 0 and s["logprobs"] and s["agreement"] is not None for s in lower)
+    data = dataset.load(log)
+    assert len(data.y) >= 2 and set(data.stage.tolist()) <= {0, 1}

@@ -1,0 +1,41 @@
+"""``adaptive-sd tenants`` against a real Redis: the CLI path of the admin operations."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT, RedisServer
+
+
+def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "router.cli", "--config", str(config), "tenants", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_create_show_set_rotate_delete(redis_server: RedisServer, tmp_path: Path) -> None:
+    redis_server.flush()
+    cfg = yaml.safe_load((ROOT / "configs" / "cpu.yaml").read_text())
+    cfg["tenancy"] = {"auth": "keys", "redis_url": redis_server.url}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = _cli(path, "create", "team-a", "--set", "lambda=5", "--set", "rpm=600")
+    assert out.returncode == 0, out.stderr
+    key = json.loads(out.stdout)["api_key"]
+    assert key.startswith("asd-")
+    shown = json.loads(_cli(path, "show", "team-a").stdout)
+    assert shown["settings"]["lambda"] == 5 and shown["settings"]["rpm"] == 600
+    assert key not in _cli(path, "show", "team-a").stdout, "keys are stored hashed and never shown again"
+    bad = _cli(path, "set", "team-a", "--set", "rpm=-1")
+    assert bad.returncode == 2 and "rpm" in bad.stderr
+    out = _cli(path, "set", "team-a", "--set", 'slo={"metric": "p95_latency_ms", "target": 1500}')
+    assert out.returncode == 0 and json.loads(out.stdout)["settings"]["slo"]["target"] == 1500
+    rotated = json.loads(_cli(path, "rotate-key", "team-a").stdout)
+    assert rotated["revoked"] == 1 and rotated["api_key"] != key
+    assert _cli(path, "create", "team-a").returncode == 2
+    assert json.loads(_cli(path, "list").stdout) == ["team-a"]
+    assert _cli(path, "delete", "team-a").returncode == 0
+    assert _cli(path, "show", "team-a").returncode == 1
