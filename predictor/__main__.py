@@ -2,6 +2,7 @@
 
     python -m predictor collect --out data/cpu/collect.jsonl        # resumable
     python -m predictor train   --data data/cpu/collect.jsonl --out predictor/models/cpu
+    python -m predictor evaluate --data data/cpu/collect.jsonl --model predictor/models/cpu
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from predictor import evaluate
+
+    res = evaluate.run(Path(args.data), Path(args.model), Path(args.out), Path(args.png))
+    print(evaluate.summary(res))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m predictor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,9 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--data", default="data/cpu/collect.jsonl")
     t.add_argument("--out", default="predictor/models/cpu")
     t.add_argument("--seed", type=int, default=0)
+    e = sub.add_parser("evaluate", help="replay policies over the collected answers; frontier table + PNG")
+    e.add_argument("--data", default="data/cpu/collect.jsonl")
+    e.add_argument("--model", default="predictor/models/cpu")
+    e.add_argument("--out", default="bench/results/frontier.json")
+    e.add_argument("--png", default="bench/results/frontier.png")
     args = parser.parse_args(argv)
+    commands = {"collect": _collect, "train": _train, "evaluate": _evaluate}
     try:
-        return _collect(args) if args.command == "collect" else _train(args)
+        return commands[args.command](args)
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
