@@ -2,10 +2,12 @@
 
 Three routers in front of the same instant stub stage (a stub, because only
 the router's own cost is measured): one with tenancy off (open mode, no
-store), two with keys and a real Redis. Requests go round-robin, one at a
-time: open router, tenant without rate limits (served from the replica's
-cache: no Redis round trip), tenant with rate limits (one admission-script
-round trip per request). Per request it records the latency and the router
+store), two with keys and a real Redis (default leases, and ``lease_s: 0``).
+Requests go round-robin, one at a time: open router; a tenant without rate
+limits (served from the replica's cache: no Redis round trip); a tenant with
+rate limits (one admission round trip per lease of a second's budget); the
+same tenant on the router without leases (one round trip per request, the
+worst case). Per request it records the latency and the router
 process's CPU time (from /proc); the medians of added latency and the mean
 added CPU per request versus the open router are reported, plus the
 redis-server's CPU per request.
@@ -52,19 +54,22 @@ def _router(stub_port: int, port: int, tenancy: dict[str, object], tmp: Path) ->
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     tmp = Path(tempfile.mkdtemp(prefix="asd-bench-"))
-    stub_port, redis_port, open_port, keyed_port = free_port(), free_port(), free_port(), free_port()
+    stub_port, redis_port, open_port, keyed_port, nolease_port = free_port(), free_port(), free_port(), free_port(), free_port()
     redis_bin = shutil.which("redis-server")
     if redis_bin is None:
         raise SystemExit("redis-server not found (make test installs it)")
     redis = subprocess.Popen([redis_bin, "--port", str(redis_port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
     stub = subprocess.Popen([sys.executable, "-m", "servers.stub_server", "--port", str(stub_port), "--model", "stub"], cwd=ROOT)
     open_router = _router(stub_port, open_port, {"auth": "open"}, tmp)
-    keyed = _router(stub_port, keyed_port, {"auth": "keys", "redis_url": f"redis://127.0.0.1:{redis_port}/0", "admin_key": ADMIN}, tmp)
-    procs = [keyed, open_router, stub, redis]
+    keyed_cfg = {"auth": "keys", "redis_url": f"redis://127.0.0.1:{redis_port}/0", "admin_key": ADMIN}
+    keyed = _router(stub_port, keyed_port, keyed_cfg, tmp)
+    nolease = _router(stub_port, nolease_port, {**keyed_cfg, "lease_s": 0}, tmp)
+    procs = [keyed, nolease, open_router, stub, redis]
     try:
         wait_ok(f"http://127.0.0.1:{stub_port}/health", stub)
         wait_ok(f"http://127.0.0.1:{open_port}/health", open_router)
         wait_ok(f"http://127.0.0.1:{keyed_port}/health", keyed)
+        wait_ok(f"http://127.0.0.1:{nolease_port}/health", nolease)
         keys = {}
         for tid, settings in (("cached", {"lambda": 5.0}), ("limited", {"lambda": 5.0, "rpm": 10_000_000, "tpm": 10_000_000})):
             r = httpx.post(f"http://127.0.0.1:{keyed_port}/admin/tenants", headers={"Authorization": f"Bearer {ADMIN}"},
@@ -74,23 +79,25 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         body = {**BODY, "model": "stub"}
         url_open = f"http://127.0.0.1:{open_port}/v1/chat/completions"
         url_keyed = f"http://127.0.0.1:{keyed_port}/v1/chat/completions"
-        lat: dict[str, list[float]] = {"open": [], "cached": [], "limited": []}
-        cpu: dict[str, float] = {"open": 0.0, "cached": 0.0, "limited": 0.0}
-        redis_cpu = {"cached": 0.0, "limited": 0.0}
+        paths = ("open", "cached", "limited", "limited_no_lease")
+        lat: dict[str, list[float]] = {k: [] for k in paths}
+        cpu: dict[str, float] = dict.fromkeys(paths, 0.0)
+        redis_cpu = dict.fromkeys(paths, 0.0)
         sessions = {
             "open": aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)),
             "cached": aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), headers={"Authorization": f"Bearer {keys['cached']}"}),
             "limited": aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), headers={"Authorization": f"Bearer {keys['limited']}"}),
+            "limited_no_lease": aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), headers={"Authorization": f"Bearer {keys['limited']}"}),
         }
-        pids = {"open": open_router.pid, "cached": keyed.pid, "limited": keyed.pid}
-        urls = {"open": url_open, "cached": url_keyed, "limited": url_keyed}
+        pids = {"open": open_router.pid, "cached": keyed.pid, "limited": keyed.pid, "limited_no_lease": nolease.pid}
+        urls = {"open": url_open, "cached": url_keyed, "limited": url_keyed, "limited_no_lease": f"http://127.0.0.1:{nolease_port}/v1/chat/completions"}
         try:
             for _ in range(30):  # warm-up
                 for name in lat:
                     await _one(sessions[name], urls[name], body)
             await asyncio.sleep(1.0)  # let the usage flush of the warm-up settle
             for _ in range(args.requests):
-                for name in ("open", "cached", "limited"):
+                for name in paths:
                     c0 = cpu_seconds(pids[name])
                     r0 = cpu_seconds(redis.pid)
                     lat[name].append(await _one(sessions[name], urls[name], body))
@@ -107,7 +114,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         out: dict[str, object] = {"requests_per_path": n, "target_extra_cpu_ms": TARGET_EXTRA_CPU_MS}
         base_p50 = statistics.median(lat["open"])
         out["open_router"] = {"p50_ms": round(base_p50 * 1e3, 4), "cpu_ms_per_request": round(cpu["open"] / n * 1e3, 4)}
-        for name in ("cached", "limited"):
+        for name in paths[1:]:
             added = [b - a for a, b in zip(lat["open"], lat[name])]
             out[f"tenant_{name}"] = {
                 "p50_ms": round(statistics.median(lat[name]) * 1e3, 4),

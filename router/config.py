@@ -135,6 +135,9 @@ class TenancyConfig(_Model):
     breaker_failures: int = Field(3, ge=1, description="consecutive Redis failures that open the circuit breaker")
     breaker_cooldown_s: float = Field(1.0, gt=0.0, description="how long the breaker stays open before probing Redis again")
     sync_interval_s: float = Field(0.5, gt=0.0, description="how often usage is written and SLO controllers step")
+    lease_s: float = Field(
+        1.0, ge=0.0, description="a replica takes up to this many seconds' worth of a tenant's request budget per Redis round trip; 0 = one per request"
+    )
     slo_initial_lambda: float = Field(10.0, gt=0.0, description="starting λ of an SLO tenant that sets none")
 
 

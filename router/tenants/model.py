@@ -81,3 +81,4 @@ class Admission:
     allowed: bool
     retry_after_ms: int = 0
     limit: str = ""  # "rpm" or "tpm" when refused
+    granted: int = 1  # request tokens taken from the shared bucket (a lease: this one plus ones to admit locally)

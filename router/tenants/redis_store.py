@@ -45,7 +45,7 @@ local f = redis.call('HMGET', p .. 't:' .. tid, 'settings', 'lambda', 'rpm', 'tp
 if not f[1] then return {0} end
 local rpm, tpm = tonumber(f[3]) or 0, tonumber(f[4]) or 0
 local now = now_ms()
-local allowed, retry, which = 1, 0, ''
+local allowed, retry, which, granted = 1, 0, '', tonumber(ARGV[4])
 if tpm > 0 then
   local tv = level(p .. 'rl:' .. tid .. ':t', tpm, now)
   if tv <= 0 then allowed, retry, which = 0, math.ceil((1 - tv) * 60000 / tpm), 'tpm' end
@@ -54,15 +54,16 @@ if allowed == 1 and rpm > 0 then
   local rk = p .. 'rl:' .. tid .. ':r'
   local rv = level(rk, rpm, now)
   if rv < 1 then
-    allowed, retry, which = 0, math.ceil((1 - rv) * 60000 / rpm), 'rpm'
+    allowed, retry, which, granted = 0, math.ceil((1 - rv) * 60000 / rpm), 'rpm', 0
   else
-    redis.call('HSET', rk, 'v', tostring(rv - 1), 'ts', now)
+    granted = math.max(1, math.min(granted, math.floor(rv)))
+    redis.call('HSET', rk, 'v', tostring(rv - granted), 'ts', now)
     redis.call('PEXPIRE', rk, BUCKET_TTL_MS)
   end
 end
 local settings = false
 if ARGV[3] == '1' then settings = f[1] end
-return {1, tid, settings, f[2] or false, allowed, retry, which}
+return {1, tid, settings, f[2] or false, allowed, retry, which, granted}
 """.replace("BUCKET_TTL_MS", str(BUCKET_TTL_MS))
 
 CHARGE_LUA = _BUCKET + """
@@ -97,13 +98,13 @@ class RedisStore:
     async def ping(self) -> None:
         await self.r.ping()
 
-    async def admit(self, key_hash: str, want_settings: bool) -> Admission | None:
-        res = await self._admit(args=[self.p, key_hash, "1" if want_settings else "0"])
+    async def admit(self, key_hash: str, want_settings: bool, lease: int = 1) -> Admission | None:
+        res = await self._admit(args=[self.p, key_hash, "1" if want_settings else "0", lease])
         if not res or int(res[0]) == 0:
             return None
-        _, tid, raw, lam, allowed, retry, which = res
+        _, tid, raw, lam, allowed, retry, which, granted = res
         settings = TenantSettings.model_validate_json(raw) if raw else None
-        return Admission(_s(tid), settings, float(lam) if lam else None, bool(int(allowed)), int(retry), _s(which) or "")
+        return Admission(_s(tid), settings, float(lam) if lam else None, bool(int(allowed)), int(retry), _s(which) or "", int(granted))
 
     async def _write_settings(self, pipe: Any, tenant_id: str, settings: TenantSettings) -> None:
         pipe.hset(self._k("t", tenant_id), mapping={"settings": settings.model_dump_json(by_alias=True), "rpm": settings.rpm, "tpm": settings.tpm})

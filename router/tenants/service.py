@@ -51,6 +51,8 @@ class _Cached:
     expires: float
     req: Bucket
     tok: Bucket
+    lease_left: int = 0  # request tokens already taken from the shared bucket, admitted here without a round trip
+    lease_until: float = 0.0
 
 
 def bearer(authorization: str | None) -> str | None:
@@ -142,7 +144,11 @@ class TenantService:
         fresh = cached is not None and cached.expires > now
         if fresh and not (cached.settings.rpm or cached.settings.tpm):  # type: ignore[union-attr]
             return Tenant(cached.tenant_id, cached.settings, cached.lam)  # type: ignore[union-attr]
-        ok, adm = await self._guarded(self.store.admit(h, want_settings=not fresh))
+        if fresh and cached.lease_left > 0 and now < cached.lease_until:  # type: ignore[union-attr]
+            cached.lease_left -= 1  # type: ignore[union-attr]
+            return Tenant(cached.tenant_id, cached.settings, cached.lam)  # type: ignore[union-attr]
+        lease = self._lease_size(cached.settings.rpm) if cached is not None else 1
+        ok, adm = await self._guarded(self.store.admit(h, want_settings=not fresh, lease=lease))
         if ok:
             if adm is None:
                 self._cache.pop(h, None)
@@ -152,7 +158,9 @@ class TenantService:
             assert isinstance(adm, Admission)
             cached = self._remember(h, adm, cached, now)
             if not adm.allowed:
+                cached.lease_left = 0
                 self._refuse(adm.limit, adm.retry_after_ms)
+            cached.lease_left, cached.lease_until = adm.granted - 1, now + self.cfg.lease_s
             return Tenant(cached.tenant_id, cached.settings, cached.lam)
         # the store is unreachable: last known settings, per-replica limits
         if cached is None:
@@ -161,10 +169,16 @@ class TenantService:
             raise APIError(503, "Cannot verify the API key: the tenant store is unavailable; retry shortly", type="service_unavailable", code="store_unavailable")
         s = cached.settings
         cached.req.capacity, cached.tok.capacity = s.rpm, s.tpm
-        allowed, retry, which = admit_buckets(s.rpm, s.tpm, cached.req, cached.tok, now * 1e3)
+        allowed, retry, which, _ = admit_buckets(s.rpm, s.tpm, cached.req, cached.tok, now * 1e3)
         if not allowed:
             self._refuse(which, retry)
         return Tenant(cached.tenant_id, s, cached.lam)
+
+    def _lease_size(self, rpm: int) -> int:
+        """Request tokens to take per round trip: what the bucket refills in ``lease_s``, at most 10% of it."""
+        if rpm <= 0 or self.cfg.lease_s <= 0:
+            return 1
+        return max(1, min(int(rpm * self.cfg.lease_s / 60), rpm // 10))
 
     def _remember(self, h: str, adm: Admission, cached: _Cached | None, now: float) -> _Cached:
         settings = adm.settings or (cached.settings if cached else TenantSettings())

@@ -55,7 +55,7 @@ class TenantStore(Protocol):
     kind: str
 
     async def ping(self) -> None: ...
-    async def admit(self, key_hash: str, want_settings: bool) -> Admission | None: ...
+    async def admit(self, key_hash: str, want_settings: bool, lease: int = 1) -> Admission | None: ...
     async def create(self, tenant_id: str, settings: TenantSettings) -> None: ...
     async def get(self, tenant_id: str) -> TenantSettings: ...
     async def put(self, tenant_id: str, settings: TenantSettings) -> None: ...
@@ -91,15 +91,23 @@ class Bucket:
         return math.ceil((need - self.level) * BUCKET_PERIOD_MS / self.capacity)
 
 
-def admit_buckets(rpm: int, tpm: int, req: Bucket | None, tok: Bucket | None, now_ms: float) -> tuple[bool, int, str]:
-    """The admission rule (the Lua script in ``redis_store`` is the same rule): tokens must be > 0, a request costs 1."""
+def admit_buckets(rpm: int, tpm: int, req: Bucket | None, tok: Bucket | None, now_ms: float, lease: int = 1) -> tuple[bool, int, str, int]:
+    """The admission rule (the Lua script in ``redis_store`` is the same rule).
+
+    The token bucket must be above 0; a request takes 1 from the request
+    bucket, or up to ``lease`` when the caller wants a lease (it then admits
+    the extra ones itself). Returns (allowed, retry_after_ms, limit, granted).
+    """
     if tpm > 0 and tok is not None and tok.refill(now_ms) <= 0:
-        return False, tok.retry_ms(1), "tpm"
+        return False, tok.retry_ms(1), "tpm", 0
+    granted = lease
     if rpm > 0 and req is not None:
-        if req.refill(now_ms) < 1:
-            return False, req.retry_ms(1), "rpm"
-        req.level -= 1
-    return True, 0, ""
+        level = req.refill(now_ms)
+        if level < 1:
+            return False, req.retry_ms(1), "rpm", 0
+        granted = max(1, min(lease, int(level)))
+        req.level -= granted
+    return True, 0, "", granted
 
 
 @dataclass
@@ -133,15 +141,15 @@ class MemoryStore:
     async def ping(self) -> None:
         return None
 
-    async def admit(self, key_hash: str, want_settings: bool) -> Admission | None:
+    async def admit(self, key_hash: str, want_settings: bool, lease: int = 1) -> Admission | None:
         tid = self._keys.get(key_hash)
         if tid is None:
             return None
         t = self._tenants[tid]
         s = t.settings
         t.req.capacity, t.tok.capacity = s.rpm, s.tpm
-        ok, retry, which = admit_buckets(s.rpm, s.tpm, t.req, t.tok, time.monotonic() * 1e3)
-        return Admission(tid, s if want_settings else None, t.slo.lam if t.slo else None, ok, retry, which)
+        ok, retry, which, granted = admit_buckets(s.rpm, s.tpm, t.req, t.tok, time.monotonic() * 1e3, lease)
+        return Admission(tid, s if want_settings else None, t.slo.lam if t.slo else None, ok, retry, which, granted)
 
     async def create(self, tenant_id: str, settings: TenantSettings) -> None:
         if tenant_id in self._tenants:

@@ -81,3 +81,11 @@ async def test_slo_state_and_samples(store: TenantStore) -> None:
     assert await store.try_lock("x", 5000) and not await store.try_lock("x", 5000)
     await store.put("t", TenantSettings(slo=SLO(metric="mean_cost", target=2)))
     assert await store.slo_state("t") is None, "a new target restarts the controller"
+
+
+async def test_leases_never_take_more_than_the_bucket_holds(store: TenantStore) -> None:
+    await store.create("t", TenantSettings(rpm=100))
+    await store.add_key("t", hash_key("k"))
+    grants = [await store.admit(hash_key("k"), False, lease=30) for _ in range(5)]
+    assert [g.granted for g in grants[:4]] == [30, 30, 30, 10] and all(g.allowed for g in grants[:4])
+    assert not grants[4].allowed and grants[4].granted == 0
