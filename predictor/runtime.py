@@ -11,6 +11,7 @@ and the input buffer is allocated once. Isotonic calibration is a
 
 from __future__ import annotations
 
+import bisect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,7 @@ class _Graph:
         cal = json.loads(meta.get("calibration", "null")) or {"x": [0.0, 1.0], "y": [0.0, 1.0]}
         self.cal_x = np.asarray(cal["x"], dtype=np.float64)
         self.cal_y = np.asarray(cal["y"], dtype=np.float64)
+        self._cx, self._cy = [float(v) for v in cal["x"]], [float(v) for v in cal["y"]]
         self.model = meta.get("model", "?")
         self.input = self.session.get_inputs()[0].name
         self.output = next(o.name for o in self.session.get_outputs() if o.name.startswith("prob"))
@@ -77,6 +79,17 @@ class _Graph:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return np.interp(self.raw(x), self.cal_x, self.cal_y)
 
+    def calibrate(self, raw: float) -> float:
+        """``np.interp`` for one value, ~10x cheaper in pure Python on the per-request path."""
+        xs, ys = self._cx, self._cy
+        if raw <= xs[0]:
+            return ys[0]
+        if raw >= xs[-1]:
+            return ys[-1]
+        i = bisect.bisect_right(xs, raw)
+        x0, x1 = xs[i - 1], xs[i]
+        return ys[i - 1] + (ys[i] - ys[i - 1]) * (raw - x0) / (x1 - x0) if x1 > x0 else ys[i]
+
 
 class OnnxPredictor:
     """The ``Predictor`` the router uses by default: answer model + prompt-only prior."""
@@ -86,7 +99,17 @@ class OnnxPredictor:
         self.prior = prior
         self.evidence = evidence
         self.name = f"onnx-{answer.model}"
+        # One request = one row: bind pre-allocated input and output buffers once (io-binding
+        # halves onnxruntime's per-call overhead against session.run with a feed dict).
         self._x = np.zeros((1, N_FEATURES), dtype=np.float32)
+        self._p = np.zeros((1, 2), dtype=np.float32)
+        session = answer.session
+        self._binding = session.io_binding()
+        self._binding.bind_cpu_input(answer.input, self._x)
+        self._binding.bind_output(answer.output, "cpu", 0, np.float32, list(self._p.shape), self._p.ctypes.data)
+        for out in session.get_outputs():
+            if out.name != answer.output:
+                self._binding.bind_output(out.name, "cpu")
 
     @classmethod
     def load(cls, directory: Path, evidence: float = DEFAULT_EVIDENCE) -> OnnxPredictor:
@@ -97,8 +120,8 @@ class OnnxPredictor:
 
     def predict(self, features: np.ndarray) -> float:
         self._x[0] = features
-        raw = float(self.answer.session.run([self.answer.output], {self.answer.input: self._x})[0][0, 1])
-        return float(np.interp(raw, self.answer.cal_x, self.answer.cal_y))
+        self.answer.session.run_with_iobinding(self._binding)
+        return self.answer.calibrate(float(self._p[0, 1]))
 
     def predict_batch(self, x: np.ndarray) -> np.ndarray:
         return self.answer(np.ascontiguousarray(x, dtype=np.float32))
