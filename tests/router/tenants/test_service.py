@@ -51,3 +51,29 @@ async def test_leases_cut_round_trips_and_keep_the_limit() -> None:
         except APIError as exc:
             assert exc.status == 429 and exc.headers["Retry-After"]
     assert admitted == 50
+
+
+async def test_slo_tenant_lambda_follows_observed_latency_through_the_service() -> None:
+    """The service's controller loop: usage recorded -> samples in the store -> λ updated and served."""
+    import math
+
+    from router.tenants.model import SLO
+
+    svc, store = await _service(TenantSettings(slo=SLO(metric="p95_latency_ms", target=1000.0)), slo_initial_lambda=200.0, sync_interval_s=0.01)
+    lams = []
+    for _ in range(150):
+        tenant = await svc.authenticate("Bearer k")
+        lam = svc.lam_for(tenant)
+        lams.append(lam)
+        latency = 300 + 1500 / (1 + math.exp(-(math.log(lam) - 1.5)))  # the system: more λ, slower
+        for _ in range(25):
+            svc.record(tenant, tokens=10, latency_ms=latency, cost=1.0, stage="s0")
+        await svc.flush()
+        store._locks.clear()  # noqa: SLF001 - the lock only spaces real-time steps; this loop is simulated time
+        await svc.run_controllers()
+        svc.forget("t")  # next request reads the new λ (a replica would after cache_ttl_s)
+    final = lams[-1]
+    achieved = 300 + 1500 / (1 + math.exp(-(math.log(final) - 1.5)))
+    assert lams[0] == 200.0 and abs(achieved / 1000.0 - 1) < 0.05, (final, achieved)
+    state = await store.slo_state("t")
+    assert state is not None and state.updates > 10
