@@ -190,14 +190,8 @@ assert N_FEATURES == 30, "update answer_features when FEATURE_NAMES changes"
 
 # -- the prompt-only prior's input: what is known before any stage runs ----------------------
 
-PROMPT_FEATURE_NAMES: tuple[str, ...] = (
-    "log_prompt_tokens",
-    "log_prompt_chars",
-    "n_messages",
-    "prompt_code_hint",
-    "prompt_digit_share",
-    "stage_index",
-)
+# the same quantities as in the answer vector, in the same order (one definition of each)
+PROMPT_FEATURE_NAMES: tuple[str, ...] = FEATURE_NAMES[INDEX["log_prompt_tokens"] : INDEX["stage_index"] + 1]
 N_PROMPT_FEATURES = len(PROMPT_FEATURE_NAMES)
 
 

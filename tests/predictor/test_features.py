@@ -47,3 +47,12 @@ def test_same_answer_same_vector() -> None:
     a = answer_features(PROMPT, AnswerStats.from_choice(choice, 5), stage=0)
     b = answer_features(PROMPT, AnswerStats.from_choice(choice, 5), stage=0)
     assert np.array_equal(a, b)
+
+
+def test_prompt_features_are_the_answer_vectors_prompt_part() -> None:
+    from predictor.features import PROMPT_FEATURE_NAMES, prompt_features
+
+    rows = prompt_features(PROMPT, 3)
+    for stage in range(3):
+        v = answer_features(PROMPT, AnswerStats.from_choice(_choice([-0.3, -1.0]), 5), stage)
+        assert np.array_equal(rows[stage], v[[INDEX[n] for n in PROMPT_FEATURE_NAMES]])
