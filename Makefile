@@ -41,7 +41,10 @@ vllm-env: $(VLLM_STAMP)
 up: $(STAMP)
 	$(BIN)/adaptive-sd up
 
+# The vLLM-dialect suite runs too when vLLM's CPU build installs here (cached after the first time);
+# if it cannot be installed, those tests skip and say so.
 test: $(STAMP) system-deps
+	-$(MAKE) --no-print-directory vllm-env
 	$(BIN)/pytest
 
 # The vLLM-dialect integration tests (real vLLM, CPU build); skipped by `make test` when .venv-vllm is absent.
