@@ -3,7 +3,7 @@
 Three routers in front of the same instant stub stage (a stub, because only
 the router's own cost is measured): one with tenancy off (open mode, no
 store), two with keys and a real Redis (default leases, and ``lease_s: 0``).
-Requests go round-robin, one at a time: open router; a tenant without rate
+Requests go one at a time, in a shuffled order each round: open router; a tenant without rate
 limits (served from the replica's cache: no Redis round trip); a tenant with
 rate limits (one admission round trip per lease of a second's budget); the
 same tenant on the router without leases (one round trip per request, the
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import shutil
 import statistics
 import subprocess
@@ -96,8 +97,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 for name in lat:
                     await _one(sessions[name], urls[name], body)
             await asyncio.sleep(1.0)  # let the usage flush of the warm-up settle
+            rng = random.Random(0)
             for _ in range(args.requests):
-                for name in paths:
+                order = list(paths)
+                rng.shuffle(order)  # no path always follows another on the same router (warm-cache position effects)
+                for name in order:
                     c0 = cpu_seconds(pids[name])
                     r0 = cpu_seconds(redis.pid)
                     lat[name].append(await _one(sessions[name], urls[name], body))

@@ -232,6 +232,6 @@ def _markdown(card: ModelCard) -> str:
         f"* Answer model: {card.answer_model['chosen']} (validation log-loss {card.answer_model['validation_log_loss']}), "
         "isotonic calibration on validation.\n"
         f"* Prior (prompt-only) model: {card.prior_model['chosen']} (validation log-loss {card.prior_model['validation_log_loss']}).\n"
-        "* Reliability diagram: `reliability.png`. Regenerate with `make train-predictor`.\n\n"
+        "* Reliability diagram: `reliability.png`. Regenerate with `make predictor`.\n\n"
         "## Held-out test split\n\n```\n" + card.summary() + "\n```\n"
     )
