@@ -3,6 +3,8 @@
     python -m predictor collect --out data/cpu/collect.jsonl        # resumable
     python -m predictor train   --data data/cpu/collect.jsonl --out predictor/models/cpu
     python -m predictor evaluate --data data/cpu/collect.jsonl --model predictor/models/cpu
+    ADAPTIVE_SD_CASCADE__DRAFT_REUSE=false adaptive-sd up &   # then:
+    ADAPTIVE_SD_CASCADE__DRAFT_REUSE=false python -m predictor live-check --lambdas 5,16,50
 """
 
 from __future__ import annotations
@@ -54,6 +56,24 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _live_check(args: argparse.Namespace) -> int:
+    import json
+
+    from predictor import evaluate
+    from router.config import load_settings
+
+    settings = load_settings(args.config)
+    if settings.cascade.draft_reuse:
+        print("error: run the router with cascade.draft_reuse false (ADAPTIVE_SD_CASCADE__DRAFT_REUSE=false) and pass the same config", file=sys.stderr)
+        return 2
+    lambdas = tuple(float(x) for x in args.lambdas.split(","))
+    res = evaluate.live_check(settings, Path(args.data), Path(args.model), lambdas, args.limit)
+    text = json.dumps(res, indent=2)
+    print(text)
+    Path(args.out).write_text(text + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m predictor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,8 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--model", default="predictor/models/cpu")
     e.add_argument("--out", default="bench/results/frontier.json")
     e.add_argument("--png", default="bench/results/frontier.png")
+    lc = sub.add_parser("live-check", help="compare the offline replay with a running router on test tasks")
+    lc.add_argument("--config", help="the running router's config (default: $ADAPTIVE_SD_CONFIG or configs/cpu.yaml)")
+    lc.add_argument("--data", default="data/cpu/collect.jsonl")
+    lc.add_argument("--model", default="predictor/models/cpu")
+    lc.add_argument("--lambdas", default="5,16,50")
+    lc.add_argument("--limit", type=int, default=12)
+    lc.add_argument("--out", default="bench/results/live_check.json")
     args = parser.parse_args(argv)
-    commands = {"collect": _collect, "train": _train, "evaluate": _evaluate}
+    commands = {"collect": _collect, "train": _train, "evaluate": _evaluate, "live-check": _live_check}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

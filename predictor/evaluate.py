@@ -287,3 +287,44 @@ def summary(result: dict[str, Any]) -> str:
     lines += ["", f"best single stage accuracy {t['best_single_quality']:.3f}; ours within 1 point of it costs {vs_top} x the top stage, "
               f"{vs_single} x the cheapest single stage within 1 point"]  # fmt: skip
     return "\n".join(lines)
+
+
+def live_check(settings: Any, data_path: Path, model_dir: Path, lambdas: tuple[float, ...], limit: int) -> dict[str, Any]:
+    """Send test-split tasks through a live router and compare with the offline replay.
+
+    The router must run ``settings`` (the same predictor, costs and ladder) with
+    ``cascade.draft_reuse: false`` -- verified prefixes carry only top-1
+    logprobs, which the replay's features (from full generations) do not model.
+    Compares the stages called and the final answer text per request.
+    """
+    import httpx
+
+    from predictor.tasks import registry
+
+    tasks = {t.id: t for t in registry.build("mix")}
+    full = table(dataset.load(data_path)).part("test")
+    predictor = OnnxPredictor.load(model_dir)
+    costs = [s.cost for s in settings.stages]
+    texts = {}
+    for row in dataset.read_rows(data_path):
+        texts[row["task"]] = [s["text"] for s in row["stages"]]
+    ids = [str(t) for t in full.task[:limit]]
+    sub = Table(full.task[:limit], full.split[:limit], full.family[:limit], full.y[:limit], full.sec[:limit], full.x[:limit], full.prior_x[:limit])
+    url = f"http://{settings.server.host}:{settings.server.port}/v1/chat/completions"
+    risk = (settings.cascade.risk.alpha, settings.cascade.risk.beta)
+    out: dict[str, Any] = {"tasks": len(ids), "lambdas": {}}
+    for lam in lambdas:
+        final, _, _ = cascade(sub, predictor, costs, lam, settings.cascade.skip_by_prior, settings.cascade.prior_strength, risk)
+        same_stop = same_text = 0
+        for i, tid in enumerate(ids):
+            task = tasks[tid]
+            body = {"model": settings.cascade.model_name, "messages": list(task.messages), "max_tokens": task.max_tokens,
+                    "temperature": 0.0, "seed": 1234, "cascade_lambda": lam}  # fmt: skip
+            r = httpx.post(url, json=body, timeout=600)
+            r.raise_for_status()
+            names = [s.name for s in settings.stages]
+            live_final = names.index(r.headers["x-cascade-stage"])
+            same_stop += live_final == int(final[i])
+            same_text += r.json()["choices"][0]["message"]["content"] == texts[tid][live_final]
+        out["lambdas"][str(lam)] = {"same_final_stage": same_stop / len(ids), "same_answer_text": same_text / len(ids)}
+    return out

@@ -157,7 +157,7 @@ class CascadeEngine:
 
     async def _verify(self, client: StageClient, body: dict[str, Any], draft: str, pair: tuple[int, int]) -> tuple[DraftCheck | None, str]:
         """Score the lower stage's draft on ``client`` when that is lossless and pays off; say what happened."""
-        reason = why_not_verify(client, body, draft)
+        reason = why_not_verify(client, body, draft) if self.settings.cascade.draft_reuse else "disabled"
         if reason is None and not self.acceptance.should_verify(pair):
             reason = "low-acceptance"
         if reason is None:

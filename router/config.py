@@ -105,6 +105,7 @@ class CascadeConfig(_Model):
     )
     top_logprobs: int = Field(5, ge=1, le=20, description="top-k asked of each stage for the predictor's features")
     risk: RiskConfig = Field(default_factory=RiskConfig)
+    draft_reuse: bool = Field(True, description="verify the lower stage's draft on escalation (false: always regenerate)")
     draft_min_accepted: float = Field(
         4.0, ge=0.0, description="regenerate instead of verifying once a stage pair's mean accepted draft tokens falls below this (0: always verify)"
     )

@@ -167,3 +167,15 @@ def test_opt_in_traffic_log_feeds_training(stage_ports: list[int], tmp_path: Pat
     assert all(s["stage"] == 0 and s["logprobs"] and s["agreement"] is not None for s in lower)
     data = dataset.load(log)
     assert len(data.y) >= 2 and set(data.stage.tolist()) <= {0, 1}
+
+
+def test_draft_reuse_can_be_switched_off(stage_ports: list[int], tmp_path: Path) -> None:
+    proc = RouterProcess(ladder_config(stage_ports, free_port(), draft_reuse=False), tmp_path)
+    try:
+        raw = proc.client().chat.completions.with_raw_response.create(
+            model="cascade", messages=PROMPT, **GREEDY, extra_body={"cascade_lambda": 1e6, "cascade_max_stage": 1}
+        )
+        assert raw.headers["x-cascade-path"].count(",") == 1
+        assert raw.headers["x-cascade-draft"].endswith(":regenerate:disabled")
+    finally:
+        proc.stop()
