@@ -93,6 +93,7 @@ def admin_router(service: TenantService, admin_key: str | None) -> APIRouter:
         await call(service.store.create(tid, body.settings), tid)
         key = new_key()
         await call(service.store.add_key(tid, hash_key(key)), tid)
+        service.key_added(hash_key(key))
         return _json({"id": tid, "settings": body.settings.public(), "api_key": key}, 201)
 
     @router.get("/admin/tenants")
@@ -140,6 +141,7 @@ def admin_router(service: TenantService, admin_key: str | None) -> APIRouter:
         revoked = await call(service.store.revoke_keys(tid), tid) if body.revoke_existing else 0
         key = new_key()
         await call(service.store.add_key(tid, hash_key(key)), tid)
+        service.key_added(hash_key(key))
         service.forget(tid)
         return _json({"id": tid, "api_key": key, "revoked": revoked}, 201)
 

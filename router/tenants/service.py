@@ -80,6 +80,7 @@ class TenantService:
         self.breaker = CircuitBreaker(cfg.breaker_failures, cfg.breaker_cooldown_s)
         self.controller = controller
         self._cache: dict[str, _Cached] = {}
+        self._unknown: dict[str, float] = {}  # key hash -> until when "no such key" is trusted (cache_ttl_s)
         self._buffer: deque[Usage] = deque(maxlen=BUFFER_LIMIT)
         self._slo_tenants: dict[str, TenantSettings] = {}
         self._task: asyncio.Task[None] | None = None
@@ -140,6 +141,10 @@ class TenantService:
             raise APIError(401, "Missing API key: send 'Authorization: Bearer <key>'", type="invalid_request_error", param="authorization", code="invalid_api_key")
         h = hash_key(key)
         now = time.monotonic()
+        if self._unknown.get(h, 0.0) > now:  # a key the store just said it does not know: no round trip
+            if open_mode:
+                return self.default
+            raise APIError(401, "Incorrect API key provided", type="invalid_request_error", param="authorization", code="invalid_api_key")
         cached = self._cache.get(h)
         fresh = cached is not None and cached.expires > now
         if fresh and not (cached.settings.rpm or cached.settings.tpm):  # type: ignore[union-attr]
@@ -152,6 +157,9 @@ class TenantService:
         if ok:
             if adm is None:
                 self._cache.pop(h, None)
+                if len(self._unknown) > BUFFER_LIMIT:  # bounded: a flood of random keys cannot grow it
+                    self._unknown.clear()
+                self._unknown[h] = now + self.cfg.cache_ttl_s
                 if open_mode:
                     return self.default
                 raise APIError(401, "Incorrect API key provided", type="invalid_request_error", param="authorization", code="invalid_api_key")
@@ -212,6 +220,10 @@ class TenantService:
 
     def lam_for(self, tenant: Tenant) -> float:
         return self.lam_for_settings(tenant.settings, tenant.lam)
+
+    def key_added(self, key_hash: str) -> None:
+        """A key created on this replica is usable here at once (other replicas within cache_ttl_s)."""
+        self._unknown.pop(key_hash, None)
 
     def forget(self, tenant_id: str) -> None:
         """Drop cached entries of a tenant after an admin change (other replicas expire theirs within cache_ttl_s)."""

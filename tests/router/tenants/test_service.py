@@ -77,3 +77,16 @@ async def test_slo_tenant_lambda_follows_observed_latency_through_the_service() 
     assert lams[0] == 200.0 and abs(achieved / 1000.0 - 1) < 0.05, (final, achieved)
     state = await store.slo_state("t")
     assert state is not None and state.updates > 10
+
+
+async def test_unknown_keys_are_remembered_briefly() -> None:
+    svc, store = await _service(TenantSettings())
+    for _ in range(20):
+        with pytest.raises(APIError) as exc:
+            await svc.authenticate("Bearer not-a-key")
+        assert exc.value.status == 401
+    assert store.admits == 1, "one store lookup, then the negative cache answers"
+    open_svc = TenantService(TenancyConfig(auth="open"), store=store)
+    for _ in range(20):
+        assert (await open_svc.authenticate("Bearer sdk-placeholder")).id == "default"
+    assert store.admits == 2
