@@ -46,9 +46,11 @@ class Table:
     x: np.ndarray  # (T, S, F)
     prior_x: np.ndarray  # (T, S, P)
 
+    def rows(self, sel: np.ndarray | slice) -> Table:
+        return Table(self.task[sel], self.split[sel], self.family[sel], self.y[sel], self.sec[sel], self.x[sel], self.prior_x[sel])
+
     def part(self, split: str) -> Table:
-        m = self.split == split
-        return Table(self.task[m], self.split[m], self.family[m], self.y[m], self.sec[m], self.x[m], self.prior_x[m])
+        return self.rows(self.split == split)
 
 
 def table(data: dataset.Dataset) -> Table:
@@ -211,7 +213,7 @@ def run(data_path: Path, model_dir: Path, out_json: Path, out_png: Path, strengt
         "singles": [vars(p) for p in singles],
         "oracle": vars(oracle(test)),
         "frontiers": {name: [vars(p) for p in frontier([p for p in points if p.policy == name])]
-                      for name in ("ours", "ours, no skipping", "threshold cascade", "prompt-only router", "random")},  # fmt: skip
+                      for name in ("ours", "ours, no skipping", "threshold cascade", "prompt-only router", "random")},
         "lambda_sweep": sweep,
     }
     result["targets"] = targets(result)
@@ -284,8 +286,8 @@ def summary(result: dict[str, Any]) -> str:
     t = result["targets"]
     vs_top = "-" if t["cost_vs_top_stage"] is None else f"{t['cost_vs_top_stage']:.2f}"
     vs_single = "-" if t["cost_vs_cheapest_single"] is None else f"{t['cost_vs_cheapest_single']:.2f}"
-    lines += ["", f"best single stage accuracy {t['best_single_quality']:.3f}; ours within 1 point of it costs {vs_top} x the top stage, "
-              f"{vs_single} x the cheapest single stage within 1 point"]  # fmt: skip
+    lines += ["", (f"best single stage accuracy {t['best_single_quality']:.3f}; ours within 1 point of it costs {vs_top} x the top stage, "
+                   f"{vs_single} x the cheapest single stage within 1 point")]
     return "\n".join(lines)
 
 
@@ -308,8 +310,9 @@ def live_check(settings: Any, data_path: Path, model_dir: Path, lambdas: tuple[f
     texts = {}
     for row in dataset.read_rows(data_path):
         texts[row["task"]] = [s["text"] for s in row["stages"]]
-    ids = [str(t) for t in full.task[:limit]]
-    sub = Table(full.task[:limit], full.split[:limit], full.family[:limit], full.y[:limit], full.sec[:limit], full.x[:limit], full.prior_x[:limit])
+    sub = full.rows(slice(0, limit))
+    ids = [str(t) for t in sub.task]
+    names = [s.name for s in settings.stages]
     url = f"http://{settings.server.host}:{settings.server.port}/v1/chat/completions"
     risk = (settings.cascade.risk.alpha, settings.cascade.risk.beta)
     out: dict[str, Any] = {"tasks": len(ids), "lambdas": {}}
@@ -322,7 +325,6 @@ def live_check(settings: Any, data_path: Path, model_dir: Path, lambdas: tuple[f
                     "temperature": 0.0, "seed": 1234, "cascade_lambda": lam}  # fmt: skip
             r = httpx.post(url, json=body, timeout=600)
             r.raise_for_status()
-            names = [s.name for s in settings.stages]
             live_final = names.index(r.headers["x-cascade-stage"])
             same_stop += live_final == int(final[i])
             same_text += r.json()["choices"][0]["message"]["content"] == texts[tid][live_final]

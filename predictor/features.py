@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import math
 import re
-from itertools import chain
-from operator import itemgetter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import numpy as np

@@ -13,7 +13,6 @@ The script touches keys it derives from the tenant id, which a single Redis
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -205,6 +204,3 @@ class RedisStore:
     async def close(self) -> None:
         await self.r.aclose()
 
-
-def settings_json(settings: TenantSettings) -> str:
-    return json.dumps(settings.public())

@@ -2,8 +2,9 @@
 
 Per request: the key's hash is looked up in a short-lived in-process cache;
 a tenant with no rate limits and fresh cached settings costs no Redis round
-trip at all, any other request exactly one (the admission script, which also
-refreshes stale settings). Usage is buffered and written in batches by a
+trip at all; a rate-limited tenant one per lease of its budget (``lease_s``),
+and a cache miss one (the admission script, which also refreshes stale
+settings). Usage is buffered and written in batches by a
 background task, which also runs the SLO controllers (one replica at a time
 per tenant, by a Redis lock).
 
@@ -142,9 +143,7 @@ class TenantService:
         h = hash_key(key)
         now = time.monotonic()
         if self._unknown.get(h, 0.0) > now:  # a key the store just said it does not know: no round trip
-            if open_mode:
-                return self.default
-            raise APIError(401, "Incorrect API key provided", type="invalid_request_error", param="authorization", code="invalid_api_key")
+            return self._unknown_key(open_mode)
         cached = self._cache.get(h)
         fresh = cached is not None and cached.expires > now
         if fresh and not (cached.settings.rpm or cached.settings.tpm):  # type: ignore[union-attr]
@@ -160,9 +159,7 @@ class TenantService:
                 if len(self._unknown) > BUFFER_LIMIT:  # bounded: a flood of random keys cannot grow it
                     self._unknown.clear()
                 self._unknown[h] = now + self.cfg.cache_ttl_s
-                if open_mode:
-                    return self.default
-                raise APIError(401, "Incorrect API key provided", type="invalid_request_error", param="authorization", code="invalid_api_key")
+                return self._unknown_key(open_mode)
             assert isinstance(adm, Admission)
             cached = self._remember(h, adm, cached, now)
             if not adm.allowed:
@@ -188,6 +185,11 @@ class TenantService:
             return 1
         return max(1, min(int(rpm * self.cfg.lease_s / 60), rpm // 10))
 
+    def _unknown_key(self, open_mode: bool) -> Tenant:
+        if open_mode:
+            return self.default
+        raise APIError(401, "Incorrect API key provided", type="invalid_request_error", param="authorization", code="invalid_api_key")
+
     def _remember(self, h: str, adm: Admission, cached: _Cached | None, now: float) -> _Cached:
         settings = adm.settings or (cached.settings if cached else TenantSettings())
         if cached is None:
@@ -211,12 +213,13 @@ class TenantService:
         raise APIError(429, f"Rate limit reached for {what} per minute ({limit}); retry in {seconds} s", type="rate_limit_error",
                        param=limit, code="rate_limit_exceeded", headers={"Retry-After": str(seconds)})  # fmt: skip
 
-    def lam_for_settings(self, settings: TenantSettings, controlled: float | None, default: float | None = None) -> float:
+    def lam_for_settings(self, settings: TenantSettings, controlled: float | None) -> float:
         """λ in force: the controller's for an SLO tenant, else the tenant's own, else the router default."""
-        fallback = default if default is not None else self.default_lambda
-        if settings.slo is not None:
-            return controlled if controlled is not None else (settings.lambda_ if settings.lambda_ is not None else self.cfg.slo_initial_lambda)
-        return settings.lambda_ if settings.lambda_ is not None else fallback
+        if settings.slo is not None and controlled is not None:
+            return controlled
+        if settings.lambda_ is not None:
+            return settings.lambda_
+        return self.cfg.slo_initial_lambda if settings.slo is not None else self.default_lambda
 
     def lam_for(self, tenant: Tenant) -> float:
         return self.lam_for_settings(tenant.settings, tenant.lam)

@@ -42,7 +42,7 @@ async def test_leases_cut_round_trips_and_keep_the_limit() -> None:
     for _ in range(100):
         await svc.authenticate("Bearer k")
     assert store.admits == 11  # the first call does not know the limit yet (lease 1), then 10 per round trip
-    svc2, store2 = await _service(TenantSettings(rpm=50))
+    svc2, _ = await _service(TenantSettings(rpm=50))
     admitted = 0
     for _ in range(80):
         try:
@@ -69,7 +69,7 @@ async def test_slo_tenant_lambda_follows_observed_latency_through_the_service() 
         for _ in range(25):
             svc.record(tenant, tokens=10, latency_ms=latency, cost=1.0, stage="s0")
         await svc.flush()
-        store._locks.clear()  # noqa: SLF001 - the lock only spaces real-time steps; this loop is simulated time
+        store._locks.clear()  # the lock only spaces real-time steps; this loop is simulated time
         await svc.run_controllers()
         svc.forget("t")  # next request reads the new λ (a replica would after cache_ttl_s)
     final = lams[-1]
