@@ -104,8 +104,9 @@ class AnswerStats:
         content = ((choice.get("logprobs") or {}).get("content")) or []
         n = len(content)
         chosen = np.fromiter(map(_LOGPROB, content), np.float32, n)
-        try:
-            uniform = n > 0 and all(len(t) == k for t in map(_TOPS, content))
+        try:  # C-level: every position has exactly k alternatives (the usual case)
+            lengths = list(map(len, map(_TOPS, content)))
+            uniform = n > 0 and min(lengths) == max(lengths) == k
         except (KeyError, TypeError):  # a position without top_logprobs (null or missing)
             uniform = False
         if uniform:

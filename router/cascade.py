@@ -18,9 +18,10 @@ from predictor.features import AnswerStats, DraftStats, PromptStats, answer_feat
 from predictor.interface import Predictor
 from predictor.traffic import TrafficLog
 from router.config import Settings
-from router.draft import AcceptanceTracker, DraftCheck, continuation_body, merge, score_draft, trim, why_not_verify
+from router.draft import AcceptanceTracker, DraftCheck, continuation_body, merge, trim, verify_draft, why_not_verify
 from router.metrics import CASCADE_ESCALATIONS, DRAFT_TOKENS, STAGE_CALLS, STAGE_SECONDS
 from router.policy import StoppingPolicy, shrink
+from router.speculative import verify_sampled
 from router.stage_client import StageClient, StageFailure
 
 
@@ -55,7 +56,7 @@ class CascadeResult:
         completion = sum((v.usage or {}).get("completion_tokens", 0) for v in self.visits)
         if self.prefix is not None:  # streamed stage: its scoring call and the accepted tokens
             prompt += self.prefix.usage.get("prompt_tokens", 0)
-            completion += self.prefix.accepted_tokens
+            completion += self.prefix.prefix_tokens
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
@@ -120,7 +121,7 @@ class CascadeEngine:
             check, mode = None, None
             try:
                 if draft is not None:
-                    check, mode = await self._verify(client, body, draft, pair)
+                    check, mode = await self._verify(client, body, draft, answer[1], pair)  # type: ignore[index]
                 if req.stream and is_last and not (check and trim(check, _limit(body))):
                     stream_body = continuation_body(body, check) if check else body
                     events = await client.stream({**stream_body, "stream": True, "stream_options": {"include_usage": True}})
@@ -155,18 +156,25 @@ class CascadeEngine:
             stage = decision.next_stage
         raise AssertionError("unreachable: the loop returns at the top stage")
 
-    async def _verify(self, client: StageClient, body: dict[str, Any], draft: str, pair: tuple[int, int]) -> tuple[DraftCheck | None, str]:
-        """Score the lower stage's draft on ``client`` when that is lossless and pays off; say what happened."""
-        reason = why_not_verify(client, body, draft) if self.settings.cascade.draft_reuse else "disabled"
+    async def _verify(self, client: StageClient, body: dict[str, Any], draft: str, drafted: dict[str, Any], pair: tuple[int, int]) -> tuple[DraftCheck | None, str]:
+        """Verify the lower stage's draft on ``client`` when that keeps the answer's distribution and pays off; say what happened."""
+        lower, upper = (self.settings.stages[s].tokenizer for s in pair)
+        shared = lower is not None and lower == upper
+        reason = why_not_verify(client, body, draft, shared) if self.settings.cascade.draft_reuse else "disabled"
         if reason is None and not self.acceptance.should_verify(pair):
             reason = "low-acceptance"
         if reason is None:
-            check = await score_draft(client, body, draft)
+            sampled = body.get("temperature") != 0
+            if sampled:
+                entries = (drafted["choices"][0].get("logprobs") or {}).get("content") or []
+                check = await verify_sampled(client, {**body, "temperature": body.get("temperature", 1.0) or 1.0}, draft, entries)
+            else:
+                check = await verify_draft(client, body, draft, (drafted.get("usage") or {}).get("completion_tokens"))
             if check is not None:
                 self.acceptance.observe(pair, check.accepted_tokens)
                 DRAFT_TOKENS.labels(client.name, "accepted").inc(check.accepted_tokens)
-                DRAFT_TOKENS.labels(client.name, "rejected").inc(check.draft_tokens - check.accepted_tokens)
-                return check, "verify"
+                DRAFT_TOKENS.labels(client.name, "rejected").inc(max(check.draft_tokens - check.accepted_tokens, 0))
+                return check, "verify-sampling" if sampled else "verify"
             reason = "misaligned"
         return None, f"regenerate:{reason}"
 

@@ -64,6 +64,9 @@ class StageConfig(_Model):
         "vllm", description="vllm: supports prompt_logprobs/continue_final_message (our CPU server does too)"
     )
     cost: float = Field(gt=0.0, description="cost of one request at this stage, in the ladder's cost unit")
+    tokenizer: str | None = Field(
+        None, description="stages with the same value share a tokenizer: sampled drafts are then reused by speculative sampling"
+    )
     prior: float = Field(0.5, gt=0.0, lt=1.0, description="prompt-only P(acceptable) used until a learned prior exists")
     timeout_s: float = Field(300.0, gt=0.0, description="whole-request timeout")
     connect_timeout_s: float = Field(2.0, gt=0.0)

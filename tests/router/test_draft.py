@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from router.config import StageConfig
-from router.draft import DraftCheck, continuation_body, merge, trim, why_not_verify
+from router.draft import DraftCheck, _proposal, _rejoin, continuation_body, merge, trim, why_not_verify
 from router.stage_client import StageClient
 
 
@@ -25,6 +25,19 @@ def test_why_not_verify() -> None:
     assert why_not_verify(_client("vllm"), {**greedy, "temperature": 0.5}, "draft") == "sampling"
     assert why_not_verify(_client("vllm"), {**greedy, "stop": ["x"]}, "draft") == "stop"
     assert why_not_verify(_client("vllm"), greedy, "") == "empty-draft"
+    # sampled drafts are verified (speculative sampling) only between stages that share a tokenizer
+    assert why_not_verify(_client("vllm"), {"messages": [], "temperature": 0.7}, "draft", shared_tokenizer=True) is None
+    assert why_not_verify(_client("vllm"), {"messages": []}, "draft", shared_tokenizer=True) is None
+    assert why_not_verify(_client("vllm"), {"messages": [], "temperature": 0.7, "top_p": 0.9}, "draft", shared_tokenizer=True) == "sampling-top-p"
+
+
+def test_proposals_end_before_a_space_and_rejoin_needs_a_long_enough_tail() -> None:
+    draft = "def f(x):\n    return x + 1\n"
+    assert _proposal(draft, 0, 3, 4.0) == "def f(x):"  # ~12 characters, cut before the newline
+    assert _proposal(draft, 10, 100, 4.0) == draft[10:]  # the rest of the draft
+    assert _rejoin(draft, 0, "```python\ndef f(x):") == len("def f(x):")
+    assert _rejoin(draft, 0, "abc") is None  # shorter than REJOIN_MIN_CHARS
+    assert _rejoin(draft, 12, "```python\ndef f(x):") is None  # only searched after where the draft was left
 
 
 def test_trim_to_limit() -> None:

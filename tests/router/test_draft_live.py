@@ -19,7 +19,7 @@ import pytest
 from openai import OpenAI
 
 from router.config import Settings
-from router.draft import score_draft
+from router.draft import continuation_body, merge, score_draft, trim, verify_draft
 from router.stage_client import StageClient
 from tests.conftest import RouterProcess
 
@@ -35,19 +35,19 @@ TIE_TOLERANCE = 0.5  # nats; > the 0.38 measured spread from batching alone
 NEAR_TIES: list[tuple[str, int, float]] = []
 
 
-def _gap_at_divergence(own: object, got: str) -> tuple[int, float] | None:
-    """(token index, top-2 logprob gap of the stage's own answer) where ``got`` first differs."""
-    text = own.choices[0].message.content  # type: ignore[attr-defined]
-    if got == text:
-        return None
-    first = next((i for i, (a, b) in enumerate(zip(got, text)) if a != b), min(len(got), len(text)))
-    consumed = 0
-    for index, entry in enumerate(own.choices[0].logprobs.content):  # type: ignore[attr-defined]
-        consumed += len(entry.token)
-        if consumed > first:
+def _gap_at_divergence(own: object, got: object) -> tuple[int, float] | None:
+    """(token index, top-2 logprob gap of the stage's own answer) where ``got``'s tokens first differ.
+
+    Compared token by token: a character comparison would blame the token
+    after the real decision (" " + "0" vs " `").
+    """
+    mine = own.choices[0].logprobs.content  # type: ignore[attr-defined]
+    theirs = [e["token"] if isinstance(e, dict) else e.token for e in got]  # type: ignore[attr-defined]
+    for index, (entry, token) in enumerate(zip(mine, theirs)):
+        if entry.token != token:
             top = entry.top_logprobs
             return index, top[0].logprob - top[1].logprob
-    return len(own.choices[0].logprobs.content), 0.0  # type: ignore[attr-defined]
+    return None if len(mine) == len(theirs) else (min(len(mine), len(theirs)), 0.0)
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
@@ -55,14 +55,13 @@ def test_escalation_is_lossless_for_greedy(client: OpenAI, router: RouterProcess
     s1 = router.settings.stages[1].name
     messages = [{"role": "user", "content": prompt}]
     raw = client.chat.completions.with_raw_response.create(
-        model="cascade", messages=messages, temperature=0, max_tokens=MAX_TOKENS, extra_body={"cascade_lambda": 1e6}  # type: ignore[arg-type]
+        model="cascade", messages=messages, temperature=0, max_tokens=MAX_TOKENS, logprobs=True, extra_body={"cascade_lambda": 1e6}  # type: ignore[arg-type]
     )
     own = client.chat.completions.create(
         model=s1, messages=messages, temperature=0, max_tokens=MAX_TOKENS, logprobs=True, top_logprobs=2  # type: ignore[arg-type]
     )
     assert raw.headers["x-cascade-draft"] == f"{s1}:verify"
-    got = raw.parse().choices[0].message.content
-    divergence = _gap_at_divergence(own, got)
+    divergence = _gap_at_divergence(own, raw.parse().choices[0].logprobs.content)
     if divergence is not None:
         index, gap = divergence
         NEAR_TIES.append((prompt, index, gap))
@@ -111,6 +110,72 @@ def test_own_answer_is_accepted_except_near_ties(router: RouterProcess) -> None:
                 bad = await score_draft(stage, body, mangled)
                 assert bad is not None and bad.accepted_tokens < bad.draft_tokens
                 assert mangled.startswith(bad.accepted_text) and len(bad.accepted_text) <= len(text) // 2 + 1
+        finally:
+            await stage.close()
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("prompt", [PROMPTS[0], PROMPTS[2]])
+def test_rounds_rejoin_a_draft_that_opens_differently(client: OpenAI, router: RouterProcess, prompt: str) -> None:
+    """A draft worded differently at the start is still reused: the rounds re-join it and keep the rest.
+
+    One prefix check would keep nothing here (the first token disagrees); the
+    result must still be the stage's own greedy answer (up to a near-tie).
+    """
+    settings: Settings = router.settings
+    messages = [{"role": "user", "content": prompt}]
+    own = client.chat.completions.create(
+        model=settings.stages[1].name, messages=messages, temperature=0, max_tokens=MAX_TOKENS, logprobs=True, top_logprobs=2  # type: ignore[arg-type]
+    )
+    text = own.choices[0].message.content or ""
+    n = own.usage.completion_tokens  # type: ignore[union-attr]
+
+    async def go() -> tuple[str, int, int]:
+        stage = StageClient(settings.stages[1])
+        await stage.start()
+        try:
+            body = {"messages": messages, "temperature": 0, "max_tokens": MAX_TOKENS, "logprobs": True}
+            for draft in ("Sure! Here is my answer.\n\n" + text, text[: len(text) // 3] + " zebra zebra " + text[len(text) // 3 :]):
+                check = await verify_draft(stage, body, draft)
+                assert check is not None and check.rounds >= 2
+                data = merge(check, None if trim(check, MAX_TOKENS) else (await stage.chat(continuation_body(body, check)))[0])
+                got = data["choices"][0]["message"]["content"]
+                divergence = _gap_at_divergence(own, data["choices"][0]["logprobs"]["content"])
+                assert divergence is None or divergence[1] < TIE_TOLERANCE, divergence
+                if divergence is None:
+                    assert data["usage"]["completion_tokens"] == n
+                    assert check.accepted_tokens >= n // 2, f"kept only {check.accepted_tokens} of {n} tokens"
+            return got, check.accepted_tokens, check.rounds
+        finally:
+            await stage.close()
+
+    asyncio.run(go())
+
+
+def test_sampled_draft_of_the_same_model_is_kept(router: RouterProcess) -> None:
+    """Speculative sampling on a real stage: a draft sampled by the same model has p = q at every
+    position, so (up to batching noise and top-k truncation) every token is kept."""
+    from router.speculative import verify_sampled
+
+    settings: Settings = router.settings
+
+    async def go() -> None:
+        stage = StageClient(settings.stages[1])
+        await stage.start()
+        try:
+            body = {"messages": [{"role": "user", "content": PROMPTS[2]}], "temperature": 0.7, "seed": 11, "max_tokens": MAX_TOKENS,
+                    "logprobs": True, "top_logprobs": 5}  # fmt: skip
+            drafted, _ = await stage.chat(body)
+            draft = drafted["choices"][0]["message"]["content"]
+            entries = drafted["choices"][0]["logprobs"]["content"]
+            check = await verify_sampled(stage, body, draft, entries)
+            assert check is not None and check.draft_tokens == len(entries)
+            assert check.accepted_tokens >= 0.8 * len(entries), f"kept {check.accepted_tokens} of {len(entries)}"
+            kept = "".join(e["token"] for e in entries[: check.accepted_tokens])
+            assert draft.startswith(kept) and check.accepted_text.startswith(kept)
+            # a draft from a different tokenization is refused, not mis-verified
+            assert await verify_sampled(stage, body, draft, entries[:-1]) is None
         finally:
             await stage.close()
 
