@@ -66,7 +66,7 @@ bench-overhead: $(STAMP)
 	$(BIN)/python bench/overhead.py
 
 bench-draft: $(STAMP)
-	$(BIN)/python bench/draft_reuse.py
+	$(BIN)/python bench/draft_reuse.py --max-tokens 160 --per-group 4
 
 lint: $(STAMP)
 	$(BIN)/ruff check router predictor servers tests bench

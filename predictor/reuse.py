@@ -67,8 +67,8 @@ class StageRates:
     Medians, not a least-squares fit: some collected timings were taken while
     other work shared the cores, and a fit lets those outliers trade prefill
     against a large intercept. Prefill from answers of at most 3 tokens (the
-    time is nearly all prompt), decode from answers of 50 tokens or more once
-    their prefill is taken off.
+    time is nearly all prompt), decode from answers of 50 tokens or more, each
+    with the other's share taken off.
     """
 
     prefill: float
@@ -78,8 +78,12 @@ class StageRates:
     def measure(cls, rows: list[tuple[int, int, float]]) -> StageRates:
         a = np.array(rows, dtype=np.float64).reshape(-1, 3)
         short, long = a[a[:, 1] <= 3], a[a[:, 1] >= 50]
-        prefill = float(np.median(short[:, 2] / np.maximum(short[:, 0], 1))) if len(short) else 0.0
-        decode = float(np.median((long[:, 2] - prefill * long[:, 0]) / long[:, 1])) if len(long) else prefill
+        prefill = decode = 0.0
+        for _ in range(5):  # each estimate takes the other's share off; converges in a few steps
+            if len(short):
+                prefill = max(float(np.median((short[:, 2] - decode * short[:, 1]) / np.maximum(short[:, 0], 1))), 0.0)
+            if len(long):
+                decode = float(np.median((long[:, 2] - prefill * long[:, 0]) / long[:, 1]))
         return cls(prefill, max(decode, prefill))
 
     def saving(self, kept_tokens: float, disagreements: int) -> float:

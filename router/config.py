@@ -64,6 +64,11 @@ class StageConfig(_Model):
         "vllm", description="vllm: supports prompt_logprobs/continue_final_message (our CPU server does too)"
     )
     cost: float = Field(gt=0.0, description="cost of one request at this stage, in the ladder's cost unit")
+    scoped_scoring: bool | None = Field(
+        None,
+        description="scoring requests ask for the final message's positions only (our CPU server's prompt_logprobs_scope); "
+        "default: true for stages launched as llamacpp",
+    )
     tokenizer: str | None = Field(
         None, description="stages with the same value share a tokenizer: sampled drafts are then reused by speculative sampling"
     )
@@ -80,6 +85,12 @@ class StageConfig(_Model):
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"not an http(s) URL: {v!r}")
         return v.rstrip("/")
+
+    @property
+    def scopes_scoring(self) -> bool:
+        if self.scoped_scoring is not None:
+            return self.scoped_scoring
+        return self.launch is not None and self.launch.backend == "llamacpp"
 
     @property
     def port(self) -> int:

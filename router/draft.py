@@ -125,6 +125,8 @@ async def _score(client: StageClient, body: dict[str, Any], text: str, k: int) -
     scoring = _assistant(body, text)
     scoring.pop("max_completion_tokens", None)
     scoring.update(prompt_logprobs=k, max_tokens=1)
+    if client.config.scopes_scoring:  # only the answer's positions are read below
+        scoring["prompt_logprobs_scope"] = "final_message"
     data, _ = await client.chat(scoring)
     positions = data.get("prompt_logprobs") or []
     infos: list[dict[str, Any]] = []

@@ -84,6 +84,8 @@ class ChatCompletionRequest(_Strict):
     prompt_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     continue_final_message: bool = False
     add_generation_prompt: bool = True
+    # our CPU stage server's extra: "final_message" scores only the final message's positions (null before)
+    prompt_logprobs_scope: Literal["all", "final_message"] | None = None
     # cascade extras
     cascade_lambda: Annotated[float, Field(ge=0.0)] | None = None
     cascade_max_stage: Annotated[int, Field(ge=0)] | str | None = None
@@ -112,6 +114,8 @@ class ChatCompletionRequest(_Strict):
             raise ParamError("stream_options", "'stream_options' is only allowed when 'stream' is true")
         if self.prompt_logprobs is not None and self.stream:
             raise ParamError("prompt_logprobs", "'prompt_logprobs' is not available with 'stream': true")
+        if self.prompt_logprobs_scope == "final_message" and not self.continue_final_message:
+            raise ParamError("prompt_logprobs_scope", "'prompt_logprobs_scope': 'final_message' needs 'continue_final_message': true")
         if self.continue_final_message:
             if self.add_generation_prompt:
                 raise ParamError(

@@ -91,6 +91,7 @@ class LlamaEngine:
         self._vocab = self.llm._model.vocab
         # _scores[p]: token p scored given tokens < p (None: fed without its row in view); len == n_tokens
         self._scores: list[ScoredToken | None] = []
+        self._tail: np.ndarray | None = None  # logits row of the last fed token: the next token's distribution
 
     # -- tokens ---------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
@@ -112,6 +113,8 @@ class LlamaEngine:
         n = min(len(cached), keep_at_most)
         same = np.asarray(cached[:n]) == np.asarray(tokens[:n], dtype=cached.dtype)
         prefix = n if same.all() else int(np.argmin(same))
+        if prefix < self.llm.n_tokens:
+            self._tail = None
         self.llm.n_tokens = prefix
         del self._scores[prefix:]
         return prefix
@@ -140,14 +143,20 @@ class LlamaEngine:
                 self._scores.extend([None] * (llm.n_tokens - len(self._scores)))
             if all_rows:
                 rows = np.ctypeslib.as_array(ctx.get_logits(), shape=(len(chunk), self.n_vocab))
+                if last_chunk:
+                    self._tail = rows[-1].copy()
                 yield from rows
             elif last_chunk:
-                yield np.ctypeslib.as_array(ctx.get_logits(), shape=(1, self.n_vocab))[0]
+                self._tail = np.ctypeslib.as_array(ctx.get_logits(), shape=(1, self.n_vocab))[0].copy()
+                yield self._tail
 
     def _prefill(self, prompt: list[int]) -> np.ndarray:
+        """The next-token logits after ``prompt``: from the cache when the whole prompt was the last thing fed."""
+        if self._reuse_prefix(prompt, keep_at_most=len(prompt)) == len(prompt) and self._tail is not None:
+            return self._tail.copy()
         self._reuse_prefix(prompt, keep_at_most=len(prompt) - 1)
         *_, last = self._forward(prompt[self.llm.n_tokens :], all_rows=False)
-        return last
+        return last.copy()
 
     # -- public API -----------------------------------------------------------
     def generate(
@@ -187,22 +196,33 @@ class LlamaEngine:
             self._scores[-1] = scored
             logits = logits.copy()
 
-    def score(self, prompt: list[int], k: int) -> list[ScoredToken | None]:
+    def score(self, prompt: list[int], k: int, first: int = 1) -> list[ScoredToken | None]:
         """vLLM ``prompt_logprobs``: for each prompt token, its logprob and rank
         under the model given the tokens before it (None for the first token).
 
+        Positions before ``first`` are only scored if already cached (None
+        otherwise): computing a logits row costs a vocabulary-sized matrix
+        product per position, which on a CPU is a large share of a prefill.
         Positions already scored (with at least ``k`` alternatives) in the
         cached prefix are reused; the pass restarts at the first one that is
         not, one position early so that its predecessor's row is in view.
         """
-        known = self._reuse_prefix(prompt, keep_at_most=len(prompt) - 1)
-        usable = next((p for p in range(1, known) if not _covers(self._scores[p], k)), known)
+        need_from = min(max(first, 1), len(prompt) - 1)
+        known = self._reuse_prefix(prompt, keep_at_most=len(prompt))
+        usable = next((p for p in range(need_from, known) if not _covers(self._scores[p], k)), known)
+        if usable == len(prompt) and self._tail is not None:  # all scored, and the next token's row is in view
+            return list(self._scores)
+        usable = min(usable, len(prompt) - 1)
         start = max(usable - 1, 0)
         kept = self._scores[start] if 0 < start < known else None
         self._reuse_prefix(prompt, keep_at_most=start)
         self._scores.append(kept)
-        rows = self._forward(prompt[start:], all_rows=True)
-        for position, row in enumerate(rows, start=start):
+        rows_from = max(start, need_from - 1)
+        if rows_from > start:  # the part nobody asked for: fed without rows, except the last one
+            *_, row = self._forward(prompt[start:rows_from], all_rows=False)
+            self._scores.append(_scored(log_softmax(row), prompt[rows_from], k))
+        rows = self._forward(prompt[rows_from:], all_rows=True)
+        for position, row in enumerate(rows, start=rows_from):
             if position + 1 >= len(prompt):
                 break
             self._scores.append(_scored(log_softmax(row), prompt[position + 1], k))

@@ -152,9 +152,25 @@ class StageServing:
         result.text = "".join(parts)
         return result
 
+    def final_message_start(self, req: ChatCompletionRequest, prompt: list[int]) -> int:
+        """Index of the first token of the final (continued) message; 1 when it cannot be told.
+
+        The conversation up to the final message, rendered with the generation
+        prompt, must tokenize to a prefix of ``prompt``; one token of margin in
+        case the boundary merges.
+        """
+        head = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages[:-1]]
+        try:
+            tokens = self.engine.tokenize(self.engine.template.render(head, add_generation_prompt=True))
+        except ChatTemplateError:
+            return 1
+        start = len(tokens) - 1
+        return start if start > 1 and tokens[:start] == prompt[:start] else 1
+
     def score(self, req: ChatCompletionRequest, prompt: list[int]) -> list[object]:
+        first = self.final_message_start(req, prompt) if req.prompt_logprobs_scope == "final_message" else 1
         with self._lock:
-            scored = self.engine.score(prompt, req.prompt_logprobs or 0)
+            scored = self.engine.score(prompt, req.prompt_logprobs or 0, first)
         out: list[object] = []
         for s in scored:
             if s is None:

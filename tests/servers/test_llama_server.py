@@ -93,3 +93,50 @@ def test_stage_rejects_bad_input(stage: str) -> None:
     assert resp.status_code == 404 and resp.json()["error"]["param"] == "model"
     resp = httpx.post(f"{stage}/chat/completions", json={"model": "qwen2.5-coder-0.5b", "messages": [{"role": "user", "content": "x " * 5000}]})
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_rescoring_a_longer_prompt_reuses_cached_scores_consistently(stage: str) -> None:
+    """Draft verification scores growing prefixes; cached positions must equal a fresh pass.
+
+    Scored three ways -- the whole text fresh, a prefix then the whole text
+    (only the new positions computed), and again with nothing new -- the
+    tokens and their ranks agree and the logprobs agree to batching noise.
+    """
+    answer = _post(stage, temperature=0, max_tokens=32)["choices"][0]["message"]["content"]
+
+    def score(text: str) -> dict:
+        return _post(stage, messages=[*PROMPT, {"role": "assistant", "content": text}], max_tokens=1, temperature=0,
+                     prompt_logprobs=2, continue_final_message=True, add_generation_prompt=False)  # fmt: skip
+
+    _post(stage, messages=[{"role": "user", "content": "Say something else entirely."}], max_tokens=2, temperature=0)  # evict
+    fresh = score(answer)
+    _post(stage, messages=[{"role": "user", "content": "Say something else entirely."}], max_tokens=2, temperature=0)
+    score(answer[: len(answer) // 2])
+    grown = score(answer)
+    again = score(answer)
+    assert fresh["prompt_token_ids"] == grown["prompt_token_ids"] == again["prompt_token_ids"]
+    assert grown["prompt_logprobs"] == again["prompt_logprobs"]  # nothing recomputed, nothing lost
+    assert grown["choices"][0]["message"]["content"] == fresh["choices"][0]["message"]["content"]
+    for tok, a, b in zip(fresh["prompt_token_ids"][1:], fresh["prompt_logprobs"][1:], grown["prompt_logprobs"][1:]):
+        assert a[str(tok)]["rank"] == b[str(tok)]["rank"] or abs(a[str(tok)]["logprob"] - b[str(tok)]["logprob"]) < 0.5
+        assert abs(a[str(tok)]["logprob"] - b[str(tok)]["logprob"]) < 0.5  # nats: the batching spread measured here is 0.38
+
+
+def test_final_message_scope_scores_only_the_answer(stage: str) -> None:
+    """``prompt_logprobs_scope: final_message`` (our extension) skips the prompt's rows, same answer positions."""
+    answer = _post(stage, temperature=0, max_tokens=16)
+    text = answer["choices"][0]["message"]["content"]
+    n = answer["usage"]["completion_tokens"]
+    body = {"messages": [*PROMPT, {"role": "assistant", "content": text}], "max_tokens": 1, "temperature": 0,
+            "prompt_logprobs": 1, "continue_final_message": True, "add_generation_prompt": False}  # fmt: skip
+    _post(stage, messages=[{"role": "user", "content": "Something unrelated."}], max_tokens=1, temperature=0)  # evict
+    scoped = _post(stage, **{**body, "prompt_logprobs_scope": "final_message"})
+    full = _post(stage, **body)
+    plp, ids = scoped["prompt_logprobs"], scoped["prompt_token_ids"]
+    assert len(plp) == len(ids) == len(full["prompt_logprobs"])
+    assert plp[1] is None  # the prompt's positions were not computed
+    for tok, a, b in zip(ids[-n:], plp[-n:], full["prompt_logprobs"][-n:]):
+        assert a is not None and abs(a[str(tok)]["logprob"] - b[str(tok)]["logprob"]) < 0.5  # batching spread: 0.38 nats
+    bad = httpx.post(f"{stage}/chat/completions", json={"model": "qwen2.5-coder-0.5b", "messages": PROMPT, "prompt_logprobs": 1,
+                                                       "prompt_logprobs_scope": "final_message"}, timeout=60)  # fmt: skip
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "prompt_logprobs_scope"
