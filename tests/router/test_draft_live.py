@@ -14,6 +14,7 @@ reported and capped, never silently accepted.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from openai import OpenAI
@@ -21,7 +22,7 @@ from openai import OpenAI
 from router.config import Settings
 from router.draft import continuation_body, merge, score_draft, trim, verify_draft
 from router.stage_client import StageClient
-from tests.conftest import RouterProcess
+from tests.conftest import RouterProcess, free_port, ladder_config
 
 PROMPTS = [
     "Write a Python function that checks whether a string is a palindrome.",
@@ -180,3 +181,29 @@ def test_sampled_draft_of_the_same_model_is_kept(router: RouterProcess) -> None:
             await stage.close()
 
     asyncio.run(go())
+
+
+def test_router_reuses_a_sampled_draft_between_stages_sharing_a_tokenizer(stage_ports: list[int], tmp_path: Path) -> None:
+    """Through the router: a sampled request escalated between two stages with one tokenizer is
+    verified by speculative sampling (header ``verify-sampling``), not regenerated.
+
+    Both stages are the Qwen-0.5B server (the only same-tokenizer pair fast enough for the test
+    ladder), so the rule keeps nearly all of the draft.
+    """
+    config = ladder_config([stage_ports[1], stage_ports[1]], free_port())
+    stages = config["stages"]  # type: ignore[index]
+    stages[0] = {**stages[1], "name": "qwen-draft", "tokenizer": "qwen2.5"}
+    stages[1] = {**stages[1], "name": "qwen-verify", "tokenizer": "qwen2.5"}
+    proc = RouterProcess(config, tmp_path)
+    try:
+        raw = proc.client().chat.completions.with_raw_response.create(
+            model="cascade", messages=[{"role": "user", "content": PROMPTS[2]}], temperature=0.7, seed=5, max_tokens=24,  # type: ignore[arg-type]
+            extra_body={"cascade_lambda": 1e6},
+        )
+        assert raw.headers["x-cascade-stage"] == "qwen-verify"
+        assert raw.headers["x-cascade-draft"] == "qwen-verify:verify-sampling"
+        kept, scored = (int(x) for x in raw.headers["x-cascade-accepted"].split(":")[1].split("/"))
+        assert scored > 0 and kept >= 0.8 * scored
+        assert raw.parse().choices[0].message.content
+    finally:
+        proc.stop()
