@@ -39,7 +39,7 @@ FIRST_PROPOSAL_TOKENS = 16  # draft tokens scored in the first round; doubles af
 MAX_PROPOSAL_TOKENS = 128
 OWN_TOKENS_PER_PROBE = 3  # tokens stage j generates after a disagreement before looking for the draft again
 REJOIN_MIN_CHARS = 8  # the tail of stage j's text that must re-occur in the draft to re-join it (shorter tails re-join by chance)
-MAX_MISSES = 3  # probes in a row that do not re-join the draft before giving up on it
+MAX_MISSES = 3  # probes in a row without a draft token kept in between before giving up on the draft
 ROUNDS_MIN_DRAFT_TOKENS = 32  # shorter drafts get one pass (prefix only): rounds cost more than they can save
 _BREAKS = (" ", "\n", "\t")
 
@@ -185,9 +185,10 @@ def _proposal(draft: str, start: int, tokens: int, chars_per_token: float) -> st
 def _rejoin(draft: str, start: int, text: str) -> int | None:
     """Where in ``draft`` (from ``start``) stage j's text re-joins it: the index just after its tail."""
     for size in (32, 16, REJOIN_MIN_CHARS):
-        if len(text) < size:
-            continue
-        at = draft.find(text[-size:], start)
+        tail = text[-size:]
+        if len(tail) < size or len("".join(tail.split())) < REJOIN_MIN_CHARS // 2:
+            continue  # too short, or mostly white space (indentation re-joins anywhere)
+        at = draft.find(tail, start)
         if at >= 0:
             return at + size
     return None
@@ -238,10 +239,11 @@ async def verify_draft(client: StageClient, body: dict[str, Any], draft: str, dr
             break
         if position is None:  # off the draft: a few tokens of stage j's own, then look for the draft again
             own, _ = await client.chat({**_after(body, check.accepted_text), "max_tokens": min(OWN_TOKENS_PER_PROBE, room or OWN_TOKENS_PER_PROBE)})
-            take(own, room or OWN_TOKENS_PER_PROBE)
+            if not take(own, room or OWN_TOKENS_PER_PROBE) and check.finished is None:
+                break  # the stage produced nothing (context full?): let the continuation report it
             position = _rejoin(draft, searched_to, check.accepted_text)
-            misses = 0 if position is not None else misses + 1
-            if misses >= MAX_MISSES:
+            misses += 1  # reset by a round that keeps draft tokens
+            if misses >= MAX_MISSES and position is None:
                 break
             continue
         proposal = _proposal(draft, position, size, chars_per_token)
@@ -260,6 +262,10 @@ async def verify_draft(client: StageClient, body: dict[str, Any], draft: str, dr
             agreed = min(agreed, room)
         check.draft_tokens += len(new)
         check.accepted_tokens += agreed
+        if agreed:
+            misses = 0
+        elif misses >= MAX_MISSES:
+            break  # re-joined several times, and the stage never took the draft up again
         kept.extend(scored.tokens[n : n + agreed])
         check.accepted_logprobs.extend(scored.entries[n : n + agreed])
         accepted = "".join(scored.tokens[n : n + agreed])

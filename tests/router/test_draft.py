@@ -77,3 +77,9 @@ def test_acceptance_tracker_gives_up_on_a_pair_that_never_agrees_and_probes() ->
         t.observe(bad, 40)  # the pair starts agreeing: the mean recovers
     assert t.should_verify(bad)
     assert AcceptanceTracker(min_accepted=0).should_verify(bad)
+
+
+def test_white_space_alone_does_not_rejoin() -> None:
+    draft = "if x:\n        return 1\n        pass\n"
+    assert _rejoin(draft, 0, "else:\n        ") is None  # the tail is indentation only
+    assert _rejoin(draft, 0, "y = 2\n        return 1") == draft.index("return 1") + len("return 1")
