@@ -67,3 +67,15 @@ def test_gpu_tensor_parallel_must_fit(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match="tensor_parallel_size"):
         load_settings(path)
+
+
+def test_scoped_scoring_defaults_to_our_cpu_server() -> None:
+    """Only our CPU server knows ``prompt_logprobs_scope``; vLLM would log every request as having an unknown field."""
+    cpu = load_settings(ROOT / "configs" / "cpu.yaml")
+    gpu = load_settings(ROOT / "configs" / "gpu.yaml")
+    assert all(s.scopes_scoring for s in cpu.stages)
+    assert not any(s.scopes_scoring for s in gpu.stages)
+    explicit = gpu.stages[0].model_copy(update={"scoped_scoring": True})
+    assert explicit.scopes_scoring
+    # the tokenizer families that allow speculative sampling
+    assert [s.tokenizer for s in cpu.stages] == ["smollm2", "qwen2.5", "qwen2.5"]
