@@ -6,7 +6,7 @@ what stage j would have cost had it verified stage i's draft instead
 
 * how much of stage j's own answer the rounds would take from the draft:
   replayed on the two texts with the router's own re-join rule
-  (:func:`router.draft._rejoin`), character by character;
+  (:func:`router.draft.rejoin`), character by character;
 * each stage's time per prompt token (prefill, what scoring a kept token
   costs) and per generated token (decode, what it saves), from the
   collection's measured seconds (:class:`StageRates`).
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from router.draft import FIRST_PROPOSAL_TOKENS, OWN_TOKENS_PER_PROBE, _rejoin
+from router.draft import FIRST_PROPOSAL_TOKENS, OWN_TOKENS_PER_PROBE, rejoin
 
 _PROBE_CHARS = 4 * OWN_TOKENS_PER_PROBE  # a probe's text, at ~4 characters per token
 
@@ -46,7 +46,7 @@ def replay(own: str, draft: str) -> Reuse:
     while i < len(own):
         if position is None:
             i = min(len(own), i + _PROBE_CHARS)
-            position = _rejoin(draft, searched, own[:i])
+            position = rejoin(draft, searched, own[:i])
             continue
         n = 0
         while i + n < len(own) and position + n < len(draft) and own[i + n] == draft[position + n]:

@@ -111,7 +111,7 @@ def _entry(token: str, logprob: float, top: list[tuple[str, float]]) -> dict[str
 
 
 @dataclass
-class _Scored:
+class ScoredText:
     """The tokens of an assistant text as one stage scored them."""
 
     tokens: list[str]
@@ -120,7 +120,7 @@ class _Scored:
     generated: dict[str, Any]  # the call's answer: the token that follows the text
 
 
-async def _score(client: StageClient, body: dict[str, Any], text: str, k: int) -> _Scored | None:
+async def score_text(client: StageClient, body: dict[str, Any], text: str, k: int) -> ScoredText | None:
     """Score ``text`` as the assistant's answer so far; None if the tokens do not re-assemble it."""
     scoring = _assistant(body, text)
     scoring.pop("max_completion_tokens", None)
@@ -142,7 +142,7 @@ async def _score(client: StageClient, body: dict[str, Any], text: str, k: int) -
     if got != text:
         return None
     infos.reverse()
-    out = _Scored([], [], [], data)
+    out = ScoredText([], [], [], data)
     for entry in infos:
         mine = next(iter(entry.values()))
         alternatives = sorted((v for v in entry.values() if v.get("rank", k + 1) <= k), key=lambda v: v["rank"])
@@ -159,7 +159,7 @@ async def score_draft(client: StageClient, body: dict[str, Any], draft: str) -> 
 
     Its acceptance fraction is the agreement label for open prompts (predictor/collect.py).
     """
-    scored = await _score(client, body, draft, k=0)
+    scored = await score_text(client, body, draft, k=0)
     if scored is None:
         return None
     n = scored.top1.index(False) if False in scored.top1 else len(scored.top1)
@@ -182,7 +182,7 @@ def _proposal(draft: str, start: int, tokens: int, chars_per_token: float) -> st
     return draft[start : cut if cut > start else end]
 
 
-def _rejoin(draft: str, start: int, text: str) -> int | None:
+def rejoin(draft: str, start: int, text: str) -> int | None:
     """Where in ``draft`` (from ``start``) stage j's text re-joins it: the index just after its tail."""
     for size in (32, 16, REJOIN_MIN_CHARS):
         tail = text[-size:]
@@ -241,7 +241,7 @@ async def verify_draft(client: StageClient, body: dict[str, Any], draft: str, dr
             own, _ = await client.chat({**_after(body, check.accepted_text), "max_tokens": min(OWN_TOKENS_PER_PROBE, room or OWN_TOKENS_PER_PROBE)})
             if not take(own, room or OWN_TOKENS_PER_PROBE) and check.finished is None:
                 break  # the stage produced nothing (context full?): let the continuation report it
-            position = _rejoin(draft, searched_to, check.accepted_text)
+            position = rejoin(draft, searched_to, check.accepted_text)
             misses += 1  # reset by a round that keeps draft tokens
             if misses >= MAX_MISSES and position is None:
                 break
@@ -250,7 +250,7 @@ async def verify_draft(client: StageClient, body: dict[str, Any], draft: str, dr
         if not proposal:
             break
         proposal_reached_end = position + len(proposal) >= len(draft)
-        scored = await _score(client, body, check.accepted_text + proposal, k)
+        scored = await score_text(client, body, check.accepted_text + proposal, k)
         if scored is None or scored.tokens[: len(kept)] != kept or "".join(scored.tokens[len(kept) :]) != proposal:
             break  # the stage tokenizes the text differently from before: generate the rest from the kept text
         check.rounds += 1
@@ -287,7 +287,7 @@ async def verify_draft(client: StageClient, body: dict[str, Any], draft: str, dr
                 position += len(nxt)
                 searched_to = position
             else:
-                position = _rejoin(draft, searched_to, check.accepted_text)
+                position = rejoin(draft, searched_to, check.accepted_text)
         if position is not None and position >= len(draft):
             break  # the draft is used up: the continuation generates the rest
     return check if check.rounds else None

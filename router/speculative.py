@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from router.draft import DraftCheck, _score
+from router.draft import DraftCheck, score_text
 from router.stage_client import StageClient
 
 TOP_K = 20  # stage j's alternatives per position in the scoring pass (vLLM's default max_logprobs)
@@ -82,7 +82,7 @@ def is_end(token: str) -> bool:
 async def verify_sampled(client: StageClient, body: dict[str, Any], draft: str, draft_entries: list[dict[str, Any]]) -> DraftCheck | None:
     """Stage j's answer prefix from stage i's sampled draft; None if the tokenizations differ."""
     temperature = float(body["temperature"])
-    scored = await _score(client, {**body, "logprobs": True, "top_logprobs": TOP_K}, draft, TOP_K)
+    scored = await score_text(client, {**body, "logprobs": True, "top_logprobs": TOP_K}, draft, TOP_K)
     if scored is None or scored.tokens != [e["token"] for e in draft_entries]:
         return None
     rng = np.random.default_rng(body.get("seed"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from router.config import StageConfig
-from router.draft import DraftCheck, _proposal, _rejoin, continuation_body, merge, trim, why_not_verify
+from router.draft import DraftCheck, _proposal, continuation_body, merge, rejoin, trim, why_not_verify
 from router.stage_client import StageClient
 
 
@@ -35,9 +35,9 @@ def test_proposals_end_before_a_space_and_rejoin_needs_a_long_enough_tail() -> N
     draft = "def f(x):\n    return x + 1\n"
     assert _proposal(draft, 0, 3, 4.0) == "def f(x):"  # ~12 characters, cut before the newline
     assert _proposal(draft, 10, 100, 4.0) == draft[10:]  # the rest of the draft
-    assert _rejoin(draft, 0, "```python\ndef f(x):") == len("def f(x):")
-    assert _rejoin(draft, 0, "abc") is None  # shorter than REJOIN_MIN_CHARS
-    assert _rejoin(draft, 12, "```python\ndef f(x):") is None  # only searched after where the draft was left
+    assert rejoin(draft, 0, "```python\ndef f(x):") == len("def f(x):")
+    assert rejoin(draft, 0, "abc") is None  # shorter than REJOIN_MIN_CHARS
+    assert rejoin(draft, 12, "```python\ndef f(x):") is None  # only searched after where the draft was left
 
 
 def test_trim_to_limit() -> None:
@@ -81,5 +81,5 @@ def test_acceptance_tracker_gives_up_on_a_pair_that_never_agrees_and_probes() ->
 
 def test_white_space_alone_does_not_rejoin() -> None:
     draft = "if x:\n        return 1\n        pass\n"
-    assert _rejoin(draft, 0, "else:\n        ") is None  # the tail is indentation only
-    assert _rejoin(draft, 0, "y = 2\n        return 1") == draft.index("return 1") + len("return 1")
+    assert rejoin(draft, 0, "else:\n        ") is None  # the tail is indentation only
+    assert rejoin(draft, 0, "y = 2\n        return 1") == draft.index("return 1") + len("return 1")
