@@ -18,7 +18,7 @@ from predictor.features import AnswerStats, DraftStats, PromptStats, answer_feat
 from predictor.interface import Predictor
 from predictor.traffic import TrafficLog
 from router.config import Settings
-from router.draft import AcceptanceTracker, DraftCheck, continuation_body, merge, trim, verify_draft, why_not_verify
+from router.draft import AcceptanceTracker, DraftCheck, continuation_body, merge, token_limit, trim, verify_draft, why_not_verify
 from router.metrics import CASCADE_ESCALATIONS, DRAFT_TOKENS, STAGE_CALLS, STAGE_SECONDS
 from router.policy import StoppingPolicy, shrink
 from router.speculative import verify_sampled
@@ -122,14 +122,14 @@ class CascadeEngine:
             try:
                 if draft is not None:
                     check, mode = await self._verify(client, body, draft, answer[1], pair)  # type: ignore[index]
-                if req.stream and is_last and not (check and trim(check, _limit(body))):
+                if req.stream and is_last and not (check and trim(check, token_limit(body))):
                     stream_body = continuation_body(body, check) if check else body
                     events = await client.stream({**stream_body, "stream": True, "stream_options": {"include_usage": True}})
                     visits.append(StageVisit(stage, client.name, time.perf_counter() - t0, draft=check, draft_mode=mode))
                     STAGE_CALLS.labels(client.name, "ok").inc()
                     return CascadeResult(visits, stage, events=events, prefix=check)
                 if check is not None:
-                    done = trim(check, _limit(body))
+                    done = trim(check, token_limit(body))
                     data = merge(check, None if done else (await client.chat(continuation_body(body, check)))[0])
                 else:
                     data, _ = await client.chat(body)
@@ -177,8 +177,3 @@ class CascadeEngine:
                 return check, "verify-sampling" if sampled else "verify"
             reason = "misaligned"
         return None, f"regenerate:{reason}"
-
-
-def _limit(body: dict[str, Any]) -> int | None:
-    limit = body.get("max_completion_tokens") or body.get("max_tokens")
-    return int(limit) if limit is not None else None

@@ -65,6 +65,10 @@ class DraftCheck:
     def prefix_tokens(self) -> int:
         return len(self.accepted_logprobs)
 
+    def count_call(self, usage: dict[str, Any] | None) -> None:
+        """Add one stage call's prompt tokens (its completion tokens are counted as kept entries)."""
+        self.usage["prompt_tokens"] = self.usage.get("prompt_tokens", 0) + (usage or {}).get("prompt_tokens", 0)
+
 
 def why_not_verify(client: StageClient, body: dict[str, Any], draft: str, shared_tokenizer: bool = False) -> str | None:
     """None when the draft can be verified without changing what the client gets; otherwise the reason to regenerate.
@@ -163,11 +167,10 @@ async def score_draft(client: StageClient, body: dict[str, Any], draft: str) -> 
     if scored is None:
         return None
     n = scored.top1.index(False) if False in scored.top1 else len(scored.top1)
-    usage = scored.generated["usage"]
-    return DraftCheck(
-        draft_tokens=len(scored.tokens), accepted_tokens=n, accepted_text="".join(scored.tokens[:n]),
-        accepted_logprobs=scored.entries[:n], usage={"prompt_tokens": usage.get("prompt_tokens", 0)}, rounds=1,
-    )  # fmt: skip
+    check = DraftCheck(draft_tokens=len(scored.tokens), accepted_tokens=n, accepted_text="".join(scored.tokens[:n]),
+                       accepted_logprobs=scored.entries[:n], rounds=1)  # fmt: skip
+    check.count_call(scored.generated["usage"])
+    return check
 
 
 def _proposal(draft: str, start: int, tokens: int, chars_per_token: float) -> str:
@@ -197,11 +200,11 @@ def rejoin(draft: str, start: int, text: str) -> int | None:
 def _take(check: DraftCheck, data: dict[str, Any], room: int) -> None:
     """Append stage j's generated tokens (a chat completion) to the kept prefix."""
     choice = data["choices"][0]
-    entries = ((choice.get("logprobs") or {}).get("content") or [])[:room]
-    content = choice["message"].get("content") or ""
+    generated = (choice.get("logprobs") or {}).get("content") or []
+    entries = generated[:room]
     check.accepted_logprobs.extend(entries)
-    check.accepted_text += content if len(entries) == len((choice.get("logprobs") or {}).get("content") or []) else "".join(e["token"] for e in entries)
-    check.usage["prompt_tokens"] = check.usage.get("prompt_tokens", 0) + (data.get("usage") or {}).get("prompt_tokens", 0)
+    check.accepted_text += (choice["message"].get("content") or "") if len(entries) == len(generated) else "".join(e["token"] for e in entries)
+    check.count_call(data.get("usage"))
     if choice.get("finish_reason") == "stop" and len(entries) < room:
         check.finished = "stop"
 
@@ -212,7 +215,7 @@ async def verify_draft(client: StageClient, body: dict[str, Any], draft: str, dr
     ``draft_tokens`` (the draft's length in its own stage's tokens) sizes the
     proposals; stage j's tokenization is what is scored.
     """
-    limit = _limit(body)
+    limit = token_limit(body)
     k = int(body.get("top_logprobs") or 0)
     body = {**body, "logprobs": True, "top_logprobs": k}  # the kept tokens are counted by their entries
     chars_per_token = len(draft) / draft_tokens if draft_tokens else 4.0
@@ -254,7 +257,7 @@ async def verify_draft(client: StageClient, body: dict[str, Any], draft: str, dr
         if scored is None or scored.tokens[: len(kept)] != kept or "".join(scored.tokens[len(kept) :]) != proposal:
             break  # the stage tokenizes the text differently from before: generate the rest from the kept text
         check.rounds += 1
-        check.usage["prompt_tokens"] = check.usage.get("prompt_tokens", 0) + scored.generated["usage"].get("prompt_tokens", 0)
+        check.count_call(scored.generated["usage"])
         n = len(kept)
         new = scored.top1[n:]
         agreed = new.index(False) if False in new else len(new)
@@ -308,7 +311,7 @@ def continuation_body(body: dict[str, Any], check: DraftCheck) -> dict[str, Any]
     out = _after(body, check.accepted_text)
     if out is body:
         return body
-    limit = _limit(body)
+    limit = token_limit(body)
     if limit is not None:
         out.pop("max_completion_tokens", None)
         out["max_tokens"] = limit - check.prefix_tokens
@@ -331,7 +334,8 @@ def merge(check: DraftCheck, data: dict[str, Any] | None) -> dict[str, Any]:
     return data
 
 
-def _limit(body: dict[str, Any]) -> int | None:
+def token_limit(body: dict[str, Any]) -> int | None:
+    """The client's token limit in an upstream chat body (``max_completion_tokens`` wins)."""
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
     return int(limit) if limit is not None else None
 

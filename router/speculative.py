@@ -86,10 +86,11 @@ async def verify_sampled(client: StageClient, body: dict[str, Any], draft: str, 
     if scored is None or scored.tokens != [e["token"] for e in draft_entries]:
         return None
     rng = np.random.default_rng(body.get("seed"))
-    check = DraftCheck(draft_tokens=len(scored.tokens), rounds=1, usage={"prompt_tokens": scored.generated["usage"].get("prompt_tokens", 0)})
+    check = DraftCheck(draft_tokens=len(scored.tokens), rounds=1)
+    check.count_call(scored.generated["usage"])
     for token, mine, theirs in zip(scored.tokens, scored.entries, draft_entries):
-        p = tempered(_alternatives(mine), temperature)
-        replacement = accept(token, p, tempered(_alternatives(theirs), temperature), rng)
+        known = _alternatives(mine)
+        replacement = accept(token, tempered(known, temperature), tempered(_alternatives(theirs), temperature), rng)
         if replacement is None:
             check.accepted_tokens += 1
             check.accepted_logprobs.append(mine)
@@ -98,8 +99,7 @@ async def verify_sampled(client: StageClient, body: dict[str, Any], draft: str, 
         if is_end(replacement):
             check.finished = "stop"
         else:
-            lp = _alternatives(mine)[replacement]
-            check.accepted_logprobs.append({**mine, "token": replacement, "logprob": lp, "bytes": list(replacement.encode())})
+            check.accepted_logprobs.append({**mine, "token": replacement, "logprob": known[replacement], "bytes": list(replacement.encode())})
             check.accepted_text += replacement
         break
     return check

@@ -17,7 +17,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -26,7 +26,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response, StreamingResponse
 
 from router.errors import APIError, parse_chat_request
-from router.protocol import ChatCompletionRequest
+from router.protocol import ChatCompletionRequest, ChatMessage
 from servers.chat_template import ChatTemplateError
 from servers.llama_engine import ContextOverflow, LlamaEngine, Step
 
@@ -80,7 +80,7 @@ class StageServing:
 
     # -- prompt ---------------------------------------------------------------
     def prompt_tokens(self, req: ChatCompletionRequest) -> list[int]:
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+        messages = _template_messages(req.messages)
         try:
             text = self.engine.template.render(
                 messages,
@@ -159,7 +159,7 @@ class StageServing:
         prompt, must tokenize to a prefix of ``prompt``; one token of margin in
         case the boundary merges.
         """
-        head = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages[:-1]]
+        head = _template_messages(req.messages[:-1])
         try:
             tokens = self.engine.tokenize(self.engine.template.render(head, add_generation_prompt=True))
         except ChatTemplateError:
@@ -196,6 +196,11 @@ class StageServing:
                 {"token": self._tok(t), "logprob": lp, "bytes": list(self.engine.piece(t))} for t, lp in step.top
             ],
         }
+
+
+def _template_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    """Request messages as the chat template takes them (``developer`` is a system message to it)."""
+    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
