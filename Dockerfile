@@ -2,7 +2,7 @@
 FROM python:3.11-slim
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
-COPY pyproject.toml README.md requirements-models.txt ./
+COPY pyproject.toml setup.py README.md requirements-models.txt ./
 COPY router ./router
 COPY predictor ./predictor
 COPY servers ./servers

@@ -9,13 +9,18 @@ recorded in every exported model; the runtime refuses a mismatch.
 ``prompt_features`` is the input of the prompt-only prior (where to start),
 a subset of the same quantities.
 
-Extraction works on numpy arrays (``AnswerStats``); turning an OpenAI
-``logprobs.content`` list into those arrays is ``AnswerStats.from_choice``.
+Extraction works on numpy arrays (``AnswerStats``). The router builds them
+straight from the stage's response bytes (``AnswerStats.from_body``, a
+compiled scanner: decoding a 512-token top-5 answer into Python objects alone
+costs ~2 ms); training and any already-decoded answer use
+``AnswerStats.from_choice`` on the OpenAI ``logprobs.content`` list. Both give
+the same arrays for the same answer (tests/predictor/test_features.py).
 An answer longer than ``MAX_POSITIONS`` tokens is read at ``MAX_POSITIONS``
 positions (its first and last ``EDGE`` and evenly spaced ones between), so the
 predictor's cost on the router's hot path is bounded whatever the answer's
 length: reading the logprobs list is ~0.45 µs per position in CPython, the
-largest part of the predictor's latency on long answers. Its statistics
+largest part of the predictor's latency on long answers (the scanner parses
+only those positions' numbers). Its statistics
 (means, quantiles, shares) are then estimates over those positions; its
 length is the true one.
 """
@@ -33,6 +38,11 @@ from operator import itemgetter
 from typing import Any
 
 import numpy as np
+
+try:
+    from predictor import _logprob_scan
+except ImportError:  # a source tree that was never installed: from_body declines, callers decode
+    _logprob_scan = None
 
 FEATURE_VERSION = 2  # 2: answers read at MAX_POSITIONS positions at most
 LOW_LOGPROB = (-0.5, -1.0, -2.3, -4.6)  # p < 0.61, 0.37, 0.1, 0.01
@@ -138,12 +148,54 @@ class AnswerStats:
                 top[i, : len(row)] = row
         return cls(chosen.reshape(n), top, choice.get("finish_reason") or "stop", length)
 
+    @classmethod
+    def from_body(cls, body: bytes, k: int) -> AnswerStats | None:
+        """Arrays for the first choice of a chat completion's raw JSON bytes, without decoding it.
+
+        The same result as ``from_choice(orjson.loads(body)["choices"][0], k)``; None when
+        the body is not in the usual shape (or the scanner is not built): decode it then.
+        """
+        scanned = scan_body(body, k)
+        return scanned.stats if scanned is not None else None
+
+
+@dataclass(frozen=True)
+class BodyScan:
+    """What the scanner read from a chat completion's bytes."""
+
+    stats: AnswerStats
+    logprobs_span: tuple[int, int] | None  # bytes of the first choice's "logprobs" value (None: no such key)
+
+
+def scan_body(body: bytes, k: int) -> BodyScan | None:
+    """``AnswerStats.from_body``, plus where the logprobs sit in the body (so a caller can decode around them)."""
+    if _logprob_scan is None:
+        return None
+    found = _logprob_scan.read(body, k, positions)
+    if found is None:
+        return None
+    n, chosen, top, finish, start, end = found
+    m = len(chosen) // 4
+    stats = AnswerStats(np.frombuffer(chosen, np.float32), np.frombuffer(top, np.float32).reshape(m, k), finish or "stop", n)
+    return BodyScan(stats, (start, end) if start >= 0 else None)
+
+
+@lru_cache(maxsize=1024)
+def positions(n: int) -> tuple[int, ...] | None:
+    """The positions read from an answer of ``n`` tokens (None: all of them).
+
+    The first and last ``EDGE`` and evenly spaced ones between, ``MAX_POSITIONS`` in all.
+    """
+    if n <= MAX_POSITIONS:
+        return None
+    middle = np.linspace(EDGE, n - EDGE - 1, MAX_POSITIONS - 2 * EDGE).round().astype(int).tolist()
+    return (*range(EDGE), *middle, *range(n - EDGE, n))
+
 
 @lru_cache(maxsize=1024)
 def _reader(n: int) -> itemgetter:
-    """Picks the ``MAX_POSITIONS`` positions read from an answer of ``n`` tokens (C-level, one call)."""
-    middle = np.linspace(EDGE, n - EDGE - 1, MAX_POSITIONS - 2 * EDGE).round().astype(int).tolist()
-    return itemgetter(*range(EDGE), *middle, *range(n - EDGE, n))
+    """``positions(n)`` as one C-level call on a list (``n > MAX_POSITIONS``)."""
+    return itemgetter(*positions(n))  # type: ignore[misc]
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from router.draft import AcceptanceTracker, DraftCheck, continuation_body, merge
 from router.metrics import CASCADE_ESCALATIONS, DRAFT_TOKENS, STAGE_CALLS, STAGE_SECONDS
 from router.policy import StoppingPolicy, shrink
 from router.speculative import verify_sampled
-from router.stage_client import StageClient, StageFailure
+from router.stage_client import StageClient, StageFailure, StageReply
 
 
 @dataclass
@@ -84,10 +84,12 @@ class CascadeEngine:
         priors = self.predictor.priors(prompt, len(self.costs))
         return StoppingPolicy(self.costs, priors, lam, max_stage=max_stage, strength=self.settings.cascade.prior_strength)
 
-    def _judge(self, req: CascadeRequest, stage: int, data: dict[str, Any], check: DraftCheck | None) -> float:
-        choice = data["choices"][0]
+    def _judge(self, req: CascadeRequest, stage: int, data: dict[str, Any], check: DraftCheck | None, stats: AnswerStats | None) -> float:
+        """p̂ for a stage's answer; ``stats`` when they were read from the response bytes, else from the decoded logprobs."""
+        if stats is None:
+            stats = AnswerStats.from_choice(data["choices"][0], self.top_k)
         draft = DraftStats(check.accepted_tokens, check.draft_tokens) if check else None
-        features = answer_features(req.prompt, AnswerStats.from_choice(choice, self.top_k), stage, draft)
+        features = answer_features(req.prompt, stats, stage, draft)
         risk = self.settings.cascade.risk
         return shrink(self.predictor.predict(features), self.predictor.evidence, risk.alpha, risk.beta)
 
@@ -111,17 +113,19 @@ class CascadeEngine:
         body = {**req.body, "logprobs": True, "top_logprobs": max(req.body.get("top_logprobs") or 0, self.top_k)}
         stage: int | None = policy.start(self.settings.cascade.skip_by_prior)
         visits: list[StageVisit] = []
-        answer: tuple[int, dict[str, Any]] | None = None
+        answer: tuple[int, dict[str, Any], StageReply | None] | None = None
+        # the logprobs of a stage answer are decoded only if someone will read them (see StageReply)
+        decode_logprobs = bool(req.body.get("logprobs")) or self.traffic is not None
         while stage is not None:
             client = self.clients[stage]
             is_last = policy.best_after(stage)[0] is None
             draft = answer[1]["choices"][0]["message"].get("content") or "" if answer else None
             pair = (answer[0] if answer else -1, stage)
             t0 = time.perf_counter()
-            check, mode = None, None
+            check, mode, reply = None, None, None
             try:
                 if draft is not None:
-                    check, mode = await self._verify(client, body, draft, answer[1], pair)  # type: ignore[index]
+                    check, mode = await self._verify(client, body, draft, answer, pair)  # type: ignore[arg-type]
                 if req.stream and is_last and not (check and trim(check, token_limit(body))):
                     stream_body = continuation_body(body, check) if check else body
                     events = await client.stream({**stream_body, "stream": True, "stream_options": {"include_usage": True}})
@@ -132,7 +136,8 @@ class CascadeEngine:
                     done = trim(check, token_limit(body))
                     data = merge(check, None if done else (await client.chat(continuation_body(body, check)))[0])
                 else:
-                    data, _ = await client.chat(body)
+                    reply = await client.reply(body, top_k=self.top_k)
+                    data = reply.with_logprobs() if decode_logprobs else reply.data
                 seconds = time.perf_counter() - t0
             except StageFailure as exc:
                 STAGE_CALLS.labels(client.name, "error").inc()
@@ -146,9 +151,9 @@ class CascadeEngine:
                 continue
             STAGE_CALLS.labels(client.name, "ok").inc()
             STAGE_SECONDS.labels(client.name).observe(seconds)
-            p_hat = self._judge(req, stage, data, check)
+            p_hat = self._judge(req, stage, data, check, reply.stats if reply else None)
             visits.append(StageVisit(stage, client.name, seconds, p_hat=p_hat, usage=data.get("usage"), draft=check, draft_mode=mode, choice=data["choices"][0]))
-            answer = (stage, data)
+            answer = (stage, data, reply)
             decision = policy.decide(stage, p_hat)
             if decision.stop:
                 return CascadeResult(visits, stage, response=data)
@@ -156,7 +161,9 @@ class CascadeEngine:
             stage = decision.next_stage
         raise AssertionError("unreachable: the loop returns at the top stage")
 
-    async def _verify(self, client: StageClient, body: dict[str, Any], draft: str, drafted: dict[str, Any], pair: tuple[int, int]) -> tuple[DraftCheck | None, str]:
+    async def _verify(
+        self, client: StageClient, body: dict[str, Any], draft: str, answer: tuple[int, dict[str, Any], StageReply | None], pair: tuple[int, int]
+    ) -> tuple[DraftCheck | None, str]:
         """Verify the lower stage's draft on ``client`` when that keeps the answer's distribution and pays off; say what happened."""
         lower, upper = (self.settings.stages[s].tokenizer for s in pair)
         shared = lower is not None and lower == upper
@@ -166,10 +173,11 @@ class CascadeEngine:
         if reason is None:
             sampled = body.get("temperature") != 0
             if sampled:
+                drafted = answer[2].with_logprobs() if answer[2] is not None else answer[1]
                 entries = (drafted["choices"][0].get("logprobs") or {}).get("content") or []
                 check = await verify_sampled(client, {**body, "temperature": body.get("temperature", 1.0) or 1.0}, draft, entries)
             else:
-                check = await verify_draft(client, body, draft, (drafted.get("usage") or {}).get("completion_tokens"))
+                check = await verify_draft(client, body, draft, (answer[1].get("usage") or {}).get("completion_tokens"))
             if check is not None:
                 self.acceptance.observe(pair, check.accepted_tokens)
                 DRAFT_TOKENS.labels(client.name, "accepted").inc(check.accepted_tokens)

@@ -16,11 +16,13 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 
+from predictor.features import AnswerStats, scan_body
 from router.config import StageConfig
 from router.errors import APIError
 
@@ -48,6 +50,33 @@ class StageTimeout(StageFailure):
 
 class StageBadResponse(StageFailure):
     status = 502
+
+
+@dataclass
+class StageReply:
+    """A non-streaming answer: the decoded body, the bytes it came as, seconds spent.
+
+    With ``stats`` (asked for by ``StageClient.reply(..., top_k=k)``) the predictor's
+    arrays were read from the bytes and the first choice's logprobs were left out of
+    ``data`` (its ``logprobs`` is None): decoding a 512-token top-5 answer's logprobs
+    into Python objects costs ~2 ms, and the router needs them only when the client
+    asked for logprobs, for the traffic log, or to verify a sampled draft;
+    ``with_logprobs()`` decodes them then.
+    """
+
+    data: dict[str, Any]
+    raw: bytes
+    seconds: float
+    stats: AnswerStats | None = None
+    deferred: tuple[int, int] | None = None  # byte span of the logprobs left out of data
+
+    def with_logprobs(self) -> dict[str, Any]:
+        """``data`` with the first choice's logprobs decoded (in place, once)."""
+        if self.deferred is not None:
+            start, end = self.deferred
+            self.data["choices"][0]["logprobs"] = orjson.loads(self.raw[start:end])
+            self.deferred = None
+        return self.data
 
 
 class StageClient:
@@ -94,6 +123,15 @@ class StageClient:
 
     async def chat(self, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
         """Non-streaming chat completion; returns the parsed body and seconds spent."""
+        reply = await self.reply(body)
+        return reply.data, reply.seconds
+
+    async def reply(self, body: dict[str, Any], top_k: int | None = None) -> StageReply:
+        """Non-streaming chat completion, keeping the response bytes.
+
+        ``top_k``: read the predictor's arrays (k alternatives) from the bytes and defer
+        decoding the logprobs (see ``StageReply``); a body the scanner declines is decoded whole.
+        """
         t0 = time.perf_counter()
         try:
             async with self.session.post(self._url, data=self.payload(body), headers=self._headers) as resp:
@@ -106,12 +144,14 @@ class StageClient:
             raise StageUnavailable(self.name, f"unreachable at {self.config.url} ({exc.os_error})") from None
         except aiohttp.ClientError as exc:
             raise StageBadResponse(self.name, f"connection failed: {exc}") from None
+        scanned = scan_body(raw, top_k) if top_k else None
+        deferred = scanned.logprobs_span if scanned is not None else None
         try:
-            data = orjson.loads(raw)
+            data = orjson.loads(raw if deferred is None else raw[: deferred[0]] + b"null" + raw[deferred[1] :])
             data["choices"][0]["message"]
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
             raise StageBadResponse(self.name, f"malformed chat completion: {raw[:200]!r}") from None
-        return data, time.perf_counter() - t0
+        return StageReply(data, raw, time.perf_counter() - t0, scanned.stats if scanned is not None else None, deferred)
 
     async def stream(self, body: dict[str, Any], raw: bool = False) -> AsyncIterator[bytes]:
         """Streaming chat completion.

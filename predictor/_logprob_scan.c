@@ -1,0 +1,546 @@
+/* Reads an OpenAI chat completion's token logprobs straight from the response bytes.
+ *
+ * Why this exists: the predictor needs, for the first choice, the chosen
+ * token's logprob and its top-k alternatives' logprobs at (at most) 128
+ * positions. Decoding the whole body into Python objects first costs ~2 ms
+ * for a 512-token answer with top-5 (every token string, every `bytes` list),
+ * and reading the values back out of those dicts ~0.1-0.4 ms more (cache
+ * misses). This scanner walks the bytes once, remembers where each logprob
+ * number starts, and converts only the positions the feature vector reads,
+ * with CPython's own correctly rounded float parser (the same double as
+ * `float()` / orjson would give, so training and serving see the same values).
+ *
+ * It is deliberately strict: anything outside the expected shape (no choices,
+ * a logprob that is not a number, nesting deeper than MAX_DEPTH, a truncated
+ * body) returns None, and the caller falls back to decoding the JSON.
+ *
+ * read(body: bytes, k: int, positions: Callable[[int], tuple[int, ...] | None])
+ *   -> (n_tokens, chosen: bytes, top: bytes, finish_reason: str | None, start, end) | None
+ * `positions(n)` names the positions to read (None: all n); `chosen` holds m
+ * float32 values, `top` m*k float32 values (row-major, -inf where an entry has
+ * fewer than k alternatives); [start, end) is the byte span of the choice's
+ * "logprobs" value (-1, -1 when the key is absent).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
+#define MAX_DEPTH 64
+#define STOP 2 /* a member callback's "found what I wanted, stop walking" */
+
+typedef struct {
+    const char *p;
+    const char *end;
+} Cursor;
+
+/* Character classes, one table lookup per byte on the scanning loops. */
+enum { WS = 1, NUM = 2, WORD = 4, NEST = 8, QUOTE = 16 };
+static unsigned char cls[256];
+
+static void init_classes(void) {
+    cls[' '] = cls['\n'] = cls['\r'] = cls['\t'] = WS;
+    for (int ch = '0'; ch <= '9'; ch++) cls[ch] = NUM;
+    cls['-'] = cls['+'] = cls['.'] = cls['e'] = cls['E'] = NUM;
+    for (int ch = 'a'; ch <= 'z'; ch++) cls[ch] |= WORD;
+    cls['"'] = cls['['] = cls['{'] = NEST;
+    cls['"'] |= QUOTE;
+    cls['\\'] = QUOTE;
+}
+
+typedef struct {
+    Py_ssize_t *chosen; /* offset of each entry's "logprob" number */
+    Py_ssize_t *top;    /* k offsets per entry */
+    int *count;         /* alternatives seen per entry (capped at k) */
+    Py_ssize_t n, cap;
+    int k;
+} Offsets;
+
+static inline void skip_ws(Cursor *c) {
+    while (c->p < c->end && (cls[(unsigned char)*c->p] & WS)) c->p++;
+}
+
+static int expect(Cursor *c, char ch) {
+    skip_ws(c);
+    if (c->p >= c->end || *c->p != ch) return 0;
+    c->p++;
+    return 1;
+}
+
+/* The first byte in [p, end) equal to one of a, b, c, d (repeat one to ask for fewer), or `end`.
+ * SSE2 compares 16 bytes per step (the structure between logprob numbers is dense, so byte loops
+ * dominated the scan); the scalar loop finishes the last bytes and serves where SSE2 is missing. */
+static inline __attribute__((always_inline)) const char *find4(const char *p, const char *end, char a, char b, char c, char d) {
+#ifdef __SSE2__
+    const __m128i va = _mm_set1_epi8(a), vb = _mm_set1_epi8(b), vc = _mm_set1_epi8(c), vd = _mm_set1_epi8(d);
+    while (end - p >= 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)p);
+        __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, va), _mm_cmpeq_epi8(x, vb)), _mm_or_si128(_mm_cmpeq_epi8(x, vc), _mm_cmpeq_epi8(x, vd)));
+        int mask = _mm_movemask_epi8(hit);
+        if (mask) return p + __builtin_ctz((unsigned)mask);
+        p += 16;
+    }
+#endif
+    for (; p < end; p++)
+        if (*p == a || *p == b || *p == c || *p == d) return p;
+    return end;
+}
+
+/* The end of a JSON number: the first byte that cannot be part of one. */
+static inline __attribute__((always_inline)) const char *number_end(const char *p, const char *end) {
+#ifdef __SSE2__
+    const __m128i zero = _mm_set1_epi8('0' - 1), nine = _mm_set1_epi8('9' + 1);
+    const __m128i dot = _mm_set1_epi8('.'), minus = _mm_set1_epi8('-'), plus = _mm_set1_epi8('+'), e = _mm_set1_epi8('e'), big_e = _mm_set1_epi8('E');
+    while (end - p >= 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)p);
+        __m128i digit = _mm_and_si128(_mm_cmpgt_epi8(x, zero), _mm_cmplt_epi8(x, nine));
+        __m128i sign = _mm_or_si128(_mm_cmpeq_epi8(x, minus), _mm_cmpeq_epi8(x, plus));
+        __m128i other = _mm_or_si128(_mm_cmpeq_epi8(x, dot), _mm_or_si128(_mm_cmpeq_epi8(x, e), _mm_cmpeq_epi8(x, big_e)));
+        int mask = ~_mm_movemask_epi8(_mm_or_si128(digit, _mm_or_si128(sign, other))) & 0xFFFF;
+        if (mask) return p + __builtin_ctz((unsigned)mask);
+        p += 16;
+    }
+#endif
+    while (p < end && (cls[(unsigned char)*p] & NUM)) p++;
+    return p;
+}
+
+/* At an opening quote: move past the closing one. */
+static inline int skip_string(Cursor *c) {
+    const char *p = c->p, *end = c->end;
+    if (p >= end || *p != '"') return 0;
+    for (p++;;) {
+        p = find4(p, end, '"', '\\', '"', '"');
+        if (p >= end) return 0;
+        if (*p == '"') {
+            c->p = p + 1;
+            return 1;
+        }
+        p += 2; /* a backslash: the next byte is escaped */
+    }
+}
+
+static inline int is_number_char(char ch) { return cls[(unsigned char)ch] & NUM; }
+
+/* An array of scalars (a token's "bytes"): jump to its end in one pass; 0 when it nests or holds strings. */
+static inline int skip_flat_array(Cursor *c) {
+    const char *q = c->p + 1;
+    while (q < c->end && *q != ']') {
+        if (cls[(unsigned char)*q] & NEST) return 0;
+        q++;
+    }
+    if (q >= c->end) return 0;
+    c->p = q + 1;
+    return 1;
+}
+
+static int skip_value(Cursor *c, int depth);
+
+static int skip_container(Cursor *c, char close, int is_object, int depth) {
+    if (depth > MAX_DEPTH) return 0;
+    c->p++;
+    skip_ws(c);
+    if (c->p < c->end && *c->p == close) {
+        c->p++;
+        return 1;
+    }
+    for (;;) {
+        if (is_object) {
+            skip_ws(c);
+            if (!skip_string(c) || !expect(c, ':')) return 0;
+        }
+        if (!skip_value(c, depth + 1)) return 0;
+        skip_ws(c);
+        if (c->p >= c->end) return 0;
+        if (*c->p == ',') {
+            c->p++;
+            continue;
+        }
+        if (*c->p == close) {
+            c->p++;
+            return 1;
+        }
+        return 0;
+    }
+}
+
+static int skip_value(Cursor *c, int depth) {
+    skip_ws(c);
+    if (c->p >= c->end) return 0;
+    switch (*c->p) {
+    case '"':
+        return skip_string(c);
+    case '{':
+        return skip_container(c, '}', 1, depth);
+    case '[':
+        return skip_flat_array(c) || skip_container(c, ']', 0, depth);
+    default: {
+        const char *start = c->p;
+        while (c->p < c->end && (cls[(unsigned char)*c->p] & (NUM | WORD))) c->p++;
+        return c->p > start;
+    }
+    }
+}
+
+/* At an object key: read it, compare with `want` (keys in this format carry no escapes). */
+static inline int read_key(Cursor *c, const char **key, Py_ssize_t *len) {
+    skip_ws(c);
+    const char *start = c->p + 1;
+    if (!skip_string(c)) return 0;
+    *key = start;
+    *len = (c->p - 1) - start;
+    return expect(c, ':');
+}
+
+#define KEY_IS(key, len, lit) ((len) == (Py_ssize_t)(sizeof(lit) - 1) && memcmp((key), (lit), sizeof(lit) - 1) == 0)
+
+/* Iterate an object's members: calls `on_member` at each value; it must consume the value. */
+typedef int (*MemberFn)(Cursor *c, const char *key, Py_ssize_t len, void *ctx);
+
+static inline __attribute__((always_inline)) int walk_object(Cursor *c, MemberFn on_member, void *ctx) {
+    if (!expect(c, '{')) return 0;
+    skip_ws(c);
+    if (c->p < c->end && *c->p == '}') {
+        c->p++;
+        return 1;
+    }
+    for (;;) {
+        const char *key;
+        Py_ssize_t len;
+        if (!read_key(c, &key, &len)) return 0;
+        skip_ws(c);
+        int rc = on_member(c, key, len, ctx);
+        if (rc != 1) return rc;
+        skip_ws(c);
+        if (c->p >= c->end) return 0;
+        if (*c->p == ',') {
+            c->p++;
+            continue;
+        }
+        if (*c->p == '}') {
+            c->p++;
+            return 1;
+        }
+        return 0;
+    }
+}
+
+static inline int is_null(Cursor *c) {
+    skip_ws(c);
+    if (c->end - c->p >= 4 && memcmp(c->p, "null", 4) == 0) {
+        c->p += 4;
+        return 1;
+    }
+    return 0;
+}
+
+/* A JSON number starts here: remember where, move past it. */
+static inline int number_at(Cursor *c, Py_ssize_t *offset, const char *base) {
+    skip_ws(c);
+    if (c->p >= c->end || !(*c->p == '-' || (*c->p >= '0' && *c->p <= '9'))) return 0;
+    *offset = c->p - base;
+    c->p = number_end(c->p, c->end);
+    return 1;
+}
+
+typedef struct {
+    Offsets *off;
+    const char *base;
+    Py_ssize_t *slot; /* where an alternative's "logprob" offset goes */
+    int seen_logprob;
+} EntryCtx;
+
+static inline int on_alternative(Cursor *c, const char *key, Py_ssize_t len, void *ctx) {
+    EntryCtx *e = ctx;
+    if (KEY_IS(key, len, "logprob")) {
+        if (e->slot == NULL) return skip_value(c, 0);
+        if (!number_at(c, e->slot, e->base)) return 0;
+        e->seen_logprob = 1;
+        return 1;
+    }
+    return skip_value(c, 0);
+}
+
+static int on_entry(Cursor *c, const char *key, Py_ssize_t len, void *ctx) {
+    EntryCtx *e = ctx;
+    Offsets *o = e->off;
+    Py_ssize_t i = o->n;
+    if (KEY_IS(key, len, "logprob")) {
+        if (!number_at(c, &o->chosen[i], e->base)) return 0;
+        e->seen_logprob = 1;
+        return 1;
+    }
+    if (KEY_IS(key, len, "top_logprobs")) {
+        o->count[i] = 0;
+        if (is_null(c)) return 1;
+        if (!expect(c, '[')) return 0;
+        skip_ws(c);
+        if (c->p < c->end && *c->p == ']') {
+            c->p++;
+            return 1;
+        }
+        for (;;) {
+            EntryCtx alt = {o, e->base, o->count[i] < o->k ? &o->top[i * o->k + o->count[i]] : NULL, 0};
+            if (!walk_object(c, on_alternative, &alt)) return 0;
+            if (alt.slot != NULL) {
+                if (!alt.seen_logprob) return 0;
+                o->count[i]++;
+            }
+            skip_ws(c);
+            if (c->p >= c->end) return 0;
+            if (*c->p == ',') {
+                c->p++;
+                continue;
+            }
+            if (*c->p == ']') {
+                c->p++;
+                return 1;
+            }
+            return 0;
+        }
+    }
+    return skip_value(c, 0);
+}
+
+static int grow(Offsets *o) {
+    Py_ssize_t cap = o->cap ? o->cap * 2 : 256;
+    Py_ssize_t *chosen = PyMem_Realloc(o->chosen, (size_t)cap * sizeof(Py_ssize_t));
+    if (chosen == NULL) return 0;
+    o->chosen = chosen;
+    Py_ssize_t *top = PyMem_Realloc(o->top, (size_t)cap * (size_t)o->k * sizeof(Py_ssize_t));
+    if (top == NULL) return 0;
+    o->top = top;
+    int *count = PyMem_Realloc(o->count, (size_t)cap * sizeof(int));
+    if (count == NULL) return 0;
+    o->count = count;
+    o->cap = cap;
+    return 1;
+}
+
+static int read_content(Cursor *c, Offsets *o, const char *base) {
+    if (is_null(c)) return 1;
+    if (!expect(c, '[')) return 0;
+    skip_ws(c);
+    if (c->p < c->end && *c->p == ']') {
+        c->p++;
+        return 1;
+    }
+    for (;;) {
+        if (o->n == o->cap && !grow(o)) return 0;
+        o->count[o->n] = 0;
+        EntryCtx e = {o, base, NULL, 0};
+        if (!walk_object(c, on_entry, &e) || !e.seen_logprob) return 0;
+        o->n++;
+        skip_ws(c);
+        if (c->p >= c->end) return 0;
+        if (*c->p == ',') {
+            c->p++;
+            continue;
+        }
+        if (*c->p == ']') {
+            c->p++;
+            return 1;
+        }
+        return 0;
+    }
+}
+
+typedef struct {
+    Offsets *off;
+    const char *base;
+    Py_ssize_t start, end;       /* span of the "logprobs" value */
+    const char *finish;          /* finish_reason string (without quotes), NULL if null/absent */
+    Py_ssize_t finish_len;
+    int finish_escaped;
+    int seen_choice;
+} ChoiceCtx;
+
+static int on_logprobs(Cursor *c, const char *key, Py_ssize_t len, void *ctx) {
+    ChoiceCtx *ch = ctx;
+    if (KEY_IS(key, len, "content")) return read_content(c, ch->off, ch->base);
+    return skip_value(c, 0);
+}
+
+static int on_choice(Cursor *c, const char *key, Py_ssize_t len, void *ctx) {
+    ChoiceCtx *ch = ctx;
+    if (KEY_IS(key, len, "logprobs")) {
+        ch->start = c->p - ch->base;
+        if (is_null(c)) {
+            ch->end = c->p - ch->base;
+            return 1;
+        }
+        if (!walk_object(c, on_logprobs, ch)) return 0;
+        ch->end = c->p - ch->base;
+        return 1;
+    }
+    if (KEY_IS(key, len, "finish_reason")) {
+        if (is_null(c)) return 1;
+        const char *start = c->p + 1;
+        if (!skip_string(c)) return 0;
+        ch->finish = start;
+        ch->finish_len = (c->p - 1) - start;
+        ch->finish_escaped = memchr(start, '\\', (size_t)ch->finish_len) != NULL;
+        return 1;
+    }
+    return skip_value(c, 0);
+}
+
+static int on_completion(Cursor *c, const char *key, Py_ssize_t len, void *ctx) {
+    ChoiceCtx *ch = ctx;
+    if (KEY_IS(key, len, "choices")) {
+        if (!expect(c, '[') || !walk_object(c, on_choice, ch)) return 0;
+        ch->seen_choice = 1;
+        return STOP; /* the first choice is all the predictor reads; the rest is the JSON decoder's business */
+    }
+    return skip_value(c, 0);
+}
+
+static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+                                1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* The float32 nearest to the double nearest to the JSON number at `s` -- what float() then
+ * np.float32 give. Fast path: the decimal significand (<= 19 digits) times an exact power of ten,
+ * within 2 double ulps of the true value; when that whole error band rounds to one float32 (all
+ * but ~1 in 10^8 numbers) it is the answer. Otherwise CPython's correctly rounded parser decides. */
+static int parse_number(const char *base, Py_ssize_t offset, float *out) {
+    const char *s = base + offset, *p = s;
+    int negative = *p == '-';
+    p += negative;
+    uint64_t sig = 0;
+    int digits = 0, exp10 = 0;
+    for (; *p >= '0' && *p <= '9'; p++, digits++) sig = sig * 10 + (uint64_t)(*p - '0');
+    if (*p == '.') {
+        for (p++; *p >= '0' && *p <= '9'; p++, digits++, exp10--) sig = sig * 10 + (uint64_t)(*p - '0');
+    }
+    if (*p == 'e' || *p == 'E') {
+        p++;
+        int eneg = *p == '-', e = 0;
+        if (*p == '-' || *p == '+') p++;
+        for (; *p >= '0' && *p <= '9' && e < 10000; p++) e = e * 10 + (*p - '0');
+        exp10 += eneg ? -e : e;
+    }
+    if (digits > 0 && digits <= 19 && exp10 >= -22 && exp10 <= 22) {
+        double d = exp10 < 0 ? (double)sig / POW10[-exp10] : (double)sig * POW10[exp10];
+        float lo = (float)(d * (1.0 - 8e-16)), hi = (float)(d * (1.0 + 8e-16));
+        if (lo == hi) {
+            *out = negative ? -lo : lo;
+            return 1;
+        }
+    }
+    char *end = NULL;
+    double v = PyOS_string_to_double(s, &end, NULL);
+    if (end == s) {
+        PyErr_Clear();
+        return 0;
+    }
+    *out = (float)v;
+    return 1;
+}
+
+static PyObject *scan_read(PyObject *self, PyObject *args) {
+    PyObject *body, *positions_fn;
+    int k;
+    if (!PyArg_ParseTuple(args, "SiO:read", &body, &k, &positions_fn)) return NULL;
+    if (k < 1 || k > 64) {
+        PyErr_SetString(PyExc_ValueError, "k must be in 1..64");
+        return NULL;
+    }
+    const char *base = PyBytes_AS_STRING(body);
+    Cursor c = {base, base + PyBytes_GET_SIZE(body)};
+    Offsets off = {NULL, NULL, NULL, 0, 0, k};
+    ChoiceCtx ch = {&off, base, -1, -1, NULL, 0, 0, 0};
+    PyObject *result = NULL, *chosen = NULL, *top = NULL, *finish = NULL, *picked = NULL;
+
+    int ok = walk_object(&c, on_completion, &ch) == STOP;
+    if (!ok || !ch.seen_choice || ch.finish_escaped) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    Py_ssize_t n = off.n, m = n;
+    const Py_ssize_t *index = NULL;
+    Py_ssize_t *owned = NULL;
+    if (n > 0) {
+        picked = PyObject_CallFunction(positions_fn, "n", n);
+        if (picked == NULL) goto done;
+        if (picked != Py_None) {
+            PyObject *seq = PySequence_Fast(picked, "positions(n) must return a sequence of ints or None");
+            if (seq == NULL) goto done;
+            m = PySequence_Fast_GET_SIZE(seq);
+            owned = PyMem_Malloc((size_t)(m ? m : 1) * sizeof(Py_ssize_t));
+            if (owned == NULL) {
+                Py_DECREF(seq);
+                PyErr_NoMemory();
+                goto done;
+            }
+            for (Py_ssize_t j = 0; j < m; j++) {
+                Py_ssize_t i = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(seq, j));
+                if (i < 0 || i >= n) {
+                    Py_DECREF(seq);
+                    PyMem_Free(owned);
+                    if (!PyErr_Occurred()) PyErr_SetString(PyExc_IndexError, "positions(n) returned a position outside 0..n-1");
+                    goto done;
+                }
+                owned[j] = i;
+            }
+            Py_DECREF(seq);
+            index = owned;
+        }
+    }
+    chosen = PyBytes_FromStringAndSize(NULL, m * (Py_ssize_t)sizeof(float));
+    top = PyBytes_FromStringAndSize(NULL, m * k * (Py_ssize_t)sizeof(float));
+    if (chosen == NULL || top == NULL) {
+        PyMem_Free(owned);
+        goto done;
+    }
+    float *cv = (float *)PyBytes_AS_STRING(chosen), *tv = (float *)PyBytes_AS_STRING(top);
+    for (Py_ssize_t j = 0; j < m; j++) {
+        Py_ssize_t i = index ? index[j] : j;
+        if (!parse_number(base, off.chosen[i], &cv[j])) ok = 0;
+        for (int a = 0; a < k; a++) {
+            if (a < off.count[i]) {
+                if (!parse_number(base, off.top[i * k + a], &tv[j * k + a])) ok = 0;
+            } else {
+                tv[j * k + a] = -INFINITY;
+            }
+        }
+    }
+    PyMem_Free(owned);
+    if (!ok) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (ch.finish != NULL) {
+        finish = PyUnicode_DecodeUTF8(ch.finish, ch.finish_len, "strict");
+        if (finish == NULL) goto done;
+    } else {
+        finish = Py_NewRef(Py_None);
+    }
+    result = Py_BuildValue("(nOOOnn)", n, chosen, top, finish, ch.start, ch.end);
+
+done:
+    Py_XDECREF(chosen);
+    Py_XDECREF(top);
+    Py_XDECREF(finish);
+    Py_XDECREF(picked);
+    PyMem_Free(off.chosen);
+    PyMem_Free(off.top);
+    PyMem_Free(off.count);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"read", scan_read, METH_VARARGS, "read(body, k, positions) -> (n, chosen, top, finish_reason, start, end) | None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_logprob_scan", "Token logprobs read from chat-completion bytes.", -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__logprob_scan(void) {
+    init_classes();
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,170 @@
+"""The compiled logprob scanner: the same arrays as decoding the JSON, or a refusal, never a wrong answer.
+
+``AnswerStats.from_body`` (the router's path) must equal ``AnswerStats.from_choice``
+on the decoded body (the training path) for every answer, whatever the JSON's
+spelling; anything outside the expected shape returns None so the caller decodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import struct
+
+import numpy as np
+import orjson
+import pytest
+
+from predictor import features
+from predictor.dataset import read_rows
+from predictor.features import MAX_POSITIONS, AnswerStats
+from router.config import StageConfig
+from router.stage_client import StageClient
+from tests.conftest import ROOT, ladder_config
+
+K = 5
+
+
+def _entry(rng: random.Random, k: int = K) -> dict:
+    tops = sorted((-rng.expovariate(1.0) for _ in range(k)), reverse=True)
+    words = ["the", " def", "\n", ' "quoted"', "back\\slash", "]}", "{[", "é", "数", "\t", "\u2028"]
+    tok = rng.choice(words)
+    return {"token": tok, "logprob": tops[0], "bytes": list(tok.encode()),
+            "top_logprobs": [{"token": rng.choice(words), "logprob": t, "bytes": [1, 2]} for t in tops]}  # fmt: skip
+
+
+def _body(content: list | None, finish: str | None = "stop", **choice_extra: object) -> dict:
+    logprobs = None if content is None else {"content": content}
+    return {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": 'He said "}]" \\ ok'}, "logprobs": logprobs,
+                         "finish_reason": finish, **choice_extra}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": len(content or ()), "total_tokens": 3}}  # fmt: skip
+
+
+def assert_same(raw: bytes) -> AnswerStats:
+    fast = AnswerStats.from_body(raw, K)
+    assert fast is not None, raw[:200]
+    slow = AnswerStats.from_choice(orjson.loads(raw)["choices"][0], K)
+    assert fast.length == slow.length and fast.finish_reason == slow.finish_reason
+    assert fast.token_logprobs.dtype == slow.token_logprobs.dtype == np.float32
+    np.testing.assert_array_equal(fast.token_logprobs, slow.token_logprobs)
+    np.testing.assert_array_equal(fast.top_logprobs, slow.top_logprobs)
+    return fast
+
+
+def test_the_extension_is_built() -> None:
+    """`pip install .` compiles it; without it the router silently takes the slow path."""
+    assert features._logprob_scan is not None
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, MAX_POSITIONS, MAX_POSITIONS + 1, 513])
+def test_same_arrays_as_decoding(n: int) -> None:
+    rng = random.Random(n)
+    stats = assert_same(orjson.dumps(_body([_entry(rng) for _ in range(n)])))
+    assert stats.token_logprobs.size == min(n, MAX_POSITIONS) and stats.length == n
+
+
+def test_any_json_spelling() -> None:
+    """Indented, keys reordered, escapes in strings, extra keys with nested values, several choices."""
+    rng = random.Random(1)
+    content = [_entry(rng) for _ in range(200)]
+    body = _body(content, extra={"nested": [[1, {"a": "]"}], None]})
+    assert_same(json.dumps(body, indent=2).encode())
+    assert_same(json.dumps(body, ensure_ascii=True).encode())
+    reordered = [{"top_logprobs": e["top_logprobs"][::-1][::-1], "bytes": e["bytes"], "logprob": e["logprob"], "token": e["token"]} for e in content]
+    body2 = _body(reordered)
+    body2["choices"].append(_body([_entry(rng)])["choices"][0])
+    body2 = {"usage": body2.pop("usage"), **body2}  # usage before choices
+    assert_same(orjson.dumps(body2))
+
+
+def test_ragged_alternatives_and_missing_parts() -> None:
+    rng = random.Random(2)
+    content = [_entry(rng) for _ in range(6)]
+    content[0]["top_logprobs"] = content[0]["top_logprobs"][:2]  # fewer than k: -inf padding
+    content[1]["top_logprobs"] = content[1]["top_logprobs"] + [{"token": "x", "logprob": -9.0}] * 3  # more: cut at k
+    content[2]["top_logprobs"] = None
+    del content[3]["top_logprobs"]
+    content[4]["top_logprobs"] = []
+    stats = assert_same(orjson.dumps(_body(content)))
+    assert np.isneginf(stats.top_logprobs[2]).all()
+    assert_same(orjson.dumps(_body(None)))  # logprobs: null
+    assert_same(orjson.dumps(_body([])))
+    assert_same(orjson.dumps(_body([_entry(rng)], finish=None)))
+    no_logprobs_key = _body([_entry(rng)])
+    del no_logprobs_key["choices"][0]["logprobs"]
+    assert_same(orjson.dumps(no_logprobs_key))
+
+
+def test_numbers_parse_exactly_like_float_then_float32() -> None:
+    """Every spelling a server may use; and doubles next to float32 rounding boundaries, where a fast parser would slip."""
+    rng = random.Random(3)
+    values = ["0", "-0", "-0.0", "-9999.0", "-1e-05", "-1.5E+2", "-3.4028235677973366e+38", "-1e-45", "-7e-46", "-12345678901234567890.5"]
+    values += [repr(-rng.expovariate(0.3)) for _ in range(3000)]
+    values += [repr(-10 ** rng.uniform(-30, 3)) for _ in range(3000)]
+    for _ in range(2000):  # exactly half-way between two float32 values, then one double ulp either side
+        f = struct.unpack("<f", struct.pack("<I", rng.randrange(0x3F800000, 0x41F00000)))[0]
+        mid = (f + float(np.nextafter(np.float32(f), np.float32(np.inf)))) / 2
+        values += [repr(-mid), repr(-float(np.nextafter(mid, 0.0))), repr(-float(np.nextafter(mid, np.inf)))]
+    for i in range(0, len(values), 400):
+        chunk = values[i : i + 400]
+        entries = ",".join(f'{{"token":"a","logprob":{v},"top_logprobs":[{{"token":"a","logprob":{v}}}]}}' for v in chunk)
+        raw = f'{{"choices":[{{"index":0,"message":{{"content":""}},"logprobs":{{"content":[{entries}]}},"finish_reason":"stop"}}]}}'.encode()
+        stats = AnswerStats.from_body(raw, 1)
+        assert stats is not None
+        with np.errstate(over="ignore"):  # one value rounds past float32's largest, to -inf, in both parsers
+            expected = np.array([np.float32(float(v)) for v in chunk], dtype=np.float32)
+        picked = features.positions(len(chunk))
+        expected = expected if picked is None else expected[list(picked)]
+        np.testing.assert_array_equal(stats.token_logprobs, expected)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'{"choices":[]}',
+        b'{"object":"chat.completion"}',
+        b'{"choices":[{"logprobs":{"content":[{"token":"a","logprob":null}]}}]}',
+        b'{"choices":[{"logprobs":{"content":[{"token":"a"}]}}]}',
+        b'{"choices":[{"logprobs":{"content":[{"token":"a","logprob":-1,"top_logprobs":[{"token":"b"}]}]}}]}',
+        b'{"choices":[{"logprobs":{"content":[{"token":"a","logprob":-1}',
+        b'{"choices":[{"logprobs":{"content":[{"token":"a\\"}]}]}}]}',
+        b'{"choices":[{"finish_reason":"st\\u006fp","logprobs":null}]}',
+        b'{"choices":[{"x":' + b"[" * 200 + b"]" * 200 + b"}]}",
+    ],
+)
+def test_unexpected_shapes_are_declined(raw: bytes) -> None:
+    assert AnswerStats.from_body(raw, K) is None
+
+
+def test_every_collected_answer() -> None:
+    """The training data's answers, as a stage would send them."""
+    from predictor.collect import expand_logprobs
+
+    rows = list(read_rows(ROOT / "data" / "cpu" / "collect.jsonl"))
+    assert rows
+    for row in rows[:: max(1, len(rows) // 120)]:
+        for s in row["stages"]:
+            assert_same(orjson.dumps(_body(expand_logprobs(s["logprobs"])["content"], s["finish_reason"])))
+
+
+def test_a_real_stage_answer(stage_ports: list[int]) -> None:
+    """Bytes from a real llama.cpp stage, long enough to be read at MAX_POSITIONS positions."""
+
+    async def go() -> bytes:
+        stage = StageClient(StageConfig.model_validate(ladder_config(stage_ports, 0)["stages"][1]))  # type: ignore[index]
+        await stage.start()
+        try:
+            reply = await stage.reply({"messages": [{"role": "user", "content": "Write a Python class for a bank account with deposit, withdraw and a history."}],
+                                       "temperature": 0, "max_tokens": 180, "logprobs": True, "top_logprobs": K})  # fmt: skip
+        finally:
+            await stage.close()
+        return reply.raw
+
+    raw = asyncio.run(go())
+    stats = assert_same(raw)
+    assert stats.length > MAX_POSITIONS
