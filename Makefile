@@ -12,7 +12,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 
 .PHONY: install system-deps vllm-env up test test-vllm predictor bench-overhead bench-draft bench-predictor bench-tenancy lint clean
 
-$(STAMP): pyproject.toml setup.py predictor/_logprob_scan.c requirements-models.txt
+$(STAMP): pyproject.toml setup.py predictor/_native.c requirements-models.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[cpu,train,dev]'

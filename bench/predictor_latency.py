@@ -8,12 +8,17 @@ cycle for ``--calls`` calls. A second run uses 512-token answers with top-5
 alternatives, the longest the issue asks about.
 
 Each call times the router's path, ``AnswerStats.from_body`` on the response
-bytes + ``answer_features`` + ONNX (parts timed separately), and, interleaved
+bytes (copied just before, outside the timer, as a socket read leaves them)
++ ``answer_features`` + ONNX (parts timed separately), and, interleaved
 on the same answer in alternating order, the decoded path: the body decoded
 by orjson outside the timer (as the router does for the response it relays)
 and read with ``AnswerStats.from_choice``, which is what training uses and
-what the router did before it read the bytes. Medians and p99 are printed as
-JSON and written to bench/results/predictor_latency.json.
+what the router did before it read the bytes. A second interleaved pair times
+the router's whole handling of a stage answer up to p̂: ``StageReply.parse``
+(the scanner, then decoding the body with the logprobs left out) against
+decoding the whole body with orjson and reading its logprobs, as the router
+did before. Medians and p99 are printed as JSON and written to
+bench/results/predictor_latency.json.
 
 Usage: python bench/predictor_latency.py [--calls 10000]
 """
@@ -37,6 +42,7 @@ from predictor.collect import TOP_LOGPROBS
 from predictor.dataset import read_rows
 from predictor.features import AnswerStats, PromptStats, answer_features
 from predictor.runtime import OnnxPredictor
+from router.stage_client import StageReply
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_P99_MS = 0.3
@@ -97,7 +103,7 @@ def _ms(xs: list[float]) -> dict[str, float]:
 
 
 def measure(predictor: OnnxPredictor, answers: list[Answer], calls: int) -> dict[str, Any]:
-    scan, feats, infer, total, decoded = [], [], [], [], []
+    scan, feats, infer, total, decoded, handled, handled_before = [], [], [], [], [], [], []
     order = list(range(len(answers)))
     random.Random(1).shuffle(order)
     for i in range(200):  # warm-up: onnxruntime and numpy first-call costs
@@ -107,6 +113,7 @@ def measure(predictor: OnnxPredictor, answers: list[Answer], calls: int) -> dict
     clock = time.perf_counter
 
     def router_path(prompt: PromptStats, body: bytes, stage: int) -> None:
+        body = bytes(bytearray(body))  # a fresh copy, as the socket read hands it over (just written, so in cache)
         t0 = clock()
         stats = AnswerStats.from_body(body, TOP_LOGPROBS)
         t1 = clock()
@@ -125,11 +132,28 @@ def measure(predictor: OnnxPredictor, answers: list[Answer], calls: int) -> dict
         predictor.predict(answer_features(prompt, AnswerStats.from_choice(choice, TOP_LOGPROBS), stage))
         decoded.append(clock() - t0)
 
+    def router_handling(prompt: PromptStats, body: bytes, stage: int) -> None:
+        body = bytes(bytearray(body))
+        t0 = clock()
+        reply = StageReply.parse(body, 0.0, TOP_LOGPROBS)
+        predictor.predict(answer_features(prompt, reply.stats, stage))  # type: ignore[arg-type]
+        handled.append(clock() - t0)
+
+    def decoding_handling(prompt: PromptStats, body: bytes, stage: int) -> None:
+        body = bytes(bytearray(body))
+        t0 = clock()
+        choice = orjson.loads(body)["choices"][0]
+        predictor.predict(answer_features(prompt, AnswerStats.from_choice(choice, TOP_LOGPROBS), stage))
+        handled_before.append(clock() - t0)
+
     for i in range(calls):
         answer = answers[order[i % len(order)]]
-        first, second = (router_path, decoded_path) if i % 2 == 0 else (decoded_path, router_path)
-        first(*answer)
-        second(*answer)
+        pairs = ((router_path, decoded_path), (router_handling, decoding_handling))
+        for first, second in pairs:
+            if i % 2:
+                first, second = second, first
+            first(*answer)
+            second(*answer)
     lengths = [orjson.loads(answers[j][1])["usage"]["completion_tokens"] for j in order]
     sizes = [len(answers[j][1]) for j in order]
     return {
@@ -145,6 +169,9 @@ def measure(predictor: OnnxPredictor, answers: list[Answer], calls: int) -> dict
         "onnx_ms": _ms(infer),
         "decoded_path_total_ms": _ms(decoded),
         "decoded_over_router_p50": round(float(np.median(decoded) / np.median(total)), 2),
+        "answer_handling_ms": _ms(handled),
+        "answer_handling_decoding_all_ms": _ms(handled_before),
+        "decoding_all_over_deferred_p50": round(float(np.median(handled_before) / np.median(handled)), 2),
     }
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import re
-from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -40,11 +39,11 @@ from typing import Any
 import numpy as np
 
 try:
-    from predictor import _logprob_scan
-except ImportError:  # a source tree that was never installed: from_body declines, callers decode
-    _logprob_scan = None
+    from predictor import _native
+except ImportError as exc:  # pragma: no cover - an install problem, reported as such
+    raise ImportError(f"predictor._native is not built ({exc}); install the package (`pip install -e .`, needs a C compiler)") from None
 
-FEATURE_VERSION = 2  # 2: answers read at MAX_POSITIONS positions at most
+FEATURE_VERSION = 3  # 2: answers read at MAX_POSITIONS positions at most; 3: statistics in double precision (C)
 LOW_LOGPROB = (-0.5, -1.0, -2.3, -4.6)  # p < 0.61, 0.37, 0.1, 0.01
 EDGE = 16  # tokens at the start/end of the answer summarised separately
 MAX_POSITIONS = 128  # positions read from a longer answer (EDGE at each end, the rest evenly spaced)
@@ -153,7 +152,7 @@ class AnswerStats:
         """Arrays for the first choice of a chat completion's raw JSON bytes, without decoding it.
 
         The same result as ``from_choice(orjson.loads(body)["choices"][0], k)``; None when
-        the body is not in the usual shape (or the scanner is not built): decode it then.
+        the body is not in the usual shape: decode it then.
         """
         scanned = scan_body(body, k)
         return scanned.stats if scanned is not None else None
@@ -169,9 +168,7 @@ class BodyScan:
 
 def scan_body(body: bytes, k: int) -> BodyScan | None:
     """``AnswerStats.from_body``, plus where the logprobs sit in the body (so a caller can decode around them)."""
-    if _logprob_scan is None:
-        return None
-    found = _logprob_scan.read(body, k, positions)
+    found = _native.read(body, k, positions)
     if found is None:
         return None
     n, chosen, top, finish, start, end = found
@@ -206,55 +203,32 @@ class DraftStats:
     draft_tokens: int
 
 
-_QUANTILES = (0.05, 0.25, 0.5)
-_LOW_VALUES = tuple(float(v) for v in np.array(LOW_LOGPROB, dtype=np.float32))  # the thresholds as float32 values
-_FLOOR = np.float32(-30.0)  # logprobs below this carry no extra information (and keep exp/log finite)
-
-
-def _quantiles(ordered: list[float]) -> list[float]:
-    """np.quantile's default (linear) on an already sorted list, without its overhead."""
-    n = len(ordered)
-    out = []
-    for q in _QUANTILES:
-        pos = q * (n - 1)
-        lo = int(pos)
-        hi = min(lo + 1, n - 1)
-        out.append(ordered[lo] + (pos - lo) * (ordered[hi] - ordered[lo]))
-    return out
+FLOOR = -30.0  # logprobs below this carry no extra information (and keep exp/log finite); -inf padding floors to it
+MARGIN_LOW = 0.5  # a top-1/top-2 gap below this (nats) is a near-tie
+TOP1_TOLERANCE = 1e-4  # the chosen token is the top-1 within this
+# The thresholds as the float32 values the arrays are compared with.
+_native.configure(FLOOR, [float(v) for v in np.array(LOW_LOGPROB, dtype=np.float32)], EDGE, MARGIN_LOW, TOP1_TOLERANCE)
 
 
 def answer_features(prompt: PromptStats, answer: AnswerStats, stage: int, draft: DraftStats | None = None) -> np.ndarray:
     """The feature vector (float32, ``FEATURE_NAMES`` order) for one stage answer.
 
-    Written for the router's hot path, where numpy's per-call overhead (~1 µs)
-    dominates on the usual short answer: one sort, per-position quantities
-    vectorised over the top-k matrix, scalar statistics in plain Python on the
-    (at most ``MAX_POSITIONS``) values, and one write of the result.
+    The 18 logprob statistics come from ``_native.answer_stats`` (C: numpy's per-call
+    overhead made them 30-60 µs of a 100 µs budget), over the m positions read, with
+    every logprob floored at ``FLOOR``:
+
+    * ``lp_*``: mean, min, standard deviation, 5/25/50 % quantiles (linear, as ``np.quantile``)
+      of the chosen tokens' logprobs, the share below each of ``LOW_LOGPROB``, the mean of the
+      first and of the last ``EDGE``;
+    * over the top-k alternatives of each position, with the mass outside them as one more
+      outcome: entropy mean and max; margin (top-1 minus top-2, or minus ``FLOOR`` when k = 1)
+      mean and min, share of margins below ``MARGIN_LOW``; share of positions where the chosen
+      token is the top-1 (within ``TOP1_TOLERANCE``).
+    All zero for an empty answer (flagged by ``empty_answer``); the top-k ones zero when k = 0.
     """
-    lp = np.maximum(answer.token_logprobs, _FLOOR)
-    n = lp.size
-    row = [0.0] * 18
-    if n:
-        values = lp.tolist()
-        ordered = sorted(values)
-        mean = math.fsum(values) / n
-        row[0:3] = (mean, ordered[0], math.sqrt(max(math.fsum(v * v for v in values) / n - mean * mean, 0.0)))
-        row[3:6] = _quantiles(ordered)
-        row[6:10] = [bisect_left(ordered, t) / n for t in _LOW_VALUES]
-        head, tail = values[:EDGE], values[-EDGE:]
-        row[10] = math.fsum(head) / len(head)
-        row[11] = math.fsum(tail) / len(tail)
-        top = np.maximum(answer.top_logprobs, _FLOOR)
-        if top.shape[1]:
-            probs = np.exp(top)
-            rest = np.maximum(1.0 - np.add.reduce(probs, axis=1), 1e-12)
-            ent = -np.add.reduce(probs * top, axis=1) - rest * np.log(rest)
-            first = top[:, 0]
-            margin = first - (top[:, 1] if top.shape[1] > 1 else _FLOOR)
-            row[12:18] = (
-                float(np.add.reduce(ent)) / n, float(np.maximum.reduce(ent)), float(np.add.reduce(margin)) / n,
-                float(np.minimum.reduce(margin)), np.count_nonzero(margin < 0.5) / n, np.count_nonzero(lp >= first - 1e-4) / n,
-            )  # fmt: skip
+    n = answer.token_logprobs.size
+    top = answer.top_logprobs
+    row = _native.answer_stats(answer.token_logprobs, top, top.shape[1])
     draft_row = (0.0, 0.0, 0.0)
     if draft is not None and draft.draft_tokens:
         draft_row = (1.0, draft.accepted_tokens / draft.draft_tokens, math.log1p(draft.accepted_tokens))

@@ -70,6 +70,18 @@ class StageReply:
     stats: AnswerStats | None = None
     deferred: tuple[int, int] | None = None  # byte span of the logprobs left out of data
 
+    @classmethod
+    def parse(cls, raw: bytes, seconds: float, top_k: int | None = None) -> StageReply:
+        """Decode a chat completion (``top_k``: deferring its logprobs); ValueError if it is not one."""
+        scanned = scan_body(raw, top_k) if top_k else None
+        deferred = scanned.logprobs_span if scanned is not None else None
+        try:
+            data = orjson.loads(raw if deferred is None else raw[: deferred[0]] + b"null" + raw[deferred[1] :])
+            data["choices"][0]["message"]
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+            raise ValueError(f"not a chat completion: {exc}") from None
+        return cls(data, raw, seconds, scanned.stats if scanned is not None else None, deferred)
+
     def with_logprobs(self) -> dict[str, Any]:
         """``data`` with the first choice's logprobs decoded (in place, once)."""
         if self.deferred is not None:
@@ -144,14 +156,10 @@ class StageClient:
             raise StageUnavailable(self.name, f"unreachable at {self.config.url} ({exc.os_error})") from None
         except aiohttp.ClientError as exc:
             raise StageBadResponse(self.name, f"connection failed: {exc}") from None
-        scanned = scan_body(raw, top_k) if top_k else None
-        deferred = scanned.logprobs_span if scanned is not None else None
         try:
-            data = orjson.loads(raw if deferred is None else raw[: deferred[0]] + b"null" + raw[deferred[1] :])
-            data["choices"][0]["message"]
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            return StageReply.parse(raw, time.perf_counter() - t0, top_k)
+        except ValueError:
             raise StageBadResponse(self.name, f"malformed chat completion: {raw[:200]!r}") from None
-        return StageReply(data, raw, time.perf_counter() - t0, scanned.stats if scanned is not None else None, deferred)
 
     async def stream(self, body: dict[str, Any], raw: bool = False) -> AsyncIterator[bytes]:
         """Streaming chat completion.

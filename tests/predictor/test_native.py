@@ -55,7 +55,7 @@ def assert_same(raw: bytes) -> AnswerStats:
 
 def test_the_extension_is_built() -> None:
     """`pip install .` compiles it; without it the router silently takes the slow path."""
-    assert features._logprob_scan is not None
+    assert features._native is not None
 
 
 @pytest.mark.parametrize("n", [0, 1, 15, MAX_POSITIONS, MAX_POSITIONS + 1, 513])
