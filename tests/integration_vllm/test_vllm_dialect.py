@@ -16,13 +16,15 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import orjson
 import pytest
 from openai import OpenAI
 
 from predictor.features import AnswerStats, PromptStats, answer_features
 from router.config import StageConfig
 from router.draft import continuation_body, merge, score_draft
-from router.stage_client import StageClient
+from router.stage_client import StageClient, StageReply
 from tests.conftest import ROOT, RouterProcess, free_port, ladder_config, stop_process, wait_http
 from tests.router.test_draft_live import TIE_TOLERANCE, _gap_at_divergence
 
@@ -69,22 +71,28 @@ def _stage(url: str) -> StageClient:
 
 
 def test_logprobs_feed_the_features(vllm_url: str) -> None:
-    async def go() -> None:
+    """vLLM's logprobs, read from its response bytes by the router's scanner, equal the decoded ones."""
+
+    async def go() -> StageReply:
         stage = _stage(vllm_url)
         await stage.start()
         try:
-            data, _ = await stage.chat({"messages": [{"role": "user", "content": PROMPTS[0]}], "temperature": 0, "max_tokens": 16, "logprobs": True, "top_logprobs": 5})
+            return await stage.reply({"messages": [{"role": "user", "content": PROMPTS[0]}], "temperature": 0, "max_tokens": 16, "logprobs": True, "top_logprobs": 5}, top_k=5)
         finally:
             await stage.close()
-        choice = data["choices"][0]
-        content = choice["logprobs"]["content"]
-        assert len(content) == data["usage"]["completion_tokens"]
-        assert all(len(e["top_logprobs"]) == 5 and e["top_logprobs"][0]["logprob"] >= e["logprob"] - 1e-5 for e in content)
-        stats = AnswerStats.from_choice(choice, 5)
-        assert stats.top_logprobs.shape == (len(content), 5)
-        assert answer_features(PromptStats.from_texts([PROMPTS[0]]), stats, 1).shape[0] > 0
 
-    asyncio.run(go())
+    reply = asyncio.run(go())
+    whole = orjson.loads(reply.raw)
+    choice = whole["choices"][0]
+    content = choice["logprobs"]["content"]
+    assert len(content) == whole["usage"]["completion_tokens"]
+    assert all(len(e["top_logprobs"]) == 5 and e["top_logprobs"][0]["logprob"] >= e["logprob"] - 1e-5 for e in content)
+    stats = AnswerStats.from_choice(choice, 5)
+    assert reply.stats is not None and reply.deferred is not None
+    np.testing.assert_array_equal(reply.stats.token_logprobs, stats.token_logprobs)
+    np.testing.assert_array_equal(reply.stats.top_logprobs, stats.top_logprobs)
+    assert reply.stats.finish_reason == stats.finish_reason and reply.with_logprobs() == whole
+    assert answer_features(PromptStats.from_texts([PROMPTS[0]]), stats, 1).shape[0] > 0
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)

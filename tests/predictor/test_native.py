@@ -168,3 +168,54 @@ def test_a_real_stage_answer(stage_ports: list[int]) -> None:
     raw = asyncio.run(go())
     stats = assert_same(raw)
     assert stats.length > MAX_POSITIONS
+
+
+# -- answer_stats: checked against a plain numpy oracle written from the feature descriptions ----
+
+
+def _oracle(chosen: np.ndarray, top: np.ndarray) -> np.ndarray:
+    lp = np.maximum(chosen.astype(np.float64), features.FLOOR)
+    m = lp.size
+    ordered = np.sort(lp)
+    low = [float(v) for v in np.array(features.LOW_LOGPROB, dtype=np.float32)]
+    out = [lp.mean(), lp.min(), lp.std(), *np.quantile(lp, [0.05, 0.25, 0.5]), *[(ordered < t).mean() for t in low],
+           lp[: features.EDGE].mean(), lp[-features.EDGE :].mean()]  # fmt: skip
+    if top.shape[1] == 0:
+        return np.array(out + [0.0] * 6)
+    t = np.maximum(top.astype(np.float64), features.FLOOR)
+    p = np.exp(t)
+    rest = np.maximum(1.0 - p.sum(1), 1e-12)
+    ent = -(p * t).sum(1) - rest * np.log(rest)
+    margin = t[:, 0] - (t[:, 1] if t.shape[1] > 1 else features.FLOOR)
+    top1 = lp >= t[:, 0] - features.TOP1_TOLERANCE
+    return np.array(out + [ent.mean(), ent.max(), margin.mean(), margin.min(), (margin < features.MARGIN_LOW).mean(), top1.mean()])
+
+
+@pytest.mark.parametrize(("m", "k"), [(1, 5), (15, 5), (128, 5), (300, 5), (20, 1), (20, 0), (7, 20)])
+def test_answer_stats_match_the_oracle(m: int, k: int) -> None:
+    rng = np.random.default_rng(m * 100 + k)
+    top = -np.sort(rng.exponential(1.5, size=(m, k)), axis=1).astype(np.float32)
+    chosen = (top[:, 0] if k else -rng.exponential(1.5, size=m)).astype(np.float32).copy()
+    chosen[::3] -= 0.7  # not always the top-1
+    if k > 2:
+        top[::4, -1] = -np.inf  # padding of a missing alternative
+    chosen[::5] = -1e4  # far below the floor (vLLM writes -9999.0 for -inf)
+    got = np.array(features._native.answer_stats(chosen, np.ascontiguousarray(top), k))
+    np.testing.assert_allclose(got, _oracle(chosen, top), rtol=1e-9, atol=1e-12)
+
+
+def test_answer_stats_of_nothing_are_zero() -> None:
+    assert features._native.answer_stats(np.zeros(0, np.float32), np.zeros((0, 5), np.float32), 5) == (0.0,) * 18
+
+
+@pytest.mark.parametrize(
+    ("chosen", "top", "k"),
+    [
+        (np.zeros(3, np.float64), np.zeros((3, 5), np.float32), 5),  # not float32
+        (np.zeros(3, np.float32), np.zeros((3, 4), np.float32), 5),  # k values missing
+        (np.zeros(3, np.float32), np.zeros((5, 3), np.float32).T, 5),  # not C-contiguous
+    ],
+)
+def test_answer_stats_refuse_wrong_arrays(chosen: np.ndarray, top: np.ndarray, k: int) -> None:
+    with pytest.raises((TypeError, ValueError, BufferError)):
+        features._native.answer_stats(chosen, top, k)
