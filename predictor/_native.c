@@ -43,7 +43,6 @@
 
 #define MAX_DEPTH 64
 #define PREFETCH_AHEAD 4
-#define STOP 2 /* a member callback's "found what I wanted, stop walking" */
 
 typedef struct {
     const char *p;
@@ -150,33 +149,46 @@ static inline int skip_flat_array(Cursor *c) {
     return 1;
 }
 
-static int skip_value(Cursor *c, int depth);
-
-static int skip_container(Cursor *c, char close, int is_object, int depth) {
-    if (depth > MAX_DEPTH) return 0;
-    c->p++;
+/* Just after an opening bracket: is the container empty? (then the closer is consumed) */
+static inline int closes_at_once(Cursor *c, char close) {
     skip_ws(c);
     if (c->p < c->end && *c->p == close) {
         c->p++;
         return 1;
     }
+    return 0;
+}
+
+/* After a member or element: 1 a comma (another follows), 0 the closer (consumed), -1 malformed. */
+static inline int next_item(Cursor *c, char close) {
+    skip_ws(c);
+    if (c->p >= c->end) return -1;
+    if (*c->p == ',') {
+        c->p++;
+        return 1;
+    }
+    if (*c->p == close) {
+        c->p++;
+        return 0;
+    }
+    return -1;
+}
+
+static int skip_value(Cursor *c, int depth);
+
+static int skip_container(Cursor *c, char close, int is_object, int depth) {
+    if (depth > MAX_DEPTH) return 0;
+    c->p++;
+    if (closes_at_once(c, close)) return 1;
     for (;;) {
         if (is_object) {
             skip_ws(c);
             if (!skip_string(c) || !expect(c, ':')) return 0;
         }
         if (!skip_value(c, depth + 1)) return 0;
-        skip_ws(c);
-        if (c->p >= c->end) return 0;
-        if (*c->p == ',') {
-            c->p++;
-            continue;
-        }
-        if (*c->p == close) {
-            c->p++;
-            return 1;
-        }
-        return 0;
+        int more = next_item(c, close);
+        if (more < 0) return 0;
+        if (!more) return 1;
     }
 }
 
@@ -215,29 +227,16 @@ typedef int (*MemberFn)(Cursor *c, const char *key, Py_ssize_t len, void *ctx);
 
 static inline __attribute__((always_inline)) int walk_object(Cursor *c, MemberFn on_member, void *ctx) {
     if (!expect(c, '{')) return 0;
-    skip_ws(c);
-    if (c->p < c->end && *c->p == '}') {
-        c->p++;
-        return 1;
-    }
+    if (closes_at_once(c, '}')) return 1;
     for (;;) {
         const char *key;
         Py_ssize_t len;
         if (!read_key(c, &key, &len)) return 0;
         skip_ws(c);
-        int rc = on_member(c, key, len, ctx);
-        if (rc != 1) return rc;
-        skip_ws(c);
-        if (c->p >= c->end) return 0;
-        if (*c->p == ',') {
-            c->p++;
-            continue;
-        }
-        if (*c->p == '}') {
-            c->p++;
-            return 1;
-        }
-        return 0;
+        if (!on_member(c, key, len, ctx)) return 0;
+        int more = next_item(c, '}');
+        if (more < 0) return 0;
+        if (!more) return 1;
     }
 }
 
@@ -290,11 +289,7 @@ static int on_entry(Cursor *c, const char *key, Py_ssize_t len, void *ctx) {
         o->count[i] = 0;
         if (is_null(c)) return 1;
         if (!expect(c, '[')) return 0;
-        skip_ws(c);
-        if (c->p < c->end && *c->p == ']') {
-            c->p++;
-            return 1;
-        }
+        if (closes_at_once(c, ']')) return 1;
         for (;;) {
             EntryCtx alt = {o, e->base, o->count[i] < o->k ? &o->top[i * o->k + o->count[i]] : NULL, 0};
             if (!walk_object(c, on_alternative, &alt)) return 0;
@@ -302,17 +297,9 @@ static int on_entry(Cursor *c, const char *key, Py_ssize_t len, void *ctx) {
                 if (!alt.seen_logprob) return 0;
                 o->count[i]++;
             }
-            skip_ws(c);
-            if (c->p >= c->end) return 0;
-            if (*c->p == ',') {
-                c->p++;
-                continue;
-            }
-            if (*c->p == ']') {
-                c->p++;
-                return 1;
-            }
-            return 0;
+            int more = next_item(c, ']');
+            if (more < 0) return 0;
+            if (!more) return 1;
         }
     }
     return skip_value(c, 0);
@@ -391,22 +378,12 @@ static int fast_entry(Cursor *c, Offsets *o, const char *base) {
     Py_ssize_t chosen = num - base;
     if (!take(&q, end, LIT(",\"top_logprobs\":["))) return 0;
     int count = 0;
-    if (q < end && *q == ']') {
-        q++;
-    } else {
-        for (;;) {
+    if (!take(&q, end, LIT("]"))) {
+        do {
             if (!fast_token(&q, end, &num) || !take(&q, end, LIT("}"))) return 0;
             if (count < o->k) o->top[i * o->k + count++] = num - base;
-            if (q < end && *q == ',') {
-                q++;
-                continue;
-            }
-            if (q < end && *q == ']') {
-                q++;
-                break;
-            }
-            return 0;
-        }
+        } while (take(&q, end, LIT(",")));
+        if (!take(&q, end, LIT("]"))) return 0;
     }
     if (!take(&q, end, LIT("}"))) return 0;
     o->chosen[i] = chosen;
@@ -418,11 +395,7 @@ static int fast_entry(Cursor *c, Offsets *o, const char *base) {
 static int read_content(Cursor *c, Offsets *o, const char *base) {
     if (is_null(c)) return 1;
     if (!expect(c, '[')) return 0;
-    skip_ws(c);
-    if (c->p < c->end && *c->p == ']') {
-        c->p++;
-        return 1;
-    }
+    if (closes_at_once(c, ']')) return 1;
     for (;;) {
         if (o->n == o->cap && !grow(o)) return 0;
         o->count[o->n] = 0;
@@ -431,17 +404,9 @@ static int read_content(Cursor *c, Offsets *o, const char *base) {
             if (!walk_object(c, on_entry, &e) || !e.seen_logprob) return 0;
         }
         o->n++;
-        skip_ws(c);
-        if (c->p >= c->end) return 0;
-        if (*c->p == ',') {
-            c->p++;
-            continue;
-        }
-        if (*c->p == ']') {
-            c->p++;
-            return 1;
-        }
-        return 0;
+        int more = next_item(c, ']');
+        if (more < 0) return 0;
+        if (!more) return 1;
     }
 }
 
@@ -452,18 +417,24 @@ typedef struct {
     const char *finish;          /* finish_reason string (without quotes), NULL if null/absent */
     Py_ssize_t finish_len;
     int finish_escaped;
-    int seen_choice;
+    int seen_choice, seen_content;
 } ChoiceCtx;
 
+/* A key seen twice is declined where it matters: a decoder keeps the last, this scan the first. */
 static int on_logprobs(Cursor *c, const char *key, Py_ssize_t len, void *ctx) {
     ChoiceCtx *ch = ctx;
-    if (KEY_IS(key, len, "content")) return read_content(c, ch->off, ch->base);
+    if (KEY_IS(key, len, "content")) {
+        if (ch->seen_content) return 0;
+        ch->seen_content = 1;
+        return read_content(c, ch->off, ch->base);
+    }
     return skip_value(c, 0);
 }
 
 static int on_choice(Cursor *c, const char *key, Py_ssize_t len, void *ctx) {
     ChoiceCtx *ch = ctx;
     if (KEY_IS(key, len, "logprobs")) {
+        if (ch->start >= 0) return 0;
         ch->start = c->p - ch->base;
         if (is_null(c)) {
             ch->end = c->p - ch->base;
@@ -474,6 +445,8 @@ static int on_choice(Cursor *c, const char *key, Py_ssize_t len, void *ctx) {
         return 1;
     }
     if (KEY_IS(key, len, "finish_reason")) {
+        ch->finish = NULL;
+        ch->finish_escaped = 0;
         if (is_null(c)) return 1;
         const char *start = c->p + 1;
         if (!skip_string(c)) return 0;
@@ -488,9 +461,14 @@ static int on_choice(Cursor *c, const char *key, Py_ssize_t len, void *ctx) {
 static int on_completion(Cursor *c, const char *key, Py_ssize_t len, void *ctx) {
     ChoiceCtx *ch = ctx;
     if (KEY_IS(key, len, "choices")) {
-        if (!expect(c, '[') || !walk_object(c, on_choice, ch)) return 0;
-        ch->seen_choice = 1;
-        return STOP; /* the first choice is all the predictor reads; the rest is the JSON decoder's business */
+        if (ch->seen_choice || !expect(c, '[') || !walk_object(c, on_choice, ch)) return 0;
+        ch->seen_choice = 1; /* the first choice is what the predictor reads; skip any others */
+        for (;;) {
+            int more = next_item(c, ']');
+            if (more < 0) return 0;
+            if (!more) return 1;
+            if (!skip_value(c, 0)) return 0;
+        }
     }
     return skip_value(c, 0);
 }
@@ -565,10 +543,10 @@ static PyObject *scan_read(PyObject *self, PyObject *args) {
     const char *base = PyBytes_AS_STRING(body), *limit = base + PyBytes_GET_SIZE(body);
     Cursor c = {base, limit};
     Offsets off = {NULL, NULL, NULL, 0, 0, k};
-    ChoiceCtx ch = {&off, base, -1, -1, NULL, 0, 0, 0};
+    ChoiceCtx ch = {&off, base, -1, -1, NULL, 0, 0, 0, 0};
     PyObject *result = NULL, *chosen = NULL, *top = NULL, *finish = NULL, *picked = NULL;
 
-    int ok = walk_object(&c, on_completion, &ch) == STOP;
+    int ok = walk_object(&c, on_completion, &ch);
     if (!ok || !ch.seen_choice || ch.finish_escaped) {
         result = Py_NewRef(Py_None);
         goto done;

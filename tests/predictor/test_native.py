@@ -219,3 +219,57 @@ def test_answer_stats_of_nothing_are_zero() -> None:
 def test_answer_stats_refuse_wrong_arrays(chosen: np.ndarray, top: np.ndarray, k: int) -> None:
     with pytest.raises((TypeError, ValueError, BufferError)):
         features._native.answer_stats(chosen, top, k)
+
+
+def test_mutated_bodies_never_give_a_wrong_answer() -> None:
+    """Cut, flipped and spliced bytes: declined, or the same arrays as decoding whenever the JSON decodes."""
+    rng = random.Random(7)
+    bases = [orjson.dumps(_body([_entry(rng) for _ in range(n)])) for n in (0, 3, 40, 200)]
+    bases.append(json.dumps(orjson.loads(bases[2]), indent=1).encode())
+    alphabet = b'{}[]",:\\ -0123456789.eEnulltrx'
+    accepted = 0
+    for i in range(3000):
+        raw = bytearray(rng.choice(bases))
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(raw))
+            op = rng.random()
+            if op < 0.4:
+                raw[at] = rng.choice(alphabet)
+            elif op < 0.7:
+                del raw[at : at + rng.randint(1, 20)]
+            elif op < 0.9:
+                raw[at:at] = bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 5)))
+            else:
+                raw = raw[:at]
+        body = bytes(raw)
+        fast = AnswerStats.from_body(body, K)
+        if fast is None:
+            continue
+        try:
+            choice = orjson.loads(body)["choices"][0]
+            slow = AnswerStats.from_choice(choice, K)
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError, AttributeError):
+            continue  # not a chat completion: the router rejects it when it decodes the body
+        accepted += 1
+        np.testing.assert_array_equal(fast.token_logprobs, slow.token_logprobs)
+        np.testing.assert_array_equal(fast.top_logprobs, slow.top_logprobs)
+        assert (fast.length, fast.finish_reason) == (slow.length, slow.finish_reason)
+    assert accepted > 300  # the comparison ran on many bodies that survived mutation
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"choices":[{"logprobs":null,"logprobs":{"content":[{"logprob":-1}]}}]}',
+        b'{"choices":[{"logprobs":{"content":[{"logprob":-1}],"content":[]}}]}',
+        b'{"choices":[{"logprobs":null}],"choices":[{"logprobs":{"content":[{"logprob":-1}]}}]}',
+    ],
+)
+def test_repeated_keys_are_declined(raw: bytes) -> None:
+    """A decoder keeps a repeated key's last value; rather than guess, the scanner declines."""
+    assert AnswerStats.from_body(raw, K) is None
+
+
+def test_repeated_finish_reason_keeps_the_last() -> None:
+    assert_same(b'{"choices":[{"finish_reason":"length","logprobs":null,"finish_reason":null}]}')
+    assert_same(b'{"choices":[{"finish_reason":null,"logprobs":null,"finish_reason":"length"}]}')
