@@ -175,7 +175,6 @@ def test_a_real_stage_answer(stage_ports: list[int]) -> None:
 
 def _oracle(chosen: np.ndarray, top: np.ndarray) -> np.ndarray:
     lp = np.maximum(chosen.astype(np.float64), features.FLOOR)
-    m = lp.size
     ordered = np.sort(lp)
     low = [float(v) for v in np.array(features.LOW_LOGPROB, dtype=np.float32)]
     out = [lp.mean(), lp.min(), lp.std(), *np.quantile(lp, [0.05, 0.25, 0.5]), *[(ordered < t).mean() for t in low],
