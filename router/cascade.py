@@ -22,7 +22,7 @@ from router.draft import AcceptanceTracker, DraftCheck, continuation_body, merge
 from router.metrics import CASCADE_ESCALATIONS, DRAFT_TOKENS, STAGE_CALLS, STAGE_SECONDS
 from router.policy import StoppingPolicy, shrink
 from router.speculative import verify_sampled
-from router.stage_client import StageClient, StageFailure, StageReply
+from router.stage_client import StageBadResponse, StageClient, StageFailure, StageReply
 
 
 @dataclass
@@ -173,9 +173,13 @@ class CascadeEngine:
         if reason is None:
             sampled = body.get("temperature") != 0
             if sampled:
-                drafted = answer[2].with_logprobs() if answer[2] is not None else answer[1]
+                try:
+                    drafted = answer[2].with_logprobs() if answer[2] is not None else answer[1]
+                except StageBadResponse:  # the lower stage's logprobs do not decode: no proposal to sample against
+                    drafted = answer[1]
                 entries = (drafted["choices"][0].get("logprobs") or {}).get("content") or []
-                check = await verify_sampled(client, {**body, "temperature": body.get("temperature", 1.0) or 1.0}, draft, entries)
+                sampled_body = {**body, "temperature": body.get("temperature", 1.0) or 1.0}
+                check = await verify_sampled(client, sampled_body, draft, entries) if entries else None
             else:
                 check = await verify_draft(client, body, draft, (answer[1].get("usage") or {}).get("completion_tokens"))
             if check is not None:

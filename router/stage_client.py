@@ -61,7 +61,9 @@ class StageReply:
     ``data`` (its ``logprobs`` is None): decoding a 512-token top-5 answer's logprobs
     into Python objects costs ~2 ms, and the router needs them only when the client
     asked for logprobs, for the traffic log, or to verify a sampled draft;
-    ``with_logprobs()`` decodes them then.
+    ``with_logprobs()`` decodes them then. The scanner checks the span's structure and
+    parses its numbers strictly but does not validate every string in it as a decoder
+    would, so a span that does not decode is reported then, as the stage's bad response.
     """
 
     data: dict[str, Any]
@@ -69,9 +71,10 @@ class StageReply:
     seconds: float
     stats: AnswerStats | None = None
     deferred: tuple[int, int] | None = None  # byte span of the logprobs left out of data
+    stage: str = ""  # who sent it, for errors
 
     @classmethod
-    def parse(cls, raw: bytes, seconds: float, top_k: int | None = None) -> StageReply:
+    def parse(cls, raw: bytes, seconds: float, top_k: int | None = None, stage: str = "") -> StageReply:
         """Decode a chat completion (``top_k``: deferring its logprobs); ValueError if it is not one."""
         scanned = scan_body(raw, top_k) if top_k else None
         deferred = scanned.logprobs_span if scanned is not None else None
@@ -80,13 +83,16 @@ class StageReply:
             data["choices"][0]["message"]
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
             raise ValueError(f"not a chat completion: {exc}") from None
-        return cls(data, raw, seconds, scanned.stats if scanned is not None else None, deferred)
+        return cls(data, raw, seconds, scanned.stats if scanned is not None else None, deferred, stage)
 
     def with_logprobs(self) -> dict[str, Any]:
         """``data`` with the first choice's logprobs decoded (in place, once)."""
         if self.deferred is not None:
             start, end = self.deferred
-            self.data["choices"][0]["logprobs"] = orjson.loads(self.raw[start:end])
+            try:
+                self.data["choices"][0]["logprobs"] = orjson.loads(self.raw[start:end])
+            except orjson.JSONDecodeError as exc:
+                raise StageBadResponse(self.stage, f"malformed logprobs in the chat completion: {exc}") from None
             self.deferred = None
         return self.data
 
@@ -157,7 +163,7 @@ class StageClient:
         except aiohttp.ClientError as exc:
             raise StageBadResponse(self.name, f"connection failed: {exc}") from None
         try:
-            return StageReply.parse(raw, time.perf_counter() - t0, top_k)
+            return StageReply.parse(raw, time.perf_counter() - t0, top_k, self.name)
         except ValueError:
             raise StageBadResponse(self.name, f"malformed chat completion: {raw[:200]!r}") from None
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import orjson
 
-Mode = str  # instant | hang | garbage | die | error500
-MODES = ("instant", "hang", "garbage", "die", "error500")
+Mode = str  # instant | hang | garbage | bad-logprobs | die | error500
+MODES = ("instant", "hang", "garbage", "bad-logprobs", "die", "error500")
 ANSWER_TOKENS = ["The", " answer", " is", " 4", "."]
 
 
@@ -86,6 +86,9 @@ def make_app(model: str = "stub", mode: Mode = "instant", delay_s: float = 0.0) 
             return
         if mode == "garbage":
             await _send(send, 200, b"<html>not json", b"application/json")
+            return
+        if mode == "bad-logprobs":  # well-formed except a raw control byte in a token string, inside the logprobs
+            await _send(send, 200, completion.replace(b'"token":"', b'"token":"\x01', 1), b"application/json")
             return
         if delay_s:
             await asyncio.sleep(delay_s)

@@ -180,3 +180,24 @@ def test_cascade_survives_a_hanging_stage(stubs: list[StubStage], tmp_path: Path
             assert "s1" in resp.headers["x-cascade-degraded"]
     finally:
         router.stop()
+
+
+@pytest.mark.parametrize("stubs", [["bad-logprobs"], ["bad-logprobs", "instant"]], indirect=True)
+def test_logprobs_that_do_not_decode(stubs: list[StubStage], tmp_path: Path) -> None:
+    """The router reads a stage's logprobs from the bytes and decodes them only when needed: when
+    they are needed and do not decode, that stage answered badly (502 alone; the next stage
+    answers in a ladder); when nobody reads them the answer stands."""
+    router = RouterProcess(_fault_config([s.port for s in stubs], free_port()), tmp_path)
+    try:
+        plain = httpx.post(f"{router.url}/v1/chat/completions", json={**GOOD, "cascade_lambda": 0.0}, timeout=30)
+        assert plain.status_code == 200 and plain.headers["x-cascade-stage"] == "s0", plain.text
+        asked = httpx.post(f"{router.url}/v1/chat/completions", json={**GOOD, "cascade_lambda": 0.0, "logprobs": True}, timeout=30)
+        if len(stubs) == 1:
+            err = _assert_error(asked, 502, None)
+            assert err["type"] == "upstream_error" and "s0" in str(err["message"]) and "logprobs" in str(err["message"])
+        else:
+            assert asked.status_code == 200, asked.text
+            assert asked.headers["x-cascade-stage"] == "s1" and asked.json()["choices"][0]["logprobs"]["content"]
+        assert httpx.post(f"{router.url}/v1/chat/completions", json={**GOOD, "cascade_lambda": 0.0}, timeout=30).status_code == 200
+    finally:
+        router.stop()

@@ -6,10 +6,11 @@ import asyncio
 
 import numpy as np
 import orjson
+import pytest
 
 from predictor.features import AnswerStats
 from router.config import StageConfig
-from router.stage_client import StageClient, StageReply
+from router.stage_client import StageBadResponse, StageClient, StageReply
 from tests.conftest import ladder_config
 
 BODY = {"messages": [{"role": "user", "content": "List three prime numbers and say why each is prime."}],
@@ -45,3 +46,15 @@ def test_without_top_k_the_body_is_decoded_whole(stage_ports: list[int]) -> None
     reply = _ask(stage_ports)
     assert reply.stats is None and reply.deferred is None
     assert reply.data == orjson.loads(reply.raw)
+
+
+def test_logprobs_that_do_not_decode_are_the_stages_fault() -> None:
+    """A raw control byte in a token string: the scanner reads the numbers, a decoder refuses the span."""
+    raw = (b'{"choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"logprobs":{"content":'
+           b'[{"token":"\x01","logprob":-0.5,"bytes":[1],"top_logprobs":[{"token":"a","logprob":-0.5,"bytes":[97]}]}]},'
+           b'"finish_reason":"stop"}]}')  # fmt: skip
+    reply = StageReply.parse(raw, 0.0, top_k=5, stage="s0")
+    assert reply.stats is not None and reply.stats.token_logprobs.tolist() == [-0.5]
+    assert reply.data["choices"][0]["message"]["content"] == "ok"
+    with pytest.raises(StageBadResponse, match="s0.*malformed logprobs"):
+        reply.with_logprobs()
