@@ -10,19 +10,17 @@ recorded in every exported model; the runtime refuses a mismatch.
 a subset of the same quantities.
 
 Extraction works on numpy arrays (``AnswerStats``). The router builds them
-straight from the stage's response bytes (``AnswerStats.from_body``, a
-compiled scanner: decoding a 512-token top-5 answer into Python objects alone
-costs ~2 ms); training and any already-decoded answer use
+straight from the stage's response bytes (``AnswerStats.from_body``, the
+compiled scanner in ``_native.c``: decoding a 512-token top-5 answer into
+Python objects alone costs ~2 ms); training and any already-decoded answer use
 ``AnswerStats.from_choice`` on the OpenAI ``logprobs.content`` list. Both give
-the same arrays for the same answer (tests/predictor/test_features.py).
+the same arrays for the same answer (tests/predictor/test_native.py), and
+``answer_features`` computes the logprob statistics from them in C as well.
 An answer longer than ``MAX_POSITIONS`` tokens is read at ``MAX_POSITIONS``
-positions (its first and last ``EDGE`` and evenly spaced ones between), so the
-predictor's cost on the router's hot path is bounded whatever the answer's
-length: reading the logprobs list is ~0.45 µs per position in CPython, the
-largest part of the predictor's latency on long answers (the scanner parses
-only those positions' numbers). Its statistics
-(means, quantiles, shares) are then estimates over those positions; its
-length is the true one.
+positions (its first and last ``EDGE`` and evenly spaced ones between), so
+the per-answer cost of everything but the scan over the bytes is bounded
+whatever the answer's length. Its statistics (means, quantiles, shares) are
+then estimates over those positions; its length is the true one.
 """
 
 from __future__ import annotations
