@@ -7,9 +7,11 @@
  * for a 512-token answer with top-5 (every token string, every `bytes` list),
  * and reading the values back out of those dicts ~0.1-0.4 ms more (cache
  * misses). This scanner walks the bytes once, remembers where each logprob
- * number starts, and converts only the positions the feature vector reads,
- * with CPython's own correctly rounded float parser (the same double as
- * `float()` / orjson would give, so training and serving see the same values).
+ * number starts, and converts only the positions the feature vector reads to
+ * the float32 that float() then np.float32 give (what training sees): a fast
+ * path where the result is certain, CPython's correctly rounded parser otherwise.
+ * The usual compact layout is matched literally (fast_entry); anything else
+ * goes through a generic walker.
  *
  * It is deliberately strict: anything outside the expected shape (no choices,
  * a logprob that is not a number, nesting deeper than MAX_DEPTH, a truncated
@@ -50,7 +52,7 @@ typedef struct {
 } Cursor;
 
 /* Character classes, one table lookup per byte on the scanning loops. */
-enum { WS = 1, NUM = 2, WORD = 4, NEST = 8, QUOTE = 16 };
+enum { WS = 1, NUM = 2, WORD = 4 };
 static unsigned char cls[256];
 
 static void init_classes(void) {
@@ -58,9 +60,6 @@ static void init_classes(void) {
     for (int ch = '0'; ch <= '9'; ch++) cls[ch] = NUM;
     cls['-'] = cls['+'] = cls['.'] = cls['e'] = cls['E'] = NUM;
     for (int ch = 'a'; ch <= 'z'; ch++) cls[ch] |= WORD;
-    cls['"'] = cls['['] = cls['{'] = NEST;
-    cls['"'] |= QUOTE;
-    cls['\\'] = QUOTE;
 }
 
 typedef struct {
@@ -135,16 +134,10 @@ static inline int skip_string(Cursor *c) {
     }
 }
 
-static inline int is_number_char(char ch) { return cls[(unsigned char)ch] & NUM; }
-
 /* An array of scalars (a token's "bytes"): jump to its end in one pass; 0 when it nests or holds strings. */
 static inline int skip_flat_array(Cursor *c) {
-    const char *q = c->p + 1;
-    while (q < c->end && *q != ']') {
-        if (cls[(unsigned char)*q] & NEST) return 0;
-        q++;
-    }
-    if (q >= c->end) return 0;
+    const char *q = find4(c->p + 1, c->end, ']', '"', '[', '{');
+    if (q >= c->end || *q != ']') return 0;
     c->p = q + 1;
     return 1;
 }
@@ -210,13 +203,15 @@ static int skip_value(Cursor *c, int depth) {
     }
 }
 
-/* At an object key: read it, compare with `want` (keys in this format carry no escapes). */
+/* At an object key: where its text is. Keys are compared byte for byte, so a key spelled with an
+ * escape ("logprob\u0073" is "logprobs" to a decoder) is declined rather than misread. */
 static inline int read_key(Cursor *c, const char **key, Py_ssize_t *len) {
     skip_ws(c);
     const char *start = c->p + 1;
     if (!skip_string(c)) return 0;
     *key = start;
     *len = (c->p - 1) - start;
+    if (memchr(start, '\\', (size_t)*len) != NULL) return 0;
     return expect(c, ':');
 }
 

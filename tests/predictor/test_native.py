@@ -262,6 +262,7 @@ def test_mutated_bodies_never_give_a_wrong_answer() -> None:
         b'{"choices":[{"logprobs":null,"logprobs":{"content":[{"logprob":-1}]}}]}',
         b'{"choices":[{"logprobs":{"content":[{"logprob":-1}],"content":[]}}]}',
         b'{"choices":[{"logprobs":null}],"choices":[{"logprobs":{"content":[{"logprob":-1}]}}]}',
+        b'{"choices":[{"logprobs":null,"logprob\\u0073":{"content":[{"logprob":-1}]}}]}',  # the same key, escaped
     ],
 )
 def test_repeated_keys_are_declined(raw: bytes) -> None:
