@@ -119,19 +119,23 @@ static inline __attribute__((always_inline)) const char *number_end(const char *
     return p;
 }
 
-/* At an opening quote: move past the closing one. */
-static inline int skip_string(Cursor *c) {
-    const char *p = c->p, *end = c->end;
-    if (p >= end || *p != '"') return 0;
-    for (p++;;) {
+/* Inside a string at p: just past its closing quote, or NULL if the body ends first. */
+static inline const char *string_end(const char *p, const char *end) {
+    for (;;) {
         p = find4(p, end, '"', '\\', '"', '"');
-        if (p >= end) return 0;
-        if (*p == '"') {
-            c->p = p + 1;
-            return 1;
-        }
+        if (p >= end) return NULL;
+        if (*p == '"') return p + 1;
         p += 2; /* a backslash: the next byte is escaped */
     }
+}
+
+/* At an opening quote: move past the closing one. */
+static inline int skip_string(Cursor *c) {
+    if (c->p >= c->end || *c->p != '"') return 0;
+    const char *after = string_end(c->p + 1, c->end);
+    if (after == NULL) return 0;
+    c->p = after;
+    return 1;
 }
 
 /* An array of scalars (a token's "bytes"): jump to its end in one pass; 0 when it nests or holds strings. */
@@ -347,14 +351,7 @@ static inline __attribute__((always_inline)) int take(const char **p, const char
 /* {"token":"..","logprob":N,"bytes":[..] -- leaves *p after the bytes array; *num at N. */
 static inline __attribute__((always_inline)) int fast_token(const char **p, const char *end, const char **num) {
     const char *q = *p;
-    if (!take(&q, end, LIT("{\"token\":\""))) return 0;
-    for (;;) {
-        q = find4(q, end, '"', '\\', '"', '"');
-        if (q >= end) return 0;
-        if (*q == '"') break;
-        q += 2;
-    }
-    q++;
+    if (!take(&q, end, LIT("{\"token\":\"")) || (q = string_end(q, end)) == NULL) return 0;
     if (!take(&q, end, LIT(",\"logprob\":"))) return 0;
     if (q >= end || !(*q == '-' || (*q >= '0' && *q <= '9'))) return 0;
     *num = q;
@@ -629,13 +626,12 @@ done:
 
 /* ---- 2. answer statistics ------------------------------------------------------------------ */
 
-#define MAX_LOW 8
+#define N_LOW 4 /* thresholds: "lp_frac_below_*" are out[6..9] */
 #define N_STATS 18
 
 static struct {
     double floor;           /* logprobs below carry no information (and keep exp/log finite) */
-    double low[MAX_LOW];    /* thresholds for the "share below" statistics */
-    int n_low;
+    double low[N_LOW];      /* thresholds for the "share below" statistics */
     Py_ssize_t edge;        /* tokens at each end summarised separately */
     double margin_low;      /* a top-1/top-2 gap below this is a near-tie */
     double top1_tolerance;  /* the chosen token counts as the top-1 within this */
@@ -648,9 +644,9 @@ static PyObject *native_configure(PyObject *self, PyObject *args) {
     PyObject *seq = PySequence_Fast(low, "thresholds must be a sequence of floats");
     if (seq == NULL) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n > MAX_LOW || K_.edge < 1) {
+    if (n != N_LOW || K_.edge < 1) {
         Py_DECREF(seq);
-        PyErr_SetString(PyExc_ValueError, "at most 8 thresholds and an edge of at least 1");
+        PyErr_SetString(PyExc_ValueError, "exactly 4 thresholds and an edge of at least 1");
         return NULL;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -661,7 +657,6 @@ static PyObject *native_configure(PyObject *self, PyObject *args) {
         }
     }
     Py_DECREF(seq);
-    K_.n_low = (int)n;
     K_.configured = 1;
     Py_RETURN_NONE;
 }
@@ -697,8 +692,8 @@ static PyObject *native_answer_stats(PyObject *self, PyObject *args) {
     PyObject *chosen_obj, *top_obj;
     Py_ssize_t k;
     if (!PyArg_ParseTuple(args, "OOn:answer_stats", &chosen_obj, &top_obj, &k)) return NULL;
-    if (!K_.configured || K_.n_low != 4) {
-        PyErr_SetString(PyExc_RuntimeError, "answer_stats needs configure() with 4 thresholds first");
+    if (!K_.configured) {
+        PyErr_SetString(PyExc_RuntimeError, "answer_stats needs configure() first");
         return NULL;
     }
     Py_buffer cb, tb;
@@ -768,7 +763,7 @@ static PyObject *native_answer_stats(PyObject *self, PyObject *args) {
         out[3] = quantile(v, m, 0.05);
         out[4] = quantile(v, m, 0.25);
         out[5] = quantile(v, m, 0.5);
-        for (int t = 0; t < 4; t++) {
+        for (int t = 0; t < N_LOW; t++) {
             Py_ssize_t below = 0;
             while (below < m && v[below] < K_.low[t]) below++;
             out[6 + t] = (double)below / (double)m;
