@@ -115,7 +115,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     }
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(cfg, f)
-    router = subprocess.Popen([sys.executable, "-m", "router.cli", "--config", f.name, "serve"], cwd=ROOT)
+    router = subprocess.Popen([sys.executable, "-m", "adaptive_sd.cli", "--config", f.name, "serve"], cwd=ROOT)
     try:
         wait_ok(f"http://127.0.0.1:{stub_port}/health", stub)
         wait_ok(f"http://127.0.0.1:{slow_port}/health", slow)

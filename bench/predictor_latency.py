@@ -38,10 +38,10 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._procs import emit
-from predictor.collect import TOP_LOGPROBS
-from predictor.dataset import read_rows
-from predictor.features import AnswerStats, PromptStats, answer_features
-from predictor.runtime import OnnxPredictor
+from predictor.serving.rows import TOP_LOGPROBS
+from predictor.offline.dataset import read_rows
+from predictor.serving.features import AnswerStats, PromptStats, answer_features
+from predictor.serving.runtime import OnnxPredictor
 from router.stage_client import StageReply
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -49,7 +49,7 @@ def _router(stub_port: int, port: int, tenancy: dict[str, object], tmp: Path) ->
     }
     path = tmp / f"router-{port}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return subprocess.Popen([sys.executable, "-m", "router.cli", "--config", str(path), "serve"], cwd=ROOT)
+    return subprocess.Popen([sys.executable, "-m", "adaptive_sd.cli", "--config", str(path), "serve"], cwd=ROOT)
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:

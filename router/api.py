@@ -19,11 +19,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response, StreamingResponse
 
-from predictor.interface import Predictor
-from predictor.loader import load_predictor
+from predictor.serving.interface import Predictor
+from predictor.serving.loader import load_predictor
 from router.cascade import CascadeEngine
-from router.config import Settings
-from router.errors import APIError, parse_chat_request
+from common.settings import Settings
+from common.errors import APIError, parse_chat_request
 from router.metrics import RATE_LIMITED, REGISTRY, REQUESTS
 from router.serving_chat import ChatServing, Outcome, TenantLimits
 from router.stage_client import StageClient

@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from predictor.features import AnswerStats, DraftStats, PromptStats, answer_features
-from predictor.interface import Predictor
-from predictor.traffic import TrafficLog
-from router.config import Settings
+from predictor.serving.features import AnswerStats, DraftStats, PromptStats, answer_features
+from predictor.serving.interface import Predictor
+from router.traffic_log import TrafficLog
+from common.settings import Settings
 from router.draft import AcceptanceTracker, DraftCheck, continuation_body, merge, token_limit, trim, verify_draft, why_not_verify
 from router.metrics import CASCADE_ESCALATIONS, DRAFT_TOKENS, STAGE_CALLS, STAGE_SECONDS
 from router.policy import StoppingPolicy, shrink

@@ -161,7 +161,7 @@ async def score_text(client: StageClient, body: dict[str, Any], text: str, k: in
 async def score_draft(client: StageClient, body: dict[str, Any], draft: str) -> DraftCheck | None:
     """One pass: the longest prefix of ``draft`` that stage ``client`` agrees with (None if misaligned).
 
-    Its acceptance fraction is the agreement label for open prompts (predictor/collect.py).
+    Its acceptance fraction is the agreement label for open prompts (predictor/offline/collect.py).
     """
     scored = await score_text(client, body, draft, k=0)
     if scored is None:

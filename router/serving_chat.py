@@ -18,12 +18,12 @@ from typing import Any
 import orjson
 from starlette.responses import Response, StreamingResponse
 
-from predictor.features import PromptStats
+from predictor.serving.features import PromptStats
 from router.cascade import CascadeEngine, CascadeRequest, CascadeResult
-from router.config import Settings
-from router.errors import APIError
+from common.settings import Settings
+from common.errors import APIError
 from router.metrics import CASCADE_STOPS, OVERHEAD_SECONDS, STAGE_CALLS, STAGE_SECONDS
-from router.protocol import ChatCompletionRequest
+from common.protocol import ChatCompletionRequest
 from router.stage_client import StageClient, StageFailure
 
 LAMBDA_HEADER = "x-cascade-lambda"

@@ -22,9 +22,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from predictor.features import AnswerStats, scan_body
-from router.config import StageConfig
-from router.errors import APIError
+from predictor.serving.features import AnswerStats, scan_body
+from common.settings import StageConfig
+from common.errors import APIError
 
 POOL_SIZE = 100
 READ_CHUNK_LIMIT = 2**20  # SSE lines can carry large logprob payloads

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from router.config import LlamaCppLaunch, Settings, StageConfig, VLLMLaunch
+from common.settings import LlamaCppLaunch, Settings, StageConfig, VLLMLaunch
 
 DEFAULT_LOG_DIR = Path(os.environ.get("ADAPTIVE_SD_CACHE", Path.home() / ".cache" / "adaptive-sd")) / "logs"
 _POLL_S = 0.5

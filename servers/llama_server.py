@@ -25,8 +25,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 from starlette.responses import Response, StreamingResponse
 
-from router.errors import APIError, parse_chat_request
-from router.protocol import ChatCompletionRequest, ChatMessage
+from common.errors import APIError, parse_chat_request
+from common.protocol import ChatCompletionRequest, ChatMessage
 from servers.chat_template import ChatTemplateError
 from servers.llama_engine import ContextOverflow, LlamaEngine, Step
 

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from openai import OpenAI
 
-from router.config import Settings, load_settings
+from common.settings import Settings, load_settings
 from servers.launcher import Ladder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +85,7 @@ class RouterProcess:
         self.url = f"http://127.0.0.1:{port}"
         self.log = open(tmp / f"router-{port}.log", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "router.cli", "--config", str(self.path), "serve"],
+            [sys.executable, "-m", "adaptive_sd.cli", "--config", str(self.path), "serve"],
             cwd=ROOT,
             stdout=self.log,
             stderr=subprocess.STDOUT,

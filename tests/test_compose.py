@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from router.config import load_settings
+from common.settings import load_settings
 from servers.launcher import vllm_command
 
 ROOT = Path(__file__).resolve().parent.parent

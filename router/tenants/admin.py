@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
-from router.errors import APIError, from_validation_error
+from common.errors import APIError, from_validation_error
 from router.tenants.model import TenantSettings, check_tenant_id, hash_key, new_key
 from router.tenants.service import DEFAULT_TENANT, TenantService, bearer
 from router.tenants.store import TenantExists, UnknownTenant

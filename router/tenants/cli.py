@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from router.config import Settings
+from common.settings import Settings
 from router.tenants.model import TenantSettings, check_tenant_id, hash_key, new_key
 from router.tenants.store import TenantExists, UnknownTenant
 

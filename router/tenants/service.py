@@ -30,8 +30,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from router.config import TenancyConfig
-from router.errors import APIError
+from common.settings import TenancyConfig
+from common.errors import APIError
 from router.metrics import STORE_ERRORS, STORE_UP, TENANT_LAMBDA, TENANT_OBSERVED
 from router.tenants import slo
 from router.tenants.breaker import CircuitBreaker

@@ -21,8 +21,8 @@ import orjson
 import pytest
 from openai import OpenAI
 
-from predictor.features import AnswerStats, PromptStats, answer_features
-from router.config import StageConfig
+from predictor.serving.features import AnswerStats, PromptStats, answer_features
+from common.settings import StageConfig
 from router.draft import continuation_body, merge, score_draft
 from router.stage_client import StageClient, StageReply
 from tests.conftest import ROOT, RouterProcess, free_port, ladder_config, stop_process, wait_http

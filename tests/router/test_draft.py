@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from router.config import StageConfig
+from common.settings import StageConfig
 from router.draft import DraftCheck, _proposal, continuation_body, merge, rejoin, trim, why_not_verify
 from router.stage_client import StageClient
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
-from router.config import Settings
+from common.settings import Settings
 from router.draft import continuation_body, merge, score_draft, trim, verify_draft
 from router.stage_client import StageClient
 from tests.conftest import RouterProcess, free_port, ladder_config

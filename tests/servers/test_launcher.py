@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from router.config import Settings, load_settings
+from common.settings import Settings, load_settings
 from servers.launcher import Ladder, LaunchError, stage_command, vllm_command
 
 ROOT = Path(__file__).resolve().parents[2]

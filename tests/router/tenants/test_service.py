@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from router.config import TenancyConfig
-from router.errors import APIError
+from common.settings import TenancyConfig
+from common.errors import APIError
 from router.tenants.model import TenantSettings, hash_key
 from router.tenants.service import TenantService
 from router.tenants.store import MemoryStore

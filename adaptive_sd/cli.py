@@ -1,0 +1,102 @@
+"""``adaptive-sd``: run the router, the stage servers, or both.
+
+    adaptive-sd up            stage servers + router (the CPU demo: `make up`)
+    adaptive-sd serve         router only, stages already running
+    adaptive-sd stages        stage servers only
+    adaptive-sd vllm-cmd      print the vLLM command line of each GPU stage
+    adaptive-sd check-config  validate a config and print it resolved
+    adaptive-sd tenants ...   manage tenants in the shared Redis store (see `adaptive-sd tenants -h`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+from types import FrameType
+
+import uvicorn
+
+from common.settings import ConfigError, Settings, VLLMLaunch, load_settings
+
+
+def _serve(settings: Settings) -> None:
+    from router.api import create_app
+
+    app = create_app(settings)
+    print(f"router listening on http://{settings.server.host}:{settings.server.port}/v1 (model '{settings.cascade.model_name}')", file=sys.stderr, flush=True)
+    uvicorn.run(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=settings.server.log_level,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+    )
+
+
+def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _with_stages(settings: Settings, then_serve: bool) -> None:
+    from servers.launcher import Ladder
+
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    ladder = Ladder(settings)
+    try:
+        ladder.start()
+        print(f"starting {len(ladder.stages)} stage server(s); logs in {ladder.log_dir}", file=sys.stderr, flush=True)
+        ladder.wait_healthy(settings.server.startup_timeout_s)
+        if then_serve:
+            _serve(settings)
+        else:
+            signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ladder.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="adaptive-sd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="ladder YAML (default: $ADAPTIVE_SD_CONFIG or configs/cpu.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("up", "serve", "stages", "vllm-cmd", "check-config"):
+        sub.add_parser(name)
+    from router.tenants import cli as tenants_cli
+
+    tenants_cli.add_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        if args.command == "up":
+            _with_stages(settings, then_serve=True)
+        elif args.command == "stages":
+            _with_stages(settings, then_serve=False)
+        elif args.command == "serve":
+            _serve(settings)
+        elif args.command == "vllm-cmd":
+            from servers.launcher import vllm_command
+
+            for stage in settings.stages:
+                if isinstance(stage.launch, VLLMLaunch):
+                    cmd, env = vllm_command(stage, stage.launch)
+                    print(" ".join(f"{k}={v}" for k, v in env.items()), shlex.join(cmd))
+        elif args.command == "check-config":
+            print(settings.model_dump_json(indent=2))
+        elif args.command == "tenants":
+            return tenants_cli.run(settings, args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # LaunchError, WeightsError, PredictorLoadError
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Every default the serving code and the tools share, defined once.
+
+A value that several modules need (the settings' field defaults, the predictor's
+constructors, the tenant service, the offline replay) is named here and imported
+from here; nobody repeats the literal.
+"""
+
+from __future__ import annotations
+
+LAMBDA = 10.0  # quality weight λ when neither the request nor its tenant names one
+RISK_ALPHA = 1.0  # Beta(α, β) prior a predicted p̂ is shrunk toward
+RISK_BETA = 1.0
+EVIDENCE = 50.0  # pseudo-count n of the predictor's evidence in that shrinkage
+PRIOR_STRENGTH = 8.0  # Beta concentration of a future stage's p̂ around its prompt-only prior
+DRAFT_MIN_ACCEPTED = 4.0  # regenerate once a stage pair's mean accepted draft tokens falls below this
+MODEL_NAME = "cascade"  # the `model` value that runs the adaptive ladder
+HOST = "127.0.0.1"
+PORT = 8000

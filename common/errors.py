@@ -1,0 +1,82 @@
+"""OpenAI-shaped errors: ``{"error": {"message", "type", "param", "code"}}``.
+
+Every failure the API reports goes through ``APIError`` so clients (the
+OpenAI SDK included) can parse it, and the offending field is always named
+in ``param`` and in the message.
+"""
+
+from __future__ import annotations
+
+import orjson
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from common.protocol import ChatCompletionRequest, ParamError
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, object]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> Response:
+        return Response(orjson.dumps(self.body()), status_code=self.status, media_type="application/json", headers=self.headers)
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("str", "list[TextPart]", "int", "constrained-int", "function-after[_check_combinations(), ChatCompletionRequest]"):
+            continue  # union branch names pydantic adds; not user-facing
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def from_validation_error(exc: ValidationError) -> APIError:
+    """Turn the first pydantic error into a 400 that names the field."""
+    for err in exc.errors():
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, ParamError):
+            return APIError(400, ctx_error.message, param=ctx_error.param)
+    # For unions the deepest location is the branch the client most likely meant.
+    err = max(exc.errors(), key=lambda e: len(e["loc"]))
+    if err["type"] == "json_invalid":
+        return APIError(400, f"Request body is not valid JSON: {err['msg']}")
+    param = _loc(tuple(err["loc"]))
+    if err["type"] == "model_type" and not param:
+        return APIError(400, "Request body must be a JSON object")
+    if err["type"] == "extra_forbidden":
+        return APIError(400, f"Unrecognized request argument supplied: {param}", param=param)
+    if err["type"] == "missing":
+        return APIError(400, f"Missing required parameter: '{param}'", param=param)
+    return APIError(400, f"Invalid value for '{param}': {err['msg']}", param=param)
+
+
+def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    """Validate a raw JSON body; raise ``APIError`` (400) naming the bad field."""
+    if not body:
+        raise APIError(400, "Request body is empty; expected a JSON object")
+    try:
+        return ChatCompletionRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None

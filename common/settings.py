@@ -1,0 +1,254 @@
+"""Settings: a ladder YAML file plus environment overrides, validated up front.
+
+Precedence (highest first): keyword arguments, environment variables
+(``ADAPTIVE_SD_`` prefix, ``__`` between nested keys, e.g.
+``ADAPTIVE_SD_CASCADE__DEFAULT_LAMBDA=20``), the YAML file named by
+``ADAPTIVE_SD_CONFIG`` (default ``configs/cpu.yaml``), then the defaults below.
+Errors name the offending key so a bad file fails at start-up, not mid-request.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from common import defaults
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cpu.yaml"  # configs/ is package data beside common/
+CONFIG_ENV = "ADAPTIVE_SD_CONFIG"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LlamaCppLaunch(_Model):
+    """Start this stage with our llama.cpp stage server (CPU)."""
+
+    backend: Literal["llamacpp"] = "llamacpp"
+    weights: str = Field(description="catalog key in servers/weights.py")
+    threads: int = Field(1, ge=1, description="CPU threads for this stage's process")
+    n_ctx: int = Field(4096, ge=256)
+
+
+class VLLMLaunch(_Model):
+    """Start this stage as a vLLM OpenAI server on a subset of GPUs."""
+
+    backend: Literal["vllm"] = "vllm"
+    model: str = Field(description="Hugging Face model id or local folder")
+    gpus: list[int] = Field(min_length=1, description="CUDA device ids (CUDA_VISIBLE_DEVICES)")
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_model_len: int | None = Field(None, ge=256)
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    speculative_model: str | None = Field(None, description="draft model for vLLM's own speculative decoding")
+    num_speculative_tokens: int = Field(5, ge=1)
+    extra_args: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _tp_fits(self) -> VLLMLaunch:
+        if self.tensor_parallel_size > len(self.gpus):
+            raise ValueError(f"tensor_parallel_size={self.tensor_parallel_size} needs at least that many gpus, got {self.gpus}")
+        return self
+
+
+class StageConfig(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$", description="public model name of this stage")
+    model: str = Field(description="model id the upstream server expects")
+    url: str = Field(description="base URL of the OpenAI-compatible server, ending in /v1")
+    dialect: Literal["vllm", "openai"] = Field(
+        "vllm", description="vllm: supports prompt_logprobs/continue_final_message (our CPU server does too)"
+    )
+    cost: float = Field(gt=0.0, description="cost of one request at this stage, in the ladder's cost unit")
+    scoped_scoring: bool | None = Field(
+        None,
+        description="scoring requests ask for the final message's positions only (our CPU server's prompt_logprobs_scope); "
+        "default: true for stages launched as llamacpp",
+    )
+    tokenizer: str | None = Field(
+        None, description="stages with the same value share a tokenizer: sampled drafts are then reused by speculative sampling"
+    )
+    prior: float = Field(0.5, gt=0.0, lt=1.0, description="prompt-only P(acceptable) used until a learned prior exists")
+    timeout_s: float = Field(300.0, gt=0.0, description="whole-request timeout")
+    connect_timeout_s: float = Field(2.0, gt=0.0)
+    api_key: str | None = None
+    launch: Annotated[LlamaCppLaunch | VLLMLaunch, Field(discriminator="backend")] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parsed = urlparse(v)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"not an http(s) URL: {v!r}")
+        return v.rstrip("/")
+
+    @property
+    def scopes_scoring(self) -> bool:
+        if self.scoped_scoring is not None:
+            return self.scoped_scoring
+        return self.launch is not None and self.launch.backend == "llamacpp"
+
+    @property
+    def port(self) -> int:
+        parsed = urlparse(self.url)
+        return parsed.port or (443 if parsed.scheme == "https" else 80)
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).hostname or "127.0.0.1"
+
+
+class RiskConfig(_Model):
+    """Shrink p̂ toward a Beta(alpha, beta) prior: (n p + alpha) / (n + alpha + beta)."""
+
+    alpha: float = Field(defaults.RISK_ALPHA, ge=0.0)
+    beta: float = Field(defaults.RISK_BETA, ge=0.0)
+    evidence: float = Field(defaults.EVIDENCE, gt=0.0, description="pseudo-count n of the predictor's evidence")
+
+
+class CascadeConfig(_Model):
+    model_name: str = Field(defaults.MODEL_NAME, description="the `model` value that runs the adaptive ladder")
+    default_lambda: float = Field(defaults.LAMBDA, ge=0.0, description="quality weight when a request names none")
+    skip_by_prior: bool = Field(True, description="let the prompt-only priors skip small stages")
+    prior_strength: float | None = Field(
+        defaults.PRIOR_STRENGTH, gt=0.0, description="Beta concentration of a future stage's p̂ around its prior (None: point estimate)"
+    )
+    top_logprobs: int | None = Field(
+        None, ge=1, le=20, description="top-k asked of each stage; unset: the k the predictor was trained with (a different k is refused at start-up)"
+    )
+    risk: RiskConfig = Field(default_factory=RiskConfig)
+    draft_reuse: bool = Field(True, description="verify the lower stage's draft on escalation (false: always regenerate)")
+    draft_min_accepted: float = Field(
+        defaults.DRAFT_MIN_ACCEPTED, ge=0.0, description="regenerate instead of verifying once a stage pair's mean accepted draft tokens falls below this (0: always verify)"
+    )
+
+
+class BaselineCoefficients(_Model):
+    """p = sigmoid(intercept + slope * mean token logprob), per stage."""
+
+    intercept: float = 2.0
+    slope: float = 4.0
+
+
+class PredictorConfig(_Model):
+    kind: Literal["baseline", "onnx"] = "baseline"
+    path: str | None = Field(None, description="for kind=onnx: the directory written by `python -m predictor train` (relative paths resolve against the working directory, then the repository)")
+    baseline: list[BaselineCoefficients] = Field(default_factory=list, description="per stage; missing stages use defaults")
+    log_path: str | None = Field(None, description="opt-in: append each cascade's stage answers (prompts included) here, in the collection format, to retrain on")
+
+
+class TenancyConfig(_Model):
+    auth: Literal["open", "keys"] = Field(
+        "keys", description="keys: every request needs a tenant's API key; open: unknown or missing keys use the default tenant (local demo)"
+    )
+    redis_url: str | None = Field(None, description="redis://host:port/db shared by all replicas; unset = in-process store (one replica)")
+    admin_key: SecretStr | None = Field(None, description="bearer key of the admin API; unset = admin API disabled")
+    cache_ttl_s: float = Field(2.0, gt=0.0, description="how long a replica trusts cached tenant settings")
+    redis_timeout_s: float = Field(0.1, gt=0.0, description="socket timeout of each Redis call")
+    breaker_failures: int = Field(3, ge=1, description="consecutive Redis failures that open the circuit breaker")
+    breaker_cooldown_s: float = Field(1.0, gt=0.0, description="how long the breaker stays open before probing Redis again")
+    sync_interval_s: float = Field(0.5, gt=0.0, description="how often usage is written and SLO controllers step")
+    lease_s: float = Field(
+        1.0, ge=0.0, description="a replica takes up to this many seconds' worth of a tenant's request budget per Redis round trip; 0 = one per request"
+    )
+    slo_initial_lambda: float = Field(defaults.LAMBDA, gt=0.0, description="starting λ of an SLO tenant that sets none")
+
+
+class ServerConfig(_Model):
+    host: str = defaults.HOST
+    port: int = Field(defaults.PORT, ge=1, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "warning"
+    startup_timeout_s: float = Field(600.0, gt=0.0, description="how long `up` waits for stages to be healthy")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ADAPTIVE_SD_", env_nested_delimiter="__", extra="forbid")
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    cascade: CascadeConfig = Field(default_factory=CascadeConfig)
+    predictor: PredictorConfig = Field(default_factory=PredictorConfig)
+    tenancy: TenancyConfig = Field(default_factory=TenancyConfig)
+    stages: list[StageConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique: {names}")
+        if self.cascade.model_name in names:
+            raise ValueError(f"cascade.model_name {self.cascade.model_name!r} collides with a stage name")
+        return self
+
+    def stage_index(self, ref: int | str) -> int:
+        if isinstance(ref, int):
+            if ref >= len(self.stages):
+                raise ValueError(f"stage {ref} does not exist (ladder has {len(self.stages)})")
+            return ref
+        for i, s in enumerate(self.stages):
+            if s.name == ref:
+                return i
+        raise ValueError(f"unknown stage {ref!r}")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # pydantic-settings deep-merges sources, so ADAPTIVE_SD_CASCADE__DEFAULT_LAMBDA
+        # replaces one leaf of the file's `cascade` mapping, not the whole mapping.
+        return (init_settings, env_settings, _FileSource(settings_cls))
+
+
+_file_data: ContextVar[dict[str, Any] | None] = ContextVar("adaptive_sd_file_data", default=None)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The already-parsed YAML file, as the lowest-priority settings source."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return (_file_data.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_file_data.get() or {})
+
+
+class ConfigError(ValueError):
+    """The configuration file or environment is invalid; the message says where."""
+
+
+def _format(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-")))
+        lines.append(f"  {loc or '<root>'}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Load the YAML ladder named by ``path`` (or $ADAPTIVE_SD_CONFIG) with env overrides."""
+    path = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    token = _file_data.set(data)
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, str(path))) from None
+    finally:
+        _file_data.reset(token)

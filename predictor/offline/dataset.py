@@ -1,0 +1,99 @@
+"""Collected rows -> feature matrices and labels, through the serving feature code.
+
+Features are recomputed from the stored logprobs with the very functions the
+router calls (``AnswerStats.from_choice``, ``answer_features``,
+``PromptStats.from_texts``), so a training row and a served request with the
+same answer have the same vector. The label is defined here once: the exact
+checker's verdict, or for open prompts agreement with the top stage at
+``AGREEMENT_THRESHOLD``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from predictor.serving.rows import TOP_LOGPROBS, expand_logprobs
+from predictor.serving.features import AnswerStats, DraftStats, PromptStats, answer_features, prompt_features
+from predictor.offline.tasks.open_prompts import AGREEMENT_THRESHOLD
+
+
+def label(stage_row: dict[str, Any]) -> int | None:
+    """1 acceptable, 0 not, None unknown (logged traffic that was never verified): such rows are skipped."""
+    if stage_row.get("passed") is not None:
+        return int(stage_row["passed"])
+    if stage_row.get("agreement") is not None:
+        return int(stage_row["agreement"] >= AGREEMENT_THRESHOLD)
+    return None
+
+
+def stage_features(prompt: PromptStats, stage_row: dict[str, Any]) -> np.ndarray:
+    choice = {"logprobs": expand_logprobs(stage_row["logprobs"]), "finish_reason": stage_row["finish_reason"]}
+    d = stage_row.get("draft")
+    draft = DraftStats(d["accepted"], d["tokens"]) if d else None
+    return answer_features(prompt, AnswerStats.from_choice(choice, TOP_LOGPROBS), stage_row["stage"], draft)
+
+
+def read_rows(path: Path) -> Iterator[dict[str, Any]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        for line in f:
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by an interrupted collection
+
+
+@dataclass
+class Dataset:
+    """One row per (task, stage); ``prior_x`` has the same rows with prompt-only features."""
+
+    x: np.ndarray
+    prior_x: np.ndarray
+    y: np.ndarray
+    stage: np.ndarray
+    task: np.ndarray
+    split: np.ndarray
+    family: np.ndarray
+    seconds: np.ndarray
+    n_stages: int
+
+    def where(self, mask: np.ndarray) -> Dataset:
+        return Dataset(self.x[mask], self.prior_x[mask], self.y[mask], self.stage[mask], self.task[mask],
+                       self.split[mask], self.family[mask], self.seconds[mask], self.n_stages)  # fmt: skip
+
+    def part(self, split: str) -> Dataset:
+        return self.where(self.split == split)
+
+
+def load(path: Path) -> Dataset:
+    xs, px, ys, st, tk, sp, fam, secs = [], [], [], [], [], [], [], []
+    n_stages = 0
+    for row in read_rows(path):
+        prompt = PromptStats.from_texts(row["prompt_texts"])
+        n_stages = max(n_stages, len(row["stages"]))
+        pf = prompt_features(prompt, max(s["stage"] for s in row["stages"]) + 1) if row["stages"] else None
+        if pf is None:
+            continue
+        for s in row["stages"]:
+            y = label(s)
+            if y is None or s["stage"] >= len(pf):
+                continue
+            xs.append(stage_features(prompt, s))
+            px.append(pf[s["stage"]])
+            ys.append(y)
+            st.append(s["stage"])
+            tk.append(row["task"])
+            sp.append(row["split"])
+            fam.append(row["family"])
+            secs.append(s["seconds"])
+    if not xs:
+        raise RuntimeError(f"no collected rows in {path}")
+    return Dataset(np.stack(xs), np.stack(px), np.array(ys, dtype=np.int64), np.array(st), np.array(tk), np.array(sp),
+                   np.array(fam), np.array(secs, dtype=np.float64), n_stages)  # fmt: skip

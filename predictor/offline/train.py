@@ -1,0 +1,237 @@
+"""Fit, compare, calibrate and export the predictor; write its model card.
+
+Two model families are fitted on the training split (gradient-boosted trees
+and a small MLP), the one with the better validation log-loss is kept,
+calibrated with isotonic regression on the validation split, exported to ONNX
+(calibration and the feature contract travel in the ONNX metadata), and
+scored on the held-out test split next to the mean-logprob baseline (a
+per-stage logistic regression on mean token logprob, fitted on the same
+training split). The prompt-only prior gets the same treatment on prompt
+features. Splits are by task, never by row (``predictor.offline.tasks.split_of``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from predictor.offline import dataset
+from predictor.serving.features import FEATURE_NAMES, FEATURE_VERSION, INDEX, PROMPT_FEATURE_NAMES
+from predictor.serving.runtime import ANSWER_FILE, CARD_FILE, PRIOR_FILE, Calibration
+
+ECE_BINS = 10
+_MEAN = INDEX["lp_mean"]
+
+
+def ece(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error with equal-width bins."""
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            total += m.mean() * abs(float(y[m].mean()) - float(p[m].mean()))
+    return total
+
+
+def scores(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
+    from sklearn.metrics import roc_auc_score
+
+    auc = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
+    return {"n": len(y), "positive_rate": float(y.mean()) if len(y) else 0.0, "auc": auc,
+            "brier": float(np.mean((p - y) ** 2)), "ece": ece(y, p)}  # fmt: skip
+
+
+def _candidates(seed: int) -> dict[str, Any]:
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return {
+        "gbt": GradientBoostingClassifier(n_estimators=150, max_depth=3, learning_rate=0.05, subsample=0.8, random_state=seed),
+        "mlp": make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(32, 16), alpha=1e-3, max_iter=2000, random_state=seed)),
+    }
+
+
+def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def _to_onnx(model: Any, n_inputs: int, metadata: dict[str, str]) -> bytes:
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    onx = convert_sklearn(model, initial_types=[("features", FloatTensorType([None, n_inputs]))], options={"zipmap": False})
+    for key, value in metadata.items():
+        entry = onx.metadata_props.add()
+        entry.key, entry.value = key, value
+    return onx.SerializeToString()
+
+
+@dataclass
+class FittedModel:
+    name: str
+    validation_log_loss: dict[str, float]
+    calibration: Calibration
+    onnx: bytes = field(repr=False)
+    estimator: Any = field(repr=False, default=None)  # the in-memory model the ONNX graph was converted from
+
+
+def fit(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], names: tuple[str, ...], kind: str, seed: int) -> FittedModel:
+    """Fit each candidate, keep the best on validation log-loss, calibrate it on validation."""
+    from sklearn.isotonic import IsotonicRegression
+
+    losses, fitted = {}, {}
+    for name, model in _candidates(seed).items():
+        model.fit(*train)
+        losses[name] = _log_loss(val[1], model.predict_proba(val[0])[:, 1])
+        fitted[name] = model
+    best = min(losses, key=lambda k: losses[k])
+    iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(fitted[best].predict_proba(val[0])[:, 1], val[1])
+    calibration = Calibration(tuple(map(float, iso.X_thresholds_)), tuple(map(float, iso.y_thresholds_)))
+    metadata = {
+        "kind": kind,
+        "model": best,
+        "feature_version": str(FEATURE_VERSION),
+        "feature_names": json.dumps(list(names)),
+        "calibration": json.dumps(asdict(calibration)),
+    }
+    return FittedModel(best, losses, calibration, _to_onnx(fitted[best], len(names), metadata), fitted[best])
+
+
+def baseline(train: dataset.Dataset, test: dataset.Dataset) -> tuple[np.ndarray, list[dict[str, float]]]:
+    """The mean-logprob baseline: per-stage logistic regression on ``lp_mean``, fitted on train."""
+    from sklearn.linear_model import LogisticRegression
+
+    p = np.zeros(len(test.y))
+    coefs = []
+    for s in range(train.n_stages):
+        tr, te = train.stage == s, test.stage == s
+        if len(set(train.y[tr])) < 2:
+            rate = float(train.y[tr].mean()) if tr.any() else 0.5
+            p[te] = rate
+            coefs.append({"intercept": float(np.log(max(rate, 1e-3) / max(1 - rate, 1e-3))), "slope": 0.0})
+            continue
+        lr = LogisticRegression().fit(train.x[tr][:, [_MEAN]], train.y[tr])
+        p[te] = lr.predict_proba(test.x[te][:, [_MEAN]])[:, 1]
+        coefs.append({"intercept": float(lr.intercept_[0]), "slope": float(lr.coef_[0, 0])})
+    return p, coefs
+
+
+@dataclass
+class ModelCard:
+    data: dict[str, Any]
+    answer_model: dict[str, Any]
+    prior_model: dict[str, Any]
+    test: dict[str, Any]
+    baseline_coefficients: list[dict[str, float]]
+
+    def summary(self) -> str:
+        lines = [f"answer model: {self.answer_model['chosen']}  prior model: {self.prior_model['chosen']}",
+                 f"{'stage':>5} {'n':>5} {'pos':>5} | {'AUC':>6} {'Brier':>6} {'ECE':>6} | {'AUC base':>8} {'Brier':>6} {'ECE':>6} | {'AUC prior':>9}"]  # fmt: skip
+        for s, row in self.test["per_stage"].items():
+            m, b, pr = row["learned"], row["baseline"], row["prior"]
+
+            def f(v: float | None) -> str:
+                return f"{v:.3f}" if v is not None else "  -  "
+
+            lines.append(f"{s:>5} {m['n']:>5} {m['positive_rate']:>5.2f} | {f(m['auc']):>6} {f(m['brier']):>6} {f(m['ece']):>6} | "
+                         f"{f(b['auc']):>8} {f(b['brier']):>6} {f(b['ece']):>6} | {f(pr['auc']):>9}")  # fmt: skip
+        return "\n".join(lines)
+
+
+def _reliability_png(path: Path, test: dataset.Dataset, curves: dict[str, np.ndarray]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, test.n_stages, figsize=(4.2 * test.n_stages, 4), squeeze=False)
+    for s, ax in enumerate(axes[0]):
+        m = test.stage == s
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+        for name, p in curves.items():
+            idx = np.minimum((p[m] * ECE_BINS).astype(int), ECE_BINS - 1)
+            xs, ys = [], []
+            for b in range(ECE_BINS):
+                sel = idx == b
+                if sel.sum() >= 3:
+                    xs.append(float(p[m][sel].mean()))
+                    ys.append(float(test.y[m][sel].mean()))
+            ax.plot(xs, ys, marker="o", label=name)
+        ax.set_title(f"stage {s} (test, n={int(m.sum())})")
+        ax.set_xlabel("predicted P(acceptable)")
+        ax.set_ylabel("observed rate")
+        ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(data_path: Path, out_dir: Path, seed: int = 0) -> ModelCard:
+    from predictor.serving.runtime import OnnxPredictor
+
+    t0 = time.perf_counter()
+    data = dataset.load(data_path)
+    train, val, test = data.part("train"), data.part("val"), data.part("test")
+    for name, part in (("train", train), ("validation", val), ("test", test)):
+        if len(set(part.y)) < 2:
+            raise RuntimeError(f"the {name} split has a single class ({len(part.y)} rows); collect more data")
+    answer = fit((train.x, train.y), (val.x, val.y), FEATURE_NAMES, "answer", seed)
+    prior = fit((train.prior_x, train.y), (val.prior_x, val.y), PROMPT_FEATURE_NAMES, "prior", seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / ANSWER_FILE).write_bytes(answer.onnx)
+    (out_dir / PRIOR_FILE).write_bytes(prior.onnx)
+
+    served = OnnxPredictor.load(out_dir)  # evaluate exactly what the router will run
+    p_learned = served.predict_batch(test.x)
+    p_prior = served.prior_batch(test.prior_x)
+    p_base, coefs = baseline(train, test)
+    per_stage = {}
+    for s in range(data.n_stages):
+        m = test.stage == s
+        per_stage[str(s)] = {"learned": scores(test.y[m], p_learned[m]), "baseline": scores(test.y[m], p_base[m]), "prior": scores(test.y[m], p_prior[m])}
+    card = ModelCard(
+        data={
+            "source": data_path.name,
+            "tasks": {k: len(set(d.task)) for k, d in (("train", train), ("val", val), ("test", test))},
+            "rows": {k: len(d.y) for k, d in (("train", train), ("val", val), ("test", test))},
+            "families": sorted(set(data.family.tolist())),
+            "stages": data.n_stages,
+            "label": "exact checker verdict; open prompts: top-stage agreement >= threshold",
+        },
+        answer_model={"chosen": answer.name, "validation_log_loss": answer.validation_log_loss, "feature_version": FEATURE_VERSION,
+                      "features": list(FEATURE_NAMES), "calibration": "isotonic on validation"},
+        prior_model={"chosen": prior.name, "validation_log_loss": prior.validation_log_loss, "features": list(PROMPT_FEATURE_NAMES)},
+        test={"pooled": {"learned": scores(test.y, p_learned), "baseline": scores(test.y, p_base), "prior": scores(test.y, p_prior)},
+              "per_stage": per_stage},
+        baseline_coefficients=coefs,
+    )
+    card.data["train_seconds"] = round(time.perf_counter() - t0, 2)
+    (out_dir / CARD_FILE).write_text(json.dumps(asdict(card), indent=2) + "\n")
+    (out_dir / "card.md").write_text(_markdown(card))
+    _reliability_png(out_dir / "reliability.png", test, {"learned": p_learned, "mean-logprob baseline": p_base})
+    return card
+
+
+def _markdown(card: ModelCard) -> str:
+    return (
+        "# Predictor model card\n\n"
+        "Predicts P(answer acceptable) for one stage's answer on the CPU ladder, from the "
+        f"feature vector v{card.answer_model['feature_version']} (`predictor/serving/features.py`).\n\n"
+        f"* Data: `{card.data['source']}` -- tasks train/val/test {card.data['tasks']}, rows {card.data['rows']}; "
+        f"families: {', '.join(card.data['families'])}.\n"
+        f"* Label: {card.data['label']}.\n"
+        f"* Answer model: {card.answer_model['chosen']} (validation log-loss {card.answer_model['validation_log_loss']}), "
+        "isotonic calibration on validation.\n"
+        f"* Prior (prompt-only) model: {card.prior_model['chosen']} (validation log-loss {card.prior_model['validation_log_loss']}).\n"
+        "* Reliability diagram: `reliability.png`. Regenerate with `make predictor`.\n\n"
+        "## Held-out test split\n\n```\n" + card.summary() + "\n```\n"
+    )

@@ -1,0 +1,39 @@
+"""The transparent baseline: a per-stage logistic calibration of mean token logprob.
+
+It is what FrugalGPT/AutoMix-style cascades threshold on, kept as the
+reference the learned predictor must beat, and as the default until a
+learned model is configured. Priors are the per-stage constants of the config.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from predictor.serving.features import INDEX, PromptStats
+
+_MEAN = INDEX["lp_mean"]
+_STAGE = INDEX["stage_index"]
+_EMPTY = INDEX["empty_answer"]
+
+
+class MeanLogprobPredictor:
+    name = "mean-logprob-baseline"
+
+    def __init__(self, coefficients: Sequence[tuple[float, float]], stage_priors: Sequence[float], evidence: float = 50.0) -> None:
+        self.coefficients = list(coefficients)
+        self.stage_priors = list(stage_priors)
+        self.evidence = evidence
+
+    def predict(self, features: np.ndarray) -> float:
+        if features[_EMPTY]:
+            return 0.0
+        stage = int(features[_STAGE])
+        intercept, slope = self.coefficients[min(stage, len(self.coefficients) - 1)]
+        z = intercept + slope * float(features[_MEAN])
+        return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+
+    def priors(self, prompt: PromptStats, n_stages: int) -> list[float]:
+        return self.stage_priors[:n_stages]

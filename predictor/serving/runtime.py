@@ -1,0 +1,133 @@
+"""The learned predictor at serving time: two ONNX graphs run by onnxruntime.
+
+Loaded once at start-up; every problem (missing file, not an ONNX model, a
+model trained on another feature version or other feature names, a graph
+whose input width is wrong) raises ``PredictorLoadError`` then, never at the
+first request. Sessions are single-threaded (the router serves many requests
+on 2 cores; intra-op threads only add wake-up latency for a 30-wide input),
+and the input buffer is allocated once. Isotonic calibration is a
+``np.interp`` over thresholds stored in the model's metadata.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from predictor.serving.features import FEATURE_NAMES, FEATURE_VERSION, N_FEATURES, PROMPT_FEATURE_NAMES, PromptStats, prompt_features
+
+ANSWER_FILE = "predictor.onnx"
+PRIOR_FILE = "prior.onnx"
+CARD_FILE = "card.json"
+DEFAULT_EVIDENCE = 50.0
+
+
+class PredictorLoadError(RuntimeError):
+    """The configured predictor cannot be loaded."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+
+
+class _Graph:
+    """One ONNX classifier with its metadata contract checked."""
+
+    def __init__(self, path: Path, kind: str, names: tuple[str, ...]) -> None:
+        import onnxruntime as ort
+
+        if not path.is_file():
+            raise PredictorLoadError(f"predictor file {path} does not exist; train one with `python -m predictor train` or set predictor.kind: baseline")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types for corrupt files
+            raise PredictorLoadError(f"predictor file {path} is not a loadable ONNX model: {exc}") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get("kind") != kind:
+            raise PredictorLoadError(f"{path} is a {meta.get('kind')!r} model, expected {kind!r}")
+        version = meta.get("feature_version")
+        if version != str(FEATURE_VERSION):
+            raise PredictorLoadError(f"{path} was trained on feature version {version}, this build computes version {FEATURE_VERSION}; retrain it")
+        trained_names = tuple(json.loads(meta.get("feature_names", "[]")))
+        if trained_names != names:
+            raise PredictorLoadError(f"{path} expects features {list(trained_names)}, this build computes {list(names)}; retrain it")
+        shape = self.session.get_inputs()[0].shape
+        if shape[-1] != len(names):
+            raise PredictorLoadError(f"{path} takes {shape[-1]} inputs, expected {len(names)}")
+        cal = json.loads(meta.get("calibration", "null")) or {"x": [0.0, 1.0], "y": [0.0, 1.0]}
+        self.cal_x = np.asarray(cal["x"], dtype=np.float64)
+        self.cal_y = np.asarray(cal["y"], dtype=np.float64)
+        self._cx, self._cy = [float(v) for v in cal["x"]], [float(v) for v in cal["y"]]
+        self.model = meta.get("model", "?")
+        self.input = self.session.get_inputs()[0].name
+        self.output = next(o.name for o in self.session.get_outputs() if o.name.startswith("prob"))
+
+    def raw(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output], {self.input: x})[0][:, 1]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.interp(self.raw(x), self.cal_x, self.cal_y)
+
+    def calibrate(self, raw: float) -> float:
+        """``np.interp`` for one value, ~10x cheaper in pure Python on the per-request path."""
+        xs, ys = self._cx, self._cy
+        if raw <= xs[0]:
+            return ys[0]
+        if raw >= xs[-1]:
+            return ys[-1]
+        i = bisect.bisect_right(xs, raw)
+        x0, x1 = xs[i - 1], xs[i]
+        return ys[i - 1] + (ys[i] - ys[i - 1]) * (raw - x0) / (x1 - x0) if x1 > x0 else ys[i]
+
+
+class OnnxPredictor:
+    """The ``Predictor`` the router uses by default: answer model + prompt-only prior."""
+
+    def __init__(self, answer: _Graph, prior: _Graph, evidence: float = DEFAULT_EVIDENCE) -> None:
+        self.answer = answer
+        self.prior = prior
+        self.evidence = evidence
+        self.name = f"onnx-{answer.model}"
+        # One request = one row: bind pre-allocated input and output buffers once (io-binding
+        # halves onnxruntime's per-call overhead against session.run with a feed dict).
+        self._x = np.zeros((1, N_FEATURES), dtype=np.float32)
+        self._p = np.zeros((1, 2), dtype=np.float32)
+        session = answer.session
+        self._binding = session.io_binding()
+        self._binding.bind_cpu_input(answer.input, self._x)
+        self._binding.bind_output(answer.output, "cpu", 0, np.float32, list(self._p.shape), self._p.ctypes.data)
+        for out in session.get_outputs():
+            if out.name != answer.output:
+                self._binding.bind_output(out.name, "cpu")
+
+    @classmethod
+    def load(cls, directory: Path, evidence: float = DEFAULT_EVIDENCE) -> OnnxPredictor:
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise PredictorLoadError(f"predictor directory {directory} does not exist")
+        return cls(_Graph(directory / ANSWER_FILE, "answer", FEATURE_NAMES), _Graph(directory / PRIOR_FILE, "prior", PROMPT_FEATURE_NAMES), evidence)
+
+    def predict(self, features: np.ndarray) -> float:
+        self._x[0] = features
+        self.answer.session.run_with_iobinding(self._binding)
+        return self.answer.calibrate(float(self._p[0, 1]))
+
+    def predict_batch(self, x: np.ndarray) -> np.ndarray:
+        return self.answer(np.ascontiguousarray(x, dtype=np.float32))
+
+    def priors(self, prompt: PromptStats, n_stages: int) -> list[float]:
+        return self.prior(prompt_features(prompt, n_stages)).tolist()
+
+    def prior_batch(self, x: np.ndarray) -> np.ndarray:
+        return self.prior(np.ascontiguousarray(x, dtype=np.float32))

@@ -1,0 +1,55 @@
+"""Opt-in log of live cascade traffic in the collection format, for retraining on your own traffic.
+
+Enabled by ``predictor.log_path``. Each cascade request appends one JSON line
+shaped like a ``predictor.offline.collect`` row: the prompt, and per stage that
+answered its text, compact logprobs, finish reason, usage, seconds and draft
+verification. The label is filled in where the traffic itself provides one:
+when the cascade escalated from stage i and the next stage verified stage i's
+answer as a draft, the share it accepted is stage i's ``agreement`` (the same
+label the open prompts get in collection). Rows without any label are skipped
+by training. You can add your own verdicts (``passed: true/false``) to rows
+from user feedback or checkers before training. Prompts are stored verbatim:
+enable it only where that is acceptable.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from predictor.serving.features import FEATURE_VERSION
+from predictor.serving.rows import COLLECT_VERSION, compact_logprobs, split_of
+
+
+class TrafficLog:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def record(self, prompt_texts: list[str], visits: list[dict[str, Any]]) -> None:
+        """``visits``: per answered stage {stage, name, choice (None if streamed), usage, seconds, draft {accepted, tokens} | None}."""
+        stages = []
+        for i, v in enumerate(visits):
+            nxt = visits[i + 1] if i + 1 < len(visits) else None
+            agreement = None
+            if nxt is not None and nxt.get("draft") and nxt["draft"]["tokens"]:
+                agreement = nxt["draft"]["accepted"] / nxt["draft"]["tokens"]
+            choice = v["choice"]
+            if choice is None:  # a streamed final stage: its draft check labels the stage below, nothing more
+                continue
+            stages.append({
+                "stage": v["stage"], "name": v["name"], "text": (choice.get("message") or {}).get("content") or "",
+                "finish_reason": choice.get("finish_reason") or "stop", "logprobs": compact_logprobs(choice),
+                "usage": v.get("usage") or {}, "seconds": round(v["seconds"], 4), "passed": None,
+                "draft": v.get("draft"), "agreement": agreement,
+            })  # fmt: skip
+        rid = f"traffic/{uuid.uuid4().hex}"
+        row = {"task": rid, "family": "traffic", "difficulty": 0, "split": split_of(rid), "prompt_texts": prompt_texts,
+               "collect_version": COLLECT_VERSION, "feature_version": FEATURE_VERSION, "stages": stages}  # fmt: skip
+        line = json.dumps(row, separators=(",", ":")) + "\n"
+        with self._lock, self.path.open("a") as f:
+            f.write(line)

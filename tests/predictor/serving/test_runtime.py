@@ -1,0 +1,92 @@
+"""The ONNX runtime: loads the shipped model, agrees with the in-memory model, refuses bad files at start-up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+
+from predictor.offline import dataset, train
+from predictor.serving.features import FEATURE_NAMES, N_FEATURES, PROMPT_FEATURE_NAMES, PromptStats
+from predictor.serving.runtime import ANSWER_FILE, PRIOR_FILE, OnnxPredictor, PredictorLoadError, _Graph
+
+ROOT = Path(__file__).resolve().parents[3]
+SHIPPED = ROOT / "predictor" / "models" / "cpu"
+DATA = ROOT / "data" / "cpu" / "collect.jsonl"
+
+
+def test_shipped_model_loads_and_predicts_probabilities() -> None:
+    p = OnnxPredictor.load(SHIPPED)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x = rng.normal(size=N_FEATURES).astype(np.float32)
+        assert 0.0 <= p.predict(x) <= 1.0
+    priors = p.priors(PromptStats.from_texts(["What is 2 + 2?"]), 3)
+    assert len(priors) == 3 and all(0.0 <= q <= 1.0 for q in priors)
+
+
+def test_shipped_card_matches_this_build() -> None:
+    card = json.loads((SHIPPED / "card.json").read_text())
+    assert card["answer_model"]["features"] == list(FEATURE_NAMES)
+    assert card["prior_model"]["features"] == list(PROMPT_FEATURE_NAMES)
+
+
+def test_onnx_graph_agrees_with_the_in_memory_model(tmp_path: Path) -> None:
+    data = dataset.load(DATA)
+    tr, va, te = data.part("train"), data.part("val"), data.part("test")
+    fitted = train.fit((tr.x, tr.y), (va.x, va.y), FEATURE_NAMES, "answer", seed=0)
+    (tmp_path / ANSWER_FILE).write_bytes(fitted.onnx)
+    graph = _Graph(tmp_path / ANSWER_FILE, "answer", FEATURE_NAMES)
+    want = fitted.estimator.predict_proba(te.x)[:, 1]
+    got = graph.raw(te.x.astype(np.float32))
+    assert np.max(np.abs(want - got)) < 1e-5
+    # and one row at a time, through the serving path with calibration
+    prior = train.fit((tr.prior_x, tr.y), (va.prior_x, va.y), PROMPT_FEATURE_NAMES, "prior", seed=0)
+    (tmp_path / PRIOR_FILE).write_bytes(prior.onnx)
+    served = OnnxPredictor.load(tmp_path)
+    cal = np.interp(want, graph.cal_x, graph.cal_y)
+    assert all(abs(served.predict(row) - c) < 1e-5 for row, c in zip(te.x[:50], cal))
+
+
+def _rewrite(src: Path, dst: Path, **meta: str) -> None:
+    model = onnx.load(str(src))
+    for entry in model.metadata_props:
+        if entry.key in meta:
+            entry.value = meta[entry.key]
+    onnx.save(model, str(dst))
+
+
+@pytest.mark.parametrize(
+    "case,expect",
+    [("missing", "does not exist"), ("corrupt", "not a loadable ONNX"), ("version", "feature version"),
+     ("names", "expects features"), ("kind", "expected 'answer'")],
+)  # fmt: skip
+def test_bad_model_files_fail_at_load_with_a_clear_error(tmp_path: Path, case: str, expect: str) -> None:
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / PRIOR_FILE).write_bytes((SHIPPED / PRIOR_FILE).read_bytes())
+    if case == "corrupt":
+        (d / ANSWER_FILE).write_bytes(b"not onnx at all")
+    elif case == "version":
+        _rewrite(SHIPPED / ANSWER_FILE, d / ANSWER_FILE, feature_version="0")
+    elif case == "names":
+        _rewrite(SHIPPED / ANSWER_FILE, d / ANSWER_FILE, feature_names=json.dumps(["a"] * N_FEATURES))
+    elif case == "kind":
+        (d / ANSWER_FILE).write_bytes((SHIPPED / PRIOR_FILE).read_bytes())
+    with pytest.raises(PredictorLoadError, match=expect):
+        OnnxPredictor.load(d)
+
+
+def test_router_refuses_to_start_with_a_broken_predictor(tmp_path: Path) -> None:
+    cfg = yaml.safe_load((ROOT / "configs" / "cpu.yaml").read_text())
+    cfg["predictor"] = {"kind": "onnx", "path": str(tmp_path / "nowhere")}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = subprocess.run([sys.executable, "-m", "adaptive_sd.cli", "--config", str(path), "serve"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 1 and "nowhere" in out.stderr and "does not exist" in out.stderr
