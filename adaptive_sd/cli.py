@@ -1,11 +1,11 @@
 """``adaptive-sd``: run the router, the stage servers, or both.
 
-    adaptive-sd up            stage servers + router (the CPU demo: `make up`)
-    adaptive-sd serve         router only, stages already running
-    adaptive-sd stages        stage servers only
-    adaptive-sd vllm-cmd      print the vLLM command line of each GPU stage
-    adaptive-sd check-config  validate a config and print it resolved
-    adaptive-sd tenants ...   manage tenants in the shared Redis store (see `adaptive-sd tenants -h`)
+adaptive-sd up            stage servers + router (the CPU demo: `make up`)
+adaptive-sd serve         router only, stages already running
+adaptive-sd stages        stage servers only
+adaptive-sd vllm-cmd      print the vLLM command line of each GPU stage
+adaptive-sd check-config  validate a config and print it resolved
+adaptive-sd tenants ...   manage tenants in the shared Redis store (see `adaptive-sd tenants -h`)
 """
 
 from __future__ import annotations
@@ -25,7 +25,11 @@ def _serve(settings: Settings) -> None:
     from router.api import create_app
 
     app = create_app(settings)
-    print(f"router listening on http://{settings.server.host}:{settings.server.port}/v1 (model '{settings.cascade.model_name}')", file=sys.stderr, flush=True)
+    print(
+        f"router listening on http://{settings.server.host}:{settings.server.port}/v1 (model '{settings.cascade.model_name}')",
+        file=sys.stderr,
+        flush=True,
+    )
     uvicorn.run(
         app,
         host=settings.server.host,

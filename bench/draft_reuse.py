@@ -30,8 +30,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._procs import emit
-from predictor.offline.tasks import generated, humaneval
 from common.settings import load_settings
+from predictor.offline.tasks import generated, humaneval
 from router.draft import continuation_body, merge, trim, verify_draft
 from router.stage_client import StageClient
 from servers.launcher import Ladder
@@ -62,7 +62,7 @@ def first_gap(own: dict[str, Any], got: dict[str, Any]) -> float | None:
     """The stage's own top-2 logprob gap at the first token where ``got`` differs (None if equal)."""
     mine = own["choices"][0]["logprobs"]["content"]
     theirs = got["choices"][0]["logprobs"]["content"]
-    for a, b in zip(mine, theirs):
+    for a, b in zip(mine, theirs, strict=False):
         if a["token"] != b["token"]:
             top = a["top_logprobs"]
             return top[0]["logprob"] - top[1]["logprob"]
@@ -106,15 +106,21 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                     t0 = time.perf_counter()
                     check = await verify_draft(clients[j], body, draft, drafted["usage"]["completion_tokens"])
                     assert check is not None, "the draft did not align with the stage's tokens"
-                    data = merge(check, None if trim(check, args.max_tokens) else (await clients[j].chat(continuation_body(body, check)))[0])
+                    data = merge(
+                        check, None if trim(check, args.max_tokens) else (await clients[j].chat(continuation_body(body, check)))[0]
+                    )
                     verify = time.perf_counter() - t0
                     row = {"regen_s": regen, "verify_s": verify, "accepted": check.accepted_tokens, "scored": check.draft_tokens,
                            "answer_tokens": data["usage"]["completion_tokens"], "rounds": check.rounds,
                            "gap": first_gap(own, data)}  # fmt: skip
                     rows.setdefault(group, []).append(row)
-                    print(f"  {pair} [{group}] kept {check.accepted_tokens}/{row['answer_tokens']} tokens from the draft "
-                          f"({check.draft_tokens} scored, {check.rounds} rounds), regen {regen:.2f}s verify {verify:.2f}s"
-                          + ("" if row["gap"] is None else f", differs (own top-2 gap {row['gap']:.3f})"), file=sys.stderr, flush=True)
+                    print(
+                        f"  {pair} [{group}] kept {check.accepted_tokens}/{row['answer_tokens']} tokens from the draft "
+                        f"({check.draft_tokens} scored, {check.rounds} rounds), regen {regen:.2f}s verify {verify:.2f}s"
+                        + ("" if row["gap"] is None else f", differs (own top-2 gap {row['gap']:.3f})"),
+                        file=sys.stderr,
+                        flush=True,
+                    )
             out[pair] = {"all": summarize([r for v in rows.values() for r in v]), **{g: summarize(v) for g, v in rows.items()}}
     finally:
         for c in clients:

@@ -102,7 +102,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     slow_port = free_port()
     stub = subprocess.Popen([sys.executable, "-m", "servers.stub_server", "--port", str(stub_port), "--model", "stub"], cwd=ROOT)
     slow = subprocess.Popen(
-        [sys.executable, "-m", "servers.stub_server", "--port", str(slow_port), "--model", "stub", "--delay-ms", str(args.stage_ms)], cwd=ROOT
+        [sys.executable, "-m", "servers.stub_server", "--port", str(slow_port), "--model", "stub", "--delay-ms", str(args.stage_ms)],
+        cwd=ROOT,
     )
     cfg = {
         "server": {"host": "127.0.0.1", "port": router_port},

@@ -38,9 +38,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._procs import emit
-from predictor.serving.rows import TOP_LOGPROBS
 from predictor.offline.dataset import read_rows
 from predictor.serving.features import AnswerStats, PromptStats, answer_features
+from predictor.serving.rows import TOP_LOGPROBS
 from predictor.serving.runtime import OnnxPredictor
 from router.stage_client import StageReply
 
@@ -69,7 +69,7 @@ def _body(content: list[dict[str, Any]], finish: str, rng: random.Random) -> byt
     text = "".join(e["token"] for e in content)
     return orjson.dumps({
         "id": f"chatcmpl-{rng.getrandbits(64):x}", "object": "chat.completion", "created": 1_700_000_000, "model": "stage",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": {"content": content}, "finish_reason": finish}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": {"content": content}, "finish_reason": finish}],  # noqa: E501
         "usage": {"prompt_tokens": 40, "completion_tokens": len(content), "total_tokens": 40 + len(content)},
     })  # fmt: skip
 

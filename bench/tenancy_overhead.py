@@ -86,11 +86,20 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         sessions = {
             "open": aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)),
             "cached": aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), headers={"Authorization": f"Bearer {keys['cached']}"}),
-            "limited": aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), headers={"Authorization": f"Bearer {keys['limited']}"}),
-            "limited_no_lease": aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), headers={"Authorization": f"Bearer {keys['limited']}"}),
+            "limited": aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=1), headers={"Authorization": f"Bearer {keys['limited']}"}
+            ),
+            "limited_no_lease": aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=1), headers={"Authorization": f"Bearer {keys['limited']}"}
+            ),
         }
         pids = {"open": open_router.pid, "cached": keyed.pid, "limited": keyed.pid, "limited_no_lease": nolease.pid}
-        urls = {"open": url_open, "cached": url_keyed, "limited": url_keyed, "limited_no_lease": f"http://127.0.0.1:{nolease_port}/v1/chat/completions"}
+        urls = {
+            "open": url_open,
+            "cached": url_keyed,
+            "limited": url_keyed,
+            "limited_no_lease": f"http://127.0.0.1:{nolease_port}/v1/chat/completions",
+        }
         try:
             for _ in range(30):  # warm-up
                 for name in lat:
@@ -115,7 +124,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         base_p50 = statistics.median(lat["open"])
         out["open_router"] = {"p50_ms": round(base_p50 * 1e3, 4), "cpu_ms_per_request": round(cpu["open"] / n * 1e3, 4)}
         for name in paths[1:]:
-            added = [b - a for a, b in zip(lat["open"], lat[name])]
+            added = [b - a for a, b in zip(lat["open"], lat[name], strict=False)]
             out[f"tenant_{name}"] = {
                 "p50_ms": round(statistics.median(lat[name]) * 1e3, 4),
                 "added_p50_ms": round(statistics.median(added) * 1e3, 4),

@@ -120,12 +120,17 @@ class CascadeConfig(_Model):
         defaults.PRIOR_STRENGTH, gt=0.0, description="Beta concentration of a future stage's p̂ around its prior (None: point estimate)"
     )
     top_logprobs: int | None = Field(
-        None, ge=1, le=20, description="top-k asked of each stage; unset: the k the predictor was trained with (a different k is refused at start-up)"
+        None,
+        ge=1,
+        le=20,
+        description="top-k asked of each stage; unset: the k the predictor was trained with (a different k is refused at start-up)",
     )
     risk: RiskConfig = Field(default_factory=RiskConfig)
     draft_reuse: bool = Field(True, description="verify the lower stage's draft on escalation (false: always regenerate)")
     draft_min_accepted: float = Field(
-        defaults.DRAFT_MIN_ACCEPTED, ge=0.0, description="regenerate instead of verifying once a stage pair's mean accepted draft tokens falls below this (0: always verify)"
+        defaults.DRAFT_MIN_ACCEPTED,
+        ge=0.0,
+        description="regenerate instead of verifying once a stage pair's mean accepted draft tokens falls below this (0: always verify)",
     )
 
 
@@ -138,14 +143,21 @@ class BaselineCoefficients(_Model):
 
 class PredictorConfig(_Model):
     kind: Literal["baseline", "onnx"] = "baseline"
-    path: str | None = Field(None, description="for kind=onnx: the directory written by `python -m predictor train` (relative paths resolve against the working directory, then the repository)")
+    path: str | None = Field(
+        None,
+        description="for kind=onnx: the directory written by `python -m predictor train` "
+        "(relative paths resolve against the working directory, then the installed packages' folder)",
+    )
     baseline: list[BaselineCoefficients] = Field(default_factory=list, description="per stage; missing stages use defaults")
-    log_path: str | None = Field(None, description="opt-in: append each cascade's stage answers (prompts included) here, in the collection format, to retrain on")
+    log_path: str | None = Field(
+        None, description="opt-in: append each cascade's stage answers (prompts included) here, in the collection format, to retrain on"
+    )
 
 
 class TenancyConfig(_Model):
     auth: Literal["open", "keys"] = Field(
-        "keys", description="keys: every request needs a tenant's API key; open: unknown or missing keys use the default tenant (local demo)"
+        "keys",
+        description="keys: every request needs a tenant's API key; open: unknown or missing keys use the default tenant (local demo)",
     )
     redis_url: str | None = Field(None, description="redis://host:port/db shared by all replicas; unset = in-process store (one replica)")
     admin_key: SecretStr | None = Field(None, description="bearer key of the admin API; unset = admin API disabled")
@@ -155,7 +167,9 @@ class TenancyConfig(_Model):
     breaker_cooldown_s: float = Field(1.0, gt=0.0, description="how long the breaker stays open before probing Redis again")
     sync_interval_s: float = Field(0.5, gt=0.0, description="how often usage is written and SLO controllers step")
     lease_s: float = Field(
-        1.0, ge=0.0, description="a replica takes up to this many seconds' worth of a tenant's request budget per Redis round trip; 0 = one per request"
+        1.0,
+        ge=0.0,
+        description="a replica takes up to this many seconds' worth of a tenant's request budget per Redis round trip; 0 = one per request",
     )
     slo_initial_lambda: float = Field(defaults.LAMBDA, gt=0.0, description="starting λ of an SLO tenant that sets none")
 

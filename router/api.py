@@ -19,11 +19,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response, StreamingResponse
 
+from common.errors import APIError, parse_chat_request
+from common.settings import Settings
 from predictor.serving.interface import Predictor
 from predictor.serving.loader import load_predictor
 from router.cascade import CascadeEngine
-from common.settings import Settings
-from common.errors import APIError, parse_chat_request
 from router.metrics import RATE_LIMITED, REGISTRY, REQUESTS
 from router.serving_chat import ChatServing, Outcome, TenantLimits
 from router.stage_client import StageClient
@@ -121,7 +121,9 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
     @app.get("/v1/models")
     async def models() -> Response:
         cards = [{"id": settings.cascade.model_name, "object": "model", "created": 0, "owned_by": "adaptive-sd"}]
-        cards += [{"id": s.name, "object": "model", "created": 0, "owned_by": "adaptive-sd", "stage": i} for i, s in enumerate(settings.stages)]
+        cards += [
+            {"id": s.name, "object": "model", "created": 0, "owned_by": "adaptive-sd", "stage": i} for i, s in enumerate(settings.stages)
+        ]
         return _json({"object": "list", "data": cards})
 
     @app.get("/health")
@@ -132,7 +134,7 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
             body["status"] = "degraded"
         if stages:
             states = await asyncio.gather(*(c.healthy() for c in clients))
-            body["stages"] = {c.name: ("ok" if ok else "unreachable") for c, ok in zip(clients, states)}
+            body["stages"] = {c.name: ("ok" if ok else "unreachable") for c, ok in zip(clients, states, strict=False)}
             if not all(states):
                 body["status"] = "degraded"
         return _json(body)

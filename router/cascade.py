@@ -14,15 +14,15 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.settings import Settings
 from predictor.serving.features import AnswerStats, DraftStats, PromptStats, answer_features
 from predictor.serving.interface import Predictor
-from router.traffic_log import TrafficLog
-from common.settings import Settings
 from router.draft import AcceptanceTracker, DraftCheck, continuation_body, merge, token_limit, trim, verify_draft, why_not_verify
 from router.metrics import CASCADE_ESCALATIONS, DRAFT_TOKENS, STAGE_CALLS, STAGE_SECONDS
 from router.policy import StoppingPolicy, shrink
 from router.speculative import verify_sampled
 from router.stage_client import StageBadResponse, StageClient, StageFailure, StageReply
+from router.traffic_log import TrafficLog
 
 
 @dataclass
@@ -106,7 +106,10 @@ class CascadeEngine:
             for v in result.visits if v.error is None
         ]  # fmt: skip
         if any(v["choice"] is not None for v in visits):
-            self.traffic.record([m.get("content") if isinstance(m.get("content"), str) else json.dumps(m.get("content")) for m in req.body["messages"]], visits)  # type: ignore[union-attr]
+            self.traffic.record(
+                [m.get("content") if isinstance(m.get("content"), str) else json.dumps(m.get("content")) for m in req.body["messages"]],
+                visits,
+            )  # type: ignore[union-attr]
 
     async def _run(self, req: CascadeRequest) -> CascadeResult:
         policy = self.policy(req.prompt, req.lam, req.max_stage)
@@ -152,7 +155,18 @@ class CascadeEngine:
             STAGE_CALLS.labels(client.name, "ok").inc()
             STAGE_SECONDS.labels(client.name).observe(seconds)
             p_hat = self._judge(req, stage, data, check, reply.stats if reply else None)
-            visits.append(StageVisit(stage, client.name, seconds, p_hat=p_hat, usage=data.get("usage"), draft=check, draft_mode=mode, choice=data["choices"][0]))
+            visits.append(
+                StageVisit(
+                    stage,
+                    client.name,
+                    seconds,
+                    p_hat=p_hat,
+                    usage=data.get("usage"),
+                    draft=check,
+                    draft_mode=mode,
+                    choice=data["choices"][0],
+                )
+            )
             answer = (stage, data, reply)
             decision = policy.decide(stage, p_hat)
             if decision.stop:
@@ -162,7 +176,12 @@ class CascadeEngine:
         raise AssertionError("unreachable: the loop returns at the top stage")
 
     async def _verify(
-        self, client: StageClient, body: dict[str, Any], draft: str, answer: tuple[int, dict[str, Any], StageReply | None], pair: tuple[int, int]
+        self,
+        client: StageClient,
+        body: dict[str, Any],
+        draft: str,
+        answer: tuple[int, dict[str, Any], StageReply | None],
+        pair: tuple[int, int],
     ) -> tuple[DraftCheck | None, str]:
         """Verify the lower stage's draft on ``client`` when that keeps the answer's distribution and pays off; say what happened."""
         lower, upper = (self.settings.stages[s].tokenizer for s in pair)

@@ -203,7 +203,9 @@ def _take(check: DraftCheck, data: dict[str, Any], room: int) -> None:
     generated = (choice.get("logprobs") or {}).get("content") or []
     entries = generated[:room]
     check.accepted_logprobs.extend(entries)
-    check.accepted_text += (choice["message"].get("content") or "") if len(entries) == len(generated) else "".join(e["token"] for e in entries)
+    check.accepted_text += (
+        (choice["message"].get("content") or "") if len(entries) == len(generated) else "".join(e["token"] for e in entries)
+    )
     check.count_call(data.get("usage"))
     if choice.get("finish_reason") == "stop" and len(entries) < room:
         check.finished = "stop"
@@ -241,7 +243,9 @@ async def verify_draft(client: StageClient, body: dict[str, Any], draft: str, dr
             check.finished = "length"
             break
         if position is None:  # off the draft: a few tokens of stage j's own, then look for the draft again
-            own, _ = await client.chat({**_after(body, check.accepted_text), "max_tokens": min(OWN_TOKENS_PER_PROBE, room or OWN_TOKENS_PER_PROBE)})
+            own, _ = await client.chat(
+                {**_after(body, check.accepted_text), "max_tokens": min(OWN_TOKENS_PER_PROBE, room or OWN_TOKENS_PER_PROBE)}
+            )
             if not take(own, room or OWN_TOKENS_PER_PROBE) and check.finished is None:
                 break  # the stage produced nothing (context full?): let the continuation report it
             position = rejoin(draft, searched_to, check.accepted_text)
@@ -321,7 +325,20 @@ def continuation_body(body: dict[str, Any], check: DraftCheck) -> dict[str, Any]
 def merge(check: DraftCheck, data: dict[str, Any] | None) -> dict[str, Any]:
     """Stage j's answer: kept prefix + continuation, usage of all calls."""
     if data is None:  # the rounds completed the answer
-        data = {"id": "chatcmpl-draft", "object": "chat.completion", "created": 0, "choices": [{"index": 0, "message": {"role": "assistant", "content": ""}, "logprobs": {"content": []}, "finish_reason": check.finished or "length"}], "usage": {}}
+        data = {
+            "id": "chatcmpl-draft",
+            "object": "chat.completion",
+            "created": 0,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": ""},
+                    "logprobs": {"content": []},
+                    "finish_reason": check.finished or "length",
+                }
+            ],
+            "usage": {},
+        }
     choice = data["choices"][0]
     choice["message"]["content"] = check.accepted_text + (choice["message"].get("content") or "")
     if choice.get("logprobs") is not None or check.accepted_logprobs:

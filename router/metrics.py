@@ -9,16 +9,25 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 REQUESTS = Counter("adaptive_sd_requests", "Chat completion requests by model and HTTP status", ["model", "status"], registry=REGISTRY)
 STAGE_CALLS = Counter("adaptive_sd_stage_calls", "Calls to each stage by outcome", ["stage", "outcome"], registry=REGISTRY)
 STAGE_SECONDS = Histogram(
-    "adaptive_sd_stage_seconds", "Wall time of stage calls", ["stage"], registry=REGISTRY,
+    "adaptive_sd_stage_seconds",
+    "Wall time of stage calls",
+    ["stage"],
+    registry=REGISTRY,
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
 )
 CASCADE_STOPS = Counter("adaptive_sd_cascade_stops", "Cascade requests by the stage that answered", ["stage"], registry=REGISTRY)
-CASCADE_ESCALATIONS = Counter("adaptive_sd_cascade_escalations", "Escalations between stages", ["from_stage", "to_stage"], registry=REGISTRY)
+CASCADE_ESCALATIONS = Counter(
+    "adaptive_sd_cascade_escalations", "Escalations between stages", ["from_stage", "to_stage"], registry=REGISTRY
+)
 OVERHEAD_SECONDS = Histogram(
-    "adaptive_sd_router_overhead_seconds", "Router time per request outside stage calls", registry=REGISTRY,
+    "adaptive_sd_router_overhead_seconds",
+    "Router time per request outside stage calls",
+    registry=REGISTRY,
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1),
 )
-DRAFT_TOKENS = Counter("adaptive_sd_draft_tokens", "Draft tokens verified by a larger stage, accepted or rejected", ["stage", "verdict"], registry=REGISTRY)
+DRAFT_TOKENS = Counter(
+    "adaptive_sd_draft_tokens", "Draft tokens verified by a larger stage, accepted or rejected", ["stage", "verdict"], registry=REGISTRY
+)
 STORE_UP = Gauge("adaptive_sd_store_up", "1 while the tenant store (Redis) answers, 0 while the router runs degraded", registry=REGISTRY)
 STORE_ERRORS = Counter("adaptive_sd_store_errors", "Failed tenant-store calls (timeouts, refused connections)", registry=REGISTRY)
 TENANT_LAMBDA = Gauge("adaptive_sd_tenant_lambda", "Current λ of tenants under SLO control", ["tenant"], registry=REGISTRY)

@@ -18,12 +18,12 @@ from typing import Any
 import orjson
 from starlette.responses import Response, StreamingResponse
 
+from common.errors import APIError
+from common.protocol import ChatCompletionRequest
+from common.settings import Settings
 from predictor.serving.features import PromptStats
 from router.cascade import CascadeEngine, CascadeRequest, CascadeResult
-from common.settings import Settings
-from common.errors import APIError
 from router.metrics import CASCADE_STOPS, OVERHEAD_SECONDS, STAGE_CALLS, STAGE_SECONDS
-from common.protocol import ChatCompletionRequest
 from router.stage_client import StageClient, StageFailure
 
 LAMBDA_HEADER = "x-cascade-lambda"
@@ -170,7 +170,9 @@ class ChatServing:
         except ValueError as exc:
             raise APIError(400, f"Invalid {param}: {exc}", param=param) from None
 
-    async def _cascade(self, req: ChatCompletionRequest, headers: Mapping[str, str], t0: float, limits: TenantLimits, outcome: Outcome) -> Response:
+    async def _cascade(
+        self, req: ChatCompletionRequest, headers: Mapping[str, str], t0: float, limits: TenantLimits, outcome: Outcome
+    ) -> Response:
         lam, max_stage = self._knobs(req, headers, limits)
         body = req.model_dump(exclude_none=True, exclude=_CASCADE_FIELDS | {"model", "stream", "stream_options"})
         prompt = PromptStats.from_texts([m.text() for m in req.messages])
@@ -188,7 +190,9 @@ class ChatServing:
             overhead = time.perf_counter() - t0 - result.stage_seconds
             out_headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"
             OVERHEAD_SECONDS.observe(overhead)
-            return StreamingResponse(self._stream_final(req, result), media_type="text/event-stream", headers={**_SSE_HEADERS, **out_headers})
+            return StreamingResponse(
+                self._stream_final(req, result), media_type="text/event-stream", headers={**_SSE_HEADERS, **out_headers}
+            )
         data = self._shape(req, result)
         overhead = time.perf_counter() - t0 - result.stage_seconds
         OVERHEAD_SECONDS.observe(overhead)
@@ -207,9 +211,9 @@ class ChatServing:
         drafts = [v for v in answered if v.draft_mode]
         if drafts:
             headers["x-cascade-draft"] = ",".join(f"{v.name}:{v.draft_mode}" for v in drafts)
-            headers["x-cascade-accepted"] = ",".join(
-                f"{v.name}:{v.draft.accepted_tokens}/{v.draft.draft_tokens}" for v in drafts if v.draft is not None
-            ) or "-"
+            headers["x-cascade-accepted"] = (
+                ",".join(f"{v.name}:{v.draft.accepted_tokens}/{v.draft.draft_tokens}" for v in drafts if v.draft is not None) or "-"
+            )
         if result.degraded:
             headers["x-cascade-degraded"] = result.degraded.replace("\n", " ")[:200]
         return headers
@@ -259,7 +263,9 @@ class ChatServing:
         if result.prefix is not None and result.prefix.accepted_tokens:  # the verified draft prefix goes out at once
             lp = self._client_logprobs(req, {"content": [dict(e) for e in result.prefix.accepted_logprobs]})
             first = {"id": "chatcmpl-prefix", "object": "chat.completion.chunk", "created": 0, "model": self.cascade_name}
-            first["choices"] = [{"index": 0, "delta": {"role": "assistant", "content": result.prefix.accepted_text}, "logprobs": lp, "finish_reason": None}]
+            first["choices"] = [
+                {"index": 0, "delta": {"role": "assistant", "content": result.prefix.accepted_text}, "logprobs": lp, "finish_reason": None}
+            ]
             yield _sse(orjson.dumps(first))
         try:
             async for payload in result.events:

@@ -50,7 +50,7 @@ def tempered(logprobs: Mapping[str, float], temperature: float) -> dict[str, flo
     # tail tokens: total raw mass `tail`, each <= exp(smallest), so sum p^(1/T) <= tail * exp(smallest)^(1/T - 1)
     tail_weight = tail * math.exp(smallest * (1.0 / temperature - 1.0) - top) if tail > 0 else 0.0
     z = float(weights.sum()) + tail_weight
-    return {tok: float(w / z) for tok, w in zip(logprobs, weights)}
+    return {tok: float(w / z) for tok, w in zip(logprobs, weights, strict=False)}
 
 
 def accept(token: str, p: Mapping[str, float], q: Mapping[str, float], rng: np.random.Generator) -> str | None:
@@ -88,7 +88,7 @@ async def verify_sampled(client: StageClient, body: dict[str, Any], draft: str, 
     rng = np.random.default_rng(body.get("seed"))
     check = DraftCheck(draft_tokens=len(scored.tokens), rounds=1)
     check.count_call(scored.generated["usage"])
-    for token, mine, theirs in zip(scored.tokens, scored.entries, draft_entries):
+    for token, mine, theirs in zip(scored.tokens, scored.entries, draft_entries, strict=False):
         known = _alternatives(mine)
         replacement = accept(token, tempered(known, temperature), tempered(_alternatives(theirs), temperature), rng)
         if replacement is None:
@@ -99,7 +99,9 @@ async def verify_sampled(client: StageClient, body: dict[str, Any], draft: str, 
         if is_end(replacement):
             check.finished = "stop"
         else:
-            check.accepted_logprobs.append({**mine, "token": replacement, "logprob": known[replacement], "bytes": list(replacement.encode())})
+            check.accepted_logprobs.append(
+                {**mine, "token": replacement, "logprob": known[replacement], "bytes": list(replacement.encode())}
+            )
             check.accepted_text += replacement
         break
     return check

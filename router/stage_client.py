@@ -22,9 +22,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from predictor.serving.features import AnswerStats, scan_body
-from common.settings import StageConfig
 from common.errors import APIError
+from common.settings import StageConfig
+from predictor.serving.features import AnswerStats, scan_body
 
 POOL_SIZE = 100
 READ_CHUNK_LIMIT = 2**20  # SSE lines can carry large logprob payloads

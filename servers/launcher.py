@@ -9,6 +9,7 @@ on exit, Ctrl-C or SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -122,7 +123,10 @@ class Ladder:
             for name, stage in list(pending.items()):
                 proc, log_path = self.procs[name]
                 if proc.poll() is not None:
-                    raise LaunchError(f"stage {name} exited with code {proc.returncode} before it was healthy; last log lines ({log_path}):\n{_tail(log_path)}")
+                    raise LaunchError(
+                        f"stage {name} exited with code {proc.returncode} before it was healthy; "
+                        f"last log lines ({log_path}):\n{_tail(log_path)}"
+                    )
                 if _healthy(stage):
                     del pending[name]
                     if progress:
@@ -136,19 +140,15 @@ class Ladder:
     def stop(self) -> None:
         for proc, _ in self.procs.values():
             if proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
         deadline = time.monotonic() + _STOP_GRACE_S
         for proc, _ in self.procs.values():
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 proc.wait()
         self.procs.clear()
 

@@ -104,7 +104,9 @@ class StageServing:
         return max(1, min(req.token_limit or DEFAULT_MAX_TOKENS, room))
 
     # -- decoding (worker thread) ---------------------------------------------
-    def decode(self, req: ChatCompletionRequest, prompt: list[int], cancelled: threading.Event) -> Iterator[tuple[str, Step | None, str | None]]:
+    def decode(
+        self, req: ChatCompletionRequest, prompt: list[int], cancelled: threading.Event
+    ) -> Iterator[tuple[str, Step | None, str | None]]:
         """Yield (text delta, step, finish_reason) triples; the last has a finish reason."""
         engine = self.engine
         limit = self._token_limit(req, len(prompt))
@@ -192,9 +194,7 @@ class StageServing:
             "token": piece.decode("utf-8", "replace"),
             "logprob": step.logprob,
             "bytes": list(piece),
-            "top_logprobs": [
-                {"token": self._tok(t), "logprob": lp, "bytes": list(self.engine.piece(t))} for t, lp in step.top
-            ],
+            "top_logprobs": [{"token": self._tok(t), "logprob": lp, "bytes": list(self.engine.piece(t))} for t, lp in step.top],
         }
 
 
@@ -227,7 +227,12 @@ def create_app(serving: StageServing) -> FastAPI:
     async def chat(request: Request) -> Response:
         req = parse_chat_request(await request.body())
         if req.model != serving.model_id:
-            raise APIError(404, f"The model '{req.model}' does not exist; this server serves '{serving.model_id}'", param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"The model '{req.model}' does not exist; this server serves '{serving.model_id}'",
+                param="model",
+                code="model_not_found",
+            )
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(req, name):
                 raise APIError(400, f"'{name}' is not supported by the llama.cpp stage server", param=name)
@@ -303,7 +308,14 @@ async def _stream(serving: StageServing, req: ChatCompletionRequest, prompt: lis
             if text or lp or finish:
                 yield chunk({"content": text} if text else {}, finish, lp)
         if req.include_usage:
-            usage = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": serving.model_id, "choices": [], "usage": _usage(len(prompt), n_completion)}
+            usage = {
+                "id": rid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": serving.model_id,
+                "choices": [],
+                "usage": _usage(len(prompt), n_completion),
+            }
             yield b"data: " + orjson.dumps(usage) + b"\n\n"
         yield b"data: [DONE]\n\n"
     finally:

@@ -26,7 +26,15 @@ ANSWER_TOKENS = ["The", " answer", " is", " 4", "."]
 def _logprobs() -> dict[str, Any]:
     return {
         "content": [
-            {"token": t, "logprob": -0.05, "bytes": list(t.encode()), "top_logprobs": [{"token": t, "logprob": -0.05, "bytes": list(t.encode())}, {"token": "x", "logprob": -3.5, "bytes": [120]}]}
+            {
+                "token": t,
+                "logprob": -0.05,
+                "bytes": list(t.encode()),
+                "top_logprobs": [
+                    {"token": t, "logprob": -0.05, "bytes": list(t.encode())},
+                    {"token": "x", "logprob": -3.5, "bytes": [120]},
+                ],
+            }
             for t in ANSWER_TOKENS
         ]
     }
@@ -39,7 +47,14 @@ def _completion(model: str) -> bytes:
             "object": "chat.completion",
             "created": 0,
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(ANSWER_TOKENS)}, "logprobs": _logprobs(), "finish_reason": "stop"}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(ANSWER_TOKENS)},
+                    "logprobs": _logprobs(),
+                    "finish_reason": "stop",
+                }
+            ],
             "usage": {"prompt_tokens": 12, "completion_tokens": len(ANSWER_TOKENS), "total_tokens": 12 + len(ANSWER_TOKENS)},
         }
     )
@@ -47,7 +62,11 @@ def _completion(model: str) -> bytes:
 
 def _stream(model: str) -> bytes:
     base = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 0, "model": model}
-    out = [orjson.dumps({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]})]
+    out = [
+        orjson.dumps(
+            {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]}
+        )
+    ]
     for t in ANSWER_TOKENS:
         out.append(orjson.dumps({**base, "choices": [{"index": 0, "delta": {"content": t}, "logprobs": None, "finish_reason": None}]}))
     out.append(orjson.dumps({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]}))
@@ -99,7 +118,13 @@ def make_app(model: str = "stub", mode: Mode = "instant", delay_s: float = 0.0) 
 
 
 async def _send(send: Callable[..., Any], status: int, body: bytes, ctype: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -112,7 +137,16 @@ def main() -> None:
     parser.add_argument("--mode", default="instant", choices=MODES)
     parser.add_argument("--delay-ms", type=float, default=0.0, help="simulated generation time per request")
     args = parser.parse_args()
-    uvicorn.run(make_app(args.model, args.mode, args.delay_ms / 1e3), host="127.0.0.1", port=args.port, log_level="error", access_log=False, loop="uvloop", http="httptools", timeout_graceful_shutdown=1)
+    uvicorn.run(
+        make_app(args.model, args.mode, args.delay_ms / 1e3),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="error",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=1,
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ against the identity recorded in their GGUF header.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -97,17 +98,14 @@ def _package_files(spec: WeightsSpec) -> list[Path]:
 
 def _sha256_of(paths: list[Path], out: Path | None = None) -> str:
     digest = hashlib.sha256()
-    sink = open(out, "wb") if out is not None else None
-    try:
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(open(out, "wb")) if out is not None else None
         for p in paths:
             with open(p, "rb") as f:
                 while chunk := f.read(_CHUNK):
                     digest.update(chunk)
                     if sink is not None:
                         sink.write(chunk)
-    finally:
-        if sink is not None:
-            sink.close()
     return digest.hexdigest()
 
 

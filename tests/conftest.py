@@ -62,7 +62,7 @@ def ladder_config(stage_ports: list[int], router_port: int, **cascade: object) -
     """The first stages of configs/cpu.yaml, moved to the given ports."""
     base = yaml.safe_load((ROOT / "configs" / "cpu.yaml").read_text())
     stages = base["stages"][: len(stage_ports)]
-    for stage, port in zip(stages, stage_ports):
+    for stage, port in zip(stages, stage_ports, strict=False):
         stage["url"] = f"http://127.0.0.1:{port}/v1"
     base["stages"] = stages
     base["server"] = {"host": "127.0.0.1", "port": router_port}
@@ -83,7 +83,7 @@ class RouterProcess:
         self.path.write_text(yaml.safe_dump(config))
         port = config["server"]["port"]  # type: ignore[index]
         self.url = f"http://127.0.0.1:{port}"
-        self.log = open(tmp / f"router-{port}.log", "wb")
+        self.log = open(tmp / f"router-{port}.log", "wb")  # noqa: SIM115 (lives as long as the router)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "adaptive_sd.cli", "--config", str(self.path), "serve"],
             cwd=ROOT,

@@ -21,14 +21,18 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 @pytest.mark.parametrize("profile", ["cpu", "gpu"])
 def test_compose_file_validates(profile: str) -> None:
     env = {**os.environ, "ADAPTIVE_SD_ADMIN_KEY": "test-admin-key"}
-    out = subprocess.run(["docker-compose", "--profile", profile, "config", "-q"], check=False, cwd=ROOT, capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        ["docker-compose", "--profile", profile, "config", "-q"], check=False, cwd=ROOT, capture_output=True, text=True, env=env
+    )
     assert out.returncode == 0, out.stderr
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed (the test command installs it)")
 def test_compose_refuses_to_start_routers_without_an_admin_key() -> None:
     env = {k: v for k, v in os.environ.items() if k != "ADAPTIVE_SD_ADMIN_KEY"}
-    out = subprocess.run(["docker-compose", "--profile", "cpu", "config", "-q"], check=False, cwd=ROOT, capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        ["docker-compose", "--profile", "cpu", "config", "-q"], check=False, cwd=ROOT, capture_output=True, text=True, env=env
+    )
     assert out.returncode != 0 and "ADAPTIVE_SD_ADMIN_KEY" in out.stderr
 
 

@@ -1,10 +1,10 @@
 """``python -m predictor``: collect training data from a ladder, train and export the predictor.
 
-    python -m predictor collect --out data/cpu/collect.jsonl        # resumable
-    python -m predictor train   --data data/cpu/collect.jsonl --out predictor/models/cpu
-    python -m predictor evaluate --data data/cpu/collect.jsonl --model predictor/models/cpu
-    ADAPTIVE_SD_CASCADE__DRAFT_REUSE=false adaptive-sd up &   # then:
-    ADAPTIVE_SD_CASCADE__DRAFT_REUSE=false python -m predictor live-check --lambdas 5,16,50
+python -m predictor collect --out data/cpu/collect.jsonl        # resumable
+python -m predictor train   --data data/cpu/collect.jsonl --out predictor/models/cpu
+python -m predictor evaluate --data data/cpu/collect.jsonl --model predictor/models/cpu
+ADAPTIVE_SD_CASCADE__DRAFT_REUSE=false adaptive-sd up &   # then:
+ADAPTIVE_SD_CASCADE__DRAFT_REUSE=false python -m predictor live-check --lambdas 5,16,50
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 
 def _collect(args: argparse.Namespace) -> int:
+    from common.settings import load_settings
     from predictor.offline import collect
     from predictor.offline.tasks import registry
-    from common.settings import load_settings
     from servers.launcher import Ladder, stages_healthy
 
     settings = load_settings(args.config)
@@ -59,12 +59,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _live_check(args: argparse.Namespace) -> int:
     import json
 
-    from predictor.offline import evaluate
     from common.settings import load_settings
+    from predictor.offline import evaluate
 
     settings = load_settings(args.config)
     if settings.cascade.draft_reuse:
-        print("error: run the router with cascade.draft_reuse false (ADAPTIVE_SD_CASCADE__DRAFT_REUSE=false) and pass the same config", file=sys.stderr)
+        print(
+            "error: run the router with cascade.draft_reuse false (ADAPTIVE_SD_CASCADE__DRAFT_REUSE=false) and pass the same config",
+            file=sys.stderr,
+        )
         return 2
     lambdas = tuple(float(x) for x in args.lambdas.split(","))
     res = evaluate.live_check(settings, Path(args.data), Path(args.model), lambdas, args.limit)

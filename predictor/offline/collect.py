@@ -17,15 +17,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.settings import Settings
+from predictor.offline.tasks import Task
 from predictor.serving.features import FEATURE_VERSION
 from predictor.serving.rows import COLLECT_VERSION, TOP_LOGPROBS, compact_logprobs
-from predictor.offline.tasks import Task
-from common.settings import Settings
 from router.draft import DraftCheck, score_draft
 from router.stage_client import StageClient
 
@@ -139,7 +139,9 @@ class Collector:
         }
 
 
-async def collect(settings: Settings, tasks: Iterable[Task], out: Path, options: CollectOptions = CollectOptions(), progress: bool = True) -> int:
+async def collect(
+    settings: Settings, tasks: Iterable[Task], out: Path, options: CollectOptions = CollectOptions(), progress: bool = True
+) -> int:
     """Collect every task not yet in ``out``; returns how many were added."""
     from tqdm import tqdm
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from predictor.serving.rows import TOP_LOGPROBS, expand_logprobs
-from predictor.serving.features import AnswerStats, DraftStats, PromptStats, answer_features, prompt_features
 from predictor.offline.tasks.open_prompts import AGREEMENT_THRESHOLD
+from predictor.serving.features import AnswerStats, DraftStats, PromptStats, answer_features, prompt_features
+from predictor.serving.rows import TOP_LOGPROBS, expand_logprobs
 
 
 def label(stage_row: dict[str, Any]) -> int | None:

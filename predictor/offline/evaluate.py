@@ -57,7 +57,7 @@ class Table:
 def table(data: dataset.Dataset) -> Table:
     s_count = data.n_stages
     rows: dict[str, dict[int, int]] = {}
-    for i, (t, s) in enumerate(zip(data.task, data.stage)):
+    for i, (t, s) in enumerate(zip(data.task, data.stage, strict=False)):
         rows.setdefault(str(t), {})[int(s)] = i
     keep = [(t, idx) for t, idx in rows.items() if len(idx) == s_count]
     order = [[idx[s] for s in range(s_count)] for _, idx in keep]
@@ -99,7 +99,7 @@ def random_routing(singles: list[Point], costs: list[float]) -> list[Point]:
     pts = sorted(singles, key=lambda p: p.cost)
     out = []
     for c in costs:
-        for a, b in zip(pts, pts[1:]):
+        for a, b in zip(pts, pts[1:], strict=False):
             if a.cost <= c <= b.cost:
                 w = (c - a.cost) / (b.cost - a.cost) if b.cost > a.cost else 0.0
                 out.append(Point("random", w, c, (1 - w) * a.quality + w * b.quality, c, []))
@@ -133,7 +133,7 @@ def tuned_thresholds(val: Table, grid: int = 9) -> list[tuple[float, ...]]:
         cands.append((float(cost.mean()), float(val.y[np.arange(len(final)), final].mean()), tuple(float(v) for v in th)))
     cands.sort()
     frontier, best = [], -1.0
-    for c, q, th in cands:
+    for _c, q, th in cands:
         if q > best:
             frontier.append(th)
             best = q
@@ -190,7 +190,7 @@ def _draft_savings(data_path: Path, full: Table, n: int) -> tuple[np.ndarray, di
                 all_saving[:, i, j] = 0.0
     test = full.split == "test"
     info = {"stage_rates_s_per_token": [vars(r) for r in stage_rates], "pairs": pairs,
-            "test_mean_saving_s": {f"{i}->{j}": float(all_saving[test, i, j].mean()) for i in range(n) for j in range(i + 1, n)}}  # fmt: skip
+            "test_mean_saving_s": {f"{i}->{j}": float(all_saving[test, i, j].mean()) for i in range(n) for j in range(i + 1, n)}}  # fmt: skip  # noqa: E501
     return all_saving[test], info
 
 
@@ -227,7 +227,9 @@ def run(data_path: Path, model_dir: Path, out_json: Path, out_png: Path, strengt
             p = _point(name, lam, final, cost, test.y, n)
             points.append(p)
             if skip:
-                sweep.append({"lambda": lam, "cost_s": p.cost, "quality": p.quality, "stops": p.stops, "escalation_rate": float((calls > 1).mean())})
+                sweep.append(
+                    {"lambda": lam, "cost_s": p.cost, "quality": p.quality, "stops": p.stops, "escalation_rate": float((calls > 1).mean())}
+                )
     ours_costs = [p.cost for p in points if p.policy == "ours"]
     points += random_routing(singles, ours_costs)
     result = {
@@ -237,8 +239,7 @@ def run(data_path: Path, model_dir: Path, out_json: Path, out_png: Path, strengt
         "stage_cost_s": costs,
         "singles": [vars(p) for p in singles],
         "oracle": vars(oracle(test)),
-        "frontiers": {name: [vars(p) for p in frontier([p for p in points if p.policy == name])]
-                      for name in POLICIES},
+        "frontiers": {name: [vars(p) for p in frontier([p for p in points if p.policy == name])] for name in POLICIES},
         "lambda_sweep": sweep,
         "draft_reuse": reuse_info,
     }
@@ -276,7 +277,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    styles = {"ours": "-o", "ours + draft reuse": "-D", "ours, no skipping": "--.", "threshold cascade": "-s", "prompt-only router": "-^", "random": ":"}
+    styles = {
+        "ours": "-o",
+        "ours + draft reuse": "-D",
+        "ours, no skipping": "--.",
+        "threshold cascade": "-s",
+        "prompt-only router": "-^",
+        "random": ":",
+    }
     for name, pts in result["frontiers"].items():
         if pts:
             ax.plot([p["cost"] for p in pts], [p["quality"] for p in pts], styles[name], label=name, markersize=4)
@@ -316,8 +324,13 @@ def summary(result: dict[str, Any]) -> str:
         t = result[key]
         vs_top = "-" if t["cost_vs_top_stage"] is None else f"{t['cost_vs_top_stage']:.2f}"
         vs_single = "-" if t["cost_vs_cheapest_single"] is None else f"{t['cost_vs_cheapest_single']:.2f}"
-        lines += ["", (f"best single stage accuracy {t['best_single_quality']:.3f}; {name} within 1 point of it costs {vs_top} x the top stage, "
-                       f"{vs_single} x the cheapest single stage within 1 point (the oracle: {t['oracle_cost_vs_top_stage']:.2f} x the top stage)")]
+        lines += [
+            "",
+            (
+                f"best single stage accuracy {t['best_single_quality']:.3f}; {name} within 1 point of it costs {vs_top} x the top stage, "
+                f"{vs_single} x the cheapest single stage within 1 point (the oracle: {t['oracle_cost_vs_top_stage']:.2f} x the top stage)"
+            ),
+        ]
     return "\n".join(lines)
 
 

@@ -84,7 +84,9 @@ class FittedModel:
     estimator: Any = field(repr=False, default=None)  # the in-memory model the ONNX graph was converted from
 
 
-def fit(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], names: tuple[str, ...], kind: str, seed: int) -> FittedModel:
+def fit(
+    train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], names: tuple[str, ...], kind: str, seed: int
+) -> FittedModel:
     """Fit each candidate, keep the best on validation log-loss, calibrate it on validation."""
     from sklearn.isotonic import IsotonicRegression
 
@@ -135,7 +137,7 @@ class ModelCard:
 
     def summary(self) -> str:
         lines = [f"answer model: {self.answer_model['chosen']}  prior model: {self.prior_model['chosen']}",
-                 f"{'stage':>5} {'n':>5} {'pos':>5} | {'AUC':>6} {'Brier':>6} {'ECE':>6} | {'AUC base':>8} {'Brier':>6} {'ECE':>6} | {'AUC prior':>9}"]  # fmt: skip
+                 f"{'stage':>5} {'n':>5} {'pos':>5} | {'AUC':>6} {'Brier':>6} {'ECE':>6} | {'AUC base':>8} {'Brier':>6} {'ECE':>6} | {'AUC prior':>9}"]  # fmt: skip  # noqa: E501
         for s, row in self.test["per_stage"].items():
             m, b, pr = row["learned"], row["baseline"], row["prior"]
 
@@ -197,7 +199,11 @@ def run(data_path: Path, out_dir: Path, seed: int = 0) -> ModelCard:
     per_stage = {}
     for s in range(data.n_stages):
         m = test.stage == s
-        per_stage[str(s)] = {"learned": scores(test.y[m], p_learned[m]), "baseline": scores(test.y[m], p_base[m]), "prior": scores(test.y[m], p_prior[m])}
+        per_stage[str(s)] = {
+            "learned": scores(test.y[m], p_learned[m]),
+            "baseline": scores(test.y[m], p_base[m]),
+            "prior": scores(test.y[m], p_prior[m]),
+        }
     card = ModelCard(
         data={
             "source": data_path.name,
@@ -207,11 +213,18 @@ def run(data_path: Path, out_dir: Path, seed: int = 0) -> ModelCard:
             "stages": data.n_stages,
             "label": "exact checker verdict; open prompts: top-stage agreement >= threshold",
         },
-        answer_model={"chosen": answer.name, "validation_log_loss": answer.validation_log_loss, "feature_version": FEATURE_VERSION,
-                      "features": list(FEATURE_NAMES), "calibration": "isotonic on validation"},
+        answer_model={
+            "chosen": answer.name,
+            "validation_log_loss": answer.validation_log_loss,
+            "feature_version": FEATURE_VERSION,
+            "features": list(FEATURE_NAMES),
+            "calibration": "isotonic on validation",
+        },
         prior_model={"chosen": prior.name, "validation_log_loss": prior.validation_log_loss, "features": list(PROMPT_FEATURE_NAMES)},
-        test={"pooled": {"learned": scores(test.y, p_learned), "baseline": scores(test.y, p_base), "prior": scores(test.y, p_prior)},
-              "per_stage": per_stage},
+        test={
+            "pooled": {"learned": scores(test.y, p_learned), "baseline": scores(test.y, p_base), "prior": scores(test.y, p_prior)},
+            "per_stage": per_stage,
+        },
         baseline_coefficients=coefs,
     )
     card.data["train_seconds"] = round(time.perf_counter() - t0, 2)

@@ -39,7 +39,9 @@ import numpy as np
 try:
     from predictor.serving import _native
 except ImportError as exc:  # pragma: no cover - an install problem, reported as such
-    raise ImportError(f"predictor.serving._native is not built ({exc}); install the package (`pip install -e .`, needs a C compiler)") from None
+    raise ImportError(
+        f"predictor.serving._native is not built ({exc}); install the package (`pip install -e .`, needs a C compiler)"
+    ) from None
 
 FEATURE_VERSION = 3  # 2: answers read at MAX_POSITIONS positions at most; 3: statistics in double precision (C)
 LOW_LOGPROB = (-0.5, -1.0, -2.3, -4.6)  # p < 0.61, 0.37, 0.1, 0.01

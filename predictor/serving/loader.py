@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.settings import BaselineCoefficients, Settings
 from predictor.serving.baseline import MeanLogprobPredictor
 from predictor.serving.interface import Predictor
 from predictor.serving.runtime import OnnxPredictor, PredictorLoadError
-from common.settings import BaselineCoefficients, Settings
 
 __all__ = ["PredictorLoadError", "load_predictor"]
 PACKAGES_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the `predictor` package: the repository, or site-packages

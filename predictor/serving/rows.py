@@ -31,7 +31,6 @@ def expand_logprobs(compact: Sequence[Sequence[Any]]) -> dict[str, Any]:
     return {"content": [{"logprob": lp, "top_logprobs": [{"logprob": t} for t in top]} for lp, top in compact]}
 
 
-
 def split_of(task_id: str) -> Split:
     """Deterministic split by task id (sha256, so it is stable across Python versions)."""
     u = int.from_bytes(hashlib.sha256(task_id.encode()).digest()[:8], "big") / 2**64

@@ -43,7 +43,9 @@ class _Graph:
         import onnxruntime as ort
 
         if not path.is_file():
-            raise PredictorLoadError(f"predictor file {path} does not exist; train one with `python -m predictor train` or set predictor.kind: baseline")
+            raise PredictorLoadError(
+                f"predictor file {path} does not exist; train one with `python -m predictor train` or set predictor.kind: baseline"
+            )
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
@@ -51,14 +53,16 @@ class _Graph:
         opts.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types for corrupt files
+        except Exception as exc:
             raise PredictorLoadError(f"predictor file {path} is not a loadable ONNX model: {exc}") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("kind") != kind:
             raise PredictorLoadError(f"{path} is a {meta.get('kind')!r} model, expected {kind!r}")
         version = meta.get("feature_version")
         if version != str(FEATURE_VERSION):
-            raise PredictorLoadError(f"{path} was trained on feature version {version}, this build computes version {FEATURE_VERSION}; retrain it")
+            raise PredictorLoadError(
+                f"{path} was trained on feature version {version}, this build computes version {FEATURE_VERSION}; retrain it"
+            )
         trained_names = tuple(json.loads(meta.get("feature_names", "[]")))
         if trained_names != names:
             raise PredictorLoadError(f"{path} expects features {list(trained_names)}, this build computes {list(names)}; retrain it")
@@ -116,7 +120,11 @@ class OnnxPredictor:
         directory = Path(directory)
         if not directory.is_dir():
             raise PredictorLoadError(f"predictor directory {directory} does not exist")
-        return cls(_Graph(directory / ANSWER_FILE, "answer", FEATURE_NAMES), _Graph(directory / PRIOR_FILE, "prior", PROMPT_FEATURE_NAMES), evidence)
+        return cls(
+            _Graph(directory / ANSWER_FILE, "answer", FEATURE_NAMES),
+            _Graph(directory / PRIOR_FILE, "prior", PROMPT_FEATURE_NAMES),
+            evidence,
+        )
 
     def predict(self, features: np.ndarray) -> float:
         self._x[0] = features

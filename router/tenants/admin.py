@@ -52,7 +52,9 @@ def admin_router(service: TenantService, admin_key: str | None) -> APIRouter:
 
     def require_admin(request: Request) -> None:
         if admin_key is None:
-            raise APIError(403, "The admin API is disabled: set tenancy.admin_key (env ADAPTIVE_SD_TENANCY__ADMIN_KEY)", type="permission_error")
+            raise APIError(
+                403, "The admin API is disabled: set tenancy.admin_key (env ADAPTIVE_SD_TENANCY__ADMIN_KEY)", type="permission_error"
+            )
         given = bearer(request.headers.get("authorization"))
         if given is None or not hmac.compare_digest(given.encode(), admin_key.encode()):
             raise APIError(401, "Admin API: missing or incorrect admin key", param="authorization", code="invalid_api_key")

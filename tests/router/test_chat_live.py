@@ -53,7 +53,10 @@ def test_small_lambda_stops_at_stage_0(client: OpenAI, router: RouterProcess) ->
 def test_large_lambda_escalates_and_sums_usage(client: OpenAI, router: RouterProcess) -> None:
     s0, s1 = (s.name for s in router.settings.stages[:2])
     raw = client.chat.completions.with_raw_response.create(
-        model="cascade", messages=PROMPT, **GREEDY, extra_headers={"x-cascade-lambda": "1e6"}  # type: ignore[arg-type]
+        model="cascade",
+        messages=PROMPT,
+        **GREEDY,
+        extra_headers={"x-cascade-lambda": "1e6"},  # type: ignore[arg-type]
     )
     resp = raw.parse()
     assert raw.headers["x-cascade-stage"] == s1
@@ -81,8 +84,12 @@ def test_streaming_cascade_matches_non_streaming(client: OpenAI) -> None:
         whole = client.chat.completions.create(model="cascade", messages=PROMPT, **GREEDY, extra_body={"cascade_lambda": lam})  # type: ignore[arg-type]
         chunks = list(
             client.chat.completions.create(
-                model="cascade", messages=PROMPT, **GREEDY, stream=True,  # type: ignore[arg-type]
-                stream_options={"include_usage": True}, extra_body={"cascade_lambda": lam},
+                model="cascade",
+                messages=PROMPT,
+                **GREEDY,
+                stream=True,  # type: ignore[arg-type]
+                stream_options={"include_usage": True},
+                extra_body={"cascade_lambda": lam},
             )
         )
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -105,7 +112,12 @@ def test_logprobs_only_when_asked(client: OpenAI) -> None:
     plain = client.chat.completions.create(model="cascade", messages=PROMPT, **GREEDY, extra_body={"cascade_lambda": 0.001})  # type: ignore[arg-type]
     assert plain.choices[0].logprobs is None
     asked = client.chat.completions.create(
-        model="cascade", messages=PROMPT, **GREEDY, logprobs=True, top_logprobs=2, extra_body={"cascade_lambda": 0.001}  # type: ignore[arg-type]
+        model="cascade",
+        messages=PROMPT,
+        **GREEDY,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body={"cascade_lambda": 0.001},  # type: ignore[arg-type]
     )
     content = asked.choices[0].logprobs.content
     assert len(content) == asked.usage.completion_tokens
@@ -157,7 +169,11 @@ def test_opt_in_traffic_log_feeds_training(stage_ports: list[int], tmp_path: Pat
     try:
         for question in ("What is 2 + 2?", "Name a colour."):
             proc.client().chat.completions.create(
-                model="cascade", messages=[{"role": "user", "content": question}], max_tokens=8, temperature=0, extra_body={"cascade_lambda": 1e6}
+                model="cascade",
+                messages=[{"role": "user", "content": question}],
+                max_tokens=8,
+                temperature=0,
+                extra_body={"cascade_lambda": 1e6},
             )
     finally:
         proc.stop()

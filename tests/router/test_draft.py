@@ -9,8 +9,13 @@ from router.stage_client import StageClient
 
 def _check(tokens: list[str]) -> DraftCheck:
     entries = [{"token": t, "logprob": -0.1, "bytes": list(t.encode()), "top_logprobs": []} for t in tokens]
-    return DraftCheck(draft_tokens=len(tokens) + 2, accepted_tokens=len(tokens), accepted_text="".join(tokens),
-                      accepted_logprobs=entries, usage={"prompt_tokens": 30, "completion_tokens": 1})
+    return DraftCheck(
+        draft_tokens=len(tokens) + 2,
+        accepted_tokens=len(tokens),
+        accepted_text="".join(tokens),
+        accepted_logprobs=entries,
+        usage={"prompt_tokens": 30, "completion_tokens": 1},
+    )
 
 
 def _client(dialect: str) -> StageClient:
@@ -28,7 +33,10 @@ def test_why_not_verify() -> None:
     # sampled drafts are verified (speculative sampling) only between stages that share a tokenizer
     assert why_not_verify(_client("vllm"), {"messages": [], "temperature": 0.7}, "draft", shared_tokenizer=True) is None
     assert why_not_verify(_client("vllm"), {"messages": []}, "draft", shared_tokenizer=True) is None
-    assert why_not_verify(_client("vllm"), {"messages": [], "temperature": 0.7, "top_p": 0.9}, "draft", shared_tokenizer=True) == "sampling-top-p"
+    assert (
+        why_not_verify(_client("vllm"), {"messages": [], "temperature": 0.7, "top_p": 0.9}, "draft", shared_tokenizer=True)
+        == "sampling-top-p"
+    )
 
 
 def test_proposals_end_before_a_space_and_rejoin_needs_a_long_enough_tail() -> None:
@@ -52,8 +60,17 @@ def test_continuation_and_merge() -> None:
     cont = continuation_body(body, check)
     assert cont["messages"][-1] == {"role": "assistant", "content": "Hello"}
     assert cont["continue_final_message"] and not cont["add_generation_prompt"] and cont["max_tokens"] == 8
-    data = {"choices": [{"index": 0, "message": {"role": "assistant", "content": " world"}, "logprobs": {"content": [{"token": " world"}]}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 32, "completion_tokens": 1}}
+    data = {
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": " world"},
+                "logprobs": {"content": [{"token": " world"}]},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 32, "completion_tokens": 1},
+    }
     out = merge(check, data)
     assert out["choices"][0]["message"]["content"] == "Hello world"
     assert [e["token"] for e in out["choices"][0]["logprobs"]["content"]] == ["Hel", "lo", " world"]

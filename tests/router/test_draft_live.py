@@ -44,7 +44,7 @@ def _gap_at_divergence(own: object, got: object) -> tuple[int, float] | None:
     """
     mine = own.choices[0].logprobs.content  # type: ignore[attr-defined]
     theirs = [e["token"] if isinstance(e, dict) else e.token for e in got]  # type: ignore[attr-defined]
-    for index, (entry, token) in enumerate(zip(mine, theirs)):
+    for index, (entry, token) in enumerate(zip(mine, theirs, strict=False)):
         if entry.token != token:
             top = entry.top_logprobs
             return index, top[0].logprob - top[1].logprob
@@ -56,10 +56,20 @@ def test_escalation_is_lossless_for_greedy(client: OpenAI, router: RouterProcess
     s1 = router.settings.stages[1].name
     messages = [{"role": "user", "content": prompt}]
     raw = client.chat.completions.with_raw_response.create(
-        model="cascade", messages=messages, temperature=0, max_tokens=MAX_TOKENS, logprobs=True, extra_body={"cascade_lambda": 1e6}  # type: ignore[arg-type]
+        model="cascade",
+        messages=messages,
+        temperature=0,
+        max_tokens=MAX_TOKENS,
+        logprobs=True,
+        extra_body={"cascade_lambda": 1e6},  # type: ignore[arg-type]
     )
     own = client.chat.completions.create(
-        model=s1, messages=messages, temperature=0, max_tokens=MAX_TOKENS, logprobs=True, top_logprobs=2  # type: ignore[arg-type]
+        model=s1,
+        messages=messages,
+        temperature=0,
+        max_tokens=MAX_TOKENS,
+        logprobs=True,
+        top_logprobs=2,  # type: ignore[arg-type]
     )
     assert raw.headers["x-cascade-draft"] == f"{s1}:verify"
     divergence = _gap_at_divergence(own, raw.parse().choices[0].logprobs.content)
@@ -74,7 +84,11 @@ def test_escalation_is_lossless_for_greedy(client: OpenAI, router: RouterProcess
 def test_sampling_falls_back_to_regeneration(client: OpenAI, router: RouterProcess) -> None:
     s1 = router.settings.stages[1].name
     raw = client.chat.completions.with_raw_response.create(
-        model="cascade", messages=[{"role": "user", "content": PROMPTS[0]}], temperature=0.7, seed=3, max_tokens=16,  # type: ignore[arg-type]
+        model="cascade",
+        messages=[{"role": "user", "content": PROMPTS[0]}],
+        temperature=0.7,
+        seed=3,
+        max_tokens=16,  # type: ignore[arg-type]
         extra_body={"cascade_lambda": 1e6},
     )
     assert raw.headers["x-cascade-draft"] == f"{s1}:regenerate:sampling"
@@ -94,11 +108,17 @@ def test_own_answer_is_accepted_except_near_ties(router: RouterProcess) -> None:
                 own, _ = await stage.chat(body)
                 text = own["choices"][0]["message"]["content"]
                 n = own["usage"]["completion_tokens"]
-                scoring = {**body, "messages": [*body["messages"], {"role": "assistant", "content": text}], "max_tokens": 1,
-                           "continue_final_message": True, "add_generation_prompt": False, "prompt_logprobs": 1}
+                scoring = {
+                    **body,
+                    "messages": [*body["messages"], {"role": "assistant", "content": text}],
+                    "max_tokens": 1,
+                    "continue_final_message": True,
+                    "add_generation_prompt": False,
+                    "prompt_logprobs": 1,
+                }
                 scored, _ = await stage.chat(scoring)
                 ids = scored["prompt_token_ids"][-n:]
-                for tok, entry in zip(ids, scored["prompt_logprobs"][-n:]):
+                for tok, entry in zip(ids, scored["prompt_logprobs"][-n:], strict=False):
                     mine = entry[str(tok)]
                     if mine["rank"] != 1:
                         gap = max(v["logprob"] for v in entry.values()) - mine["logprob"]
@@ -127,7 +147,12 @@ def test_rounds_rejoin_a_draft_that_opens_differently(client: OpenAI, router: Ro
     settings: Settings = router.settings
     messages = [{"role": "user", "content": prompt}]
     own = client.chat.completions.create(
-        model=settings.stages[1].name, messages=messages, temperature=0, max_tokens=MAX_TOKENS, logprobs=True, top_logprobs=2  # type: ignore[arg-type]
+        model=settings.stages[1].name,
+        messages=messages,
+        temperature=0,
+        max_tokens=MAX_TOKENS,
+        logprobs=True,
+        top_logprobs=2,  # type: ignore[arg-type]
     )
     text = own.choices[0].message.content or ""
     n = own.usage.completion_tokens  # type: ignore[union-attr]
@@ -197,7 +222,11 @@ def test_router_reuses_a_sampled_draft_between_stages_sharing_a_tokenizer(stage_
     proc = RouterProcess(config, tmp_path)
     try:
         raw = proc.client().chat.completions.with_raw_response.create(
-            model="cascade", messages=[{"role": "user", "content": PROMPTS[2]}], temperature=0.7, seed=5, max_tokens=24,  # type: ignore[arg-type]
+            model="cascade",
+            messages=[{"role": "user", "content": PROMPTS[2]}],
+            temperature=0.7,
+            seed=5,
+            max_tokens=24,  # type: ignore[arg-type]
             extra_body={"cascade_lambda": 1e6},
         )
         assert raw.headers["x-cascade-stage"] == "qwen-verify"

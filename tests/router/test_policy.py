@@ -85,7 +85,7 @@ def test_beta_policy_matches_brute_force(seed: int, monkeypatch: pytest.MonkeyPa
     brute = math.inf
     for start in range(3):
         for combo in itertools.product(*choices):
-            actions = dict(zip(nodes, combo))
+            actions = dict(zip(nodes, combo, strict=False))
             actions.update({(2, g): None for g in range(len(grid))})
             brute = min(brute, _markov_value(costs, grid, weights, lam, start, actions))
     assert pol.best_after(-1)[1] == pytest.approx(brute, rel=1e-9)

@@ -8,8 +8,8 @@ import numpy as np
 import orjson
 import pytest
 
-from predictor.serving.features import AnswerStats
 from common.settings import StageConfig
+from predictor.serving.features import AnswerStats
 from router.stage_client import StageBadResponse, StageClient, StageReply
 from tests.conftest import ladder_config
 

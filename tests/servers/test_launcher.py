@@ -40,7 +40,17 @@ def test_cpu_stage_command() -> None:
 
 def test_dead_stage_reports_its_log(tmp_path: Path) -> None:
     settings = Settings.model_validate(
-        {"stages": [{"name": "bad", "model": "m", "url": "http://127.0.0.1:9/v1", "cost": 1, "launch": {"backend": "llamacpp", "weights": "no-such-weights"}}]}
+        {
+            "stages": [
+                {
+                    "name": "bad",
+                    "model": "m",
+                    "url": "http://127.0.0.1:9/v1",
+                    "cost": 1,
+                    "launch": {"backend": "llamacpp", "weights": "no-such-weights"},
+                }
+            ]
+        }
     )
     with Ladder(settings, log_dir=tmp_path) as ladder, pytest.raises(LaunchError, match="unknown weights"):
         ladder.wait_healthy(60, progress=False)

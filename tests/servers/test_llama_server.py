@@ -34,7 +34,12 @@ def test_greedy_logprobs_are_consistent(stage: str) -> None:
 def test_stream_equals_non_stream(stage: str) -> None:
     whole = _post(stage, temperature=0, max_tokens=20)["choices"][0]["message"]["content"]
     text = ""
-    with httpx.stream("POST", f"{stage}/chat/completions", json={"model": "qwen2.5-coder-0.5b", "messages": PROMPT, "temperature": 0, "max_tokens": 20, "stream": True}, timeout=300) as resp:
+    with httpx.stream(
+        "POST",
+        f"{stage}/chat/completions",
+        json={"model": "qwen2.5-coder-0.5b", "messages": PROMPT, "temperature": 0, "max_tokens": 20, "stream": True},
+        timeout=300,
+    ) as resp:
         for line in resp.iter_lines():
             if line.startswith("data: ") and line != "data: [DONE]":
                 import json
@@ -63,15 +68,20 @@ def test_prompt_logprobs_accept_own_greedy_answer(stage: str) -> None:
     answer = _post(stage, temperature=0, max_tokens=24)
     text = answer["choices"][0]["message"]["content"]
     scored = _post(
-        stage, messages=[*PROMPT, {"role": "assistant", "content": text}], max_tokens=1, temperature=0,
-        prompt_logprobs=1, continue_final_message=True, add_generation_prompt=False,
+        stage,
+        messages=[*PROMPT, {"role": "assistant", "content": text}],
+        max_tokens=1,
+        temperature=0,
+        prompt_logprobs=1,
+        continue_final_message=True,
+        add_generation_prompt=False,
     )
     plp = scored["prompt_logprobs"]
     ids = scored["prompt_token_ids"]
     assert plp[0] is None and len(plp) == len(ids)
     n_answer = answer["usage"]["completion_tokens"]
     tail = plp[-n_answer:]
-    ranks = [entry[str(tok)]["rank"] for entry, tok in zip(tail, ids[-n_answer:])]
+    ranks = [entry[str(tok)]["rank"] for entry, tok in zip(tail, ids[-n_answer:], strict=False)]
     assert ranks == [1] * n_answer
 
 
@@ -82,7 +92,14 @@ def test_continue_final_message_continues_greedily(stage: str) -> None:
     tokens = [e["token"] for e in data["choices"][0]["logprobs"]["content"]]
     head = "".join(tokens[: len(tokens) // 2])
     rest = 24 - len(tokens) // 2
-    cont = _post(stage, messages=[*PROMPT, {"role": "assistant", "content": head}], temperature=0, max_tokens=rest, continue_final_message=True, add_generation_prompt=False)
+    cont = _post(
+        stage,
+        messages=[*PROMPT, {"role": "assistant", "content": head}],
+        temperature=0,
+        max_tokens=rest,
+        continue_final_message=True,
+        add_generation_prompt=False,
+    )
     assert head + cont["choices"][0]["message"]["content"] == text
 
 
@@ -91,7 +108,9 @@ def test_stage_rejects_bad_input(stage: str) -> None:
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "presence_penalty"
     resp = httpx.post(f"{stage}/chat/completions", json={"model": "other", "messages": PROMPT})
     assert resp.status_code == 404 and resp.json()["error"]["param"] == "model"
-    resp = httpx.post(f"{stage}/chat/completions", json={"model": "qwen2.5-coder-0.5b", "messages": [{"role": "user", "content": "x " * 5000}]})
+    resp = httpx.post(
+        f"{stage}/chat/completions", json={"model": "qwen2.5-coder-0.5b", "messages": [{"role": "user", "content": "x " * 5000}]}
+    )
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "context_length_exceeded"
 
 
@@ -117,7 +136,7 @@ def test_rescoring_a_longer_prompt_reuses_cached_scores_consistently(stage: str)
     assert fresh["prompt_token_ids"] == grown["prompt_token_ids"] == again["prompt_token_ids"]
     assert grown["prompt_logprobs"] == again["prompt_logprobs"]  # nothing recomputed, nothing lost
     assert grown["choices"][0]["message"]["content"] == fresh["choices"][0]["message"]["content"]
-    for tok, a, b in zip(fresh["prompt_token_ids"][1:], fresh["prompt_logprobs"][1:], grown["prompt_logprobs"][1:]):
+    for tok, a, b in zip(fresh["prompt_token_ids"][1:], fresh["prompt_logprobs"][1:], grown["prompt_logprobs"][1:], strict=False):
         assert a[str(tok)]["rank"] == b[str(tok)]["rank"] or abs(a[str(tok)]["logprob"] - b[str(tok)]["logprob"]) < 0.5
         assert abs(a[str(tok)]["logprob"] - b[str(tok)]["logprob"]) < 0.5  # nats: the batching spread measured here is 0.38
 
@@ -136,7 +155,7 @@ def test_final_message_scope_scores_only_the_answer(stage: str) -> None:
     assert len(plp) == len(ids) == len(full["prompt_logprobs"])
     # the prompt's positions were not computed (a shared system prompt may still be cached from earlier requests)
     assert any(x is None for x in plp[1 : len(ids) - n - 2])
-    for tok, a, b in zip(ids[-n:], plp[-n:], full["prompt_logprobs"][-n:]):
+    for tok, a, b in zip(ids[-n:], plp[-n:], full["prompt_logprobs"][-n:], strict=False):
         assert a is not None and abs(a[str(tok)]["logprob"] - b[str(tok)]["logprob"]) < 0.5  # batching spread: 0.38 nats
     bad = httpx.post(f"{stage}/chat/completions", json={"model": "qwen2.5-coder-0.5b", "messages": PROMPT, "prompt_logprobs": 1,
                                                        "prompt_logprobs_scope": "final_message"}, timeout=60)  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
 from predictor.serving.rows import SPLIT_SHARES, Split, split_of
 
 __all__ = ["SPLIT_SHARES", "Split", "Task", "interleave", "split_of"]

@@ -24,7 +24,43 @@ GENERATOR_VERSION = 1
 SHORT_MAX_TOKENS = 48
 CODE_MAX_TOKENS = 320
 _INSTRUCT = "Reply with only the answer, nothing else."
-_WORDS = ["apple", "river", "stone", "cloud", "garden", "window", "silver", "rocket", "planet", "forest", "yellow", "candle", "marble", "pepper", "bridge", "castle", "dragon", "engine", "falcon", "guitar", "harbor", "island", "jungle", "kettle", "lantern", "meadow", "needle", "orange", "pencil", "quartz", "ribbon", "saddle", "tunnel", "velvet", "walnut"]
+_WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "garden",
+    "window",
+    "silver",
+    "rocket",
+    "planet",
+    "forest",
+    "yellow",
+    "candle",
+    "marble",
+    "pepper",
+    "bridge",
+    "castle",
+    "dragon",
+    "engine",
+    "falcon",
+    "guitar",
+    "harbor",
+    "island",
+    "jungle",
+    "kettle",
+    "lantern",
+    "meadow",
+    "needle",
+    "orange",
+    "pencil",
+    "quartz",
+    "ribbon",
+    "saddle",
+    "tunnel",
+    "velvet",
+    "walnut",
+]
 
 
 def _short(family: str, i: int, difficulty: int, question: str, expected: str) -> Task:
@@ -205,7 +241,7 @@ def _code_specs(k: int) -> list[_CodeSpec]:
          _rle, lambda r: (_word(r),)),
         (5, "def most_common(xs)", "returns the most frequent element of xs; on ties the smallest such element; None for an empty list",
          _most_common, lambda r: (_ints(r, 0, 5),)),
-        (5, "def chunk_sums(xs)", f"splits xs into consecutive chunks of {k} elements (the last may be shorter) and returns the list of chunk sums",
+        (5, "def chunk_sums(xs)", f"splits xs into consecutive chunks of {k} elements (the last may be shorter) and returns the list of chunk sums",  # noqa: E501
          lambda xs: [sum(xs[i:i + k]) for i in range(0, len(xs), k)], lambda r: (_ints(r, n=(0, 10)),)),
     ]  # fmt: skip
 

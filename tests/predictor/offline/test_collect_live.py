@@ -8,11 +8,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from common.settings import Settings
 from predictor.offline import collect, dataset
+from predictor.offline.tasks import generated
 from predictor.serving import rows
 from predictor.serving.features import AnswerStats, PromptStats, answer_features
-from predictor.offline.tasks import generated
-from common.settings import Settings
 from tests.conftest import free_port, ladder_config
 
 
@@ -36,11 +36,20 @@ def test_collect_is_resumable_and_labels_rows(stage_ports: list[int], tmp_path: 
 def test_training_features_equal_serving_features(stage_ports: list[int]) -> None:
     """The same real answer gives the same vector in the router and in the training pipeline."""
     messages = [{"role": "user", "content": "Write a Python function that returns the square of x."}]
-    body = {"model": "smollm2-135m", "messages": messages, "max_tokens": 40, "temperature": 0, "logprobs": True, "top_logprobs": rows.TOP_LOGPROBS}
+    body = {
+        "model": "smollm2-135m",
+        "messages": messages,
+        "max_tokens": 40,
+        "temperature": 0,
+        "logprobs": True,
+        "top_logprobs": rows.TOP_LOGPROBS,
+    }
     data = httpx.post(f"http://127.0.0.1:{stage_ports[0]}/v1/chat/completions", json=body, timeout=120).json()
     choice = data["choices"][0]
     prompt = PromptStats.from_texts([m["content"] for m in messages])
     served = answer_features(prompt, AnswerStats.from_choice(choice, rows.TOP_LOGPROBS), 0)  # router.cascade's call
-    row = json.loads(json.dumps({"stage": 0, "logprobs": rows.compact_logprobs(choice), "finish_reason": choice["finish_reason"], "draft": None}))
+    row = json.loads(
+        json.dumps({"stage": 0, "logprobs": rows.compact_logprobs(choice), "finish_reason": choice["finish_reason"], "draft": None})
+    )
     trained = dataset.stage_features(PromptStats.from_texts(json.loads(json.dumps([m["content"] for m in messages]))), row)
     assert np.array_equal(served, trained)

@@ -11,7 +11,12 @@ from predictor.serving.features import FEATURE_NAMES, INDEX, N_FEATURES, AnswerS
 def _choice(lps: list[float], finish: str = "stop") -> dict:
     return {
         "finish_reason": finish,
-        "logprobs": {"content": [{"token": "t", "logprob": lp, "top_logprobs": [{"token": "t", "logprob": lp}, {"token": "u", "logprob": lp - 1.0}]} for lp in lps]},
+        "logprobs": {
+            "content": [
+                {"token": "t", "logprob": lp, "top_logprobs": [{"token": "t", "logprob": lp}, {"token": "u", "logprob": lp - 1.0}]}
+                for lp in lps
+            ]
+        },
     }
 
 

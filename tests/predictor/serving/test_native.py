@@ -16,10 +16,10 @@ import numpy as np
 import orjson
 import pytest
 
-from predictor.serving import features
-from predictor.offline.dataset import read_rows
-from predictor.serving.features import MAX_POSITIONS, AnswerStats
 from common.settings import StageConfig
+from predictor.offline.dataset import read_rows
+from predictor.serving import features
+from predictor.serving.features import MAX_POSITIONS, AnswerStats
 from router.stage_client import StageClient
 from tests.conftest import ROOT, ladder_config
 
@@ -72,7 +72,9 @@ def test_any_json_spelling() -> None:
     body = _body(content, extra={"nested": [[1, {"a": "]"}], None]})
     assert_same(json.dumps(body, indent=2).encode())
     assert_same(json.dumps(body, ensure_ascii=True).encode())
-    reordered = [{"top_logprobs": e["top_logprobs"][::-1][::-1], "bytes": e["bytes"], "logprob": e["logprob"], "token": e["token"]} for e in content]
+    reordered = [
+        {"top_logprobs": e["top_logprobs"][::-1][::-1], "bytes": e["bytes"], "logprob": e["logprob"], "token": e["token"]} for e in content
+    ]
     body2 = _body(reordered)
     body2["choices"].append(_body([_entry(rng)])["choices"][0])
     body2 = {"usage": body2.pop("usage"), **body2}  # usage before choices
@@ -102,7 +104,7 @@ def test_numbers_parse_exactly_like_float_then_float32() -> None:
     rng = random.Random(3)
     values = ["0", "-0", "-0.0", "-9999.0", "-1e-05", "-1.5E+2", "-3.4028235677973366e+38", "-1e-45", "-7e-46", "-12345678901234567890.5"]
     values += [repr(-rng.expovariate(0.3)) for _ in range(3000)]
-    values += [repr(-10 ** rng.uniform(-30, 3)) for _ in range(3000)]
+    values += [repr(-(10 ** rng.uniform(-30, 3))) for _ in range(3000)]
     for _ in range(2000):  # exactly half-way between two float32 values, then one double ulp either side
         f = struct.unpack("<f", struct.pack("<I", rng.randrange(0x3F800000, 0x41F00000)))[0]
         mid = (f + float(np.nextafter(np.float32(f), np.float32(np.inf)))) / 2
@@ -110,7 +112,9 @@ def test_numbers_parse_exactly_like_float_then_float32() -> None:
     for i in range(0, len(values), 400):
         chunk = values[i : i + 400]
         entries = ",".join(f'{{"token":"a","logprob":{v},"top_logprobs":[{{"token":"a","logprob":{v}}}]}}' for v in chunk)
-        raw = f'{{"choices":[{{"index":0,"message":{{"content":""}},"logprobs":{{"content":[{entries}]}},"finish_reason":"stop"}}]}}'.encode()
+        raw = (
+            f'{{"choices":[{{"index":0,"message":{{"content":""}},"logprobs":{{"content":[{entries}]}},"finish_reason":"stop"}}]}}'.encode()
+        )
         stats = AnswerStats.from_body(raw, 1)
         assert stats is not None
         with np.errstate(over="ignore"):  # one value rounds past float32's largest, to -inf, in both parsers
@@ -159,7 +163,7 @@ def test_a_real_stage_answer(stage_ports: list[int]) -> None:
         stage = StageClient(StageConfig.model_validate(ladder_config(stage_ports, 0)["stages"][1]))  # type: ignore[index]
         await stage.start()
         try:
-            reply = await stage.reply({"messages": [{"role": "user", "content": "Write a Python class for a bank account with deposit, withdraw and a history."}],
+            reply = await stage.reply({"messages": [{"role": "user", "content": "Write a Python class for a bank account with deposit, withdraw and a history."}],  # noqa: E501
                                        "temperature": 0, "max_tokens": 180, "logprobs": True, "top_logprobs": K})  # fmt: skip
         finally:
             await stage.close()
@@ -227,7 +231,7 @@ def test_mutated_bodies_never_give_a_wrong_answer() -> None:
     bases.append(json.dumps(orjson.loads(bases[2]), indent=1).encode())
     alphabet = b'{}[]",:\\ -0123456789.eEnulltrx'
     accepted = 0
-    for i in range(3000):
+    for _i in range(3000):
         raw = bytearray(rng.choice(bases))
         for _ in range(rng.randint(1, 4)):
             at = rng.randrange(len(raw))

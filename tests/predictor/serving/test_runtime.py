@@ -51,7 +51,7 @@ def test_onnx_graph_agrees_with_the_in_memory_model(tmp_path: Path) -> None:
     (tmp_path / PRIOR_FILE).write_bytes(prior.onnx)
     served = OnnxPredictor.load(tmp_path)
     cal = np.interp(want, graph.cal_x, graph.cal_y)
-    assert all(abs(served.predict(row) - c) < 1e-5 for row, c in zip(te.x[:50], cal))
+    assert all(abs(served.predict(row) - c) < 1e-5 for row, c in zip(te.x[:50], cal, strict=False))
 
 
 def _rewrite(src: Path, dst: Path, **meta: str) -> None:
@@ -88,5 +88,12 @@ def test_router_refuses_to_start_with_a_broken_predictor(tmp_path: Path) -> None
     cfg["predictor"] = {"kind": "onnx", "path": str(tmp_path / "nowhere")}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    out = subprocess.run([sys.executable, "-m", "adaptive_sd.cli", "--config", str(path), "serve"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "adaptive_sd.cli", "--config", str(path), "serve"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 1 and "nowhere" in out.stderr and "does not exist" in out.stderr

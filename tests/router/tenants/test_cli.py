@@ -13,7 +13,14 @@ from tests.conftest import ROOT, RedisServer
 
 
 def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "adaptive_sd.cli", "--config", str(config), "tenants", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "adaptive_sd.cli", "--config", str(config), "tenants", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_create_show_set_rotate_delete(redis_server: RedisServer, tmp_path: Path) -> None:

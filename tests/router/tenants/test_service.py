@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from common.settings import TenancyConfig
 from common.errors import APIError
+from common.settings import TenancyConfig
 from router.tenants.model import TenantSettings, hash_key
 from router.tenants.service import TenantService
 from router.tenants.store import MemoryStore
@@ -59,7 +59,9 @@ async def test_slo_tenant_lambda_follows_observed_latency_through_the_service() 
 
     from router.tenants.model import SLO
 
-    svc, store = await _service(TenantSettings(slo=SLO(metric="p95_latency_ms", target=1000.0)), slo_initial_lambda=200.0, sync_interval_s=0.01)
+    svc, store = await _service(
+        TenantSettings(slo=SLO(metric="p95_latency_ms", target=1000.0)), slo_initial_lambda=200.0, sync_interval_s=0.01
+    )
     lams = []
     for _ in range(150):
         tenant = await svc.authenticate("Bearer k")

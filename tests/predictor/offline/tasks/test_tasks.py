@@ -69,7 +69,7 @@ def test_humaneval_reference_solutions_pass_and_stubs_fail() -> None:
 
     problems = list(read_problems().values())[:5]
     tasks = humaneval.load(5)
-    for p, t in zip(problems, tasks):
+    for p, t in zip(problems, tasks, strict=False):
         assert t.check("```python\n" + p["prompt"] + p["canonical_solution"] + "```"), p["task_id"]  # type: ignore[misc]
         assert t.check(p["canonical_solution"]), "a body-only completion is appended to the prompt"  # type: ignore[misc]
         assert not t.check(f"```python\ndef {p['entry_point']}(*a):\n    return None\n```")  # type: ignore[misc]
