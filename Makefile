@@ -46,7 +46,7 @@ up: $(STAMP)
 
 # The vLLM-dialect suite runs too when vLLM's CPU build installs here (cached after the first time);
 # if it cannot be installed, those tests skip and say so.
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps lint
 	-$(MAKE) --no-print-directory vllm-env
 	$(BIN)/pytest
 
@@ -71,8 +71,13 @@ bench-overhead: $(STAMP)
 bench-draft: $(STAMP)
 	$(BIN)/python bench/draft_reuse.py --max-tokens 160 --per-group 4
 
+# Static checks, all part of `make test`: the layer contracts, ruff (lint + format), mypy (strict on the serving packages).
+CODE := common predictor router servers adaptive_sd configs tests bench
 lint: $(STAMP)
-	$(BIN)/ruff check router predictor servers tests bench
+	$(BIN)/lint-imports
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info

@@ -76,7 +76,13 @@ class CascadeEngine:
         self.clients = list(clients)
         self.predictor = predictor
         self.costs = [s.cost for s in settings.stages]
-        self.top_k = settings.cascade.top_logprobs
+        configured = settings.cascade.top_logprobs
+        if configured is not None and configured != predictor.top_k:
+            raise ValueError(
+                f"cascade.top_logprobs is {configured} but the predictor {predictor.name} was trained at top-k {predictor.top_k}: "
+                "its features would be skewed; unset cascade.top_logprobs or retrain at that k"
+            )
+        self.top_k = predictor.top_k
         self.acceptance = AcceptanceTracker(settings.cascade.draft_min_accepted)
         self.traffic = TrafficLog(settings.predictor.log_path) if settings.predictor.log_path else None
 

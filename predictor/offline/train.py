@@ -22,6 +22,7 @@ import numpy as np
 
 from predictor.offline import dataset
 from predictor.serving.features import FEATURE_NAMES, FEATURE_VERSION, INDEX, PROMPT_FEATURE_NAMES
+from predictor.serving.rows import TOP_LOGPROBS
 from predictor.serving.runtime import ANSWER_FILE, CARD_FILE, PRIOR_FILE, Calibration
 
 ECE_BINS = 10
@@ -103,6 +104,7 @@ def fit(
         "model": best,
         "feature_version": str(FEATURE_VERSION),
         "feature_names": json.dumps(list(names)),
+        "top_logprobs": str(TOP_LOGPROBS),
         "calibration": json.dumps(asdict(calibration)),
     }
     return FittedModel(best, losses, calibration, _to_onnx(fitted[best], len(names), metadata), fitted[best])

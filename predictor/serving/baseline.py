@@ -12,7 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from common import defaults
 from predictor.serving.features import INDEX, PromptStats
+from predictor.serving.rows import TOP_LOGPROBS
 
 _MEAN = INDEX["lp_mean"]
 _STAGE = INDEX["stage_index"]
@@ -21,8 +23,9 @@ _EMPTY = INDEX["empty_answer"]
 
 class MeanLogprobPredictor:
     name = "mean-logprob-baseline"
+    top_k = TOP_LOGPROBS  # it reads only the mean chosen logprob, so any k would do; the collection's k keeps features comparable
 
-    def __init__(self, coefficients: Sequence[tuple[float, float]], stage_priors: Sequence[float], evidence: float = 50.0) -> None:
+    def __init__(self, coefficients: Sequence[tuple[float, float]], stage_priors: Sequence[float], evidence: float = defaults.EVIDENCE) -> None:
         self.coefficients = list(coefficients)
         self.stage_priors = list(stage_priors)
         self.evidence = evidence

@@ -14,6 +14,7 @@ class Predictor(Protocol):
 
     name: str
     evidence: float  # pseudo-count for the risk adjustment (policy.shrink)
+    top_k: int  # alternatives per position the features are defined at: the cascade asks each stage for exactly these
 
     def predict(self, features: np.ndarray) -> float:
         """p̂ for one ``answer_features`` vector."""

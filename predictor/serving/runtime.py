@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from common import defaults
 from predictor.serving.features import FEATURE_NAMES, FEATURE_VERSION, N_FEATURES, PROMPT_FEATURE_NAMES, PromptStats, prompt_features
 
 ANSWER_FILE = "predictor.onnx"
 PRIOR_FILE = "prior.onnx"
 CARD_FILE = "card.json"
-DEFAULT_EVIDENCE = 50.0
 
 
 class PredictorLoadError(RuntimeError):
@@ -63,6 +63,10 @@ class _Graph:
             raise PredictorLoadError(
                 f"{path} was trained on feature version {version}, this build computes version {FEATURE_VERSION}; retrain it"
             )
+        top_k = meta.get("top_logprobs")
+        if top_k is None or not top_k.isdigit() or int(top_k) < 1:
+            raise PredictorLoadError(f"{path} does not record the top-k its features were computed with (metadata 'top_logprobs'); retrain it")
+        self.top_k = int(top_k)
         trained_names = tuple(json.loads(meta.get("feature_names", "[]")))
         if trained_names != names:
             raise PredictorLoadError(f"{path} expects features {list(trained_names)}, this build computes {list(names)}; retrain it")
@@ -98,11 +102,14 @@ class _Graph:
 class OnnxPredictor:
     """The ``Predictor`` the router uses by default: answer model + prompt-only prior."""
 
-    def __init__(self, answer: _Graph, prior: _Graph, evidence: float = DEFAULT_EVIDENCE) -> None:
+    def __init__(self, answer: _Graph, prior: _Graph, evidence: float = defaults.EVIDENCE) -> None:
         self.answer = answer
         self.prior = prior
         self.evidence = evidence
         self.name = f"onnx-{answer.model}"
+        if prior.top_k != answer.top_k:
+            raise PredictorLoadError(f"the answer model was trained at top-k {answer.top_k}, the prior at {prior.top_k}; retrain them together")
+        self.top_k = answer.top_k
         # One request = one row: bind pre-allocated input and output buffers once (io-binding
         # halves onnxruntime's per-call overhead against session.run with a feed dict).
         self._x = np.zeros((1, N_FEATURES), dtype=np.float32)
@@ -116,7 +123,7 @@ class OnnxPredictor:
                 self._binding.bind_output(out.name, "cpu")
 
     @classmethod
-    def load(cls, directory: Path, evidence: float = DEFAULT_EVIDENCE) -> OnnxPredictor:
+    def load(cls, directory: Path, evidence: float = defaults.EVIDENCE) -> OnnxPredictor:
         directory = Path(directory)
         if not directory.is_dir():
             raise PredictorLoadError(f"predictor directory {directory} does not exist")

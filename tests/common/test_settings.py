@@ -22,7 +22,7 @@ def test_env_overrides_one_leaf(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ADAPTIVE_SD_SERVER__PORT", "9123")
     s = load_settings(ROOT / "configs" / "cpu.yaml")
     assert s.cascade.default_lambda == 3.5 and s.server.port == 9123
-    assert s.cascade.top_logprobs == 5  # the file's other keys survive
+    assert s.cascade.prior_strength == 8.0 and s.predictor.kind == "onnx"  # the file's other keys survive
 
 
 def test_config_env_var_selects_the_file(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -97,3 +97,33 @@ def test_router_refuses_to_start_with_a_broken_predictor(tmp_path: Path) -> None
         check=False,
     )
     assert out.returncode == 1 and "nowhere" in out.stderr and "does not exist" in out.stderr
+
+
+def test_top_k_is_read_from_the_model_and_a_different_configured_k_is_refused(tmp_path: Path) -> None:
+    """The features are defined at the k the model was trained with; asking stages for another k would skew every one."""
+    from common.settings import Settings
+    from router.cascade import CascadeEngine
+
+    predictor = OnnxPredictor.load(ROOT / "predictor" / "models" / "cpu")
+    assert predictor.top_k == 5
+    stages = [{"name": "a", "url": "http://127.0.0.1:1/v1", "cost": 1.0}]
+    assert CascadeEngine(Settings(stages=stages), [], predictor).top_k == 5
+    with pytest.raises(ValueError, match="top-k 5"):
+        CascadeEngine(Settings(stages=stages, cascade={"top_logprobs": 3}), [], predictor)
+
+
+def test_a_model_without_a_recorded_top_k_is_refused(tmp_path: Path) -> None:
+    import shutil
+
+    import onnx
+
+    src = ROOT / "predictor" / "models" / "cpu"
+    for name in ("predictor.onnx", "prior.onnx", "card.json"):
+        shutil.copy(src / name, tmp_path / name)
+    model = onnx.load(tmp_path / "predictor.onnx")
+    kept = [p for p in model.metadata_props if p.key != "top_logprobs"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, tmp_path / "predictor.onnx")
+    with pytest.raises(PredictorLoadError, match="top-k"):
+        OnnxPredictor.load(tmp_path)
