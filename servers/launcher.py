@@ -77,7 +77,7 @@ def _healthy(stage: StageConfig) -> bool:
     url = stage.url.removesuffix("/v1") + "/health"
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status == 200
+            return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
 

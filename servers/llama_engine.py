@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -52,9 +53,15 @@ class ContextOverflow(ValueError):
     """The prompt does not fit in the context window."""
 
 
+def _logits(ctx: Any) -> Any:
+    """The context's logits pointer (llama_cpp's internal context class is untyped)."""
+    return ctx.get_logits()
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max()
-    return shifted - np.log(np.exp(shifted).sum())
+    out: np.ndarray = shifted - np.log(np.exp(shifted).sum())
+    return out
 
 
 def top_k(logprobs: np.ndarray, k: int) -> list[TokenLogprob]:
@@ -142,12 +149,12 @@ class LlamaEngine:
             if not all_rows:
                 self._scores.extend([None] * (llm.n_tokens - len(self._scores)))
             if all_rows:
-                rows = np.ctypeslib.as_array(ctx.get_logits(), shape=(len(chunk), self.n_vocab))
+                rows = np.ctypeslib.as_array(_logits(ctx), shape=(len(chunk), self.n_vocab))
                 if last_chunk:
                     self._tail = rows[-1].copy()
                 yield from rows
             elif last_chunk:
-                self._tail = np.ctypeslib.as_array(ctx.get_logits(), shape=(1, self.n_vocab))[0].copy()
+                self._tail = np.ctypeslib.as_array(_logits(ctx), shape=(1, self.n_vocab))[0].copy()
                 yield self._tail
 
     def _prefill(self, prompt: list[int]) -> np.ndarray:

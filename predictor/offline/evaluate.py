@@ -127,12 +127,13 @@ def tuned_thresholds(val: Table, grid: int = 9) -> list[tuple[float, ...]]:
     """Threshold pairs on the validation split's Pareto frontier (cost vs quality)."""
     n = val.y.shape[1]
     qs = [np.quantile(val.x[:, s, _MEAN], np.linspace(0, 1, grid)).tolist() + [math.inf] for s in range(n - 1)]
-    cands = []
-    for th in np.array(np.meshgrid(*qs)).T.reshape(-1, n - 1):
-        final, cost = threshold_cascade(val, tuple(th))
-        cands.append((float(cost.mean()), float(val.y[np.arange(len(final)), final].mean()), tuple(float(v) for v in th)))
+    cands: list[tuple[float, float, tuple[float, ...]]] = []
+    for row in np.array(np.meshgrid(*qs)).T.reshape(-1, n - 1):
+        final, cost = threshold_cascade(val, tuple(row))
+        cands.append((float(cost.mean()), float(val.y[np.arange(len(final)), final].mean()), tuple(float(v) for v in row)))
     cands.sort()
-    frontier, best = [], -1.0
+    frontier: list[tuple[float, ...]] = []
+    best = -1.0
     for _c, q, th in cands:
         if q > best:
             frontier.append(th)

@@ -73,7 +73,7 @@ def _to_onnx(model: Any, n_inputs: int, metadata: dict[str, str]) -> bytes:
     for key, value in metadata.items():
         entry = onx.metadata_props.add()
         entry.key, entry.value = key, value
-    return onx.SerializeToString()
+    return bytes(onx.SerializeToString())
 
 
 @dataclass

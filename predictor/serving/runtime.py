@@ -65,7 +65,9 @@ class _Graph:
             )
         top_k = meta.get("top_logprobs")
         if top_k is None or not top_k.isdigit() or int(top_k) < 1:
-            raise PredictorLoadError(f"{path} does not record the top-k its features were computed with (metadata 'top_logprobs'); retrain it")
+            raise PredictorLoadError(
+                f"{path} does not record the top-k its features were computed with (metadata 'top_logprobs'); retrain it"
+            )
         self.top_k = int(top_k)
         trained_names = tuple(json.loads(meta.get("feature_names", "[]")))
         if trained_names != names:
@@ -82,10 +84,12 @@ class _Graph:
         self.output = next(o.name for o in self.session.get_outputs() if o.name.startswith("prob"))
 
     def raw(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output], {self.input: x})[0][:, 1]
+        out: np.ndarray = self.session.run([self.output], {self.input: x})[0]
+        return out[:, 1]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return np.interp(self.raw(x), self.cal_x, self.cal_y)
+        calibrated: np.ndarray = np.interp(self.raw(x), self.cal_x, self.cal_y)
+        return calibrated
 
     def calibrate(self, raw: float) -> float:
         """``np.interp`` for one value, ~10x cheaper in pure Python on the per-request path."""
@@ -108,7 +112,9 @@ class OnnxPredictor:
         self.evidence = evidence
         self.name = f"onnx-{answer.model}"
         if prior.top_k != answer.top_k:
-            raise PredictorLoadError(f"the answer model was trained at top-k {answer.top_k}, the prior at {prior.top_k}; retrain them together")
+            raise PredictorLoadError(
+                f"the answer model was trained at top-k {answer.top_k}, the prior at {prior.top_k}; retrain them together"
+            )
         self.top_k = answer.top_k
         # One request = one row: bind pre-allocated input and output buffers once (io-binding
         # halves onnxruntime's per-call overhead against session.run with a feed dict).
@@ -142,7 +148,7 @@ class OnnxPredictor:
         return self.answer(np.ascontiguousarray(x, dtype=np.float32))
 
     def priors(self, prompt: PromptStats, n_stages: int) -> list[float]:
-        return self.prior(prompt_features(prompt, n_stages)).tolist()
+        return [float(p) for p in self.prior(prompt_features(prompt, n_stages))]
 
     def prior_batch(self, x: np.ndarray) -> np.ndarray:
         return self.prior(np.ascontiguousarray(x, dtype=np.float32))

@@ -146,6 +146,7 @@ _UNITS = (
 def units(rng: random.Random, i: int) -> Task:
     d = 1 + i % 4
     src, dst, factor = rng.choice(_UNITS)
+    x: float
     if d == 1:
         x = rng.randint(1, 9)
     elif d == 2:
