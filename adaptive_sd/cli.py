@@ -90,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
                     cmd, env = vllm_command(stage, stage.launch)
                     print(" ".join(f"{k}={v}" for k, v in env.items()), shlex.join(cmd))
         elif args.command == "check-config":
+            from predictor.serving.loader import load_predictor
+
+            predictor = load_predictor(settings)  # the shipped model is package data: this proves the install finds it
             print(settings.model_dump_json(indent=2))
+            print(f"config ok: {len(settings.stages)} stage(s), predictor {predictor.name} (top-k {predictor.top_k})", file=sys.stderr)
         elif args.command == "tenants":
             return tenants_cli.run(settings, args)
     except ConfigError as exc:

@@ -179,3 +179,18 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 def anyio_backend() -> str:
     """Async tests (``pytest.mark.anyio``) run on asyncio, like the router."""
     return "asyncio"
+
+
+# Markers by what a test needs, read from its fixtures, so no test can forget its mark:
+# `pytest -m "not live and not redis"` is the in-process suite (seconds, no servers).
+_MARKS_BY_FIXTURE = {"stage_ports": "live", "redis_server": "redis"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        for fixture, mark in _MARKS_BY_FIXTURE.items():
+            if fixture in names:
+                item.add_marker(getattr(pytest.mark, mark))
+        if "integration_vllm" in item.nodeid:
+            item.add_marker(pytest.mark.vllm)
