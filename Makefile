@@ -12,8 +12,8 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 
 .PHONY: install system-deps vllm-env up test test-vllm predictor bench-overhead bench-draft bench-predictor bench-tenancy lint clean
 
-$(STAMP): pyproject.toml setup.py predictor/serving/_native.c requirements-models.txt
-	@# predictor/serving/_native.c needs the interpreter's headers: Debian's system Python keeps them in python3-dev
+$(STAMP): pyproject.toml setup.py $(wildcard predictor/serving/*.c) requirements-models.txt
+	@# the C modules in predictor/serving need the interpreter's headers: Debian's system Python keeps them in python3-dev
 	@$(PYTHON) -c "import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" || { \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends python3-dev; }
 	$(PYTHON) -m venv $(VENV)

@@ -10,22 +10,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import orjson
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Content, Response, StreamingResponse
 
 from common.errors import APIError, parse_chat_request
 from common.settings import Settings
 from predictor.serving.interface import Predictor
 from predictor.serving.loader import load_predictor
 from router.cascade import CascadeEngine
+from router.contracts import RequestOutcome, TenantLimits
 from router.metrics import RATE_LIMITED, REGISTRY, REQUESTS
-from router.serving_chat import ChatServing, Outcome, TenantLimits
+from router.serving_chat import ChatServing
+from router.stage import Stage
 from router.stage_client import StageClient
 from router.tenants.admin import admin_router
 from router.tenants.model import Tenant
@@ -39,44 +41,51 @@ def _json(body: object, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    predictor: Predictor | None = None,
+    stages: Sequence[Stage] | None = None,
+) -> FastAPI:
+    """The router app. ``predictor``: default from ``settings.predictor``; ``stages``: one per configured
+    stage, in order (default: a ``StageClient`` each; tests pass in-process fakes). The lifespan starts
+    and closes the stages and the tenant service."""
     predictor = predictor or load_predictor(settings)
-    clients = [StageClient(s) for s in settings.stages]
-    engine = CascadeEngine(settings, clients, predictor)
-    chat_serving = ChatServing(settings, clients, engine)
+    ladder: list[Stage] = [StageClient(s) for s in settings.stages] if stages is None else list(stages)
+    names, configured = [s.name for s in ladder], [s.name for s in settings.stages]
+    if names != configured:
+        raise ValueError(f"stages {names} do not match the configured stages {configured}")
+    engine = CascadeEngine(settings, ladder, predictor)
+    chat_serving = ChatServing(settings, ladder, engine)
     tenants = TenantService(settings.tenancy, settings.cascade.default_lambda)
     admin_key = settings.tenancy.admin_key.get_secret_value() if settings.tenancy.admin_key else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        for c in clients:
-            await c.start()
+        for s in ladder:
+            await s.start()
         await tenants.start()
         try:
             yield
         finally:
             await tenants.close()
-            for c in clients:
-                await c.close()
+            for s in ladder:
+                await s.close()
 
     app = FastAPI(title="adaptive-sd router", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.settings = settings
-    app.state.engine = engine
-    app.state.tenants = tenants
     app.include_router(admin_router(tenants, admin_key))
 
     def limits(tenant: Tenant) -> TenantLimits:
         s = tenant.settings
         return TenantLimits(tenants.lam_for(tenant), s.slo is not None, s.max_stage, s.allowed_models)
 
-    def account(tenant: Tenant, outcome: Outcome, response: Response, t0: float, stream_tokens: int) -> Response:
+    def account(tenant: Tenant, outcome: RequestOutcome, response: Response, t0: float, stream_tokens: int) -> Response:
         """Record usage after the response (streams: when the last byte is sent; tokens then estimated)."""
         if not isinstance(response, StreamingResponse):
             tenants.record(tenant, outcome.tokens, (time.perf_counter() - t0) * 1e3, outcome.cost, outcome.stage)
             return response
         body = response.body_iterator
 
-        async def counted() -> AsyncIterator[bytes]:
+        async def counted() -> AsyncIterator[Content]:
             try:
                 async for chunk in body:
                     yield chunk
@@ -108,8 +117,7 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
             tenant = await tenants.authenticate(request.headers.get("authorization"))
             req = parse_chat_request(await request.body())
             model = req.model
-            outcome = Outcome()
-            response = await chat_serving.create(req, request.headers, limits(tenant), outcome)
+            response, outcome = await chat_serving.create(req, request.headers, limits(tenant))
         except APIError as exc:
             if exc.status == 429:
                 RATE_LIMITED.labels(exc.param or "-").inc()
@@ -133,8 +141,8 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
         if tenants.degraded:
             body["status"] = "degraded"
         if stages:
-            states = await asyncio.gather(*(c.healthy() for c in clients))
-            body["stages"] = {c.name: ("ok" if ok else "unreachable") for c, ok in zip(clients, states, strict=False)}
+            states = await asyncio.gather(*(s.healthy() for s in ladder))
+            body["stages"] = {s.name: ("ok" if ok else "unreachable") for s, ok in zip(ladder, states, strict=False)}
             if not all(states):
                 body["status"] = "degraded"
         return _json(body)

@@ -30,10 +30,11 @@ re-assemble from the scored tokens (byte-fallback tokens split a character).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.stage_client import StageClient
+from router.stage import Stage
 
 FIRST_PROPOSAL_TOKENS = 16  # draft tokens scored in the first round; doubles after each fully accepted round
 MAX_PROPOSAL_TOKENS = 128
@@ -53,7 +54,7 @@ class DraftCheck:
     accepted_text: str = ""  # stage j's answer so far: kept draft tokens and its own tokens between rounds
     accepted_logprobs: list[dict[str, Any]] = field(default_factory=list)  # OpenAI logprobs entries of that text
     usage: dict[str, int] = field(default_factory=dict)  # prompt tokens of all calls made
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the verification (every round's calls)
     rounds: int = 0  # scoring passes
     finished: str | None = None  # finish_reason when the rounds already completed the answer
 
@@ -70,7 +71,7 @@ class DraftCheck:
         self.usage["prompt_tokens"] = self.usage.get("prompt_tokens", 0) + (usage or {}).get("prompt_tokens", 0)
 
 
-def why_not_verify(client: StageClient, body: dict[str, Any], draft: str, shared_tokenizer: bool = False) -> str | None:
+def why_not_verify(client: Stage, body: dict[str, Any], draft: str, shared_tokenizer: bool = False) -> str | None:
     """None when the draft can be verified without changing what the client gets; otherwise the reason to regenerate.
 
     Greedy requests are verified by :func:`verify_draft`; sampled ones by the
@@ -124,7 +125,7 @@ class ScoredText:
     generated: dict[str, Any]  # the call's answer: the token that follows the text
 
 
-async def score_text(client: StageClient, body: dict[str, Any], text: str, k: int) -> ScoredText | None:
+async def score_text(client: Stage, body: dict[str, Any], text: str, k: int) -> ScoredText | None:
     """Score ``text`` as the assistant's answer so far; None if the tokens do not re-assemble it."""
     scoring = _assistant(body, text)
     scoring.pop("max_completion_tokens", None)
@@ -158,17 +159,18 @@ async def score_text(client: StageClient, body: dict[str, Any], text: str, k: in
     return out
 
 
-async def score_draft(client: StageClient, body: dict[str, Any], draft: str) -> DraftCheck | None:
+async def score_draft(client: Stage, body: dict[str, Any], draft: str) -> DraftCheck | None:
     """One pass: the longest prefix of ``draft`` that stage ``client`` agrees with (None if misaligned).
 
     Its acceptance fraction is the agreement label for open prompts (predictor/offline/collect.py).
     """
+    t0 = time.perf_counter()
     scored = await score_text(client, body, draft, k=0)
     if scored is None:
         return None
     n = scored.top1.index(False) if False in scored.top1 else len(scored.top1)
     check = DraftCheck(draft_tokens=len(scored.tokens), accepted_tokens=n, accepted_text="".join(scored.tokens[:n]),
-                       accepted_logprobs=scored.entries[:n], rounds=1)  # fmt: skip
+                       accepted_logprobs=scored.entries[:n], seconds=time.perf_counter() - t0, rounds=1)  # fmt: skip
     check.count_call(scored.generated["usage"])
     return check
 
@@ -211,12 +213,13 @@ def _take(check: DraftCheck, data: dict[str, Any], room: int) -> None:
         check.finished = "stop"
 
 
-async def verify_draft(client: StageClient, body: dict[str, Any], draft: str, draft_tokens: int | None = None) -> DraftCheck | None:
+async def verify_draft(client: Stage, body: dict[str, Any], draft: str, draft_tokens: int | None = None) -> DraftCheck | None:
     """Verify ``draft`` on stage ``client`` in rounds (module docstring); None if it never aligned.
 
     ``draft_tokens`` (the draft's length in its own stage's tokens) sizes the
     proposals; stage j's tokenization is what is scored.
     """
+    t0 = time.perf_counter()
     limit = token_limit(body)
     k = int(body.get("top_logprobs") or 0)
     body = {**body, "logprobs": True, "top_logprobs": k}  # the kept tokens are counted by their entries
@@ -297,6 +300,7 @@ async def verify_draft(client: StageClient, body: dict[str, Any], draft: str, dr
                 position = rejoin(draft, searched_to, check.accepted_text)
         if position is not None and position >= len(draft):
             break  # the draft is used up: the continuation generates the rest
+    check.seconds = time.perf_counter() - t0
     return check if check.rounds else None
 
 

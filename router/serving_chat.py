@@ -4,15 +4,17 @@ The route stays thin; this class validates the cascade knobs (λ, max stage),
 runs the engine, and shapes the OpenAI response: the answering stage's body
 with ``model`` set to what the client asked for, ``usage`` summed over every
 stage called, client-requested logprobs only, and the ``x-cascade-*`` headers
-that say what happened.
+that say what happened. ``create`` returns the response with the request's
+``RequestOutcome`` (``router.contracts``) for the route's accounting. A stage
+failure that leaves no answer reaches the client through ``upstream_error``
+alone: as the error response, or as the last event of a stream already started.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -22,9 +24,10 @@ from common.errors import APIError
 from common.protocol import ChatCompletionRequest
 from common.settings import Settings
 from predictor.serving.features import PromptStats
-from router.cascade import CascadeEngine, CascadeRequest, CascadeResult
+from router.cascade import CascadeEngine
+from router.contracts import CascadeRequest, CascadeResult, RequestOutcome, TenantLimits, TokenUsage
 from router.metrics import CASCADE_STOPS, OVERHEAD_SECONDS, STAGE_CALLS, STAGE_SECONDS
-from router.stage_client import StageClient, StageFailure
+from router.stage import Stage, StageFailure
 
 LAMBDA_HEADER = "x-cascade-lambda"
 MAX_STAGE_HEADER = "x-cascade-max-stage"
@@ -37,83 +40,79 @@ def _sse(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
-def _error_event(exc: Exception) -> bytes:
-    status = getattr(exc, "status", 502)
-    return _sse(orjson.dumps(APIError(status, str(exc), type="upstream_error").body()))
+def upstream_error(exc: StageFailure) -> APIError:
+    """The one mapping of a stage failure to what the client gets: an OpenAI-shaped ``upstream_error``
+    with the failure's status (503 unreachable, 504 timeout, 502 bad answer)."""
+    return APIError(exc.status, str(exc), type="upstream_error")
 
 
-@dataclass
-class TenantLimits:
-    """What the tenant allows this request: its λ (and whether an SLO controller owns it), top stage, models."""
-
-    lam: float
-    lam_locked: bool = False
-    max_stage: int | str | None = None
-    allowed_models: list[str] | None = None
-
-
-@dataclass
-class Outcome:
-    """Filled by ``ChatServing.create`` for accounting: who answered, tokens used, stage cost spent."""
-
-    stage: str = "-"
-    tokens: int = 0
-    cost: float = 0.0
+def _error_event(exc: StageFailure) -> bytes:
+    """A stage failure after a stream has started: the same error body, as the stream's last event."""
+    return _sse(orjson.dumps(upstream_error(exc).body()))
 
 
 class ChatServing:
-    def __init__(self, settings: Settings, clients: list[StageClient], engine: CascadeEngine) -> None:
+    def __init__(self, settings: Settings, stages: Sequence[Stage], engine: CascadeEngine) -> None:
         self.settings = settings
-        self.clients = {c.name: c for c in clients}
+        self.stages = {s.name: s for s in stages}
         self.engine = engine
         self.cascade_name = settings.cascade.model_name
 
     # -- entry ----------------------------------------------------------------
     async def create(
-        self, req: ChatCompletionRequest, headers: Mapping[str, str], limits: TenantLimits | None = None, outcome: Outcome | None = None
-    ) -> Response:
+        self, req: ChatCompletionRequest, headers: Mapping[str, str], limits: TenantLimits | None = None
+    ) -> tuple[Response, RequestOutcome]:
+        """The response to a validated request, and what it comes to for accounting.
+
+        Raises ``APIError`` for everything the client gets as an error; a stage failure
+        that leaves no answer becomes one here (``upstream_error``).
+        """
         t0 = time.perf_counter()
         limits = limits or TenantLimits(self.settings.cascade.default_lambda)
-        outcome = outcome or Outcome()
         if limits.allowed_models is not None and req.model not in limits.allowed_models:
             raise APIError(403, f"This API key may not use model '{req.model}'; allowed: {', '.join(limits.allowed_models)}",
                            type="permission_error", param="model", code="model_not_allowed")  # fmt: skip
-        if req.model == self.cascade_name:
-            return await self._cascade(req, headers, t0, limits, outcome)
-        client = self.clients.get(req.model)
-        if client is None:
-            known = ", ".join([self.cascade_name, *self.clients])
-            raise APIError(404, f"The model '{req.model}' does not exist; available: {known}", param="model", code="model_not_found")
-        for name in _CASCADE_FIELDS:
-            if getattr(req, name) is not None:
-                raise APIError(400, f"'{name}' only applies to model '{self.cascade_name}'", param=name)
-        return await self._passthrough(req, client, t0, outcome)
+        try:
+            if req.model == self.cascade_name:
+                return await self._cascade(req, headers, t0, limits)
+            stage = self.stages.get(req.model)
+            if stage is None:
+                known = ", ".join([self.cascade_name, *self.stages])
+                raise APIError(404, f"The model '{req.model}' does not exist; available: {known}", param="model", code="model_not_found")
+            for name in _CASCADE_FIELDS:
+                if getattr(req, name) is not None:
+                    raise APIError(400, f"'{name}' only applies to model '{self.cascade_name}'", param=name)
+            return await self._passthrough(req, stage, t0)
+        except StageFailure as exc:
+            raise upstream_error(exc) from None
 
     # -- pass-through ---------------------------------------------------------
-    async def _passthrough(self, req: ChatCompletionRequest, client: StageClient, t0: float, outcome: Outcome) -> Response:
+    async def _passthrough(self, req: ChatCompletionRequest, stage: Stage, t0: float) -> tuple[Response, RequestOutcome]:
         body = req.model_dump(exclude_none=True, exclude=_CASCADE_FIELDS | {"model"})
-        headers = {"x-cascade-stage": client.name, "x-cascade-path": client.name}
-        outcome.stage, outcome.cost = client.name, client.config.cost
+        headers = {"x-cascade-stage": stage.name, "x-cascade-path": stage.name}
         try:
             if req.stream:
-                events = await client.stream(body, raw=True)
+                events = await stage.stream(body, raw=True)
                 overhead = time.perf_counter() - t0
                 headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"
-                return StreamingResponse(self._relay(events, client), media_type="text/event-stream", headers={**_SSE_HEADERS, **headers})
-            data, seconds = await client.chat(body)
-        except StageFailure as exc:
-            STAGE_CALLS.labels(client.name, "error").inc()
-            raise APIError(exc.status, str(exc), type="upstream_error") from None
-        STAGE_CALLS.labels(client.name, "ok").inc()
-        STAGE_SECONDS.labels(client.name).observe(seconds)
-        outcome.tokens = int((data.get("usage") or {}).get("total_tokens") or 0)
-        data["model"] = client.name
+                response = StreamingResponse(
+                    self._relay(events, stage), media_type="text/event-stream", headers={**_SSE_HEADERS, **headers}
+                )
+                return response, RequestOutcome(stage.name, 0, stage.config.cost)
+            data, seconds = await stage.chat(body)
+        except StageFailure:
+            STAGE_CALLS.labels(stage.name, "error").inc()
+            raise
+        STAGE_CALLS.labels(stage.name, "ok").inc()
+        STAGE_SECONDS.labels(stage.name).observe(seconds)
+        outcome = RequestOutcome(stage.name, int((data.get("usage") or {}).get("total_tokens") or 0), stage.config.cost)
+        data["model"] = stage.name
         overhead = time.perf_counter() - t0 - seconds
         OVERHEAD_SECONDS.observe(overhead)
         headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"
-        return Response(orjson.dumps(data), media_type=_JSON, headers=headers)
+        return Response(orjson.dumps(data), media_type=_JSON, headers=headers), outcome
 
-    async def _relay(self, blocks: AsyncIterator[bytes], client: StageClient) -> AsyncIterator[bytes]:
+    async def _relay(self, blocks: AsyncIterator[bytes], client: Stage) -> AsyncIterator[bytes]:
         """Forward whole SSE blocks (``[DONE]`` included), renaming the model if it differs."""
         upstream = f'"model":"{client.config.model}"'.encode()
         public = f'"model":"{client.name}"'.encode()
@@ -171,40 +170,37 @@ class ChatServing:
             raise APIError(400, f"Invalid {param}: {exc}", param=param) from None
 
     async def _cascade(
-        self, req: ChatCompletionRequest, headers: Mapping[str, str], t0: float, limits: TenantLimits, outcome: Outcome
-    ) -> Response:
+        self, req: ChatCompletionRequest, headers: Mapping[str, str], t0: float, limits: TenantLimits
+    ) -> tuple[Response, RequestOutcome]:
         lam, max_stage = self._knobs(req, headers, limits)
         body = req.model_dump(exclude_none=True, exclude=_CASCADE_FIELDS | {"model", "stream", "stream_options"})
         prompt = PromptStats.from_texts([m.text() for m in req.messages])
-        try:
-            result = await self.engine.run(CascadeRequest(body, prompt, lam, max_stage, stream=req.stream))
-        except StageFailure as exc:
-            raise APIError(exc.status, str(exc), type="upstream_error") from None
-        CASCADE_STOPS.labels(self.engine.clients[result.final_stage].name).inc()
-        outcome.stage = self.engine.clients[result.final_stage].name
-        outcome.cost = sum(self.settings.stages[v.stage].cost for v in result.visits)
-        outcome.tokens = result.usage().get("total_tokens", 0)
+        result = await self.engine.run(CascadeRequest(body, prompt, lam, max_stage, stream=req.stream))
+        final = self.engine.stages[result.final_stage].name
+        CASCADE_STOPS.labels(final).inc()
+        cost = sum(self.settings.stages[v.stage].cost for v in result.visits)
+        outcome = RequestOutcome(final, result.usage().total_tokens, cost)
         out_headers = self._headers(result)
         out_headers["x-cascade-lambda"] = f"{lam:g}"
         if result.events is not None:
             overhead = time.perf_counter() - t0 - result.stage_seconds
             out_headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"
             OVERHEAD_SECONDS.observe(overhead)
-            return StreamingResponse(
-                self._stream_final(req, result), media_type="text/event-stream", headers={**_SSE_HEADERS, **out_headers}
-            )
+            stream = self._stream_final(req, result, result.events)
+            return StreamingResponse(stream, media_type="text/event-stream", headers={**_SSE_HEADERS, **out_headers}), outcome
         data = self._shape(req, result)
         overhead = time.perf_counter() - t0 - result.stage_seconds
         OVERHEAD_SECONDS.observe(overhead)
         out_headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"
         if req.stream:
-            return StreamingResponse(self._stream_whole(req, data), media_type="text/event-stream", headers={**_SSE_HEADERS, **out_headers})
-        return Response(orjson.dumps(data), media_type=_JSON, headers=out_headers)
+            whole = self._stream_whole(req, data)
+            return StreamingResponse(whole, media_type="text/event-stream", headers={**_SSE_HEADERS, **out_headers}), outcome
+        return Response(orjson.dumps(data), media_type=_JSON, headers=out_headers), outcome
 
     def _headers(self, result: CascadeResult) -> dict[str, str]:
         answered = [v for v in result.visits if v.error is None]
         headers = {
-            "x-cascade-stage": self.engine.clients[result.final_stage].name,
+            "x-cascade-stage": self.engine.stages[result.final_stage].name,
             "x-cascade-path": ",".join(v.name for v in answered),
             "x-cascade-p": ",".join("-" if v.p_hat is None else f"{v.p_hat:.4f}" for v in answered),
         }
@@ -222,7 +218,7 @@ class ChatServing:
         data = result.response
         assert data is not None
         data["model"] = self.cascade_name
-        data["usage"] = result.usage()
+        data["usage"] = result.usage().to_dict()
         for choice in data["choices"]:
             choice["logprobs"] = self._client_logprobs(req, choice.get("logprobs"))
         return data
@@ -252,11 +248,10 @@ class ChatServing:
             yield _sse(orjson.dumps({**base, "choices": [], "usage": data["usage"]}))
         yield b"data: [DONE]\n\n"
 
-    async def _stream_final(self, req: ChatCompletionRequest, result: CascadeResult) -> AsyncIterator[bytes]:
-        """Relay the top stage's stream; fold earlier stages' tokens into its usage chunk."""
-        assert result.events is not None
+    async def _stream_final(self, req: ChatCompletionRequest, result: CascadeResult, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Relay the top stage's stream (``events``); fold earlier stages' tokens into its usage chunk."""
         before = result.usage()
-        client = self.engine.clients[result.final_stage]
+        client = self.engine.stages[result.final_stage]
         upstream = f'"model":"{client.config.model}"'.encode()
         public = f'"model":"{self.cascade_name}"'.encode()
         trim = not req.logprobs
@@ -268,15 +263,13 @@ class ChatServing:
             ]
             yield _sse(orjson.dumps(first))
         try:
-            async for payload in result.events:
+            async for payload in events:
                 if b'"usage"' in payload:
                     chunk = orjson.loads(payload)
                     if chunk.get("usage") and not chunk.get("choices"):
                         if req.include_usage:
                             u = chunk["usage"]
-                            prompt = before["prompt_tokens"] + u.get("prompt_tokens", 0)
-                            completion = before["completion_tokens"] + u.get("completion_tokens", 0)
-                            chunk["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+                            chunk["usage"] = (before + TokenUsage.of(u)).to_dict()
                             chunk["model"] = self.cascade_name
                             yield _sse(orjson.dumps(chunk))
                         continue

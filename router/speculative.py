@@ -24,13 +24,14 @@ not known to the router).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from router.draft import DraftCheck, score_text
-from router.stage_client import StageClient
+from router.stage import Stage
 
 TOP_K = 20  # stage j's alternatives per position in the scoring pass (vLLM's default max_logprobs)
 
@@ -79,8 +80,9 @@ def is_end(token: str) -> bool:
     return token.startswith("<|") and token.endswith("|>")
 
 
-async def verify_sampled(client: StageClient, body: dict[str, Any], draft: str, draft_entries: list[dict[str, Any]]) -> DraftCheck | None:
+async def verify_sampled(client: Stage, body: dict[str, Any], draft: str, draft_entries: list[dict[str, Any]]) -> DraftCheck | None:
     """Stage j's answer prefix from stage i's sampled draft; None if the tokenizations differ."""
+    t0 = time.perf_counter()
     temperature = float(body["temperature"])
     scored = await score_text(client, {**body, "logprobs": True, "top_logprobs": TOP_K}, draft, TOP_K)
     if scored is None or scored.tokens != [e["token"] for e in draft_entries]:
@@ -104,4 +106,5 @@ async def verify_sampled(client: StageClient, body: dict[str, Any], draft: str, 
             )
             check.accepted_text += replacement
         break
+    check.seconds = time.perf_counter() - t0
     return check

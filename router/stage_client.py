@@ -1,4 +1,4 @@
-"""HTTP client for one stage: a pooled aiohttp session with timeouts.
+"""HTTP client for one stage (the ``router.stage.Stage`` implementation): a pooled aiohttp session with timeouts.
 
 Why aiohttp and not httpx: this call is the router's hot path, and measured
 on a 2-core machine httpx's AsyncClient costs ~1.5 ms more CPU per call than
@@ -8,6 +8,8 @@ tools and tests.
 Failures are typed so the cascade can react: ``StageUnavailable`` (cannot
 connect), ``StageTimeout``, ``StageBadResponse`` (5xx or unparseable body);
 a 4xx from the stage is the client's fault and is relayed as an ``APIError``.
+The failure classes and ``StageReply`` live in ``router.stage`` and are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -24,80 +25,26 @@ import orjson
 
 from common.errors import APIError
 from common.settings import StageConfig
-from predictor.serving.features import AnswerStats, scan_body
+from router.stage import StageBadResponse, StageFailure, StageReply, StageTimeout, StageUnavailable
+
+__all__ = [
+    "POOL_SIZE",
+    "READ_CHUNK_LIMIT",
+    "StageBadResponse",
+    "StageClient",
+    "StageFailure",
+    "StageReply",
+    "StageTimeout",
+    "StageUnavailable",
+]
 
 POOL_SIZE = 100
 READ_CHUNK_LIMIT = 2**20  # SSE lines can carry large logprob payloads
 
 
-class StageFailure(Exception):
-    """The stage could not produce an answer; ``status`` is what the router reports."""
-
-    status = 502
-
-    def __init__(self, stage: str, message: str) -> None:
-        super().__init__(f"stage '{stage}': {message}")
-        self.stage = stage
-
-
-class StageUnavailable(StageFailure):
-    status = 503
-
-
-class StageTimeout(StageFailure):
-    status = 504
-
-
-class StageBadResponse(StageFailure):
-    status = 502
-
-
-@dataclass
-class StageReply:
-    """A non-streaming answer: the decoded body, the bytes it came as, seconds spent.
-
-    With ``stats`` (asked for by ``StageClient.reply(..., top_k=k)``) the predictor's
-    arrays were read from the bytes and the first choice's logprobs were left out of
-    ``data`` (its ``logprobs`` is None): decoding a 512-token top-5 answer's logprobs
-    into Python objects costs ~2 ms, and the router needs them only when the client
-    asked for logprobs, for the traffic log, or to verify a sampled draft;
-    ``with_logprobs()`` decodes them then. The scanner checks the span's structure and
-    parses its numbers strictly but does not validate every string in it as a decoder
-    would, so a span that does not decode is reported then, as the stage's bad response.
-    """
-
-    data: dict[str, Any]
-    raw: bytes
-    seconds: float
-    stats: AnswerStats | None = None
-    deferred: tuple[int, int] | None = None  # byte span of the logprobs left out of data
-    stage: str = ""  # who sent it, for errors
-
-    @classmethod
-    def parse(cls, raw: bytes, seconds: float, top_k: int | None = None, stage: str = "") -> StageReply:
-        """Decode a chat completion (``top_k``: deferring its logprobs); ValueError if it is not one."""
-        scanned = scan_body(raw, top_k) if top_k else None
-        deferred = scanned.logprobs_span if scanned is not None else None
-        try:
-            data = orjson.loads(raw if deferred is None else raw[: deferred[0]] + b"null" + raw[deferred[1] :])
-            data["choices"][0]["message"]
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
-            raise ValueError(f"not a chat completion: {exc}") from None
-        return cls(data, raw, seconds, scanned.stats if scanned is not None else None, deferred, stage)
-
-    def with_logprobs(self) -> dict[str, Any]:
-        """``data`` with the first choice's logprobs decoded (in place, once)."""
-        if self.deferred is not None:
-            start, end = self.deferred
-            try:
-                self.data["choices"][0]["logprobs"] = orjson.loads(self.raw[start:end])
-            except orjson.JSONDecodeError as exc:
-                raise StageBadResponse(self.stage, f"malformed logprobs in the chat completion: {exc}") from None
-            self.deferred = None
-        return self.data
-
-
 class StageClient:
+    """A ``router.stage.Stage`` over HTTP: ``start()`` opens the pooled session, ``close()`` ends it."""
+
     def __init__(self, config: StageConfig) -> None:
         self.config = config
         self.name = config.name

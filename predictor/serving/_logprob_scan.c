@@ -1,36 +1,28 @@
-/* The predictor's two hot loops in C: reading logprobs from response bytes, and the answer statistics.
+/* An OpenAI chat completion's token logprobs, read straight from the response bytes.
  *
- * 1. read(): an OpenAI chat completion's token logprobs straight from the response bytes.
- * Why: the predictor needs, for the first choice, the chosen
- * token's logprob and its top-k alternatives' logprobs at (at most) 128
- * positions. Decoding the whole body into Python objects first costs ~2 ms
- * for a 512-token answer with top-5 (every token string, every `bytes` list),
- * and reading the values back out of those dicts ~0.1-0.4 ms more (cache
- * misses). This scanner walks the bytes once, remembers where each logprob
- * number starts, and converts only the positions the feature vector reads to
- * the float32 that float() then np.float32 give (what training sees): a fast
- * path where the result is certain, CPython's correctly rounded parser otherwise.
- * The usual compact layout is matched literally (fast_entry); anything else
- * goes through a generic walker.
+ * Why: the predictor needs, for the first choice, the chosen token's logprob and its top-k
+ * alternatives' logprobs at (at most) 128 positions. Decoding the whole body into Python objects
+ * first costs ~2 ms for a 512-token answer with top-5 (every token string, every `bytes` list),
+ * and reading the values back out of those dicts ~0.1-0.4 ms more (cache misses). This scanner
+ * walks the bytes once, remembers where each logprob number starts, and converts only the
+ * positions the feature vector reads to the float32 that float() then np.float32 give (what
+ * training sees): a fast path where the result is certain, CPython's correctly rounded parser
+ * otherwise. The usual compact layout is matched literally (fast_entry); anything else goes
+ * through a generic walker.
  *
- * It is deliberately strict: anything outside the expected shape (no choices,
- * a logprob that is not a number, nesting deeper than MAX_DEPTH, a truncated
- * body) returns None, and the caller falls back to decoding the JSON.
+ * The bytes come from another process, so the scanner is its own module, fuzzed (coverage-guided,
+ * tests/predictor/serving/fuzz_scanner.py) and run under ASan/UBSan (`make test-sanitizers`).
+ * It is deliberately strict: anything outside the expected shape (no choices, a logprob that is
+ * not a JSON number or out of a double's range, a repeated or escaped key where it matters,
+ * nesting deeper than MAX_DEPTH, a truncated body, bytes after the object, a finish_reason that
+ * is not UTF-8) returns None, and the caller decodes the JSON. It never raises on any body.
  *
- * read(body: bytes, k: int, positions: Callable[[int], tuple[int, ...] | None])
+ * read(body: bytes, k: int, positions: Callable[[int], Sequence[int] | None])
  *   -> (n_tokens, chosen: bytes, top: bytes, finish_reason: str | None, start, end) | None
- * `positions(n)` names the positions to read (None: all n); `chosen` holds m
- * float32 values, `top` m*k float32 values (row-major, -inf where an entry has
- * fewer than k alternatives); [start, end) is the byte span of the choice's
- * "logprobs" value (-1, -1 when the key is absent).
- *
- * 2. answer_stats(): the 18 logprob statistics of the feature vector, computed
- * from those arrays. This is their one definition (training calls it too,
- * through predictor.features.answer_features, which documents each value). Why
- * in C: in numpy each of the ~25 steps costs ~1 us of call overhead on a
- * 15-token answer, 30-60 us in all against a 0.1 ms budget; here the whole
- * vector takes a few microseconds. The constants (floor, thresholds, edge
- * width) come from Python once, through configure().
+ * `positions(n)` names the positions to read (None: all n); `chosen` holds m float32 values,
+ * `top` m*k float32 values (row-major, -inf where an entry has fewer than k alternatives);
+ * [start, end) is the byte span of the choice's "logprobs" value (-1, -1 when the key is absent).
+ * Its typed interface is predictor/serving/logprob_scan.py.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -125,7 +117,8 @@ static inline const char *string_end(const char *p, const char *end) {
         p = find4(p, end, '"', '\\', '"', '"');
         if (p >= end) return NULL;
         if (*p == '"') return p + 1;
-        p += 2; /* a backslash: the next byte is escaped */
+        if (end - p < 2) return NULL; /* a backslash as the last byte: truncated */
+        p += 2;                       /* a backslash: the next byte is escaped */
     }
 }
 
@@ -408,7 +401,7 @@ typedef struct {
     Py_ssize_t start, end;       /* span of the "logprobs" value */
     const char *finish;          /* finish_reason string (without quotes), NULL if null/absent */
     Py_ssize_t finish_len;
-    int finish_escaped;
+    int finish_refused;          /* finish_reason escaped or with a control byte: declined */
     int seen_choice, seen_content;
 } ChoiceCtx;
 
@@ -438,13 +431,14 @@ static int on_choice(Cursor *c, const char *key, Py_ssize_t len, void *ctx) {
     }
     if (KEY_IS(key, len, "finish_reason")) {
         ch->finish = NULL;
-        ch->finish_escaped = 0;
+        ch->finish_refused = 0;
         if (is_null(c)) return 1;
         const char *start = c->p + 1;
         if (!skip_string(c)) return 0;
         ch->finish = start;
         ch->finish_len = (c->p - 1) - start;
-        ch->finish_escaped = memchr(start, '\\', (size_t)ch->finish_len) != NULL;
+        for (Py_ssize_t j = 0; j < ch->finish_len; j++) /* an escape (not decoded here), or a raw control byte (JSON has none) */
+            ch->finish_refused |= start[j] == '\\' || (unsigned char)start[j] < 0x20;
         return 1;
     }
     return skip_value(c, 0);
@@ -470,10 +464,6 @@ static const double NEG_POW10[] = {1e0,   1e-1,  1e-2,  1e-3,  1e-4,  1e-5,  1e-
 static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
                                 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
-/* The float32 nearest to the double nearest to the JSON number at `s` -- what float() then
- * np.float32 give. Fast path: the decimal significand (<= 19 digits) times a power of ten,
- * within 2 double ulps of the true value; when that whole error band rounds to one float32 (all
- * but ~1 in 10^8 numbers) it is the answer. Otherwise CPython's correctly rounded parser decides. */
 /* Eight ASCII digits at p?  And their value (SWAR: three multiplies instead of eight steps). */
 static inline int eight_digits(const char *p) {
     uint64_t v = load8(p);
@@ -487,25 +477,47 @@ static inline uint64_t eight_value(const char *p) {
     return ((v & 0x0000FFFF0000FFFFULL) * 42949672960001ULL) >> 32;
 }
 
+/* The float32 that decoding the JSON number at base + offset and then np.float32 give (what
+ * training sees): the float32 nearest to the double nearest to it. 0 (decline) when the bytes
+ * number_end() took for it are not one JSON number -- "1.5.5", "-1-2", "01", "1.", "-", "1e+"
+ * (float() is laxer than JSON, and a decoder refuses those) -- or when it is beyond a double's
+ * range (orjson refuses 1e400 rather than give inf). An integer -0 is 0 (a decoder gives int 0).
+ * Fast path: the decimal significand (<= 19 digits) times a power of ten, within 2 double ulps of
+ * the true value; when that whole error band rounds to one float32 (all but ~1 in 10^8 numbers)
+ * it is the answer. Otherwise CPython's correctly rounded parser decides. The body's bytes object
+ * ends in a NUL, which stops every digit loop at `limit` at the latest. */
 static int parse_number(const char *base, const char *limit, Py_ssize_t offset, float *out) {
     const char *s = base + offset, *p = s;
     int negative = *p == '-';
     p += negative;
-    uint64_t sig = 0;
-    int digits = 0, exp10 = 0;
+    const char *int_start = p;
+    uint64_t sig = 0; /* wraps past 19 digits; then only the slow path uses the text */
+    Py_ssize_t digits = 0, exp10 = 0;
     for (; *p >= '0' && *p <= '9'; p++, digits++) sig = sig * 10 + (uint64_t)(*p - '0');
+    int bad = digits == 0 || (digits > 1 && *int_start == '0'), integer = 1;
     if (*p == '.') {
-        for (p++; limit - p >= 8 && eight_digits(p); p += 8, digits += 8, exp10 -= 8) sig = sig * 100000000 + eight_value(p);
+        const char *frac_start = ++p;
+        integer = 0;
+        for (; limit - p >= 8 && eight_digits(p); p += 8, digits += 8, exp10 -= 8) sig = sig * 100000000 + eight_value(p);
         for (; *p >= '0' && *p <= '9'; p++, digits++, exp10--) sig = sig * 10 + (uint64_t)(*p - '0');
+        bad |= p == frac_start;
     }
     if (*p == 'e' || *p == 'E') {
         p++;
-        int eneg = *p == '-', e = 0;
+        integer = 0;
+        int eneg = *p == '-';
         if (*p == '-' || *p == '+') p++;
-        for (; *p >= '0' && *p <= '9' && e < 10000; p++) e = e * 10 + (*p - '0');
+        const char *exp_start = p;
+        Py_ssize_t e = 0;
+        for (; *p >= '0' && *p <= '9'; p++)
+            if (e < 100000) e = e * 10 + (*p - '0'); /* past that only the slow path, which reads the text */
+        bad |= p == exp_start;
         exp10 += eneg ? -e : e;
     }
-    if (digits > 0 && digits <= 19 && exp10 >= -22 && exp10 <= 22) {
+    bad |= (cls[(unsigned char)*p] & NUM) != 0; /* the grammar ended before number_end() did */
+    if (bad) return 0;
+    if (integer && sig == 0) negative = 0;
+    if (digits <= 19 && exp10 >= -22 && exp10 <= 22) {
         /* at most ~1.5 double ulps from the true value: (double)sig, the constant, the product */
         double d = exp10 < 0 ? (double)sig * NEG_POW10[-exp10] : (double)sig * POW10[exp10];
         float lo = (float)(d * (1.0 - 8e-16)), hi = (float)(d * (1.0 + 8e-16));
@@ -515,8 +527,8 @@ static int parse_number(const char *base, const char *limit, Py_ssize_t offset, 
         }
     }
     char *end = NULL;
-    double v = PyOS_string_to_double(s, &end, NULL);
-    if (end == s) {
+    double v = PyOS_string_to_double(s, &end, NULL); /* overflow: +-inf, no exception */
+    if (end != p || isinf(v)) {
         PyErr_Clear();
         return 0;
     }
@@ -539,7 +551,11 @@ static PyObject *scan_read(PyObject *self, PyObject *args) {
     PyObject *result = NULL, *chosen = NULL, *top = NULL, *finish = NULL, *picked = NULL;
 
     int ok = walk_object(&c, on_completion, &ch);
-    if (!ok || !ch.seen_choice || ch.finish_escaped) {
+    if (ok) { /* only whitespace may follow the object: a decoder refuses "{...}x" */
+        skip_ws(&c);
+        ok = c.p == c.end;
+    }
+    if (!ok || !ch.seen_choice || ch.finish_refused) {
         result = Py_NewRef(Py_None);
         goto done;
     }
@@ -606,7 +622,13 @@ static PyObject *scan_read(PyObject *self, PyObject *args) {
     }
     if (ch.finish != NULL) {
         finish = PyUnicode_DecodeUTF8(ch.finish, ch.finish_len, "strict");
-        if (finish == NULL) goto done;
+        if (finish == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) { /* not UTF-8: a decoder refuses it too */
+                PyErr_Clear();
+                result = Py_NewRef(Py_None);
+            }
+            goto done;
+        }
     } else {
         finish = Py_NewRef(Py_None);
     }
@@ -623,181 +645,14 @@ done:
     return result;
 }
 
-
-/* ---- 2. answer statistics ------------------------------------------------------------------ */
-
-#define N_LOW 4 /* thresholds: "lp_frac_below_*" are out[6..9] */
-#define N_STATS 18
-
-static struct {
-    double floor;           /* logprobs below carry no information (and keep exp/log finite) */
-    double low[N_LOW];      /* thresholds for the "share below" statistics */
-    Py_ssize_t edge;        /* tokens at each end summarised separately */
-    double margin_low;      /* a top-1/top-2 gap below this is a near-tie */
-    double top1_tolerance;  /* the chosen token counts as the top-1 within this */
-    int configured;
-} K_ = {0};
-
-static PyObject *native_configure(PyObject *self, PyObject *args) {
-    PyObject *low;
-    if (!PyArg_ParseTuple(args, "dOndd:configure", &K_.floor, &low, &K_.edge, &K_.margin_low, &K_.top1_tolerance)) return NULL;
-    PyObject *seq = PySequence_Fast(low, "thresholds must be a sequence of floats");
-    if (seq == NULL) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n != N_LOW || K_.edge < 1) {
-        Py_DECREF(seq);
-        PyErr_SetString(PyExc_ValueError, "exactly 4 thresholds and an edge of at least 1");
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        K_.low[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
-        if (PyErr_Occurred()) {
-            Py_DECREF(seq);
-            return NULL;
-        }
-    }
-    Py_DECREF(seq);
-    K_.configured = 1;
-    Py_RETURN_NONE;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double floored(float v) { return v > K_.floor ? (double)v : K_.floor; } /* NaN floors too */
-
-/* np.quantile's default (linear interpolation) on sorted values. */
-static double quantile(const double *sorted, Py_ssize_t n, double q) {
-    double pos = q * (double)(n - 1);
-    Py_ssize_t lo = (Py_ssize_t)pos, hi = lo + 1 < n ? lo + 1 : n - 1;
-    return sorted[lo] + (pos - (double)lo) * (sorted[hi] - sorted[lo]);
-}
-
-static int float_buffer(PyObject *obj, Py_buffer *view, const char *what) {
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return 0;
-    if (view->itemsize != 4 || view->format == NULL || strcmp(view->format, "f") != 0) {
-        PyBuffer_Release(view);
-        PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous float32 array", what);
-        return 0;
-    }
-    return 1;
-}
-
-/* answer_stats(chosen: float32[m], top: float32[m, k] (C order), k) -> tuple of 18 floats:
- * lp mean, min, std, q05, q25, q50, share below each threshold, mean of the first and of the last
- * `edge` values, entropy mean and max, margin mean and min, share of near-ties, share of top-1 picks. */
-static PyObject *native_answer_stats(PyObject *self, PyObject *args) {
-    PyObject *chosen_obj, *top_obj;
-    Py_ssize_t k;
-    if (!PyArg_ParseTuple(args, "OOn:answer_stats", &chosen_obj, &top_obj, &k)) return NULL;
-    if (!K_.configured) {
-        PyErr_SetString(PyExc_RuntimeError, "answer_stats needs configure() first");
-        return NULL;
-    }
-    Py_buffer cb, tb;
-    if (!float_buffer(chosen_obj, &cb, "chosen")) return NULL;
-    if (!float_buffer(top_obj, &tb, "top")) {
-        PyBuffer_Release(&cb);
-        return NULL;
-    }
-    Py_ssize_t m = cb.len / 4;
-    double out[N_STATS] = {0};
-    PyObject *result = NULL;
-    if (k < 0 || tb.len / 4 != m * k) {
-        PyErr_SetString(PyExc_ValueError, "top must hold k values per chosen value");
-        goto done;
-    }
-    if (m > 0) {
-        const float *lp = cb.buf, *top = tb.buf;
-        double stack[256], *v = m <= 256 ? stack : PyMem_Malloc((size_t)m * sizeof(double));
-        if (v == NULL) {
-            PyErr_NoMemory();
-            goto done;
-        }
-        double sum = 0.0, sq = 0.0, head = 0.0, tail = 0.0;
-        Py_ssize_t edge = K_.edge < m ? K_.edge : m;
-        for (Py_ssize_t i = 0; i < m; i++) {
-            double x = floored(lp[i]);
-            v[i] = x;
-            sum += x;
-            sq += x * x;
-            if (i < edge) head += x;
-            if (i >= m - edge) tail += x;
-        }
-        double mean = sum / (double)m;
-        double ent_sum = 0.0, ent_max = -DBL_MAX, margin_sum = 0.0, margin_min = DBL_MAX;
-        Py_ssize_t near_ties = 0, top1 = 0;
-        if (k > 0) {
-            for (Py_ssize_t i = 0; i < m; i++) {
-                const float *row = top + i * k;
-                double mass = 0.0, plogp = 0.0;
-                for (Py_ssize_t j = 0; j < k; j++) {
-                    double t = floored(row[j]), p = exp(t);
-                    mass += p;
-                    plogp += p * t;
-                }
-                double rest = 1.0 - mass > 1e-12 ? 1.0 - mass : 1e-12;
-                double ent = -plogp - rest * log(rest);
-                double first = floored(row[0]), margin = first - (k > 1 ? floored(row[1]) : K_.floor);
-                ent_sum += ent;
-                if (ent > ent_max) ent_max = ent;
-                margin_sum += margin;
-                if (margin < margin_min) margin_min = margin;
-                near_ties += margin < K_.margin_low;
-                top1 += v[i] >= first - K_.top1_tolerance;
-            }
-            out[12] = ent_sum / (double)m;
-            out[13] = ent_max;
-            out[14] = margin_sum / (double)m;
-            out[15] = margin_min;
-            out[16] = (double)near_ties / (double)m;
-            out[17] = (double)top1 / (double)m;
-        }
-        qsort(v, (size_t)m, sizeof(double), cmp_double);
-        out[0] = mean;
-        out[1] = v[0];
-        double var = sq / (double)m - mean * mean;
-        out[2] = sqrt(var > 0.0 ? var : 0.0);
-        out[3] = quantile(v, m, 0.05);
-        out[4] = quantile(v, m, 0.25);
-        out[5] = quantile(v, m, 0.5);
-        for (int t = 0; t < N_LOW; t++) {
-            Py_ssize_t below = 0;
-            while (below < m && v[below] < K_.low[t]) below++;
-            out[6 + t] = (double)below / (double)m;
-        }
-        out[10] = head / (double)edge;
-        out[11] = tail / (double)edge;
-        if (v != stack) PyMem_Free(v);
-    }
-    result = PyTuple_New(N_STATS);
-    if (result == NULL) goto done;
-    for (int i = 0; i < N_STATS; i++) {
-        PyObject *f = PyFloat_FromDouble(out[i]);
-        if (f == NULL) {
-            Py_CLEAR(result);
-            goto done;
-        }
-        PyTuple_SET_ITEM(result, i, f);
-    }
-done:
-    PyBuffer_Release(&cb);
-    PyBuffer_Release(&tb);
-    return result;
-}
-
 static PyMethodDef methods[] = {
     {"read", scan_read, METH_VARARGS, "read(body, k, positions) -> (n, chosen, top, finish_reason, start, end) | None"},
-    {"configure", native_configure, METH_VARARGS, "configure(floor, thresholds, edge, margin_low, top1_tolerance)"},
-    {"answer_stats", native_answer_stats, METH_VARARGS, "answer_stats(chosen, top, k) -> 18 floats"},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "The predictor's hot loops: logprobs from response bytes, answer statistics.", -1, methods, NULL, NULL, NULL, NULL};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_logprob_scan", "A chat completion's token logprobs, read from its bytes.", -1, methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__native(void) {
+PyMODINIT_FUNC PyInit__logprob_scan(void) {
     init_classes();
     return PyModule_Create(&module);
 }

@@ -11,11 +11,12 @@ a subset of the same quantities.
 
 Extraction works on numpy arrays (``AnswerStats``). The router builds them
 straight from the stage's response bytes (``AnswerStats.from_body``, the
-compiled scanner in ``_native.c``: decoding a 512-token top-5 answer into
-Python objects alone costs ~2 ms); training and any already-decoded answer use
+compiled scanner behind ``logprob_scan.scan``: decoding a 512-token top-5 answer
+into Python objects alone costs ~2 ms); training and any already-decoded answer use
 ``AnswerStats.from_choice`` on the OpenAI ``logprobs.content`` list. Both give
-the same arrays for the same answer (tests/predictor/test_native.py), and
-``answer_features`` computes the logprob statistics from them in C as well.
+the same arrays for the same answer (tests/predictor/serving/test_native.py), and
+``answer_features`` computes the logprob statistics from them in C as well
+(``_answer_stats.c``).
 An answer longer than ``MAX_POSITIONS`` tokens is read at ``MAX_POSITIONS``
 positions (its first and last ``EDGE`` and evenly spaced ones between), so
 the per-answer cost of everything but the scan over the bytes is bounded
@@ -36,11 +37,13 @@ from typing import Any
 
 import numpy as np
 
+from predictor.serving.logprob_scan import scan
+
 try:
-    from predictor.serving import _native
+    from predictor.serving import _answer_stats
 except ImportError as exc:  # pragma: no cover - an install problem, reported as such
     raise ImportError(
-        f"predictor.serving._native is not built ({exc}); install the package (`pip install -e .`, needs a C compiler)"
+        f"predictor.serving._answer_stats is not built ({exc}); install the package (`pip install -e .`, needs a C compiler)"
     ) from None
 
 FEATURE_VERSION = 3  # 2: answers read at MAX_POSITIONS positions at most; 3: statistics in double precision (C)
@@ -168,13 +171,11 @@ class BodyScan:
 
 def scan_body(body: bytes, k: int) -> BodyScan | None:
     """``AnswerStats.from_body``, plus where the logprobs sit in the body (so a caller can decode around them)."""
-    found = _native.read(body, k, positions)
+    found = scan(body, k, positions)
     if found is None:
         return None
-    n, chosen, top, finish, start, end = found
-    m = len(chosen) // 4
-    stats = AnswerStats(np.frombuffer(chosen, np.float32), np.frombuffer(top, np.float32).reshape(m, k), finish or "stop", n)
-    return BodyScan(stats, (start, end) if start >= 0 else None)
+    n, chosen, top, finish, span = found
+    return BodyScan(AnswerStats(chosen, top, finish or "stop", n), span)
 
 
 @lru_cache(maxsize=1024)
@@ -207,13 +208,13 @@ FLOOR = -30.0  # logprobs below this carry no extra information (and keep exp/lo
 MARGIN_LOW = 0.5  # a top-1/top-2 gap below this (nats) is a near-tie
 TOP1_TOLERANCE = 1e-4  # the chosen token is the top-1 within this
 # The thresholds as the float32 values the arrays are compared with.
-_native.configure(FLOOR, [float(v) for v in np.array(LOW_LOGPROB, dtype=np.float32)], EDGE, MARGIN_LOW, TOP1_TOLERANCE)
+_answer_stats.configure(FLOOR, [float(v) for v in np.array(LOW_LOGPROB, dtype=np.float32)], EDGE, MARGIN_LOW, TOP1_TOLERANCE)
 
 
 def answer_features(prompt: PromptStats, answer: AnswerStats, stage: int, draft: DraftStats | None = None) -> np.ndarray:
     """The feature vector (float32, ``FEATURE_NAMES`` order) for one stage answer.
 
-    The 18 logprob statistics come from ``_native.answer_stats`` (C: numpy's per-call
+    The 18 logprob statistics come from ``_answer_stats.answer_stats`` (C: numpy's per-call
     overhead made them 30-60 µs of a 100 µs budget), over the m positions read, with
     every logprob floored at ``FLOOR``:
 
@@ -228,7 +229,7 @@ def answer_features(prompt: PromptStats, answer: AnswerStats, stage: int, draft:
     """
     n = answer.token_logprobs.size
     top = answer.top_logprobs
-    row = _native.answer_stats(answer.token_logprobs, top, top.shape[1])
+    row = _answer_stats.answer_stats(answer.token_logprobs, top, top.shape[1])
     draft_row = (0.0, 0.0, 0.0)
     if draft is not None and draft.draft_tokens:
         draft_row = (1.0, draft.accepted_tokens / draft.draft_tokens, math.log1p(draft.accepted_tokens))

@@ -1,16 +1,21 @@
-"""The compiled logprob scanner: the same arrays as decoding the JSON, or a refusal, never a wrong answer.
+"""The compiled parts: the logprob scanner (the same arrays as decoding the JSON, or a refusal, never a wrong answer) and the statistics.
 
 ``AnswerStats.from_body`` (the router's path) must equal ``AnswerStats.from_choice``
 on the decoded body (the training path) for every answer, whatever the JSON's
 spelling; anything outside the expected shape returns None so the caller decodes.
+The comparison is ``scan_oracle.check``, the one the fuzzer (fuzz_scanner.py) uses too.
+These tests also run against the ASan/UBSan build (``make test-sanitizers``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.machinery
 import json
+import os
 import random
 import struct
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -18,10 +23,11 @@ import pytest
 
 from common.settings import StageConfig
 from predictor.offline.dataset import read_rows
-from predictor.serving import features
+from predictor.serving import _answer_stats, _logprob_scan, features, logprob_scan
 from predictor.serving.features import MAX_POSITIONS, AnswerStats
 from router.stage_client import StageClient
 from tests.conftest import ROOT, ladder_config
+from tests.predictor.serving.scan_oracle import Mismatch, Outcome, check, mutate
 
 K = 5
 
@@ -42,20 +48,19 @@ def _body(content: list | None, finish: str | None = "stop", **choice_extra: obj
             "usage": {"prompt_tokens": 3, "completion_tokens": len(content or ()), "total_tokens": 3}}  # fmt: skip
 
 
-def assert_same(raw: bytes) -> AnswerStats:
-    fast = AnswerStats.from_body(raw, K)
-    assert fast is not None, raw[:200]
-    slow = AnswerStats.from_choice(orjson.loads(raw)["choices"][0], K)
-    assert fast.length == slow.length and fast.finish_reason == slow.finish_reason
-    assert fast.token_logprobs.dtype == slow.token_logprobs.dtype == np.float32
-    np.testing.assert_array_equal(fast.token_logprobs, slow.token_logprobs)
-    np.testing.assert_array_equal(fast.top_logprobs, slow.top_logprobs)
-    return fast
+def assert_same(raw: bytes, k: int = K) -> AnswerStats:
+    outcome, stats = check(raw, k)
+    assert outcome is Outcome.SAME and stats is not None, (outcome, raw[:200])
+    return stats
 
 
-def test_the_extension_is_built() -> None:
-    """`pip install .` compiles it; without it the router silently takes the slow path."""
-    assert features._native is not None
+def test_the_extensions_are_built() -> None:
+    """`pip install .` compiles both; the sanitiser run also checks that its own build is the one loaded."""
+    for module in (_logprob_scan, _answer_stats):
+        assert module.__file__ is not None and module.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)), module
+        expected = os.environ.get("ADAPTIVE_SD_EXPECT_NATIVE_DIR")  # set by `make test-sanitizers`
+        if expected:
+            assert Path(module.__file__).resolve().is_relative_to(Path(expected).resolve()), module.__file__
 
 
 @pytest.mark.parametrize("n", [0, 1, 15, MAX_POSITIONS, MAX_POSITIONS + 1, 513])
@@ -203,12 +208,12 @@ def test_answer_stats_match_the_oracle(m: int, k: int) -> None:
     if k > 2:
         top[::4, -1] = -np.inf  # padding of a missing alternative
     chosen[::5] = -1e4  # far below the floor (vLLM writes -9999.0 for -inf)
-    got = np.array(features._native.answer_stats(chosen, np.ascontiguousarray(top), k))
+    got = np.array(_answer_stats.answer_stats(chosen, np.ascontiguousarray(top), k))
     np.testing.assert_allclose(got, _oracle(chosen, top), rtol=1e-9, atol=1e-12)
 
 
 def test_answer_stats_of_nothing_are_zero() -> None:
-    assert features._native.answer_stats(np.zeros(0, np.float32), np.zeros((0, 5), np.float32), 5) == (0.0,) * 18
+    assert _answer_stats.answer_stats(np.zeros(0, np.float32), np.zeros((0, 5), np.float32), 5) == (0.0,) * 18
 
 
 @pytest.mark.parametrize(
@@ -217,11 +222,24 @@ def test_answer_stats_of_nothing_are_zero() -> None:
         (np.zeros(3, np.float64), np.zeros((3, 5), np.float32), 5),  # not float32
         (np.zeros(3, np.float32), np.zeros((3, 4), np.float32), 5),  # k values missing
         (np.zeros(3, np.float32), np.zeros((5, 3), np.float32).T, 5),  # not C-contiguous
+        (np.frombuffer(bytes(13), np.float32, 3, offset=1), np.zeros((3, 5), np.float32), 5),  # not aligned
+        (np.zeros(2, np.float32), np.zeros((2, 2), np.float32), 2**62),  # m * k overflows: refused, not undefined
+        (np.zeros(2, np.float32), np.zeros((2, 2), np.float32), 0),  # k = 0 with values
     ],
 )
 def test_answer_stats_refuse_wrong_arrays(chosen: np.ndarray, top: np.ndarray, k: int) -> None:
     with pytest.raises((TypeError, ValueError, BufferError)):
-        features._native.answer_stats(chosen, top, k)
+        _answer_stats.answer_stats(chosen, top, k)
+
+
+def test_a_refused_configure_keeps_the_constants() -> None:
+    chosen, top = np.array([-1.0, -40.0], np.float32), np.array([[-0.5, -2.0], [-1.0, -3.0]], np.float32)
+    before = _answer_stats.answer_stats(chosen, top, 2)
+    with pytest.raises(ValueError):
+        _answer_stats.configure(-5.0, [0.0, 0.0, 0.0], 1, 0.0, 0.0)  # three thresholds: refused
+    with pytest.raises(TypeError):
+        _answer_stats.configure(-5.0, [0.0, 0.0, 0.0, "x"], 1, 0.0, 0.0)
+    assert _answer_stats.answer_stats(chosen, top, 2) == before
 
 
 def test_mutated_bodies_never_give_a_wrong_answer() -> None:
@@ -229,35 +247,10 @@ def test_mutated_bodies_never_give_a_wrong_answer() -> None:
     rng = random.Random(7)
     bases = [orjson.dumps(_body([_entry(rng) for _ in range(n)])) for n in (0, 3, 40, 200)]
     bases.append(json.dumps(orjson.loads(bases[2]), indent=1).encode())
-    alphabet = b'{}[]",:\\ -0123456789.eEnulltrx'
-    accepted = 0
+    seen = {o: 0 for o in Outcome}
     for _i in range(3000):
-        raw = bytearray(rng.choice(bases))
-        for _ in range(rng.randint(1, 4)):
-            at = rng.randrange(len(raw))
-            op = rng.random()
-            if op < 0.4:
-                raw[at] = rng.choice(alphabet)
-            elif op < 0.7:
-                del raw[at : at + rng.randint(1, 20)]
-            elif op < 0.9:
-                raw[at:at] = bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 5)))
-            else:
-                raw = raw[:at]
-        body = bytes(raw)
-        fast = AnswerStats.from_body(body, K)
-        if fast is None:
-            continue
-        try:
-            choice = orjson.loads(body)["choices"][0]
-            slow = AnswerStats.from_choice(choice, K)
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError, AttributeError):
-            continue  # not a chat completion: the router rejects it when it decodes the body
-        accepted += 1
-        np.testing.assert_array_equal(fast.token_logprobs, slow.token_logprobs)
-        np.testing.assert_array_equal(fast.top_logprobs, slow.top_logprobs)
-        assert (fast.length, fast.finish_reason) == (slow.length, slow.finish_reason)
-    assert accepted > 300  # the comparison ran on many bodies that survived mutation
+        seen[check(mutate(rng, rng.choice(bases)), K)[0]] += 1
+    assert seen[Outcome.SAME] > 300  # the comparison ran on many bodies that survived mutation
 
 
 @pytest.mark.parametrize(
@@ -277,3 +270,96 @@ def test_repeated_keys_are_declined(raw: bytes) -> None:
 def test_repeated_finish_reason_keeps_the_last() -> None:
     assert_same(b'{"choices":[{"finish_reason":"length","logprobs":null,"finish_reason":null}]}')
     assert_same(b'{"choices":[{"finish_reason":null,"logprobs":null,"finish_reason":"length"}]}')
+
+
+# -- the hardened edges: what a decoder refuses is declined, and nothing raises -----------------
+
+
+def _one(logprob: bytes, finish: bytes = b'"stop"', after: bytes = b"") -> bytes:
+    entry = b'{"token":"a","logprob":%s,"top_logprobs":[]}' % logprob
+    return b'{"choices":[{"logprobs":{"content":[%s]},"finish_reason":%s}]}%s' % (entry, finish, after)
+
+
+@pytest.mark.parametrize(
+    "number", [b"1.5.5", b"-1-2", b"01", b"-01", b"1.", b"-", b"1e", b"1e+", b"-.5", b"1.5e+-3", b"1e400", b"-1e309", b"2E+"]
+)
+def test_a_read_number_that_json_refuses_is_declined(number: bytes) -> None:
+    """float() and a fast parser are laxer than JSON; a logprob a decoder would refuse is not read as a value."""
+    raw = _one(number)
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(raw)
+    assert AnswerStats.from_body(raw, K) is None
+
+
+@pytest.mark.parametrize(
+    "number", [b"-0", b"0", b"-0.0", b"-0e0", b"-1E-2", b"-12e+1", b"-1e-400", b"-4.9e-324", b"-1.7976931348623157e308"]
+)
+def test_edge_numbers_are_the_decoders_bits(number: bytes) -> None:
+    """The same float32 bits as decoding then np.float32, sign of zero included (JSON's integer -0 decodes to 0)."""
+    stats = assert_same(_one(number))
+    with np.errstate(over="ignore"):  # the largest double rounds past float32's largest, to -inf, in both
+        assert np.signbit(stats.token_logprobs[0]) == np.signbit(np.float32(orjson.loads(number)))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _one(b"-1", finish=b'"st\xffp"'),  # not UTF-8: declined, where it used to raise UnicodeDecodeError
+        _one(b"-1", finish=b'"\xed\xa0\x80"'),  # a UTF-8-encoded surrogate
+        _one(b"-1", finish=b'"st\nop"'),  # a raw control byte
+        _one(b"-1", after=b"x"),  # bytes after the object
+        _one(b"-1", after=b"{}"),
+        b'{"choices":[{"logprobs":null,"finish_reason":"\\',  # a backslash as the last byte
+    ],
+)
+def test_what_a_decoder_refuses_around_the_numbers_is_declined(raw: bytes) -> None:
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(raw)
+    assert AnswerStats.from_body(raw, K) is None
+
+
+def test_whitespace_after_the_object_is_fine() -> None:
+    assert_same(_one(b"-1", after=b" \r\n\t"))
+
+
+def test_the_typed_interface() -> None:
+    """``logprob_scan.scan``: a LogprobScan whose span is exactly the choice's "logprobs" value, or None."""
+    raw = orjson.dumps(_body([_entry(random.Random(5)) for _ in range(3)], finish="length"))
+    found = logprob_scan.scan(raw, 2)
+    assert found is not None and isinstance(found, logprob_scan.LogprobScan)
+    assert found.n_tokens == 3 and found.finish_reason == "length"
+    assert found.chosen.shape == (3,) and found.top.shape == (3, 2) and found.chosen.dtype == found.top.dtype == np.float32
+    assert found.logprobs_span is not None
+    start, end = found.logprobs_span
+    assert orjson.loads(raw[start:end]) == orjson.loads(raw)["choices"][0]["logprobs"]
+    assert logprob_scan.scan(raw[:-1], 2) is None
+    with pytest.raises(ValueError):
+        logprob_scan.scan(raw, 65)  # k outside 1..64 is the caller's mistake, not a decline
+
+
+def test_the_oracle_catches_a_wrong_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fuzzer's oracle fails on a scanner that reads one value wrong (so a green fuzz run means something)."""
+    raw = _one(b"-1.25")
+    assert check(raw, K)[0] is Outcome.SAME
+    real = logprob_scan._logprob_scan.read
+
+    def off_by_one_ulp(body: bytes, k: int, positions: object) -> object:
+        found = real(body, k, positions)  # type: ignore[arg-type]
+        assert found is not None
+        n, chosen, top, finish, start, end = found
+        return n, np.nextafter(np.frombuffer(chosen, np.float32), np.float32(0)).tobytes(), top, finish, start, end
+
+    monkeypatch.setattr(logprob_scan._logprob_scan, "read", off_by_one_ulp)
+    with pytest.raises(Mismatch):
+        check(raw, K)
+
+
+CORPUS = Path(__file__).parent / "fuzz_corpus"
+
+
+def test_the_fuzz_corpus_replays() -> None:
+    """The fuzzer's seeds (real-looking vLLM and llama.cpp bodies, and odd ones) pass the oracle, and most are read."""
+    seeds = sorted(CORPUS.iterdir())
+    assert len(seeds) >= 10 and sum(p.stat().st_size for p in seeds) < 200_000
+    outcomes = [check(p.read_bytes(), k)[0] for p in seeds for k in (1, 5)]
+    assert outcomes.count(Outcome.SAME) > len(outcomes) // 2

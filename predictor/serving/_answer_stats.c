@@ -1,0 +1,199 @@
+/* The 18 logprob statistics of the feature vector, from the arrays the scanner (or decoding) gives.
+ *
+ * answer_stats(chosen, top, k) is their one definition: training calls it too, through
+ * predictor.serving.features.answer_features, which documents each value. Why in C: in numpy
+ * each of the ~25 steps costs ~1 us of call overhead on a 15-token answer, 30-60 us in all
+ * against a 0.1 ms budget; here the whole vector takes a few microseconds. The constants
+ * (floor, thresholds, edge width) come from Python once, through configure().
+ *
+ * A module of its own, apart from the scanner (_logprob_scan.c): the two share nothing, and the
+ * scanner, which reads bytes another process wrote, is fuzzed and sanitised on its own.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define N_LOW 4 /* thresholds: "lp_frac_below_*" are out[6..9] */
+#define N_STATS 18
+
+typedef struct {
+    double floor;           /* logprobs below carry no information (and keep exp/log finite) */
+    double low[N_LOW];      /* thresholds for the "share below" statistics */
+    Py_ssize_t edge;        /* tokens at each end summarised separately */
+    double margin_low;      /* a top-1/top-2 gap below this is a near-tie */
+    double top1_tolerance;  /* the chosen token counts as the top-1 within this */
+    int configured;
+} Constants;
+
+static Constants K_ = {0};
+
+/* All or nothing: a refused call leaves the previous constants in force (parsed into a copy first). */
+static PyObject *stats_configure(PyObject *self, PyObject *args) {
+    PyObject *low;
+    Constants next = {0};
+    if (!PyArg_ParseTuple(args, "dOndd:configure", &next.floor, &low, &next.edge, &next.margin_low, &next.top1_tolerance)) return NULL;
+    PyObject *seq = PySequence_Fast(low, "thresholds must be a sequence of floats");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n != N_LOW || next.edge < 1) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "exactly 4 thresholds and an edge of at least 1");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        next.low[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        if (PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    Py_DECREF(seq);
+    next.configured = 1;
+    K_ = next;
+    Py_RETURN_NONE;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double floored(float v) { return v > K_.floor ? (double)v : K_.floor; } /* NaN floors too */
+
+/* np.quantile's default (linear interpolation) on sorted values. */
+static double quantile(const double *sorted, Py_ssize_t n, double q) {
+    double pos = q * (double)(n - 1);
+    Py_ssize_t lo = (Py_ssize_t)pos, hi = lo + 1 < n ? lo + 1 : n - 1;
+    return sorted[lo] + (pos - (double)lo) * (sorted[hi] - sorted[lo]);
+}
+
+static int float_buffer(PyObject *obj, Py_buffer *view, const char *what) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return 0;
+    /* aligned too: a float32 view at an odd byte offset (np.frombuffer(b, offset=1)) is C-contiguous,
+     * and reading it as float is undefined behaviour (UBSan says so; x86 just runs it) */
+    if (view->itemsize != 4 || view->format == NULL || strcmp(view->format, "f") != 0 || (uintptr_t)view->buf % _Alignof(float) != 0) {
+        PyBuffer_Release(view);
+        PyErr_Format(PyExc_TypeError, "%s must be an aligned C-contiguous float32 array", what);
+        return 0;
+    }
+    return 1;
+}
+
+/* answer_stats(chosen: float32[m], top: float32[m, k] (C order), k) -> tuple of 18 floats:
+ * lp mean, min, std, q05, q25, q50, share below each threshold, mean of the first and of the last
+ * `edge` values, entropy mean and max, margin mean and min, share of near-ties, share of top-1 picks. */
+static PyObject *stats_answer_stats(PyObject *self, PyObject *args) {
+    PyObject *chosen_obj, *top_obj;
+    Py_ssize_t k;
+    if (!PyArg_ParseTuple(args, "OOn:answer_stats", &chosen_obj, &top_obj, &k)) return NULL;
+    if (!K_.configured) {
+        PyErr_SetString(PyExc_RuntimeError, "answer_stats needs configure() first");
+        return NULL;
+    }
+    Py_buffer cb, tb;
+    if (!float_buffer(chosen_obj, &cb, "chosen")) return NULL;
+    if (!float_buffer(top_obj, &tb, "top")) {
+        PyBuffer_Release(&cb);
+        return NULL;
+    }
+    Py_ssize_t m = cb.len / 4;
+    double out[N_STATS] = {0};
+    PyObject *result = NULL;
+    /* tb.len / 4 == m * k, without computing m * k (a huge k overflows it: undefined behaviour) */
+    Py_ssize_t n_top = tb.len / 4;
+    if (k < 0 || (k == 0 ? n_top != 0 : n_top % k != 0 || n_top / k != m)) {
+        PyErr_SetString(PyExc_ValueError, "top must hold k values per chosen value");
+        goto done;
+    }
+    if (m > 0) {
+        const float *lp = cb.buf, *top = tb.buf;
+        double stack[256], *v = m <= 256 ? stack : PyMem_Malloc((size_t)m * sizeof(double));
+        if (v == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        double sum = 0.0, sq = 0.0, head = 0.0, tail = 0.0;
+        Py_ssize_t edge = K_.edge < m ? K_.edge : m;
+        for (Py_ssize_t i = 0; i < m; i++) {
+            double x = floored(lp[i]);
+            v[i] = x;
+            sum += x;
+            sq += x * x;
+            if (i < edge) head += x;
+            if (i >= m - edge) tail += x;
+        }
+        double mean = sum / (double)m;
+        double ent_sum = 0.0, ent_max = -DBL_MAX, margin_sum = 0.0, margin_min = DBL_MAX;
+        Py_ssize_t near_ties = 0, top1 = 0;
+        if (k > 0) {
+            for (Py_ssize_t i = 0; i < m; i++) {
+                const float *row = top + i * k;
+                double mass = 0.0, plogp = 0.0;
+                for (Py_ssize_t j = 0; j < k; j++) {
+                    double t = floored(row[j]), p = exp(t);
+                    mass += p;
+                    plogp += p * t;
+                }
+                double rest = 1.0 - mass > 1e-12 ? 1.0 - mass : 1e-12;
+                double ent = -plogp - rest * log(rest);
+                double first = floored(row[0]), margin = first - (k > 1 ? floored(row[1]) : K_.floor);
+                ent_sum += ent;
+                if (ent > ent_max) ent_max = ent;
+                margin_sum += margin;
+                if (margin < margin_min) margin_min = margin;
+                near_ties += margin < K_.margin_low;
+                top1 += v[i] >= first - K_.top1_tolerance;
+            }
+            out[12] = ent_sum / (double)m;
+            out[13] = ent_max;
+            out[14] = margin_sum / (double)m;
+            out[15] = margin_min;
+            out[16] = (double)near_ties / (double)m;
+            out[17] = (double)top1 / (double)m;
+        }
+        qsort(v, (size_t)m, sizeof(double), cmp_double);
+        out[0] = mean;
+        out[1] = v[0];
+        double var = sq / (double)m - mean * mean;
+        out[2] = sqrt(var > 0.0 ? var : 0.0);
+        out[3] = quantile(v, m, 0.05);
+        out[4] = quantile(v, m, 0.25);
+        out[5] = quantile(v, m, 0.5);
+        for (int t = 0; t < N_LOW; t++) {
+            Py_ssize_t below = 0;
+            while (below < m && v[below] < K_.low[t]) below++;
+            out[6 + t] = (double)below / (double)m;
+        }
+        out[10] = head / (double)edge;
+        out[11] = tail / (double)edge;
+        if (v != stack) PyMem_Free(v);
+    }
+    result = PyTuple_New(N_STATS);
+    if (result == NULL) goto done;
+    for (int i = 0; i < N_STATS; i++) {
+        PyObject *f = PyFloat_FromDouble(out[i]);
+        if (f == NULL) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        PyTuple_SET_ITEM(result, i, f);
+    }
+done:
+    PyBuffer_Release(&cb);
+    PyBuffer_Release(&tb);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"configure", stats_configure, METH_VARARGS, "configure(floor, thresholds, edge, margin_low, top1_tolerance)"},
+    {"answer_stats", stats_answer_stats, METH_VARARGS, "answer_stats(chosen, top, k) -> 18 floats"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_answer_stats", "The feature vector's 18 logprob statistics.", -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__answer_stats(void) { return PyModule_Create(&module); }

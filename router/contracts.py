@@ -1,0 +1,160 @@
+"""What passes between the router's modules: plain typed dataclasses, no validation.
+
+Requests are validated once at the edge (``common.protocol``, pydantic); from
+there on the engine and the serving layer hand these to each other. They are
+slotted dataclasses because one is made per stage call or per request on the
+hot path. Chat-completion bodies stay dicts (they go back out as JSON), and a
+stage's logprobs stay undecoded until someone reads them (``StageReply``).
+
+    api (route) --TenantLimits--> ChatServing --CascadeRequest--> CascadeEngine
+    CascadeEngine --StageAnswer (held), StageVisit (per call)--> CascadeResult --> ChatServing
+    ChatServing --(Response, RequestOutcome)--> api (accounting)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from predictor.serving.features import PromptStats
+from router.draft import DraftCheck
+from router.stage import StageReply
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """Token counts of one or more stage calls (OpenAI ``usage``; ``total_tokens`` is their sum)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @classmethod
+    def of(cls, usage: Mapping[str, Any] | None) -> TokenUsage:
+        """From a chat completion's ``usage`` object (missing or null counts are 0)."""
+        if not usage:
+            return NO_USAGE
+        return cls(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens)
+
+    def to_dict(self) -> dict[str, int]:
+        """The OpenAI ``usage`` object."""
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "total_tokens": self.total_tokens}
+
+
+NO_USAGE = TokenUsage()
+
+
+@dataclass(slots=True)
+class StageAnswer:
+    """A stage's complete (non-streamed) answer, as the cascade holds it while deciding.
+
+    ``data`` is the chat completion; when it came from one stage call, ``reply`` is
+    that call's ``StageReply`` (``data`` is ``reply.data``), whose first choice's
+    logprobs may still be undecoded. An answer assembled from a verified draft
+    (``router.draft.merge``) has no reply and its logprobs are in ``data``.
+    """
+
+    stage: int
+    data: dict[str, Any]
+    reply: StageReply | None = None
+
+    @property
+    def choice(self) -> dict[str, Any]:
+        choice: dict[str, Any] = self.data["choices"][0]
+        return choice
+
+    @property
+    def text(self) -> str:
+        return str(self.choice["message"].get("content") or "")
+
+    @property
+    def usage(self) -> TokenUsage:
+        return TokenUsage.of(self.data.get("usage"))
+
+    def with_logprobs(self) -> dict[str, Any]:
+        """``data`` with the first choice's logprobs decoded; ``StageBadResponse`` if they do not decode."""
+        return self.reply.with_logprobs() if self.reply is not None else self.data
+
+
+@dataclass(slots=True)
+class StageVisit:
+    """One stage the cascade called for a request: what it cost and what came of it."""
+
+    stage: int
+    name: str
+    seconds: float
+    p_hat: float | None = None
+    usage: TokenUsage | None = None  # None: failed, or streamed (its usage arrives in the stream)
+    error: str | None = None
+    draft: DraftCheck | None = None  # verification of the previous stage's answer
+    draft_mode: str | None = None  # "verify", "verify-sampling" or "regenerate:<reason>" when there was a draft
+    choice: dict[str, Any] | None = None  # the stage's answer (kept for the opt-in traffic log)
+
+
+@dataclass(slots=True)
+class CascadeRequest:
+    """One cascade run: the upstream chat body (no model, no cascade extras), the prompt's statistics, λ and the top stage."""
+
+    body: dict[str, Any]
+    prompt: PromptStats
+    lam: float
+    max_stage: int
+    stream: bool = False
+
+
+@dataclass(slots=True)
+class CascadeResult:
+    """Where a cascade run ended: the visits in order, the answering stage, and its answer (whole, or a stream)."""
+
+    visits: list[StageVisit]
+    final_stage: int
+    response: dict[str, Any] | None = None  # final stage's chat completion (non-streaming)
+    events: AsyncIterator[bytes] | None = None  # final stage's SSE payloads (streaming)
+    prefix: DraftCheck | None = None  # draft check of the streamed stage; its accepted text goes out first
+    degraded: str | None = None  # why the answer is not the policy's choice
+
+    @property
+    def stage_seconds(self) -> float:
+        return sum(v.seconds for v in self.visits)
+
+    def usage(self) -> TokenUsage:
+        """Tokens of every stage called, before the streamed stage's own (which arrive in its stream)."""
+        prompt = completion = 0
+        for v in self.visits:
+            if v.usage is not None:
+                prompt += v.usage.prompt_tokens
+                completion += v.usage.completion_tokens
+        if self.prefix is not None:  # streamed stage: its scoring calls and the accepted tokens
+            prompt += self.prefix.usage.get("prompt_tokens", 0)
+            completion += self.prefix.prefix_tokens
+        return TokenUsage(prompt, completion)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantLimits:
+    """What the tenant allows this request: its λ (and whether an SLO controller owns it), top stage, models."""
+
+    lam: float
+    lam_locked: bool = False
+    max_stage: int | str | None = None
+    allowed_models: list[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOutcome:
+    """What a served request comes to, for accounting: who answered, tokens used, stage cost spent.
+
+    For a stream, ``tokens`` counts what was known when the response started (earlier stages'); the
+    streamed stage's own tokens are estimated by the caller.
+    """
+
+    stage: str = "-"
+    tokens: int = 0
+    cost: float = 0.0
