@@ -38,7 +38,8 @@ def beta_weights(mean: float, strength: float) -> np.ndarray:
     a, b = strength * m, strength * (1.0 - m)
     logw = (a - 1.0) * _LOG_XS + (b - 1.0) * _LOG_1MXS
     w = np.exp(logw - logw.max())
-    return w / w.sum()
+    weights: np.ndarray = w / w.sum()
+    return weights
 
 
 def shrink(p: float, n: float, alpha: float, beta: float) -> float:

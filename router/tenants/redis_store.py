@@ -13,6 +13,7 @@ The script touches keys it derives from the tenant id, which a single Redis
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -81,7 +82,8 @@ return 1
 )
 
 
-def _s(v: Any) -> str | None:
+def _s(v: bytes | str) -> str:
+    """A Redis reply as text (the client returns bytes)."""
     return v.decode() if isinstance(v, bytes) else v
 
 
@@ -109,7 +111,9 @@ class RedisStore:
             return None
         _, tid, raw, lam, allowed, retry, which, granted = res
         settings = TenantSettings.model_validate_json(raw) if raw else None
-        return Admission(_s(tid), settings, float(lam) if lam else None, bool(int(allowed)), int(retry), _s(which) or "", int(granted))
+        return Admission(
+            _s(tid), settings, float(lam) if lam else None, bool(int(allowed)), int(retry), _s(which) if which else "", int(granted)
+        )
 
     async def _write_settings(self, pipe: Any, tenant_id: str, settings: TenantSettings) -> None:
         pipe.hset(
@@ -165,7 +169,7 @@ class RedisStore:
             await self.r.delete(*[self._k("key", _s(k)) for k in keys], self._k("keys", tenant_id))
         return len(keys)
 
-    async def record(self, batch: list[Usage]) -> None:
+    async def record(self, batch: builtins.list[Usage]) -> None:
         async with self.r.pipeline(transaction=False) as pipe:
             for u in batch:
                 if u.tpm > 0:
@@ -190,7 +194,7 @@ class RedisStore:
             raise UnknownTenant(tenant_id)
         return summarize({_s(k): int(v) for k, v in counters.items()}, [float(x) for x in lat], [float(x) for x in cost])
 
-    async def samples(self, tenant_id: str, metric: str) -> tuple[list[float], int]:
+    async def samples(self, tenant_id: str, metric: str) -> tuple[builtins.list[float], int]:
         """Newest first, and the tenant's request count (so the controller can tell how many are new)."""
         name = "lat" if metric == "p95_latency_ms" else "cost"
         async with self.r.pipeline(transaction=False) as pipe:

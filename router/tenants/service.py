@@ -29,7 +29,9 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from common.errors import APIError
 from common.settings import TenancyConfig
@@ -43,6 +45,7 @@ log = logging.getLogger("adaptive_sd.tenants")
 DEFAULT_TENANT = "default"
 BUFFER_LIMIT = 10_000
 DEFAULT_CONTROLLER = slo.ControllerConfig()
+T = TypeVar("T")
 
 
 @dataclass
@@ -119,13 +122,13 @@ class TenantService:
         }
 
     # -- store calls through the breaker --------------------------------------
-    async def _guarded(self, coro: object) -> tuple[bool, object]:
-        """(ok, result); on failure the breaker counts it and the caller falls back."""
+    async def _guarded(self, coro: Coroutine[Any, Any, T]) -> tuple[bool, T | None]:
+        """(ok, result); on failure (result None) the breaker counts it and the caller falls back."""
         if not self.breaker.allow():
-            coro.close()  # type: ignore[attr-defined]
+            coro.close()
             return False, None
         try:
-            result = await coro  # type: ignore[misc]
+            result = await coro
         except Exception as exc:
             self.breaker.failure()
             STORE_ERRORS.inc()
@@ -160,11 +163,12 @@ class TenantService:
             return self._unknown_key(open_mode)
         cached = self._cache.get(h)
         fresh = cached is not None and cached.expires > now
-        if fresh and not (cached.settings.rpm or cached.settings.tpm):  # type: ignore[union-attr]
-            return Tenant(cached.tenant_id, cached.settings, cached.lam)  # type: ignore[union-attr]
-        if fresh and cached.lease_left > 0 and now < cached.lease_until:  # type: ignore[union-attr]
-            cached.lease_left -= 1  # type: ignore[union-attr]
-            return Tenant(cached.tenant_id, cached.settings, cached.lam)  # type: ignore[union-attr]
+        if cached is not None and fresh:
+            if not (cached.settings.rpm or cached.settings.tpm):
+                return Tenant(cached.tenant_id, cached.settings, cached.lam)
+            if cached.lease_left > 0 and now < cached.lease_until:
+                cached.lease_left -= 1
+                return Tenant(cached.tenant_id, cached.settings, cached.lam)
         lease = self._lease_size(cached.settings.rpm) if cached is not None else 1
         ok, adm = await self._guarded(self.store.admit(h, want_settings=not fresh, lease=lease))
         if ok:
@@ -174,7 +178,6 @@ class TenantService:
                     self._unknown.clear()
                 self._unknown[h] = now + self.cfg.cache_ttl_s
                 return self._unknown_key(open_mode)
-            assert isinstance(adm, Admission)
             cached = self._remember(h, adm, cached, now)
             if not adm.allowed:
                 cached.lease_left = 0
@@ -283,10 +286,10 @@ class TenantService:
                 start = settings.lambda_ if settings.lambda_ is not None else self.cfg.slo_initial_lambda
                 state = SLOState(start, 0, 0)
             ok, res = await self._guarded(self.store.samples(tid, target.metric))
-            if not ok:
+            if not ok or res is None:
                 continue
-            samples, total = res  # type: ignore[misc]
-            new = slo.update(state, target, samples, total, self.controller)  # type: ignore[arg-type]
+            samples, total = res
+            new = slo.update(state, target, samples, total, self.controller)
             if new is None:
                 if state.updates == 0 and state.seen == 0:
                     await self._guarded(self.store.set_slo_state(tid, state))

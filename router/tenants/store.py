@@ -10,6 +10,7 @@ shares all of it between replicas.
 
 from __future__ import annotations
 
+import builtins
 import math
 import time
 from collections import deque
@@ -63,9 +64,9 @@ class TenantStore(Protocol):
     async def list(self) -> list[str]: ...
     async def add_key(self, tenant_id: str, key_hash: str) -> None: ...
     async def revoke_keys(self, tenant_id: str) -> int: ...
-    async def record(self, batch: list[Usage]) -> None: ...
+    async def record(self, batch: builtins.list[Usage]) -> None: ...
     async def stats(self, tenant_id: str) -> dict[str, object]: ...
-    async def samples(self, tenant_id: str, metric: str) -> tuple[list[float], int]: ...
+    async def samples(self, tenant_id: str, metric: str) -> tuple[builtins.list[float], int]: ...
     async def slo_state(self, tenant_id: str) -> SLOState | None: ...
     async def set_slo_state(self, tenant_id: str, state: SLOState) -> None: ...
     async def try_lock(self, name: str, ttl_ms: int) -> bool: ...
@@ -187,7 +188,7 @@ class MemoryStore:
         t.keys.clear()
         return n
 
-    async def record(self, batch: list[Usage]) -> None:
+    async def record(self, batch: builtins.list[Usage]) -> None:
         now = time.monotonic() * 1e3
         for u in batch:
             t = self._tenants.get(u.tenant_id)
@@ -206,7 +207,7 @@ class MemoryStore:
         t = self._t(tenant_id)
         return summarize(dict(t.counters), list(t.latency), list(t.cost))
 
-    async def samples(self, tenant_id: str, metric: str) -> tuple[list[float], int]:
+    async def samples(self, tenant_id: str, metric: str) -> tuple[builtins.list[float], int]:
         t = self._t(tenant_id)
         window = t.latency if metric == "p95_latency_ms" else t.cost
         return list(reversed(window)), t.counters.get("requests", 0)
