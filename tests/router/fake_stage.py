@@ -1,0 +1,253 @@
+"""A scripted stage and a scripted predictor: stubs for in-process unit tests of the engine and the app.
+
+Not a model and not a server: ``FakeStage`` implements ``router.stage.Stage``
+in the test's own event loop, so the cascade engine and the FastAPI app can be
+driven through ``httpx.ASGITransport`` with no process and no network, in
+milliseconds. What it answers is scripted (``Script``: text, per-token
+logprobs, usage, finish reason); it can fail on demand (``StageUnavailable``,
+``StageTimeout``, ``StageBadResponse``, before the answer or in the middle of a
+stream) and it streams.
+
+It also behaves like a tiny deterministic model where the router relies on
+it: its scripted text is its greedy answer, so a request that continues an
+assistant message (``continue_final_message``) gets the rest of that answer,
+``max_tokens`` cuts it (finish ``length``), and a scoring request
+(``prompt_logprobs``) ranks each token of the assistant text 1 where it
+matches the scripted answer. That is enough for draft verification
+(``router.draft``) to run against it. Tokens are words with their leading
+white space.
+
+The real-server tests stay the reference for what real stages do:
+``tests/router/test_chat_live.py``, ``test_draft_live.py`` and
+``test_api_errors.py`` run llama.cpp stages and the stub server as processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from common.settings import StageConfig
+from predictor.serving.features import INDEX, PromptStats
+from router.stage import StageFailure, StageReply
+
+_TOKEN = re.compile(r"\s*\S+|\s+$")
+_STAGE = INDEX["stage_index"]
+
+
+def tokenize(text: str) -> list[str]:
+    """The fake's tokenizer: words with their leading white space (``"a b"`` -> ``["a", " b"]``)."""
+    return _TOKEN.findall(text)
+
+
+@dataclass
+class Script:
+    """What a ``FakeStage`` answers: its (greedy) answer and how it reports it."""
+
+    text: str = "The answer is 4."
+    logprobs: Sequence[float] | None = None  # per token (default: ``logprob`` for every token)
+    logprob: float = -0.05
+    prompt_tokens: int = 12  # reported for the request's own prompt (an assistant prefix adds its tokens)
+    completion_tokens: int | None = None  # reported (default: the tokens generated)
+    finish_reason: str = "stop"  # when the whole answer was generated
+    usage: bool = True  # report usage at all
+
+    @property
+    def tokens(self) -> list[str]:
+        return tokenize(self.text)
+
+    def token_logprob(self, i: int) -> float:
+        return float(self.logprobs[i]) if self.logprobs is not None and i < len(self.logprobs) else self.logprob
+
+
+@dataclass
+class FakeStage:
+    """A ``router.stage.Stage`` that answers from a ``Script`` (module docstring).
+
+    ``fail``: every call raises that ``StageFailure`` subclass (set it any time); with
+    ``stream_fail_after`` a stream raises it after that many content chunks instead (and
+    non-streaming calls answer). ``calls`` holds every request body received,
+    ``started``/``closed`` the lifecycle.
+    """
+
+    config: StageConfig
+    script: Script = field(default_factory=Script)
+    fail: type[StageFailure] | None = None
+    stream_fail_after: int | None = None
+    delay_s: float = 0.0  # per call, so that timings are measurable
+    up: bool = True  # what ``healthy()`` says
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    started: bool = False
+    closed: bool = False
+    name: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.name = self.config.name
+
+    # -- lifecycle ------------------------------------------------------------
+    async def start(self) -> None:
+        self.started = True
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def healthy(self) -> bool:
+        return self.up
+
+    # -- calls ----------------------------------------------------------------
+    async def reply(self, body: dict[str, Any], top_k: int | None = None) -> StageReply:
+        t0 = time.perf_counter()
+        await self._enter(body)
+        raw = orjson.dumps(self.completion(body))
+        try:
+            return StageReply.parse(raw, time.perf_counter() - t0, top_k, self.name)
+        except ValueError as exc:  # the fake's own bug, but report it as the real client would
+            raise AssertionError(f"fake stage built a bad completion: {exc}") from None
+
+    async def chat(self, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
+        reply = await self.reply(body)
+        return reply.data, reply.seconds
+
+    async def stream(self, body: dict[str, Any], raw: bool = False) -> AsyncIterator[bytes]:
+        await self._enter(body)
+        payloads = self._chunks(body)
+        return self._blocks(payloads) if raw else self._payloads(payloads)
+
+    async def _enter(self, body: dict[str, Any]) -> None:
+        self.calls.append(body)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail is not None and self.stream_fail_after is None:
+            raise self.fail(self.name, f"scripted {self.fail.__name__}")
+
+    # -- what it answers --------------------------------------------------------
+    def _generate(self, body: dict[str, Any]) -> tuple[list[str], list[float], int, str]:
+        """(tokens, their logprobs, prefix tokens, finish reason) for a request: the scripted answer after
+        the assistant prefix the request continues (if it continues one), cut at ``max_tokens``."""
+        own = self.script.tokens
+        messages = body.get("messages") or []
+        prefix: list[str] = []
+        if body.get("continue_final_message") and messages and messages[-1].get("role") == "assistant":
+            prefix = tokenize(messages[-1].get("content") or "")
+        start = len(prefix) if own[: len(prefix)] == prefix else len(own)  # off the script: nothing more to say
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        end = len(own) if limit is None else min(len(own), start + int(limit))
+        finish = self.script.finish_reason if end == len(own) else "length"
+        return own[start:end], [self.script.token_logprob(i) for i in range(start, end)], len(prefix), finish
+
+    def _entry(self, token: str, logprob: float, k: int) -> dict[str, Any]:
+        top = [{"token": token, "logprob": logprob, "bytes": list(token.encode())}]
+        top += [{"token": f"x{i}", "logprob": logprob - 3.0 - i, "bytes": list(f"x{i}".encode())} for i in range(1, k)]
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": top[:k]}
+
+    def _usage(self, prefix: int, completion: int) -> dict[str, int] | None:
+        if not self.script.usage:
+            return None
+        prompt = self.script.prompt_tokens + prefix
+        completion = self.script.completion_tokens if self.script.completion_tokens is not None else completion
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def _scores(self, body: dict[str, Any]) -> list[dict[str, dict[str, Any]] | None]:
+        """``prompt_logprobs`` (vLLM's shape) of the assistant text: rank 1 where it is the scripted token."""
+        own = self.script.tokens
+        text = body["messages"][-1].get("content") or ""
+        positions: list[dict[str, dict[str, Any]] | None] = [None, {"0": {"decoded_token": "<prompt>", "logprob": -1.0, "rank": 1}}]
+        for i, token in enumerate(tokenize(text)):
+            mine = own[i] if i < len(own) else None
+            if token == mine:
+                positions.append({"1": {"decoded_token": token, "logprob": self.script.token_logprob(i), "rank": 1}})
+            else:
+                entry: dict[str, dict[str, Any]] = {"1": {"decoded_token": token, "logprob": -4.0, "rank": 2}}
+                if mine is not None:
+                    entry["2"] = {"decoded_token": mine, "logprob": self.script.token_logprob(i), "rank": 1}
+                positions.append(entry)
+        return positions
+
+    def completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The chat completion this stage answers ``body`` with."""
+        tokens, logprobs, prefix, finish = self._generate(body)
+        k = int(body.get("top_logprobs") or 0)
+        entries = [self._entry(t, lp, k) for t, lp in zip(tokens, logprobs, strict=True)]
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": "".join(tokens)},
+            "logprobs": {"content": entries} if body.get("logprobs") else None,
+            "finish_reason": finish,
+        }
+        out: dict[str, Any] = {"id": f"chatcmpl-{self.name}", "object": "chat.completion", "created": 0, "model": self.config.model}
+        out["choices"] = [choice]
+        if body.get("prompt_logprobs") is not None:
+            out["prompt_logprobs"] = self._scores(body)
+        usage = self._usage(prefix, len(tokens))
+        if usage is not None:
+            out["usage"] = usage
+        return out
+
+    def _chunks(self, body: dict[str, Any]) -> list[bytes]:
+        """The SSE payloads of a stream (without ``data: `` and without ``[DONE]``)."""
+        tokens, logprobs, prefix, finish = self._generate(body)
+        k = int(body.get("top_logprobs") or 0)
+        base = {"id": f"chatcmpl-{self.name}", "object": "chat.completion.chunk", "created": 0, "model": self.config.model}
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None) -> bytes:
+            return orjson.dumps({**base, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]})
+
+        out = [chunk({"role": "assistant", "content": ""})]
+        for t, lp in zip(tokens, logprobs, strict=True):
+            out.append(chunk({"content": t}, None, {"content": [self._entry(t, lp, k)]} if body.get("logprobs") else None))
+        out.append(chunk({}, finish))
+        usage = self._usage(prefix, len(tokens))
+        if usage is not None and (body.get("stream_options") or {}).get("include_usage"):
+            out.append(orjson.dumps({**base, "choices": [], "usage": usage}))
+        return out
+
+    def _maybe_fail(self, sent: int) -> None:
+        if self.fail is not None and self.stream_fail_after is not None and sent > self.stream_fail_after:  # the role chunk, then that many
+            raise self.fail(self.name, f"scripted {self.fail.__name__} mid-stream")
+
+    async def _payloads(self, payloads: list[bytes]) -> AsyncIterator[bytes]:
+        for sent, payload in enumerate(payloads):
+            self._maybe_fail(sent)
+            yield payload
+            await asyncio.sleep(0)
+
+    async def _blocks(self, payloads: list[bytes]) -> AsyncIterator[bytes]:
+        for sent, payload in enumerate(payloads):
+            self._maybe_fail(sent)
+            yield b"data: " + payload + b"\n\n"
+            await asyncio.sleep(0)
+        yield b"data: [DONE]\n\n"
+
+
+def fake_stages(configs: Sequence[StageConfig], *scripts: Script) -> list[FakeStage]:
+    """One fake per configured stage; stage i answers ``scripts[i]`` (default: a ``Script()``)."""
+    return [FakeStage(c, scripts[i] if i < len(scripts) else Script()) for i, c in enumerate(configs)]
+
+
+@dataclass
+class ScriptedPredictor:
+    """A ``predictor.serving.interface.Predictor`` whose p̂ is set per stage by the test (``p_hat[stage]``).
+
+    ``features`` keeps every feature vector it was asked about (the engine computed them).
+    """
+
+    p_hat: dict[int, float]
+    stage_priors: list[float]
+    name: str = "scripted"
+    evidence: float = 50.0
+    top_k: int = 5
+    features: list[np.ndarray] = field(default_factory=list)
+
+    def predict(self, features: np.ndarray) -> float:
+        self.features.append(features)
+        return self.p_hat[int(features[_STAGE])]
+
+    def priors(self, prompt: PromptStats, n_stages: int) -> list[float]:
+        return self.stage_priors[:n_stages]

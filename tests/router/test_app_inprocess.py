@@ -1,0 +1,357 @@
+"""The router app in-process: scripted stages (``fake_stage.py``) and a scripted p̂, through the ASGI app.
+
+No process and no network: ``create_app(settings, predictor=..., stages=...)``
+with fakes, its lifespan run by hand (httpx's ``ASGITransport`` does not run
+it), requests through ``httpx.AsyncClient`` or the official ``openai`` client.
+The policy is made predictable: point priors (no Beta spread), no risk
+shrinkage, stage costs 1 and 4, priors 0.5 and 0.9, λ = 10. Continuing to
+stage 1 is then worth 4 + 10 · 0.1 = 5, so stage 0 stops when 10 (1 - p̂) <= 5,
+i.e. at p̂ >= 0.5. What real stages do is covered by the live tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from common.errors import parse_chat_request
+from common.settings import Settings
+from router.api import create_app
+from router.cascade import CascadeEngine
+from router.serving_chat import ChatServing
+from router.stage import StageBadResponse, StageFailure, StageTimeout, StageUnavailable
+from tests.router.fake_stage import FakeStage, Script, ScriptedPredictor, fake_stages
+
+pytestmark = pytest.mark.anyio
+
+S0 = Script("The answer is 5.", prompt_tokens=10)
+S1 = Script("The answer is 4, because two and two make four.", prompt_tokens=11)
+STOP, ESCALATE = 0.9, 0.1  # stage 0's p̂ that stops there / escalates
+PROMPT = [{"role": "user", "content": "What is 2 + 2?"}]
+
+
+def make_settings(dialect: str = "openai", **cascade: Any) -> Settings:
+    stage = {"url": "http://127.0.0.1:9/v1", "dialect": dialect}
+    predictor = cascade.pop("predictor", {})
+    policy = {"skip_by_prior": False, "prior_strength": None, "risk": {"alpha": 0.0, "beta": 0.0}, "default_lambda": 10.0}
+    return Settings.model_validate(
+        {
+            "tenancy": {"auth": "open"},
+            "cascade": policy | cascade,
+            "predictor": predictor,
+            "stages": [{**stage, "name": "s0", "model": "m0", "cost": 1.0}, {**stage, "name": "s1", "model": "m1", "cost": 4.0}],
+        }
+    )
+
+
+@dataclass
+class Router:
+    client: httpx.AsyncClient
+    stages: list[FakeStage]
+    predictor: ScriptedPredictor
+
+    async def chat(self, **body: Any) -> httpx.Response:
+        return await self.client.post("/v1/chat/completions", json={"model": "cascade", "messages": PROMPT, **body})
+
+    def openai(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url="http://router/v1", api_key="unused", max_retries=0, http_client=self.client)
+
+
+@asynccontextmanager
+async def serve(p0: float = STOP, settings: Settings | None = None, scripts: tuple[Script, ...] = (S0, S1)) -> AsyncIterator[Router]:
+    settings = settings or make_settings()
+    stages = fake_stages(settings.stages, *scripts)
+    predictor = ScriptedPredictor({0: p0, 1: 0.8}, [0.5, 0.9])
+    app = create_app(settings, predictor=predictor, stages=stages)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+            yield Router(client, stages, predictor)
+
+
+def events(resp: httpx.Response) -> list[Any]:
+    """The SSE ``data:`` payloads of a streamed response, decoded (``[DONE]`` as the string)."""
+    out: list[Any] = []
+    for line in resp.text.splitlines():
+        if line.startswith("data: "):
+            payload = line[len("data: ") :]
+            out.append(payload if payload == "[DONE]" else orjson.loads(payload))
+    return out
+
+
+def streamed_text(chunks: list[Any]) -> str:
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if isinstance(c, dict) and c.get("choices"))
+
+
+def assert_upstream_error(resp: httpx.Response, status: int, stage: str) -> None:
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["type"] == "upstream_error" and f"stage '{stage}'" in err["message"]
+
+
+# -- the cascade ----------------------------------------------------------------
+
+
+async def test_high_p_stops_at_stage_0() -> None:
+    async with serve(STOP) as r:
+        resp = await r.chat(max_tokens=16)
+        assert resp.status_code == 200, resp.text
+        data = resp.json()
+        assert data["model"] == "cascade" and data["choices"][0]["message"]["content"] == S0.text
+        assert resp.headers["x-cascade-stage"] == resp.headers["x-cascade-path"] == "s0"
+        assert resp.headers["x-cascade-p"] == "0.9000" and resp.headers["x-cascade-lambda"] == "10"
+        assert float(resp.headers["x-cascade-overhead-ms"]) >= 0
+        assert data["usage"] == {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}
+        assert data["choices"][0]["logprobs"] is None  # asked of the stage for the predictor, not by the client
+        assert r.stages[1].calls == []
+        assert r.stages[0].calls[0]["top_logprobs"] == r.predictor.top_k and r.stages[0].calls[0]["logprobs"] is True
+        assert "model" not in r.stages[0].calls[0] and "cascade_lambda" not in r.stages[0].calls[0]
+
+
+async def test_low_p_escalates_and_sums_usage_over_the_visited_stages() -> None:
+    async with serve(ESCALATE) as r:
+        raw = await r.openai().chat.completions.with_raw_response.create(model="cascade", messages=PROMPT, max_tokens=32)  # type: ignore[arg-type]
+        resp = raw.parse()
+        assert resp.model == "cascade" and resp.choices[0].message.content == S1.text
+        assert raw.headers["x-cascade-stage"] == "s1" and raw.headers["x-cascade-path"] == "s0,s1"
+        assert raw.headers["x-cascade-p"] == "0.1000,0.8000"
+        assert raw.headers["x-cascade-draft"] == "s1:regenerate:dialect"  # the fakes speak the plain OpenAI dialect here
+        assert raw.headers["x-cascade-accepted"] == "-"
+        n0, n1 = len(S0.tokens), len(S1.tokens)
+        assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (10 + 11, n0 + n1)  # type: ignore[union-attr]
+        assert resp.usage.total_tokens == 21 + n0 + n1  # type: ignore[union-attr]
+        assert len(r.predictor.features) == 2
+
+
+async def test_lambda_and_max_stage_knobs() -> None:
+    async with serve(ESCALATE) as r:
+        resp = await r.chat(cascade_lambda=0.0)  # quality worthless: stop at once
+        assert resp.headers["x-cascade-stage"] == "s0" and resp.headers["x-cascade-lambda"] == "0"
+        resp = await r.client.post(
+            "/v1/chat/completions", json={"model": "cascade", "messages": PROMPT}, headers={"x-cascade-max-stage": "s0"}
+        )
+        assert resp.headers["x-cascade-stage"] == "s0" and r.stages[1].calls == []
+        resp = await r.chat(cascade_max_stage=7)
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "cascade_max_stage"
+
+
+async def test_escalation_verifies_the_draft_and_answers_the_upper_stages_own_text() -> None:
+    """Greedy, vLLM dialect: stage 1 scores stage 0's answer, keeps the agreeing prefix, generates the rest."""
+    async with serve(ESCALATE, make_settings("vllm")) as r:
+        resp = await r.chat(max_tokens=32, temperature=0)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["choices"][0]["message"]["content"] == S1.text
+        assert resp.headers["x-cascade-draft"] == "s1:verify"
+        assert resp.headers["x-cascade-accepted"] == "s1:3/4"  # "The answer is" kept, " 5." rejected
+        scoring, continuation = r.stages[1].calls
+        assert scoring["prompt_logprobs"] == r.predictor.top_k and scoring["messages"][-1] == {"role": "assistant", "content": S0.text}
+        assert continuation["messages"][-1] == {"role": "assistant", "content": "The answer is"}
+        usage = resp.json()["usage"]
+        # stage 0: 10 + its 4 tokens; stage 1: the scoring call's prompt (11 + 4 draft tokens) and the
+        # continuation's (11 + 3 kept), the 3 kept tokens and the continuation's own
+        rest = len(S1.tokens) - 3
+        assert usage == {"prompt_tokens": 10 + 15 + 14, "completion_tokens": 4 + 3 + rest, "total_tokens": 39 + 7 + rest}
+
+
+# -- failures -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failure", [StageUnavailable, StageTimeout, StageBadResponse])
+async def test_upper_stage_failing_returns_the_lower_answer_degraded(failure: type[StageFailure]) -> None:
+    async with serve(ESCALATE) as r:
+        r.stages[1].fail = failure
+        resp = await r.chat()
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["choices"][0]["message"]["content"] == S0.text
+        assert resp.headers["x-cascade-stage"] == "s0" and resp.headers["x-cascade-path"] == "s0"
+        assert "stage 's1'" in resp.headers["x-cascade-degraded"]
+        assert resp.json()["usage"]["prompt_tokens"] == 10  # the failed stage adds nothing
+
+
+async def test_lower_stage_failing_goes_on_to_the_next() -> None:
+    async with serve(STOP) as r:
+        r.stages[0].fail = StageUnavailable
+        resp = await r.chat()
+        assert resp.status_code == 200 and resp.headers["x-cascade-stage"] == "s1" and resp.headers["x-cascade-path"] == "s1"
+        assert "x-cascade-degraded" not in resp.headers
+
+
+@pytest.mark.parametrize(
+    ("failures", "status"),
+    [((StageUnavailable, StageUnavailable), 503), ((StageUnavailable, StageTimeout), 504), ((StageTimeout, StageBadResponse), 502)],
+)
+async def test_every_stage_failing_is_an_openai_shaped_error(failures: tuple[type[StageFailure], ...], status: int) -> None:
+    """The last stage's failure is what the client gets."""
+    async with serve(ESCALATE) as r:
+        for stage, failure in zip(r.stages, failures, strict=True):
+            stage.fail = failure
+        assert_upstream_error(await r.chat(), status, "s1")
+        with pytest.raises(openai.APIStatusError) as info:
+            await r.openai().chat.completions.create(model="cascade", messages=PROMPT)  # type: ignore[arg-type]
+        assert info.value.status_code == status
+
+
+# -- streaming ------------------------------------------------------------------
+
+
+async def test_stream_from_a_stopped_lower_stage() -> None:
+    async with serve(STOP) as r:
+        resp = await r.chat(stream=True, stream_options={"include_usage": True})
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        assert resp.headers["x-cascade-stage"] == "s0"
+        chunks = events(resp)
+        assert chunks[-1] == "[DONE]" and streamed_text(chunks) == S0.text
+        assert all(c["model"] == "cascade" for c in chunks[:-1])
+        finishes = [c["choices"][0]["finish_reason"] for c in chunks[:-1] if c["choices"] and c["choices"][0]["finish_reason"]]
+        assert finishes == ["stop"]
+        assert chunks[-2]["usage"] == {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}
+        assert r.stages[1].calls == [] and not any(call.get("stream") for call in r.stages[0].calls)
+
+
+async def test_stream_from_the_top_stage_folds_earlier_usage_in() -> None:
+    async with serve(ESCALATE) as r:
+        stream = await r.openai().chat.completions.create(
+            model="cascade",
+            messages=PROMPT,  # type: ignore[arg-type]
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [c async for c in stream]
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == S1.text
+        assert all(c.model == "cascade" for c in chunks)
+        usage = chunks[-1].usage
+        assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (21, len(S0.tokens) + len(S1.tokens))
+        assert r.stages[1].calls[-1]["stream"] is True and r.stages[1].calls[-1]["stream_options"] == {"include_usage": True}
+
+
+async def test_stream_from_the_top_stage_after_a_verified_draft_sends_the_prefix_first() -> None:
+    async with serve(ESCALATE, make_settings("vllm")) as r:
+        resp = await r.chat(stream=True, temperature=0, max_tokens=32)
+        chunks = events(resp)
+        assert chunks[0]["id"] == "chatcmpl-prefix" and chunks[0]["choices"][0]["delta"]["content"] == "The answer is"
+        assert streamed_text(chunks) == S1.text and chunks[-1] == "[DONE]"
+        assert resp.headers["x-cascade-accepted"] == "s1:3/4"
+
+
+async def test_stream_without_include_usage_sends_no_usage_chunk() -> None:
+    async with serve(ESCALATE) as r:
+        chunks = events(await r.chat(stream=True))
+        assert not any(isinstance(c, dict) and c.get("usage") for c in chunks)
+        assert streamed_text(chunks) == S1.text
+
+
+async def test_a_stage_failing_mid_stream_ends_it_with_an_error_event() -> None:
+    async with serve(ESCALATE) as r:
+        r.stages[1].fail, r.stages[1].stream_fail_after = StageTimeout, 2
+        resp = await r.chat(stream=True)
+        assert resp.status_code == 200  # the headers had gone out
+        chunks = events(resp)
+        assert streamed_text(chunks) == "".join(S1.tokens[:2])
+        assert chunks[-2]["error"]["type"] == "upstream_error" and "stage 's1'" in chunks[-2]["error"]["message"]
+        assert chunks[-1] == "[DONE]"
+
+
+# -- pass-through -----------------------------------------------------------------
+
+
+async def test_passthrough_by_stage_name() -> None:
+    async with serve(ESCALATE) as r:
+        resp = await r.chat(model="s1", max_tokens=3)
+        assert resp.status_code == 200, resp.text
+        data = resp.json()
+        assert data["model"] == "s1" and data["choices"][0]["message"]["content"] == "".join(S1.tokens[:3])
+        assert data["choices"][0]["finish_reason"] == "length" and data["usage"]["completion_tokens"] == 3
+        assert resp.headers["x-cascade-stage"] == resp.headers["x-cascade-path"] == "s1" and "x-cascade-p" not in resp.headers
+        assert r.stages[0].calls == [] and len(r.stages[1].calls) == 1
+        sent = r.stages[1].calls[0]
+        assert sent["messages"] == PROMPT and sent["max_tokens"] == 3 and "model" not in sent and "logprobs" not in sent
+
+
+async def test_passthrough_stream_renames_the_model() -> None:
+    async with serve(ESCALATE) as r:
+        stream = await r.openai().chat.completions.create(model="s0", messages=PROMPT, stream=True)  # type: ignore[arg-type]
+        chunks = [c async for c in stream]
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == S0.text
+        assert all(c.model == "s0" for c in chunks)  # the stage called itself m0
+
+
+async def test_passthrough_errors() -> None:
+    async with serve(ESCALATE) as r:
+        r.stages[0].fail = StageUnavailable
+        assert_upstream_error(await r.chat(model="s0"), 503, "s0")
+        assert_upstream_error(await r.chat(model="s0", stream=True), 503, "s0")  # before any byte: a plain error
+        resp = await r.chat(model="s1", cascade_lambda=1.0)
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "cascade_lambda"
+        resp = await r.chat(model="gpt-9")
+        assert resp.status_code == 404 and resp.json()["error"]["code"] == "model_not_found"
+
+
+# -- logprobs, the app's lifecycle, accounting, the traffic log ---------------------------------
+
+
+async def test_logprobs_only_when_asked_and_only_as_many_as_asked() -> None:
+    async with serve(STOP) as r:
+        resp = await r.chat(logprobs=True, top_logprobs=2)
+        content = resp.json()["choices"][0]["logprobs"]["content"]
+        assert [e["token"] for e in content] == S0.tokens and all(len(e["top_logprobs"]) == 2 for e in content)
+        assert r.stages[0].calls[0]["top_logprobs"] == r.predictor.top_k
+
+
+async def test_lifespan_starts_and_closes_the_stages_and_health_probes_them() -> None:
+    settings = make_settings()
+    stages = fake_stages(settings.stages, S0, S1)
+    app = create_app(settings, predictor=ScriptedPredictor({0: STOP, 1: 0.8}, [0.5, 0.9]), stages=stages)
+    async with app.router.lifespan_context(app):
+        assert all(s.started and not s.closed for s in stages)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as client:
+            stages[1].up = False
+            health = (await client.get("/health", params={"stages": "true"})).json()
+            assert health["status"] == "degraded" and health["stages"] == {"s0": "ok", "s1": "unreachable"}
+            assert health["predictor"] == "scripted"
+            models = (await client.get("/v1/models")).json()
+            assert [m["id"] for m in models["data"]] == ["cascade", "s0", "s1"]
+    assert all(s.closed for s in stages)
+
+
+def test_stages_must_match_the_configuration() -> None:
+    settings = make_settings()
+    with pytest.raises(ValueError, match="do not match"):
+        create_app(settings, predictor=ScriptedPredictor({}, [0.5, 0.9]), stages=fake_stages(settings.stages[:1]))
+
+
+async def test_create_returns_the_response_and_the_outcome() -> None:
+    """What the route accounts for: who answered, tokens, the cost of every stage called."""
+    settings = make_settings()
+    stages = fake_stages(settings.stages, S0, S1)
+    predictor = ScriptedPredictor({0: ESCALATE, 1: 0.8}, [0.5, 0.9])
+    serving = ChatServing(settings, stages, CascadeEngine(settings, stages, predictor))
+    req = parse_chat_request(orjson.dumps({"model": "cascade", "messages": PROMPT}))
+    response, outcome = await serving.create(req, {})
+    assert response.status_code == 200
+    assert (outcome.stage, outcome.cost) == ("s1", 5.0)
+    assert outcome.tokens == orjson.loads(bytes(response.body))["usage"]["total_tokens"]
+    stages[1].fail = StageTimeout
+    _, degraded = await serving.create(req, {})
+    assert (degraded.stage, degraded.cost) == ("s0", 5.0)  # the failed call is paid for too
+    _, direct = await serving.create(parse_chat_request(orjson.dumps({"model": "s0", "messages": PROMPT})), {})
+    assert (direct.stage, direct.cost, direct.tokens) == ("s0", 1.0, 10 + len(S0.tokens))
+
+
+async def test_traffic_log_records_the_visited_stages(tmp_path: Path) -> None:
+    log = tmp_path / "traffic.jsonl"
+    async with serve(ESCALATE, make_settings("vllm", predictor={"log_path": str(log)})) as r:
+        assert (await r.chat(temperature=0, max_tokens=32)).status_code == 200
+    (row,) = [orjson.loads(line) for line in log.read_text().splitlines()]
+    lower, upper = row["stages"]
+    assert lower["text"] == S0.text and lower["logprobs"] and lower["agreement"] == 3 / 4
+    assert lower["usage"] == {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}
+    assert upper["text"] == S1.text and upper["draft"] == {"accepted": 3, "tokens": 4}
