@@ -56,3 +56,13 @@ def test_cpu_services_match_the_cpu_ladder() -> None:
         assert cmd[cmd.index("--model-id") + 1] == stage.model
         assert cmd[cmd.index("--threads") + 1] == str(stage.launch.threads)  # type: ignore[union-attr]
         assert cmd[cmd.index("--port") + 1] == str(stage.port)
+
+
+def test_the_image_copies_every_package() -> None:
+    """The Dockerfile copies each package the wheel is built from; a package left out breaks the image at import time."""
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = {line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")}
+    assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
