@@ -65,7 +65,8 @@ class CascadeEngine:
     def _log(traffic: TrafficLog, req: CascadeRequest, result: CascadeResult) -> None:
         visits = [
             {"stage": v.stage, "name": v.name, "choice": v.choice, "usage": v.usage.to_dict() if v.usage else None, "seconds": v.seconds,
-             "draft": {"accepted": v.draft.accepted_tokens, "tokens": v.draft.draft_tokens} if v.draft else None}
+             "draft": {"accepted": v.draft.accepted_tokens, "tokens": v.draft.draft_tokens, "seconds": round(v.draft.seconds, 4)}
+                      if v.draft else None}
             for v in result.visits if v.error is None
         ]  # fmt: skip
         if any(v["choice"] is not None for v in visits):

@@ -31,7 +31,8 @@ class TrafficLog:
         self._lock = threading.Lock()
 
     def record(self, prompt_texts: list[str], visits: list[dict[str, Any]]) -> None:
-        """``visits``: per answered stage {stage, name, choice (None if streamed), usage, seconds, draft {accepted, tokens} | None}."""
+        """``visits``: per answered stage {stage, name, choice (None if streamed), usage, seconds,
+        draft {accepted, tokens, seconds} | None}."""
         stages = []
         for i, v in enumerate(visits):
             nxt = visits[i + 1] if i + 1 < len(visits) else None

@@ -354,4 +354,5 @@ async def test_traffic_log_records_the_visited_stages(tmp_path: Path) -> None:
     lower, upper = row["stages"]
     assert lower["text"] == S0.text and lower["logprobs"] and lower["agreement"] == 3 / 4
     assert lower["usage"] == {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}
-    assert upper["text"] == S1.text and upper["draft"] == {"accepted": 3, "tokens": 4}
+    assert upper["text"] == S1.text and upper["draft"]["accepted"] == 3 and upper["draft"]["tokens"] == 4
+    assert upper["draft"]["seconds"] >= 0  # as in a collected row
