@@ -106,7 +106,7 @@ def test_top_k_is_read_from_the_model_and_a_different_configured_k_is_refused(tm
 
     predictor = OnnxPredictor.load(ROOT / "predictor" / "models" / "cpu")
     assert predictor.top_k == 5
-    stages = [{"name": "a", "url": "http://127.0.0.1:1/v1", "cost": 1.0}]
+    stages = [{"name": "a", "model": "a", "url": "http://127.0.0.1:1/v1", "cost": 1.0}]
     assert CascadeEngine(Settings(stages=stages), [], predictor).top_k == 5
     with pytest.raises(ValueError, match="top-k 5"):
         CascadeEngine(Settings(stages=stages, cascade={"top_logprobs": 3}), [], predictor)
