@@ -33,6 +33,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from common import defaults
 from common.errors import APIError
 from common.settings import TenancyConfig
 from router.metrics import STORE_ERRORS, STORE_UP, TENANT_LAMBDA, TENANT_OBSERVED
@@ -79,7 +80,7 @@ class TenantService:
     def __init__(
         self,
         cfg: TenancyConfig,
-        default_lambda: float = 10.0,
+        default_lambda: float = defaults.LAMBDA,
         store: TenantStore | None = None,
         controller: slo.ControllerConfig = DEFAULT_CONTROLLER,
     ) -> None:
