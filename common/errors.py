@@ -40,13 +40,21 @@ class APIError(Exception):
         return Response(orjson.dumps(self.body()), status_code=self.status, media_type="application/json", headers=self.headers)
 
 
+_BRANCH_NAMES = frozenset(("str", "int", "bool", "float", "constrained-int", "constrained-float", "none"))
+
+
+def _is_branch(part: str) -> bool:
+    """A union branch or validator name pydantic puts in a location (``list[ContentPart]``, ``function-after[...]``)."""
+    return part in _BRANCH_NAMES or "[" in part or part.startswith("literal")
+
+
 def _loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("str", "list[TextPart]", "int", "constrained-int", "function-after[_check_combinations(), ChatCompletionRequest]"):
-            continue  # union branch names pydantic adds; not user-facing
+        elif _is_branch(part):
+            continue  # not user-facing
         else:
             out += f".{part}" if out else str(part)
     return out
@@ -57,7 +65,9 @@ def from_validation_error(exc: ValidationError) -> APIError:
     for err in exc.errors():
         ctx_error = (err.get("ctx") or {}).get("error")
         if isinstance(ctx_error, ParamError):
-            return APIError(400, ctx_error.message, param=ctx_error.param)
+            where = _loc(tuple(err["loc"]))  # a nested model's error: its path goes in front
+            param = f"{where}.{ctx_error.param}" if where else ctx_error.param
+            return APIError(400, ctx_error.message if not where else f"{param}: {ctx_error.message}", param=param)
     # For unions the deepest location is the branch the client most likely meant.
     err = max(exc.errors(), key=lambda e: len(e["loc"]))
     if err["type"] == "json_invalid":

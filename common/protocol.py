@@ -5,8 +5,18 @@ stage clients. It carries vLLM's extras used for draft verification
 (``prompt_logprobs``, ``continue_final_message``, ``add_generation_prompt``)
 and the cascade's own extras (``cascade_lambda``, ``cascade_max_stage``).
 
-Validation is strict (no silent coercion of ``"1"`` to ``1``) and unknown
-fields are refused, as the OpenAI API does, so a typo never passes unnoticed.
+What it accepts follows OpenAI: an app that works against OpenAI or vLLM works
+here by changing ``base_url``.
+
+* Top-level fields are strict (no silent coercion of ``"1"`` to ``1``) and an
+  unknown top-level field is refused, as OpenAI does, so a typo never passes.
+* Inside messages, content parts, tools and formats, unknown keys are ignored,
+  as OpenAI ignores them (clients add their own bookkeeping there).
+* Fields that do not change the answer (``store``, ``metadata``, ``service_tier``,
+  ``user``, ...) are accepted and dropped: ``upstream_body`` never forwards them,
+  so no stage can refuse them.
+* What changes the answer and no stage can honour (images, audio, ``n > 1``,
+  ``logit_bias``, ...) is a 400 that names the field.
 """
 
 from __future__ import annotations
@@ -15,51 +25,160 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# Fields OpenAI defines that no stage of ours implements: refused by name.
-UNSUPPORTED_FIELDS: tuple[str, ...] = (
-    "tools",
-    "tool_choice",
-    "functions",
-    "function_call",
-    "parallel_tool_calls",
-    "logit_bias",
-    "audio",
-    "modalities",
+# Fields OpenAI defines that change the answer and that no stage of ours implements: refused by name.
+UNSUPPORTED_FIELDS: dict[str, str] = {
+    "functions": "the deprecated 'functions' is not supported; send 'tools' instead",
+    "function_call": "the deprecated 'function_call' is not supported; send 'tool_choice' instead",
+    "logit_bias": "'logit_bias' is not supported by this server",
+    "audio": "audio output is not supported by this server",
+    "web_search_options": "web search is not supported by this server",
+}
+# Fields that do not change the answer: accepted, never forwarded.
+IGNORED_FIELDS: tuple[str, ...] = (
+    "store",
+    "metadata",
+    "service_tier",
+    "prompt_cache_key",
+    "safety_identifier",
+    "reasoning_effort",
+    "verbosity",
+    "user",
     "prediction",
-    "web_search_options",
+    "modalities",
 )
-MAX_STOP_SEQUENCES = 4
+MAX_STOP_SEQUENCES = 64  # OpenAI allows 4; vLLM and our CPU server take any number, and some clients send more
 MAX_TOP_LOGPROBS = 20
+FUNCTION_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class TextPart(_Strict):
-    type: Literal["text"]
-    text: str
+class _Part(BaseModel):
+    """Nested objects: strict types, unknown keys ignored (OpenAI ignores them too)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
-class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
+# -- message content -----------------------------------------------------------
+class ContentPart(_Part):
+    """One part of a message's content. One model with a ``type`` (not a union), so errors name plain paths.
+
+    Image, audio and file parts are parsed so that the error can name them; no stage takes them.
+    """
+
+    type: Literal["text", "refusal", "image_url", "input_audio", "file"]
+    text: str | None = None
+    refusal: str | None = None
+
+    @model_validator(mode="after")
+    def _check_type(self) -> ContentPart:
+        if self.type in ("image_url", "input_audio", "file"):
+            kind = {"image_url": "image", "input_audio": "audio", "file": "file"}[self.type]
+            raise ParamError("type", f"{kind} input is not supported: no stage of this router takes '{self.type}' parts")
+        if self.type == "text" and self.text is None:
+            raise ParamError("text", "a 'text' part needs 'text'")
+        if self.type == "refusal" and self.refusal is None:
+            raise ParamError("refusal", "a 'refusal' part needs 'refusal'")
+        return self
+
+    def plain(self) -> str:
+        return (self.text if self.type == "text" else self.refusal) or ""
+
+
+class FunctionCall(_Part):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(_Part):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(_Part):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant: the calls it made
+    tool_call_id: str | None = None  # tool: which call this is the result of
+    refusal: str | None = None  # assistant
+
+    @model_validator(mode="after")
+    def _check_role_fields(self) -> ChatMessage:
+        if isinstance(self.content, list):
+            for i, part in enumerate(self.content):
+                if part.type == "refusal" and self.role != "assistant":
+                    raise ParamError(f"content[{i}].type", "'refusal' parts are only allowed in assistant messages")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ParamError("tool_calls", "'tool_calls' is only allowed in assistant messages")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ParamError("tool_call_id", "a 'tool' message needs 'tool_call_id'")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ParamError("tool_call_id", "'tool_call_id' is only allowed in tool messages")
+        return self
 
     def text(self) -> str:
+        """The message's text (parts joined); a refusal counts as text, tool calls do not."""
         if self.content is None:
-            return ""
+            return self.refusal or ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(p.plain() for p in self.content)
 
 
-class StreamOptions(_Strict):
+# -- tools ---------------------------------------------------------------------
+class FunctionDefinition(_Part):
+    name: str = Field(pattern=FUNCTION_NAME_PATTERN)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema; absent = no arguments
+    strict: bool | None = None
+
+
+class Tool(_Part):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Part):
+    name: str
+
+
+class NamedToolChoice(_Part):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+# -- structured outputs --------------------------------------------------------
+class JSONSchemaSpec(_Part):
+    name: str = Field(pattern=FUNCTION_NAME_PATTERN)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Part):
+    """``text``, ``json_object`` or ``json_schema`` (with its ``json_schema`` spec). One model, so errors name plain paths."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaSpec | None = None
+
+    @model_validator(mode="after")
+    def _check_spec(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ParamError("json_schema", "'response_format' of type 'json_schema' needs 'json_schema'")
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise ParamError("json_schema", f"'json_schema' only applies to 'response_format' of type 'json_schema', not '{self.type}'")
+        return self
+
+
+class StreamOptions(_Part):
     include_usage: bool = False
-
-
-class ResponseFormat(_Strict):
-    type: Literal["text"]
 
 
 class ChatCompletionRequest(_Strict):
@@ -79,7 +198,9 @@ class ChatCompletionRequest(_Strict):
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     response_format: ResponseFormat | None = None
-    user: str | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     # vLLM extras (draft verification)
     prompt_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     continue_final_message: bool = False
@@ -90,24 +211,31 @@ class ChatCompletionRequest(_Strict):
     cascade_lambda: Annotated[float, Field(ge=0.0)] | None = None
     cascade_max_stage: Annotated[int, Field(ge=0)] | str | None = None
 
-    # Unsupported OpenAI fields are declared so the error can say "not supported"
-    # instead of "unrecognized".
-    tools: Any = None
-    tool_choice: Any = None
-    functions: Any = None
-    function_call: Any = None
-    parallel_tool_calls: Any = None
-    logit_bias: Any = None
-    audio: Any = None
-    modalities: Any = None
-    prediction: Any = None
-    web_search_options: Any = None
+    # Accepted and dropped: they do not change the answer (see IGNORED_FIELDS).
+    store: Any = Field(None, exclude=True)
+    metadata: Any = Field(None, exclude=True)
+    service_tier: Any = Field(None, exclude=True)
+    prompt_cache_key: Any = Field(None, exclude=True)
+    safety_identifier: Any = Field(None, exclude=True)
+    reasoning_effort: Any = Field(None, exclude=True)
+    verbosity: Any = Field(None, exclude=True)
+    user: Any = Field(None, exclude=True)
+    prediction: Any = Field(None, exclude=True)
+    modalities: Any = Field(None, exclude=True)
+    # Declared so the error can say "not supported" instead of "unrecognized".
+    functions: Any = Field(None, exclude=True)
+    function_call: Any = Field(None, exclude=True)
+    logit_bias: Any = Field(None, exclude=True)
+    audio: Any = Field(None, exclude=True)
+    web_search_options: Any = Field(None, exclude=True)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> ChatCompletionRequest:
-        for name in UNSUPPORTED_FIELDS:
+        for name, message in UNSUPPORTED_FIELDS.items():
             if getattr(self, name) is not None:
-                raise ParamError(name, f"'{name}' is not supported by this server")
+                raise ParamError(name, message)
+        if self.modalities is not None and self.modalities != ["text"]:
+            raise ParamError("modalities", "'modalities': only 'text' output is supported by this server")
         if self.top_logprobs and not self.logprobs:
             raise ParamError("top_logprobs", "'top_logprobs' requires 'logprobs' to be true")
         if self.stream_options is not None and not self.stream:
@@ -118,13 +246,37 @@ class ChatCompletionRequest(_Strict):
             raise ParamError("prompt_logprobs_scope", "'prompt_logprobs_scope': 'final_message' needs 'continue_final_message': true")
         if self.continue_final_message:
             if self.add_generation_prompt:
-                raise ParamError(
-                    "continue_final_message",
-                    "'continue_final_message' needs 'add_generation_prompt': false",
-                )
+                raise ParamError("continue_final_message", "'continue_final_message' needs 'add_generation_prompt': false")
             if self.messages[-1].role != "assistant":
                 raise ParamError("messages", "'continue_final_message' needs a final assistant message")
+        self._check_tools()
         return self
+
+    def _check_tools(self) -> None:
+        names = [t.function.name for t in self.tools or ()]
+        if len(set(names)) != len(names):
+            raise ParamError("tools", "'tools' must name each function once")
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ParamError("tool_choice", f"'tool_choice' names function '{choice.function.name}', which is not in 'tools'")
+        if choice == "required" and not names:
+            raise ParamError("tool_choice", "'tool_choice': 'required' needs at least one tool in 'tools'")
+        forced = choice is not None and choice != "auto"
+        if self.structured is not None and self.calls_tools and forced:
+            raise ParamError("response_format", "'response_format' cannot be combined with a forced 'tool_choice'")
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the model may answer with tool calls (tools offered and not switched off)."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    @property
+    def structured(self) -> Literal["json_object", "json_schema"] | None:
+        """The structured-output mode asked for, if any."""
+        fmt = self.response_format
+        if fmt is None or fmt.type == "text":
+            return None
+        return fmt.type
 
     @property
     def token_limit(self) -> int | None:
@@ -140,9 +292,25 @@ class ChatCompletionRequest(_Strict):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def upstream_body(self, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+        """The request as a stage receives it: no ignored fields, no nulls, JSON names (``schema``).
+
+        ``tools: []`` and ``tool_choice`` without tools are no-ops and are left out,
+        so a stage that cannot do tools never sees them.
+        """
+        body = self.model_dump(exclude_none=True, by_alias=True, exclude=set(exclude))
+        if not self.tools:
+            for name in ("tools", "tool_choice", "parallel_tool_calls"):
+                body.pop(name, None)
+        return body
+
 
 class ParamError(ValueError):
-    """A request parameter is invalid; ``param`` names it for the error body."""
+    """A request parameter is invalid; ``param`` names it for the error body.
+
+    Raised inside a nested model (a message), ``param`` is relative to it; the
+    location pydantic reports is put in front (``messages[1].tool_call_id``).
+    """
 
     def __init__(self, param: str, message: str) -> None:
         super().__init__(message)

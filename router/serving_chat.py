@@ -88,7 +88,7 @@ class ChatServing:
 
     # -- pass-through ---------------------------------------------------------
     async def _passthrough(self, req: ChatCompletionRequest, stage: Stage, t0: float) -> tuple[Response, RequestOutcome]:
-        body = req.model_dump(exclude_none=True, exclude=_CASCADE_FIELDS | {"model"})
+        body = req.upstream_body(exclude=_CASCADE_FIELDS | {"model"})
         headers = {"x-cascade-stage": stage.name, "x-cascade-path": stage.name}
         try:
             if req.stream:
@@ -173,7 +173,7 @@ class ChatServing:
         self, req: ChatCompletionRequest, headers: Mapping[str, str], t0: float, limits: TenantLimits
     ) -> tuple[Response, RequestOutcome]:
         lam, max_stage = self._knobs(req, headers, limits)
-        body = req.model_dump(exclude_none=True, exclude=_CASCADE_FIELDS | {"model", "stream", "stream_options"})
+        body = req.upstream_body(exclude=_CASCADE_FIELDS | {"model", "stream", "stream_options"})
         prompt = PromptStats.from_texts([m.text() for m in req.messages])
         result = await self.engine.run(CascadeRequest(body, prompt, lam, max_stage, stream=req.stream))
         final = self.engine.stages[result.final_stage].name

@@ -236,6 +236,14 @@ def create_app(serving: StageServing) -> FastAPI:
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(req, name):
                 raise APIError(400, f"'{name}' is not supported by the llama.cpp stage server", param=name)
+        if req.calls_tools:
+            raise APIError(400, "'tools' are not supported by this llama.cpp stage server yet", param="tools")
+        if req.structured is not None:
+            raise APIError(
+                400, f"'response_format' {req.structured} is not supported by this llama.cpp stage server yet", param="response_format"
+            )
+        if any(m.role == "tool" or m.tool_calls for m in req.messages):
+            raise APIError(400, "tool calls in the history are not supported by this llama.cpp stage server yet", param="messages")
         prompt = serving.prompt_tokens(req)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())

@@ -50,7 +50,20 @@ BAD_BODIES = [
     (b'{"model": "cascade", "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 30, "logprobs": true}', "top_logprobs"),
     (b'{"model": "cascade", "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 3}', "top_logprobs"),
     (b'{"model": "cascade", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream"),
-    (b'{"model": "cascade", "messages": [{"role": "user", "content": "hi"}], "tools": []}', "tools"),
+    (
+        b'{"model": "cascade", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}',
+        "messages[0].content[0].type",
+    ),
+    (
+        b'{"model": "cascade", "messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "r"}]}',
+        "messages[1].tool_call_id",
+    ),
+    (b'{"model": "cascade", "messages": [{"role": "user", "content": "hi"}], "tool_choice": "required"}', "tool_choice"),
+    (
+        b'{"model": "cascade", "messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_schema"}}',
+        "response_format.json_schema",
+    ),
+    (b'{"model": "cascade", "messages": [{"role": "user", "content": "hi"}], "functions": [{"name": "f"}]}', "functions"),
     (b'{"model": "cascade", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"1": 2}}', "logit_bias"),
     (b'{"model": "cascade", "messages": [{"role": "user", "content": "hi"}], "frobnicate": 1}', "frobnicate"),
     (b'{"model": "cascade", "messages": [{"role": "user", "content": "hi"}], "cascade_lambda": -1}', "cascade_lambda"),

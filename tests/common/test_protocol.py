@@ -1,0 +1,112 @@
+"""The request models accept what OpenAI accepts and name the field of what they refuse."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from common.errors import APIError, parse_chat_request
+
+BASE: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+TOOL = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
+
+
+def _parse(**fields: Any) -> dict[str, Any]:
+    return parse_chat_request(json.dumps({**BASE, **fields}).encode()).upstream_body()
+
+
+def _refused(**fields: Any) -> APIError:
+    with pytest.raises(APIError) as info:
+        parse_chat_request(json.dumps({**BASE, **fields}).encode())
+    assert info.value.status == 400
+    return info.value
+
+
+def test_fields_that_do_not_change_the_answer_are_accepted_and_never_forwarded() -> None:
+    ignored = {
+        "store": True,
+        "metadata": {"app": "x"},
+        "service_tier": "auto",
+        "prompt_cache_key": "k",
+        "safety_identifier": "u1",
+        "reasoning_effort": "low",
+        "verbosity": "low",
+        "user": "u1",
+        "prediction": {"type": "content", "content": "x"},
+        "modalities": ["text"],
+    }
+    body = _parse(**ignored)
+    assert not set(ignored) & set(body)
+
+
+def test_no_op_tool_values_are_accepted_and_dropped() -> None:
+    body = _parse(tools=[], parallel_tool_calls=False)
+    assert "tools" not in body and "parallel_tool_calls" not in body
+
+
+def test_tools_and_tool_history_are_forwarded() -> None:
+    history = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}],
+        },
+        {"role": "tool", "content": "18 C", "tool_call_id": "c1"},
+    ]
+    body = _parse(messages=history, tools=[TOOL], tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    assert body["tools"][0]["function"]["name"] == "get_weather"
+    assert body["messages"][1]["tool_calls"][0]["function"]["arguments"] == '{"city": "Paris"}'
+    assert body["messages"][2]["tool_call_id"] == "c1"
+
+
+def test_unknown_keys_inside_messages_and_parts_are_ignored_but_not_at_the_top() -> None:
+    body = _parse(
+        messages=[{"role": "user", "content": [{"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}], "x-id": 3}]
+    )
+    assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
+    assert _refused(frobnicate=1).param == "frobnicate"
+
+
+def test_more_than_four_stop_strings() -> None:
+    assert len(_parse(stop=[f"s{i}" for i in range(10)])["stop"]) == 10
+
+
+def test_json_schema_response_format_keeps_its_json_name() -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "Answer", "schema": {"type": "object"}, "strict": True}}
+    assert _parse(response_format=fmt)["response_format"] == fmt
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages[0].content[0].type"),
+        ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]}, "messages[0].content[0].type"),
+        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0].text"),
+        ({"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "r"}]}, "messages[1].tool_call_id"),
+        ({"messages": [{"role": "user", "content": "a", "tool_calls": []}]}, "messages[0].tool_calls"),
+        ({"messages": [{"role": "user", "content": [{"type": "refusal", "refusal": "no"}]}]}, "messages[0].content[0].type"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "other"}}}, "tool_choice"),
+        ({"tools": [TOOL, TOOL]}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools[0].function.name"),
+        ({"tools": [TOOL], "tool_choice": "sometimes"}, "tool_choice"),
+        ({"response_format": {"type": "xml"}}, "response_format.type"),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+        ({"response_format": {"type": "json_object", "json_schema": {"name": "x"}}}, "response_format.json_schema"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"logit_bias": {"1": 2}}, "logit_bias"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"n": 2}, "n"),
+        ({"stop": [str(i) for i in range(65)]}, "stop"),
+    ],
+)
+def test_what_no_stage_can_honour_is_a_400_naming_the_field(fields: dict[str, Any], param: str) -> None:
+    err = _refused(**fields)
+    assert err.param == param
+    assert param.split(".")[0].split("[")[0] in err.message
