@@ -34,6 +34,7 @@ from router.draft import DraftCheck, score_text
 from router.stage import Stage
 
 TOP_K = 20  # stage j's alternatives per position in the scoring pass (vLLM's default max_logprobs)
+ACCEPT_STREAM = 0x5EC5  # the acceptance draws get their own stream of the request's seed, never the one a stage sampled with
 
 
 def tempered(logprobs: Mapping[str, float], temperature: float) -> dict[str, float]:
@@ -87,7 +88,11 @@ async def verify_sampled(client: Stage, body: dict[str, Any], draft: str, draft_
     scored = await score_text(client, {**body, "logprobs": True, "top_logprobs": TOP_K}, draft, TOP_K)
     if scored is None or scored.tokens != [e["token"] for e in draft_entries]:
         return None
-    rng = np.random.default_rng(body.get("seed"))
+    # The draws must be independent of the draft: stage i (our CPU server) samples with
+    # default_rng(seed), one uniform per token, so reusing the seed would make each acceptance
+    # draw the very uniform that picked the draft token (biased output).
+    seed = body.get("seed")
+    rng = np.random.default_rng(None if seed is None else [int(seed), ACCEPT_STREAM])
     check = DraftCheck(draft_tokens=len(scored.tokens), rounds=1)
     check.count_call(scored.generated["usage"])
     for token, mine, theirs in zip(scored.tokens, scored.entries, draft_entries, strict=False):
