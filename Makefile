@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: install system-deps vllm-env up test test-vllm predictor bench-overhead bench-draft bench-predictor bench-tenancy lint clean
+.PHONY: install system-deps vllm-env up test test-vllm predictor bench-overhead bench-draft bench-predictor bench-tenancy lint clean test-sanitizers fuzz-scanner
 
 $(STAMP): pyproject.toml setup.py $(wildcard predictor/serving/*.c) requirements-models.txt
 	@# the C modules in predictor/serving need the interpreter's headers: Debian's system Python keeps them in python3-dev
@@ -49,6 +49,8 @@ up: $(STAMP)
 test: $(STAMP) system-deps lint
 	-$(MAKE) --no-print-directory vllm-env
 	$(BIN)/pytest
+	$(MAKE) --no-print-directory test-sanitizers
+	$(MAKE) --no-print-directory fuzz-scanner
 
 # The vLLM-dialect integration tests (real vLLM, CPU build); skipped by `make test` when .venv-vllm is absent.
 test-vllm: $(STAMP) $(VLLM_STAMP) system-deps
@@ -78,6 +80,49 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)
 	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/mypy
+
+# -- the logprob scanner (predictor/serving/_logprob_scan.c), hardened -------------------------
+# Both targets rebuild the C modules with sanitizers into a directory of their own under build/
+# (a copy of the predictor package, first on PYTHONPATH), never over the in-place .so files the
+# rest of the suite loads; the tests and the harness check that the build they were given is the
+# one they loaded. PYTHONMALLOC=malloc: pymalloc's arenas would hide small buffers from ASan.
+# CPython is not built with ASan, so its runtime is preloaded (leaks off: CPython leaks at exit).
+SAN_DIR := build/sanitize
+FUZZ_DIR := build/fuzz
+SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -fno-wrapv
+FUZZ_CFLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -fno-wrapv
+SAN_RUNS ?= 10000
+FUZZ_SECONDS ?= 60
+FUZZ_SEEDS := tests/predictor/serving/fuzz_corpus
+ATHERIS := atheris==3.0.0
+native_env = PYTHONPATH=$(1):. PYTHONMALLOC=malloc ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 ADAPTIVE_SD_EXPECT_NATIVE_DIR=$(1)
+
+# $(call native_build,DIR,CC,compile flags,link flags): the package copied to DIR without its .so files, the extensions built into it
+define native_build
+	rm -rf $(1) && mkdir -p $(1) && cp -r predictor $(1)/predictor
+	find $(1)/predictor \( -name '*.so' -o -name __pycache__ \) -prune -exec rm -rf {} +
+	CC=$(2) ADAPTIVE_SD_EXTRA_CFLAGS="$(3)" LDFLAGS="$(4)" $(BIN)/python setup.py -q build_ext --build-lib $(1) --build-temp $(1)/obj --force
+endef
+
+# gcc's ASan + UBSan: the scanner and statistics tests, then $(SAN_RUNS) random mutations of the seeds through the oracle.
+test-sanitizers: $(STAMP)
+	$(call native_build,$(SAN_DIR),gcc,$(SAN_FLAGS),$(SAN_FLAGS))
+	$(call native_env,$(SAN_DIR)) LD_PRELOAD=$$(gcc -print-file-name=libasan.so) \
+	  $(BIN)/pytest -q -p no:cacheprovider --import-mode=append tests/predictor/serving/test_native.py tests/predictor/serving/test_features.py -k 'not real_stage'
+	$(call native_env,$(SAN_DIR)) LD_PRELOAD=$$(gcc -print-file-name=libasan.so) \
+	  $(BIN)/python tests/predictor/serving/fuzz_scanner.py --mutate $(SAN_RUNS) $(FUZZ_SEEDS)
+
+# Coverage-guided (atheris' libFuzzer, clang's coverage instrumentation, ASan + UBSan) for FUZZ_SECONDS, from the
+# committed seeds; what it learns goes to build/fuzz-corpus (kept between local runs), a failing input to build/fuzz-artifacts.
+# Replay one: the same environment, `python tests/predictor/serving/fuzz_scanner.py --replay FILE`.
+fuzz-scanner: $(STAMP)
+	@command -v clang >/dev/null || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends clang; }
+	@$(BIN)/python -c "import atheris" 2>/dev/null || $(BIN)/pip install -q $(ATHERIS)
+	$(call native_build,$(FUZZ_DIR),clang,$(FUZZ_CFLAGS),)
+	mkdir -p build/fuzz-corpus build/fuzz-artifacts
+	$(call native_env,$(FUZZ_DIR)) LD_PRELOAD="$$($(BIN)/python -c 'import atheris, importlib.util as u; print(atheris.path() + "/asan_with_fuzzer.so", u.find_spec("atheris.custom_mutator").origin)')" \
+	  $(BIN)/python tests/predictor/serving/fuzz_scanner.py -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 -detect_leaks=0 -print_final_stats=1 \
+	  -dict=tests/predictor/serving/fuzz_scanner.dict -artifact_prefix=build/fuzz-artifacts/ build/fuzz-corpus $(FUZZ_SEEDS)
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info

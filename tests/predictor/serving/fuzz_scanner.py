@@ -7,11 +7,12 @@ anything else. Modes:
 
   python -m tests.predictor.serving.fuzz_scanner [libFuzzer flags] CORPUS_DIR...
       coverage-guided (atheris, which bundles libFuzzer), on an extension built with clang
-      -fsanitize=fuzzer-no-link (and ASan/UBSan): ``make fuzz-scanner``. New inputs go into the
+      -fsanitize=fuzzer-no-link (and ASan/UBSan): ``make fuzz-scanner``. Half the mutations are
+      structural (json_mutator.py), half libFuzzer's byte edits. New inputs go into the
       first directory (build/fuzz/corpus there), so the committed seeds stay as they are.
   python -m tests.predictor.serving.fuzz_scanner --mutate N CORPUS_DIR...
-      N random mutations of the seeds, no atheris or clang needed: the bounded fuzz run of
-      ``make test-sanitizers`` (gcc's ASan/UBSan build).
+      N random mutations of the seeds (half bytes, half structural: json_mutator.py), no atheris
+      or clang needed: the bounded fuzz run of ``make test-sanitizers`` (gcc's ASan/UBSan build).
   python -m tests.predictor.serving.fuzz_scanner --replay PATH...
       re-run files (a crash artifact, a corpus), printing each outcome.
   python -m tests.predictor.serving.fuzz_scanner --write-seeds DIR
@@ -23,6 +24,7 @@ Each input is checked with k = 1 and k = 5 (fewer alternatives than the body has
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -35,7 +37,8 @@ from typing import Any
 
 import orjson
 
-from predictor.serving import logprob_scan
+from predictor.serving import _answer_stats, logprob_scan
+from tests.predictor.serving.json_mutator import mutate_json
 from tests.predictor.serving.scan_oracle import Outcome, check, mutate
 
 KS = (1, 5)
@@ -43,10 +46,26 @@ ROOT = Path(__file__).resolve().parents[3]
 tally: Counter[Outcome] = Counter()
 
 
+KEEP_READABLE_DECLINES = 200  # how many declined-but-readable inputs to keep for review (in $FUZZ_DECLINES_DIR)
+
+
+def check_one(data: bytes, k: int) -> Outcome:
+    """The oracle, then the statistics on whatever the scanner returned (inf, -0, huge values): no crash, no sanitizer report."""
+    outcome, stats = check(data, k)
+    if stats is not None:
+        _answer_stats.answer_stats(stats.token_logprobs, stats.top_logprobs, k)
+    return outcome
+
+
 def one_input(data: bytes) -> None:
     """libFuzzer's TestOneInput: the oracle for each k (a Mismatch or any other exception is a finding)."""
     for k in KS:
-        tally[check(data, k)[0]] += 1
+        outcome = check_one(data, k)
+        tally[outcome] += 1
+        keep = os.environ.get("FUZZ_DECLINES_DIR")
+        if outcome is Outcome.DECLINED_READABLE and keep and tally[outcome] <= KEEP_READABLE_DECLINES:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            (Path(keep) / f"{hashlib.sha1(data).hexdigest()}-k{k}").write_bytes(data)
     total = tally.total()
     if total >= 4096 and total & (total - 1) == 0:  # a tally at each power of two, beside libFuzzer's own lines
         print(f"# oracle after {total} checks: {_tally_line()}", file=sys.stderr, flush=True)
@@ -83,19 +102,37 @@ def run_mutations(runs: int, corpus: list[str], seed: int) -> None:
         if rng.random() < 0.1:  # splice two seeds: one's head, another's tail
             other = rng.choice(bases)
             body = body[: rng.randrange(len(body) + 1)] + other[rng.randrange(len(other) + 1) :]
-        one_input(mutate(rng, body))
+        structural = mutate_json(body, rng.getrandbits(32)) if rng.random() < 0.5 else None
+        one_input(structural if structural is not None else mutate(rng, body))
     print(f"# {runs} mutations of {len(bases)} seeds in {time.perf_counter() - t0:.1f} s: {_tally_line()}", file=sys.stderr)
 
 
 def replay(paths: list[str]) -> None:
     for p in _files(paths):
-        print(p, [check(p.read_bytes(), k)[0].value for k in KS])
+        print(p, [check_one(p.read_bytes(), k).value for k in KS])
 
 
 def fuzz(argv: list[str]) -> None:
     import atheris  # only this mode needs it (`make fuzz-scanner` installs it)
 
-    atheris.Setup(argv, one_input)
+    seeds = [p.read_bytes() for p in _files(a for a in argv[1:] if not a.startswith("-"))]
+
+    def mutator(data: bytes, max_size: int, seed: int) -> bytes:
+        """60 % structural (json_mutator: the body still decodes, mostly), the rest libFuzzer's own byte edits.
+
+        A structural edit of an input that no longer decodes starts again from a seed half the
+        time: else the corpus fills with byte-broken inputs the scanner declines at once.
+        """
+        choice = seed % 10
+        if choice < 6:
+            out = mutate_json(data, seed)
+            if out is None and choice < 3 and seeds:
+                out = mutate_json(seeds[seed % len(seeds)], seed)
+            if out is not None and len(out) <= max_size:
+                return out
+        return bytes(atheris.Mutate(data, max_size))
+
+    atheris.Setup(argv, one_input, custom_mutator=mutator)
     atheris.Fuzz()
 
 

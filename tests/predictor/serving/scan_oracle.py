@@ -25,7 +25,8 @@ from predictor.serving.features import AnswerStats, scan_body
 
 
 class Outcome(enum.Enum):
-    DECLINED = "declined"  # the scanner returned None: the caller decodes
+    DECLINED = "declined"  # the scanner returned None, and decoding cannot read an answer either
+    DECLINED_READABLE = "declined-readable"  # None, though decoding reads an answer: allowed (the caller decodes), but counted
     SAME = "same"  # accepted, and equal to decoding
     UNDECODABLE = "undecodable"  # accepted, but orjson refuses the body: the router's decode reports it
 
@@ -43,7 +44,7 @@ def check(body: bytes, k: int) -> tuple[Outcome, AnswerStats | None]:
     """Scan ``body`` with ``k`` alternatives, compare with decoding it; raise ``Mismatch`` on any difference."""
     scanned = scan_body(body, k)  # an exception here is a failure too: the scanner must never raise
     if scanned is None:
-        return Outcome.DECLINED, None
+        return (Outcome.DECLINED_READABLE if decoded(body, k) is not None else Outcome.DECLINED), None
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -66,6 +67,15 @@ def check(body: bytes, k: int) -> tuple[Outcome, AnswerStats | None]:
     if problems:
         raise Mismatch(f"{'; '.join(problems)}; body {body[:300]!r}")
     return Outcome.SAME, fast
+
+
+def decoded(body: bytes, k: int) -> AnswerStats | None:
+    """The training path's arrays for the body, None when it is not a chat completion that path can read."""
+    try:
+        with np.errstate(over="ignore"):
+            return AnswerStats.from_choice(orjson.loads(body)["choices"][0], k)
+    except Exception:  # not JSON, no choices, a choice or logprob of another type: all "cannot read"
+        return None
 
 
 def _span_problems(body: bytes, data: Any, choice: Any, span: tuple[int, int] | None) -> list[str]:

@@ -238,7 +238,7 @@ def test_a_refused_configure_keeps_the_constants() -> None:
     with pytest.raises(ValueError):
         _answer_stats.configure(-5.0, [0.0, 0.0, 0.0], 1, 0.0, 0.0)  # three thresholds: refused
     with pytest.raises(TypeError):
-        _answer_stats.configure(-5.0, [0.0, 0.0, 0.0, "x"], 1, 0.0, 0.0)
+        _answer_stats.configure(-5.0, [0.0, 0.0, 0.0, "x"], 1, 0.0, 0.0)  # type: ignore[list-item]
     assert _answer_stats.answer_stats(chosen, top, 2) == before
 
 
@@ -341,15 +341,15 @@ def test_the_oracle_catches_a_wrong_answer(monkeypatch: pytest.MonkeyPatch) -> N
     """The fuzzer's oracle fails on a scanner that reads one value wrong (so a green fuzz run means something)."""
     raw = _one(b"-1.25")
     assert check(raw, K)[0] is Outcome.SAME
-    real = logprob_scan._logprob_scan.read
+    real = _logprob_scan.read
 
-    def off_by_one_ulp(body: bytes, k: int, positions: object) -> object:
-        found = real(body, k, positions)  # type: ignore[arg-type]
+    def off_by_one_ulp(body: bytes, k: int, positions: logprob_scan.Positions) -> object:
+        found = real(body, k, positions)
         assert found is not None
         n, chosen, top, finish, start, end = found
         return n, np.nextafter(np.frombuffer(chosen, np.float32), np.float32(0)).tobytes(), top, finish, start, end
 
-    monkeypatch.setattr(logprob_scan._logprob_scan, "read", off_by_one_ulp)
+    monkeypatch.setattr(_logprob_scan, "read", off_by_one_ulp)  # the module logprob_scan.scan calls through
     with pytest.raises(Mismatch):
         check(raw, K)
 
