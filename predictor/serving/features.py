@@ -191,7 +191,7 @@ def positions(n: int) -> tuple[int, ...] | None:
 
 
 @lru_cache(maxsize=1024)
-def _reader(n: int) -> itemgetter:
+def _reader(n: int) -> itemgetter[Any]:
     """``positions(n)`` as one C-level call on a list (``n > MAX_POSITIONS``)."""
     return itemgetter(*positions(n))  # type: ignore[misc]
 
