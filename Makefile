@@ -93,6 +93,8 @@ SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-
 FUZZ_CFLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -fno-wrapv
 SAN_RUNS ?= 10000
 FUZZ_SECONDS ?= 60
+# a fixed libFuzzer seed keeps CI runs comparable; `make fuzz-scanner FUZZ_SEED=0` picks a random one
+FUZZ_SEED ?= 1
 FUZZ_SEEDS := tests/predictor/serving/fuzz_corpus
 ATHERIS := atheris==3.0.0
 native_env = PYTHONPATH=$(1):. PYTHONMALLOC=malloc ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 ADAPTIVE_SD_EXPECT_NATIVE_DIR=$(1)
@@ -121,7 +123,7 @@ fuzz-scanner: $(STAMP)
 	$(call native_build,$(FUZZ_DIR),clang,$(FUZZ_CFLAGS),)
 	mkdir -p build/fuzz-corpus build/fuzz-artifacts
 	$(call native_env,$(FUZZ_DIR)) LD_PRELOAD="$$($(BIN)/python -c 'import atheris, importlib.util as u; print(atheris.path() + "/asan_with_fuzzer.so", u.find_spec("atheris.custom_mutator").origin)')" \
-	  $(BIN)/python tests/predictor/serving/fuzz_scanner.py -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 -detect_leaks=0 -print_final_stats=1 \
+	  $(BIN)/python tests/predictor/serving/fuzz_scanner.py -max_total_time=$(FUZZ_SECONDS) -seed=$(FUZZ_SEED) -timeout=10 -rss_limit_mb=4096 -detect_leaks=0 -print_final_stats=1 \
 	  -dict=tests/predictor/serving/fuzz_scanner.dict -artifact_prefix=build/fuzz-artifacts/ build/fuzz-corpus $(FUZZ_SEEDS)
 
 clean:
