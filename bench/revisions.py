@@ -74,8 +74,8 @@ def _run(tree: Path, argv: list[str], tmp: Path) -> dict[str, Any]:
     return _json_tail(done.stdout)
 
 
-def _worktree(base: str, where: Path) -> Path:
-    tree = where / "base"
+def _worktree(base: str, where: Path, name: str = "base") -> Path:
+    tree = where / name
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), base], check=True)
     subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tree, check=True, capture_output=True)
     return tree
@@ -84,6 +84,7 @@ def _worktree(base: str, where: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", required=True, help="git revision to compare against")
+    ap.add_argument("--ours", help="git revision to measure (default: this working tree)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--bench", choices=sorted(BENCHES), action="append", help="default: all")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "revisions.json"))
@@ -92,21 +93,31 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         base_tree = _worktree(args.base, tmp)
+        ours_tree = _worktree(args.ours, tmp, "ours") if args.ours else ROOT
         try:
             samples: dict[str, dict[str, dict[str, list[float]]]] = {}
             for name in names:
                 argv, figures = BENCHES[name]
                 got: dict[str, dict[str, list[float]]] = {"base": {f: [] for f in figures}, "ours": {f: [] for f in figures}}
                 for i in range(args.rounds):
-                    for side, tree in (("base", base_tree), ("ours", ROOT)) if i % 2 == 0 else (("ours", ROOT), ("base", base_tree)):
+                    for side, tree in (
+                        (("base", base_tree), ("ours", ours_tree)) if i % 2 == 0 else (("ours", ours_tree), ("base", base_tree))
+                    ):
                         print(f"{name} round {i + 1}/{args.rounds}: {side}", file=sys.stderr, flush=True)
                         result = _run(tree, argv, tmp)
                         for fig, read in figures.items():
                             got[side][fig].append(float(read(result)))
                 samples[name] = got
         finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)], check=False)
-    report: dict[str, Any] = {"base": args.base, "rounds": args.rounds, "order": "alternating, starting with base", "benchmarks": {}}
+            for tree in {base_tree, ours_tree} - {ROOT}:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+    report: dict[str, Any] = {
+        "base": args.base,
+        "ours": args.ours or "working tree",
+        "rounds": args.rounds,
+        "order": "alternating, starting with base",
+        "benchmarks": {},
+    }
     for name, got in samples.items():
         rows = {}
         for fig in got["base"]:
