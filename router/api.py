@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Content, Response, StreamingResponse
 
 from common.errors import APIError, parse_chat_request
+from common.responses_protocol import parse_responses_request
 from common.settings import Settings
 from predictor.serving.interface import Predictor
 from predictor.serving.loader import load_predictor
@@ -27,6 +28,7 @@ from router.cascade import CascadeEngine
 from router.contracts import RequestOutcome, TenantLimits
 from router.metrics import RATE_LIMITED, REGISTRY, REQUESTS
 from router.serving_chat import ChatServing
+from router.serving_responses import ResponsesServing
 from router.stage import Stage
 from router.stage_client import StageClient
 from router.tenants.admin import admin_router
@@ -125,6 +127,26 @@ def create_app(
             raise
         REQUESTS.labels(model, str(response.status_code)).inc()
         return account(tenant, outcome, response, t0, req.token_limit or DEFAULT_STREAM_TOKEN_ESTIMATE)
+
+    responses_serving = ResponsesServing(chat_serving)
+
+    @app.post("/v1/responses")
+    async def responses(request: Request) -> Response:
+        """The Responses API, stateless: translated to a chat request and served, limited and accounted as one."""
+        t0 = time.perf_counter()
+        model = "-"
+        try:
+            tenant = await tenants.authenticate(request.headers.get("authorization"))
+            req = parse_responses_request(await request.body())
+            model = req.model
+            response, outcome = await responses_serving.create(req, request.headers, limits(tenant))
+        except APIError as exc:
+            if exc.status == 429:
+                RATE_LIMITED.labels(exc.param or "-").inc()
+            REQUESTS.labels(model if exc.status != 404 else "-", str(exc.status)).inc()
+            raise
+        REQUESTS.labels(model, str(response.status_code)).inc()
+        return account(tenant, outcome, response, t0, req.max_output_tokens or DEFAULT_STREAM_TOKEN_ESTIMATE)
 
     @app.get("/v1/models")
     async def models() -> Response:
