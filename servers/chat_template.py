@@ -5,10 +5,16 @@ exactly as its model was trained. ``continue_final_message`` follows vLLM:
 render without a generation prompt and cut the text right after the final
 (assistant) message's content, so the model continues that message instead
 of starting a new turn -- this is what draft verification relies on.
+
+Tools go to the template's ``tools`` variable in OpenAI's shape, and the
+``tojson`` filter is transformers' (no HTML escaping, keys in their given
+order), because that is how the templates render them in training and in vLLM.
+Jinja's own ``tojson`` would write ``<`` as ``\\u003c`` and sort the keys.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -24,11 +30,18 @@ def _raise(message: str) -> None:
     raise ChatTemplateError(message)
 
 
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False) -> str:
+    """transformers' ``tojson`` for chat templates."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
 class ChatTemplate:
     def __init__(self, source: str, bos_token: str, eos_token: str) -> None:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = _raise
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        env.filters["tojson"] = _tojson
+        self.source = source
         self._template = env.from_string(source)
         self._bos = bos_token
         self._eos = eos_token
@@ -39,6 +52,7 @@ class ChatTemplate:
         *,
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
+        tools: list[dict[str, Any]] | None = None,
     ) -> str:
         if continue_final_message and add_generation_prompt:
             raise ChatTemplateError("continue_final_message and add_generation_prompt cannot both be true")
@@ -46,6 +60,7 @@ class ChatTemplate:
             text = self._template.render(
                 messages=messages,
                 add_generation_prompt=add_generation_prompt,
+                tools=tools,
                 bos_token=self._bos,
                 eos_token=self._eos,
             )

@@ -26,8 +26,10 @@ import numpy as np
 from llama_cpp import Llama
 
 from servers.chat_template import ChatTemplate
+from servers.grammar import TokenConstraint
 
 TokenLogprob = tuple[int, float]  # (token id, logprob)
+_GREEDY_CANDIDATES = 8  # constrained greedy: top tokens checked one by one before masking the whole vocabulary
 
 
 @dataclass
@@ -113,6 +115,10 @@ class LlamaEngine:
     def is_end(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
 
+    def constraint(self, grammar: str) -> TokenConstraint:
+        """A grammar constraint over this model's vocabulary for one ``generate`` (raises ``GrammarError``)."""
+        return TokenConstraint(self._vocab, self.n_vocab, grammar)
+
     # -- forward passes -------------------------------------------------------
     def _reuse_prefix(self, tokens: list[int], keep_at_most: int) -> int:
         """Keep the cached KV prefix shared with ``tokens`` (at most ``keep_at_most``)."""
@@ -176,29 +182,51 @@ class LlamaEngine:
         seed: int | None = None,
         logprobs: bool = False,
         top_logprobs: int = 0,
+        constraint: TokenConstraint | None = None,
     ) -> Iterator[Step]:
         """Yield generated tokens until an end-of-generation token or ``max_tokens``.
 
         The end token itself is not yielded. The caller decides ``length``
         vs ``stop`` by counting.
+
+        With a ``constraint`` (a grammar) each token is drawn from the model's
+        distribution restricted to the tokens the grammar allows, renormalised
+        (temperature and top-p apply after the restriction), and the logprobs
+        reported are those of that *constrained* distribution -- the one the
+        token was sampled from: a token the grammar forces has logprob 0. (vLLM
+        reports the raw model's logprobs instead.) The scores kept for
+        ``prompt_logprobs`` reuse stay the raw model's. Generation ends when
+        the grammar admits nothing but an end token (or nothing at all).
+        Without a constraint nothing of this runs: the loop is unchanged.
         """
         if not prompt:
             raise ValueError("empty prompt")
         rng = np.random.default_rng(seed)
         logits = self._prefill(prompt)
         for produced in range(max_tokens):
-            token = self._pick(logits, temperature, top_p, rng)
+            picked = None
+            if constraint is None:
+                token = self._pick(logits, temperature, top_p, rng)
+            else:
+                token, picked = self._pick_constrained(logits, constraint, temperature, top_p, rng, logprobs)
+                if token < 0:
+                    return
             if self.is_end(token):
                 return
             lp = log_softmax(logits)
             step = Step(token)
             if logprobs:
-                step.logprob = float(lp[token])
-                step.top = top_k(lp, top_logprobs)
+                shown = lp if picked is None else log_softmax(picked)
+                step.logprob = float(shown[token])
+                step.top = top_k(shown, top_logprobs)
+                if picked is not None:  # forbidden tokens are not alternatives
+                    step.top = [(t, v) for t, v in step.top if v != -np.inf]
             yield step
+            if constraint is not None:
+                constraint.accept(token)
             if produced + 1 == max_tokens or self.llm.n_tokens >= self.n_ctx:
                 return
-            scored = _scored(lp, token, top_logprobs, step.top)
+            scored = _scored(lp, token, top_logprobs, step.top if picked is None else None)
             (logits,) = self._forward([token], all_rows=False)
             self._scores[-1] = scored
             logits = logits.copy()
@@ -234,6 +262,35 @@ class LlamaEngine:
                 break
             self._scores.append(_scored(log_softmax(row), prompt[position + 1], k))
         return list(self._scores[: len(prompt)])
+
+    def _pick_constrained(
+        self, logits: np.ndarray, constraint: TokenConstraint, temperature: float, top_p: float, rng: np.random.Generator, full: bool
+    ) -> tuple[int, np.ndarray | None]:
+        """A token from the constrained distribution, and the masked logits when they were computed (-1: nothing allowed).
+
+        Masking walks the whole vocabulary through the grammar (~10 ms here), so
+        unless the masked logits are wanted anyway (logprobs, or top-p, whose
+        nucleus must be taken after the restriction) the token the model would
+        pick is checked alone first. Greedy: the best of the top few candidates
+        that the grammar allows is the constrained argmax. Sampling: a draw from
+        the raw distribution that the grammar allows is kept, otherwise one is
+        drawn from the masked distribution -- rejection sampling, exactly the
+        constrained distribution (P(x) = p(x) + (1 - p(A)) p(x) / p(A) = p(x) / p(A)).
+        """
+        if not full:
+            if temperature <= 0.0:
+                order = np.argpartition(-logits, _GREEDY_CANDIDATES)[:_GREEDY_CANDIDATES]
+                for token in order[np.lexsort((order, -logits[order]))]:  # best first, ties by id as np.argmax breaks them
+                    if constraint.allows(int(token)):
+                        return int(token), None
+            elif top_p >= 1.0:
+                token = self._pick(logits, temperature, top_p, rng)
+                if constraint.allows(token):
+                    return token, None
+        masked = constraint.mask(logits)
+        if not np.isfinite(masked).any():
+            return -1, masked
+        return self._pick(masked, temperature, top_p, rng), masked
 
     @staticmethod
     def _pick(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
