@@ -201,6 +201,8 @@ class StageServing:
         parser = None
         if self.tool_format is not None and req.calls_tools and req.tools:
             parser = self.tool_format.parser(req.tools, req.parallel_tool_calls is not False)
+        if req.continue_final_message and constraint is not None:
+            self._continue_from(req.messages[-1].text(), constraint)
         return Sampling(
             max_tokens=self._token_limit(req.token_limit, n_prompt),
             temperature=1.0 if req.temperature is None else req.temperature,
@@ -212,6 +214,21 @@ class StageServing:
             constraint=constraint,
             tools=parser,
         )
+
+    def _continue_from(self, prefix: str, constraint: TokenConstraint) -> None:
+        """``continue_final_message``: the grammar starts where the final message's text ends.
+
+        The grammar works on text, so the prefix is fed through it as the tokens
+        of that text; a prefix the grammar cannot take is a 400. (Tool calls are
+        parsed in the continuation only, as vLLM parses them.)
+        """
+        for token in self.engine.llm.tokenize(prefix.encode("utf-8"), add_bos=False, special=False):
+            if not constraint.allows(token):
+                constraint.close()
+                raise APIError(
+                    400, "the final message does not match the required format (response_format or tool_choice)", param="messages"
+                )
+            constraint.accept(token)
 
     # -- decoding (worker thread) ---------------------------------------------
     def decode(self, sampling: Sampling, prompt: list[int], cancelled: threading.Event) -> Iterator[Delta]:

@@ -141,6 +141,20 @@ def test_unconstrained_greedy_output_is_unchanged(qwen_url: str) -> None:
     assert plain["choices"][0]["message"]["content"] == "Three prime numbers are 2, 3, and 5."
 
 
+def test_continuing_a_final_message_under_a_schema(qwen_url: str) -> None:
+    """``continue_final_message`` with a grammar: the grammar starts after the prefix, so prefix + continuation validates."""
+    schema = Person.model_json_schema()
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema}}
+    prefix = '{"name": "Al'
+    body = {"response_format": fmt, "continue_final_message": True, "add_generation_prompt": False}
+    data = _post(qwen_url, messages=[*ASK_PERSON, {"role": "assistant", "content": prefix}], max_tokens=80, temperature=0, **body)
+    value = json.loads(prefix + data["choices"][0]["message"]["content"])
+    assert errors(value, schema) == [] and value["name"].startswith("Al")
+    messages = [*ASK_PERSON, {"role": "assistant", "content": "Sure"}]
+    bad = httpx.post(f"{qwen_url}/chat/completions", json={"model": QWEN, "messages": messages, **body}, timeout=60)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages"
+
+
 def test_json_object_with_auto_tools_is_json_or_calls(qwen: OpenAI) -> None:
     tool = {
         "type": "function",
