@@ -148,13 +148,28 @@ def create_app(
         REQUESTS.labels(model, str(response.status_code)).inc()
         return account(tenant, outcome, response, t0, req.max_output_tokens or DEFAULT_STREAM_TOKEN_ESTIMATE)
 
+    # Model cards: the cascade and each stage; "capabilities" says which stages take tools / JSON formats
+    # (the cascade's: what some stage of it takes).
+    cards = [{"id": settings.cascade.model_name, "object": "model", "created": 0, "owned_by": "adaptive-sd",
+              "capabilities": {"tools": any(s.tools for s in settings.stages),
+                               "structured_outputs": any(s.structured_outputs for s in settings.stages)}}]  # fmt: skip
+    cards += [
+        {"id": s.name, "object": "model", "created": 0, "owned_by": "adaptive-sd", "stage": i,
+         "capabilities": {"tools": s.tools, "structured_outputs": s.structured_outputs}}
+        for i, s in enumerate(settings.stages)
+    ]  # fmt: skip
+
     @app.get("/v1/models")
     async def models() -> Response:
-        cards = [{"id": settings.cascade.model_name, "object": "model", "created": 0, "owned_by": "adaptive-sd"}]
-        cards += [
-            {"id": s.name, "object": "model", "created": 0, "owned_by": "adaptive-sd", "stage": i} for i, s in enumerate(settings.stages)
-        ]
         return _json({"object": "list", "data": cards})
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> Response:
+        """One model card (OpenAI's retrieve); an unknown id is OpenAI's 404 ``model_not_found``."""
+        for card in cards:
+            if card["id"] == model_id:
+                return _json(card)
+        raise APIError(404, f"The model '{model_id}' does not exist", param="model", code="model_not_found")
 
     @app.get("/health")
     async def health(stages: bool = False) -> Response:

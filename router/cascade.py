@@ -4,6 +4,17 @@ One request walks ``start -> (stop | escalate to the best next stage)`` until
 the policy stops or the top allowed stage has answered. A failed stage does
 not fail the request while there is somewhere to go: an answer already in
 hand is returned (marked degraded), otherwise the next stage is tried.
+
+A request with tools or a JSON response format walks only the stages that can
+answer it (``StageConfig.tools`` / ``structured_outputs``): the policy, its
+choice of the start stage included, runs on that sub-ladder, and the stages
+left out are reported (``CascadeResult.skipped``). Each answer is also judged
+by the request's rules (``router.validity``): an invalid one (a tool call that
+does not parse, a schema it breaks, ...) counts as p̂ = 0 and is never returned
+while a higher allowed stage exists; the top stage's invalid answer is returned
+as it is, marked (the client validates). The predictor's features do not
+include validity (that needs retraining on such traffic); the traffic log
+records it for that.
 """
 
 from __future__ import annotations
@@ -13,16 +24,47 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from common.errors import APIError
 from common.settings import Settings
 from predictor.serving.features import AnswerStats, DraftStats, PromptStats, answer_features
 from predictor.serving.interface import Predictor
-from router.contracts import CascadeRequest, CascadeResult, StageAnswer, StageVisit
+from router.contracts import CascadeRequest, CascadeResult, SkippedStage, StageAnswer, StageVisit
 from router.draft import AcceptanceTracker, DraftCheck, continuation_body, merge, token_limit, trim, verify_draft, why_not_verify
-from router.metrics import CASCADE_ESCALATIONS, DRAFT_TOKENS, STAGE_CALLS, STAGE_SECONDS
+from router.metrics import CASCADE_ESCALATIONS, DRAFT_TOKENS, INVALID_ANSWERS, STAGE_CALLS, STAGE_SECONDS, STAGES_SKIPPED
 from router.policy import StoppingPolicy, shrink
 from router.speculative import verify_sampled
 from router.stage import Stage, StageBadResponse, StageFailure
 from router.traffic_log import TrafficLog
+from router.validity import AnswerSpec
+
+
+class Route:
+    """The stopping policy of one request over the stages it may use, in ladder indices.
+
+    The policy itself (``router.policy``) knows positions 0..n-1; when capabilities
+    leave stages out, position k is ladder stage ``stages[k]``: a left-out stage is
+    neither a place to start nor an option to escalate to, so the backward
+    induction must not count on it.
+    """
+
+    __slots__ = ("policy", "stages")
+
+    def __init__(self, policy: StoppingPolicy, stages: Sequence[int]) -> None:
+        self.policy = policy
+        self.stages = list(stages)
+
+    def start(self, skip_by_prior: bool) -> int:
+        return self.stages[self.policy.start(skip_by_prior)]
+
+    def next_after(self, stage: int) -> int | None:
+        """The best stage to escalate to after ``stage``; None at the top."""
+        nxt, _ = self.policy.best_after(self.stages.index(stage))
+        return None if nxt is None else self.stages[nxt]
+
+    def decide(self, stage: int, p_hat: float) -> int | None:
+        """The stage to escalate to, or None to stop at ``stage``."""
+        decision = self.policy.decide(self.stages.index(stage), p_hat)
+        return None if decision.stop or decision.next_stage is None else self.stages[decision.next_stage]
 
 
 class CascadeEngine:
@@ -41,9 +83,44 @@ class CascadeEngine:
         self.acceptance = AcceptanceTracker(settings.cascade.draft_min_accepted)
         self.traffic = TrafficLog(settings.predictor.log_path) if settings.predictor.log_path else None
 
-    def policy(self, prompt: PromptStats, lam: float, max_stage: int) -> StoppingPolicy:
+    def route(self, prompt: PromptStats, lam: float, stages: Sequence[int]) -> Route:
+        """The stopping policy over ``stages`` (ascending ladder indices), with the prompt's priors."""
         priors = self.predictor.priors(prompt, len(self.costs))
-        return StoppingPolicy(self.costs, priors, lam, max_stage=max_stage, strength=self.settings.cascade.prior_strength)
+        policy = StoppingPolicy(
+            [self.costs[i] for i in stages], [priors[i] for i in stages], lam, strength=self.settings.cascade.prior_strength
+        )
+        return Route(policy, stages)
+
+    def ladder(self, spec: AnswerSpec, max_stage: int) -> tuple[list[int], tuple[SkippedStage, ...]]:
+        """The stages up to ``max_stage`` that can answer a request of ``spec``, and the ones left out.
+
+        ``APIError`` 400 when none can: the request asks for something no allowed stage does.
+        """
+        top = min(max_stage, len(self.stages) - 1)
+        if not spec.needs:
+            return list(range(top + 1)), ()
+        usable: list[int] = []
+        skipped: list[SkippedStage] = []
+        for i in range(top + 1):
+            capability = spec.missing(self.settings.stages[i])
+            if capability is None:
+                usable.append(i)
+            else:
+                skipped.append(SkippedStage(i, self.stages[i].name, capability))
+        if not usable:
+            capability = skipped[0].capability
+            param = spec.needs[capability]
+            names = ", ".join(s.name for s in skipped if s.capability == capability)
+            raise APIError(
+                400,
+                f"No stage of model '{self.settings.cascade.model_name}' up to '{self.stages[top].name}' can answer this request: "
+                f"'{param}' needs a stage with {capability}: true, and none of {names} has it",
+                param=param,
+                code="no_capable_stage",
+            )
+        for s in skipped:
+            STAGES_SKIPPED.labels(s.name, s.capability).inc()
+        return usable, tuple(skipped)
 
     def _judge(self, req: CascadeRequest, answer: StageAnswer, check: DraftCheck | None) -> float:
         """p̂ for a stage's answer: from the statistics read off the response bytes, else from the decoded logprobs."""
@@ -56,46 +133,54 @@ class CascadeEngine:
         return shrink(self.predictor.predict(features), self.predictor.evidence, risk.alpha, risk.beta)
 
     async def run(self, req: CascadeRequest) -> CascadeResult:
-        result = await self._run(req)
+        if req.spec is None:
+            req.spec = AnswerSpec.of(req.body)
+        result = await self._run(req, req.spec)
         if self.traffic is not None:
-            self._log(self.traffic, req, result)
+            self._log(self.traffic, req, req.spec, result)
         return result
 
     @staticmethod
-    def _log(traffic: TrafficLog, req: CascadeRequest, result: CascadeResult) -> None:
+    def _log(traffic: TrafficLog, req: CascadeRequest, spec: AnswerSpec, result: CascadeResult) -> None:
+        """One row per request; each answer's validity is recorded (None: not judged) so that a predictor
+        retrained on this traffic can learn from it."""
+        judged = spec.rules is not None
         visits = [
             {"stage": v.stage, "name": v.name, "choice": v.choice, "usage": v.usage.to_dict() if v.usage else None, "seconds": v.seconds,
              "draft": {"accepted": v.draft.accepted_tokens, "tokens": v.draft.draft_tokens, "seconds": round(v.draft.seconds, 4)}
-                      if v.draft else None}
+                      if v.draft else None,
+             "valid": (v.invalid is None) if judged and v.choice is not None else None, "invalid": v.invalid}
             for v in result.visits if v.error is None
         ]  # fmt: skip
         if any(v["choice"] is not None for v in visits):
             contents = [m.get("content") for m in req.body["messages"]]
-            traffic.record([c if isinstance(c, str) else json.dumps(c) for c in contents], visits)
+            traffic.record([c if isinstance(c, str) else json.dumps(c) for c in contents], visits, kind=spec.kind)
 
-    async def _run(self, req: CascadeRequest) -> CascadeResult:
-        policy = self.policy(req.prompt, req.lam, req.max_stage)
+    async def _run(self, req: CascadeRequest, spec: AnswerSpec) -> CascadeResult:
+        stages, skipped = self.ladder(spec, req.max_stage)
+        route = self.route(req.prompt, req.lam, stages)
         body = {**req.body, "logprobs": True, "top_logprobs": max(req.body.get("top_logprobs") or 0, self.top_k)}
-        stage: int | None = policy.start(self.settings.cascade.skip_by_prior)
+        stage: int | None = route.start(self.settings.cascade.skip_by_prior)
         visits: list[StageVisit] = []
         answer: StageAnswer | None = None  # the latest stage answer in hand (its stage's draft for the next)
+        answer_invalid = False
         # the logprobs of a stage answer are decoded only if someone will read them (see StageReply)
         decode_logprobs = bool(req.body.get("logprobs")) or self.traffic is not None
         while stage is not None:
             client = self.stages[stage]
-            is_last = policy.best_after(stage)[0] is None
+            after = route.next_after(stage)
             t0 = time.perf_counter()
             check: DraftCheck | None = None
             mode: str | None = None
             try:
                 if answer is not None:
                     check, mode = await self._verify(client, body, answer, stage)
-                if req.stream and is_last and not (check and trim(check, token_limit(body))):
+                if req.stream and after is None and not (check and trim(check, token_limit(body))):
                     stream_body = continuation_body(body, check) if check else body
                     events = await client.stream({**stream_body, "stream": True, "stream_options": {"include_usage": True}})
                     visits.append(StageVisit(stage, client.name, time.perf_counter() - t0, draft=check, draft_mode=mode))
                     STAGE_CALLS.labels(client.name, "ok").inc()
-                    return CascadeResult(visits, stage, events=events, prefix=check)
+                    return CascadeResult(visits, stage, events=events, prefix=check, skipped=skipped)
                 if check is not None:
                     done = trim(check, token_limit(body))
                     current = StageAnswer(stage, merge(check, None if done else (await client.chat(continuation_body(body, check)))[0]))
@@ -108,24 +193,29 @@ class CascadeEngine:
             except StageFailure as exc:
                 STAGE_CALLS.labels(client.name, "error").inc()
                 visits.append(StageVisit(stage, client.name, time.perf_counter() - t0, error=str(exc)))
-                if answer is not None:
-                    return CascadeResult(visits, answer.stage, response=answer.data, degraded=str(exc))
-                nxt = policy.best_after(stage)[0]
-                if nxt is None:
+                if answer is not None and not (answer_invalid and after is not None):
+                    return CascadeResult(visits, answer.stage, response=answer.data, degraded=str(exc), skipped=skipped)
+                if after is None:
                     raise
-                stage = nxt
+                stage = after  # nothing in hand, or only an invalid answer: try the next stage
                 continue
             STAGE_CALLS.labels(client.name, "ok").inc()
             STAGE_SECONDS.labels(client.name).observe(seconds)
-            p_hat = self._judge(req, current, check)
-            visit = StageVisit(stage, client.name, seconds, p_hat, current.usage, draft=check, draft_mode=mode, choice=current.choice)
+            invalid = spec.check(current.choice)
+            if invalid is not None:
+                INVALID_ANSWERS.labels(client.name, invalid).inc()
+            # an invalid answer is unacceptable whatever its logprobs say: p̂ = 0, and the predictor is not asked
+            p_hat = 0.0 if invalid is not None else self._judge(req, current, check)
+            visit = StageVisit(stage, client.name, seconds, p_hat, current.usage, draft=check, draft_mode=mode, choice=current.choice,
+                               invalid=invalid)  # fmt: skip
             visits.append(visit)
-            answer = current
-            decision = policy.decide(stage, p_hat)
-            if decision.stop or decision.next_stage is None:
-                return CascadeResult(visits, stage, response=current.data)
-            CASCADE_ESCALATIONS.labels(client.name, self.stages[decision.next_stage].name).inc()
-            stage = decision.next_stage
+            answer, answer_invalid = current, invalid is not None
+            # never return an invalid answer while a higher allowed stage exists, whatever λ makes of p̂ = 0
+            nxt = after if invalid is not None else route.decide(stage, p_hat)
+            if nxt is None:
+                return CascadeResult(visits, stage, response=current.data, skipped=skipped)
+            CASCADE_ESCALATIONS.labels(client.name, self.stages[nxt].name).inc()
+            stage = nxt
         raise AssertionError("unreachable: the loop returns at the top stage")
 
     async def _verify(self, client: Stage, body: dict[str, Any], answer: StageAnswer, stage: int) -> tuple[DraftCheck | None, str]:

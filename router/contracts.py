@@ -20,6 +20,7 @@ from typing import Any
 from predictor.serving.features import PromptStats
 from router.draft import DraftCheck
 from router.stage import StageReply
+from router.validity import AnswerSpec, Capability
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,17 +97,31 @@ class StageVisit:
     draft: DraftCheck | None = None  # verification of the previous stage's answer
     draft_mode: str | None = None  # "verify", "verify-sampling" or "regenerate:<reason>" when there was a draft
     choice: dict[str, Any] | None = None  # the stage's answer (kept for the opt-in traffic log)
+    invalid: str | None = None  # why the answer breaks the request's rules (``router.validity``); None: valid or not judged
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedStage:
+    """A stage the cascade left out of a request because it lacks a capability the request needs."""
+
+    stage: int
+    name: str
+    capability: Capability
 
 
 @dataclass(slots=True)
 class CascadeRequest:
-    """One cascade run: the upstream chat body (no model, no cascade extras), the prompt's statistics, λ and the top stage."""
+    """One cascade run: the upstream chat body (no model, no cascade extras), the prompt's statistics, λ and the top stage.
+
+    ``spec``: what the request asks of an answer (``router.validity.AnswerSpec``); None: the engine reads it from ``body``.
+    """
 
     body: dict[str, Any]
     prompt: PromptStats
     lam: float
     max_stage: int
     stream: bool = False
+    spec: AnswerSpec | None = None
 
 
 @dataclass(slots=True)
@@ -119,6 +134,12 @@ class CascadeResult:
     events: AsyncIterator[bytes] | None = None  # final stage's SSE payloads (streaming)
     prefix: DraftCheck | None = None  # draft check of the streamed stage; its accepted text goes out first
     degraded: str | None = None  # why the answer is not the policy's choice
+    skipped: tuple[SkippedStage, ...] = ()  # stages up to the top one that cannot answer this request
+
+    @property
+    def invalid(self) -> list[StageVisit]:
+        """The visits whose answers broke the request's rules (the final one's included when it did)."""
+        return [v for v in self.visits if v.invalid is not None]
 
     @property
     def stage_seconds(self) -> float:

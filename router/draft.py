@@ -26,6 +26,16 @@ or unset) between stages with different tokenizers (with a shared tokenizer
 router/speculative.py applies the speculative-sampling rule), ``stop`` sequences (a stop string could straddle a boundary), a
 stage dialect without ``prompt_logprobs``, or a draft whose text does not
 re-assemble from the scored tokens (byte-fallback tokens split a character).
+
+Verification is lossless only when stage j decodes the draft's positions the
+way it decodes on its own, and scoring reads its free-text distribution. A JSON
+``response_format`` is decoded under a grammar (our CPU server, vLLM's guided
+decoding), so stage j's own answer is the grammar-constrained argmax, which its
+free-text scores do not give: such requests regenerate (``structured``). So do
+requests that may call tools (``tools``): stage j's answer may be a tool call,
+decoded under the server's tool-call grammar or parser, and a tool-call draft
+has no text to verify. Scoring under the grammar would keep verification
+lossless, but no stage server scores that way.
 """
 
 from __future__ import annotations
@@ -76,8 +86,14 @@ def why_not_verify(client: Stage, body: dict[str, Any], draft: str, shared_token
 
     Greedy requests are verified by :func:`verify_draft`; sampled ones by the
     speculative-sampling rule (router/speculative.py), which needs both stages
-    to share a tokenizer and no nucleus cut.
+    to share a tokenizer and no nucleus cut. Grammar-constrained and tool-calling
+    requests never are (module docstring).
     """
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+        return "structured"
+    if body.get("tools") and body.get("tool_choice") != "none":
+        return "tools"
     if client.config.dialect != "vllm":
         return "dialect"
     if body.get("stop"):

@@ -33,3 +33,23 @@ STORE_ERRORS = Counter("adaptive_sd_store_errors", "Failed tenant-store calls (t
 TENANT_LAMBDA = Gauge("adaptive_sd_tenant_lambda", "Current λ of tenants under SLO control", ["tenant"], registry=REGISTRY)
 TENANT_OBSERVED = Gauge("adaptive_sd_tenant_slo_observed", "Latest observed SLO metric per tenant", ["tenant", "metric"], registry=REGISTRY)
 RATE_LIMITED = Counter("adaptive_sd_rate_limited", "Requests refused by a tenant rate limit", ["limit"], registry=REGISTRY)
+# How requests with tools or a JSON format were served (``router.validity``): the kind of request by the stage
+# that answered (cascade and pass-through), answers that broke the request's rules, stages left out for a capability.
+REQUESTS_BY_KIND = Counter(
+    "adaptive_sd_requests_by_kind",
+    "Answered chat requests by kind (tools, json_object, json_schema, text) and answering stage",
+    ["kind", "stage"],
+    registry=REGISTRY,
+)
+INVALID_ANSWERS = Counter(
+    "adaptive_sd_invalid_answers",
+    "Stage answers that broke the request's tool or format rules, by stage and reason (a lower stage's is escalated)",
+    ["stage", "reason"],
+    registry=REGISTRY,
+)
+STAGES_SKIPPED = Counter(
+    "adaptive_sd_stages_skipped",
+    "Stages the cascade left out of a request for a missing capability",
+    ["stage", "capability"],
+    registry=REGISTRY,
+)

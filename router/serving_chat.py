@@ -8,6 +8,18 @@ that say what happened. ``create`` returns the response with the request's
 ``RequestOutcome`` (``router.contracts``) for the route's accounting. A stage
 failure that leaves no answer reaches the client through ``upstream_error``
 alone: as the error response, or as the last event of a stream already started.
+
+Tools and JSON formats (``router.validity``): a pass-through to a stage without
+the capability is a 400 naming the field; the cascade's headers say what kind of
+request it was, which stages it left out and which answers broke the rules:
+
+    x-cascade-kind     tools | json_object | json_schema | text
+    x-cascade-skipped  per stage left out: <stage>:<capability>   (e.g. smollm2-135m:tools)
+    x-cascade-invalid  per invalid answer: <stage>:<reason>       (e.g. smollm2-135m:arguments)
+
+An invalid answer in ``x-cascade-invalid`` from the stage in ``x-cascade-stage``
+is the top allowed stage's, returned as it is. A streamed final stage is relayed
+as it generates, so its answer is not judged.
 """
 
 from __future__ import annotations
@@ -26,8 +38,9 @@ from common.settings import Settings
 from predictor.serving.features import PromptStats
 from router.cascade import CascadeEngine
 from router.contracts import CascadeRequest, CascadeResult, RequestOutcome, TenantLimits, TokenUsage
-from router.metrics import CASCADE_STOPS, OVERHEAD_SECONDS, STAGE_CALLS, STAGE_SECONDS
+from router.metrics import CASCADE_STOPS, INVALID_ANSWERS, OVERHEAD_SECONDS, REQUESTS_BY_KIND, STAGE_CALLS, STAGE_SECONDS
 from router.stage import Stage, StageFailure
+from router.validity import AnswerSpec
 
 LAMBDA_HEADER = "x-cascade-lambda"
 MAX_STAGE_HEADER = "x-cascade-max-stage"
@@ -87,9 +100,24 @@ class ChatServing:
             raise upstream_error(exc) from None
 
     # -- pass-through ---------------------------------------------------------
+    def _refuse_incapable(self, stage: Stage, spec: AnswerSpec) -> None:
+        """A 400 naming the field when the stage lacks a capability the request needs (it would fail or ignore it)."""
+        capability = spec.missing(stage.config)
+        if capability is not None:
+            param = spec.needs[capability]
+            raise APIError(
+                400,
+                f"Model '{stage.name}' cannot answer requests with '{param}': its stage has {capability}: false; "
+                f"use model '{self.cascade_name}' (it picks a stage that can) or a stage with {capability}",
+                param=param,
+                code="unsupported_parameter",
+            )
+
     async def _passthrough(self, req: ChatCompletionRequest, stage: Stage, t0: float) -> tuple[Response, RequestOutcome]:
         body = req.upstream_body(exclude=_CASCADE_FIELDS | {"model"})
-        headers = {"x-cascade-stage": stage.name, "x-cascade-path": stage.name}
+        spec = AnswerSpec.of(body)
+        self._refuse_incapable(stage, spec)
+        headers = {"x-cascade-stage": stage.name, "x-cascade-path": stage.name, "x-cascade-kind": spec.kind}
         try:
             if req.stream:
                 events = await stage.stream(body, raw=True)
@@ -98,6 +126,7 @@ class ChatServing:
                 response = StreamingResponse(
                     self._relay(events, stage), media_type="text/event-stream", headers={**_SSE_HEADERS, **headers}
                 )
+                REQUESTS_BY_KIND.labels(spec.kind, stage.name).inc()
                 return response, RequestOutcome(stage.name, 0, stage.config.cost)
             data, seconds = await stage.chat(body)
         except StageFailure:
@@ -105,6 +134,11 @@ class ChatServing:
             raise
         STAGE_CALLS.labels(stage.name, "ok").inc()
         STAGE_SECONDS.labels(stage.name).observe(seconds)
+        REQUESTS_BY_KIND.labels(spec.kind, stage.name).inc()
+        invalid = spec.check(data["choices"][0])
+        if invalid is not None:  # the client asked for this stage: its answer as it is, marked
+            INVALID_ANSWERS.labels(stage.name, invalid).inc()
+            headers["x-cascade-invalid"] = f"{stage.name}:{invalid}"
         outcome = RequestOutcome(stage.name, int((data.get("usage") or {}).get("total_tokens") or 0), stage.config.cost)
         data["model"] = stage.name
         overhead = time.perf_counter() - t0 - seconds
@@ -175,12 +209,15 @@ class ChatServing:
         lam, max_stage = self._knobs(req, headers, limits)
         body = req.upstream_body(exclude=_CASCADE_FIELDS | {"model", "stream", "stream_options"})
         prompt = PromptStats.from_texts([m.text() for m in req.messages])
-        result = await self.engine.run(CascadeRequest(body, prompt, lam, max_stage, stream=req.stream))
+        spec = AnswerSpec.of(body)
+        result = await self.engine.run(CascadeRequest(body, prompt, lam, max_stage, stream=req.stream, spec=spec))
         final = self.engine.stages[result.final_stage].name
         CASCADE_STOPS.labels(final).inc()
+        REQUESTS_BY_KIND.labels(spec.kind, final).inc()
         cost = sum(self.settings.stages[v.stage].cost for v in result.visits)
         outcome = RequestOutcome(final, result.usage().total_tokens, cost)
         out_headers = self._headers(result)
+        out_headers["x-cascade-kind"] = spec.kind
         out_headers["x-cascade-lambda"] = f"{lam:g}"
         if result.events is not None:
             overhead = time.perf_counter() - t0 - result.stage_seconds
@@ -212,6 +249,11 @@ class ChatServing:
             )
         if result.degraded:
             headers["x-cascade-degraded"] = result.degraded.replace("\n", " ")[:200]
+        if result.skipped:
+            headers["x-cascade-skipped"] = ",".join(f"{s.name}:{s.capability}" for s in result.skipped)
+        invalid = result.invalid
+        if invalid:
+            headers["x-cascade-invalid"] = ",".join(f"{v.name}:{v.invalid}" for v in invalid)
         return headers
 
     def _shape(self, req: ChatCompletionRequest, result: CascadeResult) -> dict[str, Any]:
@@ -234,16 +276,31 @@ class ChatServing:
         return logprobs
 
     async def _stream_whole(self, req: ChatCompletionRequest, data: dict[str, Any]) -> AsyncIterator[bytes]:
-        """An answer already complete (a lower stage stopped): role, content, finish, usage."""
+        """An answer already complete (a lower stage stopped): role, content, tool calls, finish, usage.
+
+        Tool calls go out as OpenAI streams them, one ``delta.tool_calls`` entry per call
+        (``index``, ``id``, ``type``, ``function: {name, arguments}``) and finish ``tool_calls``,
+        so clients that assemble calls from deltas get the same message as without streaming.
+        """
         choice = data["choices"][0]
+        message = choice["message"]
+        calls = message.get("tool_calls") or []
+        content = message.get("content")
         base = {"id": data.get("id", ""), "object": "chat.completion.chunk", "created": data.get("created", 0), "model": self.cascade_name}
 
         def chunk(delta: dict[str, Any], finish: str | None, logprobs: Any = None) -> bytes:
             return _sse(orjson.dumps({**base, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}))
 
-        yield chunk({"role": "assistant", "content": ""}, None)
-        yield chunk({"content": choice["message"].get("content") or ""}, None, choice.get("logprobs"))
-        yield chunk({}, choice.get("finish_reason") or "stop")
+        yield chunk({"role": "assistant", "content": None if calls and not content else ""}, None)
+        if content or not calls:
+            yield chunk({"content": content or ""}, None, choice.get("logprobs"))
+        for i, call in enumerate(calls):
+            fn = call.get("function") or {}
+            delta = {"index": i, "id": call.get("id"), "type": call.get("type", "function"),
+                     "function": {"name": fn.get("name"), "arguments": fn.get("arguments") or ""}}  # fmt: skip
+            yield chunk({"tool_calls": [delta]}, None)
+        finish = choice.get("finish_reason") or "stop"
+        yield chunk({}, "tool_calls" if calls and finish != "length" else finish)
         if req.include_usage:
             yield _sse(orjson.dumps({**base, "choices": [], "usage": data["usage"]}))
         yield b"data: [DONE]\n\n"

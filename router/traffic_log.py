@@ -10,6 +10,12 @@ label the open prompts get in collection). Rows without any label are skipped
 by training. You can add your own verdicts (``passed: true/false``) to rows
 from user feedback or checkers before training. Prompts are stored verbatim:
 enable it only where that is acceptable.
+
+Requests with tools or a JSON format carry more: the row's ``kind`` (tools,
+json_object, json_schema, text), and per stage its ``tool_calls`` and the
+router's validity verdict (``valid``: true/false, null when not judged;
+``invalid``: the reason, see ``router.validity``). The predictor's features do
+not include validity yet: a model retrained on such rows can learn from it.
 """
 
 from __future__ import annotations
@@ -30,9 +36,10 @@ class TrafficLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
-    def record(self, prompt_texts: list[str], visits: list[dict[str, Any]]) -> None:
+    def record(self, prompt_texts: list[str], visits: list[dict[str, Any]], kind: str = "text") -> None:
         """``visits``: per answered stage {stage, name, choice (None if streamed), usage, seconds,
-        draft {accepted, tokens, seconds} | None}."""
+        draft {accepted, tokens, seconds} | None, valid (bool | None), invalid (reason | None)};
+        ``kind``: the request's kind (``router.validity.request_kind``)."""
         stages = []
         for i, v in enumerate(visits):
             nxt = visits[i + 1] if i + 1 < len(visits) else None
@@ -42,15 +49,17 @@ class TrafficLog:
             choice = v["choice"]
             if choice is None:  # a streamed final stage: its draft check labels the stage below, nothing more
                 continue
+            message = choice.get("message") or {}
             stages.append({
-                "stage": v["stage"], "name": v["name"], "text": (choice.get("message") or {}).get("content") or "",
+                "stage": v["stage"], "name": v["name"], "text": message.get("content") or "",
                 "finish_reason": choice.get("finish_reason") or "stop", "logprobs": compact_logprobs(choice),
                 "usage": v.get("usage") or {}, "seconds": round(v["seconds"], 4), "passed": None,
                 "draft": v.get("draft"), "agreement": agreement,
+                "tool_calls": message.get("tool_calls") or None, "valid": v.get("valid"), "invalid": v.get("invalid"),
             })  # fmt: skip
         rid = f"traffic/{uuid.uuid4().hex}"
         row = {"task": rid, "family": "traffic", "difficulty": 0, "split": split_of(rid), "prompt_texts": prompt_texts,
-               "collect_version": COLLECT_VERSION, "feature_version": FEATURE_VERSION, "stages": stages}  # fmt: skip
+               "collect_version": COLLECT_VERSION, "feature_version": FEATURE_VERSION, "kind": kind, "stages": stages}  # fmt: skip
         line = json.dumps(row, separators=(",", ":")) + "\n"
         with self._lock, self.path.open("a") as f:
             f.write(line)

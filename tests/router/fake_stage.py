@@ -17,6 +17,15 @@ matches the scripted answer. That is enough for draft verification
 (``router.draft``) to run against it. Tokens are words with their leading
 white space.
 
+A script can answer with tool calls (``Script.tool_calls``, OpenAI's shape, the
+arguments as JSON text or as anything else a broken model might send): the
+message then carries them (content null unless the script also has text),
+finish ``tool_calls``, and a stream sends them as ``delta.tool_calls`` the way
+OpenAI and vLLM do (name first, the arguments in pieces). JSON answers are just
+scripted text. The fake answers what it is scripted to whatever the request's
+``tools``/``tool_choice``/``response_format`` say: that is how tests make a stage
+break them.
+
 The real-server tests stay the reference for what real stages do:
 ``tests/router/test_chat_live.py``, ``test_draft_live.py`` and
 ``test_api_errors.py`` run llama.cpp stages and the stub server as processes.
@@ -58,6 +67,7 @@ class Script:
     completion_tokens: int | None = None  # reported (default: the tokens generated)
     finish_reason: str = "stop"  # when the whole answer was generated
     usage: bool = True  # report usage at all
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI ``message.tool_calls``, sent as they are
 
     @property
     def tokens(self) -> list[str]:
@@ -140,6 +150,8 @@ class FakeStage:
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         end = len(own) if limit is None else min(len(own), start + int(limit))
         finish = self.script.finish_reason if end == len(own) else "length"
+        if self.script.tool_calls and finish == "stop":
+            finish = "tool_calls"
         return own[start:end], [self.script.token_logprob(i) for i in range(start, end)], len(prefix), finish
 
     def _entry(self, token: str, logprob: float, k: int) -> dict[str, Any]:
@@ -175,9 +187,13 @@ class FakeStage:
         tokens, logprobs, prefix, finish = self._generate(body)
         k = int(body.get("top_logprobs") or 0)
         entries = [self._entry(t, lp, k) for t, lp in zip(tokens, logprobs, strict=True)]
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens)}
+        if self.script.tool_calls:
+            message["content"] = message["content"] or None
+            message["tool_calls"] = self.script.tool_calls
         choice: dict[str, Any] = {
             "index": 0,
-            "message": {"role": "assistant", "content": "".join(tokens)},
+            "message": message,
             "logprobs": {"content": entries} if body.get("logprobs") else None,
             "finish_reason": finish,
         }
@@ -202,6 +218,13 @@ class FakeStage:
         out = [chunk({"role": "assistant", "content": ""})]
         for t, lp in zip(tokens, logprobs, strict=True):
             out.append(chunk({"content": t}, None, {"content": [self._entry(t, lp, k)]} if body.get("logprobs") else None))
+        for i, call in enumerate(self.script.tool_calls or ()):
+            fn = call.get("function") or {}
+            head = {"index": i, "id": call.get("id"), "type": "function", "function": {"name": fn.get("name"), "arguments": ""}}
+            out.append(chunk({"tool_calls": [head]}))
+            args = fn.get("arguments")
+            pieces = [args[: len(args) // 2], args[len(args) // 2 :]] if isinstance(args, str) else [args]
+            out.extend(chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}) for piece in pieces)
         out.append(chunk({}, finish))
         usage = self._usage(prefix, len(tokens))
         if usage is not None and (body.get("stream_options") or {}).get("include_usage"):
