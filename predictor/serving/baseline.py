@@ -25,7 +25,9 @@ class MeanLogprobPredictor:
     name = "mean-logprob-baseline"
     top_k = TOP_LOGPROBS  # it reads only the mean chosen logprob, so any k would do; the collection's k keeps features comparable
 
-    def __init__(self, coefficients: Sequence[tuple[float, float]], stage_priors: Sequence[float], evidence: float = defaults.EVIDENCE) -> None:
+    def __init__(
+        self, coefficients: Sequence[tuple[float, float]], stage_priors: Sequence[float], evidence: float = defaults.EVIDENCE
+    ) -> None:
         self.coefficients = list(coefficients)
         self.stage_priors = list(stage_priors)
         self.evidence = evidence
