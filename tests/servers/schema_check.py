@@ -1,4 +1,4 @@
-"""A small JSON-schema checker for the tests (``jsonschema`` is not installed here; it is used when it is).
+"""JSON-schema validation for the tests: ``jsonschema`` (a project dependency) when importable, else a small checker.
 
 Covers what the tests' schemas use: type, properties, required, additionalProperties,
 items, enum, const, anyOf/oneOf, minItems/maxItems, minLength/maxLength and local $refs.
@@ -22,7 +22,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
 def errors(value: Any, schema: dict[str, Any], root: dict[str, Any] | None = None, path: str = "$") -> list[str]:
     """What is wrong with ``value`` against ``schema`` (empty: valid)."""
     try:
-        import jsonschema  # type: ignore[import-untyped]
+        import jsonschema
     except ImportError:
         return _errors(value, schema, root or schema, path)
     return [f"{'/'.join(map(str, e.path)) or '$'}: {e.message}" for e in jsonschema.Draft202012Validator(schema).iter_errors(value)]
