@@ -91,22 +91,20 @@ def test_streamed_json_equals_non_streamed(qwen: OpenAI) -> None:
     assert streamed == whole
 
 
-def test_constrained_logprobs_are_those_of_the_constrained_distribution(qwen_url: str) -> None:
-    """With a grammar the logprobs are of the renormalised constrained distribution the token was drawn from.
+def test_constrained_answers_report_the_raw_model_logprobs(qwen_url: str) -> None:
+    """With a grammar the logprobs are the raw model's, as vLLM reports them (one dialect for the predictor).
 
-    Greedy picks its top-1; the alternatives are all allowed tokens (no -inf);
-    and against the raw model's scores of the same answer (prompt_logprobs),
-    no token is less likely under the constraint (renormalising over a subset
-    only raises probabilities; 0.5 nats of batching spread allowed), and where
-    the model wanted to write something the grammar forbids (its first token:
-    raw top-1 is not JSON) the constrained logprob is clearly higher.
+    Against the raw model's scores of the same answer (prompt_logprobs) every
+    position agrees up to this build's batched-vs-stepwise spread; and where the
+    model wanted to write something the grammar forbids (its first token: raw
+    top-1 is not JSON) the chosen token is not the top alternative shown.
     """
     data = _post(qwen_url, response_format={"type": "json_object"}, max_tokens=40, temperature=0, logprobs=True, top_logprobs=3)
     content = data["choices"][0]["logprobs"]["content"]
     text = data["choices"][0]["message"]["content"]
+    json.loads(text)
     for entry in content:
-        assert entry["top_logprobs"][0]["token"] == entry["token"]
-        assert all(t["logprob"] is not None and t["logprob"] <= 0 for t in entry["top_logprobs"])
+        assert all(t["logprob"] <= 0 for t in entry["top_logprobs"])
         assert sum(2.718281828 ** t["logprob"] for t in entry["top_logprobs"]) <= 1.0 + 1e-4
     scored = _post(qwen_url, messages=[*ASK_PERSON, {"role": "assistant", "content": text}], max_tokens=1, temperature=0, prompt_logprobs=1,
                    continue_final_message=True, add_generation_prompt=False)  # fmt: skip
@@ -114,8 +112,8 @@ def test_constrained_logprobs_are_those_of_the_constrained_distribution(qwen_url
     raw = [entry[str(tok)] for entry, tok in zip(scored["prompt_logprobs"][-len(content) :], ids, strict=True)]
     assert [r["decoded_token"] for r in raw] == [e["token"] for e in content]
     for r, c in zip(raw, content, strict=True):
-        assert c["logprob"] >= r["logprob"] - 0.5
-    assert raw[0]["rank"] > 1 and content[0]["logprob"] > raw[0]["logprob"] + 1.0
+        assert abs(c["logprob"] - r["logprob"]) < 0.5
+    assert raw[0]["rank"] > 1 and content[0]["top_logprobs"][0]["token"] != content[0]["token"]
 
 
 def test_unconstrained_greedy_output_is_unchanged(qwen_url: str) -> None:
