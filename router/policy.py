@@ -12,7 +12,10 @@ with V at the top allowed stage m equal to c_m + λ(1 - prior_m). When
 rule of the design notes); with a finite strength, p̂_j is treated as
 Beta(strength·prior, strength·(1-prior)) distributed, which gives seeing an
 intermediate answer its option value. Backward induction is O(L²) with L
-stages and a fixed quadrature grid: microseconds.
+stages and a fixed quadrature grid: microseconds. Once stage i has answered,
+``observe`` replaces the priors of the stages above it with beliefs
+conditioned on that answer (the predictor's ``beliefs_after``) and runs the
+induction again.
 """
 
 from __future__ import annotations
@@ -113,3 +116,16 @@ class StoppingPolicy:
         if nxt is None or stop_value <= cont:
             return Decision(True, None, stop_value, cont)
         return Decision(False, nxt, stop_value, cont)
+
+    def observe(self, i: int, beliefs: Sequence[float]) -> None:
+        """Stage ``i`` has answered: ``beliefs[k]`` is now P(stage i+1+k acceptable), given that answer.
+
+        What an answer says about the stages above it (a lower stage that floundered on a task the
+        larger ones solve, ...) replaces their prompt-only priors, and the values of continuing are
+        recomputed by the same backward induction: ``decide(i, ·)`` and everything after it use them.
+        (The values at or below ``i`` are recomputed too, and never read again: nothing goes back down.)
+        """
+        if len(beliefs) != len(self.priors) - i - 1:
+            raise ValueError(f"expected {len(self.priors) - i - 1} beliefs for the stages above {i}, got {len(beliefs)}")
+        self.priors[i + 1 :] = [float(b) for b in beliefs]
+        self.values = self._backward()

@@ -43,7 +43,7 @@ def _collect(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from predictor.offline import train
 
-    card = train.run(Path(args.data), Path(args.out), seed=args.seed)
+    card = train.run(Path(args.data), Path(args.out), seed=args.seed, lofo=not args.no_lofo)
     print(card.summary())
     return 0
 
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--data", default="data/cpu/collect.jsonl")
     t.add_argument("--out", default="predictor/models/cpu")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-lofo", action="store_true", help="skip the leave-one-family-out figures of the card (13 refits)")
     e = sub.add_parser("evaluate", help="replay policies over the collected answers; frontier table + PNG")
     e.add_argument("--data", default="data/cpu/collect.jsonl")
     e.add_argument("--model", default="predictor/models/cpu")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from predictor.offline.tasks.open_prompts import AGREEMENT_THRESHOLD
-from predictor.serving.features import AnswerStats, DraftStats, PromptStats, answer_features, prompt_features
+from predictor.serving.features import AnswerStats, DraftStats, PromptStats, answer_features, posterior_features, prompt_features
 from predictor.serving.rows import TOP_LOGPROBS, expand_logprobs
 
 
@@ -97,3 +97,50 @@ def load(path: Path) -> Dataset:
         raise RuntimeError(f"no collected rows in {path}")
     return Dataset(np.stack(xs), np.stack(px), np.array(ys, dtype=np.int64), np.array(st), np.array(tk), np.array(sp),
                    np.array(fam), np.array(secs, dtype=np.float64), n_stages)  # fmt: skip
+
+
+@dataclass
+class Pairs:
+    """The belief model's rows: one per task and pair of stages i < j that both have a label.
+
+    ``x`` is stage i's answer vector with j appended (``posterior_features``), ``y`` stage j's label:
+    every collected task has every stage's outcome, so each one gives a row per pair.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    lower: np.ndarray  # i: the stage that answered
+    target: np.ndarray  # j: the stage asked about
+    task: np.ndarray
+    split: np.ndarray
+    family: np.ndarray
+
+    def where(self, mask: np.ndarray) -> Pairs:
+        return Pairs(self.x[mask], self.y[mask], self.lower[mask], self.target[mask], self.task[mask], self.split[mask], self.family[mask])
+
+    def part(self, split: str) -> Pairs:
+        return self.where(self.split == split)
+
+
+def pairs(data: Dataset) -> Pairs:
+    """``Pairs`` from a ``Dataset`` (rows in task order, then i, then j: deterministic)."""
+    by_task: dict[str, dict[int, int]] = {}
+    for r, (t, s) in enumerate(zip(data.task, data.stage, strict=True)):
+        by_task.setdefault(str(t), {})[int(s)] = r
+    xs, ys, lo, tg, rows = [], [], [], [], []
+    for stages in by_task.values():
+        for i in sorted(stages):
+            above = [j for j in sorted(stages) if j > i]
+            if not above:
+                continue
+            block = posterior_features(data.x[stages[i]], i, max(above) + 1)
+            for j in above:
+                xs.append(block[j - i - 1])
+                ys.append(data.y[stages[j]])
+                lo.append(i)
+                tg.append(j)
+                rows.append(stages[i])
+    if not xs:
+        raise RuntimeError("no task has labels at two stages: the belief model has nothing to learn from")
+    ix = np.array(rows, dtype=np.int64)
+    return Pairs(np.stack(xs), np.array(ys, dtype=np.int64), np.array(lo), np.array(tg), data.task[ix], data.split[ix], data.family[ix])

@@ -11,8 +11,12 @@ uses: the per-stage mean seconds of the training split).
 Policies: each single stage; random routing at matched cost (the chord
 between stages); a fixed-threshold cascade on mean logprob (FrugalGPT /
 AutoMix style); a prompt-only router (RouteLLM style); ours (learned
-predictor + DP stopping, with and without prior-based skipping); the oracle
-(cheapest stage that passes).
+predictor + DP stopping, with and without prior-based skipping, and with the
+beliefs after each answer replaced by the prompt-only priors, as before v4);
+the oracle (cheapest stage that passes).
+
+Quality must not fall as λ rises: ``monotonicity`` checks ours on the
+validation split over the λ sweep (a fall beyond paired-sampling noise fails).
 """
 
 from __future__ import annotations
@@ -26,12 +30,20 @@ from typing import Any
 import numpy as np
 
 from predictor.offline import dataset, reuse
-from predictor.serving.features import INDEX
+from predictor.serving.features import INDEX, posterior_features
 from predictor.serving.runtime import OnnxPredictor
 from router.policy import StoppingPolicy, shrink
 
 LAMBDAS = tuple(float(x) for x in np.geomspace(0.05, 500, 41))
-POLICIES = ("ours", "ours + draft reuse", "ours, no skipping", "threshold cascade", "prompt-only router", "random")
+POLICIES = (
+    "ours",
+    "ours + draft reuse",
+    "ours, no skipping",
+    "ours, prompt-only beliefs",
+    "threshold cascade",
+    "prompt-only router",
+    "random",
+)
 _MEAN = INDEX["lp_mean"]
 
 
@@ -150,15 +162,29 @@ def prompt_router(t: Table, predictor: OnnxPredictor, costs: list[float], lam: f
     return final, t.sec[np.arange(len(final)), final]
 
 
+def beliefs(t: Table, predictor: OnnxPredictor) -> np.ndarray:
+    """``b[task, i, j]``: the predictor's belief about stage j > i once stage i has answered (``beliefs_after``); 0 elsewhere."""
+    n = t.y.shape[1]
+    out = np.zeros((len(t.y), n, n))
+    for i in range(n - 1):
+        x = np.concatenate([posterior_features(row, i, n) for row in t.x[:, i]])
+        out[:, i, i + 1 :] = predictor.posterior_batch(x).reshape(len(t.y), n - i - 1)
+    return out
+
+
 def cascade(t: Table, predictor: OnnxPredictor, costs: list[float], lam: float, skip: bool, strength: float | None,
-            risk: tuple[float, float], saving: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+            risk: tuple[float, float], saving: np.ndarray | None = None,
+            belief: np.ndarray | None | bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """Ours: the router's own stopping rule replayed with the learned predictor; also how many stages each request called.
 
     ``saving[task, i, j]``: seconds an escalation from i to j saves by verifying i's draft (predictor/offline/reuse.py).
+    ``belief``: after each answer the policy takes the predictor's beliefs about the stages above, as the router
+    does (True: computed here; an array: ``beliefs(t, predictor)`` computed once; False: keep the prompt-only priors).
     """
     n = t.y.shape[1]
     priors = predictor.prior_batch(t.prior_x.reshape(-1, t.prior_x.shape[-1])).reshape(len(t.y), n)
     p_hat = predictor.predict_batch(t.x.reshape(-1, t.x.shape[-1])).reshape(len(t.y), n)
+    b = beliefs(t, predictor) if belief is True else (belief if isinstance(belief, np.ndarray) else None)
     alpha, beta = risk
     final = np.zeros(len(t.y), dtype=np.int64)
     cost = np.zeros(len(t.y))
@@ -170,6 +196,8 @@ def cascade(t: Table, predictor: OnnxPredictor, costs: list[float], lam: float, 
             cost[i] += t.sec[i, stage] - (saving[i, final[i], stage] if saving is not None and calls[i] else 0.0)
             calls[i] += 1
             final[i] = stage
+            if b is not None:
+                policy.observe(stage, b[i, stage, stage + 1 :].tolist())
             d = policy.decide(stage, shrink(float(p_hat[i, stage]), predictor.evidence, alpha, beta))
             stage = None if d.stop else d.next_stage
     return final, cost, calls
@@ -220,11 +248,14 @@ def run(data_path: Path, model_dir: Path, out_json: Path, out_png: Path, strengt
         final, cost = threshold_cascade(test, th)
         points.append(_point("threshold cascade", th[0], final, cost, test.y, n))
     sweep = []
+    b_test = beliefs(test, predictor)
     for lam in LAMBDAS:
         final, cost = prompt_router(test, predictor, costs, lam)
         points.append(_point("prompt-only router", lam, final, cost, test.y, n))
-        for name, skip, save in (("ours", True, None), ("ours, no skipping", False, None), ("ours + draft reuse", True, saving)):
-            final, cost, calls = cascade(test, predictor, costs, lam, skip, strength, risk, save)
+        variants = (("ours", True, None, b_test), ("ours, no skipping", False, None, b_test), ("ours + draft reuse", True, saving, b_test),
+                    ("ours, prompt-only beliefs", True, None, False))  # fmt: skip
+        for name, skip, save, bel in variants:
+            final, cost, calls = cascade(test, predictor, costs, lam, skip, strength, risk, save, bel)
             p = _point(name, lam, final, cost, test.y, n)
             points.append(p)
             if skip:
@@ -243,6 +274,7 @@ def run(data_path: Path, model_dir: Path, out_json: Path, out_png: Path, strengt
         "frontiers": {name: [vars(p) for p in frontier([p for p in points if p.policy == name])] for name in POLICIES},
         "lambda_sweep": sweep,
         "draft_reuse": reuse_info,
+        "monotonicity": monotonicity(val, predictor, costs, strength, risk),
     }
     result["targets"] = targets(result)
     result["targets_with_draft_reuse"] = targets(result, "ours + draft reuse")
@@ -250,6 +282,50 @@ def run(data_path: Path, model_dir: Path, out_json: Path, out_png: Path, strengt
     out_json.write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out_png)
     return result
+
+
+MONOTONE_Z = 2.0  # a fall counts when it exceeds this many standard errors of the paired difference
+
+
+def monotonicity(t: Table, predictor: OnnxPredictor, costs: list[float], strength: float | None, risk: tuple[float, float],
+                 lambdas: tuple[float, ...] = LAMBDAS, z: float = MONOTONE_Z) -> dict[str, Any]:  # fmt: skip
+    """Does ours lose quality as λ rises? Accuracy over ``lambdas`` on ``t`` (the validation split), each point
+    against the best at any lower λ.
+
+    Two policies replayed on the same tasks differ only on the tasks where one is right and the other wrong
+    (``b`` and ``c`` of them); under equal quality the difference ``(c - b) / n`` has standard error
+    ``sqrt(b + c) / n`` (McNemar's paired test). A fall larger than ``z`` of those, and larger than one task, is
+    a fall in quality; smaller ones are noise. Reported: the accuracies, the largest fall, its tolerance.
+    """
+    b = beliefs(t, predictor)
+    n = len(t.y)
+    correct = []
+    for lam in lambdas:
+        final, _, _ = cascade(t, predictor, costs, lam, True, strength, risk, None, b)
+        correct.append(t.y[np.arange(n), final].astype(bool))
+    worst: dict[str, Any] = {"fall": 0.0, "tolerance": None, "at_lambda": None, "from_lambda": None}
+    beyond_noise = []
+    for k in range(1, len(lambdas)):
+        best = max(range(k), key=lambda j: (int(correct[j].sum()), -j))
+        fall = (int(correct[best].sum()) - int(correct[k].sum())) / n
+        if fall <= 0:
+            continue
+        discordant = int((correct[best] != correct[k]).sum())
+        tolerance = max(z * math.sqrt(discordant) / n, 1.0 / n)
+        if fall > tolerance + 1e-12:
+            beyond_noise.append(lambdas[k])
+        if fall > worst["fall"]:
+            worst = {"fall": fall, "tolerance": tolerance, "at_lambda": lambdas[k], "from_lambda": lambdas[best]}
+    return {
+        "split": "val",
+        "tasks": n,
+        "z": z,
+        "accuracy": [float(c.mean()) for c in correct],
+        "lambdas": list(lambdas),
+        "worst_fall": worst,
+        "falls_beyond_noise_at": beyond_noise,
+        "monotone_within_noise": not beyond_noise,
+    }
 
 
 def targets(result: dict[str, Any], policy: str = "ours") -> dict[str, Any]:
@@ -282,6 +358,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         "ours": "-o",
         "ours + draft reuse": "-D",
         "ours, no skipping": "--.",
+        "ours, prompt-only beliefs": ":x",
         "threshold cascade": "-s",
         "prompt-only router": "-^",
         "random": ":",

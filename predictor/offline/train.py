@@ -6,8 +6,22 @@ calibrated with isotonic regression on the validation split, exported to ONNX
 (calibration and the feature contract travel in the ONNX metadata), and
 scored on the held-out test split next to the mean-logprob baseline (a
 per-stage logistic regression on mean token logprob, fitted on the same
-training split). The prompt-only prior gets the same treatment on prompt
-features. Splits are by task, never by row (``predictor.offline.tasks.split_of``).
+training split). The prompt-only prior and the belief model get the same
+treatment on their inputs. Splits are by task, never by row
+(``predictor.offline.tasks.split_of``).
+
+The prior is a soft vote of two gradient-boosted models, one on the five prompt
+statistics and one on those plus the hashed n-grams. Chosen by measurement
+(docs/predictor.md): the n-gram model alone ranks held-out tasks of known
+families better but tasks of a family it never saw worse than the statistics
+alone (leave-one-family-out), and the average keeps most of both.
+
+Besides the held-out test split, the card reports leave-one-family-out
+figures: each family in turn is left out of training and scored on, for the
+prior (new and the v3 statistics-only one) and the belief model. Those use the
+models' raw scores (AUC is a ranking measure; the isotonic step, which needs a
+validation split, only adds ties). Everything is seeded: the same data gives
+the same models.
 """
 
 from __future__ import annotations
@@ -21,9 +35,17 @@ from typing import Any
 import numpy as np
 
 from predictor.offline import dataset
-from predictor.serving.features import FEATURE_NAMES, FEATURE_VERSION, INDEX, PROMPT_FEATURE_NAMES
+from predictor.serving.features import (
+    FEATURE_NAMES,
+    FEATURE_VERSION,
+    INDEX,
+    N_PROMPT_FEATURES,
+    POSTERIOR_FEATURE_NAMES,
+    PROMPT_FEATURE_NAMES,
+    PROMPT_STAT_NAMES,
+)
 from predictor.serving.rows import TOP_LOGPROBS
-from predictor.serving.runtime import ANSWER_FILE, CARD_FILE, PRIOR_FILE, Calibration
+from predictor.serving.runtime import ANSWER_FILE, CARD_FILE, POSTERIOR_FILE, PRIOR_FILE, Calibration
 
 ECE_BINS = 10
 _MEAN = INDEX["lp_mean"]
@@ -60,6 +82,40 @@ def _candidates(seed: int) -> dict[str, Any]:
     }
 
 
+# columns of the prior's input: the five statistics + stage, and everything
+_STATS_COLUMNS = [*range(len(PROMPT_STAT_NAMES)), N_PROMPT_FEATURES - 1]
+_ALL_COLUMNS = list(range(N_PROMPT_FEATURES))
+
+
+def _prior_gbt(columns: list[int], seed: int) -> Any:
+    """Gradient-boosted trees on some columns of the prior's input (leaves of >= 10 rows: 262 inputs and a few
+    hundred rows overfit otherwise)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.pipeline import make_pipeline
+
+    gbt = GradientBoostingClassifier(
+        n_estimators=150, max_depth=3, learning_rate=0.05, subsample=0.8, min_samples_leaf=10, random_state=seed
+    )
+    return make_pipeline(ColumnTransformer([("columns", "passthrough", columns)]), gbt)
+
+
+def prior_candidates(seed: int) -> dict[str, Any]:
+    """The prior: the soft vote of a statistics-only and a statistics + n-grams model (see the module docstring)."""
+    from sklearn.ensemble import VotingClassifier
+
+    members = [("stats", _prior_gbt(_STATS_COLUMNS, seed)), ("ngrams", _prior_gbt(_ALL_COLUMNS, seed))]
+    return {"gbt-vote": VotingClassifier(members, voting="soft", flatten_transform=False)}
+
+
+def surface_prior(seed: int) -> Any:
+    """The v3 prior, for comparison: the trainer's gradient-boosted trees on the five statistics and the stage."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(ColumnTransformer([("columns", "passthrough", _STATS_COLUMNS)]), _candidates(seed)["gbt"])
+
+
 def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
     p = np.clip(p, 1e-6, 1 - 1e-6)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
@@ -86,13 +142,18 @@ class FittedModel:
 
 
 def fit(
-    train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], names: tuple[str, ...], kind: str, seed: int
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    names: tuple[str, ...],
+    kind: str,
+    seed: int,
+    candidates: dict[str, Any] | None = None,
 ) -> FittedModel:
-    """Fit each candidate, keep the best on validation log-loss, calibrate it on validation."""
+    """Fit each candidate (default: ``_candidates``), keep the best on validation log-loss, calibrate it on validation."""
     from sklearn.isotonic import IsotonicRegression
 
     losses, fitted = {}, {}
-    for name, model in _candidates(seed).items():
+    for name, model in (candidates if candidates is not None else _candidates(seed)).items():
         model.fit(*train)
         losses[name] = _log_loss(val[1], model.predict_proba(val[0])[:, 1])
         fitted[name] = model
@@ -136,18 +197,35 @@ class ModelCard:
     prior_model: dict[str, Any]
     test: dict[str, Any]
     baseline_coefficients: list[dict[str, float]]
+    posterior_model: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
-        lines = [f"answer model: {self.answer_model['chosen']}  prior model: {self.prior_model['chosen']}",
+        def f(v: float | None) -> str:
+            return f"{v:.3f}" if v is not None else "  -  "
+
+        lines = [f"answer model: {self.answer_model['chosen']}  prior model: {self.prior_model['chosen']}  "
+                 f"belief model: {self.posterior_model.get('chosen', '-')}",
                  f"{'stage':>5} {'n':>5} {'pos':>5} | {'AUC':>6} {'Brier':>6} {'ECE':>6} | {'AUC base':>8} {'Brier':>6} {'ECE':>6} | {'AUC prior':>9}"]  # fmt: skip  # noqa: E501
         for s, row in self.test["per_stage"].items():
             m, b, pr = row["learned"], row["baseline"], row["prior"]
-
-            def f(v: float | None) -> str:
-                return f"{v:.3f}" if v is not None else "  -  "
-
             lines.append(f"{s:>5} {m['n']:>5} {m['positive_rate']:>5.2f} | {f(m['auc']):>6} {f(m['brier']):>6} {f(m['ece']):>6} | "
                          f"{f(b['auc']):>8} {f(b['brier']):>6} {f(b['ece']):>6} | {f(pr['auc']):>9}")  # fmt: skip
+        if "test" in self.prior_model:
+            lines += ["", "prior AUC per stage, v3 statistics-only -> v4 (statistics + n-grams):",
+                      f"{'stage':>5} | {'test v3':>7} {'test v4':>7} | {'LOFO v3':>7} {'LOFO v4':>7}"]  # fmt: skip
+            for s in self.prior_model["test"]:
+                t, lo = self.prior_model["test"][s], self.prior_model["lofo"][s]
+                lines.append(f"{s:>5} | {f(t['surface']['auc']):>7} {f(t['prior']['auc']):>7} | "
+                             f"{f(lo['surface']['auc']):>7} {f(lo['prior']['auc']):>7}")  # fmt: skip
+        if self.posterior_model:
+            lines += ["", "belief about stage j after stage i answered, AUC: prompt-only prior v3 / v4 -> belief model:",
+                      f"{'i->j':>6} {'n':>4} | {'test v3':>7} {'v4':>6} {'belief':>6} | {'LOFO v3':>7} {'v4':>6} {'belief':>6}"]  # fmt: skip  # noqa: E501
+            for key in self.posterior_model["test"]:
+                t, lo = self.posterior_model["test"][key], self.posterior_model["lofo"][key]
+                cells = [f(t["surface"]["auc"]), f(t["prior"]["auc"]), f(t["belief"]["auc"]),
+                         f(lo["surface"]["auc"]), f(lo["prior"]["auc"]), f(lo["belief"]["auc"])]  # fmt: skip
+                test_cells = f"{cells[0]:>7} {cells[1]:>6} {cells[2]:>6}"
+                lines.append(f"{key:>6} {t['belief']['n']:>4} | {test_cells} | {cells[3]:>7} {cells[4]:>6} {cells[5]:>6}")
         return "\n".join(lines)
 
 
@@ -179,7 +257,57 @@ def _reliability_png(path: Path, test: dataset.Dataset, curves: dict[str, np.nda
     plt.close(fig)
 
 
-def run(data_path: Path, out_dir: Path, seed: int = 0) -> ModelCard:
+def _by_stage(y: np.ndarray, p: dict[str, np.ndarray], stage: np.ndarray, n_stages: int) -> dict[str, dict[str, Any]]:
+    return {str(s): {name: scores(y[stage == s], q[stage == s]) for name, q in p.items()} for s in range(n_stages)}
+
+
+def _by_pair(pairs: dataset.Pairs, p: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Scores per (i -> j), then per target j over every i below it ("*->j")."""
+    out: dict[str, dict[str, Any]] = {}
+    keys = sorted({(int(i), int(j)) for i, j in zip(pairs.lower, pairs.target, strict=True)})
+    for i, j in keys:
+        m = (pairs.lower == i) & (pairs.target == j)
+        out[f"{i}->{j}"] = {name: scores(pairs.y[m], q[m]) for name, q in p.items()}
+    for j in sorted({j for _, j in keys}):
+        m = pairs.target == j
+        out[f"*->{j}"] = {name: scores(pairs.y[m], q[m]) for name, q in p.items()}
+    return out
+
+
+def _prior_at(data: dataset.Dataset, pairs: dataset.Pairs, p_rows: np.ndarray) -> np.ndarray:
+    """The prior of each pair's target stage, looked up from per-(task, stage) prior scores ``p_rows``."""
+    at = {(str(t), int(s)): float(q) for t, s, q in zip(data.task, data.stage, p_rows, strict=True)}
+    return np.array([at[(str(t), int(j))] for t, j in zip(pairs.task, pairs.target, strict=True)])
+
+
+def leave_one_family_out(data: dataset.Dataset, pairs: dataset.Pairs, posterior_name: str, seed: int) -> dict[str, Any]:
+    """Out-of-family scores: each family in turn is left out of training (all splits of the others are used) and
+    scored on; AUCs are of the pooled out-of-family scores (raw, uncalibrated)."""
+    from sklearn.base import clone
+    from tqdm import tqdm
+
+    families = sorted(set(data.family.tolist()))
+    prior_new, prior_old = np.zeros(len(data.y)), np.zeros(len(data.y))
+    belief = np.zeros(len(pairs.y))
+    posterior_model = _candidates(seed)[posterior_name]
+    for fam in tqdm(families, desc="leave-one-family-out", unit="family"):
+        out, keep = data.family == fam, data.family != fam
+        for model, into in ((prior_candidates(seed)["gbt-vote"], prior_new), (surface_prior(seed), prior_old)):
+            into[out] = model.fit(data.prior_x[keep], data.y[keep]).predict_proba(data.prior_x[out])[:, 1]
+        pout, pkeep = pairs.family == fam, pairs.family != fam
+        if len(set(pairs.y[pkeep])) > 1 and pout.any():
+            model = clone(posterior_model).fit(pairs.x[pkeep], pairs.y[pkeep])
+            belief[pout] = model.predict_proba(pairs.x[pout])[:, 1]
+    return {
+        "families": families,
+        "prior": _by_stage(data.y, {"prior": prior_new, "surface": prior_old}, data.stage, data.n_stages),
+        "posterior": _by_pair(
+            pairs, {"belief": belief, "prior": _prior_at(data, pairs, prior_new), "surface": _prior_at(data, pairs, prior_old)}
+        ),  # fmt: skip
+    }
+
+
+def run(data_path: Path, out_dir: Path, seed: int = 0, lofo: bool = True) -> ModelCard:
     from predictor.serving.runtime import OnnxPredictor
 
     t0 = time.perf_counter()
@@ -188,15 +316,21 @@ def run(data_path: Path, out_dir: Path, seed: int = 0) -> ModelCard:
     for name, part in (("train", train), ("validation", val), ("test", test)):
         if len(set(part.y)) < 2:
             raise RuntimeError(f"the {name} split has a single class ({len(part.y)} rows); collect more data")
+    pairs = dataset.pairs(data)
+    ptrain, pval, ptest = pairs.part("train"), pairs.part("val"), pairs.part("test")
     answer = fit((train.x, train.y), (val.x, val.y), FEATURE_NAMES, "answer", seed)
-    prior = fit((train.prior_x, train.y), (val.prior_x, val.y), PROMPT_FEATURE_NAMES, "prior", seed)
+    prior = fit((train.prior_x, train.y), (val.prior_x, val.y), PROMPT_FEATURE_NAMES, "prior", seed, prior_candidates(seed))
+    posterior = fit((ptrain.x, ptrain.y), (pval.x, pval.y), POSTERIOR_FEATURE_NAMES, "posterior", seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / ANSWER_FILE).write_bytes(answer.onnx)
     (out_dir / PRIOR_FILE).write_bytes(prior.onnx)
+    (out_dir / POSTERIOR_FILE).write_bytes(posterior.onnx)
 
     served = OnnxPredictor.load(out_dir)  # evaluate exactly what the router will run
     p_learned = served.predict_batch(test.x)
     p_prior = served.prior_batch(test.prior_x)
+    p_belief = served.posterior_batch(ptest.x)
+    p_surface = surface_prior(seed).fit(train.prior_x, train.y).predict_proba(test.prior_x)[:, 1]  # v3's prior, raw
     p_base, coefs = baseline(train, test)
     per_stage = {}
     for s in range(data.n_stages):
@@ -206,11 +340,13 @@ def run(data_path: Path, out_dir: Path, seed: int = 0) -> ModelCard:
             "baseline": scores(test.y[m], p_base[m]),
             "prior": scores(test.y[m], p_prior[m]),
         }
+    out_of_family = leave_one_family_out(data, pairs, posterior.name, seed) if lofo else None
     card = ModelCard(
         data={
             "source": data_path.name,
             "tasks": {k: len(set(d.task)) for k, d in (("train", train), ("val", val), ("test", test))},
             "rows": {k: len(d.y) for k, d in (("train", train), ("val", val), ("test", test))},
+            "pairs": {k: len(d.y) for k, d in (("train", ptrain), ("val", pval), ("test", ptest))},
             "families": sorted(set(data.family.tolist())),
             "stages": data.n_stages,
             "label": "exact checker verdict; open prompts: top-stage agreement >= threshold",
@@ -222,13 +358,32 @@ def run(data_path: Path, out_dir: Path, seed: int = 0) -> ModelCard:
             "features": list(FEATURE_NAMES),
             "calibration": "isotonic on validation",
         },
-        prior_model={"chosen": prior.name, "validation_log_loss": prior.validation_log_loss, "features": list(PROMPT_FEATURE_NAMES)},
+        prior_model={
+            "chosen": prior.name,
+            "validation_log_loss": prior.validation_log_loss,
+            "features": list(PROMPT_FEATURE_NAMES),
+            "test": _by_stage(test.y, {"prior": p_prior, "surface": p_surface}, test.stage, data.n_stages),
+            "lofo": out_of_family["prior"] if out_of_family else None,
+        },
         test={
             "pooled": {"learned": scores(test.y, p_learned), "baseline": scores(test.y, p_base), "prior": scores(test.y, p_prior)},
             "per_stage": per_stage,
         },
         baseline_coefficients=coefs,
+        posterior_model={
+            "chosen": posterior.name,
+            "validation_log_loss": posterior.validation_log_loss,
+            "features": list(POSTERIOR_FEATURE_NAMES),
+            "calibration": "isotonic on validation",
+            "test": _by_pair(
+                ptest, {"belief": p_belief, "prior": _prior_at(test, ptest, p_prior), "surface": _prior_at(test, ptest, p_surface)}
+            ),
+            "lofo": out_of_family["posterior"] if out_of_family else None,
+        },
     )
+    if not lofo:  # the summary's tables need both evaluations
+        card.prior_model.pop("test")
+        card.posterior_model = {}
     card.data["train_seconds"] = round(time.perf_counter() - t0, 2)
     (out_dir / CARD_FILE).write_text(json.dumps(asdict(card), indent=2) + "\n")
     (out_dir / "card.md").write_text(_markdown(card))
@@ -246,7 +401,13 @@ def _markdown(card: ModelCard) -> str:
         f"* Label: {card.data['label']}.\n"
         f"* Answer model: {card.answer_model['chosen']} (validation log-loss {card.answer_model['validation_log_loss']}), "
         "isotonic calibration on validation.\n"
-        f"* Prior (prompt-only) model: {card.prior_model['chosen']} (validation log-loss {card.prior_model['validation_log_loss']}).\n"
+        f"* Prior (prompt-only) model: {card.prior_model['chosen']} (validation log-loss {card.prior_model['validation_log_loss']}): "
+        "soft vote of gradient-boosted trees on the prompt statistics and on statistics + hashed n-grams.\n"
+        f"* Belief model (P(stage j acceptable | stage i's answer), `posterior.onnx`): {card.posterior_model.get('chosen', '-')} "
+        f"(validation log-loss {card.posterior_model.get('validation_log_loss', '-')}), isotonic calibration on validation; "
+        f"rows per pair of stages: {card.data['pairs']}.\n"
         "* Reliability diagram: `reliability.png`. Regenerate with `make predictor`.\n\n"
-        "## Held-out test split\n\n```\n" + card.summary() + "\n```\n"
+        "## Held-out test split and leave-one-family-out\n\n"
+        "LOFO: each family left out of training in turn and scored on (pooled scores, raw). v3 is the statistics-only prior "
+        "refitted on the same rows.\n\n```\n" + card.summary() + "\n```\n"
     )

@@ -42,3 +42,7 @@ class MeanLogprobPredictor:
 
     def priors(self, prompt: PromptStats, n_stages: int) -> list[float]:
         return self.stage_priors[:n_stages]
+
+    def beliefs_after(self, stage: int, answer_features: np.ndarray, prompt: PromptStats, n_stages: int) -> list[float]:
+        """The configured priors of the stages above: the baseline learns nothing about them from an answer."""
+        return self.priors(prompt, n_stages)[stage + 1 :]

@@ -6,8 +6,11 @@ stage index, and -- when a lower stage's draft was verified -- the share of the
 draft the stage accepted. ``FEATURE_VERSION`` and ``FEATURE_NAMES`` are
 recorded in every exported model; the runtime refuses a mismatch.
 
-``prompt_features`` is the input of the prompt-only prior (where to start),
-a subset of the same quantities.
+``prompt_features`` is the input of the prompt-only prior (where to start):
+the same five prompt statistics plus what the prompt says, as signed hashed
+word and character n-grams (``prompt_ngrams``). ``posterior_features`` is the
+input of the belief model: a stage's answer vector plus the higher stage it
+is asked about (P(stage j acceptable | prompt, stage i's answer)).
 
 Extraction works on numpy arrays (``AnswerStats``). The router builds them
 straight from the stage's response bytes (``AnswerStats.from_body``, the
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -46,7 +50,9 @@ except ImportError as exc:  # pragma: no cover - an install problem, reported as
         f"predictor.serving._answer_stats is not built ({exc}); install the package (`pip install -e .`, needs a C compiler)"
     ) from None
 
-FEATURE_VERSION = 3  # 2: answers read at MAX_POSITIONS positions at most; 3: statistics in double precision (C)
+# 2: answers read at MAX_POSITIONS positions at most; 3: statistics in double precision (C);
+# 4: the prior reads the prompt's hashed n-grams; the belief (posterior) model
+FEATURE_VERSION = 4
 LOW_LOGPROB = (-0.5, -1.0, -2.3, -4.6)  # p < 0.61, 0.37, 0.1, 0.01
 EDGE = 16  # tokens at the start/end of the answer summarised separately
 MAX_POSITIONS = 128  # positions read from a longer answer (EDGE at each end, the rest evenly spaced)
@@ -90,23 +96,46 @@ INDEX: Mapping[str, int] = {n: i for i, n in enumerate(FEATURE_NAMES)}
 
 @dataclass(frozen=True)
 class PromptStats:
+    """What the predictor knows of a prompt: five statistics, and the text the prior's n-grams are hashed from.
+
+    ``text`` is the messages' texts joined as ``from_texts`` joins them (kept, not hashed here, so that a
+    request whose priors are never asked for pays nothing; empty when a caller built the stats by hand,
+    which gives the prior a prompt without content features). The lengths are exact; the code hint and
+    the digit share are read from ``prompt_window`` (a regex over a 32k-character prompt took over 1 ms).
+    """
+
     n_tokens: int
     n_chars: int
     n_messages: int
     code_hint: float
     digit_share: float
+    text: str = ""
 
     @classmethod
     def from_texts(cls, texts: Sequence[str], n_tokens: int | None = None) -> PromptStats:
         joined = "\n".join(texts)
         n_chars = len(joined)
+        window = prompt_window(joined)
         return cls(
             n_tokens=n_tokens if n_tokens is not None else max(1, n_chars // 4),
             n_chars=n_chars,
             n_messages=len(texts),
-            code_hint=1.0 if _CODE.search(joined) else 0.0,
-            digit_share=len(_DIGIT.findall(joined)) / n_chars if n_chars else 0.0,
+            code_hint=1.0 if _CODE.search(window) else 0.0,
+            digit_share=len(_DIGIT.findall(window)) / len(window) if window else 0.0,
+            text=joined,
         )
+
+
+HASH_EDGE_CHARS = 512  # a longer prompt is read at its first and its last this many characters
+
+
+def prompt_window(text: str) -> str:
+    """What the prompt's content features read: all of it, or its first and last ``HASH_EDGE_CHARS`` characters
+    (joined by a newline) when it is longer than twice that. The instruction is usually at one end, and the
+    cost is bounded whatever the prompt's length (bench/prior_latency.py)."""
+    if len(text) <= 2 * HASH_EDGE_CHARS:
+        return text
+    return text[:HASH_EDGE_CHARS] + "\n" + text[-HASH_EDGE_CHARS:]
 
 
 @dataclass(frozen=True)
@@ -245,15 +274,110 @@ assert N_FEATURES == 30, "update answer_features when FEATURE_NAMES changes"
 
 # -- the prompt-only prior's input: what is known before any stage runs ----------------------
 
-# the same quantities as in the answer vector, in the same order (one definition of each)
-PROMPT_FEATURE_NAMES: tuple[str, ...] = FEATURE_NAMES[INDEX["log_prompt_tokens"] : INDEX["stage_index"] + 1]
+HASH_DIMS = 256  # buckets of the hashed n-gram vector
+WORD_NGRAMS = (1, 2)
+CHAR_NGRAMS = (3, 4, 5)
+_WORD = re.compile(r"\w+|[^\w\s]")
+_DIGITS = str.maketrans("0123456789", "0000000000")
+# uint32 arithmetic wraps modulo 2**32 by itself: the hashes below are exact 32-bit integer functions
+_MIX1, _MIX2, _GOLDEN, _BASE = np.uint32(0x85EBCA6B), np.uint32(0xC2B2AE35), np.uint32(0x9E3779B1), np.uint32(257)
+_S16, _S13, _S31 = np.uint32(16), np.uint32(13), np.uint32(31)
+_MASK = np.uint32(HASH_DIMS - 1)
+assert HASH_DIMS & (HASH_DIMS - 1) == 0, "HASH_DIMS must be a power of two (buckets are the low bits)"
+# a different offset per n-gram kind and size, so "ab" as a word and as characters land in unrelated buckets
+_WORD_SALT = {n: np.uint32(1000 + n) for n in WORD_NGRAMS}
+_CHAR_SALT = {n: np.uint32(2000 + n) for n in CHAR_NGRAMS}
+
+
+def _fmix(h: np.ndarray) -> np.ndarray:
+    """murmur3's 32-bit finaliser, elementwise on uint32: every input bit moves every output bit."""
+    h = h ^ (h >> _S16)
+    h *= _MIX1
+    h ^= h >> _S13
+    h *= _MIX2
+    h ^= h >> _S16
+    return h
+
+
+def _bucket(hashes: np.ndarray) -> np.ndarray:
+    """Signed counts of ``hashes`` in ``HASH_DIMS`` buckets (the low bits; the sign from bit 31, so collisions
+    cancel on average), l2-normalised."""
+    if hashes.size == 0:
+        return np.zeros(HASH_DIMS, dtype=np.float64)
+    signs = 1.0 - 2.0 * (hashes >> _S31).astype(np.float64)
+    v = np.bincount(hashes & _MASK, weights=signs, minlength=HASH_DIMS)
+    norm = float(np.sqrt(v @ v))
+    return v / norm if norm > 0 else v
+
+
+def prompt_ngrams(text: str) -> np.ndarray:
+    """What the prompt asks, as a fixed-size vector (float32, ``HASH_DIMS``): signed hashed n-grams.
+
+    The text is lower-cased and every digit becomes ``0`` (so "3028 + 4657" and "12 + 7" share the
+    shape "0000 + 0000" vs "00 + 0": the kind of task and the numbers' sizes, not their values). Word
+    uni- and bigrams (``\\w+`` runs and single punctuation marks, each hashed with crc32 of its UTF-8,
+    pairs combined by a multiply-and-mix) and character 3/4/5-grams of the UTF-8 bytes (a base-257
+    polynomial, mixed) are bucketed into ``HASH_DIMS`` signed counts; the word and character parts are
+    each l2-normalised, and their sum is l2-normalised again. Every hash is defined here in 32-bit
+    integer arithmetic (crc32 and murmur3's finaliser), never Python's salted ``hash()``: the same text
+    gives the same vector in training, in every router process and on every machine. A long prompt is
+    read at ``prompt_window``.
+    """
+    text = prompt_window(text).lower().translate(_DIGITS)
+    words = np.fromiter(map(zlib.crc32, map(str.encode, _WORD.findall(text))), np.uint32)
+    word_parts = []
+    for n in WORD_NGRAMS:
+        if words.size < n:
+            continue
+        h = words[: words.size - n + 1]
+        for k in range(1, n):
+            h = _fmix(h * _GOLDEN + words[k : words.size - n + 1 + k])
+        word_parts.append(_fmix(h + _WORD_SALT[n]))
+    raw = np.frombuffer(text.encode(), dtype=np.uint8).astype(np.uint32)
+    char_parts = []
+    h = raw
+    for n in range(2, CHAR_NGRAMS[-1] + 1):  # h holds the polynomials of the n-grams starting at each position: extend by one byte
+        if raw.size < n:
+            break
+        h = h[:-1] * _BASE + raw[n - 1 :]
+        if n in _CHAR_SALT:
+            char_parts.append(_fmix(h + _CHAR_SALT[n]))
+    v = _bucket(np.concatenate(word_parts) if word_parts else words[:0])
+    v += _bucket(np.concatenate(char_parts) if char_parts else raw[:0])
+    norm = float(np.sqrt(v @ v))
+    out: np.ndarray = (v / norm if norm > 0 else v).astype(np.float32)
+    return out
+
+
+# the five prompt statistics of the answer vector, in the same order (one definition of each), the n-grams, the stage
+PROMPT_STAT_NAMES: tuple[str, ...] = FEATURE_NAMES[INDEX["log_prompt_tokens"] : INDEX["stage_index"]]
+NGRAM_NAMES: tuple[str, ...] = tuple(f"ngram_{i:03d}" for i in range(HASH_DIMS))
+PROMPT_FEATURE_NAMES: tuple[str, ...] = (*PROMPT_STAT_NAMES, *NGRAM_NAMES, "stage_index")
 N_PROMPT_FEATURES = len(PROMPT_FEATURE_NAMES)
+_N_STATS = len(PROMPT_STAT_NAMES)
 
 
 def prompt_features(prompt: PromptStats, n_stages: int) -> np.ndarray:
     """One row per stage (float32, ``PROMPT_FEATURE_NAMES`` order): the prior's batch for one prompt."""
     row = (math.log1p(prompt.n_tokens), math.log1p(prompt.n_chars), prompt.n_messages, prompt.code_hint, prompt.digit_share)
     out = np.empty((n_stages, N_PROMPT_FEATURES), dtype=np.float32)
-    out[:, :5] = row
-    out[:, 5] = np.arange(n_stages)
+    out[:, :_N_STATS] = row
+    out[:, _N_STATS : _N_STATS + HASH_DIMS] = prompt_ngrams(prompt.text)
+    out[:, -1] = np.arange(n_stages)
+    return out
+
+
+# -- the belief model's input: one stage's answer, and the higher stage asked about --------------
+
+POSTERIOR_FEATURE_NAMES: tuple[str, ...] = (*FEATURE_NAMES, "target_stage")
+N_POSTERIOR_FEATURES = len(POSTERIOR_FEATURE_NAMES)
+
+
+def posterior_features(answer: np.ndarray, stage: int, n_stages: int) -> np.ndarray:
+    """One row per stage above ``stage`` (float32, ``POSTERIOR_FEATURE_NAMES`` order): ``answer`` (stage's
+    ``answer_features`` vector) with the target stage appended; (0, N) at the top."""
+    targets = np.arange(stage + 1, n_stages)
+    out = np.empty((targets.size, N_POSTERIOR_FEATURES), dtype=np.float32)
+    out[:, :N_FEATURES] = answer
+    out[:, N_FEATURES] = targets
     return out

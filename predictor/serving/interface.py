@@ -10,7 +10,7 @@ from predictor.serving.features import PromptStats
 
 
 class Predictor(Protocol):
-    """Estimates P(answer acceptable) for a stage answer, and prompt-only priors."""
+    """Estimates P(answer acceptable) for a stage answer, prompt-only priors, and beliefs about higher stages after an answer."""
 
     name: str
     evidence: float  # pseudo-count for the risk adjustment (policy.shrink)
@@ -22,4 +22,10 @@ class Predictor(Protocol):
 
     def priors(self, prompt: PromptStats, n_stages: int) -> list[float]:
         """Prompt-only P(acceptable) per stage, before any stage has run."""
+        ...
+
+    def beliefs_after(self, stage: int, answer_features: np.ndarray, prompt: PromptStats, n_stages: int) -> list[float]:
+        """P(acceptable) for each stage j > ``stage`` (``n_stages - stage - 1`` values) once ``stage`` has answered
+        with ``answer_features``: what this answer says about the stages above replaces their prompt-only
+        priors in the stopping rule. A predictor with no such model returns the priors of those stages."""
         ...

@@ -1,4 +1,10 @@
-"""The learned predictor at serving time: two ONNX graphs run by onnxruntime.
+"""The learned predictor at serving time: three ONNX graphs run by onnxruntime.
+
+* ``predictor.onnx`` (kind ``answer``): p̂ for one stage answer;
+* ``prior.onnx`` (kind ``prior``): each stage's P(acceptable) from the prompt alone;
+* ``posterior.onnx`` (kind ``posterior``): after stage i has answered, P(stage j acceptable | prompt,
+  stage i's answer) for each j > i -- the beliefs that replace the priors of the stages above once an
+  answer is in hand.
 
 Loaded once at start-up; every problem (missing file, not an ONNX model, a
 model trained on another feature version or other feature names, a graph
@@ -19,10 +25,20 @@ from pathlib import Path
 import numpy as np
 
 from common import defaults
-from predictor.serving.features import FEATURE_NAMES, FEATURE_VERSION, N_FEATURES, PROMPT_FEATURE_NAMES, PromptStats, prompt_features
+from predictor.serving.features import (
+    FEATURE_NAMES,
+    FEATURE_VERSION,
+    N_FEATURES,
+    POSTERIOR_FEATURE_NAMES,
+    PROMPT_FEATURE_NAMES,
+    PromptStats,
+    posterior_features,
+    prompt_features,
+)
 
 ANSWER_FILE = "predictor.onnx"
 PRIOR_FILE = "prior.onnx"
+POSTERIOR_FILE = "posterior.onnx"
 CARD_FILE = "card.json"
 
 
@@ -104,17 +120,19 @@ class _Graph:
 
 
 class OnnxPredictor:
-    """The ``Predictor`` the router uses by default: answer model + prompt-only prior."""
+    """The ``Predictor`` the router uses by default: answer model, prompt-only prior, beliefs after an answer."""
 
-    def __init__(self, answer: _Graph, prior: _Graph, evidence: float = defaults.EVIDENCE) -> None:
+    def __init__(self, answer: _Graph, prior: _Graph, posterior: _Graph, evidence: float = defaults.EVIDENCE) -> None:
         self.answer = answer
         self.prior = prior
+        self.posterior = posterior
         self.evidence = evidence
         self.name = f"onnx-{answer.model}"
-        if prior.top_k != answer.top_k:
-            raise PredictorLoadError(
-                f"the answer model was trained at top-k {answer.top_k}, the prior at {prior.top_k}; retrain them together"
-            )
+        for what, graph in (("prior", prior), ("belief model", posterior)):
+            if graph.top_k != answer.top_k:
+                raise PredictorLoadError(
+                    f"the answer model was trained at top-k {answer.top_k}, the {what} at {graph.top_k}; retrain them together"
+                )
         self.top_k = answer.top_k
         # One request = one row: bind pre-allocated input and output buffers once (io-binding
         # halves onnxruntime's per-call overhead against session.run with a feed dict).
@@ -136,6 +154,7 @@ class OnnxPredictor:
         return cls(
             _Graph(directory / ANSWER_FILE, "answer", FEATURE_NAMES),
             _Graph(directory / PRIOR_FILE, "prior", PROMPT_FEATURE_NAMES),
+            _Graph(directory / POSTERIOR_FILE, "posterior", POSTERIOR_FEATURE_NAMES),
             evidence,
         )
 
@@ -152,3 +171,13 @@ class OnnxPredictor:
 
     def prior_batch(self, x: np.ndarray) -> np.ndarray:
         return self.prior(np.ascontiguousarray(x, dtype=np.float32))
+
+    def beliefs_after(self, stage: int, answer_features: np.ndarray, prompt: PromptStats, n_stages: int) -> list[float]:
+        """P(stage j acceptable | prompt, this answer) for j = stage+1 .. n_stages-1 (the prompt enters through
+        the answer vector's prompt statistics; ``prompt`` is part of the protocol for models that read more)."""
+        if stage + 1 >= n_stages:
+            return []
+        return [float(p) for p in self.posterior(posterior_features(answer_features, stage, n_stages))]
+
+    def posterior_batch(self, x: np.ndarray) -> np.ndarray:
+        return self.posterior(np.ascontiguousarray(x, dtype=np.float32))

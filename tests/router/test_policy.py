@@ -114,3 +114,60 @@ def test_shrink_pulls_toward_prior_mean() -> None:
     assert shrink(1.0, 50, 1, 1) == pytest.approx(51 / 52)
     assert shrink(0.0, 50, 1, 1) == pytest.approx(1 / 52)
     assert shrink(0.5, 10, 3, 3) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_beliefs_after_an_answer_match_brute_force(seed: int) -> None:
+    """After stage i answered, ``observe`` puts beliefs in place of the priors above i; every decision from then
+    on must be the brute-force optimum under those beliefs (point priors)."""
+    rng = np.random.default_rng(5000 + seed)
+    n = int(rng.integers(2, 6))
+    costs = sorted(rng.uniform(0.1, 10, n).tolist())
+    priors = rng.uniform(0.05, 0.95, n).tolist()
+    lam = float(10 ** rng.uniform(-2, 3))
+    top = int(rng.integers(1, n))
+    i = int(rng.integers(0, top + 1))
+    beliefs = rng.uniform(0.0, 1.0, n - i - 1).tolist()
+    pol = StoppingPolicy(costs, priors, lam, max_stage=top, strength=None)
+    pol.observe(i, beliefs)
+    believed = priors[: i + 1] + beliefs
+    for stage in range(i, top + 1):
+        p_hat = float(rng.uniform())
+        d = pol.decide(stage, p_hat)
+        chosen = d.stop_value if d.stop else d.continue_value
+        assert chosen == pytest.approx(_brute_point(costs, believed, lam, stage, p_hat, top), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_observe_is_a_policy_built_on_the_beliefs(seed: int) -> None:
+    """With Beta priors too (whose induction the brute force above checks): observing is the same as building the
+    policy on the believed priors, for every value a later decision reads."""
+    rng = np.random.default_rng(7000 + seed)
+    costs = sorted(rng.uniform(0.1, 5, 4).tolist())
+    priors = rng.uniform(0.1, 0.9, 4).tolist()
+    lam, strength = float(10 ** rng.uniform(-1, 2)), float(rng.uniform(1.5, 10))
+    i = int(rng.integers(0, 3))
+    beliefs = rng.uniform(0.0, 1.0, 3 - i).tolist()
+    pol = StoppingPolicy(costs, priors, lam, strength=strength)
+    pol.observe(i, beliefs)
+    fresh = StoppingPolicy(costs, priors[: i + 1] + beliefs, lam, strength=strength)
+    assert pol.values[i + 1 :] == pytest.approx(fresh.values[i + 1 :], rel=1e-12)
+    for p_hat in (0.0, 0.3, 0.9):
+        assert pol.decide(i, p_hat) == fresh.decide(i, p_hat)
+
+
+def test_a_failed_answer_that_makes_the_top_stage_likely_escalates() -> None:
+    """The issue's case: SmolLM2 answers '3028 + 4657' wrongly (p̂ 0.02) and the prompt-only priors of the later
+    stages are low, so stopping looked best. Once the answer says the top stage will likely get it, it escalates."""
+    pol = StoppingPolicy([1.4, 3.3, 6.2], [0.5, 0.10, 0.50], 10.0, strength=8.0)
+    assert pol.decide(0, 0.0192).stop
+    pol.observe(0, [0.3, 0.9])
+    d = pol.decide(0, 0.0192)
+    assert not d.stop and d.next_stage == 2
+
+
+def test_observe_checks_the_number_of_beliefs() -> None:
+    pol = StoppingPolicy([1.0, 2.0, 3.0], [0.5, 0.5, 0.5], 10.0)
+    with pytest.raises(ValueError, match="expected 2 beliefs"):
+        pol.observe(0, [0.5])
+    pol.observe(2, [])  # the top: nothing above

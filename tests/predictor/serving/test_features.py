@@ -55,9 +55,13 @@ def test_same_answer_same_vector() -> None:
 
 
 def test_prompt_features_are_the_answer_vectors_prompt_part() -> None:
-    from predictor.serving.features import PROMPT_FEATURE_NAMES, prompt_features
+    from predictor.serving.features import NGRAM_NAMES, PROMPT_FEATURE_NAMES, prompt_features, prompt_ngrams
 
     rows = prompt_features(PROMPT, 3)
+    shared = [n for n in PROMPT_FEATURE_NAMES if n in INDEX]
+    assert len(shared) == 6 and shared[-1] == "stage_index"
+    ngrams = [PROMPT_FEATURE_NAMES.index(n) for n in NGRAM_NAMES]
     for stage in range(3):
         v = answer_features(PROMPT, AnswerStats.from_choice(_choice([-0.3, -1.0]), 5), stage)
-        assert np.array_equal(rows[stage], v[[INDEX[n] for n in PROMPT_FEATURE_NAMES]])
+        assert np.array_equal(rows[stage, [PROMPT_FEATURE_NAMES.index(n) for n in shared]], v[[INDEX[n] for n in shared]])
+        assert np.array_equal(rows[stage, ngrams], prompt_ngrams(PROMPT.text))

@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from predictor.offline import dataset, train
-from predictor.serving.features import FEATURE_NAMES, N_FEATURES, PROMPT_FEATURE_NAMES, PromptStats
-from predictor.serving.runtime import ANSWER_FILE, PRIOR_FILE, OnnxPredictor, PredictorLoadError, _Graph
+from predictor.serving.baseline import MeanLogprobPredictor
+from predictor.serving.features import FEATURE_NAMES, N_FEATURES, POSTERIOR_FEATURE_NAMES, PROMPT_FEATURE_NAMES, PromptStats
+from predictor.serving.runtime import ANSWER_FILE, POSTERIOR_FILE, PRIOR_FILE, OnnxPredictor, PredictorLoadError, _Graph
 
 ROOT = Path(__file__).resolve().parents[3]
 SHIPPED = ROOT / "predictor" / "models" / "cpu"
@@ -27,14 +28,43 @@ def test_shipped_model_loads_and_predicts_probabilities() -> None:
     for _ in range(20):
         x = rng.normal(size=N_FEATURES).astype(np.float32)
         assert 0.0 <= p.predict(x) <= 1.0
-    priors = p.priors(PromptStats.from_texts(["What is 2 + 2?"]), 3)
+    prompt = PromptStats.from_texts(["What is 2 + 2?"])
+    priors = p.priors(prompt, 3)
     assert len(priors) == 3 and all(0.0 <= q <= 1.0 for q in priors)
+    x = rng.normal(size=N_FEATURES).astype(np.float32)
+    for stage, want in ((0, 2), (1, 1), (2, 0)):
+        beliefs = p.beliefs_after(stage, x, prompt, 3)
+        assert len(beliefs) == want and all(0.0 <= q <= 1.0 for q in beliefs)
+
+
+def test_beliefs_move_with_the_answer() -> None:
+    """``beliefs_after`` one answer at a time (the router's path) equals the belief graph's batch scores on collected
+    answers (the replay's path), and it depends on the answer: not one constant per stage like a prior."""
+    p = OnnxPredictor.load(SHIPPED)
+    data = dataset.load(DATA)
+    pairs = dataset.pairs(data)
+    got = [p.beliefs_after(int(i), x[:N_FEATURES], PromptStats.from_texts(["x"]), 3)[int(j) - int(i) - 1]
+           for x, i, j in zip(pairs.x[:60], pairs.lower[:60], pairs.target[:60], strict=True)]  # fmt: skip
+    want = p.posterior_batch(pairs.x[:60])
+    assert np.allclose(got, want, atol=1e-6)
+    assert len({round(v, 4) for v in got}) > 3  # not one constant
+
+
+def test_the_baseline_believes_its_priors() -> None:
+    """A predictor without a belief model keeps working: beliefs after an answer are the configured priors above it."""
+    b = MeanLogprobPredictor([(0.0, 1.0)] * 3, [0.2, 0.5, 0.8])
+    prompt = PromptStats.from_texts(["hi"])
+    x = np.zeros(N_FEATURES, dtype=np.float32)
+    assert b.beliefs_after(0, x, prompt, 3) == [0.5, 0.8]
+    assert b.beliefs_after(1, x, prompt, 3) == [0.8]
+    assert b.beliefs_after(2, x, prompt, 3) == []
 
 
 def test_shipped_card_matches_this_build() -> None:
     card = json.loads((SHIPPED / "card.json").read_text())
     assert card["answer_model"]["features"] == list(FEATURE_NAMES)
     assert card["prior_model"]["features"] == list(PROMPT_FEATURE_NAMES)
+    assert card["posterior_model"]["features"] == list(POSTERIOR_FEATURE_NAMES)
 
 
 def test_onnx_graph_agrees_with_the_in_memory_model(tmp_path: Path) -> None:
@@ -49,6 +79,18 @@ def test_onnx_graph_agrees_with_the_in_memory_model(tmp_path: Path) -> None:
     # and one row at a time, through the serving path with calibration
     prior = train.fit((tr.prior_x, tr.y), (va.prior_x, va.y), PROMPT_FEATURE_NAMES, "prior", seed=0)
     (tmp_path / PRIOR_FILE).write_bytes(prior.onnx)
+    pairs = dataset.pairs(data)
+    ptr, pva = pairs.part("train"), pairs.part("val")
+    posterior = train.fit((ptr.x, ptr.y), (pva.x, pva.y), POSTERIOR_FEATURE_NAMES, "posterior", seed=0)
+    (tmp_path / POSTERIOR_FILE).write_bytes(posterior.onnx)
+    pte = pairs.part("test")
+    assert np.max(np.abs(posterior.estimator.predict_proba(pte.x)[:, 1] - _Graph(tmp_path / POSTERIOR_FILE, "posterior",
+                                                                                POSTERIOR_FEATURE_NAMES).raw(pte.x))) < 1e-5  # fmt: skip
+    vote = train.fit((tr.prior_x, tr.y), (va.prior_x, va.y), PROMPT_FEATURE_NAMES, "prior", 0, train.prior_candidates(0))
+    vote_graph = tmp_path / "vote.onnx"
+    vote_graph.write_bytes(vote.onnx)
+    got_vote = _Graph(vote_graph, "prior", PROMPT_FEATURE_NAMES).raw(te.prior_x)
+    assert np.max(np.abs(vote.estimator.predict_proba(te.prior_x)[:, 1] - got_vote)) < 1e-5  # the soft vote converts exactly
     served = OnnxPredictor.load(tmp_path)
     cal = np.interp(want, graph.cal_x, graph.cal_y)
     assert all(abs(served.predict(row) - c) < 1e-5 for row, c in zip(te.x[:50], cal, strict=False))
@@ -65,12 +107,26 @@ def _rewrite(src: Path, dst: Path, **meta: str) -> None:
 @pytest.mark.parametrize(
     "case,expect",
     [("missing", "does not exist"), ("corrupt", "not a loadable ONNX"), ("version", "feature version"),
-     ("names", "expects features"), ("kind", "expected 'answer'")],
+     ("names", "expects features"), ("kind", "expected 'answer'"), ("posterior missing", "posterior.onnx does not exist"),
+     ("posterior kind", "expected 'posterior'"), ("posterior version", "feature version"), ("posterior names", "expects features"),
+     ("posterior top-k", "the belief model at 3")],
 )  # fmt: skip
 def test_bad_model_files_fail_at_load_with_a_clear_error(tmp_path: Path, case: str, expect: str) -> None:
     d = tmp_path / "m"
     d.mkdir()
     (d / PRIOR_FILE).write_bytes((SHIPPED / PRIOR_FILE).read_bytes())
+    if case.startswith("posterior"):
+        (d / ANSWER_FILE).write_bytes((SHIPPED / ANSWER_FILE).read_bytes())
+        meta = {"posterior version": {"feature_version": "3"}, "posterior names": {"feature_names": json.dumps(["a"] * (N_FEATURES + 1))},
+                "posterior top-k": {"top_logprobs": "3"}}.get(case)  # fmt: skip
+        if case == "posterior kind":
+            (d / POSTERIOR_FILE).write_bytes((SHIPPED / ANSWER_FILE).read_bytes())
+        elif meta is not None:
+            _rewrite(SHIPPED / POSTERIOR_FILE, d / POSTERIOR_FILE, **meta)
+        with pytest.raises(PredictorLoadError, match=expect):
+            OnnxPredictor.load(d)
+        return
+    (d / POSTERIOR_FILE).write_bytes((SHIPPED / POSTERIOR_FILE).read_bytes())
     if case == "corrupt":
         (d / ANSWER_FILE).write_bytes(b"not onnx at all")
     elif case == "version":
@@ -118,7 +174,7 @@ def test_a_model_without_a_recorded_top_k_is_refused(tmp_path: Path) -> None:
     import onnx
 
     src = ROOT / "predictor" / "models" / "cpu"
-    for name in ("predictor.onnx", "prior.onnx", "card.json"):
+    for name in ("predictor.onnx", "prior.onnx", "posterior.onnx", "card.json"):
         shutil.copy(src / name, tmp_path / name)
     model = onnx.load(tmp_path / "predictor.onnx")
     kept = [p for p in model.metadata_props if p.key != "top_logprobs"]
