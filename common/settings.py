@@ -77,6 +77,11 @@ class StageConfig(_Model):
     prior: float = Field(0.5, gt=0.0, lt=1.0, description="prompt-only P(acceptable) used until a learned prior exists")
     tools: bool = Field(True, description="the stage can answer requests that offer tools; false: the cascade skips it for them")
     structured_outputs: bool = Field(True, description="the stage honours response_format json_object/json_schema; false: skipped for them")
+    completions: bool = Field(
+        True,
+        description="the stage serves /v1/completions (raw-text prompts); false: the cascade skips it for them and a "
+        "pass-through to it is a 400 (a plain chat-only provider)",
+    )
     timeout_s: float = Field(300.0, gt=0.0, description="whole-request timeout")
     connect_timeout_s: float = Field(2.0, gt=0.0)
     api_key: str | None = None

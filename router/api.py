@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Content, Response, StreamingResponse
 
+from common.completions_protocol import parse_completion_request
 from common.errors import APIError, parse_chat_request
 from common.responses_protocol import parse_responses_request
 from common.settings import Settings
@@ -28,6 +29,7 @@ from router.cascade import CascadeEngine
 from router.contracts import RequestOutcome, TenantLimits
 from router.metrics import RATE_LIMITED, REGISTRY, REQUESTS
 from router.serving_chat import ChatServing
+from router.serving_completions import CompletionServing
 from router.serving_responses import ResponsesServing
 from router.stage import Stage
 from router.stage_client import StageClient
@@ -128,6 +130,26 @@ def create_app(
         REQUESTS.labels(model, str(response.status_code)).inc()
         return account(tenant, outcome, response, t0, req.token_limit or DEFAULT_STREAM_TOKEN_ESTIMATE)
 
+    completion_serving = CompletionServing(chat_serving)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        """The legacy completions API over the same pass-through and cascade (``router.serving_completions``)."""
+        t0 = time.perf_counter()
+        model = "-"
+        try:
+            tenant = await tenants.authenticate(request.headers.get("authorization"))
+            req = parse_completion_request(await request.body())
+            model = req.model
+            response, outcome = await completion_serving.create(req, request.headers, limits(tenant))
+        except APIError as exc:
+            if exc.status == 429:
+                RATE_LIMITED.labels(exc.param or "-").inc()
+            REQUESTS.labels(model if exc.status != 404 else "-", str(exc.status)).inc()
+            raise
+        REQUESTS.labels(model, str(response.status_code)).inc()
+        return account(tenant, outcome, response, t0, req.token_limit)
+
     responses_serving = ResponsesServing(chat_serving)
 
     @app.post("/v1/responses")
@@ -148,14 +170,15 @@ def create_app(
         REQUESTS.labels(model, str(response.status_code)).inc()
         return account(tenant, outcome, response, t0, req.max_output_tokens or DEFAULT_STREAM_TOKEN_ESTIMATE)
 
-    # Model cards: the cascade and each stage; "capabilities" says which stages take tools / JSON formats
+    # Model cards: the cascade and each stage; "capabilities" says which stages take tools / JSON formats / /v1/completions
     # (the cascade's: what some stage of it takes).
     cards = [{"id": settings.cascade.model_name, "object": "model", "created": 0, "owned_by": "adaptive-sd",
               "capabilities": {"tools": any(s.tools for s in settings.stages),
-                               "structured_outputs": any(s.structured_outputs for s in settings.stages)}}]  # fmt: skip
+                               "structured_outputs": any(s.structured_outputs for s in settings.stages),
+                               "completions": any(s.completions for s in settings.stages)}}]  # fmt: skip
     cards += [
         {"id": s.name, "object": "model", "created": 0, "owned_by": "adaptive-sd", "stage": i,
-         "capabilities": {"tools": s.tools, "structured_outputs": s.structured_outputs}}
+         "capabilities": {"tools": s.tools, "structured_outputs": s.structured_outputs, "completions": s.completions}}
         for i, s in enumerate(settings.stages)
     ]  # fmt: skip
 

@@ -19,17 +19,17 @@ records it for that.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from common.errors import APIError
 from common.settings import Settings
-from predictor.serving.features import AnswerStats, DraftStats, PromptStats, answer_features
+from predictor.serving.features import DraftStats, PromptStats, answer_features
 from predictor.serving.interface import Predictor
+from router.apis import CHAT_API, CascadeAPI
 from router.contracts import CascadeRequest, CascadeResult, SkippedStage, StageAnswer, StageVisit
-from router.draft import AcceptanceTracker, DraftCheck, continuation_body, merge, token_limit, trim, verify_draft, why_not_verify
+from router.draft import AcceptanceTracker, DraftCheck, token_limit, trim, verify_draft, why_not_verify
 from router.metrics import CASCADE_ESCALATIONS, DRAFT_TOKENS, INVALID_ANSWERS, STAGE_CALLS, STAGE_SECONDS, STAGES_SKIPPED
 from router.policy import StoppingPolicy, shrink
 from router.speculative import verify_sampled
@@ -122,50 +122,52 @@ class CascadeEngine:
             STAGES_SKIPPED.labels(s.name, s.capability).inc()
         return usable, tuple(skipped)
 
-    def _judge(self, req: CascadeRequest, answer: StageAnswer, check: DraftCheck | None) -> float:
+    def _judge(self, req: CascadeRequest, answer: StageAnswer, check: DraftCheck | None, api: CascadeAPI) -> float:
         """p̂ for a stage's answer: from the statistics read off the response bytes, else from the decoded logprobs."""
         stats = answer.reply.stats if answer.reply is not None else None
         if stats is None:
-            stats = AnswerStats.from_choice(answer.choice, self.top_k)
+            stats = api.stats(answer.choice, self.top_k)
         draft = DraftStats(check.accepted_tokens, check.draft_tokens) if check else None
         features = answer_features(req.prompt, stats, answer.stage, draft)
         risk = self.settings.cascade.risk
         return shrink(self.predictor.predict(features), self.predictor.evidence, risk.alpha, risk.beta)
 
-    async def run(self, req: CascadeRequest) -> CascadeResult:
+    async def run(self, req: CascadeRequest, api: CascadeAPI = CHAT_API) -> CascadeResult:
+        """Walk the ladder for ``req``, whose body is in ``api``'s dialect (chat, or ``router.apis.COMPLETIONS_API``)."""
         if req.spec is None:
             req.spec = AnswerSpec.of(req.body)
-        result = await self._run(req, req.spec)
+        result = await self._run(req, req.spec, api)
         if self.traffic is not None:
-            self._log(self.traffic, req, req.spec, result)
+            self._log(self.traffic, req, req.spec, result, api)
         return result
 
     @staticmethod
-    def _log(traffic: TrafficLog, req: CascadeRequest, spec: AnswerSpec, result: CascadeResult) -> None:
+    def _log(traffic: TrafficLog, req: CascadeRequest, spec: AnswerSpec, result: CascadeResult, api: CascadeAPI) -> None:
         """One row per request; each answer's validity is recorded (None: not judged) so that a predictor
         retrained on this traffic can learn from it."""
         judged = spec.rules is not None
         visits = [
-            {"stage": v.stage, "name": v.name, "choice": v.choice, "usage": v.usage.to_dict() if v.usage else None, "seconds": v.seconds,
+            {"stage": v.stage, "name": v.name, "choice": None if v.choice is None else api.log_choice(v.choice),
+             "usage": v.usage.to_dict() if v.usage else None, "seconds": v.seconds,
              "draft": {"accepted": v.draft.accepted_tokens, "tokens": v.draft.draft_tokens, "seconds": round(v.draft.seconds, 4)}
                       if v.draft else None,
              "valid": (v.invalid is None) if judged and v.choice is not None else None, "invalid": v.invalid}
             for v in result.visits if v.error is None
         ]  # fmt: skip
         if any(v["choice"] is not None for v in visits):
-            contents = [m.get("content") for m in req.body["messages"]]
-            traffic.record([c if isinstance(c, str) else json.dumps(c) for c in contents], visits, kind=spec.kind)
+            traffic.record(api.prompt_texts(req.body), visits, kind=api.log_kind(spec.kind))
 
-    async def _run(self, req: CascadeRequest, spec: AnswerSpec) -> CascadeResult:
+    async def _run(self, req: CascadeRequest, spec: AnswerSpec, api: CascadeAPI) -> CascadeResult:
         stages, skipped = self.ladder(spec, req.max_stage)
         route = self.route(req.prompt, req.lam, stages)
-        body = {**req.body, "logprobs": True, "top_logprobs": max(req.body.get("top_logprobs") or 0, self.top_k)}
+        body = api.asking(req.body, self.top_k)
         stage: int | None = route.start(self.settings.cascade.skip_by_prior)
         visits: list[StageVisit] = []
         answer: StageAnswer | None = None  # the latest stage answer in hand (its stage's draft for the next)
         answer_invalid = False
         # the logprobs of a stage answer are decoded only if someone will read them (see StageReply)
-        decode_logprobs = bool(req.body.get("logprobs")) or self.traffic is not None
+        decode_logprobs = api.client_logprobs(req.body) or self.traffic is not None
+        io = api.draft
         while stage is not None:
             client = self.stages[stage]
             after = route.next_after(stage)
@@ -174,18 +176,17 @@ class CascadeEngine:
             mode: str | None = None
             try:
                 if answer is not None:
-                    check, mode = await self._verify(client, body, answer, stage)
+                    check, mode = await self._verify(client, body, answer, stage, api)
                 if req.stream and after is None and not (check and trim(check, token_limit(body))):
-                    stream_body = continuation_body(body, check) if check else body
-                    events = await client.stream({**stream_body, "stream": True, "stream_options": {"include_usage": True}})
+                    events = await api.stream(client, io.continuation(body, check) if check else body)
                     visits.append(StageVisit(stage, client.name, time.perf_counter() - t0, draft=check, draft_mode=mode))
                     STAGE_CALLS.labels(client.name, "ok").inc()
                     return CascadeResult(visits, stage, events=events, prefix=check, skipped=skipped)
                 if check is not None:
                     done = trim(check, token_limit(body))
-                    current = StageAnswer(stage, merge(check, None if done else (await client.chat(continuation_body(body, check)))[0]))
+                    current = StageAnswer(stage, io.merge(check, None if done else await io.fetch(client, io.continuation(body, check))))
                 else:
-                    reply = await client.reply(body, top_k=self.top_k)
+                    reply = await api.reply(client, body, self.top_k)
                     if decode_logprobs:
                         reply.with_logprobs()
                     current = StageAnswer(stage, reply.data, reply)
@@ -205,7 +206,7 @@ class CascadeEngine:
             if invalid is not None:
                 INVALID_ANSWERS.labels(client.name, invalid).inc()
             # an invalid answer is unacceptable whatever its logprobs say: p̂ = 0, and the predictor is not asked
-            p_hat = 0.0 if invalid is not None else self._judge(req, current, check)
+            p_hat = 0.0 if invalid is not None else self._judge(req, current, check, api)
             visit = StageVisit(stage, client.name, seconds, p_hat, current.usage, draft=check, draft_mode=mode, choice=current.choice,
                                invalid=invalid)  # fmt: skip
             visits.append(visit)
@@ -218,10 +219,12 @@ class CascadeEngine:
             stage = nxt
         raise AssertionError("unreachable: the loop returns at the top stage")
 
-    async def _verify(self, client: Stage, body: dict[str, Any], answer: StageAnswer, stage: int) -> tuple[DraftCheck | None, str]:
+    async def _verify(
+        self, client: Stage, body: dict[str, Any], answer: StageAnswer, stage: int, api: CascadeAPI
+    ) -> tuple[DraftCheck | None, str]:
         """Verify the lower stage's answer (the draft) on ``client`` (stage ``stage``) when that keeps the answer's
         distribution and pays off; say what happened."""
-        draft = answer.text
+        draft = api.text(answer.choice)
         pair = (answer.stage, stage)
         lower, upper = (self.settings.stages[s].tokenizer for s in pair)
         shared = lower is not None and lower == upper
@@ -235,11 +238,11 @@ class CascadeEngine:
                     drafted = answer.with_logprobs()
                 except StageBadResponse:  # the lower stage's logprobs do not decode: no proposal to sample against
                     drafted = answer.data
-                entries = (drafted["choices"][0].get("logprobs") or {}).get("content") or []
+                entries = api.entries(drafted["choices"][0])
                 sampled_body = {**body, "temperature": body.get("temperature", 1.0) or 1.0}
-                check = await verify_sampled(client, sampled_body, draft, entries) if entries else None
+                check = await verify_sampled(client, sampled_body, draft, entries, api.draft) if entries else None
             else:
-                check = await verify_draft(client, body, draft, answer.usage.completion_tokens or None)
+                check = await verify_draft(client, body, draft, answer.usage.completion_tokens or None, api.draft)
             if check is not None:
                 self.acceptance.observe(pair, check.accepted_tokens)
                 DRAFT_TOKENS.labels(client.name, "accepted").inc(check.accepted_tokens)

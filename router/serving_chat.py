@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.responses import Response, StreamingResponse
@@ -51,6 +51,16 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 def _sse(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
+
+
+class CascadeKnobs(Protocol):
+    """What ``_knobs`` reads of a request: its cascade extras (a chat or a completions request)."""
+
+    @property
+    def cascade_lambda(self) -> float | None: ...
+
+    @property
+    def cascade_max_stage(self) -> int | str | None: ...
 
 
 def upstream_error(exc: StageFailure) -> APIError:
@@ -161,7 +171,7 @@ class ChatServing:
             yield b"data: [DONE]\n\n"
 
     # -- cascade --------------------------------------------------------------
-    def _knobs(self, req: ChatCompletionRequest, headers: Mapping[str, str], limits: TenantLimits) -> tuple[float, int]:
+    def _knobs(self, req: CascadeKnobs, headers: Mapping[str, str], limits: TenantLimits) -> tuple[float, int]:
         """λ and top stage: the request may set them, within what its tenant allows.
 
         An SLO tenant's λ belongs to its controller, so a request's λ is ignored
@@ -179,7 +189,7 @@ class ChatServing:
             top = min(top, cap)
         return lam, top
 
-    def _request_knobs(self, req: ChatCompletionRequest, headers: Mapping[str, str]) -> tuple[float | None, int]:
+    def _request_knobs(self, req: CascadeKnobs, headers: Mapping[str, str]) -> tuple[float | None, int]:
         lam: float | None = None
         raw = headers.get(LAMBDA_HEADER)
         if raw is not None:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from router.draft import DraftCheck, score_text
+from router.draft import CHAT, DraftCheck, DraftIO
 from router.stage import Stage
 
 TOP_K = 20  # stage j's alternatives per position in the scoring pass (vLLM's default max_logprobs)
@@ -81,11 +81,16 @@ def is_end(token: str) -> bool:
     return token.startswith("<|") and token.endswith("|>")
 
 
-async def verify_sampled(client: Stage, body: dict[str, Any], draft: str, draft_entries: list[dict[str, Any]]) -> DraftCheck | None:
-    """Stage j's answer prefix from stage i's sampled draft; None if the tokenizations differ."""
+async def verify_sampled(
+    client: Stage, body: dict[str, Any], draft: str, draft_entries: list[dict[str, Any]], io: DraftIO = CHAT
+) -> DraftCheck | None:
+    """Stage j's answer prefix from stage i's sampled draft; None if the tokenizations differ.
+
+    ``io``: the API dialect of ``body`` (``router.draft.CHAT`` or ``COMPLETIONS``); ``draft_entries``
+    are chat ``logprobs.content`` entries either way."""
     t0 = time.perf_counter()
     temperature = float(body["temperature"])
-    scored = await score_text(client, {**body, "logprobs": True, "top_logprobs": TOP_K}, draft, TOP_K)
+    scored = await io.score(client, io.asking(body, TOP_K), draft, TOP_K)
     if scored is None or scored.tokens != [e["token"] for e in draft_entries]:
         return None
     # The draws must be independent of the draft: stage i (our CPU server) samples with

@@ -6,8 +6,16 @@ model server; the engine (``router.cascade``) and the serving layer
 in-process against a scripted stage (``tests/router/fake_stage.py``).
 
 Failures are typed so the cascade can react: ``StageUnavailable`` (cannot
-connect), ``StageTimeout``, ``StageBadResponse`` (5xx or unparseable body);
-a 4xx from the stage is the client's fault and is raised as an ``APIError``.
+connect), ``StageTimeout``, ``StageBadResponse`` (5xx or unparseable body),
+``StageNoCompletions`` (a 404/405 on ``/completions``: a chat-only provider);
+any other 4xx from the stage is the client's fault and is raised as an ``APIError``.
+
+Chat completions (``reply``/``chat``/``stream``) are what every stage serves. The
+legacy completions (``complete``/``complete_stream``, for ``POST /v1/completions``)
+are a separate protocol, ``CompletionsStage``, that ``StageClient`` implements: a
+``Stage`` implementation without those calls (one over a chat-only SDK) keeps
+type-checking, and ``completions_stage`` reports it as ``StageNoCompletions``,
+the way a chat-only server's 404 is reported.
 Each carries the HTTP ``status`` the router reports when it cannot answer
 (``router.serving_chat.upstream_error`` is the one place that maps them).
 """
@@ -46,6 +54,14 @@ class StageBadResponse(StageFailure):
     status = 502
 
 
+class StageNoCompletions(StageFailure):
+    """The stage does not serve ``/v1/completions`` (it answered 404 or 405 there): a chat-only provider, or a model id
+    it does not serve completions for. A failure rather than the client's 4xx, so that the cascade goes on without it;
+    a pass-through to it is a 400 naming ``model`` (``router.serving_completions``)."""
+
+    status = 502
+
+
 @dataclass(slots=True)
 class StageReply:
     """A non-streaming answer: the decoded body, the bytes it came as, seconds spent.
@@ -79,6 +95,23 @@ class StageReply:
             raise ValueError(f"not a chat completion: {exc}") from None
         return cls(data, raw, seconds, scanned.stats if scanned is not None else None, deferred, stage)
 
+    @classmethod
+    def parse_completion(cls, raw: bytes, seconds: float, top_k: int | None = None, stage: str = "") -> StageReply:
+        """Decode a ``/v1/completions`` answer (``top_k``: with the predictor's arrays); ValueError if it is not one.
+
+        Decoded whole: the compiled scanner reads chat's shape only, and completions are not the chat hot path
+        (``AnswerStats.from_completion_choice`` reads the decoded dicts at C level where it can).
+        """
+        try:
+            data = orjson.loads(raw)
+            choice = data["choices"][0]
+            if not isinstance(choice["text"], str):
+                raise TypeError("'text' is not a string")
+            stats = AnswerStats.from_completion_choice(choice, top_k) if top_k else None
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+            raise ValueError(f"not a completion: {exc}") from None
+        return cls(data, raw, seconds, stats, None, stage)
+
     def with_logprobs(self) -> dict[str, Any]:
         """``data`` with the first choice's logprobs decoded (in place, once)."""
         if self.deferred is not None:
@@ -94,8 +127,8 @@ class StageReply:
 class Stage(Protocol):
     """One model server of the ladder, as the engine and the serving layer use it.
 
-    ``reply``/``chat``/``stream`` raise ``StageFailure`` subclasses when the stage
-    cannot answer, and ``common.errors.APIError`` when it rejects the request (4xx).
+    Every call raises ``StageFailure`` subclasses when the stage cannot answer, and
+    ``common.errors.APIError`` when it rejects the request (4xx).
     """
 
     name: str  # public model name (``config.name``)
@@ -122,3 +155,23 @@ class Stage(Protocol):
         ...
 
     async def healthy(self) -> bool: ...
+
+
+class CompletionsStage(Stage, Protocol):
+    """A stage that also serves the legacy ``/v1/completions`` (``StageClient`` does; see ``completions_stage``)."""
+
+    async def complete(self, body: dict[str, Any], top_k: int | None = None) -> StageReply:
+        """Non-streaming ``/v1/completions`` call (``body``: a completions request without ``model``); ``top_k``: with the
+        predictor's arrays (``StageReply.parse_completion``). ``StageNoCompletions`` when the stage has no such endpoint."""
+        ...
+
+    async def complete_stream(self, body: dict[str, Any], raw: bool = False) -> AsyncIterator[bytes]:
+        """Streaming ``/v1/completions`` call, yielding as ``Stage.stream`` does (payloads, or with ``raw`` whole SSE blocks)."""
+        ...
+
+
+def completions_stage(stage: Stage) -> CompletionsStage:
+    """``stage`` as a ``CompletionsStage``; ``StageNoCompletions`` when its implementation has no completions calls."""
+    if callable(getattr(stage, "complete", None)) and callable(getattr(stage, "complete_stream", None)):
+        return stage  # type: ignore[return-value]  # checked just above; a Protocol isinstance would check every member
+    raise StageNoCompletions(stage.name, f"its client ({type(stage).__name__}) has no /v1/completions calls")

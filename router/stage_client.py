@@ -6,8 +6,10 @@ an aiohttp session (see README, "Why aiohttp"). httpx stays in the stack for
 tools and tests.
 
 Failures are typed so the cascade can react: ``StageUnavailable`` (cannot
-connect), ``StageTimeout``, ``StageBadResponse`` (5xx or unparseable body);
-a 4xx from the stage is the client's fault and is relayed as an ``APIError``.
+connect), ``StageTimeout``, ``StageBadResponse`` (5xx or unparseable body),
+``StageNoCompletions`` (404/405 on ``/completions``); any other 4xx from the
+stage is the client's fault and is relayed as an ``APIError``. Chat and
+completions calls share one session and one way of posting and reading.
 The failure classes and ``StageReply`` live in ``router.stage`` and are
 re-exported here.
 """
@@ -25,7 +27,7 @@ import orjson
 
 from common.errors import APIError
 from common.settings import StageConfig
-from router.stage import StageBadResponse, StageFailure, StageReply, StageTimeout, StageUnavailable
+from router.stage import StageBadResponse, StageFailure, StageNoCompletions, StageReply, StageTimeout, StageUnavailable
 
 __all__ = [
     "POOL_SIZE",
@@ -33,6 +35,7 @@ __all__ = [
     "StageBadResponse",
     "StageClient",
     "StageFailure",
+    "StageNoCompletions",
     "StageReply",
     "StageTimeout",
     "StageUnavailable",
@@ -49,6 +52,7 @@ class StageClient:
         self.config = config
         self.name = config.name
         self._url = f"{config.url}/chat/completions"
+        self._completions_url = f"{config.url}/completions"
         self._headers = {"Content-Type": "application/json"}
         if config.api_key:
             self._headers["Authorization"] = f"Bearer {config.api_key}"
@@ -75,7 +79,7 @@ class StageClient:
     def payload(self, body: dict[str, Any]) -> bytes:
         return orjson.dumps({**body, "model": self.config.model})
 
-    async def _relay_client_error(self, resp: aiohttp.ClientResponse) -> None:
+    async def _relay_client_error(self, resp: aiohttp.ClientResponse, completions: bool = False) -> None:
         raw = await resp.read()
         if resp.status >= 500 or resp.status < 400:
             raise StageBadResponse(self.name, f"HTTP {resp.status}: {raw[:200]!r}")
@@ -84,6 +88,10 @@ class StageClient:
             message, param = err["message"], err.get("param")
         except (orjson.JSONDecodeError, KeyError, TypeError):
             message, param = raw[:200].decode("utf-8", "replace"), None
+        if completions and resp.status in (404, 405):  # no such endpoint (or not for this model): not the client's fault
+            raise StageNoCompletions(
+                self.name, f"HTTP {resp.status} on {self._completions_url}: {message} (a stage without completions: set completions: false)"
+            )
         raise APIError(resp.status, f"stage '{self.name}' rejected the request: {message}", param=param)
 
     async def chat(self, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
@@ -97,11 +105,27 @@ class StageClient:
         ``top_k``: read the predictor's arrays (k alternatives) from the bytes and defer
         decoding the logprobs (see ``StageReply``); a body the scanner declines is decoded whole.
         """
+        raw, seconds = await self._post(self._url, body)
+        try:
+            return StageReply.parse(raw, seconds, top_k, self.name)
+        except ValueError:
+            raise StageBadResponse(self.name, f"malformed chat completion: {raw[:200]!r}") from None
+
+    async def complete(self, body: dict[str, Any], top_k: int | None = None) -> StageReply:
+        """Non-streaming ``/v1/completions`` call, decoded whole (``top_k``: with the predictor's arrays)."""
+        raw, seconds = await self._post(self._completions_url, body, completions=True)
+        try:
+            return StageReply.parse_completion(raw, seconds, top_k, self.name)
+        except ValueError:
+            raise StageBadResponse(self.name, f"malformed completion: {raw[:200]!r}") from None
+
+    async def _post(self, url: str, body: dict[str, Any], completions: bool = False) -> tuple[bytes, float]:
+        """POST ``body`` and read the whole answer: its bytes and seconds spent, or a typed failure."""
         t0 = time.perf_counter()
         try:
-            async with self.session.post(self._url, data=self.payload(body), headers=self._headers) as resp:
+            async with self.session.post(url, data=self.payload(body), headers=self._headers) as resp:
                 if resp.status != 200:
-                    await self._relay_client_error(resp)
+                    await self._relay_client_error(resp, completions)
                 raw = await resp.read()
         except asyncio.TimeoutError:
             raise StageTimeout(self.name, f"no answer within {self.config.timeout_s:g} s") from None
@@ -109,10 +133,7 @@ class StageClient:
             raise StageUnavailable(self.name, f"unreachable at {self.config.url} ({exc.os_error})") from None
         except aiohttp.ClientError as exc:
             raise StageBadResponse(self.name, f"connection failed: {exc}") from None
-        try:
-            return StageReply.parse(raw, time.perf_counter() - t0, top_k, self.name)
-        except ValueError:
-            raise StageBadResponse(self.name, f"malformed chat completion: {raw[:200]!r}") from None
+        return raw, time.perf_counter() - t0
 
     async def stream(self, body: dict[str, Any], raw: bool = False) -> AsyncIterator[bytes]:
         """Streaming chat completion.
@@ -123,8 +144,18 @@ class StageClient:
         instead of one per token. The connection is opened before the first
         yield, so connection errors surface before any byte goes to the client.
         """
+        resp = await self._open(self._url, body)
+        return self._blocks(resp) if raw else self._events(resp)
+
+    async def complete_stream(self, body: dict[str, Any], raw: bool = False) -> AsyncIterator[bytes]:
+        """Streaming ``/v1/completions`` call; yields as ``stream`` does."""
+        resp = await self._open(self._completions_url, body, completions=True)
+        return self._blocks(resp) if raw else self._events(resp)
+
+    async def _open(self, url: str, body: dict[str, Any], completions: bool = False) -> aiohttp.ClientResponse:
+        """POST ``body`` for a stream: the response once its status is 200, or a typed failure."""
         try:
-            resp = await self.session.post(self._url, data=self.payload(body), headers=self._headers)
+            resp = await self.session.post(url, data=self.payload(body), headers=self._headers)
         except asyncio.TimeoutError:
             raise StageTimeout(self.name, f"no answer within {self.config.timeout_s:g} s") from None
         except aiohttp.ClientConnectorError as exc:
@@ -133,10 +164,10 @@ class StageClient:
             raise StageBadResponse(self.name, f"connection failed: {exc}") from None
         if resp.status != 200:
             try:
-                await self._relay_client_error(resp)
+                await self._relay_client_error(resp, completions)
             finally:
                 resp.release()
-        return self._blocks(resp) if raw else self._events(resp)
+        return resp
 
     @contextmanager
     def _read_errors(self) -> Iterator[None]:

@@ -39,7 +39,7 @@ from referencing import Registry
 
 from common.settings import StageConfig
 
-Capability = Literal["tools", "structured_outputs"]
+Capability = Literal["tools", "structured_outputs", "completions"]  # each a ``StageConfig`` flag of that name
 RequestKind = Literal["tools", "json_object", "json_schema", "text"]
 REQUEST_KINDS: tuple[RequestKind, ...] = ("tools", "json_object", "json_schema", "text")
 InvalidReason = Literal[

@@ -180,6 +180,45 @@ class AnswerStats:
         return cls(chosen.reshape(n), top, choice.get("finish_reason") or "stop", length)
 
     @classmethod
+    def from_completion_choice(cls, choice: Mapping[str, Any], k: int) -> AnswerStats:
+        """Arrays from one choice of a ``/v1/completions`` answer (``logprobs``: ``token_logprobs`` and
+        ``top_logprobs`` as ``{token: logprob}`` dicts), the same as ``from_choice`` gives for the same tokens.
+
+        The completions shape holds the same numbers as chat's entries, so the one feature vector serves
+        both: each dict holds the top alternatives plus the chosen token and is in no set order (vLLM
+        puts the chosen token first), so its values are sorted and cut at ``k``, which is the chat list
+        whenever the chosen token is among the top ``k`` or below them. One difference is in the shape
+        itself: two alternatives whose token strings are equal share one key, so that position has one
+        fewer (padded with -inf). The choice must hold only generated positions (no ``echo``).
+        """
+        logprobs = choice.get("logprobs") or {}
+        chosen: Sequence[float] = logprobs.get("token_logprobs") or ()
+        tops: Sequence[Mapping[str, float] | None] = logprobs.get("top_logprobs") or ()
+        length = len(chosen)
+        if length > MAX_POSITIONS:
+            read = _reader(length)
+            chosen = read(chosen)
+            tops = read(tops) if len(tops) == length else ()
+        n = len(chosen)
+        values = np.fromiter(chosen, np.float32, n)
+        top = np.full((n, k), -np.inf, dtype=np.float32)
+        if k > 0 and len(tops) == n and n > 0:
+            try:  # C-level: every position has the same number of alternatives (the usual case)
+                widths = list(map(len, tops))  # type: ignore[arg-type]
+                width = widths[0] if min(widths) == max(widths) else 0
+            except TypeError:  # a position without alternatives (null)
+                width = 0
+            if width:
+                flat = np.fromiter(chain.from_iterable(map(dict.values, tops)), np.float32, n * width).reshape(n, width)  # type: ignore[arg-type]
+                ranked = -np.sort(-flat, axis=1)[:, :k]
+                top[:, : ranked.shape[1]] = ranked
+            else:
+                for i, alternatives in enumerate(tops):
+                    row = sorted((alternatives or {}).values(), reverse=True)[:k]
+                    top[i, : len(row)] = row
+        return cls(values, top, choice.get("finish_reason") or "stop", length)
+
+    @classmethod
     def from_body(cls, body: bytes, k: int) -> AnswerStats | None:
         """Arrays for the first choice of a chat completion's raw JSON bytes, without decoding it.
 

@@ -26,6 +26,16 @@ scripted text. The fake answers what it is scripted to whatever the request's
 ``tools``/``tool_choice``/``response_format`` say: that is how tests make a stage
 break them.
 
+It serves ``/v1/completions`` too (``complete``/``complete_stream``, the
+completions logprobs shape): its scripted text answers ``Script.completion_prompt``,
+and a prompt that extends that prompt is continued the way chat continues an
+assistant prefix, so the text appended to the prompt counts as the answer so far;
+``echo`` scores every position of the prompt (rank 1 where an appended token is
+the scripted one). Tokenizing prompt + appended text as one string, as real
+tokenizers do, merges a word that straddles the boundary (``"A:"`` + ``"The"``).
+With ``serves_completions=False`` it is a chat-only provider (``StageNoCompletions``,
+what ``StageClient`` raises on a 404 there).
+
 The real-server tests stay the reference for what real stages do:
 ``tests/router/test_chat_live.py``, ``test_draft_live.py`` and
 ``test_api_errors.py`` run llama.cpp stages and the stub server as processes.
@@ -43,9 +53,10 @@ from typing import Any
 import numpy as np
 import orjson
 
+from common.completions_protocol import DEFAULT_COMPLETION_TOKENS, CompletionLogprobs
 from common.settings import StageConfig
 from predictor.serving.features import INDEX, PromptStats
-from router.stage import StageFailure, StageReply
+from router.stage import StageFailure, StageNoCompletions, StageReply
 
 _TOKEN = re.compile(r"\s*\S+|\s+$")
 _STAGE = INDEX["stage_index"]
@@ -68,6 +79,7 @@ class Script:
     finish_reason: str = "stop"  # when the whole answer was generated
     usage: bool = True  # report usage at all
     tool_calls: list[dict[str, Any]] | None = None  # OpenAI ``message.tool_calls``, sent as they are
+    completion_prompt: str | None = None  # the /v1/completions prompt the text answers (None: any prompt, never continued)
 
     @property
     def tokens(self) -> list[str]:
@@ -93,6 +105,7 @@ class FakeStage:
     stream_fail_after: int | None = None
     delay_s: float = 0.0  # per call, so that timings are measurable
     up: bool = True  # what ``healthy()`` says
+    serves_completions: bool = True  # False: a chat-only provider (its /completions is a 404)
     calls: list[dict[str, Any]] = field(default_factory=list)
     started: bool = False
     closed: bool = False
@@ -130,7 +143,25 @@ class FakeStage:
         payloads = self._chunks(body)
         return self._blocks(payloads) if raw else self._payloads(payloads)
 
-    async def _enter(self, body: dict[str, Any]) -> None:
+    async def complete(self, body: dict[str, Any], top_k: int | None = None) -> StageReply:
+        t0 = time.perf_counter()
+        await self._enter(body, completions=True)
+        raw = orjson.dumps(self.text_completion(body))
+        try:
+            return StageReply.parse_completion(raw, time.perf_counter() - t0, top_k, self.name)
+        except ValueError as exc:
+            raise AssertionError(f"fake stage built a bad completion: {exc}") from None
+
+    async def complete_stream(self, body: dict[str, Any], raw: bool = False) -> AsyncIterator[bytes]:
+        await self._enter(body, completions=True)
+        payloads = self._completion_chunks(body)
+        return self._blocks(payloads) if raw else self._payloads(payloads)
+
+    async def _enter(self, body: dict[str, Any], completions: bool = False) -> None:
+        if completions and not self.serves_completions:
+            raise StageNoCompletions(
+                self.name, "HTTP 404 on /completions: scripted chat-only provider (a stage without completions: set completions: false)"
+            )
         self.calls.append(body)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
@@ -248,6 +279,95 @@ class FakeStage:
             await asyncio.sleep(0)
         yield b"data: [DONE]\n\n"
 
+    # -- /v1/completions ----------------------------------------------------------
+    def _completion_split(self, prompt: str) -> tuple[list[str], list[str] | None]:
+        """A completions prompt as (its own tokens, the answer text appended to ``Script.completion_prompt``).
+
+        Appended is ``[]`` for a prompt that does not extend the scripted one, and None (off the script) where the
+        prompt's last word and the appended text tokenize into one token: the prompt itself changed.
+        """
+        tokens = tokenize(prompt)
+        base = self.script.completion_prompt
+        if base is None or not prompt.startswith(base) or prompt == base:
+            return tokens, []
+        n_base = len(tokenize(base))
+        if tokens[:n_base] != tokenize(base):
+            return tokens, None
+        return tokens[:n_base], tokens[n_base:]
+
+    def _completion_generate(self, body: dict[str, Any]) -> tuple[list[str], list[float], list[str], list[str], str]:
+        """(tokens, their logprobs, the prompt's own tokens, the appended answer tokens, finish reason) for a
+        completions request: the scripted answer after what the prompt appended, cut at ``max_tokens`` (default 16)."""
+        own = self.script.tokens
+        head, appended = self._completion_split(str(body["prompt"]))
+        if appended is None:
+            start, appended = len(own), []
+        else:
+            start = len(appended) if own[: len(appended)] == appended else len(own)  # off the script: nothing more to say
+        limit = body.get("max_tokens")
+        end = min(len(own), start + (DEFAULT_COMPLETION_TOKENS if limit is None else int(limit)))
+        finish = self.script.finish_reason if end == len(own) else "length"
+        return own[start:end], [self.script.token_logprob(i) for i in range(start, end)], head, appended, finish
+
+    def _alternatives(self, token: str, logprob: float, k: int) -> list[tuple[str, float]]:
+        return [(token, logprob), *((f"x{i}", logprob - 3.0 - i) for i in range(1, k))][:k]
+
+    def _echo(self, head: list[str], appended: list[str], out: CompletionLogprobs, k: int) -> None:
+        """The prompt's positions: the first without a logprob, the prompt's own at -1, each appended token
+        ranked against the scripted one at its position."""
+        own = self.script.tokens
+        for i, token in enumerate(head):
+            out.add(token, None if i == 0 else -1.0, None if i == 0 else [(token, -1.0)])
+        for i, token in enumerate(appended):
+            mine = own[i] if i < len(own) else None
+            if token == mine:
+                out.add(token, self.script.token_logprob(i), self._alternatives(token, self.script.token_logprob(i), k))
+            elif mine is not None:
+                out.add(token, -4.0, [(mine, self.script.token_logprob(i))])
+            else:
+                out.add(token, -4.0, [("<|endoftext|>", -0.1)])
+
+    def text_completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The ``text_completion`` this stage answers a completions ``body`` with."""
+        tokens, logprobs, head, appended, finish = self._completion_generate(body)
+        k = body.get("logprobs")
+        out = CompletionLogprobs() if k is not None else None
+        text = "".join(tokens)
+        if body.get("echo"):
+            text = str(body["prompt"]) + text
+            if out is not None:
+                self._echo(head, appended, out, int(k or 0))
+        if out is not None:
+            for t, lp in zip(tokens, logprobs, strict=True):
+                out.add(t, lp, self._alternatives(t, lp, int(k or 0)))
+        choice = {"index": 0, "text": text, "logprobs": out.take() if out is not None else None, "finish_reason": finish}
+        data: dict[str, Any] = {"id": f"cmpl-{self.name}", "object": "text_completion", "created": 0, "model": self.config.model}
+        data["choices"] = [choice]
+        usage = self._usage(len(appended), len(tokens))
+        if usage is not None:
+            data["usage"] = usage
+        return data
+
+    def _completion_chunks(self, body: dict[str, Any]) -> list[bytes]:
+        tokens, logprobs, _, appended, finish = self._completion_generate(body)
+        k = body.get("logprobs")
+        base = {"id": f"cmpl-{self.name}", "object": "text_completion", "created": 0, "model": self.config.model}
+        out = CompletionLogprobs()
+
+        def chunk(text: str, finish_reason: str | None = None, lp: Any = None) -> bytes:
+            return orjson.dumps({**base, "choices": [{"index": 0, "text": text, "logprobs": lp, "finish_reason": finish_reason}]})
+
+        chunks = [chunk(str(body["prompt"]))] if body.get("echo") else []
+        for t, lp in zip(tokens, logprobs, strict=True):
+            if k is not None:
+                out.add(t, lp, self._alternatives(t, lp, int(k)))
+            chunks.append(chunk(t, None, out.take() if k is not None else None))
+        chunks.append(chunk("", finish))
+        usage = self._usage(len(appended), len(tokens))
+        if usage is not None and (body.get("stream_options") or {}).get("include_usage"):
+            chunks.append(orjson.dumps({**base, "choices": [], "usage": usage}))
+        return chunks
+
 
 def fake_stages(configs: Sequence[StageConfig], *scripts: Script) -> list[FakeStage]:
     """One fake per configured stage; stage i answers ``scripts[i]`` (default: a ``Script()``)."""
@@ -274,3 +394,7 @@ class ScriptedPredictor:
 
     def priors(self, prompt: PromptStats, n_stages: int) -> list[float]:
         return self.stage_priors[:n_stages]
+
+    def beliefs_after(self, stage: int, answer_features: np.ndarray, prompt: PromptStats, n_stages: int) -> list[float]:
+        """The scripted priors of the stages above: an answer teaches this predictor nothing about them."""
+        return self.stage_priors[stage + 1 : n_stages]

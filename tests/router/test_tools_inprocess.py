@@ -368,7 +368,11 @@ async def test_models_by_id() -> None:
         for model_id in ("cascade", "s0", "s1"):
             resp = await r.client.get(f"/v1/models/{model_id}")
             assert resp.status_code == 200 and resp.json()["id"] == model_id and resp.json()["object"] == "model"
-        assert (await r.client.get("/v1/models/s0")).json()["capabilities"] == {"tools": False, "structured_outputs": True}
+        assert (await r.client.get("/v1/models/s0")).json()["capabilities"] == {
+            "tools": False,
+            "structured_outputs": True,
+            "completions": True,
+        }
         assert (await r.client.get("/v1/models/cascade")).json()["capabilities"]["tools"] is True
         model = await r.openai().models.retrieve("s1")
         assert model.id == "s1" and model.owned_by == "adaptive-sd"

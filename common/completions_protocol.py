@@ -1,0 +1,222 @@
+"""Pydantic model of the legacy completions dialect (``POST /v1/completions``, vLLM-compatible) and its logprobs shape.
+
+One definition serves the router's public ``/v1/completions`` and the CPU stage
+server (``servers/completions.py`` adds what only llama.cpp cannot do), like
+``common.protocol`` does for chat, and follows its conventions:
+
+* top-level fields are strict and an unknown one is refused (a typo never passes);
+* what does not change the answer (``user``, ``metadata``, ``store``, ...) is
+  accepted and dropped: ``upstream_body`` never forwards it;
+* what changes the answer and no stage of ours can honour is a 400 naming the
+  field: token-id prompts, several prompts, ``n``/``best_of`` above 1, a
+  ``suffix``, ``logit_bias``.
+
+What is taken: one text ``prompt`` (a string, or a list holding one string),
+``max_tokens`` (default 16; 0 only with ``echo``: the prompt scored, nothing
+generated), ``temperature``, ``top_p``, ``seed``, ``stop``, the penalties (a
+vLLM stage honours them; the CPU stage server refuses them), ``stream`` (with
+``stream_options.include_usage``), ``logprobs`` (an int: the top alternatives
+per position) and ``echo``, plus the cascade's extras (``cascade_lambda``,
+``cascade_max_stage``). No chat template is applied anywhere.
+
+``logprobs`` comes back in the completions shape, as vLLM writes it:
+``{tokens, token_logprobs, top_logprobs: [{token: logprob}], text_offset}``; each
+``top_logprobs`` entry holds the top ``logprobs`` alternatives plus the chosen
+token; with ``echo`` the prompt's positions come first, the first one ``null``.
+``text_offset`` is the offset of each token's text in the returned text (counted
+over the token strings, as vLLM counts them). ``CompletionLogprobs`` builds that
+object; ``chat_entries`` and ``entries_logprobs`` translate between it and chat's
+``logprobs.content`` entries, which the router's draft code works in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from common.errors import APIError, from_validation_error
+from common.protocol import MAX_STOP_SEQUENCES, MAX_TOP_LOGPROBS, ParamError, StreamOptions
+
+DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's and vLLM's default max_tokens for completions
+# Fields that do not change the answer: accepted, never forwarded (the chat protocol drops the same ones).
+IGNORED_FIELDS: tuple[str, ...] = ("user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier")
+CASCADE_FIELDS: tuple[str, ...] = ("cascade_lambda", "cascade_max_stage")
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str = Field(min_length=1)
+    prompt: Any = None  # checked by ``prompt_text`` so that each wrong shape gets its own message
+    max_tokens: Annotated[int, Field(ge=0)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    n: Annotated[int, Field(ge=1, le=1)] | None = None
+    best_of: Annotated[int, Field(ge=1, le=1)] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
+    seed: int | None = None
+    logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    echo: bool = False
+    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    suffix: str | None = Field(None, exclude=True)  # only an empty one passes the check: nothing to forward
+    # cascade extras
+    cascade_lambda: Annotated[float, Field(ge=0.0)] | None = None
+    cascade_max_stage: Annotated[int, Field(ge=0)] | str | None = None
+
+    # Accepted and dropped: they do not change the answer (see IGNORED_FIELDS).
+    user: Any = Field(None, exclude=True)
+    metadata: Any = Field(None, exclude=True)
+    store: Any = Field(None, exclude=True)
+    service_tier: Any = Field(None, exclude=True)
+    prompt_cache_key: Any = Field(None, exclude=True)
+    safety_identifier: Any = Field(None, exclude=True)
+    # Declared so the error can say "not supported" instead of "unrecognized".
+    logit_bias: Any = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _check(self) -> CompletionRequest:
+        self.prompt_text  # noqa: B018 (validates)
+        if self.suffix:
+            raise ParamError("suffix", "'suffix' is not supported by this server")
+        if self.logit_bias is not None:
+            raise ParamError("logit_bias", "'logit_bias' is not supported by this server")
+        if self.stream_options is not None and not self.stream:
+            raise ParamError("stream_options", "'stream_options' is only allowed when 'stream' is true")
+        if self.max_tokens == 0 and not self.echo:
+            raise ParamError("max_tokens", "'max_tokens' must be at least 1 (0 is only allowed with 'echo': true)")
+        return self
+
+    @property
+    def prompt_text(self) -> str:
+        p = self.prompt
+        if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str):
+            p = p[0]
+        if isinstance(p, str):
+            if not p:
+                raise ParamError("prompt", "'prompt' must not be empty")
+            return p
+        if p is None:
+            raise ParamError("prompt", "Missing required parameter: 'prompt'")
+        if isinstance(p, list) and p and all(isinstance(x, int | list) for x in p):
+            raise ParamError("prompt", "token-id prompts are not supported by this server; send the prompt as text")
+        if isinstance(p, list) and len(p) > 1 and all(isinstance(x, str) for x in p):
+            raise ParamError("prompt", "one prompt per request: 'prompt' must be a string or a list holding one string")
+        raise ParamError("prompt", "'prompt' must be a string or a list holding one string")
+
+    @property
+    def token_limit(self) -> int:
+        return DEFAULT_COMPLETION_TOKENS if self.max_tokens is None else self.max_tokens
+
+    @property
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def upstream_body(self, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+        """The request as a stage receives it: no ignored fields, no nulls, the prompt as one string
+        (a list holding one string is the same request, and a stage may take only the string)."""
+        body = self.model_dump(exclude_none=True, exclude=set(exclude))
+        if "prompt" in body:
+            body["prompt"] = self.prompt_text
+        return body
+
+
+def parse_completion_request(body: bytes, model: type[CompletionRequest] = CompletionRequest) -> CompletionRequest:
+    """Validate a raw JSON body as ``model``; raise ``APIError`` (400) naming the bad field."""
+    if not body:
+        raise APIError(400, "Request body is empty; expected a JSON object")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+
+
+class CompletionLogprobs:
+    """Accumulates the completions-API ``logprobs`` object, position by position."""
+
+    def __init__(self, offset: int = 0) -> None:
+        self.tokens: list[str] = []
+        self.token_logprobs: list[float | None] = []
+        self.top_logprobs: list[dict[str, float] | None] = []
+        self.text_offset: list[int] = []
+        self._offset = offset
+
+    def add(self, token: str, logprob: float | None, top: Iterable[tuple[str, float]] | None) -> None:
+        self.tokens.append(token)
+        self.token_logprobs.append(logprob)
+        if top is None or logprob is None:
+            self.top_logprobs.append(None)
+        else:
+            entry = dict(top)
+            entry.setdefault(token, logprob)
+            self.top_logprobs.append(entry)
+        self.text_offset.append(self._offset)
+        self._offset += len(token)
+
+    def take(self) -> dict[str, object]:
+        """The positions added since the last ``take`` (a stream's chunk), in the API's shape."""
+        out: dict[str, object] = {
+            "tokens": self.tokens,
+            "token_logprobs": self.token_logprobs,
+            "top_logprobs": self.top_logprobs,
+            "text_offset": self.text_offset,
+        }
+        self.tokens, self.token_logprobs, self.top_logprobs, self.text_offset = [], [], [], []
+        return out
+
+
+def top_alternatives(top: Mapping[str, float] | None, k: int) -> list[tuple[str, float]]:
+    """The ``k`` most likely of one position's ``{token: logprob}`` alternatives, most likely first.
+
+    The dict is not in rank order (vLLM puts the chosen token first) and may hold the chosen
+    token beyond the top ``k``, so it is sorted and cut.
+    """
+    if not top or k <= 0:
+        return []
+    return sorted(top.items(), key=lambda kv: kv[1], reverse=True)[:k]
+
+
+def chat_entries(logprobs: Mapping[str, Any] | None, k: int, start: int = 0) -> list[dict[str, Any]]:
+    """A completions ``logprobs`` object's positions from ``start`` as chat ``logprobs.content`` entries
+    (``token``, ``logprob``, ``bytes``, ``top_logprobs``: the ``k`` most likely alternatives).
+
+    A position without a logprob (the first of an ``echo``) cannot be an entry: it ends the list there.
+    """
+    if not logprobs:
+        return []
+    tokens: Sequence[str] = logprobs.get("tokens") or ()
+    values: Sequence[float | None] = logprobs.get("token_logprobs") or ()
+    tops: Sequence[Mapping[str, float] | None] = logprobs.get("top_logprobs") or ()
+    out: list[dict[str, Any]] = []
+    for i in range(start, min(len(tokens), len(values))):
+        value = values[i]
+        if value is None:
+            break
+        top = top_alternatives(tops[i] if i < len(tops) else None, k)
+        out.append(
+            {
+                "token": tokens[i],
+                "logprob": value,
+                "bytes": list(tokens[i].encode()),
+                "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top],
+            }
+        )
+    return out
+
+
+def entries_logprobs(entries: Iterable[Mapping[str, Any]], out: CompletionLogprobs | None = None) -> CompletionLogprobs:
+    """Chat ``logprobs.content`` entries added to a completions ``logprobs`` accumulator (a new one by default)."""
+    out = out if out is not None else CompletionLogprobs()
+    for e in entries:
+        out.add(e["token"], e["logprob"], ((a["token"], a["logprob"]) for a in e.get("top_logprobs") or ()))
+    return out

@@ -1,0 +1,442 @@
+"""``POST /v1/completions`` in-process: scripted stages (``fake_stage.py``) and a scripted p̂, through the ASGI app.
+
+The same predictable policy as ``test_app_inprocess.py``: point priors, no risk
+shrinkage, costs 1 and 4, priors 0.5 and 0.9, λ = 10, so stage 0 stops at
+p̂ >= 0.5. The fakes answer their script to ``PROMPT`` and continue it after a
+prompt that appends part of it (the draft code's continuation). What real
+stages do is in ``test_completions_live.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import orjson
+import pytest
+
+from common.settings import Settings
+from router.api import create_app
+from router.stage import StageBadResponse, StageFailure, StageTimeout, StageUnavailable
+from tests.router.fake_stage import FakeStage, Script, ScriptedPredictor, fake_stages
+
+pytestmark = pytest.mark.anyio
+
+PROMPT = "Q: What is 2 + 2?\nA:"
+C0 = Script(" The answer is 5.", prompt_tokens=10, completion_prompt=PROMPT)
+C1 = Script(" The answer is 4, because two and two make four.", prompt_tokens=11, completion_prompt=PROMPT)
+STOP, ESCALATE = 0.9, 0.1
+
+
+def settings_for(dialect: str = "openai", stages: tuple[dict[str, Any], ...] = ({}, {}), **cascade: Any) -> Settings:
+    base = {"url": "http://127.0.0.1:9/v1", "dialect": dialect}
+    predictor = cascade.pop("predictor", {})
+    policy = {"skip_by_prior": False, "prior_strength": None, "risk": {"alpha": 0.0, "beta": 0.0}, "default_lambda": 10.0}
+    ladder = [
+        {**base, "name": "s0", "model": "m0", "cost": 1.0, **stages[0]},
+        {**base, "name": "s1", "model": "m1", "cost": 4.0, **stages[1]},
+    ]
+    return Settings.model_validate({"tenancy": {"auth": "open"}, "cascade": policy | cascade, "predictor": predictor, "stages": ladder})
+
+
+@dataclass
+class Router:
+    client: httpx.AsyncClient
+    stages: list[FakeStage]
+    predictor: ScriptedPredictor
+
+    async def complete(self, **body: Any) -> httpx.Response:
+        return await self.client.post("/v1/completions", json={"model": "cascade", "prompt": PROMPT, **body})
+
+    def openai(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url="http://router/v1", api_key="unused", max_retries=0, http_client=self.client)
+
+
+@asynccontextmanager
+async def serve(p0: float = STOP, settings: Settings | None = None, scripts: tuple[Script, ...] = (C0, C1)) -> AsyncIterator[Router]:
+    settings = settings or settings_for()
+    stages = fake_stages(settings.stages, *scripts)
+    predictor = ScriptedPredictor({0: p0, 1: 0.8}, [0.5, 0.9])
+    app = create_app(settings, predictor=predictor, stages=stages)
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+        yield Router(client, stages, predictor)
+
+
+def events(resp: httpx.Response) -> list[Any]:
+    out: list[Any] = []
+    for line in resp.text.splitlines():
+        if line.startswith("data: "):
+            payload = line[len("data: ") :]
+            out.append(payload if payload == "[DONE]" else orjson.loads(payload))
+    return out
+
+
+def streamed_text(chunks: list[Any]) -> str:
+    return "".join(c["choices"][0]["text"] for c in chunks if isinstance(c, dict) and c.get("choices"))
+
+
+def usage_of(n_prompt: int, n_completion: int) -> dict[str, int]:
+    return {"prompt_tokens": n_prompt, "completion_tokens": n_completion, "total_tokens": n_prompt + n_completion}
+
+
+# -- the cascade ----------------------------------------------------------------
+
+
+async def test_high_p_stops_at_stage_0() -> None:
+    async with serve(STOP) as r:
+        resp = await r.complete(max_tokens=16)
+        assert resp.status_code == 200, resp.text
+        data = resp.json()
+        assert data["object"] == "text_completion" and data["model"] == "cascade"
+        assert data["choices"][0]["text"] == C0.text and data["choices"][0]["finish_reason"] == "stop"
+        assert data["choices"][0]["logprobs"] is None  # asked of the stage for the predictor, not by the client
+        assert data["usage"] == usage_of(10, len(C0.tokens))
+        assert resp.headers["x-cascade-stage"] == resp.headers["x-cascade-path"] == "s0"
+        assert resp.headers["x-cascade-p"] == "0.9000" and resp.headers["x-cascade-lambda"] == "10"
+        assert resp.headers["x-cascade-kind"] == "text" and float(resp.headers["x-cascade-overhead-ms"]) >= 0
+        (sent,) = r.stages[0].calls
+        assert sent == {"prompt": PROMPT, "max_tokens": 16, "logprobs": r.predictor.top_k}  # no model, stream or echo
+        assert r.stages[1].calls == []
+
+
+async def test_the_default_token_limit_is_sent_explicitly() -> None:
+    async with serve(STOP) as r:
+        assert (await r.complete()).status_code == 200
+        assert r.stages[0].calls[0]["max_tokens"] == 16  # OpenAI's default; verification and continuations count against it
+
+
+async def test_low_p_escalates_and_sums_usage() -> None:
+    async with serve(ESCALATE) as r:
+        raw = await r.openai().completions.with_raw_response.create(model="cascade", prompt=PROMPT, max_tokens=32)
+        resp = raw.parse()
+        assert resp.model == "cascade" and resp.choices[0].text == C1.text
+        assert raw.headers["x-cascade-stage"] == "s1" and raw.headers["x-cascade-path"] == "s0,s1"
+        assert raw.headers["x-cascade-p"] == "0.1000,0.8000"
+        assert raw.headers["x-cascade-draft"] == "s1:regenerate:dialect"  # plain OpenAI dialect: no echo scoring
+        assert resp.usage is not None and resp.usage.model_dump(exclude_none=True) == usage_of(10 + 11, len(C0.tokens) + len(C1.tokens))
+        assert len(r.predictor.features) == 2
+
+
+async def test_the_feature_vector_is_the_chat_one_for_the_same_answer() -> None:
+    """One predictor for both APIs: the same tokens and logprobs, the same prompt text, the same features."""
+    chat_script = Script(C0.text, prompt_tokens=10)
+    async with serve(STOP, scripts=(chat_script, C1)) as r:
+        ok = await r.client.post("/v1/chat/completions", json={"model": "cascade", "messages": [{"role": "user", "content": PROMPT}]})
+        assert ok.status_code == 200
+        assert (await r.complete()).status_code == 200
+    chat, completion = r.predictor.features
+    np.testing.assert_array_equal(chat, completion)
+
+
+async def test_escalation_verifies_the_draft_on_the_prompt_and_answers_the_upper_stages_own_text() -> None:
+    """Greedy, vLLM dialect: stage 1 scores prompt + stage 0's text (echo), keeps the agreeing prefix, continues from it."""
+    async with serve(ESCALATE, settings_for("vllm")) as r:
+        resp = await r.complete(max_tokens=32, temperature=0)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["choices"][0]["text"] == C1.text
+        assert resp.headers["x-cascade-draft"] == "s1:verify"
+        assert resp.headers["x-cascade-accepted"] == "s1:3/4"  # " The answer is" kept, " 5." rejected
+        scoring, continuation = r.stages[1].calls
+        assert scoring["prompt"] == PROMPT + C0.text and scoring["echo"] is True and scoring["max_tokens"] == 1
+        assert scoring["logprobs"] == r.predictor.top_k
+        assert continuation["prompt"] == PROMPT + " The answer is" and continuation["max_tokens"] == 32 - 3
+        rest = len(C1.tokens) - 3
+        # stage 0: 10 + its 4 tokens; stage 1: the scoring call's prompt (11 + 4 draft tokens), the continuation's
+        # (11 + 3 kept), the 3 kept tokens and the continuation's own
+        assert resp.json()["usage"] == usage_of(10 + 15 + 14, 4 + 3 + rest)
+
+
+async def test_a_draft_that_merges_with_the_prompt_is_regenerated() -> None:
+    """A prompt whose last word the draft's first token joins ("A:" + "The") does not end on a token boundary:
+    stage 1's own answer starts after the prompt's own last token, so the draft is not verified."""
+    glued0 = Script("The answer is 5.", prompt_tokens=10, completion_prompt=PROMPT)
+    glued1 = Script("The answer is 4.", prompt_tokens=11, completion_prompt=PROMPT)
+    async with serve(ESCALATE, settings_for("vllm"), scripts=(glued0, glued1)) as r:
+        resp = await r.complete(max_tokens=32, temperature=0)
+        assert resp.json()["choices"][0]["text"] == glued1.text
+        assert resp.headers["x-cascade-draft"] == "s1:regenerate:misaligned"
+
+
+async def test_sampled_escalation_between_stages_sharing_a_tokenizer_verifies_by_speculative_sampling() -> None:
+    shared = ({"tokenizer": "t"}, {"tokenizer": "t"})
+    async with serve(ESCALATE, settings_for("vllm", shared)) as r:
+        resp = await r.complete(max_tokens=32, temperature=0.7, seed=1)
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-cascade-draft"] == "s1:verify-sampling"
+        scoring = r.stages[1].calls[0]
+        assert scoring["echo"] is True and scoring["prompt"] == PROMPT + C0.text
+        assert resp.json()["choices"][0]["text"].startswith(" The answer is")
+
+
+async def test_sampled_escalation_with_different_tokenizers_regenerates() -> None:
+    async with serve(ESCALATE, settings_for("vllm")) as r:
+        resp = await r.complete(max_tokens=32, temperature=0.7)
+        assert resp.headers["x-cascade-draft"] == "s1:regenerate:sampling" and resp.json()["choices"][0]["text"] == C1.text
+
+
+async def test_logprobs_only_when_asked_and_only_as_many_as_asked() -> None:
+    async with serve(STOP) as r:
+        resp = await r.complete(logprobs=2)
+        lp = resp.json()["choices"][0]["logprobs"]
+        assert lp["tokens"] == C0.tokens and len(lp["token_logprobs"]) == len(C0.tokens)
+        assert all(len(top) == 2 and top[t] == v for t, v, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"], strict=True))
+        assert lp["text_offset"][0] == 0 and r.stages[0].calls[0]["logprobs"] == r.predictor.top_k
+        only_chosen = (await r.complete(logprobs=0)).json()["choices"][0]["logprobs"]
+        assert all(list(top) == [t] for t, top in zip(only_chosen["tokens"], only_chosen["top_logprobs"], strict=True))
+
+
+async def test_logprobs_of_a_verified_answer_come_in_the_completions_shape() -> None:
+    async with serve(ESCALATE, settings_for("vllm")) as r:
+        data = (await r.complete(max_tokens=32, temperature=0, logprobs=1)).json()
+        lp = data["choices"][0]["logprobs"]
+        assert "".join(lp["tokens"]) == data["choices"][0]["text"] == C1.text
+        offsets = [0]
+        for token in lp["tokens"][:-1]:
+            offsets.append(offsets[-1] + len(token))
+        assert lp["text_offset"] == offsets and all(len(top) == 1 for top in lp["top_logprobs"])
+
+
+async def test_echo_puts_the_prompt_in_front() -> None:
+    async with serve(STOP) as r:
+        data = (await r.complete(echo=True)).json()
+        assert data["choices"][0]["text"] == PROMPT + C0.text and "echo" not in r.stages[0].calls[0]
+        chunks = events(await r.complete(echo=True, stream=True))
+        assert streamed_text(chunks) == PROMPT + C0.text
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [({"echo": True, "logprobs": 1}, "echo"), ({"echo": True, "max_tokens": 0}, "max_tokens"), ({"max_tokens": 0}, "max_tokens")],
+)
+async def test_what_the_cascade_cannot_judge_is_refused(body: dict[str, Any], param: str) -> None:
+    async with serve(STOP) as r:
+        resp = await r.complete(**body)
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == param, resp.text
+        assert r.stages[0].calls == []
+
+
+# -- streaming ------------------------------------------------------------------
+
+
+async def test_stream_from_a_stopped_lower_stage() -> None:
+    async with serve(STOP) as r:
+        resp = await r.complete(stream=True, stream_options={"include_usage": True}, logprobs=1)
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        chunks = events(resp)
+        assert chunks[-1] == "[DONE]" and streamed_text(chunks) == C0.text
+        assert all(c["object"] == "text_completion" and c["model"] == "cascade" for c in chunks[:-1])
+        finishes = [c["choices"][0]["finish_reason"] for c in chunks[:-1] if c["choices"] and c["choices"][0]["finish_reason"]]
+        assert finishes == ["stop"]
+        assert chunks[0]["choices"][0]["logprobs"]["tokens"] == C0.tokens
+        assert chunks[-2]["usage"] == usage_of(10, len(C0.tokens)) and chunks[-2]["choices"] == []
+        assert not any(call.get("stream") for call in r.stages[0].calls)
+
+
+async def test_stream_from_the_top_stage_folds_earlier_usage_in() -> None:
+    async with serve(ESCALATE) as r:
+        stream = await r.openai().completions.create(model="cascade", prompt=PROMPT, stream=True, stream_options={"include_usage": True})
+        chunks = [c async for c in stream]
+        assert "".join(c.choices[0].text for c in chunks if c.choices) == C1.text
+        assert all(c.model == "cascade" and c.object == "text_completion" for c in chunks)
+        assert all(c.choices[0].logprobs is None for c in chunks if c.choices)  # the stage's were asked for the cascade
+        usage = chunks[-1].usage
+        assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (21, len(C0.tokens) + len(C1.tokens))
+        last = r.stages[1].calls[-1]
+        assert last["stream"] is True and last["stream_options"] == {"include_usage": True}
+
+
+async def test_stream_from_the_top_stage_after_a_verified_draft_sends_the_prefix_first() -> None:
+    async with serve(ESCALATE, settings_for("vllm")) as r:
+        resp = await r.complete(stream=True, temperature=0, max_tokens=32, logprobs=1)
+        chunks = events(resp)
+        assert chunks[0]["id"] == "cmpl-prefix" and chunks[0]["choices"][0]["text"] == " The answer is"
+        assert streamed_text(chunks) == C1.text and chunks[-1] == "[DONE]"
+        assert resp.headers["x-cascade-accepted"] == "s1:3/4"
+        offsets = [
+            o for c in chunks[:-1] if c["choices"] and c["choices"][0]["logprobs"] for o in c["choices"][0]["logprobs"]["text_offset"]
+        ]
+        assert offsets == [sum(len(t) for t in C1.tokens[:i]) for i in range(len(C1.tokens))]  # the continuation's shifted
+
+
+async def test_a_stage_failing_mid_stream_ends_it_with_an_error_event() -> None:
+    async with serve(ESCALATE) as r:
+        r.stages[1].fail, r.stages[1].stream_fail_after = StageTimeout, 2
+        chunks = events(await r.complete(stream=True))
+        assert chunks[-2]["error"]["type"] == "upstream_error" and "stage 's1'" in chunks[-2]["error"]["message"]
+        assert chunks[-1] == "[DONE]"
+
+
+# -- failures -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failure", [StageUnavailable, StageTimeout, StageBadResponse])
+async def test_upper_stage_failing_returns_the_lower_answer_degraded(failure: type[StageFailure]) -> None:
+    async with serve(ESCALATE) as r:
+        r.stages[1].fail = failure
+        resp = await r.complete()
+        assert resp.status_code == 200 and resp.json()["choices"][0]["text"] == C0.text
+        assert resp.headers["x-cascade-path"] == "s0" and "stage 's1'" in resp.headers["x-cascade-degraded"]
+
+
+@pytest.mark.parametrize(
+    ("failures", "status"),
+    [((StageUnavailable, StageUnavailable), 503), ((StageUnavailable, StageTimeout), 504), ((StageTimeout, StageBadResponse), 502)],
+)
+async def test_every_stage_failing_is_an_openai_shaped_error(failures: tuple[type[StageFailure], ...], status: int) -> None:
+    async with serve(ESCALATE) as r:
+        for stage, failure in zip(r.stages, failures, strict=True):
+            stage.fail = failure
+        resp = await r.complete()
+        assert resp.status_code == status and resp.json()["error"]["type"] == "upstream_error"
+        with pytest.raises(openai.APIStatusError) as info:
+            await r.openai().completions.create(model="cascade", prompt=PROMPT)
+        assert info.value.status_code == status
+
+
+# -- stages without /v1/completions ----------------------------------------------
+
+
+async def test_a_stage_configured_without_completions_is_skipped_and_named() -> None:
+    async with serve(STOP, settings_for(stages=({"completions": False}, {}))) as r:
+        resp = await r.complete()
+        assert resp.status_code == 200 and resp.json()["choices"][0]["text"] == C1.text
+        assert resp.headers["x-cascade-path"] == "s1" and resp.headers["x-cascade-skipped"] == "s0:completions"
+        assert r.stages[0].calls == []
+        passthrough = await r.complete(model="s0")
+        assert passthrough.status_code == 400 and passthrough.json()["error"]["param"] == "model"
+        assert passthrough.json()["error"]["code"] == "completions_not_supported" and r.stages[0].calls == []
+        cards = {m["id"]: m["capabilities"]["completions"] for m in (await r.client.get("/v1/models")).json()["data"]}
+        assert cards == {"cascade": True, "s0": False, "s1": True}
+
+
+async def test_no_stage_with_completions_is_a_400_naming_the_model() -> None:
+    async with serve(STOP, settings_for(stages=({"completions": False}, {"completions": False}))) as r:
+        resp = await r.complete()
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "model"
+        assert resp.json()["error"]["code"] == "no_capable_stage"
+
+
+async def test_a_stage_whose_completions_endpoint_is_missing() -> None:
+    """Configured with completions but answering 404 there (a chat-only provider): pass-through is a 400 naming the model,
+    the cascade goes on without it."""
+    async with serve(STOP) as r:
+        r.stages[0].serves_completions = False
+        resp = await r.complete(model="s0")
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "model", resp.text
+        assert "completions: false" in resp.json()["error"]["message"]
+        resp = await r.complete(model="s0", stream=True)
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "model"
+        cascade = await r.complete()
+        assert cascade.status_code == 200 and cascade.headers["x-cascade-path"] == "s1"
+        r.stages[1].serves_completions = False
+        assert (await r.complete()).status_code == 502
+
+
+# -- pass-through -----------------------------------------------------------------
+
+
+async def test_passthrough_by_stage_name() -> None:
+    async with serve(ESCALATE) as r:
+        resp = await r.complete(model="s1", max_tokens=3, user="u1", metadata={"app": "x"})
+        assert resp.status_code == 200, resp.text
+        data = resp.json()
+        assert data["model"] == "s1" and data["choices"][0]["text"] == "".join(C1.tokens[:3])
+        assert data["choices"][0]["finish_reason"] == "length" and data["usage"] == usage_of(11, 3)
+        assert resp.headers["x-cascade-stage"] == "s1" and "x-cascade-p" not in resp.headers
+        (sent,) = r.stages[1].calls
+        assert sent == {"prompt": PROMPT, "max_tokens": 3, "stream": False, "echo": False}  # no model, nothing ignored
+        assert r.stages[0].calls == []
+
+
+async def test_passthrough_forwards_what_the_client_asked() -> None:
+    async with serve(ESCALATE) as r:
+        data = (await r.complete(model="s0", prompt=[PROMPT], logprobs=2, echo=True, max_tokens=2)).json()
+        assert data["choices"][0]["text"] == PROMPT + "".join(C0.tokens[:2])
+        assert data["choices"][0]["logprobs"]["token_logprobs"][0] is None  # the stage's own echo
+        assert r.stages[0].calls[0]["prompt"] == PROMPT  # a list holding one prompt goes out as the string
+
+
+async def test_passthrough_stream_renames_the_model() -> None:
+    async with serve(ESCALATE) as r:
+        stream = await r.openai().completions.create(model="s0", prompt=PROMPT, stream=True)
+        chunks = [c async for c in stream]
+        assert "".join(c.choices[0].text for c in chunks if c.choices) == C0.text
+        assert all(c.model == "s0" for c in chunks)  # the stage called itself m0
+
+
+async def test_passthrough_errors() -> None:
+    async with serve(ESCALATE) as r:
+        r.stages[0].fail = StageUnavailable
+        for stream in (False, True):
+            resp = await r.complete(model="s0", stream=stream)
+            assert resp.status_code == 503 and resp.json()["error"]["type"] == "upstream_error"
+        resp = await r.complete(model="s1", cascade_lambda=1.0)
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "cascade_lambda"
+        resp = await r.complete(model="gpt-9")
+        assert resp.status_code == 404 and resp.json()["error"]["code"] == "model_not_found"
+
+
+# -- validation -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": [1, 2, 3]}, "prompt"),
+        ({"prompt": [[1, 2]]}, "prompt"),
+        ({"prompt": ["a", "b"]}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": None}, "prompt"),
+        ({"n": 2}, "n"),
+        ({"best_of": 3}, "best_of"),
+        ({"suffix": "\n}"}, "suffix"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"logprobs": 50}, "logprobs"),
+        ({"temperature": "0"}, "temperature"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"bogus": 1}, "bogus"),
+    ],
+)
+async def test_what_no_stage_can_honour_is_a_400_naming_the_field(body: dict[str, Any], param: str) -> None:
+    async with serve(STOP) as r:
+        for model in ("cascade", "s0"):
+            resp = await r.client.post("/v1/completions", json={"model": model, "prompt": PROMPT, **body})
+            assert resp.status_code == 400, resp.text
+            assert resp.json()["error"]["param"] == param and resp.json()["error"]["type"] == "invalid_request_error"
+        assert r.stages[0].calls == []
+
+
+async def test_fields_that_do_not_change_the_answer_are_accepted_and_never_forwarded() -> None:
+    ignored = {"user": "u1", "metadata": {"app": "x"}, "store": False, "service_tier": "auto", "suffix": "", "n": 1, "best_of": 1}
+    async with serve(STOP) as r:
+        resp = await r.complete(**ignored)
+        assert resp.status_code == 200, resp.text
+        assert not {"user", "metadata", "store", "service_tier", "suffix"} & set(r.stages[0].calls[0])
+
+
+async def test_an_empty_or_non_object_body_is_a_400() -> None:
+    async with serve(STOP) as r:
+        for content in (b"", b"[]", b"{"):
+            resp = await r.client.post("/v1/completions", content=content, headers={"content-type": "application/json"})
+            assert resp.status_code == 400 and set(resp.json()["error"]) == {"message", "type", "param", "code"}
+
+
+# -- the traffic log ---------------------------------------------------------------
+
+
+async def test_traffic_log_rows_of_completions_are_marked(tmp_path: Path) -> None:
+    log = tmp_path / "traffic.jsonl"
+    async with serve(ESCALATE, settings_for("vllm", predictor={"log_path": str(log)})) as r:
+        assert (await r.complete(temperature=0, max_tokens=32)).status_code == 200
+    (row,) = [orjson.loads(line) for line in log.read_text().splitlines()]
+    assert row["kind"] == "completion" and row["prompt_texts"] == [PROMPT]
+    lower, upper = row["stages"]
+    assert lower["text"] == C0.text and lower["logprobs"] and lower["agreement"] == 3 / 4
+    assert upper["text"] == C1.text and upper["draft"]["accepted"] == 3
