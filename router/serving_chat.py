@@ -49,6 +49,11 @@ _JSON = "application/json"
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+def _says_nothing(choice: dict[str, Any]) -> bool:
+    """A streamed choice with no delta, no finish reason and no logprobs for the client: not worth a chunk."""
+    return not choice.get("delta") and choice.get("finish_reason") is None and choice.get("logprobs") is None
+
+
 def _sse(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
@@ -342,8 +347,11 @@ class ChatServing:
                         continue
                 if trim or req.top_logprobs is not None:
                     chunk = orjson.loads(payload)
-                    for choice in chunk.get("choices", ()):
+                    choices = chunk.get("choices") or ()
+                    for choice in choices:
                         choice["logprobs"] = self._client_logprobs(req, choice.get("logprobs"))
+                    if choices and all(_says_nothing(c) for c in choices):
+                        continue  # it carried only the logprobs the router asked for (one per token a stage held back)
                     chunk["model"] = self.cascade_name
                     chunk.pop("usage", None)
                     yield _sse(orjson.dumps(chunk))

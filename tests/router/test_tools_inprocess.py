@@ -21,7 +21,7 @@ import pytest
 from common.settings import Settings
 from router.api import create_app
 from router.stage import StageTimeout
-from tests.router.fake_stage import Script, ScriptedPredictor, fake_stages
+from tests.router.fake_stage import FakeStage, Script, ScriptedPredictor, fake_stages
 from tests.router.test_app_inprocess import PROMPT, Router, events
 
 pytestmark = pytest.mark.anyio
@@ -330,6 +330,32 @@ async def test_stream_from_the_top_stage_relays_its_tool_call_deltas() -> None:
         assert got == [call()]
         assert final.choices[0].finish_reason == "tool_calls"
         assert r.stages[1].calls[-1]["stream"] is True and r.stages[1].calls[-1]["tools"] == [WEATHER]
+
+
+async def test_chunks_that_carried_only_the_routers_logprobs_are_not_relayed() -> None:
+    """A stage holding back text that may start a tool call still streams each token's logprobs (the router asked for
+    them, for the predictor); with the logprobs cut for the client such a chunk says nothing and is dropped."""
+
+    class HoldsBack(FakeStage):
+        def _chunks(self, body: dict[str, Any]) -> list[bytes]:
+            out = super()._chunks(body)
+            entry = {"token": "<tool", "logprob": -0.1, "bytes": [60], "top_logprobs": []}
+            held = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": self.config.model,
+                    "choices": [{"index": 0, "delta": {}, "logprobs": {"content": [entry]}, "finish_reason": None}]}  # fmt: skip
+            return out[:1] + [orjson.dumps(held)] * 5 + out[1:]
+
+    settings = make_settings()
+    stages = [FakeStage(settings.stages[0], tool_script(call(arguments="{"))), HoldsBack(settings.stages[1], GOOD_CALL)]
+    app = create_app(settings, predictor=ScriptedPredictor({0: STOP, 1: 0.8}, [0.5, 0.9]), stages=stages)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as client:
+        body = {"model": "cascade", "messages": PROMPT, "tools": [WEATHER], "stream": True}
+        resp = await client.post("/v1/chat/completions", json=body)
+        assert resp.headers["x-cascade-stage"] == "s1"
+        choices = [c["choices"][0] for c in events(resp)[:-1] if c["choices"]]
+        assert all(c["delta"] or c["finish_reason"] for c in choices), choices
+        assert any(c["delta"].get("tool_calls") for c in choices)
+        with_lp = await client.post("/v1/chat/completions", json={**body, "logprobs": True})
+        assert sum(1 for c in events(with_lp)[:-1] if c["choices"] and c["choices"][0]["logprobs"]) >= 5  # asked for: kept
 
 
 async def test_stream_of_a_stopped_json_answer() -> None:
