@@ -58,12 +58,85 @@ class VLLMLaunch(_Model):
         return self
 
 
+def _http_url(v: str, allow_empty: bool = False) -> str:
+    """A base URL: http(s) with a host, trailing slash dropped ("" allowed where the dialect needs none)."""
+    if allow_empty and v == "":
+        return v
+    parsed = urlparse(v)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"not an http(s) URL: {v!r}")
+    return v.rstrip("/")
+
+
+def _one_key_source(where: str, api_key: object, api_key_env: str | None, api_key_file: str | None) -> None:
+    given = [n for n, v in (("api_key", api_key), ("api_key_env", api_key_env), ("api_key_file", api_key_file)) if v]
+    if len(given) > 1:
+        raise ValueError(f"{where}: give one of api_key, api_key_env, api_key_file, not {' and '.join(given)}")
+
+
+def resolve_secret(api_key: str | SecretStr | None, api_key_env: str | None, api_key_file: str | None, where: str) -> str | None:
+    """The key itself, read when the router starts: inline, from an environment variable, or from a file (a mounted
+    secret; surrounding white space dropped). ``ConfigError`` naming ``where`` when the variable or file is missing:
+    a stage without its key would fail every request with a 401 instead."""
+    if api_key_env:
+        value = os.environ.get(api_key_env)
+        if not value:
+            raise ConfigError(f"{where}.api_key_env: environment variable {api_key_env} is not set")
+        return value.strip()
+    if api_key_file:
+        try:
+            value = Path(api_key_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{where}.api_key_file: cannot read {api_key_file}: {exc.strerror}") from None
+        if not value:
+            raise ConfigError(f"{where}.api_key_file: {api_key_file} is empty")
+        return value
+    if isinstance(api_key, SecretStr):
+        return api_key.get_secret_value() or None
+    return api_key or None
+
+
+class EndpointConfig(_Model):
+    """One replica of a stage: the same model served at another URL (another vLLM replica, host, region or key)."""
+
+    url: str = Field("", description="base URL ending in /v1; dialect litellm: the provider's api_base, may be empty")
+    api_key: SecretStr | None = Field(None, description="bearer token of this endpoint (prefer api_key_env or api_key_file)")
+    api_key_env: str | None = Field(None, description="environment variable that holds this endpoint's key")
+    api_key_file: str | None = Field(None, description="file that holds this endpoint's key (a mounted secret)")
+    max_concurrency: int | None = Field(None, ge=1, description="requests this endpoint runs at once at full speed; default: the stage's")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _http_url(v, allow_empty=True)
+
+    @model_validator(mode="after")
+    def _keys(self) -> EndpointConfig:
+        _one_key_source("endpoint", self.api_key, self.api_key_env, self.api_key_file)
+        return self
+
+
 class StageConfig(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$", description="public model name of this stage")
     model: str = Field(description="model id the upstream server expects")
-    url: str = Field(description="base URL of the OpenAI-compatible server, ending in /v1")
-    dialect: Literal["vllm", "openai"] = Field(
-        "vllm", description="vllm: supports prompt_logprobs/continue_final_message (our CPU server does too)"
+    url: str = Field(
+        "",
+        description="base URL of the OpenAI-compatible server, ending in /v1; may be left out when endpoints are given "
+        "(then the first endpoint's) or for dialect litellm",
+    )
+    endpoints: list[EndpointConfig] = Field(
+        default_factory=list,
+        description="replicas of this stage; url, when not among them, is the first; requests are spread over the healthy ones",
+    )
+    dialect: Literal["vllm", "openai", "litellm"] = Field(
+        "vllm",
+        description="vllm: supports prompt_logprobs/continue_final_message (our CPU server does too); openai: a plain "
+        "OpenAI-compatible server; litellm: through LiteLLM (the litellm extra), model in LiteLLM's provider/model form",
+    )
+    logprobs: bool = Field(
+        True,
+        description="the stage returns token logprobs; false: the cascade never asks it for them and judges its answer "
+        "from text features only",
     )
     cost: float = Field(gt=0.0, description="cost of one request at this stage, in the ladder's cost unit")
     scoped_scoring: bool | None = Field(
@@ -84,16 +157,53 @@ class StageConfig(_Model):
     )
     timeout_s: float = Field(300.0, gt=0.0, description="whole-request timeout")
     connect_timeout_s: float = Field(2.0, gt=0.0)
-    api_key: str | None = None
+    api_key: str | None = Field(None, exclude=True, description="bearer token sent to the stage (never printed by check-config)")
+    api_key_env: str | None = Field(
+        None, description="environment variable that holds the stage's key (endpoints without their own use it)"
+    )
+    api_key_file: str | None = Field(None, description="file that holds the stage's key, e.g. a mounted secret")
+    max_concurrency: int | None = Field(
+        None, ge=1, description="requests one endpoint runs at once at full speed: the load-aware cost queues beyond it"
+    )
     launch: Annotated[LlamaCppLaunch | VLLMLaunch, Field(discriminator="backend")] | None = None
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        parsed = urlparse(v)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError(f"not an http(s) URL: {v!r}")
-        return v.rstrip("/")
+        return _http_url(v, allow_empty=True)
+
+    @model_validator(mode="after")
+    def _endpoints(self) -> StageConfig:
+        """``url`` is always set for a stage that has one (the first endpoint's when only endpoints are given), so
+        everything that reads ``config.url`` (the launcher, a lone ``StageClient``) keeps working."""
+        _one_key_source("stage", self.api_key, self.api_key_env, self.api_key_file)
+        if not self.url and self.endpoints:
+            self.url = self.endpoints[0].url
+        urls = [e.url for e in self.endpoints]
+        if len(set(urls)) != len(urls):
+            raise ValueError(f"endpoints list a URL twice: {urls}")
+        if self.dialect != "litellm" and (not self.url or not all(urls)):
+            raise ValueError("url (or endpoints[i].url for every endpoint) is required unless dialect is litellm")
+        if self.launch is not None and not self.url:
+            raise ValueError("a stage with a launch block needs a url to listen on")
+        return self
+
+    def replicas(self) -> list[EndpointConfig]:
+        """Every endpoint of the stage, in order: ``url`` first unless ``endpoints`` lists it. An endpoint without a key
+        of its own uses the stage's, and without ``max_concurrency`` the stage's."""
+        given = list(self.endpoints)
+        if not any(e.url == self.url for e in given):
+            given.insert(0, EndpointConfig(url=self.url))
+        out = []
+        for e in given:
+            update: dict[str, object] = {}
+            if not (e.api_key or e.api_key_env or e.api_key_file):
+                update = {"api_key": SecretStr(self.api_key) if self.api_key else None,
+                          "api_key_env": self.api_key_env, "api_key_file": self.api_key_file}  # fmt: skip
+            if e.max_concurrency is None:
+                update["max_concurrency"] = self.max_concurrency
+            out.append(e.model_copy(update=update) if update else e)
+        return out
 
     @property
     def scopes_scoring(self) -> bool:
@@ -139,6 +249,14 @@ class CascadeConfig(_Model):
         ge=0.0,
         description="regenerate instead of verifying once a stage pair's mean accepted draft tokens falls below this (0: always verify)",
     )
+    load_aware: bool = Field(
+        False,
+        description="add each stage's expected queueing delay (from the router's in-flight counts, and vLLM's queue gauges "
+        "where reachable) to its cost in the stopping rule: a saturated stage is escalated to less",
+    )
+    load_cost_per_s: float = Field(
+        1.0, ge=0.0, description="cost units one second of expected queueing delay adds to a stage's cost (load_aware)"
+    )
 
 
 class BaselineCoefficients(_Model):
@@ -181,6 +299,30 @@ class TenancyConfig(_Model):
     slo_initial_lambda: float = Field(defaults.LAMBDA, gt=0.0, description="starting λ of an SLO tenant that sets none")
 
 
+class PoolConfig(_Model):
+    """How the router treats the endpoints of every stage: outlier ejection, health probes, retries."""
+
+    eject_after: int = Field(3, ge=1, description="consecutive failures (connect errors, 5xx, timeouts, bad bodies) that eject an endpoint")
+    eject_base_s: float = Field(2.0, gt=0.0, description="first ejection's cool-down; each ejection in a row doubles it")
+    eject_max_s: float = Field(60.0, gt=0.0, description="longest cool-down")
+    probe_interval_s: float = Field(
+        5.0, ge=0.0, description="active health probe of each endpoint (GET /health; openai dialect: GET /v1/models); 0: none"
+    )
+    probe_timeout_s: float = Field(2.0, gt=0.0, description="a probe slower than this fails")
+    retry: bool = Field(
+        True, description="a request that fails on one endpoint before any byte reached the client is retried once on another"
+    )
+    queue_gauges: bool = Field(
+        True, description="with cascade.load_aware, read vLLM's /metrics queue gauges at each probe (vllm dialect; skipped where absent)"
+    )
+
+    @model_validator(mode="after")
+    def _cooldowns(self) -> PoolConfig:
+        if self.eject_max_s < self.eject_base_s:
+            raise ValueError(f"eject_max_s ({self.eject_max_s:g}) is shorter than eject_base_s ({self.eject_base_s:g})")
+        return self
+
+
 class ServerConfig(_Model):
     host: str = defaults.HOST
     port: int = Field(defaults.PORT, ge=1, le=65535)
@@ -195,6 +337,7 @@ class Settings(BaseSettings):
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
     predictor: PredictorConfig = Field(default_factory=PredictorConfig)
     tenancy: TenancyConfig = Field(default_factory=TenancyConfig)
+    pool: PoolConfig = Field(default_factory=PoolConfig)
     stages: list[StageConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -27,12 +27,12 @@ from predictor.serving.interface import Predictor
 from predictor.serving.loader import load_predictor
 from router.cascade import CascadeEngine
 from router.contracts import RequestOutcome, TenantLimits
-from router.metrics import RATE_LIMITED, REGISTRY, REQUESTS
+from router.metrics import ENDPOINTS, RATE_LIMITED, REGISTRY, REQUESTS
 from router.serving_chat import ChatServing
 from router.serving_completions import CompletionServing
 from router.serving_responses import ResponsesServing
 from router.stage import Stage
-from router.stage_client import StageClient
+from router.stage_pool import StagePool, build_ladder
 from router.tenants.admin import admin_router
 from router.tenants.model import Tenant
 from router.tenants.service import TenantService
@@ -51,10 +51,12 @@ def create_app(
     stages: Sequence[Stage] | None = None,
 ) -> FastAPI:
     """The router app. ``predictor``: default from ``settings.predictor``; ``stages``: one per configured
-    stage, in order (default: a ``StageClient`` each; tests pass in-process fakes). The lifespan starts
-    and closes the stages and the tenant service."""
+    stage, in order (default: a ``StagePool`` each, over the stage's endpoints; tests pass in-process fakes).
+    The lifespan starts and closes the stages and the tenant service."""
     predictor = predictor or load_predictor(settings)
-    ladder: list[Stage] = [StageClient(s) for s in settings.stages] if stages is None else list(stages)
+    ladder: list[Stage] = list(build_ladder(settings)) if stages is None else list(stages)
+    pools = [s for s in ladder if isinstance(s, StagePool)]
+    ENDPOINTS.track(pools)  # /metrics: each endpoint's state
     names, configured = [s.name for s in ladder], [s.name for s in settings.stages]
     if names != configured:
         raise ValueError(f"stages {names} do not match the configured stages {configured}")
@@ -196,7 +198,9 @@ def create_app(
 
     @app.get("/health")
     async def health(stages: bool = False) -> Response:
-        """Liveness; with ``?stages=true`` also probes every stage (2 s timeout each)."""
+        """Liveness, and each stage endpoint's state as the router sees it (no network call); with ``?stages=true``
+        every endpoint is probed first (``pool.probe_timeout_s`` each) and a stage none of whose endpoints answers
+        makes the status ``degraded``."""
         body: dict[str, object] = {"status": "ok", "predictor": predictor.name, "tenancy": tenants.health()}
         if tenants.degraded:
             body["status"] = "degraded"
@@ -205,6 +209,8 @@ def create_app(
             body["stages"] = {s.name: ("ok" if ok else "unreachable") for s, ok in zip(ladder, states, strict=False)}
             if not all(states):
                 body["status"] = "degraded"
+        if pools:
+            body["endpoints"] = {p.name: p.state() for p in pools}
         return _json(body)
 
     @app.get("/metrics")

@@ -15,12 +15,25 @@ while a higher allowed stage exists; the top stage's invalid answer is returned
 as it is, marked (the client validates). The predictor's features do not
 include validity (that needs retraining on such traffic); the traffic log
 records it for that.
+
+A stage none of whose endpoints takes traffic (``router.stage_pool``: all
+ejected) is left out the same way, at once and without a network call
+(``SkippedStage`` with ``"unavailable"``); when that leaves nothing, the request
+fails with a 503 in milliseconds. With ``cascade.load_aware`` each stage's cost
+includes its expected queueing delay, read again at each decision.
+
+A stage whose answers carry no logprobs (``stages[i].logprobs: false``, or one
+that ignores the request for them) is judged from text features only: the
+predictor's features are logprob statistics, which such an answer does not have,
+so its p̂ is the prompt's prior for that stage (an empty answer is still 0). That
+stage is not asked for logprobs at all (some providers refuse the request), and
+the policy knows in advance that its answer will not move p̂.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from common.errors import APIError
@@ -30,10 +43,19 @@ from predictor.serving.interface import Predictor
 from router.apis import CHAT_API, CascadeAPI
 from router.contracts import CascadeRequest, CascadeResult, SkippedStage, StageAnswer, StageVisit
 from router.draft import AcceptanceTracker, DraftCheck, token_limit, trim, verify_draft, why_not_verify
-from router.metrics import CASCADE_ESCALATIONS, DRAFT_TOKENS, INVALID_ANSWERS, STAGE_CALLS, STAGE_SECONDS, STAGES_SKIPPED
-from router.policy import StoppingPolicy, shrink
+from router.metrics import (
+    ANSWERS_WITHOUT_LOGPROBS,
+    CASCADE_ESCALATIONS,
+    DRAFT_TOKENS,
+    INVALID_ANSWERS,
+    STAGE_CALLS,
+    STAGE_SECONDS,
+    STAGES_SKIPPED,
+)
+from router.policy import StoppingPolicy, loaded_costs, shrink
 from router.speculative import verify_sampled
-from router.stage import Stage, StageBadResponse, StageFailure
+from router.stage import Stage, StageBadResponse, StageFailure, StageUnavailable
+from router.stage_pool import queue_delay, stage_available
 from router.traffic_log import TrafficLog
 from router.validity import AnswerSpec
 
@@ -47,11 +69,16 @@ class Route:
     induction must not count on it.
     """
 
-    __slots__ = ("policy", "stages")
+    __slots__ = ("policy", "refresh", "stages")
 
-    def __init__(self, policy: StoppingPolicy, stages: Sequence[int]) -> None:
+    def __init__(self, policy: StoppingPolicy, stages: Sequence[int], refresh: Callable[[], StoppingPolicy] | None = None) -> None:
         self.policy = policy
         self.stages = list(stages)
+        self.refresh = refresh  # load-aware: the policy at the stages' current costs, rebuilt before each decision
+
+    def prior(self, stage: int) -> float:
+        """The prompt's prior for ``stage``: what an answer without logprobs is judged by."""
+        return self.policy.priors[self.stages.index(stage)]
 
     def start(self, skip_by_prior: bool) -> int:
         return self.stages[self.policy.start(skip_by_prior)]
@@ -63,6 +90,8 @@ class Route:
 
     def decide(self, stage: int, p_hat: float) -> int | None:
         """The stage to escalate to, or None to stop at ``stage``."""
+        if self.refresh is not None:
+            self.policy = self.refresh()
         decision = self.policy.decide(self.stages.index(stage), p_hat)
         return None if decision.stop or decision.next_stage is None else self.stages[decision.next_stage]
 
@@ -80,22 +109,50 @@ class CascadeEngine:
                 "its features would be skewed; unset cascade.top_logprobs or retrain at that k"
             )
         self.top_k = predictor.top_k
+        self.load_aware = settings.cascade.load_aware
+        self.informative = [s.logprobs for s in settings.stages]  # an answer without logprobs is judged by its prior
         self.acceptance = AcceptanceTracker(settings.cascade.draft_min_accepted)
         self.traffic = TrafficLog(settings.predictor.log_path) if settings.predictor.log_path else None
 
     def route(self, prompt: PromptStats, lam: float, stages: Sequence[int]) -> Route:
         """The stopping policy over ``stages`` (ascending ladder indices), with the prompt's priors."""
-        priors = self.predictor.priors(prompt, len(self.costs))
-        policy = StoppingPolicy(
-            [self.costs[i] for i in stages], [priors[i] for i in stages], lam, strength=self.settings.cascade.prior_strength
-        )
-        return Route(policy, stages)
+        all_priors = self.predictor.priors(prompt, len(self.costs))
+        priors = [all_priors[i] for i in stages]
+        informative = [self.informative[i] for i in stages]
+        strength = self.settings.cascade.prior_strength
+
+        def policy() -> StoppingPolicy:
+            return StoppingPolicy(self._costs(stages), priors, lam, strength=strength, informative=informative)
+
+        return Route(policy(), stages, policy if self.load_aware else None)
+
+    def _costs(self, stages: Sequence[int]) -> list[float]:
+        """The stages' costs, with their current expected queueing delays priced in when load-aware."""
+        costs = [self.costs[i] for i in stages]
+        if not self.load_aware:
+            return costs
+        return loaded_costs(costs, [queue_delay(self.stages[i]) for i in stages], self.settings.cascade.load_cost_per_s)
 
     def ladder(self, spec: AnswerSpec, max_stage: int) -> tuple[list[int], tuple[SkippedStage, ...]]:
-        """The stages up to ``max_stage`` that can answer a request of ``spec``, and the ones left out.
+        """The stages up to ``max_stage`` that can answer a request of ``spec`` now, and the ones left out.
 
-        ``APIError`` 400 when none can: the request asks for something no allowed stage does.
+        ``APIError`` 400 when none can: the request asks for something no allowed stage does;
+        ``StageUnavailable`` (503) when the capable ones have no endpoint taking traffic.
         """
+        usable, skipped = self._capable(spec, max_stage)
+        if all(stage_available(self.stages[i]) for i in usable):
+            return usable, skipped
+        up = [i for i in usable if stage_available(self.stages[i])]
+        down = [SkippedStage(i, self.stages[i].name, "unavailable") for i in usable if i not in up]
+        for s in down:
+            STAGES_SKIPPED.labels(s.name, s.capability).inc()
+        if not up:
+            names = ", ".join(s.name for s in down)
+            raise StageUnavailable(down[-1].name, f"no stage of model '{self.settings.cascade.model_name}' can take the request now: "
+                                   f"no healthy endpoint at {names}")  # fmt: skip
+        return up, tuple(sorted((*skipped, *down), key=lambda s: s.stage))
+
+    def _capable(self, spec: AnswerSpec, max_stage: int) -> tuple[list[int], tuple[SkippedStage, ...]]:
         top = min(max_stage, len(self.stages) - 1)
         if not spec.needs:
             return list(range(top + 1)), ()
@@ -108,7 +165,8 @@ class CascadeEngine:
             else:
                 skipped.append(SkippedStage(i, self.stages[i].name, capability))
         if not usable:
-            capability = skipped[0].capability
+            capability = spec.missing(self.settings.stages[skipped[0].stage])  # (typed: a capability, not "unavailable")
+            assert capability is not None
             param = spec.needs[capability]
             names = ", ".join(s.name for s in skipped if s.capability == capability)
             raise APIError(
@@ -122,11 +180,24 @@ class CascadeEngine:
             STAGES_SKIPPED.labels(s.name, s.capability).inc()
         return usable, tuple(skipped)
 
-    def _judge(self, req: CascadeRequest, answer: StageAnswer, check: DraftCheck | None, api: CascadeAPI) -> float:
-        """p̂ for a stage's answer: from the statistics read off the response bytes, else from the decoded logprobs."""
+    def _judge(self, req: CascadeRequest, answer: StageAnswer, check: DraftCheck | None, route: Route, api: CascadeAPI) -> float:
+        """p̂ for a stage's answer: from the statistics read off the response bytes, else from the decoded logprobs.
+
+        An answer of a stage without logprobs (``stages[i].logprobs: false``: even if some arrive, the policy counted on
+        none), or one with text but no logprobs, is judged from text features only: its prior. Read as features it
+        would be an empty answer, which the predictor rightly calls unacceptable: that was the bug of escalating every
+        answer of such a stage whatever it said.
+        (A stage that reports logprobs reports them for tool-call tokens too, as vLLM and our CPU server do, so a
+        tool-call answer without any from such a stage is left to the predictor, as before.)
+        """
         stats = answer.reply.stats if answer.reply is not None else None
         if stats is None:
             stats = api.stats(answer.choice, self.top_k)
+        if (stats.token_logprobs.size == 0 and api.text(answer.choice)) or (
+            not self.informative[answer.stage] and api.answered(answer.choice)
+        ):
+            ANSWERS_WITHOUT_LOGPROBS.labels(self.stages[answer.stage].name).inc()
+            return route.prior(answer.stage)
         draft = DraftStats(check.accepted_tokens, check.draft_tokens) if check else None
         features = answer_features(req.prompt, stats, answer.stage, draft)
         risk = self.settings.cascade.risk
@@ -161,6 +232,7 @@ class CascadeEngine:
         stages, skipped = self.ladder(spec, req.max_stage)
         route = self.route(req.prompt, req.lam, stages)
         body = api.asking(req.body, self.top_k)
+        plain = api.plain(req.body)  # for stages without logprobs
         stage: int | None = route.start(self.settings.cascade.skip_by_prior)
         visits: list[StageVisit] = []
         answer: StageAnswer | None = None  # the latest stage answer in hand (its stage's draft for the next)
@@ -170,6 +242,7 @@ class CascadeEngine:
         io = api.draft
         while stage is not None:
             client = self.stages[stage]
+            stage_body = body if self.informative[stage] else plain
             after = route.next_after(stage)
             t0 = time.perf_counter()
             check: DraftCheck | None = None
@@ -178,7 +251,7 @@ class CascadeEngine:
                 if answer is not None:
                     check, mode = await self._verify(client, body, answer, stage, api)
                 if req.stream and after is None and not (check and trim(check, token_limit(body))):
-                    events = await api.stream(client, io.continuation(body, check) if check else body)
+                    events = await api.stream(client, io.continuation(body, check) if check else stage_body)
                     visits.append(StageVisit(stage, client.name, time.perf_counter() - t0, draft=check, draft_mode=mode))
                     STAGE_CALLS.labels(client.name, "ok").inc()
                     return CascadeResult(visits, stage, events=events, prefix=check, skipped=skipped)
@@ -186,7 +259,7 @@ class CascadeEngine:
                     done = trim(check, token_limit(body))
                     current = StageAnswer(stage, io.merge(check, None if done else await io.fetch(client, io.continuation(body, check))))
                 else:
-                    reply = await api.reply(client, body, self.top_k)
+                    reply = await api.reply(client, stage_body, self.top_k)
                     if decode_logprobs:
                         reply.with_logprobs()
                     current = StageAnswer(stage, reply.data, reply)
@@ -206,7 +279,7 @@ class CascadeEngine:
             if invalid is not None:
                 INVALID_ANSWERS.labels(client.name, invalid).inc()
             # an invalid answer is unacceptable whatever its logprobs say: p̂ = 0, and the predictor is not asked
-            p_hat = 0.0 if invalid is not None else self._judge(req, current, check, api)
+            p_hat = 0.0 if invalid is not None else self._judge(req, current, check, route, api)
             visit = StageVisit(stage, client.name, seconds, p_hat, current.usage, draft=check, draft_mode=mode, choice=current.choice,
                                invalid=invalid)  # fmt: skip
             visits.append(visit)

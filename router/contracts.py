@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from predictor.serving.features import PromptStats
 from router.draft import DraftCheck
@@ -102,11 +102,12 @@ class StageVisit:
 
 @dataclass(frozen=True, slots=True)
 class SkippedStage:
-    """A stage the cascade left out of a request because it lacks a capability the request needs."""
+    """A stage the cascade left out of a request: it lacks a capability the request needs, or ("unavailable") none
+    of its endpoints takes traffic now (``router.stage_pool``)."""
 
     stage: int
     name: str
-    capability: Capability
+    capability: Capability | Literal["unavailable"]
 
 
 @dataclass(slots=True)

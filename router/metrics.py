@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple, Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -49,7 +54,94 @@ INVALID_ANSWERS = Counter(
 )
 STAGES_SKIPPED = Counter(
     "adaptive_sd_stages_skipped",
-    "Stages the cascade left out of a request for a missing capability",
+    "Stages the cascade left out of a request: for a missing capability, or unavailable (no endpoint taking traffic)",
     ["stage", "capability"],
     registry=REGISTRY,
 )
+
+# -- stages as pools of endpoints (``router.stage_pool``) -------------------------------------------------------------
+# The per-endpoint figures are plain attributes of each endpoint, updated on the hot path without a metrics call, and
+# read here only when /metrics is scraped.
+STAGE_RETRIES = Counter(
+    "adaptive_sd_stage_retries",
+    "Requests retried on another endpoint of the same stage after failing before any byte reached the client, by failure",
+    ["stage", "failure"],
+    registry=REGISTRY,
+)
+ANSWERS_WITHOUT_LOGPROBS = Counter(
+    "adaptive_sd_answers_without_logprobs",
+    "Stage answers judged from text features only because they carried no token logprobs",
+    ["stage"],
+    registry=REGISTRY,
+)
+
+
+class EndpointRow(NamedTuple):
+    """One endpoint's state as /metrics shows it."""
+
+    stage: str
+    endpoint: str
+    up: bool  # takes traffic now (healthy or on probation)
+    in_flight: int
+    latency_s: float | None  # EWMA of its service time
+    requests: int
+    failures: int
+    ejections: int
+
+
+class EndpointSource(Protocol):
+    """What the collector reads: a stage pool."""
+
+    def endpoint_rows(self) -> Iterable[EndpointRow]: ...
+
+    def queue_delay_s(self) -> float: ...
+
+    @property
+    def name(self) -> str: ...
+
+
+class EndpointCollector:
+    """Prometheus collector over the live stage pools (held weakly: an app that is gone drops out)."""
+
+    def __init__(self) -> None:
+        self._sources: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def track(self, sources: Iterable[EndpointSource]) -> None:
+        for s in sources:
+            self._sources.add(s)
+
+    def describe(self) -> list[Any]:
+        return []  # no collect() at registration time; names are checked at scrape
+
+    def collect(self) -> Iterator[Any]:
+        labels = ["stage", "endpoint"]
+        up = GaugeMetricFamily("adaptive_sd_endpoint_up", "1 while the endpoint takes traffic, 0 while it is ejected", labels=labels)
+        in_flight = GaugeMetricFamily(
+            "adaptive_sd_endpoint_in_flight", "Requests the router has outstanding at the endpoint", labels=labels
+        )
+        latency = GaugeMetricFamily("adaptive_sd_endpoint_latency_seconds", "EWMA of the endpoint's service time", labels=labels)
+        requests = CounterMetricFamily(
+            "adaptive_sd_endpoint_requests", "Requests sent to the endpoint, by outcome", labels=[*labels, "outcome"]
+        )
+        ejections = CounterMetricFamily("adaptive_sd_endpoint_ejections", "Times the endpoint was ejected", labels=labels)
+        delay = GaugeMetricFamily(
+            "adaptive_sd_stage_queue_delay_seconds",
+            "Expected queueing delay of a new request at the stage (load-aware cost)",
+            labels=["stage"],
+        )
+        for source in list(self._sources):
+            for row in source.endpoint_rows():
+                key = [row.stage, row.endpoint]
+                up.add_metric(key, 1.0 if row.up else 0.0)
+                in_flight.add_metric(key, float(row.in_flight))
+                if row.latency_s is not None:
+                    latency.add_metric(key, row.latency_s)
+                requests.add_metric([*key, "ok"], float(row.requests - row.failures))
+                requests.add_metric([*key, "error"], float(row.failures))
+                ejections.add_metric(key, float(row.ejections))
+            delay.add_metric([source.name], source.queue_delay_s())
+        yield from (up, in_flight, latency, requests, ejections, delay)
+
+
+ENDPOINTS = EndpointCollector()
+REGISTRY.register(ENDPOINTS)

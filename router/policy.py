@@ -16,6 +16,18 @@ stages and a fixed quadrature grid: microseconds. Once stage i has answered,
 ``observe`` replaces the priors of the stages above it with beliefs
 conditioned on that answer (the predictor's ``beliefs_after``) and runs the
 induction again.
+
+Two refinements of the inputs, both optional:
+
+* A stage whose answer carries no logprobs (``stages[i].logprobs: false``) is
+  judged from text features only, which tell the predictor nothing beyond the
+  prompt's prior: its p̂ will be its prior. Such a stage is ``informative=False``,
+  and its expectation collapses to the point prior, so the policy neither pays for
+  it hoping to learn something nor starts there when it would escalate anyway.
+* Load-aware escalation (``cascade.load_aware``): each stage's cost is its
+  configured cost plus ``load_cost_per_s`` times its expected queueing delay
+  (``loaded_costs``), so a saturated stage is worth less to escalate to, and an
+  idle one costs what it always did.
 """
 
 from __future__ import annotations
@@ -45,6 +57,11 @@ def beta_weights(mean: float, strength: float) -> np.ndarray:
     return weights
 
 
+def loaded_costs(costs: Sequence[float], delays_s: Sequence[float], cost_per_s: float) -> list[float]:
+    """Each stage's cost with its expected queueing delay priced in (``cost_per_s`` cost units per second)."""
+    return [c + cost_per_s * d for c, d in zip(costs, delays_s, strict=True)]
+
+
 def shrink(p: float, n: float, alpha: float, beta: float) -> float:
     """Risk adjustment: pull p̂ toward the Beta(alpha, beta) prior mean by evidence n."""
     return (n * p + alpha) / (n + alpha + beta)
@@ -69,19 +86,23 @@ class StoppingPolicy:
         *,
         max_stage: int | None = None,
         strength: float | None = None,
+        informative: Sequence[bool] | None = None,
     ) -> None:
         if len(costs) != len(priors) or not costs:
             raise ValueError("costs and priors must be non-empty and of equal length")
+        if informative is not None and len(informative) != len(costs):
+            raise ValueError("informative must have one flag per stage")
         self.costs = list(costs)
         self.priors = list(priors)
         self.lam = lam
         self.top = len(costs) - 1 if max_stage is None else min(max_stage, len(costs) - 1)
         self.strength = strength
+        self.informative = list(informative) if informative is not None else [True] * len(costs)
         self.values = self._backward()  # V_j for j = 0..top
 
-    def _expected_min(self, prior: float, cont: float) -> float:
-        """E[min(λ(1 - p̂), cont)] for p̂ around ``prior``."""
-        if self.strength is None:
+    def _expected_min(self, prior: float, cont: float, informative: bool = True) -> float:
+        """E[min(λ(1 - p̂), cont)] for p̂ around ``prior`` (at ``prior`` itself for a stage whose answer says nothing more)."""
+        if self.strength is None or not informative:
             return min(self.lam * (1.0 - prior), cont)
         w = beta_weights(prior, self.strength)
         return float(np.minimum(self.lam * (1.0 - _XS), cont) @ w)
@@ -90,7 +111,7 @@ class StoppingPolicy:
         values = [math.inf] * (self.top + 1)
         best_above = math.inf
         for j in range(self.top, -1, -1):
-            values[j] = self.costs[j] + self._expected_min(self.priors[j], best_above)
+            values[j] = self.costs[j] + self._expected_min(self.priors[j], best_above, self.informative[j])
             best_above = min(best_above, values[j])
         return values
 
