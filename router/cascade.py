@@ -69,12 +69,21 @@ class Route:
     induction must not count on it.
     """
 
-    __slots__ = ("policy", "refresh", "stages")
+    __slots__ = ("observed", "policy", "refresh", "stages")
 
     def __init__(self, policy: StoppingPolicy, stages: Sequence[int], refresh: Callable[[], StoppingPolicy] | None = None) -> None:
         self.policy = policy
         self.stages = list(stages)
         self.refresh = refresh  # load-aware: the policy at the stages' current costs, rebuilt before each decision
+        self.observed: tuple[int, list[float]] | None = None  # the latest answer's beliefs about the stages above it (positions)
+
+    def observe(self, stage: int, beliefs: Sequence[float]) -> None:
+        """``stage`` has answered; ``beliefs[k]`` is the predictor's P(ladder stage ``stage + 1 + k`` acceptable) given
+        that answer. The stages of this route above ``stage`` take them in place of their prompt-only priors
+        (kept across a load-aware rebuild of the policy)."""
+        i = self.stages.index(stage)
+        self.observed = (i, [beliefs[s - stage - 1] for s in self.stages[i + 1 :]])
+        self.policy.observe(*self.observed)
 
     def prior(self, stage: int) -> float:
         """The prompt's prior for ``stage``: what an answer without logprobs is judged by."""
@@ -92,6 +101,8 @@ class Route:
         """The stage to escalate to, or None to stop at ``stage``."""
         if self.refresh is not None:
             self.policy = self.refresh()
+            if self.observed is not None:
+                self.policy.observe(*self.observed)
         decision = self.policy.decide(self.stages.index(stage), p_hat)
         return None if decision.stop or decision.next_stage is None else self.stages[decision.next_stage]
 
@@ -181,7 +192,8 @@ class CascadeEngine:
         return usable, tuple(skipped)
 
     def _judge(self, req: CascadeRequest, answer: StageAnswer, check: DraftCheck | None, route: Route, api: CascadeAPI) -> float:
-        """p̂ for a stage's answer: from the statistics read off the response bytes, else from the decoded logprobs.
+        """p̂ for a stage's answer: from the statistics read off the response bytes, else from the decoded logprobs;
+        a judged answer also gives the route the predictor's beliefs about the stages above it (``beliefs_after``).
 
         An answer of a stage without logprobs (``stages[i].logprobs: false``: even if some arrive, the policy counted on
         none), or one with text but no logprobs, is judged from text features only: its prior. Read as features it
@@ -200,6 +212,8 @@ class CascadeEngine:
             return route.prior(answer.stage)
         draft = DraftStats(check.accepted_tokens, check.draft_tokens) if check else None
         features = answer_features(req.prompt, stats, answer.stage, draft)
+        # what this answer says about the stages above it replaces their prompt-only priors in the route
+        route.observe(answer.stage, self.predictor.beliefs_after(answer.stage, features, req.prompt, len(self.costs)))
         risk = self.settings.cascade.risk
         return shrink(self.predictor.predict(features), self.predictor.evidence, risk.alpha, risk.beta)
 

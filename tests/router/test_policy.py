@@ -171,3 +171,22 @@ def test_observe_checks_the_number_of_beliefs() -> None:
     with pytest.raises(ValueError, match="expected 2 beliefs"):
         pol.observe(0, [0.5])
     pol.observe(2, [])  # the top: nothing above
+
+
+def test_route_maps_beliefs_onto_its_sub_ladder_and_keeps_them_across_a_rebuild() -> None:
+    """A route over ladder stages [0, 2] (stage 1 cannot answer the request): the predictor's beliefs are per ladder
+    stage above the one that answered; the route takes those of its own stages, and a load-aware rebuild of the
+    policy (fresh from the prompt-only priors) gets them again before it decides."""
+    from router.cascade import Route
+
+    def build() -> StoppingPolicy:
+        return StoppingPolicy([1.0, 6.0], [0.5, 0.05], 10.0, strength=None)
+
+    route = Route(build(), [0, 2])
+    assert route.decide(0, 0.1) is None  # hopeless top stage: stop
+    route.observe(0, [0.01, 0.99])  # beliefs about ladder stages 1 and 2
+    assert route.policy.priors == [0.5, 0.99]
+    assert route.decide(0, 0.1) == 2
+    rebuilt = Route(build(), [0, 2], refresh=build)
+    rebuilt.observe(0, [0.01, 0.99])
+    assert rebuilt.decide(0, 0.1) == 2 and rebuilt.policy.priors == [0.5, 0.99]
