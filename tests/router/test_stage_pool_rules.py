@@ -14,6 +14,7 @@ import pytest
 from common.settings import ConfigError, PoolConfig, Settings, StageConfig, resolve_secret
 from router.health import EndpointHealth, parse_queue_gauges
 from router.policy import StoppingPolicy, loaded_costs
+from router.stage import StageNoCompletions
 from router.stage_pool import Endpoint, StagePool, endpoint_clients, endpoint_label
 from tests.router.fake_stage import FakeStage, Script
 
@@ -259,3 +260,24 @@ def test_inline_stage_keys_are_not_printed() -> None:
 def test_endpoint_labels_carry_no_credentials() -> None:
     assert endpoint_label("https://user:pw@host.example:8443/v1?key=abc", "x") == "https://host.example:8443/v1"
     assert endpoint_label("", "bedrock/x#0") == "bedrock/x#0"
+
+
+@pytest.mark.anyio
+async def test_completions_go_through_the_pool_and_a_chat_only_endpoint_is_not_failing() -> None:
+    """``complete``/``complete_stream`` are delegated like the chat calls; ``StageNoCompletions`` (a chat-only server's
+    404) is the endpoint answering, not failing: no retry, no ejection."""
+    clock = Clock()
+    pool = _pool(2, clock)
+    for ep in pool.endpoints:
+        assert isinstance(ep.client, FakeStage)
+    reply = await pool.complete({"prompt": "2 + 2 =", "max_tokens": 4}, top_k=5)
+    assert reply.data["choices"][0]["text"]
+    chunks = [c async for c in await pool.complete_stream({"prompt": "2 + 2 =", "max_tokens": 4})]
+    assert chunks and all(ep.in_flight == 0 for ep in pool.endpoints)
+    for ep in pool.endpoints:
+        ep.client.serves_completions = False  # type: ignore[attr-defined]
+    for _ in range(5):
+        with pytest.raises(StageNoCompletions):
+            await pool.complete({"prompt": "x"})
+    assert all(ep.failures == 0 and ep.health.state() == "healthy" for ep in pool.endpoints)
+    assert sum(len(ep.client.calls) for ep in pool.endpoints) == 2  # type: ignore[attr-defined]  # the two that served
