@@ -49,6 +49,9 @@ class VLLMLaunch(_Model):
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     speculative_model: str | None = Field(None, description="draft model for vLLM's own speculative decoding")
     num_speculative_tokens: int = Field(5, ge=1)
+    tool_call_parser: str | None = Field(
+        None, description="vLLM's tool-call parser for this model (hermes for Qwen2.5, llama3_json for Llama 3.x): enables tools"
+    )
     extra_args: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -59,6 +59,8 @@ def vllm_command(stage: StageConfig, launch: VLLMLaunch, host: str = "0.0.0.0") 
     if launch.speculative_model:
         spec = {"model": launch.speculative_model, "num_speculative_tokens": launch.num_speculative_tokens}
         cmd += ["--speculative-config", json.dumps(spec, separators=(",", ":"))]
+    if launch.tool_call_parser:  # vLLM answers tool requests only with a parser for the model's call format
+        cmd += ["--enable-auto-tool-choice", "--tool-call-parser", launch.tool_call_parser]
     cmd += launch.extra_args
     env = {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in launch.gpus)}
     return cmd, env
