@@ -173,5 +173,8 @@ def test_redis_outage_mid_traffic_fails_no_request_and_recovers(routers: list[Ro
     assert all(h["tenancy"]["state"] == "ok" for h in health), health
     # writes work again, and what was buffered during the outage reached Redis
     assert new_tenant(routers[1], "after-outage")
-    stats = admin(routers[0], "GET", "/admin/tenants/survivor").json()["stats"]
+    # usage reaches Redis every tenancy.sync_interval_s: give the last writes a few intervals, then every request counts
+    deadline = time.monotonic() + 5
+    while (stats := admin(routers[0], "GET", "/admin/tenants/survivor").json()["stats"])["requests"] < sent and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert stats["requests"] >= sent
