@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from typing import Protocol, TypeVar
 
 import orjson
 from fastapi import FastAPI, Request
@@ -43,6 +44,15 @@ DEFAULT_STREAM_TOKEN_ESTIMATE = 256  # a stream's completion tokens are charged 
 
 def _json(body: object, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+class _Named(Protocol):
+    @property
+    def model(self) -> str: ...
+
+
+_R = TypeVar("_R", bound=_Named)
+_Create = Callable[[_R, Mapping[str, str], TenantLimits], Awaitable[tuple[Response, RequestOutcome]]]
 
 
 def create_app(
@@ -115,62 +125,42 @@ def create_app(
         log.exception("unhandled error")
         return APIError(500, f"internal error: {type(exc).__name__}", type="server_error").response()
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
+    async def serve(request: Request, parse: Callable[[bytes], _R], create: _Create[_R], stream_tokens: Callable[[_R], int]) -> Response:
+        """One public endpoint: authenticate, validate, serve, count, account -- the same for every API."""
         t0 = time.perf_counter()
         model = "-"
         try:
             tenant = await tenants.authenticate(request.headers.get("authorization"))
-            req = parse_chat_request(await request.body())
+            req = parse(await request.body())
             model = req.model
-            response, outcome = await chat_serving.create(req, request.headers, limits(tenant))
+            response, outcome = await create(req, request.headers, limits(tenant))
         except APIError as exc:
             if exc.status == 429:
                 RATE_LIMITED.labels(exc.param or "-").inc()
             REQUESTS.labels(model if exc.status != 404 else "-", str(exc.status)).inc()
             raise
         REQUESTS.labels(model, str(response.status_code)).inc()
-        return account(tenant, outcome, response, t0, req.token_limit or DEFAULT_STREAM_TOKEN_ESTIMATE)
+        return account(tenant, outcome, response, t0, stream_tokens(req))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await serve(request, parse_chat_request, chat_serving.create, lambda r: r.token_limit or DEFAULT_STREAM_TOKEN_ESTIMATE)
 
     completion_serving = CompletionServing(chat_serving)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         """The legacy completions API over the same pass-through and cascade (``router.serving_completions``)."""
-        t0 = time.perf_counter()
-        model = "-"
-        try:
-            tenant = await tenants.authenticate(request.headers.get("authorization"))
-            req = parse_completion_request(await request.body())
-            model = req.model
-            response, outcome = await completion_serving.create(req, request.headers, limits(tenant))
-        except APIError as exc:
-            if exc.status == 429:
-                RATE_LIMITED.labels(exc.param or "-").inc()
-            REQUESTS.labels(model if exc.status != 404 else "-", str(exc.status)).inc()
-            raise
-        REQUESTS.labels(model, str(response.status_code)).inc()
-        return account(tenant, outcome, response, t0, req.token_limit)
+        return await serve(request, parse_completion_request, completion_serving.create, lambda r: r.token_limit)
 
     responses_serving = ResponsesServing(chat_serving)
 
     @app.post("/v1/responses")
     async def responses(request: Request) -> Response:
         """The Responses API, stateless: translated to a chat request and served, limited and accounted as one."""
-        t0 = time.perf_counter()
-        model = "-"
-        try:
-            tenant = await tenants.authenticate(request.headers.get("authorization"))
-            req = parse_responses_request(await request.body())
-            model = req.model
-            response, outcome = await responses_serving.create(req, request.headers, limits(tenant))
-        except APIError as exc:
-            if exc.status == 429:
-                RATE_LIMITED.labels(exc.param or "-").inc()
-            REQUESTS.labels(model if exc.status != 404 else "-", str(exc.status)).inc()
-            raise
-        REQUESTS.labels(model, str(response.status_code)).inc()
-        return account(tenant, outcome, response, t0, req.max_output_tokens or DEFAULT_STREAM_TOKEN_ESTIMATE)
+        return await serve(
+            request, parse_responses_request, responses_serving.create, lambda r: r.max_output_tokens or DEFAULT_STREAM_TOKEN_ESTIMATE
+        )
 
     # Model cards: the cascade and each stage; "capabilities" says which stages take tools / JSON formats / /v1/completions
     # (the cascade's: what some stage of it takes).
