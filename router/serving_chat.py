@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -226,27 +226,49 @@ class ChatServing:
         prompt = PromptStats.from_texts([m.text() for m in req.messages])
         spec = AnswerSpec.of(body)
         result = await self.engine.run(CascadeRequest(body, prompt, lam, max_stage, stream=req.stream, spec=spec))
+        return self.respond(
+            result,
+            spec.kind,
+            lam,
+            t0,
+            req.stream,
+            lambda events: self._stream_final(req, result, events),
+            lambda: self._shape(req, result),
+            lambda data: self._stream_whole(req, data),
+        )
+
+    def respond(
+        self,
+        result: CascadeResult,
+        kind: str,
+        lam: float,
+        t0: float,
+        stream: bool,
+        relay: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]],
+        shape: Callable[[], dict[str, Any]],
+        restream: Callable[[dict[str, Any]], AsyncIterator[bytes]],
+    ) -> tuple[Response, RequestOutcome]:
+        """What every cascade endpoint does with the engine's result: count it, say what happened in the headers, and
+        send the top stage's relayed stream, the answer re-streamed, or the answer; the API-specific parts are passed in."""
         final = self.engine.stages[result.final_stage].name
         CASCADE_STOPS.labels(final).inc()
-        REQUESTS_BY_KIND.labels(spec.kind, final).inc()
+        REQUESTS_BY_KIND.labels(kind, final).inc()
         cost = sum(self.settings.stages[v.stage].cost for v in result.visits)
         outcome = RequestOutcome(final, result.usage().total_tokens, cost)
         out_headers = self._headers(result)
-        out_headers["x-cascade-kind"] = spec.kind
+        out_headers["x-cascade-kind"] = kind
         out_headers["x-cascade-lambda"] = f"{lam:g}"
         if result.events is not None:
             overhead = time.perf_counter() - t0 - result.stage_seconds
             out_headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"
             OVERHEAD_SECONDS.observe(overhead)
-            stream = self._stream_final(req, result, result.events)
-            return StreamingResponse(stream, media_type="text/event-stream", headers={**_SSE_HEADERS, **out_headers}), outcome
-        data = self._shape(req, result)
+            return StreamingResponse(relay(result.events), media_type="text/event-stream", headers={**_SSE_HEADERS, **out_headers}), outcome
+        data = shape()
         overhead = time.perf_counter() - t0 - result.stage_seconds
         OVERHEAD_SECONDS.observe(overhead)
         out_headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"
-        if req.stream:
-            whole = self._stream_whole(req, data)
-            return StreamingResponse(whole, media_type="text/event-stream", headers={**_SSE_HEADERS, **out_headers}), outcome
+        if stream:
+            return StreamingResponse(restream(data), media_type="text/event-stream", headers={**_SSE_HEADERS, **out_headers}), outcome
         return Response(orjson.dumps(data), media_type=_JSON, headers=out_headers), outcome
 
     def _headers(self, result: CascadeResult) -> dict[str, str]:

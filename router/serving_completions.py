@@ -44,7 +44,7 @@ from common.errors import APIError
 from predictor.serving.features import PromptStats
 from router.apis import COMPLETION_SPEC, COMPLETIONS_API
 from router.contracts import CascadeRequest, CascadeResult, RequestOutcome, TenantLimits, TokenUsage
-from router.metrics import CASCADE_STOPS, OVERHEAD_SECONDS, REQUESTS_BY_KIND, STAGE_CALLS, STAGE_SECONDS
+from router.metrics import OVERHEAD_SECONDS, REQUESTS_BY_KIND, STAGE_CALLS, STAGE_SECONDS
 from router.serving_chat import ChatServing, upstream_error
 from router.stage import Stage, StageFailure, StageNoCompletions, completions_stage
 
@@ -155,28 +155,16 @@ class CompletionServing:
         prompt = PromptStats.from_texts([req.prompt_text])
         cascade_req = CascadeRequest(body, prompt, lam, max_stage, stream=req.stream, spec=COMPLETION_SPEC)
         result = await self.engine.run(cascade_req, COMPLETIONS_API)
-        final = self.engine.stages[result.final_stage].name
-        CASCADE_STOPS.labels(final).inc()
-        REQUESTS_BY_KIND.labels(_KIND, final).inc()
-        cost = sum(self.settings.stages[v.stage].cost for v in result.visits)
-        outcome = RequestOutcome(final, result.usage().total_tokens, cost)
-        out_headers = self.chat._headers(result)
-        out_headers["x-cascade-kind"] = _KIND
-        out_headers["x-cascade-lambda"] = f"{lam:g}"
-        if result.events is not None:
-            overhead = time.perf_counter() - t0 - result.stage_seconds
-            out_headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"
-            OVERHEAD_SECONDS.observe(overhead)
-            stream = self._stream_final(req, result, result.events)
-            return StreamingResponse(stream, media_type="text/event-stream", headers={**_SSE_HEADERS, **out_headers}), outcome
-        data = self._shape(req, result)
-        overhead = time.perf_counter() - t0 - result.stage_seconds
-        OVERHEAD_SECONDS.observe(overhead)
-        out_headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"
-        if req.stream:
-            whole = self._stream_whole(req, data)
-            return StreamingResponse(whole, media_type="text/event-stream", headers={**_SSE_HEADERS, **out_headers}), outcome
-        return Response(orjson.dumps(data), media_type=_JSON, headers=out_headers), outcome
+        return self.chat.respond(
+            result,
+            _KIND,
+            lam,
+            t0,
+            req.stream,
+            lambda events: self._stream_final(req, result, events),
+            lambda: self._shape(req, result),
+            lambda data: self._stream_whole(req, data),
+        )
 
     def _shape(self, req: CompletionRequest, result: CascadeResult) -> dict[str, Any]:
         data = result.response
