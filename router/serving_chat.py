@@ -68,6 +68,13 @@ class CascadeKnobs(Protocol):
     def cascade_max_stage(self) -> int | str | None: ...
 
 
+class Addressed(CascadeKnobs, Protocol):
+    """What ``target`` reads of a request: the model it names, and its cascade extras."""
+
+    @property
+    def model(self) -> str: ...
+
+
 def upstream_error(exc: StageFailure) -> APIError:
     """The one mapping of a stage failure to what the client gets: an OpenAI-shaped ``upstream_error``
     with the failure's status (503 unreachable, 504 timeout, 502 bad answer)."""
@@ -97,22 +104,32 @@ class ChatServing:
         """
         t0 = time.perf_counter()
         limits = limits or TenantLimits(self.settings.cascade.default_lambda)
-        if limits.allowed_models is not None and req.model not in limits.allowed_models:
-            raise APIError(403, f"This API key may not use model '{req.model}'; allowed: {', '.join(limits.allowed_models)}",
-                           type="permission_error", param="model", code="model_not_allowed")  # fmt: skip
+        stage = self.target(req, limits)
         try:
-            if req.model == self.cascade_name:
-                return await self._cascade(req, headers, t0, limits)
-            stage = self.stages.get(req.model)
             if stage is None:
-                known = ", ".join([self.cascade_name, *self.stages])
-                raise APIError(404, f"The model '{req.model}' does not exist; available: {known}", param="model", code="model_not_found")
-            for name in _CASCADE_FIELDS:
-                if getattr(req, name) is not None:
-                    raise APIError(400, f"'{name}' only applies to model '{self.cascade_name}'", param=name)
+                return await self._cascade(req, headers, t0, limits)
             return await self._passthrough(req, stage, t0)
         except StageFailure as exc:
             raise upstream_error(exc) from None
+
+    def target(self, req: Addressed, limits: TenantLimits) -> Stage | None:
+        """The stage a request names (None: the cascade), once its tenant may use it; 403 / 404 / 400 otherwise.
+
+        Shared by every endpoint: the cascade extras only apply to the cascade model.
+        """
+        if limits.allowed_models is not None and req.model not in limits.allowed_models:
+            raise APIError(403, f"This API key may not use model '{req.model}'; allowed: {', '.join(limits.allowed_models)}",
+                           type="permission_error", param="model", code="model_not_allowed")  # fmt: skip
+        if req.model == self.cascade_name:
+            return None
+        stage = self.stages.get(req.model)
+        if stage is None:
+            known = ", ".join([self.cascade_name, *self.stages])
+            raise APIError(404, f"The model '{req.model}' does not exist; available: {known}", param="model", code="model_not_found")
+        for name in _CASCADE_FIELDS:
+            if getattr(req, name) is not None:
+                raise APIError(400, f"'{name}' only applies to model '{self.cascade_name}'", param=name)
+        return stage
 
     # -- pass-through ---------------------------------------------------------
     def _refuse_incapable(self, stage: Stage, spec: AnswerSpec) -> None:

@@ -79,19 +79,10 @@ class CompletionServing:
         """The response to a validated request, and what it comes to for accounting (as ``ChatServing.create``)."""
         t0 = time.perf_counter()
         limits = limits or TenantLimits(self.settings.cascade.default_lambda)
-        if limits.allowed_models is not None and req.model not in limits.allowed_models:
-            raise APIError(403, f"This API key may not use model '{req.model}'; allowed: {', '.join(limits.allowed_models)}",
-                           type="permission_error", param="model", code="model_not_allowed")  # fmt: skip
+        stage = self.chat.target(req, limits)
         try:
-            if req.model == self.cascade_name:
-                return await self._cascade(req, headers, t0, limits)
-            stage = self.stages.get(req.model)
             if stage is None:
-                known = ", ".join([self.cascade_name, *self.stages])
-                raise APIError(404, f"The model '{req.model}' does not exist; available: {known}", param="model", code="model_not_found")
-            for name in CASCADE_FIELDS:
-                if getattr(req, name) is not None:
-                    raise APIError(400, f"'{name}' only applies to model '{self.cascade_name}'", param=name)
+                return await self._cascade(req, headers, t0, limits)
             return await self._passthrough(req, stage, t0)
         except StageFailure as exc:
             raise upstream_error(exc) from None
