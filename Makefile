@@ -28,11 +28,12 @@ $(STAMP): pyproject.toml setup.py $(wildcard predictor/serving/*.c) requirements
 
 install: $(STAMP)
 
-# Debian packages the tests need: a real Redis and docker-compose (to validate the compose file offline).
+# Debian packages the tests need: a real Redis (server, sentinel and redis-cli for clusters), docker-compose (to validate
+# the compose file offline) and kubectl (`kubectl kustomize` renders the Kubernetes overlays; Debian: kubernetes-client).
 system-deps:
-	@command -v redis-server >/dev/null && command -v docker-compose >/dev/null || { \
+	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v docker-compose >/dev/null && command -v kubectl >/dev/null || { \
 	  $(SUDO) apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends redis-server docker-compose; }
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends redis-server redis-tools docker-compose $$(command -v kubectl >/dev/null || echo kubernetes-client); }
 
 # vLLM's CPU build in its own virtualenv (it pins torch), for the vLLM-dialect integration tests.
 $(VLLM_STAMP):

@@ -287,7 +287,11 @@ class TenancyConfig(_Model):
         "keys",
         description="keys: every request needs a tenant's API key; open: unknown or missing keys use the default tenant (local demo)",
     )
-    redis_url: str | None = Field(None, description="redis://host:port/db shared by all replicas; unset = in-process store (one replica)")
+    redis_url: str | None = Field(
+        None,
+        description="the Redis all replicas share: redis://host:port/db (or rediss://); redis+sentinel://h1:26379,h2:26379/service/db "
+        "(Sentinel failover); redis+cluster://h1:6379,h2:6379 (Redis Cluster); unset = in-process store (one replica)",
+    )
     admin_key: SecretStr | None = Field(None, description="bearer key of the admin API; unset = admin API disabled")
     cache_ttl_s: float = Field(2.0, gt=0.0, description="how long a replica trusts cached tenant settings")
     redis_timeout_s: float = Field(0.1, gt=0.0, description="socket timeout of each Redis call")
@@ -331,6 +335,12 @@ class ServerConfig(_Model):
     port: int = Field(defaults.PORT, ge=1, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "warning"
     startup_timeout_s: float = Field(600.0, gt=0.0, description="how long `up` waits for stages to be healthy")
+    shutdown_grace_s: float = Field(
+        30.0,
+        ge=0.0,
+        description="on SIGTERM, how long in-flight requests and streams may run before the router closes them "
+        "(Kubernetes: keep terminationGracePeriodSeconds above preStop + this)",
+    )
 
 
 class Settings(BaseSettings):
