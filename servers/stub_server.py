@@ -10,6 +10,9 @@ is a bare ASGI app to keep its own CPU cost as small as possible.
 For those jobs it also has:
 
 * ``--delay-ms``: each request takes this long (its service time);
+* ``--stream-interval-ms``: a streamed answer sends its events this far apart
+  (after the service time), so a stream is open at the client for a known time
+  (graceful-shutdown tests: a stream still running when the grace ends is cut);
 * ``--concurrency N``: at most N requests are served at once, the rest wait in
   line (as vLLM's scheduler queues beyond its batch); ``GET /metrics`` reports
   vLLM's two queue gauges, ``vllm:num_requests_running`` and
@@ -81,7 +84,8 @@ def _completion(model: str, logprobs: bool = True) -> bytes:
     )
 
 
-def _stream(model: str) -> bytes:
+def _stream_events(model: str) -> list[bytes]:
+    """The SSE events of a streamed answer, each with its blank line, ``[DONE]`` last."""
     base = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 0, "model": model}
     out = [
         orjson.dumps(
@@ -92,7 +96,7 @@ def _stream(model: str) -> bytes:
         out.append(orjson.dumps({**base, "choices": [{"index": 0, "delta": {"content": t}, "logprobs": None, "finish_reason": None}]}))
     out.append(orjson.dumps({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]}))
     out.append(orjson.dumps({**base, "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}}))
-    return b"".join(b"data: " + c + b"\n\n" for c in out) + b"data: [DONE]\n\n"
+    return [b"data: " + c + b"\n\n" for c in out] + [b"data: [DONE]\n\n"]
 
 
 class _State:
@@ -106,14 +110,18 @@ class _State:
         self.last_body: object = None
 
 
-def make_app(model: str = "stub", mode: Mode = "instant", delay_s: float = 0.0, concurrency: int | None = None) -> Callable[..., Any]:
+def make_app(
+    model: str = "stub", mode: Mode = "instant", delay_s: float = 0.0, concurrency: int | None = None, stream_interval_s: float = 0.0
+) -> Callable[..., Any]:
     """``delay_s`` stands in for generation time, so throughput is measured against a stage that takes time;
-    ``concurrency`` caps how many requests take it at once (the others queue)."""
+    ``concurrency`` caps how many requests take it at once (the others queue); ``stream_interval_s``
+    spaces a stream's events like tokens arriving."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
     completion = _completion(model)
     plain = _completion(model, logprobs=False)
-    stream = _stream(model)
+    events = _stream_events(model)
+    stream = b"".join(events)
     state = _State(mode)
     slots = asyncio.Semaphore(concurrency) if concurrency else None
 
@@ -204,6 +212,13 @@ def make_app(model: str = "stub", mode: Mode = "instant", delay_s: float = 0.0, 
         if delay_s or slots is not None:
             await serve_time()
         wants_stream = b'"stream":true' in body
+        if wants_stream and stream_interval_s:
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+            for i, event in enumerate(events):
+                if i:
+                    await asyncio.sleep(stream_interval_s)
+                await send({"type": "http.response.body", "body": event, "more_body": i < len(events) - 1})
+            return
         await _send(send, 200, stream if wants_stream else completion, b"text/event-stream" if wants_stream else b"application/json")
 
     return app
@@ -229,9 +244,10 @@ def main() -> None:
     parser.add_argument("--mode", default="instant", choices=MODES)
     parser.add_argument("--delay-ms", type=float, default=0.0, help="simulated generation time per request")
     parser.add_argument("--concurrency", type=int, default=None, help="requests served at once; the others queue")
+    parser.add_argument("--stream-interval-ms", type=float, default=0.0, help="time between a stream's events")
     args = parser.parse_args()
     uvicorn.run(
-        make_app(args.model, args.mode, args.delay_ms / 1e3, args.concurrency),
+        make_app(args.model, args.mode, args.delay_ms / 1e3, args.concurrency, args.stream_interval_ms / 1e3),
         host="127.0.0.1",
         port=args.port,
         log_level="error",
