@@ -119,6 +119,19 @@ class EndpointConfig(_Model):
         return self
 
 
+class TokenPrices(_Model):
+    """What one answer of a stage costs in one cost unit: a fixed part per request plus a price per prompt token and
+    per generated token. The one definition of a request's cost, used by the stopping rule, the tenants' cost
+    accounting and the offline replay alike."""
+
+    request: float = Field(0.0, ge=0.0, description="per request, whatever its length (e.g. time to first token)")
+    prompt_token: float = Field(0.0, ge=0.0, description="per prompt token the stage reads (prefill)")
+    output_token: float = Field(0.0, ge=0.0, description="per token the stage generates (decode)")
+
+    def cost(self, prompt_tokens: float, output_tokens: float) -> float:
+        return self.request + self.prompt_token * prompt_tokens + self.output_token * output_tokens
+
+
 class StageConfig(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$", description="public model name of this stage")
     model: str = Field(description="model id the upstream server expects")
@@ -141,7 +154,20 @@ class StageConfig(_Model):
         description="the stage returns token logprobs; false: the cascade never asks it for them and judges its answer "
         "from text features only",
     )
-    cost: float = Field(gt=0.0, description="cost of one request at this stage, in the ladder's cost unit")
+    cost: float | None = Field(
+        None, gt=0.0, description="cost of one request at this stage, whatever its length (used when cascade.cost_unit is unset)"
+    )
+    prices: dict[str, TokenPrices] = Field(
+        default_factory=dict,
+        description="this stage's price per request, per prompt token and per generated token in each named cost unit "
+        "(e.g. compute, seconds, usd); cascade.cost_unit picks the one the stopping rule uses",
+    )
+    output_tokens: float | None = Field(
+        None,
+        gt=0.0,
+        description="expected generated tokens of one answer, for per-token prices; unset: the predictor's learned mean "
+        "for this stage, else the request's max_tokens",
+    )
     scoped_scoring: bool | None = Field(
         None,
         description="scoring requests ask for the final message's positions only (our CPU server's prompt_logprobs_scope); "
@@ -190,6 +216,12 @@ class StageConfig(_Model):
         if self.launch is not None and not self.url:
             raise ValueError("a stage with a launch block needs a url to listen on")
         return self
+
+    def price(self, unit: str | None) -> TokenPrices:
+        """The stage's prices in ``unit``; ``None``: the per-request ``cost`` alone (``Settings`` checks both exist)."""
+        if unit is None:
+            return TokenPrices(request=self.cost or 0.0)
+        return self.prices[unit]
 
     def replicas(self) -> list[EndpointConfig]:
         """Every endpoint of the stage, in order: ``url`` first unless ``endpoints`` lists it. An endpoint without a key
@@ -244,6 +276,12 @@ class CascadeConfig(_Model):
         ge=1,
         le=20,
         description="top-k asked of each stage; unset: the k the predictor was trained with (a different k is refused at start-up)",
+    )
+    cost_unit: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z][A-Za-z0-9_-]*$",
+        description="which of the stages' prices the stopping rule uses (a key of stages[i].prices, e.g. compute or seconds); "
+        "unset: each stage's per-request cost",
     )
     risk: RiskConfig = Field(default_factory=RiskConfig)
     draft_reuse: bool = Field(True, description="verify the lower stage's draft on escalation (false: always regenerate)")
@@ -360,6 +398,15 @@ class Settings(BaseSettings):
             raise ValueError(f"stage names must be unique: {names}")
         if self.cascade.model_name in names:
             raise ValueError(f"cascade.model_name {self.cascade.model_name!r} collides with a stage name")
+        unit = self.cascade.cost_unit
+        if unit is None:
+            missing = [s.name for s in self.stages if s.cost is None]
+            if missing:
+                raise ValueError(f"stages {missing} have no cost: give each stage a per-request cost, or prices and cascade.cost_unit")
+        else:
+            missing = [s.name for s in self.stages if unit not in s.prices]
+            if missing:
+                raise ValueError(f"cascade.cost_unit is {unit!r} but stages {missing} have no prices.{unit}")
         return self
 
     def stage_index(self, ref: int | str) -> int:

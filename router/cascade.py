@@ -53,6 +53,7 @@ from router.metrics import (
     STAGES_SKIPPED,
 )
 from router.policy import StoppingPolicy, loaded_costs, shrink
+from router.pricing import Pricing
 from router.speculative import verify_sampled
 from router.stage import Stage, StageBadResponse, StageFailure, StageUnavailable
 from router.stage_pool import queue_delay, stage_available
@@ -112,7 +113,8 @@ class CascadeEngine:
         self.settings = settings
         self.stages = list(stages)
         self.predictor = predictor
-        self.costs = [s.cost for s in settings.stages]
+        self.n_stages = len(settings.stages)
+        self.pricing = Pricing.of(settings, predictor)
         configured = settings.cascade.top_logprobs
         if configured is not None and configured != predictor.top_k:
             raise ValueError(
@@ -125,21 +127,22 @@ class CascadeEngine:
         self.acceptance = AcceptanceTracker(settings.cascade.draft_min_accepted)
         self.traffic = TrafficLog(settings.predictor.log_path) if settings.predictor.log_path else None
 
-    def route(self, prompt: PromptStats, lam: float, stages: Sequence[int]) -> Route:
-        """The stopping policy over ``stages`` (ascending ladder indices), with the prompt's priors."""
-        all_priors = self.predictor.priors(prompt, len(self.costs))
+    def route(self, prompt: PromptStats, lam: float, stages: Sequence[int], max_tokens: int | None = None) -> Route:
+        """The stopping policy over ``stages`` (ascending ladder indices), with the prompt's priors and each stage's
+        expected cost for this prompt (``router.pricing``: per-token prices price its length and the expected answer's)."""
+        all_priors = self.predictor.priors(prompt, self.n_stages)
         priors = [all_priors[i] for i in stages]
         informative = [self.informative[i] for i in stages]
         strength = self.settings.cascade.prior_strength
+        base = self.pricing.costs(stages, prompt.n_tokens, max_tokens)
 
         def policy() -> StoppingPolicy:
-            return StoppingPolicy(self._costs(stages), priors, lam, strength=strength, informative=informative)
+            return StoppingPolicy(self._costs(stages, base), priors, lam, strength=strength, informative=informative)
 
         return Route(policy(), stages, policy if self.load_aware else None)
 
-    def _costs(self, stages: Sequence[int]) -> list[float]:
+    def _costs(self, stages: Sequence[int], costs: list[float]) -> list[float]:
         """The stages' costs, with their current expected queueing delays priced in when load-aware."""
-        costs = [self.costs[i] for i in stages]
         if not self.load_aware:
             return costs
         return loaded_costs(costs, [queue_delay(self.stages[i]) for i in stages], self.settings.cascade.load_cost_per_s)
@@ -213,7 +216,7 @@ class CascadeEngine:
         draft = DraftStats(check.accepted_tokens, check.draft_tokens) if check else None
         features = answer_features(req.prompt, stats, answer.stage, draft)
         # what this answer says about the stages above it replaces their prompt-only priors in the route
-        route.observe(answer.stage, self.predictor.beliefs_after(answer.stage, features, req.prompt, len(self.costs)))
+        route.observe(answer.stage, self.predictor.beliefs_after(answer.stage, features, req.prompt, self.n_stages))
         risk = self.settings.cascade.risk
         return shrink(self.predictor.predict(features), self.predictor.evidence, risk.alpha, risk.beta)
 
@@ -244,7 +247,7 @@ class CascadeEngine:
 
     async def _run(self, req: CascadeRequest, spec: AnswerSpec, api: CascadeAPI) -> CascadeResult:
         stages, skipped = self.ladder(spec, req.max_stage)
-        route = self.route(req.prompt, req.lam, stages)
+        route = self.route(req.prompt, req.lam, stages, token_limit(req.body))
         body = api.asking(req.body, self.top_k)
         plain = api.plain(req.body)  # for stages without logprobs
         stage: int | None = route.start(self.settings.cascade.skip_by_prior)

@@ -132,6 +132,12 @@ class ChatServing:
         return stage
 
     # -- pass-through ---------------------------------------------------------
+    def direct_outcome(self, stage: Stage, data: dict[str, Any]) -> RequestOutcome:
+        """What a pass-through answer took: its tokens, and its cost at the stage's prices in the rule's unit."""
+        usage = TokenUsage.of(data.get("usage"))
+        price = stage.config.price(self.settings.cascade.cost_unit)
+        return RequestOutcome(stage.name, usage.total_tokens, price.cost(usage.prompt_tokens, usage.completion_tokens))
+
     def _refuse_incapable(self, stage: Stage, spec: AnswerSpec) -> None:
         """A 400 naming the field when the stage lacks a capability the request needs (it would fail or ignore it)."""
         capability = spec.missing(stage.config)
@@ -159,7 +165,7 @@ class ChatServing:
                     self._relay(events, stage), media_type="text/event-stream", headers={**_SSE_HEADERS, **headers}
                 )
                 REQUESTS_BY_KIND.labels(spec.kind, stage.name).inc()
-                return response, RequestOutcome(stage.name, 0, stage.config.cost)
+                return response, RequestOutcome(stage.name, 0, stage.config.price(self.settings.cascade.cost_unit).request)
             data, seconds = await stage.chat(body)
         except StageFailure:
             STAGE_CALLS.labels(stage.name, "error").inc()
@@ -171,7 +177,7 @@ class ChatServing:
         if invalid is not None:  # the client asked for this stage: its answer as it is, marked
             INVALID_ANSWERS.labels(stage.name, invalid).inc()
             headers["x-cascade-invalid"] = f"{stage.name}:{invalid}"
-        outcome = RequestOutcome(stage.name, int((data.get("usage") or {}).get("total_tokens") or 0), stage.config.cost)
+        outcome = self.direct_outcome(stage, data)
         data["model"] = stage.name
         overhead = time.perf_counter() - t0 - seconds
         OVERHEAD_SECONDS.observe(overhead)
@@ -270,7 +276,8 @@ class ChatServing:
         final = self.engine.stages[result.final_stage].name
         CASCADE_STOPS.labels(final).inc()
         REQUESTS_BY_KIND.labels(kind, final).inc()
-        cost = sum(self.settings.stages[v.stage].cost for v in result.visits)
+        cost = sum(self.engine.pricing.actual(v.stage, v.usage.prompt_tokens, v.usage.completion_tokens) if v.usage else
+                   self.engine.pricing.prices[v.stage].request for v in result.visits)  # fmt: skip
         outcome = RequestOutcome(final, result.usage().total_tokens, cost)
         out_headers = self._headers(result)
         out_headers["x-cascade-kind"] = kind

@@ -111,7 +111,7 @@ class CompletionServing:
                     self.chat._relay(blocks, stage), media_type="text/event-stream", headers={**_SSE_HEADERS, **headers}
                 )
                 REQUESTS_BY_KIND.labels(_KIND, stage.name).inc()
-                return response, RequestOutcome(stage.name, 0, stage.config.cost)
+                return response, RequestOutcome(stage.name, 0, stage.config.price(self.settings.cascade.cost_unit).request)
             reply = await target.complete(body)
         except StageNoCompletions as exc:
             STAGE_CALLS.labels(stage.name, "error").inc()
@@ -123,7 +123,7 @@ class CompletionServing:
         STAGE_SECONDS.labels(stage.name).observe(reply.seconds)
         REQUESTS_BY_KIND.labels(_KIND, stage.name).inc()
         data = reply.data
-        outcome = RequestOutcome(stage.name, int((data.get("usage") or {}).get("total_tokens") or 0), stage.config.cost)
+        outcome = self.chat.direct_outcome(stage, data)
         data["model"] = stage.name
         overhead = time.perf_counter() - t0 - reply.seconds
         OVERHEAD_SECONDS.observe(overhead)

@@ -14,6 +14,7 @@ import numpy as np
 
 from common import defaults
 from predictor.serving.features import INDEX, PromptStats
+from predictor.serving.lengths import OutputLengths
 from predictor.serving.rows import TOP_LOGPROBS
 
 _MEAN = INDEX["lp_mean"]
@@ -24,6 +25,9 @@ _EMPTY = INDEX["empty_answer"]
 class MeanLogprobPredictor:
     name = "mean-logprob-baseline"
     top_k = TOP_LOGPROBS  # it reads only the mean chosen logprob, so any k would do; the collection's k keeps features comparable
+    lengths: tuple[OutputLengths, ...] = ()  # it knows nothing of answer lengths: per-token prices expect max_tokens
+    checkpoints: tuple[int, ...] = ()  # no prefix model: it never aborts a stage
+    prefix_strength = 0.0
 
     def __init__(
         self, coefficients: Sequence[tuple[float, float]], stage_priors: Sequence[float], evidence: float = defaults.EVIDENCE
@@ -39,6 +43,9 @@ class MeanLogprobPredictor:
         intercept, slope = self.coefficients[min(stage, len(self.coefficients) - 1)]
         z = intercept + slope * float(features[_MEAN])
         return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+
+    def predict_prefix(self, features: np.ndarray) -> float | None:
+        return None
 
     def priors(self, prompt: PromptStats, n_stages: int) -> list[float]:
         return self.stage_priors[:n_stages]

@@ -7,6 +7,7 @@ from typing import Protocol
 import numpy as np
 
 from predictor.serving.features import PromptStats
+from predictor.serving.lengths import OutputLengths
 
 
 class Predictor(Protocol):
@@ -15,6 +16,13 @@ class Predictor(Protocol):
     name: str
     evidence: float  # pseudo-count for the risk adjustment (policy.shrink)
     top_k: int  # alternatives per position the features are defined at: the cascade asks each stage for exactly these
+    lengths: tuple[OutputLengths, ...]  # per stage, its answers' lengths (empty: unknown); what per-token prices expect
+    checkpoints: tuple[int, ...]  # generated-token counts at which a streaming stage is judged (empty: no early exit)
+    prefix_strength: float  # Beta concentration of the finished answer's p̂ around a prefix's estimate
+
+    def predict_prefix(self, features: np.ndarray) -> float | None:
+        """P(the finished answer is acceptable) from the ``answer_features`` of a prefix; None: no prefix model."""
+        ...
 
     def predict(self, features: np.ndarray) -> float:
         """p̂ for one ``answer_features`` vector."""

@@ -4,7 +4,13 @@
 * ``prior.onnx`` (kind ``prior``): each stage's P(acceptable) from the prompt alone;
 * ``posterior.onnx`` (kind ``posterior``): after stage i has answered, P(stage j acceptable | prompt,
   stage i's answer) for each j > i -- the beliefs that replace the priors of the stages above once an
-  answer is in hand.
+  answer is in hand;
+* ``prefix.onnx`` (kind ``prefix``, optional): P(the finished answer is acceptable | the first t tokens a
+  stage has streamed), on the same feature vector computed over the prefix: what early exit judges a
+  stage by while it writes. Without it the router never aborts a stage.
+
+The answer model's metadata also carries each stage's answer lengths on the training split
+(``output_lengths``, ``predictor.serving.lengths``): what a per-token price expects an answer to come to.
 
 Loaded once at start-up; every problem (missing file, not an ONNX model, a
 model trained on another feature version or other feature names, a graph
@@ -35,10 +41,12 @@ from predictor.serving.features import (
     posterior_features,
     prompt_features,
 )
+from predictor.serving.lengths import OutputLengths
 
 ANSWER_FILE = "predictor.onnx"
 PRIOR_FILE = "prior.onnx"
 POSTERIOR_FILE = "posterior.onnx"
+PREFIX_FILE = "prefix.onnx"
 CARD_FILE = "card.json"
 
 
@@ -96,6 +104,7 @@ class _Graph:
         self.cal_y = np.asarray(cal["y"], dtype=np.float64)
         self._cx, self._cy = [float(v) for v in cal["x"]], [float(v) for v in cal["y"]]
         self.model = meta.get("model", "?")
+        self.meta = meta
         self.input = self.session.get_inputs()[0].name
         self.output = next(o.name for o in self.session.get_outputs() if o.name.startswith("prob"))
 
@@ -122,18 +131,27 @@ class _Graph:
 class OnnxPredictor:
     """The ``Predictor`` the router uses by default: answer model, prompt-only prior, beliefs after an answer."""
 
-    def __init__(self, answer: _Graph, prior: _Graph, posterior: _Graph, evidence: float = defaults.EVIDENCE) -> None:
+    def __init__(
+        self, answer: _Graph, prior: _Graph, posterior: _Graph, evidence: float = defaults.EVIDENCE, prefix: _Graph | None = None
+    ) -> None:
         self.answer = answer
         self.prior = prior
         self.posterior = posterior
+        self.prefix = prefix
         self.evidence = evidence
         self.name = f"onnx-{answer.model}"
-        for what, graph in (("prior", prior), ("belief model", posterior)):
-            if graph.top_k != answer.top_k:
+        for what, graph in (("prior", prior), ("belief model", posterior), ("prefix model", prefix)):
+            if graph is not None and graph.top_k != answer.top_k:
                 raise PredictorLoadError(
                     f"the answer model was trained at top-k {answer.top_k}, the {what} at {graph.top_k}; retrain them together"
                 )
         self.top_k = answer.top_k
+        try:
+            self.lengths = tuple(OutputLengths(tuple(float(v) for v in pts)) for pts in json.loads(answer.meta.get("output_lengths", "[]")))
+        except (TypeError, ValueError):
+            raise PredictorLoadError("the answer model's metadata 'output_lengths' is not a list of lists of numbers; retrain it") from None
+        self.checkpoints = tuple(int(v) for v in json.loads(prefix.meta.get("checkpoints", "[]"))) if prefix is not None else ()
+        self.prefix_strength = float(prefix.meta.get("strength", "0") or 0) if prefix is not None else 0.0
         # One request = one row: bind pre-allocated input and output buffers once (io-binding
         # halves onnxruntime's per-call overhead against session.run with a feed dict).
         self._x = np.zeros((1, N_FEATURES), dtype=np.float32)
@@ -156,12 +174,24 @@ class OnnxPredictor:
             _Graph(directory / PRIOR_FILE, "prior", PROMPT_FEATURE_NAMES),
             _Graph(directory / POSTERIOR_FILE, "posterior", POSTERIOR_FEATURE_NAMES),
             evidence,
+            _Graph(directory / PREFIX_FILE, "prefix", FEATURE_NAMES) if (directory / PREFIX_FILE).exists() else None,
         )
 
     def predict(self, features: np.ndarray) -> float:
         self._x[0] = features
         self.answer.session.run_with_iobinding(self._binding)
         return self.answer.calibrate(float(self._p[0, 1]))
+
+    def predict_prefix(self, features: np.ndarray) -> float | None:
+        """P(the finished answer is acceptable) from the features of the prefix streamed so far; None without a prefix model."""
+        if self.prefix is None:
+            return None
+        return float(self.prefix(np.ascontiguousarray(features, dtype=np.float32).reshape(1, -1))[0])
+
+    def prefix_batch(self, x: np.ndarray) -> np.ndarray:
+        if self.prefix is None:
+            raise PredictorLoadError("this predictor has no prefix model")
+        return self.prefix(np.ascontiguousarray(x, dtype=np.float32))
 
     def predict_batch(self, x: np.ndarray) -> np.ndarray:
         return self.answer(np.ascontiguousarray(x, dtype=np.float32))

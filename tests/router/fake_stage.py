@@ -56,6 +56,7 @@ import orjson
 from common.completions_protocol import DEFAULT_COMPLETION_TOKENS, CompletionLogprobs
 from common.settings import StageConfig
 from predictor.serving.features import INDEX, PromptStats
+from predictor.serving.lengths import OutputLengths
 from router.stage import StageFailure, StageNoCompletions, StageReply
 
 _TOKEN = re.compile(r"\s*\S+|\s+$")
@@ -387,6 +388,15 @@ class ScriptedPredictor:
     evidence: float = 50.0
     top_k: int = 5
     features: list[np.ndarray] = field(default_factory=list)
+    lengths: tuple[OutputLengths, ...] = ()
+    checkpoints: tuple[int, ...] = ()
+    prefix_strength: float = 0.0
+    prefix_p: dict[int, float] = field(default_factory=dict)  # stage -> P(finished answer acceptable | a prefix)
+    prefixes: list[np.ndarray] = field(default_factory=list)
+
+    def predict_prefix(self, features: np.ndarray) -> float | None:
+        self.prefixes.append(features)
+        return self.prefix_p.get(int(features[_STAGE]))
 
     def predict(self, features: np.ndarray) -> float:
         self.features.append(features)

@@ -1,0 +1,73 @@
+"""What each stage's answer to one request costs, in the cost unit the stopping rule uses.
+
+A stage's price (``common.settings.TokenPrices``) has a part per request, per prompt token and per generated
+token, in the unit ``cascade.cost_unit`` names (compute, seconds, dollars: the operator's choice); without a
+unit each stage costs its per-request ``cost``. Before a stage runs its answer's length is unknown: the rule
+prices the expected one (the stage's configured ``output_tokens``, else the predictor's learned lengths for
+that stage, else the request's ``max_tokens``), always cut at ``max_tokens``. While a stage streams (early
+exit), what is still to come is priced from the same lengths, given that the answer has not ended yet.
+After the fact the tenant is charged what the answer really took (``actual``).
+
+The offline replay builds a ``Pricing`` from the same prices and lengths, so the rule it replays is the one
+the router runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from common.settings import Settings, TokenPrices
+from predictor.serving.interface import Predictor
+from predictor.serving.lengths import OutputLengths
+
+FALLBACK_OUTPUT_TOKENS = 256.0  # neither a configured nor a learned length, and no max_tokens: a mid-size answer
+
+
+class Pricing:
+    """Per-stage prices and expected answer lengths for one ladder."""
+
+    def __init__(self, prices: Sequence[TokenPrices], lengths: Sequence[OutputLengths | None], fixed: Sequence[float | None]) -> None:
+        if not (len(prices) == len(lengths) == len(fixed)):
+            raise ValueError("prices, lengths and fixed lengths need one entry per stage")
+        self.prices = list(prices)
+        self.lengths = list(lengths)
+        self.fixed = list(fixed)
+
+    @classmethod
+    def of(cls, settings: Settings, predictor: Predictor) -> Pricing:
+        unit = settings.cascade.cost_unit
+        n = len(settings.stages)
+        learned: list[OutputLengths | None] = list(predictor.lengths[:n]) + [None] * max(0, n - len(predictor.lengths))
+        return cls([s.price(unit) for s in settings.stages], learned, [s.output_tokens for s in settings.stages])
+
+    def output_tokens(self, stage: int, max_tokens: int | None) -> float:
+        """The answer length stage ``stage`` is expected to write for a request allowed ``max_tokens``."""
+        cap = float(max_tokens) if max_tokens else None
+        fixed, lengths = self.fixed[stage], self.lengths[stage]
+        if fixed is not None:
+            return min(fixed, cap) if cap is not None else fixed
+        if lengths is not None:
+            return lengths.mean(cap)
+        return cap if cap is not None else FALLBACK_OUTPUT_TOKENS
+
+    def expected(self, stage: int, prompt_tokens: float, max_tokens: int | None) -> float:
+        """The cost of stage ``stage``'s answer before it runs."""
+        return self.prices[stage].cost(prompt_tokens, self.output_tokens(stage, max_tokens))
+
+    def costs(self, stages: Sequence[int], prompt_tokens: float, max_tokens: int | None) -> list[float]:
+        return [self.expected(s, prompt_tokens, max_tokens) for s in stages]
+
+    def to_finish(self, stage: int, generated: int, max_tokens: int | None) -> float:
+        """The price of the tokens stage ``stage`` is expected to write after ``generated`` of an unfinished answer."""
+        cap = float(max_tokens) if max_tokens else None
+        fixed, lengths = self.fixed[stage], self.lengths[stage]
+        if lengths is not None and fixed is None:
+            left = lengths.remaining(generated, cap)
+        else:
+            total = self.output_tokens(stage, max_tokens)
+            left = max(total - generated, min(float(generated), (cap or total) - generated), 0.0)
+        return self.prices[stage].output_token * left
+
+    def actual(self, stage: int, prompt_tokens: float, output_tokens: float) -> float:
+        """What the answer took, at this stage's prices."""
+        return self.prices[stage].cost(prompt_tokens, output_tokens)
