@@ -11,6 +11,7 @@ adaptive-sd tenants ...   manage tenants in the shared Redis store (see `adaptiv
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import signal
 import sys
@@ -22,6 +23,15 @@ from common.settings import ConfigError, Settings, VLLMLaunch, load_settings
 
 
 def _serve(settings: Settings) -> None:
+    """Run the router until SIGTERM or Ctrl-C, then drain it for at most ``server.shutdown_grace_s``.
+
+    On the signal uvicorn closes its listening socket at once (new connections
+    are refused, so a load balancer or a client-side failover moves on), closes
+    idle keep-alive connections, and lets requests and streams in flight run
+    for up to the grace; what still runs then is cancelled (a stream is cut, a
+    request not yet answered gets uvicorn's 500), the app's shutdown flushes
+    usage and closes the stages' connections, and the call returns.
+    """
     from router.api import create_app
 
     app = create_app(settings)
@@ -38,14 +48,30 @@ def _serve(settings: Settings) -> None:
         access_log=False,
         loop="uvloop",
         http="httptools",
+        # annotated int by uvicorn, but it is handed to asyncio.wait_for, which takes float seconds
+        timeout_graceful_shutdown=settings.server.shutdown_grace_s,  # type: ignore[arg-type]
     )
 
 
 def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM as Ctrl-C, outside uvicorn's own handlers.
+
+    Before uvicorn runs (a stage still loading, the predictor loading) a SIGTERM
+    stops at once. While it runs, uvicorn's handlers take both signals and
+    drain; when it has drained it raises the captured signal again, which
+    lands here: so ``up`` stops its stages only after the router has drained,
+    and ``serve`` exits 0 instead of dying by the re-raised signal.
+    """
     raise KeyboardInterrupt
 
 
 def _with_stages(settings: Settings, then_serve: bool) -> None:
+    """Start the stage servers, then the router (``up``) or just wait (``stages``); stop the stages last.
+
+    The stages run in their own sessions, so a Ctrl-C at the terminal or a
+    SIGTERM to this process reaches only the router: it drains (requests in
+    flight still need their stages), and only then ``finally`` stops the stages.
+    """
     from servers.launcher import Ladder
 
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
@@ -81,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "stages":
             _with_stages(settings, then_serve=False)
         elif args.command == "serve":
-            _serve(settings)
+            signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+            with contextlib.suppress(KeyboardInterrupt):
+                _serve(settings)
         elif args.command == "vllm-cmd":
             from servers.launcher import vllm_command
 
