@@ -119,6 +119,9 @@ class StageServing:
         self.model_id = model_id
         self.tool_format = detect_tool_format(engine.template.source)
         self._lock = threading.Lock()
+        # every token decoded since start, streamed or not: shows that a closed stream stops decoding at once (the
+        # router aborts a stage it judges while it writes by closing its stream)
+        self.decoded_tokens = 0
 
     # -- prompt ---------------------------------------------------------------
     def check_tools(self, req: ChatCompletionRequest) -> None:
@@ -254,6 +257,7 @@ class StageServing:
                     if cancelled.is_set():
                         return
                     produced += 1
+                    self.decoded_tokens += 1
                     pending += engine.piece(step.token)
                     try:
                         text = pending.decode("utf-8")
@@ -423,7 +427,7 @@ def create_app(serving: StageServing) -> FastAPI:
 
     @app.get("/health")
     async def health() -> Response:
-        return _json({"status": "ok", "model": serving.model_id})
+        return _json({"status": "ok", "model": serving.model_id, "decoded_tokens": serving.decoded_tokens})
 
     @app.get("/v1/models")
     async def models() -> Response:

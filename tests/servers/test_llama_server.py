@@ -160,3 +160,39 @@ def test_final_message_scope_scores_only_the_answer(stage: str) -> None:
     bad = httpx.post(f"{stage}/chat/completions", json={"model": "qwen2.5-coder-0.5b", "messages": PROMPT, "prompt_logprobs": 1,
                                                        "prompt_logprobs_scope": "final_message"}, timeout=60)  # fmt: skip
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "prompt_logprobs_scope"
+
+
+def _decoded(stage: str) -> int:
+    return int(httpx.get(stage.removesuffix("/v1") + "/health", timeout=10).json()["decoded_tokens"])
+
+
+def test_closing_a_stream_stops_decoding_at_once(stage: str) -> None:
+    """The router aborts a stage it judges while it writes (early exit) by closing the stream: the server must stop
+    decoding then, not finish the answer nobody reads (it holds the model's lock, so the next request would wait)."""
+    body = {"model": "qwen2.5-coder-0.5b", "messages": [{"role": "user", "content": "Count from 1 to 500, one number per line."}],
+            "temperature": 0, "max_tokens": 1500, "stream": True}  # fmt: skip
+    before = _decoded(stage)
+    chunks = 0
+    with httpx.stream("POST", f"{stage}/chat/completions", json=body, timeout=300) as resp:
+        for line in resp.iter_lines():
+            if line.startswith("data: {"):
+                import json
+
+                choice = json.loads(line[6:])["choices"][0]
+                assert choice["finish_reason"] is None, "the answer ended before the test closed its stream"
+                chunks += "content" in choice["delta"] and bool(choice["delta"]["content"])
+                if chunks >= 12:
+                    break
+    closed = _decoded(stage) - before
+    import time
+
+    time.sleep(1.5)  # ~40 tokens' worth at this stage's speed, were it still decoding
+    settled = _decoded(stage)
+    time.sleep(0.5)
+    assert _decoded(stage) == settled, "still decoding after its stream was closed"
+    assert settled - before <= closed + 4, f"decoded {settled - before - closed} tokens after the close"
+    assert settled - before < 100
+    # and the model is free at once for the next request
+    t0 = time.perf_counter()
+    _post(stage, temperature=0, max_tokens=1)
+    assert time.perf_counter() - t0 < 5
