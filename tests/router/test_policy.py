@@ -190,3 +190,47 @@ def test_route_maps_beliefs_onto_its_sub_ladder_and_keeps_them_across_a_rebuild(
     rebuilt = Route(build(), [0, 2], refresh=build)
     rebuilt.observe(0, [0.01, 0.99])
     assert rebuilt.decide(0, 0.1) == 2 and rebuilt.policy.priors == [0.5, 0.99]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_prefix_rule_matches_simulation(seed: int) -> None:
+    """Early exit: abort iff V_next < price of the rest + E[min(λ(1 - p̂), V_next)], the finished p̂ drawn from
+    Beta(κq, κ(1-q)); the expectation estimated by simulation instead of the rule's quadrature grid."""
+    rng = np.random.default_rng(seed)
+    agree = close = 0
+    for _ in range(60):
+        costs = sorted(rng.uniform(0.1, 5.0, 3).tolist())
+        priors = rng.uniform(0.05, 0.95, 3).tolist()
+        lam = float(rng.uniform(0.5, 40.0))
+        pol = StoppingPolicy(costs, priors, lam, strength=8.0)
+        q, kappa, to_finish = float(rng.uniform(0.02, 0.98)), float(rng.uniform(1.0, 50.0)), float(rng.uniform(0.0, 3.0))
+        risk = (50.0, 1.0, 1.0) if rng.random() < 0.5 else None
+        d = pol.judge_prefix(0, q, to_finish, kappa, risk)
+        _, v_next = pol.best_after(0)
+        p = rng.beta(kappa * q, kappa * (1 - q), 200_000)
+        if risk is not None:
+            p = shrink(p, *risk)  # type: ignore[arg-type]
+        finish = to_finish + float(np.minimum(lam * (1 - p), v_next).mean())
+        assert d.abort_value == pytest.approx(v_next)
+        grid_error = lam / policy_mod._GRID  # the payoff moves by λ/64 across one bin of the quadrature grid
+        assert d.finish_value == pytest.approx(finish, rel=0.01, abs=grid_error)
+        if abs(finish - v_next) < grid_error:
+            close += 1  # within the grid's error of the boundary: either choice is right
+            continue
+        agree += d.abort == (v_next < finish)
+        assert d.abort == (v_next < finish)
+        assert (d.next_stage is not None) == d.abort
+    assert agree > 30
+
+
+def test_prefix_rule_aborts_a_hopeless_prefix_and_lets_a_good_one_finish() -> None:
+    pol = StoppingPolicy([1.0, 3.0, 8.0], [0.3, 0.7, 0.9], lam=30.0, strength=8.0)
+    hopeless = pol.judge_prefix(0, 0.02, to_finish=1.5, strength=20.0)
+    assert hopeless.abort and hopeless.next_stage is not None
+    promising = pol.judge_prefix(0, 0.95, to_finish=1.5, strength=20.0)
+    assert not promising.abort
+    # what is left to write is priced: the same doubtful prefix is let finish when finishing is cheap, aborted when not
+    assert not pol.judge_prefix(0, 0.5, to_finish=0.0, strength=20.0).abort
+    assert pol.judge_prefix(0, 0.5, to_finish=50.0, strength=20.0).abort
+    # the top stage always finishes
+    assert not pol.judge_prefix(2, 0.0, to_finish=10.0, strength=20.0).abort
