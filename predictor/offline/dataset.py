@@ -40,6 +40,15 @@ def stage_features(prompt: PromptStats, stage_row: dict[str, Any]) -> np.ndarray
     return answer_features(prompt, AnswerStats.from_choice(choice, TOP_LOGPROBS), stage_row["stage"], draft)
 
 
+def prefix_features(prompt: PromptStats, stage_row: dict[str, Any], tokens: int) -> np.ndarray:
+    """The features of the first ``tokens`` tokens of a collected answer, as the router computes them at that
+    checkpoint of a stream: the same ``answer_features`` over the logprobs streamed so far, the answer not
+    finished yet, no draft (a stage judged while it writes is one called from scratch). For greedy decoding
+    these are exactly the logprobs the stage streamed at that point."""
+    choice = {"logprobs": expand_logprobs(stage_row["logprobs"][:tokens]), "finish_reason": None}
+    return answer_features(prompt, AnswerStats.from_choice(choice, TOP_LOGPROBS), stage_row["stage"], None)
+
+
 def read_rows(path: Path) -> Iterator[dict[str, Any]]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as f:
@@ -63,17 +72,20 @@ class Dataset:
     family: np.ndarray
     seconds: np.ndarray
     n_stages: int
+    prompt_tokens: np.ndarray  # the stage's usage: what per-token prices are charged on
+    output_tokens: np.ndarray
 
     def where(self, mask: np.ndarray) -> Dataset:
         return Dataset(self.x[mask], self.prior_x[mask], self.y[mask], self.stage[mask], self.task[mask],
-                       self.split[mask], self.family[mask], self.seconds[mask], self.n_stages)  # fmt: skip
+                       self.split[mask], self.family[mask], self.seconds[mask], self.n_stages, self.prompt_tokens[mask],
+                       self.output_tokens[mask])  # fmt: skip
 
     def part(self, split: str) -> Dataset:
         return self.where(self.split == split)
 
 
 def load(path: Path) -> Dataset:
-    xs, px, ys, st, tk, sp, fam, secs = [], [], [], [], [], [], [], []
+    xs, px, ys, st, tk, sp, fam, secs, pt, ot = [], [], [], [], [], [], [], [], [], []
     n_stages = 0
     for row in read_rows(path):
         prompt = PromptStats.from_texts(row["prompt_texts"])
@@ -93,10 +105,60 @@ def load(path: Path) -> Dataset:
             sp.append(row["split"])
             fam.append(row["family"])
             secs.append(s["seconds"])
+            usage = s.get("usage") or {}
+            pt.append(usage.get("prompt_tokens") or prompt.n_tokens)
+            ot.append(usage.get("completion_tokens") or len(s.get("logprobs") or ()))
     if not xs:
         raise RuntimeError(f"no collected rows in {path}")
     return Dataset(np.stack(xs), np.stack(px), np.array(ys, dtype=np.int64), np.array(st), np.array(tk), np.array(sp),
-                   np.array(fam), np.array(secs, dtype=np.float64), n_stages)  # fmt: skip
+                   np.array(fam), np.array(secs, dtype=np.float64), n_stages, np.array(pt, dtype=np.float64),
+                   np.array(ot, dtype=np.float64))  # fmt: skip
+
+
+@dataclass
+class Prefixes:
+    """The prefix model's rows: one per collected answer and checkpoint ``t`` it was still writing at (more than
+    ``t`` tokens); the label is the finished answer's."""
+
+    x: np.ndarray
+    y: np.ndarray
+    stage: np.ndarray
+    tokens: np.ndarray  # the checkpoint t
+    task: np.ndarray
+    split: np.ndarray
+    family: np.ndarray
+
+    def where(self, mask: np.ndarray) -> Prefixes:
+        return Prefixes(self.x[mask], self.y[mask], self.stage[mask], self.tokens[mask], self.task[mask], self.split[mask],
+                        self.family[mask])  # fmt: skip
+
+    def part(self, split: str) -> Prefixes:
+        return self.where(self.split == split)
+
+
+def prefixes(path: Path, checkpoints: tuple[int, ...]) -> Prefixes:
+    """``Prefixes`` of every labelled answer in the collection at ``path`` (rows in file order, then stage, then t)."""
+    xs, ys, st, tt, tk, sp, fam = [], [], [], [], [], [], []
+    for row in read_rows(path):
+        prompt = PromptStats.from_texts(row["prompt_texts"])
+        for s in row["stages"]:
+            y = label(s)
+            if y is None:
+                continue
+            for t in checkpoints:
+                if len(s["logprobs"]) <= t:
+                    break
+                xs.append(prefix_features(prompt, s, t))
+                ys.append(y)
+                st.append(s["stage"])
+                tt.append(t)
+                tk.append(row["task"])
+                sp.append(row["split"])
+                fam.append(row["family"])
+    if not xs:
+        raise RuntimeError(f"no answer in {path} is longer than the first checkpoint {checkpoints[:1]}")
+    return Prefixes(np.stack(xs), np.array(ys, dtype=np.int64), np.array(st), np.array(tt), np.array(tk), np.array(sp),
+                    np.array(fam))  # fmt: skip
 
 
 @dataclass

@@ -44,8 +44,9 @@ from predictor.serving.features import (
     PROMPT_FEATURE_NAMES,
     PROMPT_STAT_NAMES,
 )
+from predictor.serving.lengths import OutputLengths
 from predictor.serving.rows import TOP_LOGPROBS
-from predictor.serving.runtime import ANSWER_FILE, CARD_FILE, POSTERIOR_FILE, PRIOR_FILE, Calibration
+from predictor.serving.runtime import ANSWER_FILE, CARD_FILE, POSTERIOR_FILE, PREFIX_FILE, PRIOR_FILE, Calibration
 
 ECE_BINS = 10
 _MEAN = INDEX["lp_mean"]
@@ -148,6 +149,7 @@ def fit(
     kind: str,
     seed: int,
     candidates: dict[str, Any] | None = None,
+    extra: dict[str, str] | None = None,
 ) -> FittedModel:
     """Fit each candidate (default: ``_candidates``), keep the best on validation log-loss, calibrate it on validation."""
     from sklearn.isotonic import IsotonicRegression
@@ -167,8 +169,37 @@ def fit(
         "feature_names": json.dumps(list(names)),
         "top_logprobs": str(TOP_LOGPROBS),
         "calibration": json.dumps(asdict(calibration)),
+        **(extra or {}),
     }
     return FittedModel(best, losses, calibration, _to_onnx(fitted[best], len(names), metadata), fitted[best])
+
+
+CHECKPOINTS = (8, 16, 32, 64)  # generated tokens after which a streaming stage is judged (early exit)
+_STRENGTHS = np.geomspace(0.5, 500.0, 61)
+
+
+def output_lengths(train: dataset.Dataset) -> list[OutputLengths]:
+    """Each stage's answer lengths on the training split: what per-token prices expect (``predictor.serving.lengths``)."""
+    return [OutputLengths.fit(train.output_tokens[train.stage == s].tolist() or [1.0]) for s in range(train.n_stages)]
+
+
+def prefix_strengths(q: np.ndarray, p_final: np.ndarray, tokens: np.ndarray, checkpoints: tuple[int, ...]) -> list[float]:
+    """Per checkpoint, the Beta concentration κ that best explains the finished answers' p̂ around the prefix model's
+    estimate q (maximum likelihood of Beta(κq, κ(1-q)) on the validation split): how much the rest of the answer is
+    still expected to move the verdict, which is what the early-exit rule's option of waiting is worth."""
+    from scipy.stats import beta as beta_dist
+
+    q = np.clip(q, 0.01, 0.99)
+    p = np.clip(p_final, 0.01, 0.99)
+    out = []
+    for t in checkpoints:
+        m = tokens == t
+        if m.sum() < 5:
+            out.append(out[-1] if out else 8.0)
+            continue
+        ll = [float(beta_dist.logpdf(p[m], k * q[m], k * (1 - q[m])).sum()) for k in _STRENGTHS]
+        out.append(float(_STRENGTHS[int(np.argmax(ll))]))
+    return out
 
 
 def baseline(train: dataset.Dataset, test: dataset.Dataset) -> tuple[np.ndarray, list[dict[str, float]]]:
@@ -198,6 +229,7 @@ class ModelCard:
     test: dict[str, Any]
     baseline_coefficients: list[dict[str, float]]
     posterior_model: dict[str, Any] = field(default_factory=dict)
+    prefix_model: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
         def f(v: float | None) -> str:
@@ -227,6 +259,27 @@ class ModelCard:
                 test_cells = f"{cells[0]:>7} {cells[1]:>6} {cells[2]:>6}"
                 lines.append(f"{key:>6} {t['belief']['n']:>4} | {test_cells} | {cells[3]:>7} {cells[4]:>6} {cells[5]:>6}")
         return "\n".join(lines)
+
+
+def fit_prefix(data_path: Path, data: dataset.Dataset, answer: FittedModel, seed: int) -> tuple[FittedModel, dict[str, Any]]:
+    """The prefix model (``prefix.onnx``): P(finished answer acceptable | its first t tokens) at each checkpoint, fitted
+    like the others; its metadata carries the checkpoints and, per checkpoint, the concentration of the finished
+    answer's p̂ around its estimate (``prefix_strengths``, fitted on validation against the calibrated answer model)."""
+    rows = dataset.prefixes(data_path, CHECKPOINTS)
+    train, val, test = rows.part("train"), rows.part("val"), rows.part("test")
+    first = fit((train.x, train.y), (val.x, val.y), FEATURE_NAMES, "prefix", seed)
+    # the finished answers' calibrated p̂, row by row of the validation prefixes
+    at = {(str(t), int(s)): i for i, (t, s) in enumerate(zip(data.task, data.stage, strict=True))}
+    ix = np.array([at[(str(t), int(s))] for t, s in zip(val.task, val.stage, strict=True)])
+    p_final = np.interp(answer.estimator.predict_proba(data.x[ix])[:, 1], answer.calibration.x, answer.calibration.y)
+    q_val = np.interp(first.estimator.predict_proba(val.x)[:, 1], first.calibration.x, first.calibration.y)
+    strengths = prefix_strengths(q_val, p_final, val.tokens, CHECKPOINTS)
+    model = fit((train.x, train.y), (val.x, val.y), FEATURE_NAMES, "prefix", seed,
+                extra={"checkpoints": json.dumps(list(CHECKPOINTS)), "strengths": json.dumps(strengths)})  # fmt: skip
+    card = {"chosen": model.name, "validation_log_loss": model.validation_log_loss, "checkpoints": list(CHECKPOINTS),
+            "strengths": strengths, "rows": {"train": len(train.y), "val": len(val.y), "test": len(test.y)},
+            "_test_x": test.x, "_test_y": test.y, "_test_t": test.tokens, "_test_stage": test.stage}  # fmt: skip
+    return model, card
 
 
 def _reliability_png(path: Path, test: dataset.Dataset, curves: dict[str, np.ndarray]) -> None:
@@ -318,10 +371,14 @@ def run(data_path: Path, out_dir: Path, seed: int = 0, lofo: bool = True) -> Mod
             raise RuntimeError(f"the {name} split has a single class ({len(part.y)} rows); collect more data")
     pairs = dataset.pairs(data)
     ptrain, pval, ptest = pairs.part("train"), pairs.part("val"), pairs.part("test")
-    answer = fit((train.x, train.y), (val.x, val.y), FEATURE_NAMES, "answer", seed)
+    lengths = output_lengths(train)
+    answer = fit((train.x, train.y), (val.x, val.y), FEATURE_NAMES, "answer", seed,
+                 extra={"output_lengths": json.dumps([list(le.points) for le in lengths])})  # fmt: skip
     prior = fit((train.prior_x, train.y), (val.prior_x, val.y), PROMPT_FEATURE_NAMES, "prior", seed, prior_candidates(seed))
     posterior = fit((ptrain.x, ptrain.y), (pval.x, pval.y), POSTERIOR_FEATURE_NAMES, "posterior", seed)
+    prefix, prefix_card = fit_prefix(data_path, data, answer, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / PREFIX_FILE).write_bytes(prefix.onnx)
     (out_dir / ANSWER_FILE).write_bytes(answer.onnx)
     (out_dir / PRIOR_FILE).write_bytes(prior.onnx)
     (out_dir / POSTERIOR_FILE).write_bytes(posterior.onnx)
@@ -341,6 +398,14 @@ def run(data_path: Path, out_dir: Path, seed: int = 0, lofo: bool = True) -> Mod
             "prior": scores(test.y[m], p_prior[m]),
         }
     out_of_family = leave_one_family_out(data, pairs, posterior.name, seed) if lofo else None
+    p_prefix_test = served.prefix_batch(prefix_card.pop("_test_x"))
+    prefix_test_y, prefix_test_t, prefix_test_stage = prefix_card.pop("_test_y"), prefix_card.pop("_test_t"), prefix_card.pop("_test_stage")
+    prefix_card["test"] = {
+        f"{s}@{t}": scores(prefix_test_y[m], p_prefix_test[m])
+        for s in range(data.n_stages)
+        for t in CHECKPOINTS
+        if (m := (prefix_test_stage == s) & (prefix_test_t == t)).sum() >= 5
+    }
     card = ModelCard(
         data={
             "source": data_path.name,
@@ -381,6 +446,8 @@ def run(data_path: Path, out_dir: Path, seed: int = 0, lofo: bool = True) -> Mod
             "lofo": out_of_family["posterior"] if out_of_family else None,
         },
     )
+    card.prefix_model = prefix_card
+    card.data["output_tokens_mean"] = [round(le.mean(), 1) for le in lengths]
     if not lofo:  # the summary's tables need both evaluations
         card.prior_model.pop("test")
         card.posterior_model = {}

@@ -27,7 +27,7 @@ class MeanLogprobPredictor:
     top_k = TOP_LOGPROBS  # it reads only the mean chosen logprob, so any k would do; the collection's k keeps features comparable
     lengths: tuple[OutputLengths, ...] = ()  # it knows nothing of answer lengths: per-token prices expect max_tokens
     checkpoints: tuple[int, ...] = ()  # no prefix model: it never aborts a stage
-    prefix_strength = 0.0
+    prefix_strengths: tuple[float, ...] = ()
 
     def __init__(
         self, coefficients: Sequence[tuple[float, float]], stage_priors: Sequence[float], evidence: float = defaults.EVIDENCE

@@ -18,7 +18,7 @@ class Predictor(Protocol):
     top_k: int  # alternatives per position the features are defined at: the cascade asks each stage for exactly these
     lengths: tuple[OutputLengths, ...]  # per stage, its answers' lengths (empty: unknown); what per-token prices expect
     checkpoints: tuple[int, ...]  # generated-token counts at which a streaming stage is judged (empty: no early exit)
-    prefix_strength: float  # Beta concentration of the finished answer's p̂ around a prefix's estimate
+    prefix_strengths: tuple[float, ...]  # per checkpoint: Beta concentration of the finished answer's p̂ around the prefix's estimate
 
     def predict_prefix(self, features: np.ndarray) -> float | None:
         """P(the finished answer is acceptable) from the ``answer_features`` of a prefix; None: no prefix model."""

@@ -151,7 +151,9 @@ class OnnxPredictor:
         except (TypeError, ValueError):
             raise PredictorLoadError("the answer model's metadata 'output_lengths' is not a list of lists of numbers; retrain it") from None
         self.checkpoints = tuple(int(v) for v in json.loads(prefix.meta.get("checkpoints", "[]"))) if prefix is not None else ()
-        self.prefix_strength = float(prefix.meta.get("strength", "0") or 0) if prefix is not None else 0.0
+        self.prefix_strengths = tuple(float(v) for v in json.loads(prefix.meta.get("strengths", "[]"))) if prefix is not None else ()
+        if len(self.prefix_strengths) != len(self.checkpoints):
+            raise PredictorLoadError("the prefix model needs one strength per checkpoint in its metadata; retrain it")
         # One request = one row: bind pre-allocated input and output buffers once (io-binding
         # halves onnxruntime's per-call overhead against session.run with a feed dict).
         self._x = np.zeros((1, N_FEATURES), dtype=np.float32)

@@ -390,7 +390,7 @@ class ScriptedPredictor:
     features: list[np.ndarray] = field(default_factory=list)
     lengths: tuple[OutputLengths, ...] = ()
     checkpoints: tuple[int, ...] = ()
-    prefix_strength: float = 0.0
+    prefix_strengths: tuple[float, ...] = ()
     prefix_p: dict[int, float] = field(default_factory=dict)  # stage -> P(finished answer acceptable | a prefix)
     prefixes: list[np.ndarray] = field(default_factory=list)
 
