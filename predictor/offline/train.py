@@ -191,7 +191,7 @@ def prefix_strengths(q: np.ndarray, p_final: np.ndarray, tokens: np.ndarray, che
 
     q = np.clip(q, 0.01, 0.99)
     p = np.clip(p_final, 0.01, 0.99)
-    out = []
+    out: list[float] = []
     for t in checkpoints:
         m = tokens == t
         if m.sum() < 5:
