@@ -96,11 +96,21 @@ class TenantService:
         self._task: asyncio.Task[None] | None = None
         self.default = Tenant(DEFAULT_TENANT, TenantSettings(), None)
         self._up = True
+        self._migrated = False
         STORE_UP.set(1)
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
+        await self.migrate()
         self._task = asyncio.create_task(self._sync_loop())
+
+    async def migrate(self) -> None:
+        """Bring keys of an older layout up to date (``RedisStore.migrate``); retried by the sync loop until it ran."""
+        ok, moved = await self._guarded(self.store.migrate())
+        if ok:
+            self._migrated = True
+            if moved:
+                log.warning("tenant store: renamed %d keys of the previous layout", moved)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -307,6 +317,8 @@ class TenantService:
             try:
                 if self.breaker.state == "half-open" and not self._buffer:
                     await self._guarded(self.store.ping())
+                if not self._migrated:
+                    await self.migrate()
                 await self.flush()
                 await self.run_controllers()
             except Exception:  # never let the loop die

@@ -70,6 +70,7 @@ class TenantStore(Protocol):
     async def slo_state(self, tenant_id: str) -> SLOState | None: ...
     async def set_slo_state(self, tenant_id: str, state: SLOState) -> None: ...
     async def try_lock(self, name: str, ttl_ms: int) -> bool: ...
+    async def migrate(self) -> int: ...
     async def close(self) -> None: ...
 
 
@@ -225,6 +226,10 @@ class MemoryStore:
             return False
         self._locks[name] = now + ttl_ms
         return True
+
+    async def migrate(self) -> int:
+        """Nothing to upgrade: nothing outlives the process."""
+        return 0
 
     async def close(self) -> None:
         return None
