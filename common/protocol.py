@@ -17,13 +17,22 @@ here by changing ``base_url``.
   so no stage can refuse them.
 * What changes the answer and no stage can honour (images, audio, ``n > 1``,
   ``logit_bias``, ...) is a 400 that names the field.
+* Integers are JSON's: ``1.0`` is the number 1 (JSON Schema's ``integer``
+  includes it), ``1.5`` is refused; each lies in the 64-bit range a stage can
+  be sent (``orjson``, vLLM and llama.cpp take no larger one).
+
+The models' JSON schemas are the request bodies of the published OpenAPI
+document (``router.openapi``). What the validators check beyond the types (a
+``tool`` message needs ``tool_call_id``, refused fields are null, ...) is said
+there too, in each model's ``json_schema_extra``, so that a body valid by the
+document is one the router takes as far as JSON Schema can say it.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 # Fields OpenAI defines that change the answer and that no stage of ours implements: refused by name.
 UNSUPPORTED_FIELDS: dict[str, str] = {
@@ -46,9 +55,46 @@ IGNORED_FIELDS: tuple[str, ...] = (
     "prediction",
     "modalities",
 )
+MAX_INT = 2**63 - 1  # the 64-bit range: what orjson can send a stage, and what vLLM and llama.cpp take
+MIN_INT = -(2**63)
 MAX_STOP_SEQUENCES = 64  # OpenAI allows 4; vLLM and our CPU server take any number, and some clients send more
 MAX_TOP_LOGPROBS = 20
 FUNCTION_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+def _integral(value: Any) -> Any:
+    """``1.0`` is the JSON number 1: taken as the int (JSON Schema's ``integer`` includes it); ``1.5`` stays a float, refused."""
+    if isinstance(value, float) and value.is_integer() and MIN_INT <= value <= MAX_INT:
+        return int(value)
+    return value
+
+
+INTEGRAL = BeforeValidator(_integral)
+"""On every integer field of the wire protocol, after its ``Field`` (so its bounds stay JSON Schema's ``minimum`` /
+``maximum``), which holds it to the 64-bit range: ``Annotated[int, Field(ge=1, le=MAX_INT), INTEGRAL]``."""
+Int = Annotated[int, Field(ge=MIN_INT, le=MAX_INT), INTEGRAL]
+NULL_ONLY: dict[str, Any] = {"type": "null"}
+"""The schema of a field declared only so that a value is refused by name (only null passes)."""
+
+
+def null_only(why: str) -> Any:
+    """A field declared so that the error can say "not supported" (any value but null is a 400 naming it)."""
+    return Field(None, exclude=True, json_schema_extra={**NULL_ONLY, "description": f"refused unless null: {why}"})
+
+
+def ignored() -> Any:
+    """A field accepted and never forwarded: it does not change the answer."""
+    return Field(None, exclude=True, description="accepted and ignored: it does not change the answer")
+
+
+def when(condition: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
+    """A JSON Schema rule: an object matching ``condition`` (a properties map, each of them present) must match ``then``."""
+    return {"if": {"properties": condition, "required": list(condition)}, "then": then}
+
+
+def add_rules(schema: dict[str, Any], *rules: dict[str, Any]) -> None:
+    """Append rules (``when``) to a model's JSON schema, as ``allOf``."""
+    schema.setdefault("allOf", []).extend(rules)
 
 
 class _Strict(BaseModel):
@@ -67,6 +113,8 @@ class ContentPart(_Part):
 
     Image, audio and file parts are parsed so that the error can name them; no stage takes them.
     """
+
+    model_config = ConfigDict(json_schema_extra=lambda schema: _content_part_schema(schema))
 
     type: Literal["text", "refusal", "image_url", "input_audio", "file"]
     text: str | None = None
@@ -87,6 +135,13 @@ class ContentPart(_Part):
         return (self.text if self.type == "text" else self.refusal) or ""
 
 
+def _content_part_schema(schema: dict[str, Any]) -> None:
+    schema["properties"]["type"]["description"] = "'image_url', 'input_audio' and 'file' parts are refused: no stage takes them"
+    schema["properties"]["type"]["enum"] = ["text", "refusal"]
+    add_rules(schema, when({"type": {"const": "text"}}, {"required": ["text"], "properties": {"text": {"type": "string"}}}),
+              when({"type": {"const": "refusal"}}, {"required": ["refusal"], "properties": {"refusal": {"type": "string"}}}))  # fmt: skip
+
+
 class FunctionCall(_Part):
     name: str
     arguments: str  # JSON text, as OpenAI sends it
@@ -99,6 +154,8 @@ class ToolCall(_Part):
 
 
 class ChatMessage(_Part):
+    model_config = ConfigDict(json_schema_extra=lambda schema: _message_schema(schema))
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
@@ -127,6 +184,22 @@ class ChatMessage(_Part):
         if isinstance(self.content, str):
             return self.content
         return "".join(p.plain() for p in self.content)
+
+
+def _message_schema(schema: dict[str, Any]) -> None:
+    """``tool_call_id`` in tool messages only (and needed there), ``tool_calls`` and refusal parts in assistant messages only."""
+    not_assistant = {"role": {"enum": ["system", "developer", "user", "tool"]}}
+    not_tool = {"role": {"enum": ["system", "developer", "user", "assistant"]}}
+    no_refusal = {"anyOf": [{"type": "string"}, {"type": "null"},
+                            {"type": "array", "items": {"properties": {"type": {"const": "text"}}}}]}  # fmt: skip
+    add_rules(
+        schema,
+        when(
+            {"role": {"const": "tool"}}, {"required": ["tool_call_id"], "properties": {"tool_call_id": {"type": "string", "minLength": 1}}}
+        ),
+        when(not_tool, {"properties": {"tool_call_id": NULL_ONLY}}),
+        when(not_assistant, {"properties": {"tool_calls": NULL_ONLY, "content": no_refusal}}),
+    )
 
 
 # -- tools ---------------------------------------------------------------------
@@ -165,6 +238,14 @@ class JSONSchemaSpec(_Part):
 class ResponseFormat(_Part):
     """``text``, ``json_object`` or ``json_schema`` (with its ``json_schema`` spec). One model, so errors name plain paths."""
 
+    model_config = ConfigDict(
+        json_schema_extra=lambda schema: add_rules(
+            schema,
+            when({"type": {"const": "json_schema"}}, {"required": ["json_schema"], "properties": {"json_schema": {"type": "object"}}}),
+            when({"type": {"enum": ["text", "json_object"]}}, {"properties": {"json_schema": NULL_ONLY}}),
+        )
+    )
+
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchemaSpec | None = None
 
@@ -182,19 +263,21 @@ class StreamOptions(_Part):
 
 
 class ChatCompletionRequest(_Strict):
-    model: str = Field(min_length=1)
+    model_config = ConfigDict(json_schema_extra=lambda schema: _request_schema(schema))
+
+    model: str = Field(min_length=1, description="'cascade' (the adaptive ladder) or a stage's name: GET /v1/models", examples=["cascade"])
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_INT), INTEGRAL] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_INT), INTEGRAL] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    n: Annotated[int, Field(ge=1, le=1)] | None = None
+    n: Annotated[int, Field(ge=1, le=1), INTEGRAL] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
-    seed: int | None = None
+    seed: Int | None = None
     logprobs: bool | None = None
-    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), INTEGRAL] | None = None
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     response_format: ResponseFormat | None = None
@@ -202,32 +285,34 @@ class ChatCompletionRequest(_Strict):
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     # vLLM extras (draft verification)
-    prompt_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    prompt_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), INTEGRAL] | None = None
     continue_final_message: bool = False
     add_generation_prompt: bool = True
     # our CPU stage server's extra: "final_message" scores only the final message's positions (null before)
     prompt_logprobs_scope: Literal["all", "final_message"] | None = None
     # cascade extras
-    cascade_lambda: Annotated[float, Field(ge=0.0)] | None = None
-    cascade_max_stage: Annotated[int, Field(ge=0)] | str | None = None
+    cascade_lambda: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | None = None
+    cascade_max_stage: Annotated[int, Field(ge=0, le=MAX_INT), INTEGRAL] | str | None = None
 
     # Accepted and dropped: they do not change the answer (see IGNORED_FIELDS).
-    store: Any = Field(None, exclude=True)
-    metadata: Any = Field(None, exclude=True)
-    service_tier: Any = Field(None, exclude=True)
-    prompt_cache_key: Any = Field(None, exclude=True)
-    safety_identifier: Any = Field(None, exclude=True)
-    reasoning_effort: Any = Field(None, exclude=True)
-    verbosity: Any = Field(None, exclude=True)
-    user: Any = Field(None, exclude=True)
-    prediction: Any = Field(None, exclude=True)
-    modalities: Any = Field(None, exclude=True)
+    store: Any = ignored()
+    metadata: Any = ignored()
+    service_tier: Any = ignored()
+    prompt_cache_key: Any = ignored()
+    safety_identifier: Any = ignored()
+    reasoning_effort: Any = ignored()
+    verbosity: Any = ignored()
+    user: Any = ignored()
+    prediction: Any = ignored()
+    modalities: Any = Field(
+        None, exclude=True, json_schema_extra={"anyOf": [NULL_ONLY, {"const": ["text"]}], "description": "only text output"}
+    )
     # Declared so the error can say "not supported" instead of "unrecognized".
-    functions: Any = Field(None, exclude=True)
-    function_call: Any = Field(None, exclude=True)
-    logit_bias: Any = Field(None, exclude=True)
-    audio: Any = Field(None, exclude=True)
-    web_search_options: Any = Field(None, exclude=True)
+    functions: Any = null_only(UNSUPPORTED_FIELDS["functions"])
+    function_call: Any = null_only(UNSUPPORTED_FIELDS["function_call"])
+    logit_bias: Any = null_only(UNSUPPORTED_FIELDS["logit_bias"])
+    audio: Any = null_only(UNSUPPORTED_FIELDS["audio"])
+    web_search_options: Any = null_only(UNSUPPORTED_FIELDS["web_search_options"])
 
     @model_validator(mode="after")
     def _check_combinations(self) -> ChatCompletionRequest:
@@ -303,6 +388,23 @@ class ChatCompletionRequest(_Strict):
             for name in ("tools", "tool_choice", "parallel_tool_calls"):
                 body.pop(name, None)
         return body
+
+
+def _request_schema(schema: dict[str, Any]) -> None:
+    """The combinations ``_check_combinations`` refuses, as far as JSON Schema can say them (not: which function
+    ``tool_choice`` names, duplicate tool names, ``continue_final_message``'s final assistant message)."""
+    present = {"not": NULL_ONLY}
+    add_rules(
+        schema,
+        when({"top_logprobs": {"type": "integer", "minimum": 1}}, {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}),
+        when({"stream_options": present}, {"required": ["stream"], "properties": {"stream": {"const": True}}}),
+        when({"prompt_logprobs": present}, {"properties": {"stream": {"const": False}}}),
+        when({"prompt_logprobs_scope": {"const": "final_message"}},
+             {"required": ["continue_final_message"], "properties": {"continue_final_message": {"const": True}}}),
+        when({"continue_final_message": {"const": True}},
+             {"required": ["add_generation_prompt"], "properties": {"add_generation_prompt": {"const": False}}}),
+        when({"tool_choice": {"const": "required"}}, {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}),
+    )  # fmt: skip
 
 
 class ParamError(ValueError):
