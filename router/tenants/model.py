@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from common.protocol import MAX_INT
+
 KEY_PREFIX = "asd-"
 _TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -42,14 +44,17 @@ class TenantSettings(BaseModel):
     slo: SLO | None = None
     max_stage: int | str | None = Field(None, description="highest stage (index or name) the cascade may use")
     allowed_models: list[str] | None = Field(None, description="models this tenant may call; null = all")
-    rpm: int = Field(0, ge=0, description="requests per minute, 0 = unlimited")
-    tpm: int = Field(0, ge=0, description="tokens per minute, 0 = unlimited")
+    # bounded to 64 bits: the settings are answered and stored as JSON (orjson), which holds no larger integer
+    rpm: int = Field(0, ge=0, le=MAX_INT, description="requests per minute, 0 = unlimited")
+    tpm: int = Field(0, ge=0, le=MAX_INT, description="tokens per minute, 0 = unlimited")
 
     @field_validator("max_stage")
     @classmethod
     def _stage(cls, v: int | str | None) -> int | str | None:
         if isinstance(v, int) and v < 0:
             raise ValueError("must be >= 0")
+        if isinstance(v, int) and v > MAX_INT:
+            raise ValueError(f"must be <= {MAX_INT}")
         return v
 
     def public(self) -> dict[str, object]:
