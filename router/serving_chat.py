@@ -233,7 +233,7 @@ class ChatServing:
         ref: int | str | None = req.cascade_max_stage
         param = "cascade_max_stage"
         if ref is None and (raw := headers.get(MAX_STAGE_HEADER)) is not None:
-            ref, param = (int(raw) if raw.isdigit() else raw), MAX_STAGE_HEADER
+            ref, param = (int(raw) if raw.isascii() and raw.isdigit() else raw), MAX_STAGE_HEADER  # "²" is a digit, not an int
         if ref is None:
             return lam, top
         try:
