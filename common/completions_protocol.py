@@ -37,46 +37,78 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from common.errors import APIError, from_validation_error
-from common.protocol import MAX_STOP_SEQUENCES, MAX_TOP_LOGPROBS, ParamError, StreamOptions
+from common.protocol import (
+    INTEGRAL,
+    MAX_INT,
+    MAX_STOP_SEQUENCES,
+    MAX_TOP_LOGPROBS,
+    NULL_ONLY,
+    Int,
+    ParamError,
+    StreamOptions,
+    add_rules,
+    ignored,
+    null_only,
+    when,
+)
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's and vLLM's default max_tokens for completions
 # Fields that do not change the answer: accepted, never forwarded (the chat protocol drops the same ones).
 IGNORED_FIELDS: tuple[str, ...] = ("user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier")
 CASCADE_FIELDS: tuple[str, ...] = ("cascade_lambda", "cascade_max_stage")
+_PROMPT_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 1},
+    ],
+    "description": "one text prompt: a string, or a list holding one string (token ids and several prompts are refused)",
+}
+
+
+def _request_schema(schema: dict[str, Any]) -> None:
+    """``prompt`` is needed; ``stream_options`` only with ``stream``; ``max_tokens: 0`` only with ``echo`` (as ``_check``)."""
+    schema["required"] = ["model", "prompt"]
+    schema["properties"]["prompt"].pop("default", None)
+    add_rules(
+        schema,
+        when({"stream_options": {"not": NULL_ONLY}}, {"required": ["stream"], "properties": {"stream": {"const": True}}}),
+        when({"max_tokens": {"const": 0}}, {"required": ["echo"], "properties": {"echo": {"const": True}}}),
+    )
 
 
 class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=lambda schema: _request_schema(schema))
 
-    model: str = Field(min_length=1)
-    prompt: Any = None  # checked by ``prompt_text`` so that each wrong shape gets its own message
-    max_tokens: Annotated[int, Field(ge=0)] | None = None
+    model: str = Field(min_length=1, description="'cascade' (the adaptive ladder) or a stage's name: GET /v1/models", examples=["cascade"])
+    prompt: Any = Field(None, json_schema_extra=_PROMPT_SCHEMA)  # checked by ``prompt_text``: each wrong shape gets its own message
+    max_tokens: Annotated[int, Field(ge=0, le=MAX_INT), INTEGRAL] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    n: Annotated[int, Field(ge=1, le=1)] | None = None
-    best_of: Annotated[int, Field(ge=1, le=1)] | None = None
+    n: Annotated[int, Field(ge=1, le=1), INTEGRAL] | None = None
+    best_of: Annotated[int, Field(ge=1, le=1), INTEGRAL] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
-    seed: int | None = None
-    logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    seed: Int | None = None
+    logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), INTEGRAL] | None = None
     echo: bool = False
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
-    suffix: str | None = Field(None, exclude=True)  # only an empty one passes the check: nothing to forward
+    # only an empty one passes the check: nothing to forward
+    suffix: str | None = Field(None, exclude=True, json_schema_extra={"anyOf": [NULL_ONLY, {"const": ""}], "description": "only ''"})
     # cascade extras
-    cascade_lambda: Annotated[float, Field(ge=0.0)] | None = None
-    cascade_max_stage: Annotated[int, Field(ge=0)] | str | None = None
+    cascade_lambda: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | None = None
+    cascade_max_stage: Annotated[int, Field(ge=0, le=MAX_INT), INTEGRAL] | str | None = None
 
     # Accepted and dropped: they do not change the answer (see IGNORED_FIELDS).
-    user: Any = Field(None, exclude=True)
-    metadata: Any = Field(None, exclude=True)
-    store: Any = Field(None, exclude=True)
-    service_tier: Any = Field(None, exclude=True)
-    prompt_cache_key: Any = Field(None, exclude=True)
-    safety_identifier: Any = Field(None, exclude=True)
+    user: Any = ignored()
+    metadata: Any = ignored()
+    store: Any = ignored()
+    service_tier: Any = ignored()
+    prompt_cache_key: Any = ignored()
+    safety_identifier: Any = ignored()
     # Declared so the error can say "not supported" instead of "unrecognized".
-    logit_bias: Any = Field(None, exclude=True)
+    logit_bias: Any = null_only("'logit_bias' is not supported by this server")
 
     @model_validator(mode="after")
     def _check(self) -> CompletionRequest:

@@ -33,7 +33,18 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from common.errors import APIError, from_validation_error, parse_chat_request
-from common.protocol import FUNCTION_NAME_PATTERN, MAX_TOP_LOGPROBS, ChatCompletionRequest, ParamError
+from common.protocol import (
+    FUNCTION_NAME_PATTERN,
+    INTEGRAL,
+    MAX_INT,
+    MAX_TOP_LOGPROBS,
+    NULL_ONLY,
+    ChatCompletionRequest,
+    ParamError,
+    add_rules,
+    ignored,
+    when,
+)
 
 LOGPROBS_INCLUDE = "message.output_text.logprobs"  # the ``include`` value that asks for the output text's logprobs
 _STATELESS = "this router is stateless and stores nothing"
@@ -41,6 +52,7 @@ _RESEND = "send the whole conversation in 'input'"
 _MEDIA_PARTS = {"input_image": "image", "input_file": "file", "input_audio": "audio"}
 _TEXT_PARTS = ("input_text", "output_text")
 _FUNCTION_NAME = re.compile(FUNCTION_NAME_PATTERN)
+_NOTHING_STORED = "refused unless null or false: this router is stateless and stores nothing; send the whole conversation in 'input'"
 
 
 class _Strict(BaseModel):
@@ -60,6 +72,8 @@ class InputContent(_Part):
     One model with a ``type`` (not a union), so errors name plain paths; image,
     file and audio parts are parsed so that the error can name them.
     """
+
+    model_config = ConfigDict(json_schema_extra=lambda schema: _content_schema(schema))
 
     type: str
     text: str | None = None
@@ -84,12 +98,27 @@ class InputContent(_Part):
         return {"type": "text", "text": self.text or ""}
 
 
+_STRING = {"type": "string"}
+
+
+def _needs(*names: str) -> dict[str, Any]:
+    """A rule's ``then``: these fields present, and strings."""
+    return {"required": list(names), "properties": dict.fromkeys(names, _STRING)}
+
+
+def _content_schema(schema: dict[str, Any]) -> None:
+    schema["properties"]["type"] = {"enum": [*_TEXT_PARTS, "refusal"], "description": "image, file and audio parts are refused"}
+    add_rules(schema, when({"type": {"enum": list(_TEXT_PARTS)}}, _needs("text")), when({"type": {"const": "refusal"}}, _needs("refusal")))
+
+
 class InputItem(_Part):
     """One item of ``input``: a message, a function call the model made, or a function call's output.
 
     One model for every item type (``type`` defaults to ``message``, as in OpenAI's
     "easy" input messages), so errors name plain paths such as ``input[2].call_id``.
     """
+
+    model_config = ConfigDict(json_schema_extra=lambda schema: _item_schema(schema))
 
     type: str = "message"
     role: Literal["user", "system", "developer", "assistant"] | None = None
@@ -118,6 +147,8 @@ class InputItem(_Part):
             for name in ("call_id", "output"):
                 if getattr(self, name) is None:
                     raise ParamError(name, f"a 'function_call_output' item needs '{name}'")
+            if not self.call_id:  # it becomes a chat tool message's tool_call_id, which must not be empty
+                raise ParamError("call_id", "a 'function_call_output' item needs a non-empty 'call_id'")
             if isinstance(self.output, list):
                 for i, part in enumerate(self.output):
                     if part.type != "input_text":
@@ -140,6 +171,24 @@ class InputItem(_Part):
         return "".join(p.text or "" for p in self.output or ())
 
 
+def _item_schema(schema: dict[str, Any]) -> None:
+    """What ``_check_type`` needs of each item type (``type`` absent: a message)."""
+    schema["properties"]["type"] = {"enum": ["message", "function_call", "function_call_output"], "default": "message",
+                                    "description": "item_reference and reasoning items are refused: nothing is stored"}  # fmt: skip
+    text_only = {"type": "array", "items": {"properties": {"type": {"const": "input_text"}}}}
+    no_refusal = {"anyOf": [_STRING, {"type": "array", "items": {"properties": {"type": {"enum": list(_TEXT_PARTS)}}}}]}
+    message = {"required": ["role", "content"], "properties": {"role": {"not": NULL_ONLY}, "content": {"not": NULL_ONLY}}}
+    schema["allOf"] = [
+        {"if": {"properties": {"type": {"const": "message"}}}, "then": message},  # absent counts as a message
+        {"if": {"properties": {"role": {"enum": ["user", "system", "developer"]}}, "required": ["role"]},
+         "then": {"properties": {"content": no_refusal}}},
+        when({"type": {"const": "function_call"}}, _needs("call_id", "name", "arguments")),
+        when({"type": {"const": "function_call_output"}},
+             {"required": ["call_id", "output"],
+              "properties": {"call_id": {"type": "string", "minLength": 1}, "output": {"anyOf": [_STRING, text_only]}}}),
+    ]  # fmt: skip
+
+
 # -- tools -----------------------------------------------------------------------
 class FunctionTool(_Part):
     """A tool in the Responses shape: flat (``name`` next to ``type``), unlike chat's nested ``function``.
@@ -147,6 +196,17 @@ class FunctionTool(_Part):
     Built-in tools (web search, file search, computer use, code interpreter, MCP, ...) are
     parsed so that the error can name them: this router runs no tools of its own.
     """
+
+    model_config = ConfigDict(
+        json_schema_extra=lambda schema: schema.update(
+            required=["type", "name"],
+            properties={
+                **schema["properties"],
+                "type": {"const": "function", "description": "built-in tools are refused"},
+                "name": {"type": "string", "pattern": FUNCTION_NAME_PATTERN},
+            },
+        )  # fmt: skip
+    )
 
     type: str
     name: str | None = None
@@ -188,6 +248,8 @@ class FunctionTool(_Part):
 class ToolChoiceObject(_Part):
     """``{type: function, name}`` or ``{type: allowed_tools, mode, tools}``; built-in tool types are refused by name."""
 
+    model_config = ConfigDict(json_schema_extra=lambda schema: _choice_schema(schema))
+
     type: str
     name: str | None = None
     mode: Literal["auto", "required"] | None = None
@@ -216,9 +278,26 @@ class ToolChoiceObject(_Part):
         return [str(t["name"]) for t in self.tools or ()]
 
 
+def _choice_schema(schema: dict[str, Any]) -> None:
+    schema["properties"]["type"] = {"enum": ["function", "allowed_tools"], "description": "built-in tool types are refused"}
+    listed = {"type": "object", "required": ["type", "name"], "properties": {"type": {"const": "function"}, "name": _STRING}}
+    add_rules(
+        schema,
+        when({"type": {"const": "function"}}, _needs("name")),
+        when({"type": {"const": "allowed_tools"}}, {"required": ["mode", "tools"], "properties": {
+            "mode": {"enum": ["auto", "required"]}, "tools": {"type": "array", "items": listed}}}),
+    )  # fmt: skip
+
+
 # -- text format -----------------------------------------------------------------
 class TextFormat(_Part):
     """``text.format``: ``text``, ``json_object`` or ``json_schema`` (flat: ``name`` and ``schema`` next to ``type``)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=lambda schema: add_rules(
+            schema, when({"type": {"const": "json_schema"}}, {"required": ["name", "schema"], "properties": {"schema": {"type": "object"}}})
+        )
+    )
 
     type: Literal["text", "json_object", "json_schema"]
     name: str | None = Field(None, pattern=FUNCTION_NAME_PATTERN)
@@ -259,11 +338,22 @@ class ResponsesStreamOptions(_Part):
 
 
 # -- the request -----------------------------------------------------------------
+def _request_schema(schema: dict[str, Any]) -> None:
+    """The combinations ``_check_combinations`` refuses, as far as JSON Schema can say them."""
+    add_rules(
+        schema,
+        when({"stream_options": {"not": NULL_ONLY}}, {"required": ["stream"], "properties": {"stream": {"const": True}}}),
+        when({"tool_choice": {"const": "required"}}, {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}),
+    )
+
+
 class ResponsesRequest(_Strict):
-    model: str = Field(min_length=1)
-    input: str | list[InputItem]
+    model_config = ConfigDict(json_schema_extra=lambda schema: _request_schema(schema))
+
+    model: str = Field(min_length=1, description="'cascade' (the adaptive ladder) or a stage's name: GET /v1/models", examples=["cascade"])
+    input: str | Annotated[list[InputItem], Field(min_length=1)]
     instructions: str | None = None
-    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_output_tokens: Annotated[int, Field(ge=1, le=MAX_INT), INTEGRAL] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     tools: list[FunctionTool] | None = None
@@ -272,35 +362,35 @@ class ResponsesRequest(_Strict):
     text: TextConfig | None = None
     stream: bool = False
     stream_options: ResponsesStreamOptions | None = None
-    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), INTEGRAL] | None = None
     include: list[str] | None = None  # only LOGPROBS_INCLUDE changes anything: the others name items no stage produces
     # cascade extras
-    cascade_lambda: Annotated[float, Field(ge=0.0)] | None = None
-    cascade_max_stage: Annotated[int, Field(ge=0)] | str | None = None
+    cascade_lambda: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | None = None
+    cascade_max_stage: Annotated[int, Field(ge=0, le=MAX_INT), INTEGRAL] | str | None = None
 
     # Stateless: refused when they ask for stored state (see _check_stateless).
-    store: bool | None = None
-    background: bool | None = None
-    previous_response_id: Any = None
-    conversation: Any = None
-    prompt: Any = None
+    store: bool | None = Field(None, json_schema_extra={"anyOf": [{"const": False}, NULL_ONLY], "description": _NOTHING_STORED})
+    background: bool | None = Field(None, json_schema_extra={"anyOf": [{"const": False}, NULL_ONLY], "description": _NOTHING_STORED})
+    previous_response_id: Any = Field(None, json_schema_extra={**NULL_ONLY, "description": _NOTHING_STORED})
+    conversation: Any = Field(None, json_schema_extra={**NULL_ONLY, "description": _NOTHING_STORED})
+    prompt: Any = Field(None, json_schema_extra={**NULL_ONLY, "description": _NOTHING_STORED})
     # Accepted and dropped: they do not change the answer. Some are echoed in the response.
     metadata: dict[str, str] | None = None
     user: str | None = None
-    service_tier: Any = None
+    service_tier: Any = ignored()
     truncation: Literal["auto", "disabled"] | None = None
-    reasoning: Any = None
+    reasoning: Any = ignored()
     prompt_cache_key: str | None = None
-    prompt_cache_retention: Any = None
-    prompt_cache_options: Any = None
+    prompt_cache_retention: Any = ignored()
+    prompt_cache_options: Any = ignored()
     safety_identifier: str | None = None
-    max_tool_calls: Any = None  # limits calls to built-in tools, of which there are none
-    context_management: Any = None
-    background_options: Any = None
-    access_programs: Any = None
-    image: Any = None
+    max_tool_calls: Any = ignored()  # limits calls to built-in tools, of which there are none
+    context_management: Any = ignored()
+    background_options: Any = ignored()
+    access_programs: Any = ignored()
+    image: Any = ignored()
     # Declared so the error can say "not supported" instead of "unrecognized".
-    moderation: Any = None
+    moderation: Any = Field(None, json_schema_extra={**NULL_ONLY, "description": "refused unless null: not supported by this server"})
 
     @model_validator(mode="before")
     @classmethod
