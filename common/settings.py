@@ -285,6 +285,12 @@ class CascadeConfig(_Model):
     )
     risk: RiskConfig = Field(default_factory=RiskConfig)
     draft_reuse: bool = Field(True, description="verify the lower stage's draft on escalation (false: always regenerate)")
+    early_exit: bool = Field(
+        True,
+        description="judge a stage while it writes: at the predictor's checkpoints (generated tokens) its prefix model "
+        "estimates the finished answer, and the rule aborts the stage to escalate when finishing is not worth its price "
+        "(needs a predictor with a prefix model; plain-text chat answers of stages called from scratch)",
+    )
     draft_min_accepted: float = Field(
         defaults.DRAFT_MIN_ACCEPTED,
         ge=0.0,

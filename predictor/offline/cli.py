@@ -3,6 +3,7 @@
 python -m predictor collect --out data/cpu/collect.jsonl        # resumable
 python -m predictor train   --data data/cpu/collect.jsonl --out predictor/models/cpu
 python -m predictor evaluate --data data/cpu/collect.jsonl --model predictor/models/cpu
+python -m predictor calibrate --within-points 2     # the λ that keeps quality within 2 points of the top stage
 ADAPTIVE_SD_CASCADE__DRAFT_REUSE=false adaptive-sd up &   # then:
 ADAPTIVE_SD_CASCADE__DRAFT_REUSE=false python -m predictor live-check --lambdas 5,16,50
 """
@@ -51,8 +52,30 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from predictor.offline import evaluate
 
-    res = evaluate.run(Path(args.data), Path(args.model), Path(args.out), Path(args.png))
+    res = evaluate.run(Path(args.data), Path(args.model), Path(args.out), Path(args.png), args.config, lofo=not args.no_lofo)
     print(evaluate.summary(res))
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from predictor.offline import calibrate
+
+    given = [x is not None for x in (args.keep, args.within_points, args.top_share)]
+    if sum(given) != 1:
+        print("error: give exactly one target: --keep, --within-points or --top-share", file=sys.stderr)
+        return 2
+    target = calibrate.Target(args.keep, args.within_points, args.top_share)
+    cal, row = calibrate.run(Path(args.data), Path(args.model), target, args.config, write=not args.dry_run)
+    print(f"validation split, {cal['tasks']} tasks; the rule prices stages in {cal['rule_unit']}; top stage: {cal['top_quality']:.3f}")
+    if row is None:
+        print(f"no λ up to {cal['grid'][-1]['lambda']:.4g} meets the target: {target.describe()}", file=sys.stderr)
+        return 1
+    costs = ", ".join(f"{row[f'cost_{u}'] / cal['top_cost'][u]:.2f}x the top stage's {u}" for u in cal["top_cost"])
+    print(
+        f"{target.describe()}: λ = {row['lambda']:.4g} (accuracy {row['quality']:.3f}, {row['top_share']:.0%} of requests reach the "
+        f"top stage, {costs})"
+    )
+    print(f"set it with cascade.default_lambda: {row['lambda']:.4g} (or a tenant's lambda; ADAPTIVE_SD_CASCADE__DEFAULT_LAMBDA)")
     return 0
 
 
@@ -99,6 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--model", default="predictor/models/cpu")
     e.add_argument("--out", default="bench/results/frontier.json")
     e.add_argument("--png", default="bench/results/frontier.png")
+    e.add_argument("--config", help="the ladder whose prices and rule are replayed (default: $ADAPTIVE_SD_CONFIG or configs/cpu.yaml)")
+    e.add_argument("--no-lofo", action="store_true", help="held-out split only (skips one refit per family)")
+    ca = sub.add_parser("calibrate", help="the λ that meets a quality or top-stage-share target on the validation split")
+    ca.add_argument("--data", default="data/cpu/collect.jsonl")
+    ca.add_argument("--model", default="predictor/models/cpu")
+    ca.add_argument("--config", help="the ladder whose rule is calibrated (default: $ADAPTIVE_SD_CONFIG or configs/cpu.yaml)")
+    ca.add_argument("--keep", type=float, help="keep this share of the top stage's accuracy, e.g. 0.98")
+    ca.add_argument("--within-points", type=float, help="stay within this many accuracy points of the top stage, e.g. 2")
+    ca.add_argument("--top-share", type=float, help="send this share of requests to the top stage, e.g. 0.5")
+    ca.add_argument("--dry-run", action="store_true", help="do not write the table next to the model")
     lc = sub.add_parser("live-check", help="compare the offline replay with a running router on test tasks")
     lc.add_argument("--config", help="the running router's config (default: $ADAPTIVE_SD_CONFIG or configs/cpu.yaml)")
     lc.add_argument("--data", default="data/cpu/collect.jsonl")
@@ -107,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     lc.add_argument("--limit", type=int, default=12)
     lc.add_argument("--out", default="bench/results/live_check.json")
     args = parser.parse_args(argv)
-    commands = {"collect": _collect, "train": _train, "evaluate": _evaluate, "live-check": _live_check}
+    commands = {"collect": _collect, "train": _train, "evaluate": _evaluate, "calibrate": _calibrate, "live-check": _live_check}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

@@ -135,6 +135,14 @@ class Prefixes:
     def part(self, split: str) -> Prefixes:
         return self.where(self.split == split)
 
+    def rows_of(self, data: Dataset) -> tuple[Prefixes, np.ndarray]:
+        """The rows whose finished answer is in ``data`` (a file still being appended to may hold more), and
+        the index of that answer in ``data`` for each of them."""
+        at = {(str(t), int(s)): i for i, (t, s) in enumerate(zip(data.task, data.stage, strict=True))}
+        idx = [at.get((str(t), int(s)), -1) for t, s in zip(self.task, self.stage, strict=True)]
+        keep = np.array(idx) >= 0
+        return self.where(keep), np.array(idx, dtype=np.int64)[keep]
+
 
 def prefixes(path: Path, checkpoints: tuple[int, ...]) -> Prefixes:
     """``Prefixes`` of every labelled answer in the collection at ``path`` (rows in file order, then stage, then t)."""

@@ -1,283 +1,239 @@
-"""The cost/quality frontier: replay routing policies offline over the collected answers.
+"""The cost/quality frontier, judged as a user with new prompts would see it.
 
-Every task of the collection has every stage's answer, verdict and measured
-seconds, so a policy is replayed by looking up what it would have seen --
-sweeping λ costs milliseconds. Reported figures use the test split only;
-thresholds are tuned on the validation split and the prompt-only router is
-the prior model trained on the training split. Cost is measured wall seconds
-of the stages a policy calls on this machine (the same unit the policy's DP
-uses: the per-stage mean seconds of the training split).
+Two evaluations, on the same replay (``predictor.offline.replay``) and the same cache of answers:
 
-Policies: each single stage; random routing at matched cost (the chord
-between stages); a fixed-threshold cascade on mean logprob (FrugalGPT /
-AutoMix style); a prompt-only router (RouteLLM style); ours (learned
-predictor + DP stopping, with and without prior-based skipping, and with the
-beliefs after each answer replaced by the prompt-only priors, as before v4);
-the oracle (cheapest stage that passes).
+* **held-out**: the shipped predictor (trained on the training split) on the test split's tasks;
+* **leave-one-family-out** (LOFO): for each task family in turn, all four models are refitted without it
+  (``train.FoldPredictor``) and the family's tasks are routed by that fold's models; the outcomes of every
+  family are pooled. This is what a user whose prompts are unlike the training tasks gets.
 
-Quality must not fall as λ rises: ``monotonicity`` checks ours on the
-validation split over the λ sweep (a fall beyond paired-sampling noise fails).
+Each is reported in both cost units (compute: 2 x parameters x tokens; seconds: measured on this machine),
+against every baseline on the same tasks: each stage alone, the top stage with speculative decoding from the
+stage below it on every request, random mixing at matched cost, the mean-logprob threshold cascade (FrugalGPT
+/ AutoMix style, thresholds tuned on validation), the prompt-only router on the same priors (RouteLLM style),
+the oracle; and ours with each part switched off in turn (early exit, draft reuse, prior skipping, beliefs
+after an answer). The rule prices stages in the config's ``cascade.cost_unit``, exactly as the router does.
+
+Quality must not fall as λ rises: ``monotonicity`` checks ours on the validation split over the λ sweep.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from predictor.offline import dataset, reuse
-from predictor.serving.features import INDEX, posterior_features
-from predictor.serving.runtime import OnnxPredictor
-from router.policy import StoppingPolicy, shrink
+from common.settings import Settings, TokenPrices
+from predictor.offline import dataset, replay, reuse
+from predictor.offline.replay import UNITS, Beliefs, Options, Outcome, Table, UnitCosts
 
-LAMBDAS = tuple(float(x) for x in np.geomspace(0.05, 500, 41))
-POLICIES = (
-    "ours",
-    "ours + draft reuse",
-    "ours, no skipping",
-    "ours, prompt-only beliefs",
-    "threshold cascade",
-    "prompt-only router",
-    "random",
-)
-_MEAN = INDEX["lp_mean"]
-
-
-@dataclass
-class Table:
-    """Per task (rows) and stage (columns); only tasks with a verdict at every stage."""
-
-    task: np.ndarray
-    split: np.ndarray
-    family: np.ndarray
-    y: np.ndarray  # (T, S) 0/1
-    sec: np.ndarray  # (T, S) seconds
-    x: np.ndarray  # (T, S, F)
-    prior_x: np.ndarray  # (T, S, P)
-
-    def rows(self, sel: np.ndarray | slice) -> Table:
-        return Table(self.task[sel], self.split[sel], self.family[sel], self.y[sel], self.sec[sel], self.x[sel], self.prior_x[sel])
-
-    def part(self, split: str) -> Table:
-        return self.rows(self.split == split)
+LAMBDA_STEPS = 41
+OURS = "ours"
+VARIANTS: dict[str, Options] = {
+    OURS: Options(),
+    "ours, no early exit": Options(early_exit=False),
+    "ours, no draft reuse": Options(draft_reuse=False),
+    "ours, no skipping": Options(skip=False),
+    "ours, prompt-only beliefs": Options(beliefs_after=False),
+}
+BASELINES = ("prompt-only router", "threshold cascade", "random")
+_THRESHOLD_QUANTILES = np.linspace(0.0, 1.0, 9).tolist() + [math.inf]
 
 
-def table(data: dataset.Dataset) -> Table:
-    s_count = data.n_stages
-    rows: dict[str, dict[int, int]] = {}
-    for i, (t, s) in enumerate(zip(data.task, data.stage, strict=False)):
-        rows.setdefault(str(t), {})[int(s)] = i
-    keep = [(t, idx) for t, idx in rows.items() if len(idx) == s_count]
-    order = [[idx[s] for s in range(s_count)] for _, idx in keep]
-    ix = np.array(order, dtype=np.int64)
-    first = ix[:, 0]
-    return Table(data.task[first], data.split[first], data.family[first], data.y[ix], data.seconds[ix], data.x[ix], data.prior_x[ix])
+def lambdas(b: Beliefs, t: Table) -> list[float]:
+    """The λ sweep, in the rule's unit: from a tenth of the cheapest stage's typical cost to 300x the top stage's."""
+    lo = float(np.median(b.rule_cost[:, 0])) * 0.1
+    hi = float(np.median(b.rule_cost[:, t.n_stages - 1])) * 300
+    return [float(x) for x in np.geomspace(lo, hi, LAMBDA_STEPS)]
 
 
 @dataclass
-class Point:
-    policy: str
-    knob: float | None
-    cost: float
-    quality: float
-    latency: float
-    stops: list[float]
+class Context:
+    """What every evaluation of one collection shares."""
+
+    settings: Settings
+    full: Table
+    costs: dict[str, UnitCosts]
+    prices: dict[str, list[TokenPrices]]
+    rule_prices: list[TokenPrices]
+    rates: list[reuse.StageRates]
+    lambdas: list[float]
+    opt: Options
 
 
-def _point(policy: str, knob: float | None, final: np.ndarray, cost: np.ndarray, y: np.ndarray, n_stages: int) -> Point:
-    quality = float(y[np.arange(len(final)), final].mean())
-    stops = [float((final == s).mean()) for s in range(n_stages)]
-    return Point(policy, knob, float(cost.mean()), quality, float(cost.mean()), stops)
-
-
-def single_stages(t: Table) -> list[Point]:
-    n = t.y.shape[1]
-    return [_point(f"stage {s}", None, np.full(len(t.y), s), t.sec[:, s], t.y, n) for s in range(n)]
-
-
-def oracle(t: Table) -> Point:
-    n = t.y.shape[1]
-    passing = t.y.astype(bool)
-    final = np.where(passing.any(axis=1), passing.argmax(axis=1), 0)
-    return _point("oracle", None, final, t.sec[np.arange(len(final)), final], t.y, n)
-
-
-def random_routing(singles: list[Point], costs: list[float]) -> list[Point]:
-    """Expected quality of mixing the two stages that bracket each target cost (the best random router)."""
-    pts = sorted(singles, key=lambda p: p.cost)
-    out = []
-    for c in costs:
-        for a, b in zip(pts, pts[1:], strict=False):
-            if a.cost <= c <= b.cost:
-                w = (c - a.cost) / (b.cost - a.cost) if b.cost > a.cost else 0.0
-                out.append(Point("random", w, c, (1 - w) * a.quality + w * b.quality, c, []))
-                break
+def outcomes(ctx: Context, sel: np.ndarray, b: Beliefs, val_sel: np.ndarray) -> dict[tuple[str, float | None], Outcome]:
+    """Every policy's outcome on the tasks ``sel`` (beliefs ``b`` for exactly those), thresholds tuned on ``val_sel``."""
+    t = ctx.full.rows(sel)
+    costs = {u: _rows(c, sel) for u, c in ctx.costs.items()}
+    out: dict[tuple[str, float | None], Outcome] = {}
+    for s in range(t.n_stages):
+        out[(f"stage {s}", None)] = replay.single(t, costs, s)
+    for u in UNITS:
+        out[(f"oracle ({u})", None)] = replay.oracle(t, costs, u)
+    out[("speculative decoding", None)] = replay.speculative(t, costs, ctx.prices, ctx.rates)
+    val = ctx.full.rows(val_sel)
+    # thresholds at quantiles of the validation tasks' mean logprob per stage (so that folds pool by quantile)
+    grid = itertools.product(_THRESHOLD_QUANTILES, repeat=t.n_stages - 1)
+    for k, qs in enumerate(grid):
+        th = [_quantile(val.x[:, s, replay._MEAN], q) for s, q in enumerate(qs)]
+        out[("threshold cascade", float(k))] = replay.threshold_cascade(t, costs, th)
+    for lam in ctx.lambdas:
+        out[("prompt-only router", lam)] = replay.prompt_router(t, b, costs, lam)
+        for name, opt in VARIANTS.items():
+            o = Options(opt.skip, opt.beliefs_after, opt.early_exit, opt.draft_reuse, ctx.opt.strength, ctx.opt.risk)
+            out[(name, lam)] = replay.cascade(t, b, costs, lam, o)
     return out
 
 
-def threshold_cascade(t: Table, thresholds: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Stop at the first stage whose mean logprob >= its threshold (the top stage always stops)."""
-    n = t.y.shape[1]
-    final = np.full(len(t.y), n - 1)
-    cost = np.zeros(len(t.y))
-    open_ = np.ones(len(t.y), dtype=bool)
-    for s in range(n):
-        cost[open_] += t.sec[open_, s]
-        if s == n - 1:
-            break
-        stop = open_ & (t.x[:, s, _MEAN] >= thresholds[s])
-        final[stop] = s
-        open_ &= ~stop
-    return final, cost
+def _quantile(v: np.ndarray, q: float) -> float:
+    return math.inf if q == math.inf else float(np.quantile(v, q))
 
 
-def tuned_thresholds(val: Table, grid: int = 9) -> list[tuple[float, ...]]:
-    """Threshold pairs on the validation split's Pareto frontier (cost vs quality)."""
-    n = val.y.shape[1]
-    qs = [np.quantile(val.x[:, s, _MEAN], np.linspace(0, 1, grid)).tolist() + [math.inf] for s in range(n - 1)]
-    cands: list[tuple[float, float, tuple[float, ...]]] = []
-    for row in np.array(np.meshgrid(*qs)).T.reshape(-1, n - 1):
-        final, cost = threshold_cascade(val, tuple(row))
-        cands.append((float(cost.mean()), float(val.y[np.arange(len(final)), final].mean()), tuple(float(v) for v in row)))
-    cands.sort()
-    frontier: list[tuple[float, ...]] = []
-    best = -1.0
-    for _c, q, th in cands:
-        if q > best:
-            frontier.append(th)
-            best = q
-    return frontier
+def _rows(c: UnitCosts, sel: np.ndarray) -> UnitCosts:
+    return UnitCosts(c.full[sel], c.at[sel], c.saving[sel])
 
 
-def prompt_router(t: Table, predictor: OnnxPredictor, costs: list[float], lam: float) -> tuple[np.ndarray, np.ndarray]:
-    """Pick one stage before generation: argmin cost + λ (1 - prior)."""
-    n = t.y.shape[1]
-    priors = predictor.prior_batch(t.prior_x.reshape(-1, t.prior_x.shape[-1])).reshape(len(t.y), n)
-    score = np.asarray(costs)[None, :] + lam * (1.0 - priors)
-    final = score.argmin(axis=1)
-    return final, t.sec[np.arange(len(final)), final]
-
-
-def beliefs(t: Table, predictor: OnnxPredictor) -> np.ndarray:
-    """``b[task, i, j]``: the predictor's belief about stage j > i once stage i has answered (``beliefs_after``); 0 elsewhere."""
-    n = t.y.shape[1]
-    out = np.zeros((len(t.y), n, n))
-    for i in range(n - 1):
-        x = np.concatenate([posterior_features(row, i, n) for row in t.x[:, i]])
-        out[:, i, i + 1 :] = predictor.posterior_batch(x).reshape(len(t.y), n - i - 1)
+def pool(parts: Sequence[dict[tuple[str, float | None], Outcome]]) -> dict[tuple[str, float | None], Outcome]:
+    """Concatenate the per-family outcomes of each (policy, knob) found in every part."""
+    keys = [k for k in parts[0] if all(k in p for p in parts)]
+    out = {}
+    for k in keys:
+        os_ = [p[k] for p in parts]
+        out[k] = Outcome(np.concatenate([o.final for o in os_]), np.concatenate([o.correct for o in os_]),
+                         {u: np.concatenate([o.spent[u] for o in os_]) for u in os_[0].spent},
+                         np.concatenate([o.calls for o in os_]), np.concatenate([o.aborts for o in os_]))  # fmt: skip
     return out
 
 
-def cascade(t: Table, predictor: OnnxPredictor, costs: list[float], lam: float, skip: bool, strength: float | None,
-            risk: tuple[float, float], saving: np.ndarray | None = None,
-            belief: np.ndarray | None | bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    """Ours: the router's own stopping rule replayed with the learned predictor; also how many stages each request called.
-
-    ``saving[task, i, j]``: seconds an escalation from i to j saves by verifying i's draft (predictor/offline/reuse.py).
-    ``belief``: after each answer the policy takes the predictor's beliefs about the stages above, as the router
-    does (True: computed here; an array: ``beliefs(t, predictor)`` computed once; False: keep the prompt-only priors).
-    """
-    n = t.y.shape[1]
-    priors = predictor.prior_batch(t.prior_x.reshape(-1, t.prior_x.shape[-1])).reshape(len(t.y), n)
-    p_hat = predictor.predict_batch(t.x.reshape(-1, t.x.shape[-1])).reshape(len(t.y), n)
-    b = beliefs(t, predictor) if belief is True else (belief if isinstance(belief, np.ndarray) else None)
-    alpha, beta = risk
-    final = np.zeros(len(t.y), dtype=np.int64)
-    cost = np.zeros(len(t.y))
-    calls = np.zeros(len(t.y), dtype=np.int64)
-    for i in range(len(t.y)):
-        policy = StoppingPolicy(costs, priors[i].tolist(), lam, max_stage=n - 1, strength=strength)
-        stage: int | None = policy.start(skip)
-        while stage is not None:
-            cost[i] += t.sec[i, stage] - (saving[i, final[i], stage] if saving is not None and calls[i] else 0.0)
-            calls[i] += 1
-            final[i] = stage
-            if b is not None:
-                policy.observe(stage, b[i, stage, stage + 1 :].tolist())
-            d = policy.decide(stage, shrink(float(p_hat[i, stage]), predictor.evidence, alpha, beta))
-            stage = None if d.stop else d.next_stage
-    return final, cost, calls
-
-
-def _draft_savings(data_path: Path, full: Table, n: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """Test-split savings of draft reuse per (task, i, j); a pair whose mean saving on the training
-    split is not positive regenerates (as the router's acceptance gate would have it)."""
-    rows = list(dataset.read_rows(data_path))
-    stage_rates = reuse.rates([r for r in rows if r["split"] == "train"], n)
-    all_saving = reuse.savings(rows, full.task, stage_rates)
-    train = full.split == "train"
-    pairs = {}
-    for i in range(n):
-        for j in range(i + 1, n):
-            mean = float(all_saving[train, i, j].mean())
-            pairs[f"{i}->{j}"] = {"train_mean_saving_s": mean, "reused": mean > 0}
-            if mean <= 0:
-                all_saving[:, i, j] = 0.0
-    test = full.split == "test"
-    info = {"stage_rates_s_per_token": [vars(r) for r in stage_rates], "pairs": pairs,
-            "test_mean_saving_s": {f"{i}->{j}": float(all_saving[test, i, j].mean()) for i in range(n) for j in range(i + 1, n)}}  # fmt: skip  # noqa: E501
-    return all_saving[test], info
-
-
-def frontier(points: list[Point]) -> list[Point]:
-    """Points not dominated on (lower cost, higher quality)."""
+def frontier(points: list[dict[str, Any]], unit: str) -> list[dict[str, Any]]:
+    """Points not dominated on (lower cost in ``unit``, higher quality)."""
     out, best = [], -1.0
-    for p in sorted(points, key=lambda p: (p.cost, -p.quality)):
-        if p.quality > best + 1e-12:
+    for p in sorted(points, key=lambda p: (p[f"cost_{unit}"], -p["quality"])):
+        if p["quality"] > best + 1e-12:
             out.append(p)
-            best = p.quality
+            best = p["quality"]
     return out
 
 
-def run(data_path: Path, model_dir: Path, out_json: Path, out_png: Path, strength: float | None = 8.0,
-        risk: tuple[float, float] = (1.0, 1.0)) -> dict[str, Any]:  # fmt: skip
-    data = dataset.load(data_path)
-    full = table(data)
-    train, val, test = full.part("train"), full.part("val"), full.part("test")
-    predictor = OnnxPredictor.load(model_dir)
-    n = full.y.shape[1]
-    costs = [float(train.sec[:, s].mean()) for s in range(n)]  # calibrated: mean measured seconds per stage
-    saving, reuse_info = _draft_savings(data_path, full, n)
-    singles = single_stages(test)
-    points: list[Point] = [*singles, oracle(test)]
-    for th in tuned_thresholds(val):
-        final, cost = threshold_cascade(test, th)
-        points.append(_point("threshold cascade", th[0], final, cost, test.y, n))
-    sweep = []
-    b_test = beliefs(test, predictor)
-    for lam in LAMBDAS:
-        final, cost = prompt_router(test, predictor, costs, lam)
-        points.append(_point("prompt-only router", lam, final, cost, test.y, n))
-        variants = (("ours", True, None, b_test), ("ours, no skipping", False, None, b_test), ("ours + draft reuse", True, saving, b_test),
-                    ("ours, prompt-only beliefs", True, None, False))  # fmt: skip
-        for name, skip, save, bel in variants:
-            final, cost, calls = cascade(test, predictor, costs, lam, skip, strength, risk, save, bel)
-            p = _point(name, lam, final, cost, test.y, n)
-            points.append(p)
-            if skip:
-                sweep.append(
-                    {"lambda": lam, "cost_s": p.cost, "quality": p.quality, "stops": p.stops, "escalation_rate": float((calls > 1).mean())}
-                )
-    ours_costs = [p.cost for p in points if p.policy == "ours"]
-    points += random_routing(singles, ours_costs)
-    result = {
-        "data": data_path.name,
-        "test_tasks": len(test.y),
-        "families": sorted(set(test.family.tolist())),
-        "stage_cost_s": costs,
-        "singles": [vars(p) for p in singles],
-        "oracle": vars(oracle(test)),
-        "frontiers": {name: [vars(p) for p in frontier([p for p in points if p.policy == name])] for name in POLICIES},
-        "lambda_sweep": sweep,
-        "draft_reuse": reuse_info,
-        "monotonicity": monotonicity(val, predictor, costs, strength, risk),
+def _best_at(front: list[dict[str, Any]], unit: str, c: float) -> float | None:
+    """The frontier's best quality at cost <= c (None below its cheapest point)."""
+    q = [p["quality"] for p in front if p[f"cost_{unit}"] <= c + 1e-12]
+    return max(q) if q else None
+
+
+def report(outs: dict[tuple[str, float | None], Outcome], unit_list: Sequence[str], default_lambda: float, n_tasks: int) -> dict[str, Any]:
+    """Frontiers per unit and policy, the λ sweep of ours, the default point, the targets."""
+    points = {k: o.point(k[0], k[1]) for k, o in outs.items()}
+    n_stages = sum(1 for k in outs if k[0].startswith("stage "))
+    singles = [points[(f"stage {s}", None)] for s in range(n_stages)]
+    res: dict[str, Any] = {"tasks": n_tasks, "singles": singles, "speculative decoding": points[("speculative decoding", None)],
+                           "oracle": {u: points[(f"oracle ({u})", None)] for u in unit_list}, "units": {}}  # fmt: skip
+    sweep = sorted((p for (name, _), p in points.items() if name == OURS), key=lambda p: p["knob"])
+    res["lambda_sweep"] = sweep
+    lam_default = min(sweep, key=lambda p: abs(math.log(p["knob"] / default_lambda)))["knob"] if sweep else None
+    res["default"] = next((p for p in sweep if p["knob"] == lam_default), None)
+    for u in unit_list:
+        by_policy: dict[str, list[dict[str, Any]]] = {}
+        for (name, _), p in points.items():
+            if name in VARIANTS or name in ("prompt-only router", "threshold cascade"):
+                by_policy.setdefault(name, []).append(p)
+        fronts = {name: frontier(pts, u) for name, pts in by_policy.items()}
+        ours_costs = [p[f"cost_{u}"] for p in fronts[OURS]]
+        fronts["random"] = frontier(replay.random_mix(singles, u, ours_costs), u)
+        res["units"][u] = {"frontiers": fronts, "targets": targets(res, fronts, u)}
+    return res
+
+
+def targets(res: dict[str, Any], fronts: dict[str, list[dict[str, Any]]], unit: str) -> dict[str, Any]:
+    """The issue's targets in ``unit``: ours within 1 point of the top stage at what share of its cost; the margin over
+    each baseline at matched cost (mean over the cost range where both exist); the default λ's quality gap."""
+    top = res["singles"][-1]
+    key = f"cost_{unit}"
+    near = [p for p in fronts[OURS] if p["quality"] >= top["quality"] - 0.01]
+    cheapest = min(near, key=lambda p: p[key]) if near else None
+    margins = {}
+    for name in BASELINES:
+        other = fronts.get(name) or []
+        if not other or not fronts[OURS]:
+            continue
+        lo = max(fronts[OURS][0][key], other[0][key])
+        hi = min(fronts[OURS][-1][key], other[-1][key])
+        if hi <= lo:
+            continue
+        grid = np.linspace(lo, hi, 50)
+        diffs = [(_best_at(fronts[OURS], unit, c) or 0.0) - (_best_at(other, unit, c) or 0.0) for c in grid]
+        differ = [d for d in diffs if abs(d) > 1e-9]
+        margins[name] = {"mean_points": 100 * float(np.mean(differ)) if differ else 0.0, "min_points": 100 * float(min(diffs)),
+                         "cost_range": [float(lo), float(hi)]}  # fmt: skip
+    d = res.get("default")
+    return {
+        "top_quality": top["quality"],
+        "top_cost": top[key],
+        "ours_best_quality": max(p["quality"] for p in fronts[OURS]),
+        "ours_cheapest_within_1pt": cheapest,
+        "cost_vs_top_within_1pt": cheapest[key] / top[key] if cheapest else None,
+        "oracle_cost_vs_top": res["oracle"][unit][key] / top[key],
+        "margin_over": margins,
+        "default_quality_gap_points": 100 * (top["quality"] - d["quality"]) if d else None,
+        "default_cost_vs_top": d[key] / top[key] if d else None,
     }
-    result["targets"] = targets(result)
-    result["targets_with_draft_reuse"] = targets(result, "ours + draft reuse")
+
+
+def run(data_path: Path, model_dir: Path, out_json: Path, out_png: Path, config: Path | None = None, lofo: bool = True,
+        seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Both evaluations, both units; writes the JSON and the PNG (four panels) and returns the result."""
+    from tqdm import tqdm
+
+    from common.settings import load_settings
+    from predictor.offline import train
+    from predictor.offline.tasks import registry
+    from predictor.serving.runtime import OnnxPredictor
+
+    settings = load_settings(config)
+    prices = replay.prices_of(settings)
+    rule_unit = settings.cascade.cost_unit
+    rule_prices = [s.price(rule_unit) for s in settings.stages]
+    max_tokens = {t.id: t.max_tokens for t in registry.build("mix")}
+    full = replay.table(data_path, train.CHECKPOINTS, max_tokens)
+    rows = list(dataset.read_rows(data_path))
+    rates = reuse.rates([r for r in rows if r["split"] == "train"], full.n_stages)
+    costs = {u: replay.unit_costs(full, u, prices[u]) for u in UNITS}
+    risk = (settings.cascade.risk.alpha, settings.cascade.risk.beta)
+    shipped = OnnxPredictor.load(model_dir, settings.cascade.risk.evidence)
+    b_full = replay.beliefs(full, shipped, rule_prices)
+    ctx = Context(
+        settings,
+        full,
+        costs,
+        prices,
+        rule_prices,
+        rates,
+        lambdas(b_full, full),
+        Options(strength=settings.cascade.prior_strength, risk=risk),
+    )
+    test, val = full.split == "test", full.split == "val"
+    result: dict[str, Any] = {"data": data_path.name, "rule_unit": rule_unit or "per-request cost", "lambdas": ctx.lambdas,
+                              "default_lambda": settings.cascade.default_lambda, "families": sorted(set(full.family.tolist()))}  # fmt: skip
+    held = outcomes(ctx, test, b_full.rows(test), val)
+    result["held_out"] = report(held, UNITS, settings.cascade.default_lambda, int(test.sum()))
+    result["monotonicity"] = monotonicity(full.rows(val), b_full.rows(val), {u: _rows(c, val) for u, c in costs.items()}, ctx)
+    if lofo:
+        data = dataset.load(data_path)
+        prefixes = dataset.prefixes(data_path, train.CHECKPOINTS)
+        parts = []
+        for fam in tqdm(result["families"], desc="leave-one-family-out", unit="family"):
+            fold = train.FoldPredictor(data.where(data.family != fam), prefixes.where(prefixes.family != fam), seed,
+                                       settings.cascade.risk.evidence)  # fmt: skip
+            sel = full.family == fam
+            b = replay.beliefs(full.rows(sel), fold, rule_prices)
+            parts.append(outcomes(ctx, sel, b, (full.family != fam) & val))
+        result["lofo"] = report(pool(parts), UNITS, settings.cascade.default_lambda, len(full.y))
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out_png)
@@ -287,25 +243,21 @@ def run(data_path: Path, model_dir: Path, out_json: Path, out_png: Path, strengt
 MONOTONE_Z = 2.0  # a fall counts when it exceeds this many standard errors of the paired difference
 
 
-def monotonicity(t: Table, predictor: OnnxPredictor, costs: list[float], strength: float | None, risk: tuple[float, float],
-                 lambdas: tuple[float, ...] = LAMBDAS, z: float = MONOTONE_Z) -> dict[str, Any]:  # fmt: skip
-    """Does ours lose quality as λ rises? Accuracy over ``lambdas`` on ``t`` (the validation split), each point
+def monotonicity(t: Table, b: Beliefs, costs: dict[str, UnitCosts], ctx: Context, lams: Sequence[float] | None = None,
+                 z: float = MONOTONE_Z) -> dict[str, Any]:  # fmt: skip
+    """Does ours lose quality as λ rises? Accuracy over the λ sweep on ``t`` (the validation split), each point
     against the best at any lower λ.
 
-    Two policies replayed on the same tasks differ only on the tasks where one is right and the other wrong
-    (``b`` and ``c`` of them); under equal quality the difference ``(c - b) / n`` has standard error
-    ``sqrt(b + c) / n`` (McNemar's paired test). A fall larger than ``z`` of those, and larger than one task, is
-    a fall in quality; smaller ones are noise. Reported: the accuracies, the largest fall, its tolerance.
+    Two policies replayed on the same tasks differ only on the tasks where one is right and the other wrong;
+    under equal quality the difference has standard error ``sqrt(discordant) / n`` (McNemar's paired test). A
+    fall larger than ``z`` of those, and larger than one task, is a fall in quality; smaller ones are noise.
     """
-    b = beliefs(t, predictor)
+    lams = list(lams if lams is not None else ctx.lambdas)
     n = len(t.y)
-    correct = []
-    for lam in lambdas:
-        final, _, _ = cascade(t, predictor, costs, lam, True, strength, risk, None, b)
-        correct.append(t.y[np.arange(n), final].astype(bool))
+    correct = [replay.cascade(t, b, costs, lam, ctx.opt).correct for lam in lams]
     worst: dict[str, Any] = {"fall": 0.0, "tolerance": None, "at_lambda": None, "from_lambda": None}
     beyond_noise = []
-    for k in range(1, len(lambdas)):
+    for k in range(1, len(lams)):
         best = max(range(k), key=lambda j: (int(correct[j].sum()), -j))
         fall = (int(correct[best].sum()) - int(correct[k].sum())) / n
         if fall <= 0:
@@ -313,38 +265,23 @@ def monotonicity(t: Table, predictor: OnnxPredictor, costs: list[float], strengt
         discordant = int((correct[best] != correct[k]).sum())
         tolerance = max(z * math.sqrt(discordant) / n, 1.0 / n)
         if fall > tolerance + 1e-12:
-            beyond_noise.append(lambdas[k])
+            beyond_noise.append(lams[k])
         if fall > worst["fall"]:
-            worst = {"fall": fall, "tolerance": tolerance, "at_lambda": lambdas[k], "from_lambda": lambdas[best]}
-    return {
-        "split": "val",
-        "tasks": n,
-        "z": z,
-        "accuracy": [float(c.mean()) for c in correct],
-        "lambdas": list(lambdas),
-        "worst_fall": worst,
-        "falls_beyond_noise_at": beyond_noise,
-        "monotone_within_noise": not beyond_noise,
-    }
+            worst = {"fall": fall, "tolerance": tolerance, "at_lambda": lams[k], "from_lambda": lams[best]}
+    return {"split": "val", "tasks": n, "z": z, "accuracy": [float(c.mean()) for c in correct], "lambdas": lams,
+            "worst_fall": worst, "falls_beyond_noise_at": beyond_noise, "monotone_within_noise": not beyond_noise}  # fmt: skip
 
 
-def targets(result: dict[str, Any], policy: str = "ours") -> dict[str, Any]:
-    """The issue's target: at quality within 1 point of the best single stage, cost <= 50% of the top stage."""
-    singles = result["singles"]
-    best = max(s["quality"] for s in singles)
-    top_cost = singles[-1]["cost"]
-    ok = [p for p in result["frontiers"][policy] if p["quality"] >= best - 0.01]
-    cheapest = min(ok, key=lambda p: p["cost"]) if ok else None
-    cheapest_single = min((s for s in singles if s["quality"] >= best - 0.01), key=lambda s: s["cost"])
-    return {
-        "best_single_quality": best,
-        "ours_cheapest_within_1pt": cheapest,
-        "cost_vs_top_stage": cheapest["cost"] / top_cost if cheapest else None,
-        "cheapest_single_within_1pt": cheapest_single,
-        "cost_vs_cheapest_single": cheapest["cost"] / cheapest_single["cost"] if cheapest else None,
-        # the floor for any policy: every task at the cheapest stage that passes it, nothing wasted
-        "oracle_cost_vs_top_stage": result["oracle"]["cost"] / top_cost,
-    }
+_STYLES = {
+    OURS: "-o",
+    "ours, no early exit": "--.",
+    "ours, no draft reuse": ":.",
+    "ours, no skipping": "-.",
+    "ours, prompt-only beliefs": ":x",
+    "threshold cascade": "-s",
+    "prompt-only router": "-^",
+    "random": ":",
+}
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -353,101 +290,117 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    styles = {
-        "ours": "-o",
-        "ours + draft reuse": "-D",
-        "ours, no skipping": "--.",
-        "ours, prompt-only beliefs": ":x",
-        "threshold cascade": "-s",
-        "prompt-only router": "-^",
-        "random": ":",
-    }
-    for name, pts in result["frontiers"].items():
-        if pts:
-            ax.plot([p["cost"] for p in pts], [p["quality"] for p in pts], styles[name], label=name, markersize=4)
-    for s in result["singles"]:
-        ax.scatter(s["cost"], s["quality"], marker="*", s=120, zorder=5)
-        ax.annotate(s["policy"], (s["cost"], s["quality"]), textcoords="offset points", xytext=(5, -10), fontsize=8)
-    o = result["oracle"]
-    ax.scatter(o["cost"], o["quality"], marker="x", s=80, color="black", label="oracle", zorder=5)
-    ax.set_xlabel("mean cost per request (measured stage seconds, this machine)")
-    ax.set_ylabel("accuracy (test split)")
-    ax.set_title(f"cost/quality frontier, {result['test_tasks']} test tasks")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    evals = [k for k in ("held_out", "lofo") if k in result]
+    fig, axes = plt.subplots(len(evals), len(UNITS), figsize=(7.0 * len(UNITS), 4.8 * len(evals)), squeeze=False)
+    for r, ev in enumerate(evals):
+        res = result[ev]
+        for c, unit in enumerate(UNITS):
+            ax = axes[r][c]
+            key = f"cost_{unit}"
+            for name, pts in res["units"][unit]["frontiers"].items():
+                if pts:
+                    ax.plot([p[key] for p in pts], [p["quality"] for p in pts], _STYLES.get(name, "-"), label=name, markersize=3)
+            for s in [*res["singles"], res["speculative decoding"]]:
+                ax.scatter(s[key], s["quality"], marker="*", s=110, zorder=5)
+                ax.annotate(s["policy"], (s[key], s["quality"]), textcoords="offset points", xytext=(5, -10), fontsize=7)
+            o = res["oracle"][unit]
+            ax.scatter(o[key], o["quality"], marker="x", s=70, color="black", label="oracle", zorder=5)
+            if res.get("default"):
+                d = res["default"]
+                ax.scatter(d[key], d["quality"], marker="P", s=110, color="red", label="ours at the default λ", zorder=6)
+            label = "GFLOP per request (2 x parameters x tokens)" if unit == "compute" else "seconds per request (measured, this machine)"
+            ax.set_xlabel(label)
+            ax.set_ylabel("accuracy")
+            title = "held-out test split" if ev == "held_out" else "leave-one-family-out (pooled)"
+            ax.set_title(f"{title}, {res['tasks']} tasks — {unit}", fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def summary(result: dict[str, Any]) -> str:
-    """A markdown table: each policy's frontier at a few matched costs, plus the λ sweep."""
-    lines = [f"test tasks: {result['test_tasks']}; stage cost (s): " + ", ".join(f"{c:.2f}" for c in result["stage_cost_s"]), "",
-             "| policy | cost (s) | accuracy | stops per stage |", "|---|---|---|---|"]  # fmt: skip
-    for s in result["singles"]:
-        lines.append(f"| {s['policy']} | {s['cost']:.2f} | {s['quality']:.3f} | |")
-    o = result["oracle"]
-    lines.append(f"| oracle | {o['cost']:.2f} | {o['quality']:.3f} | {' / '.join(f'{x:.2f}' for x in o['stops'])} |")
-    for name, pts in result["frontiers"].items():
-        for p in pts[:: max(1, len(pts) // 6)]:
-            stops = " / ".join(f"{x:.2f}" for x in p["stops"]) if p["stops"] else ""
-            lines.append(f"| {name} | {p['cost']:.2f} | {p['quality']:.3f} | {stops} |")
-    lines += ["", "| λ | cost (s) | accuracy | escalation rate | stops 0 / 1 / 2 |", "|---|---|---|---|---|"]
-    for row in result["lambda_sweep"][::5]:
-        lines.append(f"| {row['lambda']:.3g} | {row['cost_s']:.2f} | {row['quality']:.3f} | {row['escalation_rate']:.2f} | "
-                     + " / ".join(f"{x:.2f}" for x in row["stops"]) + " |")  # fmt: skip
-    for key, name in (("targets", "ours"), ("targets_with_draft_reuse", "ours + draft reuse")):
-        t = result[key]
-        vs_top = "-" if t["cost_vs_top_stage"] is None else f"{t['cost_vs_top_stage']:.2f}"
-        vs_single = "-" if t["cost_vs_cheapest_single"] is None else f"{t['cost_vs_cheapest_single']:.2f}"
-        lines += [
-            "",
-            (
-                f"best single stage accuracy {t['best_single_quality']:.3f}; {name} within 1 point of it costs {vs_top} x the top stage, "
-                f"{vs_single} x the cheapest single stage within 1 point (the oracle: {t['oracle_cost_vs_top_stage']:.2f} x the top stage)"
-            ),
-        ]
+    """Markdown tables: per evaluation and unit, each policy's frontier at a few points, and the targets."""
+    lines = [f"rule priced in: {result['rule_unit']}; default λ {result['default_lambda']:g}; families: {len(result['families'])}"]
+    for ev in ("held_out", "lofo"):
+        if ev not in result:
+            continue
+        res = result[ev]
+        lines += ["", f"## {'held-out test split' if ev == 'held_out' else 'leave-one-family-out'} ({res['tasks']} tasks)", "",
+                  "| policy | accuracy | GFLOP | seconds | stops 0 / 1 / 2 |", "|---|---|---|---|---|"]  # fmt: skip
+        fixed = [*res["singles"], res["speculative decoding"], *res["oracle"].values()]
+        if res.get("default"):
+            fixed.append({**res["default"], "policy": "ours at the default λ"})
+        for p in fixed:
+            lines.append(f"| {p['policy']} | {p['quality']:.3f} | {p['cost_compute']:.0f} | {p['cost_seconds']:.2f} | "
+                         + " / ".join(f"{x:.2f}" for x in p.get("stops", [])) + " |")  # fmt: skip
+        for unit in UNITS:
+            u = res["units"][unit]
+            t = u["targets"]
+            vs = "-" if t["cost_vs_top_within_1pt"] is None else f"{t['cost_vs_top_within_1pt']:.2f}x"
+            lines += ["", f"**{unit}**: top stage {t['top_quality']:.3f}; ours best {t['ours_best_quality']:.3f}; ours within 1 point of "
+                      f"the top at {vs} its cost (oracle {t['oracle_cost_vs_top']:.2f}x); default λ: "
+                      f"{t['default_quality_gap_points']:.1f} points below the top at {t['default_cost_vs_top']:.2f}x its cost", "",
+                      "| vs | mean margin at matched cost (points) | worst (points) |", "|---|---|---|"]  # fmt: skip
+            for name, m in t["margin_over"].items():
+                lines.append(f"| {name} | {m['mean_points']:+.1f} | {m['min_points']:+.1f} |")
+            lines += ["", f"| policy ({unit} frontier) | cost | accuracy |", "|---|---|---|"]
+            for name, pts in u["frontiers"].items():
+                for p in pts[:: max(1, len(pts) // 4)]:
+                    lines.append(f"| {name} | {p[f'cost_{unit}']:.2f} | {p['quality']:.3f} |")
+    m = result["monotonicity"]
+    lines += ["", f"monotone in λ on validation within noise: {m['monotone_within_noise']} (worst fall {m['worst_fall']['fall']:.3f})"]
     return "\n".join(lines)
 
 
-def live_check(settings: Any, data_path: Path, model_dir: Path, lambdas: tuple[float, ...], limit: int) -> dict[str, Any]:
-    """Send test-split tasks through a live router and compare with the offline replay.
+def live_check(settings: Settings, data_path: Path, model_dir: Path, lams: tuple[float, ...], limit: int) -> dict[str, Any]:
+    """Send test-split tasks through a live router and compare with the offline replay: stops, aborts, answers.
 
-    The router must run ``settings`` (the same predictor, costs and ladder) with
-    ``cascade.draft_reuse: false`` -- a verified answer's features include its
-    draft acceptance, which the replay (full generations) does not model.
-    Compares the stages called and the final answer text per request.
+    The router must run ``settings`` (same predictor, prices and ladder) with ``cascade.draft_reuse: false`` -- a
+    verified answer's features include its draft acceptance, which the replay of full generations does not model.
+    Compares per request the stages called (``x-cascade-path``: an aborted stage is marked there), the final stage
+    and the final answer text.
     """
     import httpx
 
+    from predictor.offline import train
     from predictor.offline.tasks import registry
+    from predictor.serving.runtime import OnnxPredictor
 
     tasks = {t.id: t for t in registry.build("mix")}
-    full = table(dataset.load(data_path)).part("test")
-    predictor = OnnxPredictor.load(model_dir)
-    costs = [s.cost for s in settings.stages]
-    texts = {}
-    for row in dataset.read_rows(data_path):
-        texts[row["task"]] = [s["text"] for s in row["stages"]]
-    sub = full.rows(slice(0, limit))
-    ids = [str(t) for t in sub.task]
+    full = replay.table(data_path, train.CHECKPOINTS, {k: t.max_tokens for k, t in tasks.items()})
+    test_idx = np.flatnonzero(full.split == "test")[:limit]
+    t = full.rows(test_idx)
+    predictor = OnnxPredictor.load(model_dir, settings.cascade.risk.evidence)
+    rule_prices = [s.price(settings.cascade.cost_unit) for s in settings.stages]
+    b = replay.beliefs(t, predictor, rule_prices)
+    costs = {u: replay.unit_costs(t, u, p) for u, p in replay.prices_of(settings).items()}
+    opt = Options(skip=settings.cascade.skip_by_prior, early_exit=settings.cascade.early_exit, draft_reuse=False,
+                  strength=settings.cascade.prior_strength, risk=(settings.cascade.risk.alpha, settings.cascade.risk.beta))  # fmt: skip
+    texts = {row["task"]: [s["text"] for s in row["stages"]] for row in dataset.read_rows(data_path)}
     names = [s.name for s in settings.stages]
     url = f"http://{settings.server.host}:{settings.server.port}/v1/chat/completions"
-    risk = (settings.cascade.risk.alpha, settings.cascade.risk.beta)
-    out: dict[str, Any] = {"tasks": len(ids), "lambdas": {}}
-    for lam in lambdas:
-        final, _, _ = cascade(sub, predictor, costs, lam, settings.cascade.skip_by_prior, settings.cascade.prior_strength, risk)
-        same_stop = same_text = 0
-        for i, tid in enumerate(ids):
+    out: dict[str, Any] = {"tasks": len(t.y), "lambdas": {}}
+    for lam in lams:
+        o = replay.cascade(t, b, costs, lam, opt)
+        same_stop = same_text = same_aborts = 0
+        mismatches = []
+        for i, tid in enumerate(t.task.tolist()):
             task = tasks[tid]
             body = {"model": settings.cascade.model_name, "messages": list(task.messages), "max_tokens": task.max_tokens,
                     "temperature": 0.0, "seed": 1234, "cascade_lambda": lam}  # fmt: skip
             r = httpx.post(url, json=body, timeout=600)
             r.raise_for_status()
             live_final = names.index(r.headers["x-cascade-stage"])
-            same_stop += live_final == int(final[i])
+            live_aborts = r.headers.get("x-cascade-path", "").count("(aborted")
+            same_stop += live_final == int(o.final[i])
+            same_aborts += live_aborts == int(o.aborts[i])
             same_text += r.json()["choices"][0]["message"]["content"] == texts[tid][live_final]
-        out["lambdas"][str(lam)] = {"same_final_stage": same_stop / len(ids), "same_answer_text": same_text / len(ids)}
+            if live_final != int(o.final[i]) or live_aborts != int(o.aborts[i]):
+                mismatches.append({"task": tid, "live_path": r.headers.get("x-cascade-path"), "replay_final": int(o.final[i]),
+                                   "replay_aborts": int(o.aborts[i])})  # fmt: skip
+        out["lambdas"][str(lam)] = {"same_final_stage": same_stop / len(t.y), "same_aborts": same_aborts / len(t.y),
+                                    "same_answer_text": same_text / len(t.y), "mismatches": mismatches}  # fmt: skip
     return out

@@ -150,6 +150,7 @@ def fit(
     seed: int,
     candidates: dict[str, Any] | None = None,
     extra: dict[str, str] | None = None,
+    export: bool = True,
 ) -> FittedModel:
     """Fit each candidate (default: ``_candidates``), keep the best on validation log-loss, calibrate it on validation."""
     from sklearn.isotonic import IsotonicRegression
@@ -171,10 +172,11 @@ def fit(
         "calibration": json.dumps(asdict(calibration)),
         **(extra or {}),
     }
-    return FittedModel(best, losses, calibration, _to_onnx(fitted[best], len(names), metadata), fitted[best])
+    onnx = _to_onnx(fitted[best], len(names), metadata) if export else b""
+    return FittedModel(best, losses, calibration, onnx, fitted[best])
 
 
-CHECKPOINTS = (8, 16, 32, 64)  # generated tokens after which a streaming stage is judged (early exit)
+CHECKPOINTS: tuple[int, ...] = (8, 16, 32, 64)  # generated tokens after which a streaming stage is judged (early exit)
 _STRENGTHS = np.geomspace(0.5, 500.0, 61)
 
 
@@ -265,12 +267,11 @@ def fit_prefix(data_path: Path, data: dataset.Dataset, answer: FittedModel, seed
     """The prefix model (``prefix.onnx``): P(finished answer acceptable | its first t tokens) at each checkpoint, fitted
     like the others; its metadata carries the checkpoints and, per checkpoint, the concentration of the finished
     answer's p̂ around its estimate (``prefix_strengths``, fitted on validation against the calibrated answer model)."""
-    rows = dataset.prefixes(data_path, CHECKPOINTS)
+    rows, _ = dataset.prefixes(data_path, CHECKPOINTS).rows_of(data)
     train, val, test = rows.part("train"), rows.part("val"), rows.part("test")
     first = fit((train.x, train.y), (val.x, val.y), FEATURE_NAMES, "prefix", seed)
     # the finished answers' calibrated p̂, row by row of the validation prefixes
-    at = {(str(t), int(s)): i for i, (t, s) in enumerate(zip(data.task, data.stage, strict=True))}
-    ix = np.array([at[(str(t), int(s))] for t, s in zip(val.task, val.stage, strict=True)])
+    val, ix = val.rows_of(data)
     p_final = np.interp(answer.estimator.predict_proba(data.x[ix])[:, 1], answer.calibration.x, answer.calibration.y)
     q_val = np.interp(first.estimator.predict_proba(val.x)[:, 1], first.calibration.x, first.calibration.y)
     strengths = prefix_strengths(q_val, p_final, val.tokens, CHECKPOINTS)
@@ -280,6 +281,47 @@ def fit_prefix(data_path: Path, data: dataset.Dataset, answer: FittedModel, seed
             "strengths": strengths, "rows": {"train": len(train.y), "val": len(val.y), "test": len(test.y)},
             "_test_x": test.x, "_test_y": test.y, "_test_t": test.tokens, "_test_stage": test.stage}  # fmt: skip
     return model, card
+
+
+class FoldPredictor:
+    """The four models fitted in memory on some rows (their train split fits, their validation split calibrates),
+    with the batch interface the replay uses (``predictor.offline.replay.BatchPredictor``): how a family left out
+    of training is scored (leave-one-family-out), without exporting anything."""
+
+    def __init__(self, data: dataset.Dataset, rows: dataset.Prefixes, seed: int = 0, evidence: float = 50.0) -> None:
+        train, val = data.part("train"), data.part("val")
+        pairs = dataset.pairs(data)
+        ptrain, pval = pairs.part("train"), pairs.part("val")
+        rows, _ = rows.rows_of(data)
+        xtrain, xval = rows.part("train"), rows.part("val")
+        self.answer = fit((train.x, train.y), (val.x, val.y), FEATURE_NAMES, "answer", seed, export=False)
+        self.prior = fit(
+            (train.prior_x, train.y), (val.prior_x, val.y), PROMPT_FEATURE_NAMES, "prior", seed, prior_candidates(seed), export=False
+        )
+        self.posterior = fit((ptrain.x, ptrain.y), (pval.x, pval.y), POSTERIOR_FEATURE_NAMES, "posterior", seed, export=False)
+        self.prefix = fit((xtrain.x, xtrain.y), (xval.x, xval.y), FEATURE_NAMES, "prefix", seed, export=False)
+        self.lengths = tuple(output_lengths(train))
+        self.checkpoints: tuple[int, ...] = CHECKPOINTS
+        _, ix = xval.rows_of(data)
+        self.prefix_strengths = tuple(prefix_strengths(self.prefix_batch(xval.x), self.predict_batch(data.x[ix]), xval.tokens, CHECKPOINTS))
+        self.evidence = evidence
+
+    @staticmethod
+    def _run(model: FittedModel, x: np.ndarray) -> np.ndarray:
+        out: np.ndarray = np.interp(model.estimator.predict_proba(x)[:, 1], model.calibration.x, model.calibration.y)
+        return out
+
+    def predict_batch(self, x: np.ndarray) -> np.ndarray:
+        return self._run(self.answer, x)
+
+    def prior_batch(self, x: np.ndarray) -> np.ndarray:
+        return self._run(self.prior, x)
+
+    def posterior_batch(self, x: np.ndarray) -> np.ndarray:
+        return self._run(self.posterior, x)
+
+    def prefix_batch(self, x: np.ndarray) -> np.ndarray:
+        return self._run(self.prefix, x)
 
 
 def _reliability_png(path: Path, test: dataset.Dataset, curves: dict[str, np.ndarray]) -> None:

@@ -1,0 +1,100 @@
+"""``python -m predictor calibrate``: the λ that meets a target the operator can state, found on the validation split.
+
+λ is "cost units I would pay to avoid one unacceptable answer", in the unit the rule prices stages in
+(``cascade.cost_unit``): hard to choose by hand, and it means something else in every unit. Two targets are
+easier to state, and this maps each to λ by replaying the router's own rule (``predictor.offline.replay``)
+over the validation split's answers, on a fine λ grid:
+
+* a quality target: keep ``X`` of the top stage's accuracy (``--keep 0.98``), or stay within ``P`` points of it
+  (``--within-points 2``): the smallest λ whose accuracy reaches it;
+* a traffic target: a share of requests that reach the top stage (``--top-share 0.5``, RouteLLM's calibration):
+  the smallest λ whose share reaches it.
+
+The whole table (λ, accuracy, share of the top stage's accuracy, top-stage share, cost in both units) is
+written to ``calibration.json`` next to the model, so the same targets can be looked up later (per tenant) on
+exactly the numbers printed here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from predictor.offline import replay
+
+CALIBRATION_FILE = "calibration.json"
+GRID_STEPS = 121
+
+
+@dataclass(frozen=True)
+class Target:
+    keep: float | None = None  # share of the top stage's accuracy
+    within_points: float | None = None  # accuracy points below the top stage's
+    top_share: float | None = None  # share of requests that reach the top stage
+
+    def describe(self) -> str:
+        if self.keep is not None:
+            return f"keep {self.keep:.0%} of the top stage's accuracy"
+        if self.within_points is not None:
+            return f"within {self.within_points:g} points of the top stage's accuracy"
+        return f"{self.top_share:.0%} of requests reach the top stage"
+
+
+def table(data_path: Path, model_dir: Path, config: Path | None = None) -> dict[str, Any]:
+    """The λ grid replayed on the validation split with the config's rule and the model at ``model_dir``."""
+    from common.settings import load_settings
+    from predictor.offline import train
+    from predictor.offline.evaluate import lambdas
+    from predictor.offline.tasks import registry
+    from predictor.serving.runtime import OnnxPredictor
+
+    settings = load_settings(config)
+    full = replay.table(data_path, train.CHECKPOINTS, {t.id: t.max_tokens for t in registry.build("mix")})
+    val = full.split == "val"
+    t = full.rows(val)
+    rule = [s.price(settings.cascade.cost_unit) for s in settings.stages]
+    b = replay.beliefs(t, OnnxPredictor.load(model_dir, settings.cascade.risk.evidence), rule)
+    prices = replay.prices_of(settings)
+    costs = {u: replay.unit_costs(t, u, prices[u]) for u in replay.UNITS}
+    c = settings.cascade
+    opt = replay.Options(skip=c.skip_by_prior, early_exit=c.early_exit, draft_reuse=c.draft_reuse, strength=c.prior_strength,
+                         risk=(c.risk.alpha, c.risk.beta))  # fmt: skip
+    sweep = lambdas(b, t)
+    grid = np.geomspace(sweep[0], sweep[-1], GRID_STEPS)
+    top = t.n_stages - 1
+    top_quality = float(t.y[:, top].mean())
+    rows = []
+    for lam in grid:
+        o = replay.cascade(t, b, costs, float(lam), opt)
+        rows.append({"lambda": float(lam), "quality": float(o.correct.mean()),
+                     "quality_vs_top": float(o.correct.mean()) / top_quality if top_quality else None,
+                     "top_share": float((o.final == top).mean()),
+                     **{f"cost_{u}": float(v.mean()) for u, v in o.spent.items()}})  # fmt: skip
+    return {"split": "val", "tasks": len(t.y), "rule_unit": c.cost_unit or "per-request cost", "top_quality": top_quality,
+            "top_cost": {u: float(costs[u].full[:, top].mean()) for u in costs}, "grid": rows}  # fmt: skip
+
+
+def choose(calibration: dict[str, Any], target: Target) -> dict[str, Any] | None:
+    """The smallest λ of the table that meets ``target`` (None when no λ does)."""
+    top = calibration["top_quality"]
+    for row in calibration["grid"]:
+        if target.keep is not None and row["quality"] >= target.keep * top - 1e-12:
+            return dict(row)
+        if target.within_points is not None and row["quality"] >= top - target.within_points / 100 - 1e-12:
+            return dict(row)
+        if target.top_share is not None and row["top_share"] >= target.top_share - 1e-12:
+            return dict(row)
+    return None
+
+
+def run(
+    data_path: Path, model_dir: Path, target: Target, config: Path | None = None, write: bool = True
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    cal = table(data_path, model_dir, config)
+    if write:
+        (model_dir / CALIBRATION_FILE).write_text(json.dumps(cal, indent=2) + "\n")
+    return cal, choose(cal, target)
