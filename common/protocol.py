@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 # Fields OpenAI defines that change the answer and that no stage of ours implements: refused by name.
 UNSUPPORTED_FIELDS: dict[str, str] = {
@@ -73,6 +73,25 @@ INTEGRAL = BeforeValidator(_integral)
 """On every integer field of the wire protocol, after its ``Field`` (so its bounds stay JSON Schema's ``minimum`` /
 ``maximum``), which holds it to the 64-bit range: ``Annotated[int, Field(ge=1, le=MAX_INT), INTEGRAL]``."""
 Int = Annotated[int, Field(ge=MIN_INT, le=MAX_INT), INTEGRAL]
+
+
+def _sendable(value: Any) -> Any:
+    """A JSON value that is forwarded as it came (a tool's ``parameters``, a format's ``schema``) holds no integer
+    beyond the 64-bit range: no stage could be sent it (``orjson`` refuses it), so it is the client's 400, not our 500."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, int) and not MIN_INT <= item <= MAX_INT:
+            raise ValueError(f"it holds the integer {item}, beyond the 64-bit range JSON can carry to a stage")
+    return value
+
+
+JSONObject = Annotated[dict[str, Any], AfterValidator(_sendable)]
+"""A JSON object forwarded as it came (a JSON schema): anything, within what can be sent on."""
 NULL_ONLY: dict[str, Any] = {"type": "null"}
 """The schema of a field declared only so that a value is refused by name (only null passes)."""
 
@@ -206,7 +225,7 @@ def _message_schema(schema: dict[str, Any]) -> None:
 class FunctionDefinition(_Part):
     name: str = Field(pattern=FUNCTION_NAME_PATTERN)
     description: str | None = None
-    parameters: dict[str, Any] | None = None  # a JSON schema; absent = no arguments
+    parameters: JSONObject | None = None  # a JSON schema; absent = no arguments
     strict: bool | None = None
 
 
@@ -231,7 +250,7 @@ ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 class JSONSchemaSpec(_Part):
     name: str = Field(pattern=FUNCTION_NAME_PATTERN)
     description: str | None = None
-    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    schema_: JSONObject | None = Field(None, alias="schema")
     strict: bool | None = None
 
 

@@ -40,6 +40,7 @@ from common.protocol import (
     MAX_TOP_LOGPROBS,
     NULL_ONLY,
     ChatCompletionRequest,
+    JSONObject,
     ParamError,
     add_rules,
     ignored,
@@ -211,7 +212,7 @@ class FunctionTool(_Part):
     type: str
     name: str | None = None
     description: str | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: JSONObject | None = None
     strict: bool | None = None
 
     @model_validator(mode="after")
@@ -253,7 +254,7 @@ class ToolChoiceObject(_Part):
     type: str
     name: str | None = None
     mode: Literal["auto", "required"] | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[JSONObject] | None = None
 
     @model_validator(mode="after")
     def _check_type(self) -> ToolChoiceObject:
@@ -302,7 +303,7 @@ class TextFormat(_Part):
     type: Literal["text", "json_object", "json_schema"]
     name: str | None = Field(None, pattern=FUNCTION_NAME_PATTERN)
     description: str | None = None
-    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    schema_: JSONObject | None = Field(None, alias="schema")
     strict: bool | None = None
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@ from typing import Protocol, TypeVar
 
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Content, Response, StreamingResponse
@@ -29,6 +30,7 @@ from predictor.serving.loader import load_predictor
 from router.cascade import CascadeEngine
 from router.contracts import RequestOutcome, TenantLimits
 from router.metrics import ENDPOINTS, RATE_LIMITED, REGISTRY, REQUESTS
+from router.openapi import install as install_openapi
 from router.serving_chat import ChatServing
 from router.serving_completions import CompletionServing
 from router.serving_responses import ResponsesServing
@@ -114,6 +116,15 @@ def create_app(
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> Response:
         return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_parameter(_: Request, exc: RequestValidationError) -> Response:
+        """A parameter FastAPI reads from the signature (``/health?stages=maybe``): a 400 naming it, not FastAPI's 422."""
+        err = exc.errors()[0]
+        loc = [str(p) for p in err.get("loc", ())]
+        param = ".".join(loc[1:]) or None
+        where = f"{loc[0]} parameter " if loc and loc[0] in ("query", "path", "header") else ""
+        return APIError(400, f"Invalid value for {where}'{param}': {err.get('msg', 'invalid')}", param=param).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -207,4 +218,5 @@ def create_app(
     async def metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+    install_openapi(app)  # /openapi.json: the bodies the routes read by hand, documented (router.openapi)
     return app
