@@ -6,6 +6,7 @@
     adaptive-sd tenants set team-a --set slo='{"metric": "p95_latency_ms", "target": 1500}'
     adaptive-sd tenants rotate-key team-a
     adaptive-sd tenants delete team-a
+    adaptive-sd tenants migrate        # rename keys of the layout before hash tags (routers also do it at start-up)
 
 Values given with ``--set`` are parsed as JSON when they parse, else taken as
 strings, and validated exactly as the admin API validates them. Routers pick
@@ -27,7 +28,7 @@ from common.settings import Settings
 from router.tenants.model import TenantSettings, check_tenant_id, hash_key, new_key
 from router.tenants.store import TenantExists, UnknownTenant
 
-ACTIONS = ("list", "create", "show", "set", "rotate-key", "delete")
+ACTIONS = ("list", "create", "show", "set", "rotate-key", "delete", "migrate")
 
 
 def add_parser(sub: Any) -> None:
@@ -73,6 +74,9 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         if args.action == "list":
             print(json.dumps(await store.list()))
+            return 0
+        if args.action == "migrate":
+            print(json.dumps({"renamed_keys": await store.migrate()}))
             return 0
         if not args.tenant:
             print(f"error: '{args.action}' needs a tenant id", file=sys.stderr)

@@ -56,6 +56,7 @@ ALONE_S = 1.0  # how long "nobody acknowledges, and nobody was promoted" is trus
 BACKOFF_S = (0.02, 0.05, 0.1, 0.2, 0.25)
 
 Kind = Literal["single", "sentinel", "cluster"]
+Command = tuple[object, ...]
 T = TypeVar("T")
 
 
@@ -294,48 +295,100 @@ class RedisConnection:
 
     # -- writes -------------------------------------------------------------------
     def pipeline(self) -> Any:
-        """A non-transactional pipeline (each command routed to its slot's node under Cluster)."""
+        """A non-transactional pipeline for reads (each command routed to its slot's node under Cluster)."""
         return self.client.pipeline(transaction=False)
 
-    async def execute(self, pipe: Any) -> list[Any]:
-        """Run a pipeline of writes; under Sentinel, only count it once it is safe from a failover."""
+    async def execute(self, commands: list[Command]) -> list[Any]:
+        """Send writes as one pipeline; under Sentinel, return only once they are safe from a failover."""
         if not self.fenced:
+            pipe = self.pipeline()
+            for command in commands:
+                pipe.execute_command(*command)
             return list(await pipe.execute())
         pool = self.client.connection_pool
         conn = await pool.get_connection()
-        address = (str(conn.host), int(conn.port))
-        pipe.connection = conn  # the pipeline runs on (and releases) this connection, so we know which server it wrote to
-        alone = self._alone is not None and self._alone[0] == address and self._alone[1] > time.monotonic()
-        if not alone:
-            pipe.execute_command("WAIT", 1, self._wait_ms)
-        result = list(await pipe.execute())
-        if alone:
-            return result
-        acks = int(result.pop())
-        if acks >= 1:
-            return result
-        if not await self._sole_master(address):
-            raise StaleMaster(f"no replica acknowledged a write to {address[0]}:{address[1]}, which is no longer the master")
-        self._alone = (address, time.monotonic() + ALONE_S)
-        return result
+        try:
+            return await self._fenced(conn, commands)
+        except rx.ResponseError:
+            raise  # every reply was read: the connection is in step
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
 
-    async def _sole_master(self, address: tuple[str, int]) -> bool:
-        """Is ``address`` the master Sentinel names, with no other server promoted from its history?"""
+    async def _fenced(self, conn: Any, commands: list[Command]) -> list[Any]:
+        """The writes and ``WAIT 1`` on one connection we hold, so we know which server took them.
+
+        No acknowledgement: a master Sentinel no longer names (or one a failover is replacing)
+        raises ``StaleMaster`` and the operation runs again on the new one; a master whose
+        replicas lag is waited for (``WAIT`` again, up to ``wait_s``); a master without replicas
+        is trusted as it is, and that verdict for ``ALONE_S``.
+        """
+        address = (str(conn.host), int(conn.port))
+        alone = self._alone is not None and self._alone[0] == address and self._alone[1] > time.monotonic()
+        wait: list[Command] = [] if alone else [("WAIT", 1, self._wait_ms)]
+        await conn.send_packed_command(conn.pack_commands([*commands, *wait]))
+        replies: list[Any] = []
+        error: rx.ResponseError | None = None
+        for _ in range(len(commands) + len(wait)):
+            try:
+                replies.append(await conn.read_response())
+            except rx.ResponseError as exc:  # read on: the connection must stay in step
+                error = error or exc
+                replies.append(exc)
+        if wait and isinstance(replies[-1], rx.ResponseError):
+            raise StaleMaster(f"{address[0]}:{address[1]} is a replica now: {replies[-1]}")
+        if error is not None:
+            raise error
+        if alone:
+            return replies
+        acks = int(replies.pop())
+        deadline = time.monotonic() + self.wait_s
+        while acks < 1:
+            verdict = await self._verdict(address)
+            if verdict == "stale":
+                raise StaleMaster(f"no replica acknowledged a write to {address[0]}:{address[1]}, which is no longer the master")
+            if verdict == "alone":
+                self._alone = (address, time.monotonic() + ALONE_S)
+                break
+            if time.monotonic() > deadline:
+                raise StaleMaster(f"no replica of {address[0]}:{address[1]} acknowledged a write within {self.wait_s:g} s")
+            await conn.send_command("WAIT", 1, self._wait_ms)
+            acks = int(await conn.read_response())
+        return replies
+
+    async def _verdict(self, address: tuple[str, int]) -> Literal["stale", "alone", "lagging"]:
+        """Is ``address`` still the master (and then: with online replicas that lag, or none)?
+
+        It is stale unless Sentinel names it, no failover is under way, and nobody was promoted
+        from its history. All three checks are needed: the Sentinel leading a failover flags it
+        (``failover_in_progress``) but marks the replica it promotes as down for a while, another
+        Sentinel may not know of the failover yet, while the promoted replica itself says
+        ``role:master`` and carries the old master's replication id as its ``master_replid2``.
+        """
         assert self._sentinel is not None
         try:
             named = await self._sentinel.discover_master(self.target.service)
-        except rx.ConnectionError:
-            return False
+            witness = self._sentinel.sentinels[0]  # discover_master puts the Sentinel that answered first
+            state: Any = await witness.sentinel_master(self.target.service)
+            replicas: Any = await witness.sentinel_slaves(self.target.service)
+        except rx.RedisError:
+            return "stale"
         if (str(named[0]), int(named[1])) != address:
-            return False
+            return "stale"
+        flags = state.get("flags", "")
+        if "failover_in_progress" in (flags.split(",") if isinstance(flags, str) else flags):
+            return "stale"
         mine = await self._replication(address)
         if mine is None or mine.get("role") != "master":
-            return False
-        for host, port in await self._sentinel.discover_slaves(self.target.service):
-            other = await self._replication((str(host), int(port)))
+            return "stale"
+        for replica in replicas:  # every one Sentinel lists, down or not: the promoted one is "down" to it for a while
+            other = await self._replication((str(replica["ip"]), int(replica["port"])))
             if other is not None and other.get("role") == "master" and str(other.get("master_replid2")) == str(mine.get("master_replid")):
-                return False  # promoted from our history: what we wrote will be discarded when we are demoted
-        return True
+                return "stale"  # promoted from our history: what we wrote will be discarded when we are demoted
+        online = [v for k, v in mine.items() if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online"]
+        return "lagging" if online else "alone"
 
     async def _replication(self, address: tuple[str, int]) -> dict[str, Any] | None:
         """``INFO replication`` of one server, on a connection of its own; None when it does not answer."""

@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 from redis import exceptions as rx
 
 from router.tenants.model import Admission, TenantSettings
-from router.tenants.redis_connect import RedisConnection, connect
+from router.tenants.redis_connect import Command, RedisConnection, connect
 from router.tenants.store import SAMPLE_WINDOW, SLOState, TenantExists, UnknownTenant, Usage, summarize
 
 PREFIX = "asd:"
@@ -259,18 +259,12 @@ class RedisStore:
         return await self.conn.call(once)
 
     @staticmethod
-    def _eval(pipe: Any, name: str, keys: list[str], args: list[object]) -> None:
-        pipe.evalsha(SHAS[name], len(keys), *keys, *args)
-
-    async def _write(self, build: Callable[[Any], None]) -> list[Any]:
-        """One pipeline of writes (fenced against failover loss under Sentinel)."""
-        pipe = self.conn.pipeline()
-        build(pipe)
-        return await self.conn.execute(pipe)
+    def _eval(name: str, keys: list[str], args: list[object]) -> Command:
+        return ("EVALSHA", SHAS[name], len(keys), *keys, *args)
 
     async def _script(self, name: str, keys: list[str], args: list[object]) -> Any:
-        """One script call, as a write; its reply."""
-        return (await self._write(lambda p: self._eval(p, name, keys, args)))[0]
+        """One script call, as a write (fenced against failover loss under Sentinel); its reply."""
+        return (await self.conn.execute([self._eval(name, keys, args)]))[0]
 
     async def ping(self) -> None:
         await self._call(self.r.ping)
@@ -311,7 +305,7 @@ class RedisStore:
         nonce = _nonce()
         args: list[object] = [settings.model_dump_json(by_alias=True), settings.rpm, settings.tpm, nonce]
         created = await self._call(lambda: self._script("create", [self.tk(tenant_id, "t")], args))
-        await self._call(lambda: self._write(lambda p: p.sadd(self._index, tenant_id)))  # (also repairs an index entry lost mid-create)
+        await self._call(lambda: self.conn.execute([("SADD", self._index, tenant_id)]))  # (also repairs an index entry lost mid-create)
         if not int(created):
             raise TenantExists(tenant_id)
 
@@ -333,13 +327,8 @@ class RedisStore:
         keys = [self.tk(tenant_id, part) for part in TENANT_PARTS] + [self.tk(tenant_id, f"del:{nonce}")]
         res = await self._call(lambda: self._script("delete", keys, [self.marker_ttl_ms]))
         hashes = [_s(k) for k in res[1:]]
-
-        def cleanup(p: Any) -> None:
-            for h in hashes:
-                p.delete(self._lookup(h))
-            p.srem(self._index, tenant_id)
-
-        await self._call(lambda: self._write(cleanup))
+        cleanup: list[Command] = [("DEL", self._lookup(h)) for h in hashes] + [("SREM", self._index, tenant_id)]
+        await self._call(lambda: self.conn.execute(cleanup))
         for h in hashes:
             self._tid.pop(h, None)
         if not int(res[0]):
@@ -351,12 +340,8 @@ class RedisStore:
     async def add_key(self, tenant_id: str, key_hash: str) -> None:
         if not await self._call(lambda: self.r.hexists(self.tk(tenant_id, "t"), "settings")):
             raise UnknownTenant(tenant_id)
-
-        def build(p: Any) -> None:
-            p.sadd(self.tk(tenant_id, "keys"), key_hash)  # first: the admission script checks membership
-            p.set(self._lookup(key_hash), tenant_id)
-
-        await self._call(lambda: self._write(build))
+        writes: list[Command] = [("SADD", self.tk(tenant_id, "keys"), key_hash), ("SET", self._lookup(key_hash), tenant_id)]
+        await self._call(lambda: self.conn.execute(writes))  # the set first: the admission script checks membership
 
     async def revoke_keys(self, tenant_id: str) -> int:
         nonce = _nonce()
@@ -365,13 +350,9 @@ class RedisStore:
         if int(res[0]) < 0:
             raise UnknownTenant(tenant_id)
         hashes = [_s(k) for k in res[1:]]
-
-        def cleanup(p: Any) -> None:
-            for h in hashes:
-                p.delete(self._lookup(h))
-
         if hashes:  # the keys stopped working with the script; the lookups are only tidied up
-            await self._call(lambda: self._write(cleanup))
+            cleanup: list[Command] = [("DEL", self._lookup(h)) for h in hashes]
+            await self._call(lambda: self.conn.execute(cleanup))
         for h in hashes:
             self._tid.pop(h, None)
         return int(res[0])
@@ -381,7 +362,7 @@ class RedisStore:
         by_tenant: dict[str, builtins.list[Usage]] = defaultdict(list)
         for u in batch:
             by_tenant[u.tenant_id].append(u)
-        calls: builtins.list[tuple[builtins.list[str], builtins.list[object]]] = []
+        calls: builtins.list[Command] = []
         for tid, usages in by_tenant.items():
             for i in range(0, len(usages), RECORD_CHUNK):
                 chunk = usages[i : i + RECORD_CHUNK]
@@ -389,14 +370,9 @@ class RedisStore:
                 args: builtins.list[object] = [self.marker_ttl_ms, SAMPLE_WINDOW, len(chunk)]
                 for u in chunk:
                     args += [u.tokens, f"{u.latency_ms:.3f}", f"{u.cost:.3f}", u.stage, u.tpm]
-                calls.append((keys, args))
-
-        def build(p: Any) -> None:
-            for keys, args in calls:
-                self._eval(p, "record", keys, args)
-
+                calls.append(self._eval("record", keys, args))
         if calls:
-            await self._call(lambda: self._write(build))
+            await self._call(lambda: self.conn.execute(calls))
 
     async def stats(self, tenant_id: str) -> dict[str, object]:
         async def read() -> list[Any]:
@@ -437,7 +413,7 @@ class RedisStore:
         key, token = f"{self.p}lock:{name}", _nonce()
 
         async def lock() -> bool:
-            (ok,) = await self._write(lambda p: p.set(key, token, nx=True, px=ttl_ms))
+            (ok,) = await self.conn.execute([("SET", key, token, "NX", "PX", ttl_ms)])
             return bool(ok) or _s(await self.r.get(key) or b"") == token  # a retry of our own successful SET
 
         return await self._call(lock)
@@ -454,14 +430,9 @@ class RedisStore:
         tenants = [_s(t) for t in await self._call(lambda: self.r.smembers(self._index))]
         if not tenants:
             return 0
-
-        def build(p: Any) -> None:
-            for tid in tenants:
-                old = [self.p + name.format(id=tid) for name in LEGACY_NAMES]
-                new = [self.tk(tid, part) for part in TENANT_PARTS]
-                self._eval(p, "migrate", old + new, [])
-
-        return sum(int(n) for n in await self._call(lambda: self._write(build)))
+        calls = [self._eval("migrate", [self.p + n.format(id=t) for n in LEGACY_NAMES] + [self.tk(t, p) for p in TENANT_PARTS], [])
+                 for t in tenants]  # fmt: skip
+        return sum(int(n) for n in await self._call(lambda: self.conn.execute(calls)))
 
     async def close(self) -> None:
         await self.conn.aclose()

@@ -1,4 +1,4 @@
-"""Both stores, same behaviour: the in-process one and a real Redis."""
+"""Every store, same behaviour: the in-process one and real Redis as one server, behind Sentinel, and as a Cluster."""
 
 from __future__ import annotations
 
@@ -11,17 +11,24 @@ from router.tenants.model import SLO, TenantSettings, hash_key
 from router.tenants.redis_store import RedisStore
 from router.tenants.store import MemoryStore, SLOState, TenantExists, TenantStore, UnknownTenant, Usage
 from tests.conftest import RedisServer
+from tests.router.tenants.conftest import ClusterSet, SentinelSet
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[TenantStore]:
+@pytest.fixture(params=["memory", *(pytest.param(kind, marks=pytest.mark.redis) for kind in ("redis", "sentinel", "cluster"))])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[TenantStore]:
     if request.param == "memory":
         yield MemoryStore()
         return
-    redis_server.flush()
-    s = RedisStore(redis_server.url, timeout_s=1.0)
+    server: RedisServer | SentinelSet | ClusterSet = request.getfixturevalue(
+        {"redis": "redis_server", "sentinel": "redis_sentinel", "cluster": "redis_cluster"}[request.param]
+    )
+    if isinstance(server, SentinelSet):
+        server.current_master().client().flushall()
+    else:
+        server.flush()
+    s = RedisStore(server.url, timeout_s=1.0)
     yield s
     await s.close()
 
