@@ -16,9 +16,15 @@ from router.tenants.redis_store import RedisStore
         ("redis://redis", RedisTarget("single", (("redis", 6379),), url="redis://redis")),
         ("redis://redis:6380/", RedisTarget("single", (("redis", 6380),), url="redis://redis:6380/")),
         ("rediss://cache.example:6380/3", RedisTarget("single", (("cache.example", 6380),), db=3, url="rediss://cache.example:6380/3")),
-        ("redis://:s3cret@redis:6379/1", RedisTarget("single", (("redis", 6379),), db=1, password="s3cret", url="redis://:s3cret@redis:6379/1")),
+        (
+            "redis://:s3cret@redis:6379/1",
+            RedisTarget("single", (("redis", 6379),), db=1, password="s3cret", url="redis://:s3cret@redis:6379/1"),
+        ),
         ("redis://[::1]:6379/2", RedisTarget("single", (("::1", 6379),), db=2, url="redis://[::1]:6379/2")),
-        ("redis://redis:6379/0?ssl_cert_reqs=none", RedisTarget("single", (("redis", 6379),), url="redis://redis:6379/0?ssl_cert_reqs=none")),
+        (
+            "redis://redis:6379/0?ssl_cert_reqs=none",
+            RedisTarget("single", (("redis", 6379),), url="redis://redis:6379/0?ssl_cert_reqs=none"),
+        ),
         ("unix:///run/redis.sock?db=2", RedisTarget("single", url="unix:///run/redis.sock?db=2")),
         (
             "redis+sentinel://s1:26379,s2:26380/mymaster/2",
