@@ -38,15 +38,17 @@ from typing import Any
 
 from common.errors import APIError
 from common.settings import Settings
-from predictor.serving.features import DraftStats, PromptStats, answer_features
+from predictor.serving.features import AnswerStats, DraftStats, PromptStats, answer_features
 from predictor.serving.interface import Predictor
 from router.apis import CHAT_API, CascadeAPI
-from router.contracts import CascadeRequest, CascadeResult, SkippedStage, StageAnswer, StageVisit
+from router.contracts import CascadeRequest, CascadeResult, SkippedStage, StageAnswer, StageVisit, TokenUsage
 from router.draft import AcceptanceTracker, DraftCheck, token_limit, trim, verify_draft, why_not_verify
+from router.early_exit import Written, write
 from router.metrics import (
     ANSWERS_WITHOUT_LOGPROBS,
     CASCADE_ESCALATIONS,
     DRAFT_TOKENS,
+    EARLY_EXITS,
     INVALID_ANSWERS,
     STAGE_CALLS,
     STAGE_SECONDS,
@@ -100,12 +102,21 @@ class Route:
 
     def decide(self, stage: int, p_hat: float) -> int | None:
         """The stage to escalate to, or None to stop at ``stage``."""
+        self._refresh()
+        decision = self.policy.decide(self.stages.index(stage), p_hat)
+        return None if decision.stop or decision.next_stage is None else self.stages[decision.next_stage]
+
+    def abort(self, stage: int, q: float, to_finish: float, strength: float, risk: tuple[float, float, float]) -> int | None:
+        """Early exit: the stage to escalate to now, aborting ``stage`` mid-answer, or None to let it write on."""
+        self._refresh()
+        d = self.policy.judge_prefix(self.stages.index(stage), q, to_finish, strength, risk)
+        return self.stages[d.next_stage] if d.abort and d.next_stage is not None else None
+
+    def _refresh(self) -> None:
         if self.refresh is not None:
             self.policy = self.refresh()
             if self.observed is not None:
                 self.policy.observe(*self.observed)
-        decision = self.policy.decide(self.stages.index(stage), p_hat)
-        return None if decision.stop or decision.next_stage is None else self.stages[decision.next_stage]
 
 
 class CascadeEngine:
@@ -257,6 +268,8 @@ class CascadeEngine:
         # the logprobs of a stage answer are decoded only if someone will read them (see StageReply)
         decode_logprobs = api.client_logprobs(req.body) or self.traffic is not None
         io = api.draft
+        prefix: StageAnswer | None = None  # the aborted stage's prefix (early exit): the next stage's draft, never an answer
+        early = self.settings.cascade.early_exit and bool(self.predictor.checkpoints) and api is CHAT_API and not spec.needs
         while stage is not None:
             client = self.stages[stage]
             stage_body = body if self.informative[stage] else plain
@@ -265,8 +278,10 @@ class CascadeEngine:
             check: DraftCheck | None = None
             mode: str | None = None
             try:
-                if answer is not None:
-                    check, mode = await self._verify(client, body, answer, stage, api)
+                draft_from = prefix or answer
+                if draft_from is not None:
+                    check, mode = await self._verify(client, body, draft_from, stage, api)
+                prefix = None
                 if req.stream and after is None and not (check and trim(check, token_limit(body))):
                     events = await api.stream(client, io.continuation(body, check) if check else stage_body)
                     visits.append(StageVisit(stage, client.name, time.perf_counter() - t0, draft=check, draft_mode=mode))
@@ -275,6 +290,19 @@ class CascadeEngine:
                 if check is not None:
                     done = trim(check, token_limit(body))
                     current = StageAnswer(stage, io.merge(check, None if done else await io.fetch(client, io.continuation(body, check))))
+                elif early and after is not None and self.informative[stage] and spec.rules is None:
+                    written, to, q = await self._write(client, stage_body, stage, req, route)
+                    if written.aborted_at is not None and to is not None:
+                        STAGE_CALLS.labels(client.name, "ok").inc()
+                        EARLY_EXITS.labels(client.name, str(written.aborted_at)).inc()
+                        usage = TokenUsage(req.prompt.n_tokens, written.aborted_at)
+                        visits.append(StageVisit(stage, client.name, time.perf_counter() - t0, q, usage,
+                                                 aborted_at=written.aborted_at))  # fmt: skip
+                        prefix = StageAnswer(stage, written.prefix())
+                        CASCADE_ESCALATIONS.labels(client.name, self.stages[to].name).inc()
+                        stage = to
+                        continue
+                    current = StageAnswer(stage, written.completion())
                 else:
                     reply = await api.reply(client, stage_body, self.top_k)
                     if decode_logprobs:
@@ -308,6 +336,32 @@ class CascadeEngine:
             CASCADE_ESCALATIONS.labels(client.name, self.stages[nxt].name).inc()
             stage = nxt
         raise AssertionError("unreachable: the loop returns at the top stage")
+
+    async def _write(
+        self, client: Stage, body: dict[str, Any], stage: int, req: CascadeRequest, route: Route
+    ) -> tuple[Written, int | None, float | None]:
+        """Stream ``stage``'s answer, judging it at the predictor's checkpoints (``router.early_exit``): what it wrote,
+        the stage to escalate to when it was aborted, and the prefix model's estimate at the last checkpoint judged."""
+        risk = self.settings.cascade.risk
+        shrinkage = (self.predictor.evidence, risk.alpha, risk.beta)
+        limit = token_limit(req.body)
+        to: int | None = None
+        last_q: float | None = None
+
+        def judge(t: int, entries: list[dict[str, Any]]) -> bool:
+            nonlocal to, last_q
+            if limit is not None and t >= limit:
+                return False  # the answer is cut here anyway: nothing left to save
+            k = self.predictor.checkpoints.index(t)
+            stats = AnswerStats.from_choice({"logprobs": {"content": entries}, "finish_reason": None}, self.top_k)
+            last_q = self.predictor.predict_prefix(answer_features(req.prompt, stats, stage, None))
+            if last_q is None:
+                return False
+            to = route.abort(stage, last_q, self.pricing.to_finish(stage, t, limit), self.predictor.prefix_strengths[k], shrinkage)
+            return to is not None
+
+        written = await write(client, body, self.predictor.checkpoints, judge)
+        return written, to, last_q
 
     async def _verify(
         self, client: Stage, body: dict[str, Any], answer: StageAnswer, stage: int, api: CascadeAPI

@@ -98,6 +98,7 @@ class StageVisit:
     draft_mode: str | None = None  # "verify", "verify-sampling" or "regenerate:<reason>" when there was a draft
     choice: dict[str, Any] | None = None  # the stage's answer (kept for the opt-in traffic log)
     invalid: str | None = None  # why the answer breaks the request's rules (``router.validity``); None: valid or not judged
+    aborted_at: int | None = None  # early exit: the stage was aborted after this many generated tokens (p_hat: its prefix's)
 
 
 @dataclass(frozen=True, slots=True)

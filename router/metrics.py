@@ -30,6 +30,12 @@ OVERHEAD_SECONDS = Histogram(
     registry=REGISTRY,
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1),
 )
+EARLY_EXITS = Counter(
+    "adaptive_sd_early_exits",
+    "Stages aborted while writing (early exit), by stage and checkpoint",
+    ["stage", "checkpoint"],
+    registry=REGISTRY,
+)
 DRAFT_TOKENS = Counter(
     "adaptive_sd_draft_tokens", "Draft tokens verified by a larger stage, accepted or rejected", ["stage", "verdict"], registry=REGISTRY
 )

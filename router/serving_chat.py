@@ -299,7 +299,7 @@ class ChatServing:
         answered = [v for v in result.visits if v.error is None]
         headers = {
             "x-cascade-stage": self.engine.stages[result.final_stage].name,
-            "x-cascade-path": ",".join(v.name for v in answered),
+            "x-cascade-path": ",".join(v.name if v.aborted_at is None else f"{v.name}(aborted@{v.aborted_at})" for v in answered),
             "x-cascade-p": ",".join("-" if v.p_hat is None else f"{v.p_hat:.4f}" for v in answered),
         }
         drafts = [v for v in answered if v.draft_mode]

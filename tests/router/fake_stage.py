@@ -110,6 +110,7 @@ class FakeStage:
     calls: list[dict[str, Any]] = field(default_factory=list)
     started: bool = False
     closed: bool = False
+    streamed: int = 0  # payloads the latest stream yielded before it ended or was closed
     name: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -268,8 +269,10 @@ class FakeStage:
             raise self.fail(self.name, f"scripted {self.fail.__name__} mid-stream")
 
     async def _payloads(self, payloads: list[bytes]) -> AsyncIterator[bytes]:
+        self.streamed = 0
         for sent, payload in enumerate(payloads):
             self._maybe_fail(sent)
+            self.streamed += 1
             yield payload
             await asyncio.sleep(0)
 

@@ -1,0 +1,110 @@
+"""Early exit in the engine, in-process: a stage judged while it writes is aborted, or let finish, as the rule says.
+
+Scripted stages (``fake_stage.py``) and a scripted prefix estimate: stage 0 writes 30 tokens priced 0.05 each,
+stage 1 costs 4 per request, λ = 10, checkpoints after 4 and 8 tokens. A prefix estimate of 0.02 makes finishing
+(1.3 for the rest, then a likely escalation costing 5 anyway) worse than escalating now; 0.99 makes it worth
+finishing. What a real stage does when its stream is closed is in tests/servers/test_llama_server.py, and the
+whole path through a real router in test_early_exit_live.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from common.settings import Settings
+from predictor.serving.lengths import OutputLengths
+from router.api import create_app
+from router.stage import StageUnavailable
+from tests.router.fake_stage import FakeStage, Script, ScriptedPredictor, fake_stages
+
+pytestmark = pytest.mark.anyio
+
+LONG = Script(" ".join(f"w{i}" for i in range(30)), prompt_tokens=10)
+S1 = Script("The answer is 4.", prompt_tokens=11)
+PROMPT = [{"role": "user", "content": "What is 2 + 2?"}]
+
+
+def settings(**cascade: Any) -> Settings:
+    stage = {"url": "http://127.0.0.1:9/v1", "dialect": "openai"}
+    policy = {"skip_by_prior": False, "prior_strength": None, "risk": {"alpha": 0.0, "beta": 0.0}, "default_lambda": 10.0,
+              "cost_unit": "u"}  # fmt: skip
+    return Settings.model_validate({
+        "tenancy": {"auth": "open"},
+        "cascade": policy | cascade,
+        "stages": [{**stage, "name": "s0", "model": "m0", "prices": {"u": {"output_token": 0.05}}},
+                   {**stage, "name": "s1", "model": "m1", "prices": {"u": {"request": 4.0}}}],
+    })  # fmt: skip
+
+
+@asynccontextmanager
+async def serve(q: float, p0: float = 0.9, **cascade: Any) -> AsyncIterator[tuple[httpx.AsyncClient, list[FakeStage], ScriptedPredictor]]:
+    s = settings(**cascade)
+    stages = fake_stages(s.stages, LONG, S1)
+    lengths = (OutputLengths(tuple([30.0] * 20)), OutputLengths(tuple([5.0] * 20)))
+    predictor = ScriptedPredictor({0: p0, 1: 0.9}, [0.5, 0.9], lengths=lengths, checkpoints=(4, 8), prefix_strengths=(20.0, 20.0),
+                                  prefix_p={0: q})  # fmt: skip
+    app = create_app(s, predictor=predictor, stages=stages)
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+        yield client, stages, predictor
+
+
+async def test_a_hopeless_prefix_is_aborted_at_the_first_checkpoint_and_the_next_stage_answers() -> None:
+    async with serve(q=0.02) as (client, stages, predictor):
+        resp = await client.post("/v1/chat/completions", json={"model": "cascade", "messages": PROMPT, "max_tokens": 64})
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-cascade-path"] == "s0(aborted@4),s1"
+        assert resp.headers["x-cascade-stage"] == "s1"
+        assert resp.json()["choices"][0]["message"]["content"] == S1.text
+        # stage 0 was streamed and its stream closed after the checkpoint: the role chunk and 4 tokens, not 30
+        assert stages[0].calls[0]["stream"] is True and stages[0].calls[0]["logprobs"] is True
+        assert stages[0].streamed == 5
+        assert len(predictor.prefixes) == 1 and len(predictor.features) == 1  # judged once mid-answer; only s1 judged whole
+        usage = resp.json()["usage"]
+        assert usage["completion_tokens"] == 4 + len(S1.tokens)  # the aborted tokens are paid for
+
+
+async def test_a_promising_prefix_is_let_finish_and_its_answer_is_the_streamed_whole() -> None:
+    async with serve(q=0.99) as (client, stages, predictor):
+        resp = await client.post("/v1/chat/completions", json={"model": "cascade", "messages": PROMPT, "max_tokens": 64, "logprobs": True})
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-cascade-path"] == "s0"
+        data = resp.json()
+        assert data["choices"][0]["message"]["content"] == LONG.text
+        assert len(data["choices"][0]["logprobs"]["content"]) == len(LONG.tokens)  # the stream's entries, whole
+        assert data["usage"] == {"prompt_tokens": 10, "completion_tokens": 30, "total_tokens": 40}
+        assert len(predictor.prefixes) == 2  # judged at both checkpoints
+        assert stages[1].calls == []
+
+
+async def test_without_early_exit_the_stage_is_not_streamed() -> None:
+    async with serve(q=0.02, early_exit=False) as (client, stages, predictor):
+        resp = await client.post("/v1/chat/completions", json={"model": "cascade", "messages": PROMPT, "max_tokens": 64})
+        assert resp.headers["x-cascade-path"] == "s0"
+        assert "stream" not in stages[0].calls[0] and predictor.prefixes == []
+
+
+async def test_a_max_tokens_below_the_checkpoint_is_not_judged() -> None:
+    async with serve(q=0.02) as (client, stages, predictor):
+        resp = await client.post("/v1/chat/completions", json={"model": "cascade", "messages": PROMPT, "max_tokens": 4})
+        assert resp.headers["x-cascade-path"] == "s0" and predictor.prefixes == []
+
+
+async def test_an_aborted_prefix_is_never_returned_when_the_next_stage_fails() -> None:
+    async with serve(q=0.02) as (client, stages, _):
+        stages[1].fail = StageUnavailable
+        resp = await client.post("/v1/chat/completions", json={"model": "cascade", "messages": PROMPT, "max_tokens": 64})
+        assert resp.status_code == 503, resp.text
+        assert resp.json()["error"]["type"] == "upstream_error"
+
+
+async def test_tools_and_json_answers_are_judged_whole() -> None:
+    async with serve(q=0.02) as (client, stages, predictor):
+        body = {"model": "cascade", "messages": PROMPT, "max_tokens": 64, "response_format": {"type": "json_object"}}
+        await client.post("/v1/chat/completions", json=body)
+        assert "stream" not in stages[0].calls[0] and predictor.prefixes == []
