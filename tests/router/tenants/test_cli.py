@@ -46,3 +46,29 @@ def test_create_show_set_rotate_delete(redis_server: RedisServer, tmp_path: Path
     assert json.loads(_cli(path, "list").stdout) == ["team-a"]
     assert _cli(path, "delete", "team-a").returncode == 0
     assert _cli(path, "show", "team-a").returncode == 1
+
+
+def _config(tmp_path: Path, redis_url: str) -> Path:
+    cfg = yaml.safe_load((ROOT / "configs" / "cpu.yaml").read_text())
+    cfg["tenancy"] = {"auth": "keys", "redis_url": redis_url}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_migrate_runs_and_is_idempotent(redis_server: RedisServer, tmp_path: Path) -> None:
+    redis_server.flush()
+    path = _config(tmp_path, redis_server.url)
+    assert _cli(path, "create", "team-m").returncode == 0
+    out = _cli(path, "migrate")
+    assert out.returncode == 0 and json.loads(out.stdout) == {"renamed_keys": 0}, out.stderr
+
+
+def test_a_malformed_redis_url_stops_the_cli_and_the_router_naming_the_field(tmp_path: Path) -> None:
+    path = _config(tmp_path, "redis+sentinel://:hunter2@s1:26379")
+    out = _cli(path, "list")
+    assert out.returncode == 2 and "tenancy.redis_url" in out.stderr and "service name" in out.stderr, out.stderr
+    assert "hunter2" not in out.stderr
+    served = subprocess.run([sys.executable, "-m", "adaptive_sd.cli", "--config", str(path), "serve"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, check=False)  # fmt: skip
+    assert served.returncode == 2 and "tenancy.redis_url" in served.stderr, served.stderr[-2000:]

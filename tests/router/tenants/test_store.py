@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 
 import pytest
+import redis
 
+from common.settings import TenancyConfig
 from router.tenants.model import SLO, TenantSettings, hash_key
 from router.tenants.redis_store import RedisStore
+from router.tenants.service import TenantService
 from router.tenants.store import MemoryStore, SLOState, TenantExists, TenantStore, UnknownTenant, Usage
 from tests.conftest import RedisServer
 from tests.router.tenants.conftest import ClusterSet, SentinelSet
@@ -96,3 +100,37 @@ async def test_leases_never_take_more_than_the_bucket_holds(store: TenantStore) 
     grants = [await store.admit(hash_key("k"), False, lease=30) for _ in range(5)]
     assert [g.granted for g in grants[:4]] == [30, 30, 30, 10] and all(g.allowed for g in grants[:4])
     assert not grants[4].allowed and grants[4].granted == 0
+
+
+async def test_keys_of_the_layout_before_hash_tags_are_migrated_at_start_up(redis_server: RedisServer) -> None:
+    """A tenant written by an earlier version (asd:t:<id>, asd:rl:<id>:r, ...) keeps its settings, key, bucket and history."""
+    redis_server.flush()
+    r = redis.Redis.from_url(redis_server.url)
+    h = hash_key("legacy-key")
+    r.sadd("asd:tenants", "legacy")
+    r.hset("asd:t:legacy", mapping={"settings": TenantSettings(rpm=5).model_dump_json(by_alias=True), "rpm": 5, "tpm": 0,
+                                    "lambda": "3.5", "slo_updates": 2, "slo_seen": 40})  # fmt: skip
+    r.sadd("asd:keys:legacy", h)
+    r.set(f"asd:key:{h}", "legacy")
+    r.hset("asd:st:legacy", mapping={"requests": 7, "tokens": 70, "stop:s0": 7})
+    r.lpush("asd:lat:legacy", "10.000")
+    r.lpush("asd:cost:legacy", "1.000")
+    seconds, micros = r.time()
+    r.hset("asd:rl:legacy:r", mapping={"v": "2", "ts": seconds * 1000 + micros // 1000})  # 3 of 5 requests already taken
+    store = RedisStore(redis_server.url, timeout_s=1.0)
+    try:
+        assert await store.admit(h, want_settings=True) is None, "the new layout does not read the old names"
+        service = TenantService(TenancyConfig(redis_url=redis_server.url), store=store)
+        await service.start()  # migrates
+        assert not [k for k in r.keys("asd:*") if re.match(rb"asd:(t|keys|st|lat|cost|rl):", k)], "nothing left under old names"
+        assert await store.migrate() == 0, "idempotent"
+        assert await store.list() == ["legacy"]
+        grants = [await store.admit(h, want_settings=True) for _ in range(3)]
+        assert [g.allowed for g in grants if g] == [True, True, False], "the bucket's state came along"
+        assert grants[0] is not None and grants[0].settings == TenantSettings(rpm=5) and grants[0].lam == 3.5
+        assert await store.slo_state("legacy") == SLOState(3.5, 2, 40)
+        stats = await store.stats("legacy")
+        assert stats["requests"] == 7 and stats["tokens"] == 70 and stats["recent"]["n"] == 1  # type: ignore[index]
+        await service.close()
+    finally:
+        await store.close()
