@@ -18,30 +18,17 @@ exactly the numbers printed here.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from predictor.offline import replay
+from predictor.serving.calibration import CALIBRATION_FILE, LambdaTable, Target
 
-CALIBRATION_FILE = "calibration.json"
+__all__ = ["CALIBRATION_FILE", "Target", "choose", "run", "table"]
+
 GRID_STEPS = 121
-
-
-@dataclass(frozen=True)
-class Target:
-    keep: float | None = None  # share of the top stage's accuracy
-    within_points: float | None = None  # accuracy points below the top stage's
-    top_share: float | None = None  # share of requests that reach the top stage
-
-    def describe(self) -> str:
-        if self.keep is not None:
-            return f"keep {self.keep:.0%} of the top stage's accuracy"
-        if self.within_points is not None:
-            return f"within {self.within_points:g} points of the top stage's accuracy"
-        return f"{self.top_share:.0%} of requests reach the top stage"
 
 
 def table(data_path: Path, model_dir: Path, config: Path | None = None) -> dict[str, Any]:
@@ -80,15 +67,7 @@ def table(data_path: Path, model_dir: Path, config: Path | None = None) -> dict[
 
 def choose(calibration: dict[str, Any], target: Target) -> dict[str, Any] | None:
     """The smallest λ of the table that meets ``target`` (None when no λ does)."""
-    top = calibration["top_quality"]
-    for row in calibration["grid"]:
-        if target.keep is not None and row["quality"] >= target.keep * top - 1e-12:
-            return dict(row)
-        if target.within_points is not None and row["quality"] >= top - target.within_points / 100 - 1e-12:
-            return dict(row)
-        if target.top_share is not None and row["top_share"] >= target.top_share - 1e-12:
-            return dict(row)
-    return None
+    return LambdaTable.of(calibration).choose(target)
 
 
 def run(
