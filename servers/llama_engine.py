@@ -203,7 +203,7 @@ class LlamaEngine:
         """
         if not prompt:
             raise ValueError("empty prompt")
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(None if seed is None else seed % 2**64)  # numpy takes no negative seed; the API's may be
         logits = self._prefill(prompt)
         for produced in range(max_tokens):
             if constraint is None:
