@@ -8,6 +8,12 @@ settings). Usage is buffered and written in batches by a
 background task, which also runs the SLO controllers (one replica at a time
 per tenant, by a Redis lock).
 
+A failover (Sentinel, Cluster) is not a failure: the store retries its
+idempotent operations while the new master takes over (up to the URL's
+``failover_wait_s``), so requests wait instead of falling back; under
+Sentinel no admission is lost or counted twice (``redis_connect``). The
+breaker only sees a store call that failed for longer than that.
+
 Redis failure -- what fails open and what fails closed:
 * known keys keep working with their last cached settings (fail open), and
   rate limits fall back to per-replica buckets with the same limits (so N
@@ -69,6 +75,7 @@ def bearer(authorization: str | None) -> str | None:
 
 
 def make_store(cfg: TenancyConfig) -> TenantStore:
+    """The shared Redis store when ``redis_url`` is set (a malformed URL raises ``RedisURLError`` here, at start-up)."""
     if cfg.redis_url:
         from router.tenants.redis_store import RedisStore
 
