@@ -217,7 +217,8 @@ _KNOB_PARAMETERS = [
         "in": "header",
         "required": False,
         "description": "the cascade's λ (cost of a bad answer, in cost units): a finite number >= 0; the body's `cascade_lambda` wins",
-        "schema": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]{1,3})?$"},
+        # every string of this form is taken (it stays below 1e200); other spellings float() reads are taken too
+        "schema": {"type": "string", "pattern": r"^[0-9]{1,100}(\.[0-9]{0,100})?([eE][+-]?[0-9]{1,2})?$"},
     },
     {
         "name": "x-cascade-max-stage",
