@@ -78,6 +78,7 @@ RETRYABLE: tuple[type[BaseException], ...] = (
     rx.SlotNotCoveredError,
 )
 NOT_RETRYABLE: tuple[type[BaseException], ...] = (rx.AuthenticationError, rx.AuthorizationError)
+TRANSIENT_REPLIES = ("NOREPLICAS",)  # min-replicas-to-write refusing while replicas reconnect after a failover
 
 
 @dataclass(frozen=True)
@@ -277,7 +278,9 @@ class RedisConnection:
                 return await op()
             except NOT_RETRYABLE:
                 raise
-            except RETRYABLE:
+            except Exception as exc:
+                if not isinstance(exc, RETRYABLE) and not (isinstance(exc, rx.ResponseError) and str(exc).startswith(TRANSIENT_REPLIES)):
+                    raise
                 attempt += 1
                 pause = BACKOFF_S[min(attempt - 1, len(BACKOFF_S) - 1)] if self.wait_s else 0.0
                 if attempt > 1 and time.monotonic() + pause > deadline:

@@ -27,7 +27,7 @@ runs it at start-up, ``adaptive-sd tenants migrate`` on demand).
 
 Every operation is idempotent, so it can be retried after a connection error
 or a failover without counting twice: admissions and usage batches carry a
-nonce whose marker (kept ``MARKER_TTL_MS``) makes a second run return the
+nonce whose marker (kept longer than any retry) makes a second run return the
 first run's result; create, delete and key revocation do the same, the rest
 are idempotent as they are. ``redis_connect`` does the retrying.
 """
@@ -229,7 +229,7 @@ class RedisStore:
         self.p = prefix
         self.conn: RedisConnection = connect(url, timeout_s)
         self.r: Any = self.conn.client
-        self.marker_ttl_ms = int((self.conn.wait_s + 30.0) * 1000)  # outlives every retry of the operation it marks
+        self.marker_ttl_ms = int((2 * self.conn.wait_s + 5.0) * 1000)  # outlives every retry of the operation it marks
         self._tid: dict[str, str] = {}
 
     # -- key names --------------------------------------------------------------
