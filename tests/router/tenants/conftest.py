@@ -110,9 +110,10 @@ class SentinelSet:
     """
 
     def __init__(self, workdir: Path) -> None:
-        fast_sync = ("--repl-diskless-sync-delay", "0")  # the default waits 5 s for more replicas before a full sync
-        self.master = Node(workdir, *fast_sync)
-        self.replica = Node(workdir, *fast_sync, "--replicaof", "127.0.0.1", str(self.master.port))
+        # the default waits 5 s for more replicas before a full sync; DEBUG SLEEP stands in for a lagging replica
+        args = ("--repl-diskless-sync-delay", "0", "--enable-debug-command", "local")
+        self.master = Node(workdir, *args)
+        self.replica = Node(workdir, *args, "--replicaof", "127.0.0.1", str(self.master.port))
         self.sentinel = Node(workdir, f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} 1",
                              f"sentinel down-after-milliseconds {SERVICE} 400", f"sentinel failover-timeout {SERVICE} 3000",
                              sentinel=True)  # fmt: skip

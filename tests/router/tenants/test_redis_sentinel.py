@@ -129,6 +129,25 @@ async def test_without_the_write_fence_the_old_master_loses_admissions(sentinel_
     print(f"unfenced: {allowed} admitted where at most {_bound(rpm, elapsed)} may be")
 
 
+@pytest.mark.anyio
+async def test_a_write_is_held_until_a_lagging_replica_has_it(sentinel_set: SentinelSet) -> None:
+    """No acknowledgement from a replica that is connected but stalled: the write waits for it, not "alone"."""
+    store = RedisStore(sentinel_set.url, timeout_s=0.1)
+    try:
+        await store.create("warm", TenantSettings())  # scripts loaded, a connection up
+        stall = threading.Thread(target=lambda: sentinel_set.replica.client().execute_command("DEBUG", "SLEEP", "0.6"))
+        stall.start()
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        await store.create("lagged", TenantSettings(rpm=5))
+        took = time.monotonic() - t0
+        stall.join()
+        assert took >= 0.4, f"returned after {took:.2f} s, before the stalled replica could have acknowledged"
+        assert sentinel_set.replica.client().hexists("asd:{lagged}:t", "settings")
+    finally:
+        await store.close()
+
+
 # -- end to end: traffic through a real router while Sentinel fails the master over ------------------------------
 
 ADMIN = "sentinel-admin-key-0123456789"
