@@ -22,10 +22,12 @@ What a failover needs from the client, and why it is here rather than left to re
 * **No lost writes after a promotion (Sentinel).** Replication is asynchronous, and after
   ``SENTINEL FAILOVER`` the old master keeps accepting writes until Sentinel reconfigures it
   (about ten seconds): a token taken there is forgotten, and the limit would be overshot. So a
-  write counts only once a replica acknowledged it (``WAIT 1``), or once it is clear that the
-  server written to is the master Sentinel names and that no other server has been promoted from
-  its history (its ``master_replid`` is nobody's ``master_replid2``); otherwise it is a
-  ``StaleMaster`` error and the operation runs again on the new master.
+  write counts only once a replica acknowledged it (``WAIT 1``). Without an acknowledgement the
+  server written to must be the master Sentinel names, with no failover in progress and no other
+  server promoted from its history (its ``master_replid`` is nobody's ``master_replid2``), or it
+  is a ``StaleMaster`` error and the operation runs again on the new master; if it has online
+  replicas that only lag, it waits for them; only a master without replicas is trusted alone.
+  (Redis Cluster writes are not fenced: see docs/tenants-and-operations.md.)
 """
 
 from __future__ import annotations
