@@ -32,7 +32,7 @@ class SLO(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     metric: Literal["p95_latency_ms", "mean_cost"] = Field(description="p95 end-to-end latency, or mean stage cost per request")
-    target: float = Field(gt=0.0)
+    target: float = Field(gt=0.0, allow_inf_nan=False)  # JSON's 1e999 is infinity: it was stored, and answered as null
 
 
 class TenantSettings(BaseModel):
