@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.protocol import MAX_INT
 
@@ -35,6 +35,23 @@ class SLO(BaseModel):
     target: float = Field(gt=0.0, allow_inf_nan=False)  # JSON's 1e999 is infinity: it was stored, and answered as null
 
 
+class QualityTarget(BaseModel):
+    """A target the tenant's λ is looked up for in the predictor's calibration table (``python -m predictor calibrate``)
+    instead of a λ in cost units: exactly one of the three."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep: float | None = Field(None, gt=0.0, le=1.0, description="keep this share of the top stage's accuracy")
+    within_points: float | None = Field(None, ge=0.0, le=100.0, description="stay within this many accuracy points of the top stage")
+    top_share: float | None = Field(None, ge=0.0, le=1.0, description="send this share of requests to the top stage")
+
+    @model_validator(mode="after")
+    def _one(self) -> QualityTarget:
+        if sum(v is not None for v in (self.keep, self.within_points, self.top_share)) != 1:
+            raise ValueError("give exactly one of keep, within_points, top_share")
+        return self
+
+
 class TenantSettings(BaseModel):
     """What an operator sets per tenant (admin API, CLI). Unset fields use the router's defaults."""
 
@@ -42,6 +59,7 @@ class TenantSettings(BaseModel):
 
     lambda_: float | None = Field(None, alias="lambda", ge=0.0, allow_inf_nan=False, description="cost of one bad answer, in cost units")
     slo: SLO | None = None
+    target: QualityTarget | None = Field(None, description="a quality or top-stage-share target, mapped to λ by the calibration table")
     max_stage: int | str | None = Field(None, description="highest stage (index or name) the cascade may use")
     allowed_models: list[str] | None = Field(None, description="models this tenant may call; null = all")
     # bounded to 64 bits: the settings are answered and stored as JSON (orjson), which holds no larger integer
