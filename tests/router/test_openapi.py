@@ -478,6 +478,13 @@ async def test_tenant_settings_beyond_64_bits_are_a_400(doc: dict[str, Any]) -> 
             _error(doc, await c.patch("/admin/tenants/t", json=patch, headers=ADMIN), 400, param)
 
 
+async def test_an_infinite_slo_target_is_a_400(doc: dict[str, Any]) -> None:
+    """``target: 1e999`` (infinity) was stored and answered as ``null``, which its own schema refuses."""
+    async with served(keys_settings()) as r:
+        raw = b'{"id": "t", "settings": {"slo": {"metric": "mean_cost", "target": 1e999}}}'
+        _error(doc, await r.client.post("/admin/tenants", content=raw, headers=ADMIN), 400, "settings.slo.target")
+
+
 async def test_json_integers_written_as_floats_are_integers(doc: dict[str, Any]) -> None:
     """``max_tokens: 4.0`` is the JSON number 4, an ``integer`` by the schema: it was a 400; ``4.5`` still is."""
     async with served() as r:
