@@ -24,6 +24,11 @@ schema too. The stub stages are configured ``completions: false`` (the stub
 answers chat only): their ``/v1/completions`` cases check the refusals, and the
 real run checks completions' answers.
 
+Sizes (``STUB_CASES``, ``OTHER_CASES``, ``REAL_CASES``): about 1100 cases over the
+stubs (~25 s on two cores) and 64 over the real ladder (~10 s), the same ones each
+run. ``steer`` makes generated cases reach past the first check where random
+values rarely would (a real model name, the admin key, a few tenant ids).
+
 ``test_fuzz_reports_*`` show the harness fails when it should: against a schema
 made wrong on purpose, and against a stage that fails.
 """
