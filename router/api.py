@@ -26,7 +26,7 @@ from common.errors import APIError, parse_chat_request
 from common.responses_protocol import parse_responses_request
 from common.settings import Settings
 from predictor.serving.interface import Predictor
-from predictor.serving.loader import load_predictor
+from predictor.serving.loader import load_lambda_table, load_predictor
 from router.cascade import CascadeEngine
 from router.contracts import RequestOutcome, TenantLimits
 from router.metrics import ENDPOINTS, RATE_LIMITED, REGISTRY, REQUESTS
@@ -36,6 +36,7 @@ from router.serving_completions import CompletionServing
 from router.serving_responses import ResponsesServing
 from router.stage import Stage
 from router.stage_pool import StagePool, build_ladder
+from router.targets import TargetLambdas
 from router.tenants.admin import admin_router
 from router.tenants.model import Tenant
 from router.tenants.service import TenantService
@@ -66,6 +67,7 @@ def create_app(
     stage, in order (default: a ``StagePool`` each, over the stage's endpoints; tests pass in-process fakes).
     The lifespan starts and closes the stages and the tenant service."""
     predictor = predictor or load_predictor(settings)
+    targets = TargetLambdas(load_lambda_table(settings))
     ladder: list[Stage] = list(build_ladder(settings)) if stages is None else list(stages)
     pools = [s for s in ladder if isinstance(s, StagePool)]
     ENDPOINTS.track(pools)  # /metrics: each endpoint's state
@@ -94,7 +96,10 @@ def create_app(
 
     def limits(tenant: Tenant) -> TenantLimits:
         s = tenant.settings
-        return TenantLimits(tenants.lam_for(tenant), s.slo is not None, s.max_stage, s.allowed_models)
+        lam = tenants.lam_for(tenant)
+        if s.target is not None and s.lambda_ is None and s.slo is None:
+            lam = targets.lam(s.target, lam)
+        return TenantLimits(lam, s.slo is not None, s.max_stage, s.allowed_models)
 
     def account(tenant: Tenant, outcome: RequestOutcome, response: Response, t0: float, stream_tokens: int) -> Response:
         """Record usage after the response (streams: when the last byte is sent; tokens then estimated)."""

@@ -6,22 +6,38 @@ from pathlib import Path
 
 from common.settings import BaselineCoefficients, Settings
 from predictor.serving.baseline import MeanLogprobPredictor
+from predictor.serving.calibration import LambdaTable
 from predictor.serving.interface import Predictor
 from predictor.serving.runtime import OnnxPredictor, PredictorLoadError
 
-__all__ = ["PredictorLoadError", "load_predictor"]
+__all__ = ["PredictorLoadError", "load_lambda_table", "load_predictor", "model_dir"]
 PACKAGES_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the `predictor` package: the repository, or site-packages
+
+
+def model_dir(settings: Settings) -> Path | None:
+    """The directory of the configured ONNX model (None for the baseline)."""
+    cfg = settings.predictor
+    if cfg.kind != "onnx" or not cfg.path:
+        return None
+    path = Path(cfg.path)
+    if not path.is_absolute() and not path.exists():
+        path = PACKAGES_ROOT / path  # configs name the shipped model as `predictor/models/...`, package data
+    return path
+
+
+def load_lambda_table(settings: Settings) -> LambdaTable | None:
+    """The configured model's calibration table (per-tenant quality targets); None without one."""
+    path = model_dir(settings)
+    return LambdaTable.load(path) if path is not None else None
 
 
 def load_predictor(settings: Settings) -> Predictor:
     cfg = settings.predictor
     n = len(settings.stages)
     if cfg.kind == "onnx":
-        if not cfg.path:
+        path = model_dir(settings)
+        if path is None:
             raise PredictorLoadError("predictor.kind is 'onnx' but predictor.path is not set")
-        path = Path(cfg.path)
-        if not path.is_absolute() and not path.exists():
-            path = PACKAGES_ROOT / path  # configs name the shipped model as `predictor/models/...`, package data
         return OnnxPredictor.load(path, evidence=settings.cascade.risk.evidence)
     coefs = list(cfg.baseline) + [BaselineCoefficients()] * (n - len(cfg.baseline))
     return MeanLogprobPredictor(

@@ -1,0 +1,35 @@
+"""A tenant's quality target as a λ: looked up in the predictor's calibration table, once per distinct target.
+
+An operator who sets a tenant's ``target`` (keep a share of the top stage's accuracy, stay within some points of
+it, or send a share of the traffic to the top stage) gets the λ the calibration table gives for it
+(``predictor.serving.calibration``; written by ``python -m predictor calibrate`` next to the model). Without a
+table, or for a target no λ of it meets, the tenant gets the λ it would have had otherwise, and the router says so
+once in its log: a quality target that cannot be honoured is not silently treated as one that is.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from predictor.serving.calibration import LambdaTable, Target
+from router.tenants.model import QualityTarget
+
+log = logging.getLogger("adaptive_sd.targets")
+
+
+class TargetLambdas:
+    def __init__(self, table: LambdaTable | None) -> None:
+        self.table = table
+        self._cache: dict[tuple[float | None, float | None, float | None], float | None] = {}
+
+    def lam(self, target: QualityTarget, otherwise: float) -> float:
+        key = (target.keep, target.within_points, target.top_share)
+        if key not in self._cache:
+            t = Target(*key)
+            found = self.table.lambda_for(t) if self.table is not None else None
+            if found is None:
+                why = "the predictor has no calibration table" if self.table is None else "no λ of the calibration table meets it"
+                log.warning("tenant target '%s' cannot be honoured (%s): using λ %g", t.describe(), why, otherwise)
+            self._cache[key] = found
+        found = self._cache[key]
+        return otherwise if found is None else found

@@ -1,0 +1,68 @@
+"""A tenant's quality target becomes the λ the calibration table gives for it (in-process, scripted stages)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from common.settings import Settings
+from predictor.serving.calibration import LambdaTable, Target
+from router.api import create_app
+from router.targets import TargetLambdas
+from router.tenants.model import QualityTarget
+from tests.router.fake_stage import ScriptedPredictor, fake_stages
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "predictor" / "models" / "cpu"
+ADMIN = {"authorization": "Bearer admin-secret"}
+TABLE = LambdaTable.of({"top_quality": 0.6, "grid": [
+    {"lambda": 1.0, "quality": 0.1, "top_share": 0.0},
+    {"lambda": 10.0, "quality": 0.5, "top_share": 0.3},
+    {"lambda": 100.0, "quality": 0.59, "top_share": 0.6},
+]})  # fmt: skip
+
+
+def test_a_target_maps_to_the_smallest_lambda_that_meets_it() -> None:
+    targets = TargetLambdas(TABLE)
+    assert targets.lam(QualityTarget(within_points=2), 7.0) == 100.0
+    assert targets.lam(QualityTarget(keep=0.8), 7.0) == 10.0
+    assert targets.lam(QualityTarget(top_share=0.2), 7.0) == 10.0
+    # a target the table cannot meet, or no table: the λ the tenant had otherwise (and a warning in the log)
+    assert targets.lam(QualityTarget(keep=1.0), 7.0) == 7.0
+    assert TargetLambdas(None).lam(QualityTarget(keep=0.8), 7.0) == 7.0
+    assert TABLE.lambda_for(Target(keep=0.8)) == 10.0
+
+
+def test_a_target_needs_exactly_one_goal() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        QualityTarget(keep=0.9, top_share=0.5)
+    with pytest.raises(ValueError, match="exactly one"):
+        QualityTarget()
+
+
+@pytest.mark.anyio
+async def test_a_tenant_with_a_target_runs_at_its_calibrated_lambda() -> None:
+    stage = {"url": "http://127.0.0.1:9/v1", "dialect": "openai"}
+    settings = Settings.model_validate({
+        "tenancy": {"auth": "keys", "admin_key": "admin-secret"},
+        "predictor": {"kind": "onnx", "path": str(MODEL)},
+        "stages": [{**stage, "name": "s0", "model": "m0", "cost": 1.0}, {**stage, "name": "s1", "model": "m1", "cost": 4.0}],
+    })  # fmt: skip
+    want = LambdaTable.load(MODEL)
+    assert want is not None
+    lam = want.lambda_for(Target(within_points=2))
+    assert lam is not None
+    predictor = ScriptedPredictor({0: 0.9, 1: 0.9}, [0.5, 0.9])
+    app = create_app(settings, predictor=predictor, stages=fake_stages(settings.stages))
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://router") as c:
+        made = await c.post("/admin/tenants", json={"id": "acme", "settings": {"target": {"within_points": 2}}}, headers=ADMIN)
+        assert made.status_code in (200, 201), made.text
+        key = {"authorization": f"Bearer {made.json()['api_key']}"}
+        resp = await c.post("/v1/chat/completions", json={"model": "cascade", "messages": [{"role": "user", "content": "hi"}]}, headers=key)
+        assert resp.status_code == 200, resp.text
+        assert float(resp.headers["x-cascade-lambda"]) == pytest.approx(lam, rel=1e-5)
+        bad = await c.patch("/admin/tenants/acme", json={"target": {"keep": 0.9, "top_share": 0.5}}, headers=ADMIN)
+        assert bad.status_code == 400 and "target" in (bad.json()["error"]["param"] or "")
