@@ -77,6 +77,7 @@ def create_app(
     engine = CascadeEngine(settings, ladder, predictor)
     chat_serving = ChatServing(settings, ladder, engine)
     tenants = TenantService(settings.tenancy, settings.cascade.default_lambda)
+    tenants.target_lambda = targets.lam
     admin_key = settings.tenancy.admin_key.get_secret_value() if settings.tenancy.admin_key else None
 
     @asynccontextmanager
@@ -96,10 +97,7 @@ def create_app(
 
     def limits(tenant: Tenant) -> TenantLimits:
         s = tenant.settings
-        lam = tenants.lam_for(tenant)
-        if s.target is not None and s.lambda_ is None and s.slo is None:
-            lam = targets.lam(s.target, lam)
-        return TenantLimits(lam, s.slo is not None, s.max_stage, s.allowed_models)
+        return TenantLimits(tenants.lam_for(tenant), s.slo is not None, s.max_stage, s.allowed_models)
 
     def account(tenant: Tenant, outcome: RequestOutcome, response: Response, t0: float, stream_tokens: int) -> Response:
         """Record usage after the response (streams: when the last byte is sent; tokens then estimated)."""

@@ -35,7 +35,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -45,7 +45,7 @@ from common.settings import TenancyConfig
 from router.metrics import STORE_ERRORS, STORE_UP, TENANT_LAMBDA, TENANT_OBSERVED
 from router.tenants import slo
 from router.tenants.breaker import CircuitBreaker
-from router.tenants.model import Admission, Tenant, TenantSettings, hash_key
+from router.tenants.model import Admission, QualityTarget, Tenant, TenantSettings, hash_key
 from router.tenants.store import Bucket, MemoryStore, SLOState, TenantStore, Usage, admit_buckets
 
 log = logging.getLogger("adaptive_sd.tenants")
@@ -96,6 +96,8 @@ class TenantService:
         self.store = store or make_store(cfg)
         self.breaker = CircuitBreaker(cfg.breaker_failures, cfg.breaker_cooldown_s)
         self.controller = controller
+        # a tenant's quality target as a λ (the predictor's calibration table; router.targets); None: targets unused
+        self.target_lambda: Callable[[QualityTarget, float], float] | None = None
         self._cache: dict[str, _Cached] = {}
         self._unknown: dict[str, float] = {}  # key hash -> until when "no such key" is trusted (cache_ttl_s)
         self._buffer: deque[Usage] = deque(maxlen=BUFFER_LIMIT)
@@ -259,7 +261,11 @@ class TenantService:
             return controlled
         if settings.lambda_ is not None:
             return settings.lambda_
-        return self.cfg.slo_initial_lambda if settings.slo is not None else self.default_lambda
+        if settings.slo is not None:
+            return self.cfg.slo_initial_lambda
+        if settings.target is not None and self.target_lambda is not None:
+            return self.target_lambda(settings.target, self.default_lambda)
+        return self.default_lambda
 
     def lam_for(self, tenant: Tenant) -> float:
         return self.lam_for_settings(tenant.settings, tenant.lam)

@@ -64,5 +64,7 @@ async def test_a_tenant_with_a_target_runs_at_its_calibrated_lambda() -> None:
         resp = await c.post("/v1/chat/completions", json={"model": "cascade", "messages": [{"role": "user", "content": "hi"}]}, headers=key)
         assert resp.status_code == 200, resp.text
         assert float(resp.headers["x-cascade-lambda"]) == pytest.approx(lam, rel=1e-5)
+        view = await c.get("/v1/tenant", headers=key)
+        assert view.json()["effective_lambda"] == pytest.approx(lam, rel=1e-9)  # what the tenant is told is what it gets
         bad = await c.patch("/admin/tenants/acme", json={"target": {"keep": 0.9, "top_share": 0.5}}, headers=ADMIN)
         assert bad.status_code == 400 and "target" in (bad.json()["error"]["param"] or "")
