@@ -35,6 +35,7 @@ made wrong on purpose, and against a stage that fails.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -55,6 +56,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import Failure, FailureGroup
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 
+from router.openapi import RENDERED
 from tests.conftest import ROOT, RouterProcess, free_port, stop_process, wait_http
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -237,7 +239,9 @@ REAL_CASES = {"POST /v1/chat/completions": 24, "POST /v1/completions": 16, "POST
 
 
 def test_fuzz_router_over_stub_stages(stub_router: RouterProcess) -> None:
-    """Every operation; the three generation endpoints get the most cases (their bodies are the largest schemas)."""
+    """Every operation; the three generation endpoints get the most cases (their bodies are the largest schemas).
+    The live router serves the committed document."""
+    assert httpx.get(f"{stub_router.url}/openapi.json").json() == json.loads(RENDERED.read_bytes())
     run = fuzz(stub_router.url, lambda label: STUB_CASES.get(label, OTHER_CASES), steer(["cascade", "s0", "s1"], ADMIN_KEY))
     print(f"stub stages: {run.total} cases in {run.seconds:.0f} s: {run.cases}; statuses {run.statuses}")
     assert len(run.cases) == 15, run.cases  # every documented operation was exercised
