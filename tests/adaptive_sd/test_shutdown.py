@@ -13,6 +13,10 @@ the same cases against it would be slow or flaky.
 one the CPU ladder starts first): there the point is the order of shutdown (the
 stage must serve the router's drain and stop only after it), which holds for
 any answer time.
+
+The last case runs ``bench/soak.py --minutes 0.5`` (its stub stages are allowed
+there for the same reason: a known service time to subtract): two replicas on
+a real Redis, one restarted under load, nothing may be lost.
 """
 
 from __future__ import annotations
