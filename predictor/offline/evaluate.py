@@ -385,7 +385,7 @@ def live_check(settings: Settings, data_path: Path, model_dir: Path, lams: tuple
     out: dict[str, Any] = {"tasks": len(t.y), "lambdas": {}}
     for lam in lams:
         o = replay.cascade(t, b, costs, lam, opt)
-        same_stop = same_text = same_aborts = 0
+        same_stop = same_text = same_aborts = live_aborted = 0
         mismatches = []
         for i, tid in enumerate(t.task.tolist()):
             task = tasks[tid]
@@ -397,10 +397,12 @@ def live_check(settings: Settings, data_path: Path, model_dir: Path, lams: tuple
             live_aborts = r.headers.get("x-cascade-path", "").count("(aborted")
             same_stop += live_final == int(o.final[i])
             same_aborts += live_aborts == int(o.aborts[i])
+            live_aborted += live_aborts > 0
             same_text += r.json()["choices"][0]["message"]["content"] == texts[tid][live_final]
             if live_final != int(o.final[i]) or live_aborts != int(o.aborts[i]):
                 mismatches.append({"task": tid, "live_path": r.headers.get("x-cascade-path"), "replay_final": int(o.final[i]),
                                    "replay_aborts": int(o.aborts[i])})  # fmt: skip
         out["lambdas"][str(lam)] = {"same_final_stage": same_stop / len(t.y), "same_aborts": same_aborts / len(t.y),
-                                    "same_answer_text": same_text / len(t.y), "mismatches": mismatches}  # fmt: skip
+                                    "same_answer_text": same_text / len(t.y), "aborted_live": live_aborted,
+                                    "aborted_replay": int((o.aborts > 0).sum()), "mismatches": mismatches}  # fmt: skip
     return out
