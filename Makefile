@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: install system-deps vllm-env up test test-vllm predictor bench-overhead bench-draft bench-predictor bench-tenancy lint clean test-sanitizers fuzz-scanner
+.PHONY: install system-deps vllm-env up test test-vllm predictor frontier bench-overhead bench-draft bench-predictor bench-tenancy bench-soak bench-early-exit bench-cascade-latency lint clean test-sanitizers fuzz-scanner
 
 $(STAMP): pyproject.toml setup.py $(wildcard predictor/serving/*.c) requirements-models.txt tests/router/clients/requirements-llamaindex.txt tests/router/requirements-litellm.txt
 	@# the C modules in predictor/serving need the interpreter's headers: Debian's system Python keeps them in python3-dev
@@ -65,6 +65,21 @@ test-vllm: $(STAMP) $(VLLM_STAMP) system-deps
 predictor: $(STAMP)
 	$(BIN)/python -m predictor collect --out data/cpu/collect.jsonl
 	$(BIN)/python -m predictor train --data data/cpu/collect.jsonl --out predictor/models/cpu
+
+# The cost/quality frontier (held-out and leave-one-family-out, compute and seconds; table + PNG) and the default λ's table.
+frontier: $(STAMP)
+	$(BIN)/python -m predictor calibrate --within-points 1
+	$(BIN)/python -m predictor evaluate
+
+bench-soak: $(STAMP) system-deps
+	$(BIN)/python bench/soak.py --minutes 10 --rps 20
+
+bench-early-exit: $(STAMP)
+	$(BIN)/python bench/early_exit_latency.py
+
+# Needs the ladder running (`make up` in another shell).
+bench-cascade-latency: $(STAMP)
+	$(BIN)/python bench/cascade_latency.py
 
 bench-predictor: $(STAMP)
 	$(BIN)/python bench/predictor_latency.py

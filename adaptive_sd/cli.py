@@ -119,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(" ".join(f"{k}={v}" for k, v in env.items()), shlex.join(cmd))
         elif args.command == "check-config":
             from predictor.serving.loader import load_predictor
+            from router.tenants.redis_connect import check_redis_url
 
+            check_redis_url(settings.tenancy.redis_url)  # a malformed URL is a ConfigError naming tenancy.redis_url
             predictor = load_predictor(settings)  # the shipped model is package data: this proves the install finds it
             print(settings.model_dump_json(indent=2))
             print(f"config ok: {len(settings.stages)} stage(s), predictor {predictor.name} (top-k {predictor.top_k})", file=sys.stderr)
