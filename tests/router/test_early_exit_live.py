@@ -1,8 +1,10 @@
 """Early exit through a real router process, real llama.cpp stages and the shipped predictor (its prefix model).
 
-At a λ this high the rule aborts SmolLM2 at the first checkpoint whenever its answer runs past it: finishing has
-a price, and escalating is expected to pay. The stage's server must then stop decoding (its ``decoded_tokens``
-stop growing with the aborted answer), and the answer is the next stage's own.
+At λ = 1000 (GFLOP; the 0.5B's answer costs ~50) the rule aborts SmolLM2 at a checkpoint when its prefix looks
+hopeless, as it does on a long multiplication: finishing has a price, and the small chance that the answer turns
+out right is not worth it (at a far higher λ even that small chance would be, and the rule lets it finish). The
+stage's server must then stop decoding (its ``decoded_tokens`` stop growing with the aborted answer), and the
+answer is the next stage's.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import pytest
 
 from tests.conftest import RouterProcess, free_port, ladder_config
 
-PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper and a storm."}]
+# long multiplication: SmolLM2 writes at length and gets it wrong, and the prefix model (which has seen it fail on
+# arithmetic) says so within the first checkpoints
+PROMPT = [{"role": "user", "content": "Multiply 3028 by 4657. Show every step of the long multiplication, then give the product."}]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +40,7 @@ def _decoded(port: int) -> int:
 def test_a_stage_judged_while_it_writes_is_aborted_and_stops_decoding(
     router: RouterProcess, stage_ports: list[int], tmp_path: Path
 ) -> None:
-    body = {"model": "cascade", "messages": PROMPT, "max_tokens": 200, "temperature": 0, "cascade_lambda": 1e6}
+    body = {"model": "cascade", "messages": PROMPT, "max_tokens": 200, "temperature": 0, "cascade_lambda": 1000}
     before = _decoded(stage_ports[0])
     resp = httpx.post(f"{router.url}/v1/chat/completions", json=body, timeout=300)
     assert resp.status_code == 200, resp.text
