@@ -68,7 +68,7 @@ predictor: $(STAMP)
 
 # The cost/quality frontier (held-out and leave-one-family-out, compute and seconds; table + PNG) and the default λ's table.
 frontier: $(STAMP)
-	$(BIN)/python -m predictor calibrate --within-points 1
+	$(BIN)/python -m predictor calibrate --within-points 0
 	$(BIN)/python -m predictor evaluate
 
 bench-soak: $(STAMP) system-deps

@@ -9,7 +9,7 @@ prompt's state). Greedy decoding. Reported: accuracy of each, mean and median se
 of means and the median of per-task ratios, the cascade's final stages and aborts, as JSON (stdout and
 bench/results/cascade_latency.json), with progress on stderr.
 
-Usage: adaptive-sd up &  python bench/cascade_latency.py [--limit N] [--lambda 820]
+Usage: adaptive-sd up &  python bench/cascade_latency.py [--limit N] [--lambda 892]
 """
 
 from __future__ import annotations

@@ -207,16 +207,9 @@ def run(data_path: Path, model_dir: Path, out_json: Path, out_png: Path, config:
     risk = (settings.cascade.risk.alpha, settings.cascade.risk.beta)
     shipped = OnnxPredictor.load(model_dir, settings.cascade.risk.evidence)
     b_full = replay.beliefs(full, shipped, rule_prices)
-    ctx = Context(
-        settings,
-        full,
-        costs,
-        prices,
-        rule_prices,
-        rates,
-        lambdas(b_full, full),
-        Options(strength=settings.cascade.prior_strength, risk=risk),
-    )
+    # the sweep, and the config's default λ itself: the default's figures are at exactly that λ
+    sweep = sorted({*lambdas(b_full, full), settings.cascade.default_lambda})
+    ctx = Context(settings, full, costs, prices, rule_prices, rates, sweep, Options(strength=settings.cascade.prior_strength, risk=risk))
     test, val = full.split == "test", full.split == "val"
     result: dict[str, Any] = {"data": data_path.name, "rule_unit": rule_unit or "per-request cost", "lambdas": ctx.lambdas,
                               "default_lambda": settings.cascade.default_lambda, "families": sorted(set(full.family.tolist()))}  # fmt: skip
