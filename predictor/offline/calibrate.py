@@ -48,8 +48,7 @@ def table(data_path: Path, model_dir: Path, config: Path | None = None) -> dict[
     prices = replay.prices_of(settings)
     costs = {u: replay.unit_costs(t, u, prices[u]) for u in replay.UNITS}
     c = settings.cascade
-    opt = replay.Options(skip=c.skip_by_prior, early_exit=c.early_exit, draft_reuse=c.draft_reuse, strength=c.prior_strength,
-                         risk=(c.risk.alpha, c.risk.beta))  # fmt: skip
+    opt = replay.Options.of(settings)
     sweep = lambdas(b, t)
     grid = np.geomspace(sweep[0], sweep[-1], GRID_STEPS)
     top = t.n_stages - 1

@@ -19,6 +19,7 @@ Quality must not fall as λ rises: ``monotonicity`` checks ours on the validatio
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -86,7 +87,8 @@ def outcomes(ctx: Context, sel: np.ndarray, b: Beliefs, val_sel: np.ndarray) -> 
     for lam in ctx.lambdas:
         out[("prompt-only router", lam)] = replay.prompt_router(t, b, costs, lam)
         for name, opt in VARIANTS.items():
-            o = Options(opt.skip, opt.beliefs_after, opt.early_exit, opt.draft_reuse, ctx.opt.strength, ctx.opt.risk)
+            o = dataclasses.replace(ctx.opt, skip=opt.skip, beliefs_after=opt.beliefs_after, early_exit=opt.early_exit,
+                                    draft_reuse=opt.draft_reuse)  # fmt: skip
             out[(name, lam)] = replay.cascade(t, b, costs, lam, o)
     return out
 
@@ -204,12 +206,11 @@ def run(data_path: Path, model_dir: Path, out_json: Path, out_png: Path, config:
     rows = list(dataset.read_rows(data_path))
     rates = reuse.rates([r for r in rows if r["split"] == "train"], full.n_stages)
     costs = {u: replay.unit_costs(full, u, prices[u]) for u in UNITS}
-    risk = (settings.cascade.risk.alpha, settings.cascade.risk.beta)
     shipped = OnnxPredictor.load(model_dir, settings.cascade.risk.evidence)
     b_full = replay.beliefs(full, shipped, rule_prices)
     # the sweep, and the config's default λ itself: the default's figures are at exactly that λ
     sweep = sorted({*lambdas(b_full, full), settings.cascade.default_lambda})
-    ctx = Context(settings, full, costs, prices, rule_prices, rates, sweep, Options(strength=settings.cascade.prior_strength, risk=risk))
+    ctx = Context(settings, full, costs, prices, rule_prices, rates, sweep, Options.of(settings))
     test, val = full.split == "test", full.split == "val"
     result: dict[str, Any] = {"data": data_path.name, "rule_unit": rule_unit or "per-request cost", "lambdas": ctx.lambdas,
                               "default_lambda": settings.cascade.default_lambda, "families": sorted(set(full.family.tolist()))}  # fmt: skip
@@ -370,8 +371,7 @@ def live_check(settings: Settings, data_path: Path, model_dir: Path, lams: tuple
     rule_prices = [s.price(settings.cascade.cost_unit) for s in settings.stages]
     b = replay.beliefs(t, predictor, rule_prices)
     costs = {u: replay.unit_costs(t, u, p) for u, p in replay.prices_of(settings).items()}
-    opt = Options(skip=settings.cascade.skip_by_prior, early_exit=settings.cascade.early_exit, draft_reuse=False,
-                  strength=settings.cascade.prior_strength, risk=(settings.cascade.risk.alpha, settings.cascade.risk.beta))  # fmt: skip
+    opt = Options.of(settings, draft_reuse=False)
     texts = {row["task"]: [s["text"] for s in row["stages"]] for row in dataset.read_rows(data_path)}
     names = [s.name for s in settings.stages]
     url = f"http://{settings.server.host}:{settings.server.port}/v1/chat/completions"

@@ -147,19 +147,18 @@ class UnitCosts:
 
 
 def unit_costs(t: Table, unit: str, prices: Sequence[TokenPrices]) -> UnitCosts:
-    n, cps = t.n_stages, np.asarray(t.checkpoints, dtype=np.float64)
+    if unit not in UNITS:
+        raise ValueError(f"unknown unit {unit!r}")
+    # each stage's price of every task's whole answer (T, S) and of its first t_k tokens (T, S, K)
+    p = {f: np.array([getattr(prices[s], f) for s in range(t.n_stages)]) for f in ("request", "prompt_token", "output_token")}
+    base = p["request"] + p["prompt_token"] * t.prompt_tokens
+    full = base + p["output_token"] * t.output_tokens
+    at = base[:, :, None] + p["output_token"][None, :, None] * np.asarray(t.checkpoints, dtype=np.float64)[None, None, :]
     if unit == "compute":
-        full = np.stack([[prices[s].cost(t.prompt_tokens[i, s], t.output_tokens[i, s]) for s in range(n)] for i in range(len(t.y))])
-        at = np.stack([[[prices[s].cost(t.prompt_tokens[i, s], c) for c in cps] for s in range(n)] for i in range(len(t.y))])
-        return UnitCosts(full.reshape(len(t.y), n), at.reshape(len(t.y), n, len(cps)), np.zeros_like(t.saving_s))
-    if unit == "seconds":
-        # the measured seconds, and for an abort after t tokens the share of them a t-token answer takes at these rates
-        est_full = np.stack([[prices[s].cost(t.prompt_tokens[i, s], t.output_tokens[i, s]) for s in range(n)] for i in range(len(t.y))])
-        est_at = np.stack([[[prices[s].cost(t.prompt_tokens[i, s], c) for c in cps] for s in range(n)] for i in range(len(t.y))])
-        est_full = est_full.reshape(len(t.y), n)
-        share = np.minimum(est_at.reshape(len(t.y), n, len(cps)) / np.maximum(est_full[:, :, None], 1e-9), 1.0)
-        return UnitCosts(t.sec, t.sec[:, :, None] * share, t.saving_s)
-    raise ValueError(f"unknown unit {unit!r}")
+        return UnitCosts(full, at, np.zeros_like(t.saving_s))
+    # seconds: the measured ones, and for an abort after t tokens the share of them a t-token answer takes at these rates
+    share = np.minimum(at / np.maximum(full[:, :, None], 1e-9), 1.0)
+    return UnitCosts(t.sec, t.sec[:, :, None] * share, t.saving_s)
 
 
 # -- what a predictor says about each task --------------------------------------------------------------------------
@@ -233,6 +232,13 @@ class Options:
     draft_reuse: bool = True  # an escalation verifies the lower stage's draft
     strength: float | None = 8.0
     risk: tuple[float, float] = (1.0, 1.0)
+
+    @classmethod
+    def of(cls, settings: Settings, draft_reuse: bool | None = None) -> Options:
+        """The options a router on ``settings`` runs with (``draft_reuse`` overrides the config's)."""
+        c = settings.cascade
+        return cls(c.skip_by_prior, True, c.early_exit, c.draft_reuse if draft_reuse is None else draft_reuse, c.prior_strength,
+                   (c.risk.alpha, c.risk.beta))  # fmt: skip
 
 
 @dataclass

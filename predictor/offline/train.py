@@ -141,6 +141,24 @@ class FittedModel:
     onnx: bytes = field(repr=False)
     estimator: Any = field(repr=False, default=None)  # the in-memory model the ONNX graph was converted from
 
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated P(acceptable) from the in-memory model: what the exported graph computes."""
+        out: np.ndarray = np.interp(self.estimator.predict_proba(x)[:, 1], self.calibration.x, self.calibration.y)
+        return out
+
+    def export(self, names: tuple[str, ...], kind: str, extra: dict[str, str] | None = None) -> None:
+        """Convert to ONNX (``onnx``), the feature contract, calibration and ``extra`` in the graph's metadata."""
+        metadata = {
+            "kind": kind,
+            "model": self.name,
+            "feature_version": str(FEATURE_VERSION),
+            "feature_names": json.dumps(list(names)),
+            "top_logprobs": str(TOP_LOGPROBS),
+            "calibration": json.dumps(asdict(self.calibration)),
+            **(extra or {}),
+        }
+        self.onnx = _to_onnx(self.estimator, len(names), metadata)
+
 
 def fit(
     train: tuple[np.ndarray, np.ndarray],
@@ -163,17 +181,10 @@ def fit(
     best = min(losses, key=lambda k: losses[k])
     iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(fitted[best].predict_proba(val[0])[:, 1], val[1])
     calibration = Calibration(tuple(map(float, iso.X_thresholds_)), tuple(map(float, iso.y_thresholds_)))
-    metadata = {
-        "kind": kind,
-        "model": best,
-        "feature_version": str(FEATURE_VERSION),
-        "feature_names": json.dumps(list(names)),
-        "top_logprobs": str(TOP_LOGPROBS),
-        "calibration": json.dumps(asdict(calibration)),
-        **(extra or {}),
-    }
-    onnx = _to_onnx(fitted[best], len(names), metadata) if export else b""
-    return FittedModel(best, losses, calibration, onnx, fitted[best])
+    model = FittedModel(best, losses, calibration, b"", fitted[best])
+    if export:
+        model.export(names, kind, extra)
+    return model
 
 
 CHECKPOINTS: tuple[int, ...] = (8, 16, 32, 64)  # generated tokens after which a streaming stage is judged (early exit)
@@ -269,14 +280,11 @@ def fit_prefix(data_path: Path, data: dataset.Dataset, answer: FittedModel, seed
     answer's p̂ around its estimate (``prefix_strengths``, fitted on validation against the calibrated answer model)."""
     rows, _ = dataset.prefixes(data_path, CHECKPOINTS).rows_of(data)
     train, val, test = rows.part("train"), rows.part("val"), rows.part("test")
-    first = fit((train.x, train.y), (val.x, val.y), FEATURE_NAMES, "prefix", seed)
+    model = fit((train.x, train.y), (val.x, val.y), FEATURE_NAMES, "prefix", seed, export=False)
     # the finished answers' calibrated p̂, row by row of the validation prefixes
-    val, ix = val.rows_of(data)
-    p_final = np.interp(answer.estimator.predict_proba(data.x[ix])[:, 1], answer.calibration.x, answer.calibration.y)
-    q_val = np.interp(first.estimator.predict_proba(val.x)[:, 1], first.calibration.x, first.calibration.y)
-    strengths = prefix_strengths(q_val, p_final, val.tokens, CHECKPOINTS)
-    model = fit((train.x, train.y), (val.x, val.y), FEATURE_NAMES, "prefix", seed,
-                extra={"checkpoints": json.dumps(list(CHECKPOINTS)), "strengths": json.dumps(strengths)})  # fmt: skip
+    _, ix = val.rows_of(data)
+    strengths = prefix_strengths(model.predict(val.x), answer.predict(data.x[ix]), val.tokens, CHECKPOINTS)
+    model.export(FEATURE_NAMES, "prefix", {"checkpoints": json.dumps(list(CHECKPOINTS)), "strengths": json.dumps(strengths)})
     card = {"chosen": model.name, "validation_log_loss": model.validation_log_loss, "checkpoints": list(CHECKPOINTS),
             "strengths": strengths, "rows": {"train": len(train.y), "val": len(val.y), "test": len(test.y)},
             "_test_x": test.x, "_test_y": test.y, "_test_t": test.tokens, "_test_stage": test.stage}  # fmt: skip
@@ -306,22 +314,17 @@ class FoldPredictor:
         self.prefix_strengths = tuple(prefix_strengths(self.prefix_batch(xval.x), self.predict_batch(data.x[ix]), xval.tokens, CHECKPOINTS))
         self.evidence = evidence
 
-    @staticmethod
-    def _run(model: FittedModel, x: np.ndarray) -> np.ndarray:
-        out: np.ndarray = np.interp(model.estimator.predict_proba(x)[:, 1], model.calibration.x, model.calibration.y)
-        return out
-
     def predict_batch(self, x: np.ndarray) -> np.ndarray:
-        return self._run(self.answer, x)
+        return self.answer.predict(x)
 
     def prior_batch(self, x: np.ndarray) -> np.ndarray:
-        return self._run(self.prior, x)
+        return self.prior.predict(x)
 
     def posterior_batch(self, x: np.ndarray) -> np.ndarray:
-        return self._run(self.posterior, x)
+        return self.posterior.predict(x)
 
     def prefix_batch(self, x: np.ndarray) -> np.ndarray:
-        return self._run(self.prefix, x)
+        return self.prefix.predict(x)
 
 
 def _reliability_png(path: Path, test: dataset.Dataset, curves: dict[str, np.ndarray]) -> None:
