@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._procs import emit
 from predictor.offline import dataset
-from predictor.serving.features import AnswerStats, PromptStats, answer_features
+from predictor.serving.features import PromptStats, prefix_features
 from predictor.serving.rows import TOP_LOGPROBS, expand_logprobs
 from predictor.serving.runtime import OnnxPredictor
 from router.policy import StoppingPolicy
@@ -58,9 +58,7 @@ def main() -> None:
     for i in range(args.calls + 300):
         prompt, entries, stage, k = cases[rng.randrange(len(cases))]
         t0 = time.perf_counter()
-        x = answer_features(
-            prompt, AnswerStats.from_choice({"logprobs": {"content": entries}, "finish_reason": None}, TOP_LOGPROBS), stage, None
-        )
+        x = prefix_features(prompt, entries, stage, TOP_LOGPROBS)
         t1 = time.perf_counter()
         q = predictor.predict_prefix(x)
         t2 = time.perf_counter()

@@ -38,7 +38,7 @@ from typing import Any
 
 from common.errors import APIError
 from common.settings import Settings
-from predictor.serving.features import AnswerStats, DraftStats, PromptStats, answer_features
+from predictor.serving.features import DraftStats, PromptStats, answer_features, prefix_features
 from predictor.serving.interface import Predictor
 from router.apis import CHAT_API, CascadeAPI
 from router.contracts import CascadeRequest, CascadeResult, SkippedStage, StageAnswer, StageVisit, TokenUsage
@@ -353,8 +353,7 @@ class CascadeEngine:
             if limit is not None and t >= limit:
                 return False  # the answer is cut here anyway: nothing left to save
             k = self.predictor.checkpoints.index(t)
-            stats = AnswerStats.from_choice({"logprobs": {"content": entries}, "finish_reason": None}, self.top_k)
-            last_q = self.predictor.predict_prefix(answer_features(req.prompt, stats, stage, None))
+            last_q = self.predictor.predict_prefix(prefix_features(req.prompt, entries, stage, self.top_k))
             if last_q is None:
                 return False
             to = route.abort(stage, last_q, self.pricing.to_finish(stage, t, limit), self.predictor.prefix_strengths[k], shrinkage)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from predictor.offline.tasks.open_prompts import AGREEMENT_THRESHOLD
+from predictor.serving import features
 from predictor.serving.features import AnswerStats, DraftStats, PromptStats, answer_features, posterior_features, prompt_features
 from predictor.serving.rows import TOP_LOGPROBS, expand_logprobs
 
@@ -45,8 +46,7 @@ def prefix_features(prompt: PromptStats, stage_row: dict[str, Any], tokens: int)
     checkpoint of a stream: the same ``answer_features`` over the logprobs streamed so far, the answer not
     finished yet, no draft (a stage judged while it writes is one called from scratch). For greedy decoding
     these are exactly the logprobs the stage streamed at that point."""
-    choice = {"logprobs": expand_logprobs(stage_row["logprobs"][:tokens]), "finish_reason": None}
-    return answer_features(prompt, AnswerStats.from_choice(choice, TOP_LOGPROBS), stage_row["stage"], None)
+    return features.prefix_features(prompt, expand_logprobs(stage_row["logprobs"][:tokens])["content"], stage_row["stage"], TOP_LOGPROBS)
 
 
 def read_rows(path: Path) -> Iterator[dict[str, Any]]:

@@ -412,6 +412,14 @@ POSTERIOR_FEATURE_NAMES: tuple[str, ...] = (*FEATURE_NAMES, "target_stage")
 N_POSTERIOR_FEATURES = len(POSTERIOR_FEATURE_NAMES)
 
 
+def prefix_features(prompt: PromptStats, entries: Sequence[Mapping[str, Any]], stage: int, k: int) -> np.ndarray:
+    """The feature vector of an unfinished answer: its first tokens' logprob ``entries`` (OpenAI ``logprobs.content``
+    form), not ended, no draft -- what the prefix model reads at an early-exit checkpoint, in training (the prefixes
+    of collected answers) and in the router (the entries streamed so far) alike."""
+    stats = AnswerStats.from_choice({"logprobs": {"content": entries}, "finish_reason": None}, k)
+    return answer_features(prompt, stats, stage, None)
+
+
 def posterior_features(answer: np.ndarray, stage: int, n_stages: int) -> np.ndarray:
     """One row per stage above ``stage`` (float32, ``POSTERIOR_FEATURE_NAMES`` order): ``answer`` (stage's
     ``answer_features`` vector) with the target stage appended; (0, N) at the top."""
