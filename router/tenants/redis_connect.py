@@ -244,7 +244,7 @@ class RedisConnection:
         if target.kind == "single":
             self.client = aioredis.Redis.from_url(target.url, **common)
         elif target.kind == "sentinel":
-            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            self._sentinel = Sentinel(
                 list(target.nodes),
                 sentinel_kwargs=dict(common),
                 db=target.db,
