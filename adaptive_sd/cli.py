@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shlex
 import signal
 import sys
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
@@ -22,7 +24,7 @@ import uvicorn
 from common.settings import ConfigError, Settings, VLLMLaunch, load_settings
 
 
-def _serve(settings: Settings) -> None:
+def _serve(settings: Settings, stage_process: Callable[[str], str | None] | None = None) -> None:
     """Run the router until SIGTERM or Ctrl-C, then drain it for at most ``server.shutdown_grace_s``.
 
     On the signal uvicorn closes its listening socket at once (new connections
@@ -34,7 +36,7 @@ def _serve(settings: Settings) -> None:
     """
     from router.api import create_app
 
-    app = create_app(settings)
+    app = create_app(settings, stage_process=stage_process)
     print(
         f"router listening on http://{settings.server.host}:{settings.server.port}/v1 (model '{settings.cascade.model_name}')",
         file=sys.stderr,
@@ -65,29 +67,46 @@ def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _with_stages(settings: Settings, then_serve: bool) -> None:
+def _with_stages(settings: Settings, then_serve: bool) -> int:
     """Start the stage servers, then the router (``up``) or just wait (``stages``); stop the stages last.
 
     The stages run in their own sessions, so a Ctrl-C at the terminal or a
     SIGTERM to this process reaches only the router: it drains (requests in
     flight still need their stages), and only then ``finally`` stops the stages.
+
+    A stage process that dies while the ladder runs is a fault the ladder cannot
+    hide (every request that needs the stage would fail): its name, how it ended
+    and the last lines it wrote are printed, the router drains and stops as on a
+    SIGTERM, and the command exits 1, so a supervisor restarts the whole ladder.
     """
-    from servers.launcher import Ladder
+    from servers.launcher import Ladder, StageExit
 
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     ladder = Ladder(settings)
+    died: list[StageExit] = []
+
+    def stage_died(gone: StageExit) -> None:
+        died.append(gone)
+        print(f"error: {gone.message()}\nstopping the router and the other stages", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    watching = None
     try:
         ladder.start()
         print(f"starting {len(ladder.stages)} stage server(s); logs in {ladder.log_dir}", file=sys.stderr, flush=True)
         ladder.wait_healthy(settings.server.startup_timeout_s)
+        watching = ladder.watch(stage_died)
         if then_serve:
-            _serve(settings)
+            _serve(settings, stage_process=ladder.status)
         else:
             signal.pause()
     except KeyboardInterrupt:
         pass
     finally:
+        if watching is not None:
+            watching.set()
         ladder.stop()
+    return 1 if died else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,10 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
-        if args.command == "up":
-            _with_stages(settings, then_serve=True)
-        elif args.command == "stages":
-            _with_stages(settings, then_serve=False)
+        if args.command in ("up", "stages"):
+            return _with_stages(settings, then_serve=args.command == "up")
         elif args.command == "serve":
             signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
             with contextlib.suppress(KeyboardInterrupt):

@@ -474,5 +474,10 @@ class Health(_Body):
     status: Literal["ok", "degraded"]
     predictor: str
     tenancy: TenancyHealth
-    stages: dict[str, Literal["ok", "unreachable"]] | None = Field(None, description="only with ?stages=true: each stage, probed now")
+    stages: dict[str, str] | None = Field(
+        None,
+        description="only with ?stages=true: each stage, probed now: `ok`, `unreachable`, or `dead (<how its process ended>)` "
+        "where the router launched the stages (`adaptive-sd up`)",
+        examples=[{"stage-0": "ok", "stage-1": "dead (killed by SIGSEGV)"}],
+    )
     endpoints: dict[str, StagePoolHealth] | None = None

@@ -58,13 +58,24 @@ _R = TypeVar("_R", bound=_Named)
 _Create = Callable[[_R, Mapping[str, str], TenantLimits], Awaitable[tuple[Response, RequestOutcome]]]
 
 
+def _stage_state(name: str, answered: bool, stage_process: Callable[[str], str | None] | None) -> str:
+    """A stage's word in ``/health?stages=true``: ``ok``, ``unreachable``, or ``dead (...)`` when its process is known to have ended."""
+    died = stage_process(name) if stage_process is not None else None
+    if died is not None:
+        return died
+    return "ok" if answered else "unreachable"
+
+
 def create_app(
     settings: Settings,
     predictor: Predictor | None = None,
     stages: Sequence[Stage] | None = None,
+    stage_process: Callable[[str], str | None] | None = None,
 ) -> FastAPI:
     """The router app. ``predictor``: default from ``settings.predictor``; ``stages``: one per configured
     stage, in order (default: a ``StagePool`` each, over the stage's endpoints; tests pass in-process fakes).
+    ``stage_process``: where this process launched the stages too (``adaptive-sd up``), what it knows of a
+    stage's process by name (``dead (killed by SIGSEGV)``, None while it runs), for ``/health?stages=true``.
     The lifespan starts and closes the stages and the tenant service."""
     predictor = predictor or load_predictor(settings)
     targets = TargetLambdas(load_lambda_table(settings))
@@ -93,7 +104,7 @@ def create_app(
                 await s.close()
 
     app = FastAPI(title="adaptive-sd router", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.include_router(admin_router(tenants, admin_key))
+    app.include_router(admin_router(tenants, admin_key, names))
 
     def limits(tenant: Tenant) -> TenantLimits:
         s = tenant.settings
@@ -210,7 +221,7 @@ def create_app(
             body["status"] = "degraded"
         if stages:
             states = await asyncio.gather(*(s.healthy() for s in ladder))
-            body["stages"] = {s.name: ("ok" if ok else "unreachable") for s, ok in zip(ladder, states, strict=False)}
+            body["stages"] = {s.name: _stage_state(s.name, ok, stage_process) for s, ok in zip(ladder, states, strict=False)}
             if not all(states):
                 body["status"] = "degraded"
         if pools:

@@ -188,7 +188,8 @@ _RESPONSES_STREAM = _sse(
 ERRORS: dict[str, str] = {
     "400": "The request is invalid: `error.param` names the field",
     "401": "Missing or incorrect API key",
-    "403": "This key may not do this (a model outside its `allowed_models`; the admin API without `tenancy.admin_key`)",
+    "403": "This key may not do this (a model outside its `allowed_models`; a tenant whose `max_stage` names no stage of the "
+    "ladder; the admin API without `tenancy.admin_key`)",
     "404": "No such model, tenant or route",
     "409": "The tenant exists already",
     "429": "The tenant's requests or tokens per minute are used up; `Retry-After` says when to retry",
@@ -303,7 +304,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         _json(Health),
         ("400", "500"),
         description="No network call unless `stages=true`: then every endpoint is probed first, and a stage none of whose "
-        "endpoints answers makes the status `degraded`.",
+        "endpoints answers makes the status `degraded`. Each stage reads `ok`, `unreachable`, or, where the router launched "
+        "the stages itself (`adaptive-sd up`), `dead (killed by SIGSEGV)` / `dead (exited with code 1)` once its process has ended.",
     ),
     ("get", "/metrics"): Operation(
         "metrics",

@@ -204,18 +204,39 @@ class ChatServing:
 
         An SLO tenant's λ belongs to its controller, so a request's λ is ignored
         (the λ used is in the ``x-cascade-lambda`` response header); a request's
-        max stage can only lower the tenant's.
+        max stage can only lower the tenant's, and a tenant's that names no stage
+        refuses the cascade (``_tenant_cap``).
         """
         lam, top = self._request_knobs(req, headers)
         if limits.lam_locked or lam is None:
             lam = limits.lam
         if limits.max_stage is not None:
-            try:
-                cap = self.settings.stage_index(limits.max_stage)
-            except ValueError:
-                cap = len(self.settings.stages) - 1  # a stage renamed since the tenant was set: no cap rather than an outage
-            top = min(top, cap)
+            top = min(top, self._tenant_cap(limits.max_stage))
         return lam, top
+
+    def _tenant_cap(self, max_stage: int | str) -> int:
+        """The index of the tenant's top stage; a 403 naming ``max_stage`` when it names no stage of this ladder.
+
+        A stored setting can outlive its stage (renamed or removed since the tenant was set; the admin API refuses
+        such a value, but a record written before, or by a router with another ladder, keeps it). The cap is
+        there to bound what the tenant spends, so it fails closed: serving the whole ladder would silently lift a
+        cost ceiling, and serving the lowest stage would silently lower the quality the tenant chose. The
+        error says what to fix; it is a 403 (what this key may use, like ``allowed_models``), not a 5xx, so
+        clients do not retry what only an operator can repair. Stages called by name are not the cascade: a
+        tenant's ``max_stage`` never applied to them.
+        """
+        try:
+            return self.settings.stage_index(max_stage)
+        except ValueError:
+            ladder = ", ".join(s.name for s in self.settings.stages)
+            raise APIError(
+                403,
+                f"This API key's tenant has max_stage {max_stage!r}, which is not a stage of the cascade (stages: {ladder}); "
+                "the cascade is refused until an operator sets the tenant's max_stage to one of them or null",
+                type="permission_error",
+                param="max_stage",
+                code="max_stage_not_in_ladder",
+            ) from None
 
     def _request_knobs(self, req: CascadeKnobs, headers: Mapping[str, str]) -> tuple[float | None, int]:
         lam: float | None = None
@@ -336,6 +357,16 @@ class ChatServing:
             entry["top_logprobs"] = entry.get("top_logprobs", [])[:k]
         return logprobs
 
+    def _rewrites_logprobs(self, req: ChatCompletionRequest) -> bool:
+        """Whether the top stage's chunks must be rewritten to carry only the logprobs the client asked for.
+
+        The stage was asked for ``max(top_logprobs, the predictor's top-k)`` alternatives per token
+        (``CascadeAPI.asking``), so its chunks go out untouched only when that is what the client asked for:
+        logprobs, and at least top-k alternatives. ``logprobs: true`` alone is OpenAI's "no alternatives"
+        (each token's ``top_logprobs`` is ``[]``), not "whatever the stage sent".
+        """
+        return not req.logprobs or (req.top_logprobs or 0) < self.engine.top_k
+
     async def _stream_whole(self, req: ChatCompletionRequest, data: dict[str, Any]) -> AsyncIterator[bytes]:
         """An answer already complete (a lower stage stopped): role, content, tool calls, finish, usage.
 
@@ -372,7 +403,7 @@ class ChatServing:
         client = self.engine.stages[result.final_stage]
         upstream = f'"model":"{client.config.model}"'.encode()
         public = f'"model":"{self.cascade_name}"'.encode()
-        trim = not req.logprobs
+        rewrite = self._rewrites_logprobs(req)
         if result.prefix is not None and result.prefix.accepted_tokens:  # the verified draft prefix goes out at once
             lp = self._client_logprobs(req, {"content": [dict(e) for e in result.prefix.accepted_logprobs]})
             first = {"id": "chatcmpl-prefix", "object": "chat.completion.chunk", "created": 0, "model": self.cascade_name}
@@ -391,7 +422,7 @@ class ChatServing:
                             chunk["model"] = self.cascade_name
                             yield _sse(orjson.dumps(chunk))
                         continue
-                if trim or req.top_logprobs is not None:
+                if rewrite:
                     chunk = orjson.loads(payload)
                     choices = chunk.get("choices") or ()
                     for choice in choices:

@@ -15,9 +15,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from common.settings import LlamaCppLaunch, Settings, StageConfig, VLLMLaunch
@@ -28,7 +31,34 @@ _STOP_GRACE_S = 10.0
 
 
 class LaunchError(RuntimeError):
-    """A stage did not come up."""
+    """A stage did not come up, or a stage process died."""
+
+
+def exit_cause(returncode: int) -> str:
+    """How a process ended, for people: ``killed by SIGSEGV`` or ``exited with code 1``."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+@dataclass(frozen=True)
+class StageExit:
+    """A stage process that has ended: which stage, how, and the end of what it wrote (stdout and stderr)."""
+
+    stage: str
+    returncode: int
+    log_path: Path
+    log_tail: str
+
+    @property
+    def cause(self) -> str:
+        return exit_cause(self.returncode)
+
+    def message(self, when: str = "") -> str:
+        return f"stage {self.stage} {self.cause}{when}; last log lines ({self.log_path}):\n{self.log_tail}"
 
 
 def llamacpp_command(stage: StageConfig, launch: LlamaCppLaunch) -> list[str]:
@@ -118,17 +148,28 @@ class Ladder:
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
             self.procs[stage.name] = (proc, log_path)
 
+    def exits(self) -> list[StageExit]:
+        """The stage processes that have ended (none while all run); cheap enough to poll."""
+        out = []
+        for name, (proc, log_path) in self.procs.items():
+            if proc.poll() is not None:
+                out.append(StageExit(name, proc.returncode, log_path, _tail(log_path)))
+        return out
+
+    def status(self, name: str) -> str | None:
+        """``dead (killed by SIGSEGV)`` when the stage's process has ended; None while it runs (or is not ours)."""
+        entry = self.procs.get(name)
+        if entry is None or entry[0].poll() is None:
+            return None
+        return f"dead ({exit_cause(entry[0].returncode)})"
+
     def wait_healthy(self, timeout_s: float, progress: bool = True) -> None:
         deadline = time.monotonic() + timeout_s
         pending = {s.name: s for s in self.stages}
         while pending:
+            for gone in self.exits():
+                raise LaunchError(gone.message(" before it was healthy" if gone.stage in pending else ""))
             for name, stage in list(pending.items()):
-                proc, log_path = self.procs[name]
-                if proc.poll() is not None:
-                    raise LaunchError(
-                        f"stage {name} exited with code {proc.returncode} before it was healthy; "
-                        f"last log lines ({log_path}):\n{_tail(log_path)}"
-                    )
                 if _healthy(stage):
                     del pending[name]
                     if progress:
@@ -138,6 +179,24 @@ class Ladder:
                 raise LaunchError(f"stages not healthy after {timeout_s:g} s: {names}; logs in {self.log_dir}")
             if pending:
                 time.sleep(_POLL_S)
+
+    def watch(self, on_exit: Callable[[StageExit], None], interval_s: float = _POLL_S) -> threading.Event:
+        """Call ``on_exit`` once, from a daemon thread, when the first stage process ends; set the returned event to stop watching.
+
+        Why a thread: while the router serves, the main thread belongs to uvicorn; a dead stage
+        must still be noticed at once, not at the next request that fails on it.
+        """
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(interval_s):
+                gone = self.exits()
+                if gone:
+                    on_exit(gone[0])
+                    return
+
+        threading.Thread(target=run, name="stage-watch", daemon=True).start()
+        return stop
 
     def stop(self) -> None:
         for proc, _ in self.procs.values():

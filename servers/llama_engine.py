@@ -32,6 +32,11 @@ TokenLogprob = tuple[int, float]  # (token id, logprob)
 _GREEDY_CANDIDATES = 8  # constrained greedy: top tokens checked one by one before masking the whole vocabulary
 
 
+# Start-up check (``LlamaEngine.warm_up``): a prompt long enough for a batched prefill, then a few decode steps.
+WARM_UP_PROMPT = "Write one short sentence about the weather in a small town near the sea, then stop."
+WARM_UP_TOKENS = 4
+
+
 @dataclass
 class Step:
     """One generated token and, when asked for, its logprob and top alternatives."""
@@ -101,6 +106,24 @@ class LlamaEngine:
         # _scores[p]: token p scored given tokens < p (None: fed without its row in view); len == n_tokens
         self._scores: list[ScoredToken | None] = []
         self._tail: np.ndarray | None = None  # logits row of the last fed token: the next token's distribution
+
+    # -- start-up -------------------------------------------------------------
+    def warm_up(self, prompt: str = WARM_UP_PROMPT, max_tokens: int = WARM_UP_TOKENS) -> int:
+        """Prefill a short prompt, generate a few greedy tokens, then forget them; the number generated.
+
+        Why before reporting healthy: a llama.cpp build whose kernels this CPU cannot run (a build for
+        instructions the machine advertises but does not execute, such as AMX in some VMs) loads its
+        weights fine and dies at the first matrix product. Running one batched prefill and a few decode
+        steps at start-up turns that into a process that never becomes healthy (the launcher reports its
+        exit), instead of a server that says ok and drops every request. The cache is emptied after, so
+        the first real request sees the same state as without a warm-up.
+        """
+        generated = sum(1 for _ in self.generate(self.tokenize(prompt), max_tokens=max_tokens, logprobs=True, top_logprobs=1))
+        self.llm.reset()  # type: ignore[no-untyped-call]
+        self.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        self._scores.clear()
+        self._tail = None
+        return generated
 
     # -- tokens ---------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:

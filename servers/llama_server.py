@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import threading
 import time
 import uuid
@@ -667,6 +668,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-ctx", type=int, default=4096)
     args = parser.parse_args(argv)
     engine = LlamaEngine(str(resolve(args.weights)), n_ctx=args.n_ctx, n_threads=args.threads)
+    t0 = time.perf_counter()
+    generated = engine.warm_up()  # a build this CPU cannot run dies here, before /health says ok
+    print(f"warm-up: {generated} tokens generated in {time.perf_counter() - t0:.2f} s", file=sys.stderr, flush=True)
     app = create_app(StageServing(engine, args.model_id or args.weights))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 

@@ -22,7 +22,7 @@ import yaml
 from openai import OpenAI
 
 from common.settings import Settings, load_settings
-from servers.launcher import Ladder
+from servers.launcher import Ladder, LaunchError
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S = 600
@@ -112,8 +112,33 @@ def stage_ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]
     settings = Settings.model_validate(cfg)
     ladder = Ladder(settings, log_dir=tmp_path_factory.mktemp("stage-logs"))
     with ladder:
-        ladder.wait_healthy(STARTUP_TIMEOUT_S, progress=False)
-        yield ports
+        try:
+            ladder.wait_healthy(STARTUP_TIMEOUT_S, progress=False)
+        except LaunchError as exc:  # one message for the session, not one error per live test
+            pytest.exit(f"the live stage servers did not start: {exc}", returncode=1)
+        _LIVE_LADDERS.append(ladder)
+        try:
+            yield ports
+        finally:
+            _LIVE_LADDERS.remove(ladder)
+
+
+# The session's stage servers, watched around every test: a stage that dies stops the session with its name, how it
+# ended and its last log lines, instead of every later live test failing with "Server disconnected".
+_LIVE_LADDERS: list[Ladder] = []
+
+
+def _stop_if_a_stage_died() -> None:
+    for ladder in _LIVE_LADDERS:
+        for gone in ladder.exits():
+            pytest.exit(f"a stage server of this test session died: {gone.message()}", returncode=1)
+
+
+@pytest.fixture(autouse=True)
+def _stages_alive() -> Iterator[None]:
+    _stop_if_a_stage_died()
+    yield
+    _stop_if_a_stage_died()
 
 
 @pytest.fixture(scope="session")

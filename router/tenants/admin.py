@@ -9,6 +9,7 @@ failures answer 503 (writes fail closed).
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
 from common.errors import APIError, from_validation_error
-from router.tenants.model import TenantSettings, check_tenant_id, hash_key, new_key
+from router.tenants.model import TenantSettings, check_max_stage, check_tenant_id, hash_key, new_key
 from router.tenants.service import DEFAULT_TENANT, TenantService, bearer
 from router.tenants.store import TenantExists, UnknownTenant
 
@@ -47,7 +48,9 @@ async def _body(request: Request, model: type[BaseModel]) -> Any:
         raise from_validation_error(exc) from None
 
 
-def admin_router(service: TenantService, admin_key: str | None) -> APIRouter:
+def admin_router(service: TenantService, admin_key: str | None, ladder: Sequence[str]) -> APIRouter:
+    """The admin and ``/v1/tenant`` routes; ``ladder``: the router's stage names in order, which a tenant's
+    ``max_stage`` must name one of (``check_max_stage``)."""
     router = APIRouter()
 
     def require_admin(request: Request) -> None:
@@ -77,6 +80,14 @@ def admin_router(service: TenantService, admin_key: str | None) -> APIRouter:
         except ValueError as exc:
             raise APIError(400, f"Invalid tenant id {tenant_id!r}: {exc}", param="id") from None
 
+    def valid_max_stage(settings: TenantSettings, param: str) -> TenantSettings:
+        """``settings`` once its ``max_stage`` names a stage of the ladder; a 400 naming ``param`` otherwise."""
+        try:
+            check_max_stage(settings.max_stage, ladder)
+        except ValueError as exc:
+            raise APIError(400, f"Invalid value for '{param}': {exc}", param=param) from None
+        return settings
+
     async def describe(tenant_id: str) -> dict[str, Any]:
         settings = await call(service.store.get(tenant_id), tenant_id)
         state = await call(service.store.slo_state(tenant_id), tenant_id)
@@ -92,6 +103,7 @@ def admin_router(service: TenantService, admin_key: str | None) -> APIRouter:
         tid = valid_id(body.id)
         if tid == DEFAULT_TENANT:
             raise APIError(400, f"'{DEFAULT_TENANT}' is reserved for unauthenticated local use", param="id")
+        valid_max_stage(body.settings, "settings.max_stage")
         await call(service.store.create(tid, body.settings), tid)
         key = new_key()
         await call(service.store.add_key(tid, hash_key(key)), tid)
@@ -123,7 +135,8 @@ def admin_router(service: TenantService, admin_key: str | None) -> APIRouter:
             merged = TenantSettings.model_validate({**current.public(), **patch})
         except ValidationError as exc:
             raise from_validation_error(exc) from None
-        await call(service.store.put(tid, merged), tid)
+        # the merged settings, not the patch: a stored max_stage the ladder has lost is not written back as it is
+        await call(service.store.put(tid, valid_max_stage(merged, "max_stage")), tid)
         service.forget(tid)
         return _json(await describe(tid))
 

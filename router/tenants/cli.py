@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from common.settings import Settings
-from router.tenants.model import TenantSettings, check_tenant_id, hash_key, new_key
+from router.tenants.model import TenantSettings, check_max_stage, check_tenant_id, hash_key, new_key
 from router.tenants.store import TenantExists, UnknownTenant
 
 ACTIONS = ("list", "create", "show", "set", "rotate-key", "delete", "migrate")
@@ -62,6 +62,13 @@ def _pairs(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _checked(settings: Settings, tenant: TenantSettings) -> TenantSettings:
+    """``tenant`` once its ``max_stage`` names a stage of the configured ladder (``ValueError`` naming ``max_stage``
+    otherwise), as the admin API checks it: the cascade refuses a tenant whose top stage it does not have."""
+    check_max_stage(tenant.max_stage, [s.name for s in settings.stages])
+    return tenant
+
+
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
     from router.tenants.redis_store import RedisStore
 
@@ -83,14 +90,14 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             return 2
         tid = check_tenant_id(args.tenant)
         if args.action == "create":
-            await store.create(tid, TenantSettings.model_validate(_pairs(args.set)))
+            await store.create(tid, _checked(settings, TenantSettings.model_validate(_pairs(args.set))))
             key = new_key()
             await store.add_key(tid, hash_key(key))
             print(json.dumps({"id": tid, "api_key": key}))
         elif args.action == "show":
             print(json.dumps({"id": tid, "settings": (await store.get(tid)).public(), "stats": await store.stats(tid)}, indent=2))
         elif args.action == "set":
-            merged = TenantSettings.model_validate({**(await store.get(tid)).public(), **_pairs(args.set)})
+            merged = _checked(settings, TenantSettings.model_validate({**(await store.get(tid)).public(), **_pairs(args.set)}))
             await store.put(tid, merged)
             print(json.dumps({"id": tid, "settings": merged.public()}))
         elif args.action == "rotate-key":
@@ -106,7 +113,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         for err in exc.errors():
             print(f"error: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # bad tenant id, or TenantExists
+    except ValueError as exc:  # bad tenant id or max_stage, or TenantExists
         print(f"error: {'tenant already exists: ' if isinstance(exc, TenantExists) else ''}{exc}", file=sys.stderr)
         return 2
     except UnknownTenant as exc:

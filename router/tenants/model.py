@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -77,6 +78,26 @@ class TenantSettings(BaseModel):
 
     def public(self) -> dict[str, object]:
         return self.model_dump(by_alias=True, mode="json")
+
+
+def check_max_stage(max_stage: int | str | None, ladder: Sequence[str]) -> None:
+    """Raise ``ValueError`` (listing the ladder) when ``max_stage`` names no stage of ``ladder``, the stage names in order.
+
+    ``TenantSettings`` cannot check this itself: it is also read back from a store that several routers share, and
+    the ladder is the router's. Writers (the admin API, the CLI) check it, so that no new record holds a top stage
+    the cascade cannot honour (the cascade refuses a tenant whose stored one is stale: ``ChatServing._tenant_cap``).
+    An index counts as ``Settings.stage_index`` counts it; a string is a stage's name, never an index.
+    """
+    if max_stage is None:
+        return
+    if isinstance(max_stage, int) and 0 <= max_stage < len(ladder):
+        return
+    if isinstance(max_stage, str) and max_stage in ladder:
+        return
+    raise ValueError(
+        f"max_stage {max_stage!r} is not a stage of the cascade; give a stage name ({', '.join(ladder)}), "
+        f"an index from 0 to {len(ladder) - 1}, or null"
+    )
 
 
 def check_tenant_id(tenant_id: str) -> str:

@@ -322,6 +322,19 @@ async def test_lifespan_starts_and_closes_the_stages_and_health_probes_them() ->
     assert all(s.closed for s in stages)
 
 
+async def test_health_reports_a_stage_whose_process_died_as_dead() -> None:
+    """Under ``adaptive-sd up`` the router knows its stages' processes: a dead one reads dead, not merely unreachable."""
+    settings = make_settings()
+    stages = fake_stages(settings.stages, S0, S1)
+    dead = {"s1": "dead (killed by SIGSEGV)"}
+    app = create_app(settings, predictor=ScriptedPredictor({0: STOP, 1: 0.8}, [0.5, 0.9]), stages=stages, stage_process=dead.get)
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+        stages[1].up = False
+        health = (await client.get("/health", params={"stages": "true"})).json()
+    assert health["status"] == "degraded" and health["stages"] == {"s0": "ok", "s1": "dead (killed by SIGSEGV)"}
+
+
 def test_stages_must_match_the_configuration() -> None:
     settings = make_settings()
     with pytest.raises(ValueError, match="do not match"):

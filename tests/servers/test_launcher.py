@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from common.settings import Settings, load_settings
-from servers.launcher import Ladder, LaunchError, stage_command, vllm_command
+from servers.launcher import Ladder, LaunchError, exit_cause, stage_command, vllm_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,3 +54,27 @@ def test_dead_stage_reports_its_log(tmp_path: Path) -> None:
     )
     with Ladder(settings, log_dir=tmp_path) as ladder, pytest.raises(LaunchError, match="unknown weights"):
         ladder.wait_healthy(60, progress=False)
+
+
+def test_dead_stage_says_how_it_ended(tmp_path: Path) -> None:
+    """The message names the stage and its exit code; ``status`` says dead once the process has ended."""
+    settings = Settings.model_validate(
+        {"stages": [{"name": "bad", "model": "m", "url": "http://127.0.0.1:9/v1", "cost": 1,
+                     "launch": {"backend": "llamacpp", "weights": "no-such-weights"}}]}  # fmt: skip
+    )
+    with Ladder(settings, log_dir=tmp_path) as ladder:
+        with pytest.raises(LaunchError, match=r"stage bad exited with code 1 before it was healthy; last log lines"):
+            ladder.wait_healthy(60, progress=False)
+        assert ladder.status("bad") == "dead (exited with code 1)"
+        assert ladder.status("no-such-stage") is None
+        (gone,) = ladder.exits()
+        assert gone.stage == "bad" and "unknown weights" in gone.log_tail
+
+
+@pytest.mark.parametrize(
+    ("returncode", "cause"),
+    [(-11, "killed by SIGSEGV"), (-4, "killed by SIGILL"), (-9, "killed by SIGKILL"), (1, "exited with code 1"),
+     (-99, "killed by signal 99")],  # fmt: skip
+)
+def test_exit_cause(returncode: int, cause: str) -> None:
+    assert exit_cause(returncode) == cause

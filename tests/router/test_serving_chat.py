@@ -1,0 +1,139 @@
+"""``router.serving_chat`` in-process: what a client gets of the logprobs the router asked for, and a tenant's top stage.
+
+The router asks every stage for the predictor's top-k alternatives per token; a
+client must still get what OpenAI sends (``logprobs: true`` alone: each token's
+``top_logprobs`` is ``[]``; ``top_logprobs: n``: exactly n), on every path: the
+answer, the answer re-streamed, and the top stage's stream relayed. A tenant's
+``max_stage`` that names no stage of the ladder fails closed: the cascade is
+refused with an error naming ``max_stage``, never served by the whole ladder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from common.errors import APIError, parse_chat_request
+from common.settings import Settings, TenancyConfig
+from router.api import create_app
+from router.cascade import CascadeEngine
+from router.contracts import TenantLimits
+from router.serving_chat import ChatServing
+from router.tenants.model import TenantSettings, hash_key
+from router.tenants.redis_store import RedisStore
+from tests.conftest import RedisServer
+from tests.router.fake_stage import ScriptedPredictor, fake_stages
+from tests.router.test_app_inprocess import ESCALATE, PROMPT, S0, S1, STOP, events, make_settings, serve, streamed_text
+
+pytestmark = pytest.mark.anyio
+
+
+def _token_entries(chunks: list[Any], prefix: bool) -> list[dict[str, Any]]:
+    """The logprobs entries a stream sent for the verified draft prefix (``prefix``), or for the other tokens."""
+    out: list[dict[str, Any]] = []
+    for c in chunks:
+        if isinstance(c, dict) and c.get("choices") and (c["id"] == "chatcmpl-prefix") == prefix:
+            out += (c["choices"][0].get("logprobs") or {}).get("content") or []
+    return out
+
+
+# -- logprobs ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("asked", [{}, {"top_logprobs": 0}, {"top_logprobs": 2}, {"top_logprobs": 7}])
+@pytest.mark.parametrize(
+    "p0,dialect,script",
+    [
+        (ESCALATE, "openai", S1),  # the top stage's stream, relayed
+        (ESCALATE, "vllm", S1),  # the verified draft prefix first, then the top stage's stream
+        (STOP, "openai", S0),  # a lower stage's answer, re-streamed
+    ],
+)
+async def test_a_stream_sends_exactly_the_alternatives_the_client_asked_for(
+    asked: dict[str, int], p0: float, dialect: str, script: Any
+) -> None:
+    """``logprobs: true`` without ``top_logprobs`` relayed the top-k alternatives the router asked the top stage for."""
+    async with serve(p0, make_settings(dialect)) as r:
+        resp = await r.chat(stream=True, logprobs=True, temperature=0, max_tokens=32, **asked)
+        assert resp.status_code == 200, resp.text
+        chunks = events(resp)
+        assert streamed_text(chunks) == script.text and chunks[-1] == "[DONE]"
+        prefix, entries = _token_entries(chunks, prefix=True), _token_entries(chunks, prefix=False)
+        assert [e["token"] for e in prefix + entries] == script.tokens and entries
+        want = asked.get("top_logprobs", 0)
+        assert [len(e["top_logprobs"]) for e in entries] == [want] * len(entries), entries
+        # the prefix's come from the verifying stage's scoring, which the fake ranks only for its own token
+        assert all(len(e["top_logprobs"]) <= want for e in prefix) and (dialect == "vllm") == bool(prefix), prefix
+        asked_of_stages = [call["top_logprobs"] for s in r.stages for call in s.calls if "top_logprobs" in call]
+        assert max(asked_of_stages) == max(want, r.predictor.top_k)  # the router did ask for more than the client
+
+
+async def test_a_stream_without_logprobs_sends_none() -> None:
+    async with serve(ESCALATE) as r:
+        chunks = events(await r.chat(stream=True))
+        assert streamed_text(chunks) == S1.text
+        assert all(c["choices"][0]["logprobs"] is None for c in chunks if isinstance(c, dict) and c.get("choices"))
+
+
+# -- a tenant's max_stage that names no stage ---------------------------------------------------------
+
+
+def _serving(settings: Settings) -> ChatServing:
+    stages = fake_stages(settings.stages, S0, S1)
+    return ChatServing(settings, stages, CascadeEngine(settings, stages, ScriptedPredictor({0: ESCALATE, 1: 0.8}, [0.5, 0.9])))
+
+
+@pytest.mark.parametrize("stale", ["s9", 2])
+async def test_a_tenant_max_stage_not_in_the_ladder_is_refused_not_uncapped(stale: int | str) -> None:
+    """A ``max_stage`` renamed or removed since the tenant was set gave the tenant the whole ladder."""
+    serving = _serving(make_settings())
+    req = parse_chat_request(orjson.dumps({"model": "cascade", "messages": PROMPT}))
+    with pytest.raises(APIError) as info:
+        await serving.create(req, {}, TenantLimits(10.0, max_stage=stale))
+    err = info.value
+    assert (err.status, err.type, err.param, err.code) == (403, "permission_error", "max_stage", "max_stage_not_in_ladder")
+    assert repr(stale) in err.message and "s0, s1" in err.message
+    assert all(s.calls == [] for s in serving.stages.values())  # not a single stage was asked
+    # a request's own lower cap does not make it acceptable either: the tenant's setting is broken
+    with pytest.raises(APIError):
+        await serving.create(req, {"x-cascade-max-stage": "s0"}, TenantLimits(10.0, max_stage=stale))
+    # the stages by name are not the cascade: max_stage never applied to them
+    direct = parse_chat_request(orjson.dumps({"model": "s1", "messages": PROMPT}))
+    response, _ = await serving.create(direct, {}, TenantLimits(10.0, max_stage=stale))
+    assert response.status_code == 200
+
+
+async def test_a_valid_tenant_max_stage_still_caps_the_cascade() -> None:
+    serving = _serving(make_settings())
+    req = parse_chat_request(orjson.dumps({"model": "cascade", "messages": PROMPT}))
+    response, outcome = await serving.create(req, {}, TenantLimits(10.0, max_stage="s0"))
+    assert response.status_code == 200 and outcome.stage == "s0"
+
+
+async def test_a_stale_max_stage_stored_in_redis_is_refused_at_request_time(redis_server: RedisServer) -> None:
+    """A tenant record written when the ladder had another stage (here: straight into Redis, as an older router
+    or the CLI of another deployment would have) is not served by the whole ladder."""
+    redis_server.flush()
+    store = RedisStore(redis_server.url, timeout_s=1.0)
+    try:
+        await store.create("old", TenantSettings(max_stage="retired-stage"))
+        await store.add_key("old", hash_key("asd-old-key"))
+    finally:
+        await store.close()
+    settings = make_settings().model_copy(update={"tenancy": TenancyConfig(auth="keys", redis_url=redis_server.url)})
+    stages = fake_stages(settings.stages, S0, S1)
+    app = create_app(settings, predictor=ScriptedPredictor({0: ESCALATE, 1: 0.8}, [0.5, 0.9]), stages=stages)
+    key = {"authorization": "Bearer asd-old-key"}
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://router") as c:
+        for stream in (False, True):
+            resp = await c.post("/v1/chat/completions", json={"model": "cascade", "messages": PROMPT, "stream": stream}, headers=key)
+            assert resp.status_code == 403, resp.text
+            err = resp.json()["error"]
+            assert err["param"] == "max_stage" and "'retired-stage'" in err["message"] and "s0, s1" in err["message"]
+        resp = await c.post("/v1/completions", json={"model": "cascade", "prompt": "2 + 2 ="}, headers=key)
+        assert resp.status_code == 403 and resp.json()["error"]["param"] == "max_stage"
+        assert all(s.calls == [] for s in stages)
