@@ -184,8 +184,18 @@ class StageConfig(_Model):
         description="the stage serves /v1/completions (raw-text prompts); false: the cascade skips it for them and a "
         "pass-through to it is a 400 (a plain chat-only provider)",
     )
-    timeout_s: float = Field(300.0, gt=0.0, description="whole-request timeout")
-    connect_timeout_s: float = Field(2.0, gt=0.0)
+    # A stage's answer can take minutes and still be healthy (a long stream), so timeouts bound the silences, not the
+    # whole: what stalls is caught after timeout_s whatever the answer's length (httpx's and aiohttp's read timeouts).
+    timeout_s: float = Field(
+        300.0,
+        gt=0.0,
+        description="longest silence of the stage: the wait for a connection from the router's pool, then for the first "
+        "byte of the answer, then between two bytes; an answer that keeps coming is never cut by it",
+    )
+    connect_timeout_s: float = Field(2.0, gt=0.0, description="longest wait to open a connection to the stage (TCP and TLS)")
+    total_timeout_s: float | None = Field(
+        None, gt=0.0, description="cap on a whole request, its answer read to the end included; unset: none (timeout_s still applies)"
+    )
     api_key: str | None = Field(None, exclude=True, description="bearer token sent to the stage (never printed by check-config)")
     api_key_env: str | None = Field(
         None, description="environment variable that holds the stage's key (endpoints without their own use it)"

@@ -295,7 +295,7 @@ class CascadeEngine:
                     if written.aborted_at is not None and to is not None:
                         STAGE_CALLS.labels(client.name, "ok").inc()
                         EARLY_EXITS.labels(client.name, str(written.aborted_at)).inc()
-                        usage = TokenUsage(req.prompt.n_tokens, written.aborted_at)
+                        usage = TokenUsage(req.prompt.n_tokens, written.completion_tokens)
                         visits.append(StageVisit(stage, client.name, time.perf_counter() - t0, q, usage,
                                                  aborted_at=written.aborted_at))  # fmt: skip
                         prefix = StageAnswer(stage, written.prefix())

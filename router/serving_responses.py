@@ -41,6 +41,7 @@ from common.errors import APIError
 from common.responses_protocol import ResponsesRequest, ToolChoiceObject, responses_error
 from router.contracts import RequestOutcome, TenantLimits
 from router.serving_chat import ChatServing
+from router.sse import DONE, event_data, event_end
 
 log = logging.getLogger("adaptive_sd.router")
 _JSON = "application/json"
@@ -337,17 +338,16 @@ def _completion_chunk(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def sse_payloads(buffer: bytearray) -> list[bytes]:
-    """Take the complete SSE events off ``buffer``; their ``data`` payloads (``[DONE]`` dropped)."""
-    out: list[bytes] = []
-    if b"\r" in buffer:  # CRLF-framed events (a stage behind some proxies): frame them as LF
-        buffer[:] = buffer.replace(b"\r\n", b"\n")
-    while (cut := buffer.find(b"\n\n")) >= 0:
-        block = bytes(buffer[:cut])
-        del buffer[: cut + 2]
-        data = b"\n".join(line[5:].lstrip(b" ") for line in block.split(b"\n") if line.startswith(b"data:"))
-        if data and data != b"[DONE]":
-            out.append(data)
-    return out
+    """Take the complete SSE events off ``buffer``; their data payloads, ``[DONE]`` and empty ones dropped.
+
+    ``router.sse`` parses (any line ends, multi-line data), as it does for the stage client: one reading of SSE.
+    """
+    end = event_end(buffer)
+    if not end:
+        return []
+    payloads = event_data(buffer[:end])
+    del buffer[:end]
+    return [p for p in payloads if p and p != DONE]
 
 
 class ResponsesServing:

@@ -12,6 +12,11 @@ stage is the client's fault and is relayed as an ``APIError``. Chat and
 completions calls share one session and one way of posting and reading.
 The failure classes and ``StageReply`` live in ``router.stage`` and are
 re-exported here.
+
+Timeouts bound the stage's silences, not its answer's length (``stage_timeout``):
+a long stream that keeps coming is healthy, and a stage that stops sending is
+caught ``timeout_s`` after its last byte. Streams are cut into events by
+``router.sse``, whatever line ends the stage frames them with.
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import orjson
 
 from common.errors import APIError
 from common.settings import StageConfig
+from router.sse import DONE, EventBlocks, EventDecoder
 from router.stage import StageBadResponse, StageFailure, StageNoCompletions, StageReply, StageTimeout, StageUnavailable
 
 __all__ = [
@@ -39,10 +45,26 @@ __all__ = [
     "StageReply",
     "StageTimeout",
     "StageUnavailable",
+    "stage_timeout",
 ]
 
 POOL_SIZE = 100
 READ_CHUNK_LIMIT = 2**20  # SSE lines can carry large logprob payloads
+HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=2)  # ``healthy()``: a quick yes or no, not a request
+Phase = Literal["answer", "start", "stream"]  # what a call to the stage was doing when it failed, for the message
+
+
+def stage_timeout(config: StageConfig) -> aiohttp.ClientTimeout:
+    """aiohttp's timeouts for a stage: its silences are bounded, not the length of its answer.
+
+    ``timeout_s`` bounds the wait for a pooled connection (``connect``, DNS included), then for the first byte of
+    the answer and between two bytes (``sock_read``); ``connect_timeout_s`` opening a connection (``sock_connect``,
+    TLS included); ``total_timeout_s``, when set, the whole call (``total``; aiohttp's default of 5 minutes would
+    cut a long stream, so it is explicitly none otherwise).
+    """
+    return aiohttp.ClientTimeout(
+        total=config.total_timeout_s, connect=config.timeout_s, sock_connect=config.connect_timeout_s, sock_read=config.timeout_s
+    )
 
 
 class StageClient:
@@ -56,7 +78,7 @@ class StageClient:
         self._headers = {"Content-Type": "application/json"}
         if config.api_key:
             self._headers["Authorization"] = f"Bearer {config.api_key}"
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s, sock_connect=config.connect_timeout_s)
+        self._timeout = stage_timeout(config)
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -122,17 +144,11 @@ class StageClient:
     async def _post(self, url: str, body: dict[str, Any], completions: bool = False) -> tuple[bytes, float]:
         """POST ``body`` and read the whole answer: its bytes and seconds spent, or a typed failure."""
         t0 = time.perf_counter()
-        try:
+        with self._failures("answer"):
             async with self.session.post(url, data=self.payload(body), headers=self._headers) as resp:
                 if resp.status != 200:
                     await self._relay_client_error(resp, completions)
                 raw = await resp.read()
-        except asyncio.TimeoutError:
-            raise StageTimeout(self.name, f"no answer within {self.config.timeout_s:g} s") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise StageUnavailable(self.name, f"unreachable at {self.config.url} ({exc.os_error})") from None
-        except aiohttp.ClientError as exc:
-            raise StageBadResponse(self.name, f"connection failed: {exc}") from None
         return raw, time.perf_counter() - t0
 
     async def stream(self, body: dict[str, Any], raw: bool = False) -> AsyncIterator[bytes]:
@@ -154,62 +170,85 @@ class StageClient:
 
     async def _open(self, url: str, body: dict[str, Any], completions: bool = False) -> aiohttp.ClientResponse:
         """POST ``body`` for a stream: the response once its status is 200, or a typed failure."""
-        try:
+        with self._failures("start"):
             resp = await self.session.post(url, data=self.payload(body), headers=self._headers)
-        except asyncio.TimeoutError:
-            raise StageTimeout(self.name, f"no answer within {self.config.timeout_s:g} s") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise StageUnavailable(self.name, f"unreachable at {self.config.url} ({exc.os_error})") from None
-        except aiohttp.ClientError as exc:
-            raise StageBadResponse(self.name, f"connection failed: {exc}") from None
-        if resp.status != 200:
-            try:
-                await self._relay_client_error(resp, completions)
-            finally:
-                resp.release()
+            if resp.status != 200:
+                try:
+                    await self._relay_client_error(resp, completions)
+                finally:
+                    resp.release()
         return resp
 
     @contextmanager
-    def _read_errors(self) -> Iterator[None]:
-        """Map failures while reading a stream to typed stage failures."""
+    def _failures(self, phase: Phase) -> Iterator[None]:
+        """The one mapping of aiohttp's failures to typed stage failures, for every call and every read.
+
+        ``phase`` is what was going on, for the message: ``answer`` (a whole answer: its request and its body),
+        ``start`` (a stream's request, up to its status line) or ``stream`` (reading a stream's body). A timeout
+        says which setting ran out.
+        """
+        t0 = time.perf_counter()
         try:
             yield
-        except asyncio.TimeoutError:
-            raise StageTimeout(self.name, f"stream stalled beyond {self.config.timeout_s:g} s") from None
+        except asyncio.TimeoutError as exc:  # aiohttp's ServerTimeoutErrors are ClientErrors too: before those
+            raise StageTimeout(self.name, self._timeout_message(exc, phase, time.perf_counter() - t0)) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise StageUnavailable(self.name, f"unreachable at {self.config.url} ({exc.os_error})") from None
         except aiohttp.ClientError as exc:
-            raise StageBadResponse(self.name, f"stream broken: {exc}") from None
+            raise StageBadResponse(self.name, f"{'stream broken' if phase == 'stream' else 'connection failed'}: {exc}") from None
+
+    def _timeout_message(self, exc: asyncio.TimeoutError, phase: Phase, waited: float) -> str:
+        """Which bound ran out (``stage_timeout`` sets them): the setting's name and value."""
+        c = self.config
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            # one exception for two nested bounds: opening the socket (connect_timeout_s) within all of getting a
+            # connection, DNS and the wait for a free one in the pool included (timeout_s); only the outer lasts timeout_s
+            if waited < c.timeout_s:
+                return f"could not connect to {c.url} within {c.connect_timeout_s:g} s (connect_timeout_s)"
+            return f"no connection to {c.url} within {c.timeout_s:g} s (timeout_s; DNS, or all {POOL_SIZE} pooled connections busy)"
+        if isinstance(exc, aiohttp.SocketTimeoutError):
+            silence = {"start": "no answer started", "answer": "answer stalled", "stream": "stream stalled"}[phase]
+            return f"{silence}: no byte for {c.timeout_s:g} s (timeout_s)"
+        if c.total_timeout_s is not None:  # aiohttp's total deadline raises a bare TimeoutError
+            return f"answer not complete within {c.total_timeout_s:g} s (total_timeout_s)"
+        return f"timed out after {waited:.1f} s ({type(exc).__name__}: {exc})"  # not one of ours: say what it was
 
     async def _blocks(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-        pending = b""
+        """The stream's bytes in blocks of whole events, one per network read that completes any (``EventBlocks``)."""
+        blocks = EventBlocks()
         try:
-            with self._read_errors():
+            with self._failures("stream"):
                 async for data in resp.content.iter_any():
-                    pending += data
-                    cut = pending.rfind(b"\n\n")
-                    if cut >= 0:
-                        yield pending[: cut + 2]
-                        pending = pending[cut + 2 :]
-            if pending.strip():
-                yield pending
+                    block = blocks.feed(data)
+                    if block:
+                        yield block
+            tail = blocks.close()
+            if tail:
+                yield tail
         finally:
             resp.release()
 
     async def _events(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        """Each event's data up to ``[DONE]``; events without data (keep-alives) are skipped."""
+        decoder = EventDecoder()
         try:
-            with self._read_errors():
-                async for line in resp.content:
-                    if line.startswith(b"data:"):
-                        payload = line[5:].strip()
-                        if payload == b"[DONE]":
+            with self._failures("stream"):
+                async for data in resp.content.iter_any():
+                    for payload in decoder.feed(data):
+                        if payload == DONE:
                             return
-                        yield payload
+                        if payload:
+                            yield payload
+            for payload in decoder.close():  # an unterminated last event: nothing follows it
+                if payload and payload != DONE:
+                    yield payload
         finally:
             resp.release()
 
     async def healthy(self) -> bool:
         base = self.config.url.removesuffix("/v1")
         try:
-            async with self.session.get(f"{base}/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+            async with self.session.get(f"{base}/health", timeout=HEALTH_TIMEOUT) as resp:
                 return resp.status == 200
         except (aiohttp.ClientError, asyncio.TimeoutError):
             return False

@@ -9,9 +9,12 @@ answer must be usable by the client's code. A tool call whose arguments are not
 JSON, that names a function the request did not offer, or whose arguments do not
 match the function's schema; JSON content that does not parse or does not match
 the schema; a tool call under ``tool_choice: "none"``, or none under
-``"required"`` or a named choice: each breaks the client however fluent the text
-is, so the cascade escalates such an answer whatever the predictor says (see
-``router.cascade``).
+``"required"`` or a named choice; a text answer that holds a call to an offered
+function its server did not parse (``{"name": "get_weather", "arguments": {...}}``
+as content, tagged, fenced or in doubled braces) when calls are allowed -- an
+agent takes such text for the final answer (the OpenAI Agents SDK does): each
+breaks the client however fluent the text is, so the cascade escalates such an
+answer whatever the predictor says (see ``router.cascade``).
 
 Everything here reads the upstream chat body (a dict, already validated at the
 edge by ``common.protocol``) and the stage's answer (a dict from another
@@ -26,6 +29,7 @@ resolve: remote ``$ref`` are never fetched) is not held against the answer.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -46,6 +50,7 @@ InvalidReason = Literal[
     "malformed",  # the message or a tool call is not shaped as OpenAI defines it
     "unexpected-tool-call",  # a tool call when tool_choice is "none" (or no tools were offered)
     "missing-tool-call",  # no tool call when tool_choice is "required" or names a function
+    "unparsed-tool-call",  # no tool call, but the text holds one to an offered function (its server did not parse it)
     "wrong-tool",  # tool_choice names a function and the answer calls another
     "unknown-tool",  # the call names a function that is not in tools
     "parallel-tool-calls",  # more than one call with parallel_tool_calls: false
@@ -58,6 +63,10 @@ INVALID_REASONS: tuple[InvalidReason, ...] = get_args(InvalidReason)
 _TOOL_CHOICES: dict[str, Literal["none", "auto", "required"]] = {"none": "none", "auto": "auto", "required": "required"}
 _SCHEMA_CACHE_SIZE = 512
 _NO_REFERENCES: Registry[Any] = Registry()  # a schema's own "#/..." refs resolve without it; it retrieves nothing
+# where a call object may start in text: a brace, then "name" as the first key, its value a string (function names
+# are letters, digits, "_" and "-": no escapes to read)
+_CALL_HEAD = re.compile(r'\{\s*"name"\s*:\s*"([^"\\]*)"')
+_DECODER = json.JSONDecoder()
 
 
 def _format(body: Mapping[str, Any]) -> Literal["json_object", "json_schema"] | None:
@@ -222,6 +231,8 @@ class AnswerRules:
                 if reason is not None:
                     return reason
             return None  # a tool-call answer: its content (usually null) is not held to the format
+        if self.tool_choice != "none" and self._holds_call(message.get("content")):
+            return "unparsed-tool-call"
         if self.tool_choice == "required":
             return "missing-tool-call"
         if self.format is None:
@@ -236,6 +247,33 @@ class AnswerRules:
         if self.format == "json_object" or self.schema is None:
             return None if isinstance(value, dict) else "json"
         return None if conforms(self.schema, value) else "schema"
+
+    def _holds_call(self, content: Any) -> bool:
+        """Whether text content holds a call to an offered function: an object whose first key is ``"name"``,
+        naming one, with an ``"arguments"`` (or ``"parameters"``) object or JSON text of one. Wherever it stands
+        (tags, a code fence, doubled braces around it and words before it do not matter: each is a call its
+        stage's server failed to parse); only a JSON object naming an offered function and carrying its arguments
+        counts, so prose that mentions a function, or JSON that is not a call, is left alone."""
+        if not self.functions or not isinstance(content, str) or '"name"' not in content:
+            return False
+        for head in _CALL_HEAD.finditer(content):
+            if head.group(1) not in self.functions:
+                continue  # decoded only when it names an offered function: a long text of other JSON is not parsed again and again
+            try:
+                value, _ = _DECODER.raw_decode(content, head.start())
+            except (ValueError, RecursionError):
+                continue
+            if not isinstance(value, dict) or value.get("name") != head.group(1):
+                continue
+            arguments = value.get("arguments", value.get("parameters"))
+            if isinstance(arguments, str):
+                try:
+                    arguments = _loads(arguments)
+                except (ValueError, RecursionError):
+                    continue
+            if isinstance(arguments, dict):
+                return True
+        return False
 
     def _check_call(self, call: Any) -> InvalidReason | None:
         fn = call.get("function") if isinstance(call, Mapping) else None

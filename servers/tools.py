@@ -84,11 +84,21 @@ class ToolFormat:
 
     # -- parsing ----------------------------------------------------------------
     def parse_block(self, body: str, names: set[str]) -> ParsedCall | None:
-        """The call inside one block, or None when it is not a well-formed call to an offered function."""
+        """The call inside one block, or None when it is not a well-formed call to an offered function.
+
+        A block that is not JSON but is one JSON object inside exactly one extra pair of braces
+        (``{{"name": ..., "arguments": {...}}}``) is read as that object: Qwen2.5-Coder-1.5B's template (not
+        the 0.5B's) shows the call format as ``{{"name": <function-name>, ...}}`` inside a Jinja string, so the
+        doubled braces reach the prompt verbatim and the model copies them (seen live: a system prompt and
+        "What is 17 + 25?" with an ``add`` tool). Nothing else is repaired.
+        """
         try:
             obj = json.loads(body)
         except ValueError:
-            return None
+            inner = undoubled(body)
+            if inner is None:
+                return None
+            obj = json.loads(inner)
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or obj["name"] not in names:
             return None
         args = obj.get("arguments", obj.get("parameters", {}))
@@ -106,6 +116,26 @@ class ToolFormat:
 
 
 HERMES = ToolFormat("hermes", "<tool_call>", "</tool_call>")
+
+_DOUBLED = re.compile(r"\A\s*\{\s*(\{.*\})\s*\}\s*\Z", re.DOTALL)
+
+
+def undoubled(text: str) -> str | None:
+    """The JSON object inside ``text`` when ``text`` is that object wrapped in one more pair of braces
+    (``{{...}}``, white space allowed around and between them); None otherwise.
+
+    Strict on purpose, because it turns text into a call: exactly one outer pair comes off, and what is
+    left must be one JSON object (a second or third extra pair, or an object followed by more, is not).
+    """
+    doubled = _DOUBLED.match(text)
+    if doubled is None:
+        return None
+    inner = doubled.group(1)
+    try:
+        value = json.loads(inner)
+    except ValueError:
+        return None
+    return inner if isinstance(value, dict) else None
 
 
 def detect_tool_format(template_source: str) -> ToolFormat | None:
@@ -131,8 +161,11 @@ class ToolCallParser:
     far. A call is a tagged block (``<tool_call>...</tool_call>``), or -- as
     llama.cpp's Hermes parser also takes it, because small Qwen models often drop
     the tags -- a bare JSON object ``{"name": <an offered function>, "arguments": {...}}``
-    that starts a line. Text that may still turn out to be a call (a partial tag,
-    a line starting with ``{"name": "<prefix of an offered name>``) is held back
+    that starts a line. Both forms are also taken with their object inside one
+    more pair of braces (``{{"name": ..., "arguments": {...}}}``, how Qwen2.5-Coder-1.5B
+    copies its template's example; see ``ToolFormat.parse_block``). Text that may
+    still turn out to be a call (a partial tag, a line starting with
+    ``{"name": "<prefix of an offered name>`` or ``{{"name": ...``) is held back
     until it is told apart. Whitespace next to a call is dropped (the newline
     between blocks is not content); everything else comes out unchanged, so an
     answer without calls is returned exactly as generated.
@@ -267,12 +300,14 @@ class ToolCallParser:
         return body
 
 
-# A bare call: an optional code fence, then an object whose first key is "name" and whose name is an offered function.
+# A bare call: an optional code fence, then an object whose first key is "name" and whose name is an offered function,
+# possibly inside one more pair of braces (group 1 of the head patterns, up to the inner object).
 _FENCE = re.compile(r"```(?:json|JSON)?[ \t]*\n\s*")
 _FENCE_PARTIAL = re.compile(r"`{1,3}(?:(?:j(?:s(?:o(?:n)?)?)?|J(?:S(?:O(?:N)?)?)?)[ \t]*)?\Z")
 _FENCE_CLOSE = re.compile(r"\s*```")
-_BARE_FULL = re.compile(r'\{\s*"name"\s*:\s*"([^"\\]*)"')
-_BARE_PARTIAL = re.compile(r'\{\s*(?:"(?:n(?:a(?:m(?:e(?:"\s*(?::\s*(?:"([^"\\]*))?)?)?)?)?)?)?)?\Z')
+_BARE_FULL = re.compile(r'(\{\s*(?=\{))?\{\s*"name"\s*:\s*"([^"\\]*)"')
+_BARE_PARTIAL = re.compile(r'(\{\s*(?=\{))?\{\s*(?:"(?:n(?:a(?:m(?:e(?:"\s*(?::\s*(?:"([^"\\]*))?)?)?)?)?)?)?)?\Z')
+_DOUBLED_CLOSE = re.compile(r"\s*\}")
 _DECODER = json.JSONDecoder()
 
 
@@ -289,13 +324,20 @@ def _bare_call(buf: str, names: set[str], final: bool = False) -> _Bare:
     if buf.startswith("`") and fence is None:
         return _Bare("maybe" if _FENCE_PARTIAL.match(buf) and not final else "no")
     start = fence.end() if fence else 0
-    head = _bare_head(buf[start:], names)
+    head, inner = _bare_head(buf[start:], names)
     if head != "yes":
         return _Bare("no" if final else head)
     try:
-        _, stop = _DECODER.raw_decode(buf, start)
+        value, stop = _DECODER.raw_decode(buf, start + inner)
     except ValueError:
         return _Bare("no" if final else "maybe")  # not complete yet (at the end: never, so it is text)
+    if inner:  # doubled braces: the inner object must be a call, closed by exactly one more brace
+        if not _is_call(value, names):
+            return _Bare("no")
+        close = _DOUBLED_CLOSE.match(buf, stop)
+        if close is None:
+            return _Bare("maybe" if not final and not buf[stop:].strip() else "no")
+        stop = close.end()  # parse_block takes the pair off again (``undoubled``)
     if fence is None:
         return _Bare("yes", start, stop, stop)
     close = _FENCE_CLOSE.match(buf, stop)
@@ -307,18 +349,24 @@ def _bare_call(buf: str, names: set[str], final: bool = False) -> _Bare:
     return _Bare("yes", start, stop, stop)
 
 
-def _bare_head(buf: str, names: set[str]) -> str:
-    """Whether ``buf`` starts an object naming one of ``names`` first: "yes", "no" or "maybe" (too short to tell)."""
+def _bare_head(buf: str, names: set[str]) -> tuple[str, int]:
+    """Whether ``buf`` starts an object naming one of ``names`` first: "yes", "no" or "maybe" (too short to tell),
+    and where that object starts (past an extra opening brace: doubled braces)."""
     if not buf:
-        return "maybe"
+        return "maybe", 0
     full = _BARE_FULL.match(buf)
     if full:
-        return "yes" if full.group(1) in names else "no"
+        return ("yes" if full.group(2) in names else "no"), full.end(1) if full.group(1) else 0
     partial = _BARE_PARTIAL.match(buf)
     if partial is None:
-        return "no"
-    name = partial.group(1)
-    return "maybe" if name is None or any(n.startswith(name) for n in names) else "no"
+        return "no", 0
+    name = partial.group(2)
+    return ("maybe" if name is None or any(n.startswith(name) for n in names) else "no"), 0
+
+
+def _is_call(value: object, names: set[str]) -> bool:
+    """Whether a decoded object names an offered function (a repeated "name" key may have replaced the string)."""
+    return isinstance(value, dict) and isinstance(value.get("name"), str) and value["name"] in names
 
 
 def _partial_suffix(text: str, tag: str) -> int:

@@ -14,11 +14,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from common.settings import Settings
 from predictor.serving.lengths import OutputLengths
 from router.api import create_app
+from router.early_exit import Written, write
 from router.stage import StageUnavailable
 from tests.router.fake_stage import FakeStage, Script, ScriptedPredictor, fake_stages
 
@@ -108,3 +110,82 @@ async def test_tools_and_json_answers_are_judged_whole() -> None:
         body = {"model": "cascade", "messages": PROMPT, "max_tokens": 64, "response_format": {"type": "json_object"}}
         await client.post("/v1/chat/completions", json=body)
         assert "stream" not in stages[0].calls[0] and predictor.prefixes == []
+
+
+# -- chunks that carry several tokens (vLLM under load, speculative decoding) -----------------------------------------
+
+
+def grouped(payloads: list[bytes], n: int) -> list[bytes]:
+    """A stream's token chunks merged ``n`` at a time (content and logprob entries); the other chunks as they are."""
+    out: list[bytes] = []
+    group: list[dict[str, Any]] = []
+
+    def emit() -> None:
+        if group:
+            first = group[0]
+            choice = first["choices"][0]
+            content = "".join(c["choices"][0]["delta"]["content"] for c in group)
+            entries = [e for c in group for e in c["choices"][0]["logprobs"]["content"]]
+            out.append(orjson.dumps({**first, "choices": [{**choice, "delta": {"content": content}, "logprobs": {"content": entries}}]}))
+            group.clear()
+
+    for payload in payloads:
+        chunk = orjson.loads(payload)
+        choices = chunk.get("choices") or []
+        if choices and (choices[0].get("logprobs") or {}).get("content"):
+            group.append(chunk)
+            if len(group) == n:
+                emit()
+        else:
+            emit()
+            out.append(payload)
+    emit()
+    return out
+
+
+class ChunkyStage(FakeStage):
+    """A fake stage that streams three tokens per chunk."""
+
+    def _chunks(self, body: dict[str, Any]) -> list[bytes]:
+        return grouped(super()._chunks(body), 3)
+
+
+async def test_an_aborted_stage_is_charged_every_token_it_sent_when_chunks_carry_several() -> None:
+    """Checkpoint 4 is judged when the second chunk arrives: six tokens were generated (and are paid for), not four."""
+    s = settings()
+    stage = ChunkyStage(s.stages[0], LONG)
+    judged: list[int] = []
+
+    def judge(t: int, entries: list[dict[str, Any]]) -> bool:
+        judged.append(len(entries))
+        return True
+
+    body = {"model": "m0", "messages": PROMPT, "logprobs": True, "top_logprobs": 2}
+    written = await write(stage, body, (4, 8), judge)
+    assert written.aborted_at == 4 and judged == [4]  # the prefix model sees exactly the checkpoint's tokens
+    assert stage.streamed == 3  # the role chunk and two chunks of three tokens
+    assert written.text == "".join(LONG.tokens[:6]) and len(written.entries) == 6
+    assert written.completion_tokens == 6
+
+
+def test_the_tokens_charged_are_the_stage_usage_when_it_reports_more() -> None:
+    entries = [{"token": "a", "logprob": -0.1}] * 4
+    assert Written(entries=entries).completion_tokens == 4
+    assert Written(entries=entries, usage={"prompt_tokens": 3, "completion_tokens": 9}).completion_tokens == 9
+    assert Written(entries=entries, usage={"completion_tokens": None}).completion_tokens == 4
+    assert Written(text="four tokens, no logprobs", tokens=4).completion_tokens == 4
+
+
+async def test_the_cascade_charges_the_tokens_an_aborted_stage_sent() -> None:
+    s = settings()
+    stages = fake_stages(s.stages, LONG, S1)
+    stages[0] = ChunkyStage(s.stages[0], LONG)
+    lengths = (OutputLengths(tuple([30.0] * 20)), OutputLengths(tuple([5.0] * 20)))
+    predictor = ScriptedPredictor({0: 0.9, 1: 0.9}, [0.5, 0.9], lengths=lengths, checkpoints=(4, 8), prefix_strengths=(20.0, 20.0),
+                                  prefix_p={0: 0.02})  # fmt: skip
+    app = create_app(s, predictor=predictor, stages=stages)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as client:
+        resp = await client.post("/v1/chat/completions", json={"model": "cascade", "messages": PROMPT, "max_tokens": 64})
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-cascade-path"] == "s0(aborted@4),s1"  # the checkpoint, as before
+        assert resp.json()["usage"]["completion_tokens"] == 6 + len(S1.tokens)

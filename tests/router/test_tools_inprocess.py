@@ -204,6 +204,11 @@ INVALID_CASES: list[tuple[str, Script, Script, dict[str, Any]]] = [
     ("parallel-tool-calls", tool_script(call(), call(id="call_2")), GOOD_CALL, {"tools": [WEATHER], "parallel_tool_calls": False}),
     ("malformed", tool_script({"type": "function", "function": {"name": "get_weather", "arguments": "{}"}}), GOOD_CALL,  # no id
      {"tools": [WEATHER]}),
+    # a call the stage's server left in the text (Qwen2.5-Coder-1.5B's doubled braces): the agent would take it for the answer
+    ("unparsed-tool-call", Script('<tool_call>\n{{"name": "get_weather", "arguments": {"city": "Paris"}}}\n</tool_call>'), GOOD_CALL,
+     {"tools": [WEATHER]}),
+    ("unparsed-tool-call", Script('{"name": "get_weather", "arguments": {"city": "Paris"}}'), GOOD_CALL,
+     {"tools": [WEATHER], "tool_choice": "required"}),
     ("json", Script('Sure! {"name": "Ada"}'), GOOD_JSON, {"response_format": {"type": "json_object"}}),
     ("json", Script("[1, 2]"), GOOD_JSON, {"response_format": {"type": "json_object"}}),
     ("json", Script('{"name": "Ada"'), GOOD_JSON, {"response_format": {"type": "json_schema", "json_schema": PERSON}}),

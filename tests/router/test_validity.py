@@ -117,6 +117,51 @@ def test_rules(body: dict[str, Any], choice: Any, reason: str | None) -> None:
     assert rules(**body).check(choice) == reason
 
 
+CALL_TEXT = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+UNPARSED_CALLS = {
+    "tagged": f"<tool_call>\n{CALL_TEXT}\n</tool_call>",
+    "bare": CALL_TEXT,
+    "doubled braces (Qwen2.5-Coder-1.5B)": "{" + CALL_TEXT + "}",
+    "doubled braces tagged": "<tool_call>\n{" + CALL_TEXT + "}\n</tool_call>",
+    "pretty-printed in a fence after text": "Let me check.\n```json\n" + json.dumps(json.loads(CALL_TEXT), indent=2) + "\n```",
+    "arguments as JSON text": '{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}',
+    "parameters key": '{"name": "ping", "parameters": {}}',
+    "mid-sentence": f"I will call {CALL_TEXT} now.",
+}
+
+
+@pytest.mark.parametrize("choice", ["auto", "required", None])
+@pytest.mark.parametrize("name", list(UNPARSED_CALLS))
+def test_a_text_answer_holding_a_call_to_an_offered_function_is_invalid(name: str, choice: str | None) -> None:
+    """The stage wrote a call but its server did not parse it: as text, the client's agent would take it for the
+    final answer (the OpenAI Agents SDK does), so the cascade must escalate it."""
+    body: dict[str, Any] = {"tools": TOOLS} if choice is None else {"tools": TOOLS, "tool_choice": choice}
+    assert rules(**body).check(answer(UNPARSED_CALLS[name])) == "unparsed-tool-call"
+
+
+@pytest.mark.parametrize(
+    ("body", "content"),
+    [
+        ({"tools": TOOLS, "tool_choice": "none"}, CALL_TEXT),  # calls are not wanted: text is the answer
+        ({"tools": TOOLS}, "I will look up the weather with get_weather for Paris."),  # names it, calls nothing
+        ({"tools": TOOLS}, '{"name": "Alice", "age": 30}'),
+        ({"tools": TOOLS}, '{"name": "get_forecast", "arguments": {"city": "Paris"}}'),  # not an offered function
+        ({"tools": TOOLS}, '{"name": "get_weather", "city": "Paris"}'),  # no arguments object
+        ({"tools": TOOLS}, '{"name": "get_weather", "arguments": [1]}'),
+        ({"tools": TOOLS}, '{"name": "get_weather", "arguments": {"city": "Par'),  # not JSON
+        ({"tools": TOOLS}, '{"title": "x", "data": {"name": "get_weather"}}'),  # the name is a value, not a call
+        ({"response_format": {"type": "json_object"}}, CALL_TEXT),  # no tools offered
+    ],
+)  # fmt: skip
+def test_text_that_only_looks_like_a_call_is_not_held_against_the_answer(body: dict[str, Any], content: str) -> None:
+    assert rules(**body).check(answer(content)) in (None, "json")
+
+
+def test_an_answer_with_parsed_calls_is_judged_on_its_calls_only() -> None:
+    both = answer(CALL_TEXT, ("get_weather", '{"city": "Paris"}'))
+    assert rules(tools=TOOLS).check(both) is None
+
+
 def test_schemas_with_references_and_drafts() -> None:
     local = {"$defs": {"n": {"type": "integer", "minimum": 3}}, "type": "object", "properties": {"n": {"$ref": "#/$defs/n"}}}
     assert conforms(local, {"n": 4}) and not conforms(local, {"n": 2})

@@ -11,6 +11,8 @@ import json
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from llama_cpp import Llama
 
 from common.protocol import Tool
@@ -62,6 +64,9 @@ def splits(text: str, seed: int) -> list[str]:
     return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
 
 
+DOUBLED = '{{"name": "add", "arguments": {"a": 17, "b": 25}}}'  # what Qwen2.5-Coder-1.5B writes, copying its template
+
+
 def shape(result: tuple[str, list[ParsedCall]]) -> tuple[str, list[tuple[str, object]]]:
     content, calls = result
     return content, [(c.name, json.loads(c.arguments)) for c in calls]
@@ -95,6 +100,38 @@ CASES = {
     "lone tag start": ("a < b and <tool", "a < b and <tool", []),
     "whitespace only": ("  \n", "  \n", []),
     "a partial fence": ("``", "``", []),
+    # Qwen2.5-Coder's template shows the call as {{"name": ..., "arguments": ...}} (a Jinja string, so the braces
+    # stay doubled in the prompt) and Qwen2.5-Coder-1.5B copies them: one doubled outer pair is taken off
+    "doubled braces tagged (Qwen-Coder-1.5B)": (f"<tool_call>\n{DOUBLED}\n</tool_call>", "", [("add", {"a": 17, "b": 25})]),
+    "doubled braces bare": (DOUBLED, "", [("add", {"a": 17, "b": 25})]),
+    "doubled braces, text before": (f"Sure.\n{DOUBLED}\n", "Sure.", [("add", {"a": 17, "b": 25})]),
+    "doubled braces pretty-printed": ('<tool_call>\n{{\n  "name": "add",\n  "arguments": {"a": 17, "b": 25}\n}}\n</tool_call>', "",
+                                      [("add", {"a": 17, "b": 25})]),
+    "doubled braces pretty-printed bare": ('{{\n  "name": "add",\n  "arguments": {"a": 17, "b": 25}\n}}', "",
+                                           [("add", {"a": 17, "b": 25})]),
+    "doubled braces spaced": ('{ {"name": "add", "arguments": {"a": 17, "b": 25}} }', "", [("add", {"a": 17, "b": 25})]),
+    "doubled braces fenced": (f"```json\n{DOUBLED}\n```", "", [("add", {"a": 17, "b": 25})]),
+    "two doubled calls": (f"{DOUBLED}\n{DOUBLED}", "", [("add", {"a": 17, "b": 25}), ("add", {"a": 17, "b": 25})]),
+    "doubled braces, unknown function": ('{{"name": "sub", "arguments": {"a": 1}}}', '{{"name": "sub", "arguments": {"a": 1}}}', []),
+    "doubled braces, unknown function tagged": ('<tool_call>{{"name": "sub", "arguments": {}}}</tool_call>',
+                                                '<tool_call>{{"name": "sub", "arguments": {}}}</tool_call>', []),
+    "tripled braces": ('{{{"name": "add", "arguments": {"a": 1, "b": 2}}}}', '{{{"name": "add", "arguments": {"a": 1, "b": 2}}}}', []),
+    "tripled braces tagged": ('<tool_call>{{{"name": "add", "arguments": {"a": 1, "b": 2}}}}</tool_call>',
+                              '<tool_call>{{{"name": "add", "arguments": {"a": 1, "b": 2}}}}</tool_call>', []),
+    "doubled open, single close": ('{{"name": "add", "arguments": {"a": 1, "b": 2}}',
+                                   '{{"name": "add", "arguments": {"a": 1, "b": 2}}', []),
+    "doubled open, single close tagged": ('<tool_call>{{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>',
+                                          '<tool_call>{{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>', []),
+    "doubled arguments too": ('<tool_call>{{"name": "add", "arguments": {{"a": 1}}}}</tool_call>',
+                              '<tool_call>{{"name": "add", "arguments": {{"a": 1}}}}</tool_call>', []),
+    "doubled braces, more after the pair": ('{{"name": "add", "arguments": {"a": 1, "b": 2}}, "x": 1}',
+                                            '{{"name": "add", "arguments": {"a": 1, "b": 2}}, "x": 1}', []),
+    "doubled braces mid-line": (f"Use {DOUBLED} like this", f"Use {DOUBLED} like this", []),
+    "a Jinja expression": ("{{ name }} and {{name}}\n{{ \"name\" }}", "{{ name }} and {{name}}\n{{ \"name\" }}", []),
+    "doubled braces, name repeated as a list": ('{{"name": "add", "name": ["add"], "arguments": {}}}',
+                                                '{{"name": "add", "name": ["add"], "arguments": {}}}', []),
+    "an unclosed doubled call": ('{{"name": "add", "arguments": {"a": 1, "b": 2}}\n ',
+                                 '{{"name": "add", "arguments": {"a": 1, "b": 2}}\n ', []),
 }  # fmt: skip
 
 
@@ -106,6 +143,54 @@ def test_parser_whole_and_streamed(name: str) -> None:
     assert shape(parse(text, list(text))) == whole  # one character at a time
     for seed in range(20):
         assert shape(parse(text, splits(text, seed))) == whole
+
+
+_PIECES = [
+    "{",
+    "{{",
+    "}",
+    "}}",
+    " ",
+    "\n",
+    '"name"',
+    ": ",
+    '"add"',
+    '"sub"',
+    ", ",
+    '"arguments"',
+    '{"a": 1, "b": 2}',
+    "<tool_call>",
+    "</tool_call>",
+    "```json\n",
+    "```",
+    "x",
+    '"',
+    "[",
+    "]",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(st.sampled_from(_PIECES), max_size=24), seed=st.integers(0, 1000))
+def test_whatever_the_model_writes_the_parser_never_raises_and_streams_as_whole(pieces: list[str], seed: int) -> None:
+    """Fragments of calls, doubled braces, tags and fences in any order: streamed or whole, the same answer; and text
+    that is no call comes back exactly as written."""
+    text = "".join(pieces)
+    whole = parse(text)
+    assert shape(parse(text, splits(text, seed))) == shape(whole)
+    if not whole[1]:
+        assert whole[0] == text
+
+
+def test_parse_block_takes_off_exactly_one_doubled_outer_pair() -> None:
+    names = {"add", "get_weather"}
+    for body in (DOUBLED, '{{\n"name": "add", "arguments": {"a": 17, "b": 25}\n}}', '{ {"name": "add", "arguments": {"a": 17, "b": 25}} }'):
+        call = HERMES.parse_block(body, names)
+        assert call is not None and (call.name, json.loads(call.arguments)) == ("add", {"a": 17, "b": 25}), body
+    assert HERMES.parse_block(DOUBLED, {"get_weather"}) is None  # only a declared function
+    assert HERMES.parse_block("{" + DOUBLED + "}", names) is None  # exactly one pair
+    assert HERMES.parse_block('{{"name": "add", "arguments": {"a": 1}}', names) is None  # not a pair
+    assert HERMES.parse_block('{{"name": "add", "arguments": {"a": 1}}, {"b": 2}}', names) is None  # inner is not one object
 
 
 def test_parallel_false_keeps_the_first_call() -> None:
