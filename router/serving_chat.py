@@ -39,6 +39,7 @@ from predictor.serving.features import PromptStats
 from router.cascade import CascadeEngine
 from router.contracts import CascadeRequest, CascadeResult, RequestOutcome, TenantLimits, TokenUsage
 from router.metrics import CASCADE_STOPS, INVALID_ANSWERS, OVERHEAD_SECONDS, REQUESTS_BY_KIND, STAGE_CALLS, STAGE_SECONDS
+from router.sse import DONE, event_data
 from router.stage import Stage, StageFailure
 from router.validity import AnswerSpec
 
@@ -191,7 +192,7 @@ class ChatServing:
         done = False
         try:
             async for block in blocks:
-                done = done or b"data: [DONE]" in block
+                done = done or (DONE in block and DONE in event_data(block))  # `data:[DONE]` too: a space is optional
                 yield block.replace(upstream, public) if upstream != public else block
         except StageFailure as exc:
             yield _error_event(exc)

@@ -137,3 +137,20 @@ async def test_a_stale_max_stage_stored_in_redis_is_refused_at_request_time(redi
         resp = await c.post("/v1/completions", json={"model": "cascade", "prompt": "2 + 2 ="}, headers=key)
         assert resp.status_code == 403 and resp.json()["error"]["param"] == "max_stage"
         assert all(s.calls == [] for s in stages)
+
+
+@pytest.mark.parametrize("done", [b"data: [DONE]\n\n", b"data:[DONE]\n\n", b"data:[DONE]\r\n\r\n"])
+async def test_a_relayed_stream_ends_with_one_done_whatever_the_stage_spelled(done: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage called by name is relayed as it streams; its ``[DONE]`` (the space after ``data:`` is optional in
+    SSE) must not be followed by a second one from the router."""
+
+    async def blocks(self: Any, payloads: list[bytes]) -> Any:
+        for payload in payloads:
+            yield b"data: " + payload + b"\n\n"
+        yield done
+
+    monkeypatch.setattr("tests.router.fake_stage.FakeStage._blocks", blocks)
+    async with serve() as r:
+        resp = await r.client.post("/v1/chat/completions", json={"model": "s1", "messages": PROMPT, "stream": True})
+    assert resp.status_code == 200
+    assert resp.content.count(b"[DONE]") == 1, resp.content[-200:]
