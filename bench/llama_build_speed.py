@@ -69,6 +69,12 @@ def _unpack(wheel: Path, into: Path) -> Path:
     return into
 
 
+def _describe(wheel: Path) -> dict[str, str]:
+    """A build by its wheel's name and, where ``scripts/llama-cpp-wheel.sh`` made it, the flags it was built with."""
+    flags = wheel.parent / "cmake-args.txt"
+    return {"wheel": wheel.name, "cmake_args": flags.read_text().strip() if flags.exists() else "(not recorded)"}
+
+
 def _run(build_dir: Path, stage: str, tokens: int, threads: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(build_dir), str(ROOT)])}
     out = subprocess.run([sys.executable, "-c", _CHILD, stage, PROMPT, str(tokens), str(threads)],
@@ -103,7 +109,7 @@ def main() -> None:
                     print(f"round {r + 1}/{args.rounds} {stage} {name}: decode {row['decode_tok_s']:.1f} tok/s, "
                           f"prefill {row['prefill_tok_s']:.1f} tok/s", file=sys.stderr, flush=True)  # fmt: skip
     base, other = names
-    result: dict[str, object] = {"builds": {n: str(w) for n, w in builds.items()}, "rounds": args.rounds,
+    result: dict[str, object] = {"builds": {n: _describe(Path(w)) for n, w in builds.items()}, "rounds": args.rounds,
                                  "tokens": args.tokens, "threads": args.threads, "stages": {}}  # fmt: skip
     for stage, per in rows.items():
         med = {n: {k: statistics.median(x[k] for x in per[n]) for k in ("decode_tok_s", "prefill_tok_s")} for n in names}
