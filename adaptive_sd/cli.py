@@ -16,6 +16,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from types import FrameType
 
@@ -85,7 +86,11 @@ def _with_stages(settings: Settings, then_serve: bool) -> int:
     ladder = Ladder(settings)
     died: list[StageExit] = []
 
+    stopping = threading.Event()  # set once the stages are being stopped: their exits are ours then, not a fault
+
     def stage_died(gone: StageExit) -> None:
+        if stopping.is_set():
+            return
         died.append(gone)
         print(f"error: {gone.message()}\nstopping the router and the other stages", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGTERM)
@@ -103,6 +108,11 @@ def _with_stages(settings: Settings, then_serve: bool) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        # Stopping the stages must run to its end (SIGTERM, the grace, then SIGKILL): a second Ctrl-C or SIGTERM
+        # here would leave stage servers running in their own sessions, with nothing left to stop them.
+        stopping.set()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if watching is not None:
             watching.set()
         ladder.stop()

@@ -191,7 +191,7 @@ class Ladder:
         def run() -> None:
             while not stop.wait(interval_s):
                 gone = self.exits()
-                if gone:
+                if gone and not stop.is_set():  # an exit after stop() began is the stop, not a fault
                     on_exit(gone[0])
                     return
 

@@ -58,8 +58,10 @@ async def test_seconds_is_the_wall_time_of_every_verification_call() -> None:
     assert check is not None and check.rounds >= 2
     calls = len(stage.calls)
     assert check.seconds >= calls * DELAY_S
-    one = await score_draft(_stage(delay_s=DELAY_S), BODY, OWN)
-    assert one is not None and one.rounds == 1 and DELAY_S <= one.seconds < calls * DELAY_S
+    single = _stage(delay_s=DELAY_S)
+    one = await score_draft(single, BODY, OWN)
+    # one round, one call: its seconds hold that call's (no upper bound in wall time: a loaded machine may stall)
+    assert one is not None and one.rounds == 1 and len(single.calls) == 1 and one.seconds >= DELAY_S
     assert one.fraction == 1.0
 
 

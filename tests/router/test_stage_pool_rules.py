@@ -16,16 +16,8 @@ from router.health import EndpointHealth, parse_queue_gauges
 from router.policy import StoppingPolicy, loaded_costs
 from router.stage import StageNoCompletions
 from router.stage_pool import Endpoint, StagePool, endpoint_clients, endpoint_label
+from tests.clock import Clock
 from tests.router.fake_stage import FakeStage, Script
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
 
 RULES = PoolConfig(eject_after=3, eject_base_s=2.0, eject_max_s=10.0)
 

@@ -1,18 +1,11 @@
 from __future__ import annotations
 
 from router.tenants.breaker import CircuitBreaker
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
+from tests.clock import Clock
 
 
 def test_opens_after_consecutive_failures_and_probes_once_after_cooldown() -> None:
-    clock = Clock()
+    clock = Clock(0.0)
     b = CircuitBreaker(failures=3, cooldown_s=1.0, clock=clock)
     for _ in range(2):
         assert b.allow()
