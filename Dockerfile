@@ -7,7 +7,7 @@ WORKDIR /app
 COPY locks ./locks
 COPY scripts/llama-cpp-wheel.sh ./scripts/
 # x86-64-v3 baseline on x86_64 (the Makefile's LLAMA_CMAKE_ARGS; override with --build-arg for another baseline)
-ARG LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=OFF -DGGML_CPU_ALL_VARIANTS=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+ARG LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=OFF -DGGML_CPU_ALL_VARIANTS=OFF -DGGML_LLAMAFILE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
 RUN pip install --no-cache-dir --require-hashes --no-deps -r locks/build.txt \
  && PIP_CACHE_DIR=/tmp/pip-cache LLAMA_CMAKE_ARGS="$LLAMA_CMAKE_ARGS" sh -c 'pip install --no-cache-dir --no-deps "$(scripts/llama-cpp-wheel.sh python)"' \
  && rm -rf /tmp/pip-cache \
@@ -18,6 +18,7 @@ COPY common ./common
 COPY predictor ./predictor
 COPY router ./router
 COPY servers ./servers
+COPY training ./training
 COPY adaptive_sd ./adaptive_sd
 COPY configs ./configs
 RUN pip install --no-cache-dir --no-deps --no-build-isolation .

@@ -23,10 +23,15 @@ LLAMA_CPU_FLAGS := -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -
   -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF \
   -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 endif
-LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=OFF -DGGML_CPU_ALL_VARIANTS=OFF $(LLAMA_CPU_FLAGS)
+# GGML_LLAMAFILE=OFF: with llamafile's matrix kernels beside the repacked AVX2 weights, a token's logits depend on
+# the batch it was computed in (up to 0.011 in logprob, enough to flip greedy tokens), so the same request at
+# temperature 0 answered differently depending on what the stage's prompt cache held. Off, batched and one-token
+# passes agree again; it costs the 0.5B stage ~26 % of its prefill speed and nothing measurable on the 1.5B
+# (bench/llama_build_speed.py, docs/benchmarks.md).
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=OFF -DGGML_CPU_ALL_VARIANTS=OFF -DGGML_LLAMAFILE=OFF $(LLAMA_CPU_FLAGS)
 export LLAMA_CMAKE_ARGS
 
-$(STAMP): pyproject.toml setup.py $(wildcard predictor/serving/*.c) $(LOCKS) scripts/llama-cpp-wheel.sh
+$(STAMP): Makefile pyproject.toml setup.py $(wildcard predictor/serving/*.c) $(LOCKS) scripts/llama-cpp-wheel.sh
 	@# the C modules in predictor/serving need the interpreter's headers: Debian's system Python keeps them in python3-dev
 	@$(PYTHON) -c "import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" || { \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends python3-dev; }
@@ -90,13 +95,13 @@ test-vllm: $(STAMP) $(VLLM_STAMP) system-deps
 
 # Collect (resumable; the committed data file makes this a no-op) and train the shipped predictor.
 predictor: $(STAMP)
-	$(BIN)/python -m predictor collect --out data/cpu/collect.jsonl
-	$(BIN)/python -m predictor train --data data/cpu/collect.jsonl --out predictor/models/cpu
+	$(BIN)/python -m training collect --out data/cpu/collect.jsonl
+	$(BIN)/python -m training train --data data/cpu/collect.jsonl --out predictor/models/cpu
 
 # The cost/quality frontier (held-out and leave-one-family-out, compute and seconds; table + PNG) and the default λ's table.
 frontier: $(STAMP)
-	$(BIN)/python -m predictor calibrate --within-points 0
-	$(BIN)/python -m predictor evaluate
+	$(BIN)/python -m training calibrate --within-points 0
+	$(BIN)/python -m training evaluate
 
 bench-soak: $(STAMP) system-deps
 	$(BIN)/python bench/soak.py --minutes 10 --rps 20
@@ -121,7 +126,7 @@ bench-draft: $(STAMP)
 	$(BIN)/python bench/draft_reuse.py --max-tokens 160 --per-group 4
 
 # Static checks, all part of `make test`: the layer contracts, ruff (lint + format), mypy (strict on the serving packages).
-CODE := common predictor router servers adaptive_sd configs tests bench
+CODE := common predictor router servers training adaptive_sd configs tests bench
 lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/ruff check $(CODE)

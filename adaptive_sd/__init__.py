@@ -1,4 +1,4 @@
 """The command line that composes processes: the stage servers and the router (``adaptive-sd``).
 
-The top layer, beside ``predictor.offline``: it may import everything below; nothing imports it.
+The top layer, above ``training``: it may import everything below; nothing imports it.
 """

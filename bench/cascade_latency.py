@@ -1,6 +1,6 @@
 """The cascade against the top stage alone on this machine, live: measured seconds and accuracy, interleaved.
 
-The offline replay (``python -m predictor evaluate``) prices seconds from the collection's timings; this
+The offline replay (``python -m training evaluate``) prices seconds from the collection's timings; this
 measures them. Against a running router on the CPU ladder (``adaptive-sd up``), for the held-out test tasks
 that have an exact checker, in a shuffled order, each task is sent to the top stage by name (pass-through) and
 to the cascade at the config's default λ (or ``--lambda``), the two alternating request by request so that
@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._procs import emit
 from common.settings import load_settings
-from predictor.offline.tasks import registry
+from training.tasks import registry
 
 ROOT = Path(__file__).resolve().parent.parent
 

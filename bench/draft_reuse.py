@@ -31,10 +31,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._procs import emit
 from common.settings import load_settings
-from predictor.offline.tasks import generated, humaneval
 from router.draft import continuation_body, merge, trim, verify_draft
 from router.stage_client import StageClient
 from servers.launcher import Ladder
+from training.tasks import generated, humaneval
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT_PROMPTS = [

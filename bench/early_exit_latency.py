@@ -23,11 +23,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._procs import emit
-from predictor.offline import dataset
 from predictor.serving.features import PromptStats, prefix_features
 from predictor.serving.rows import TOP_LOGPROBS, expand_logprobs
 from predictor.serving.runtime import OnnxPredictor
 from router.policy import StoppingPolicy
+from training import dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -67,9 +67,10 @@ def _config(port: int, small: int, large: int, args: argparse.Namespace, load_aw
         "cascade": {"skip_by_prior": False, "draft_reuse": False, "load_aware": load_aware, "load_cost_per_s": 1.0},
         "pool": {"probe_interval_s": 0.5},
         "stages": [
-            {"name": SMALL, "model": "stub", "url": f"http://127.0.0.1:{small}/v1", "cost": args.small_ms / 1e3, "prior": 0.5},
-            {"name": LARGE, "model": "stub", "url": f"http://127.0.0.1:{large}/v1", "cost": args.large_ms / 1e3, "prior": 0.95,
-             "max_concurrency": args.large_concurrency, "timeout_s": 120},
+            {"name": SMALL, "model": "stub", "url": f"http://127.0.0.1:{small}/v1", "prior": 0.5,
+             "prices": {"cost": {"request": args.small_ms / 1e3}}},
+            {"name": LARGE, "model": "stub", "url": f"http://127.0.0.1:{large}/v1", "prior": 0.95,
+             "prices": {"cost": {"request": args.large_ms / 1e3}}, "max_concurrency": args.large_concurrency, "timeout_s": 120},
         ],
     }  # fmt: skip
 

@@ -110,8 +110,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "cascade": {"skip_by_prior": False},
         "tenancy": {"auth": "open"},
         "stages": [
-            {"name": "stub", "model": "stub", "url": f"http://127.0.0.1:{stub_port}/v1", "cost": 1.0},
-            {"name": "slow", "model": "stub", "url": f"http://127.0.0.1:{slow_port}/v1", "cost": 2.0},
+            {"name": "stub", "model": "stub", "url": f"http://127.0.0.1:{stub_port}/v1", "prices": {"cost": {"request": 1.0}}},
+            {"name": "slow", "model": "stub", "url": f"http://127.0.0.1:{slow_port}/v1", "prices": {"cost": {"request": 2.0}}},
         ],
     }
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:

@@ -38,11 +38,11 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._procs import emit
-from predictor.offline.dataset import read_rows
 from predictor.serving.features import AnswerStats, PromptStats, answer_features
 from predictor.serving.rows import TOP_LOGPROBS
 from predictor.serving.runtime import OnnxPredictor
 from router.stage_client import StageReply
+from training.dataset import read_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_P99_MS = 0.3

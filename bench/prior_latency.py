@@ -31,10 +31,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._procs import emit
-from predictor.offline import dataset, train
 from predictor.serving.features import PROMPT_STAT_NAMES, AnswerStats, PromptStats, answer_features, prompt_features
 from predictor.serving.rows import TOP_LOGPROBS, expand_logprobs
 from predictor.serving.runtime import OnnxPredictor, _Graph
+from training import dataset, train
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET_P99_MS = 0.5  # prior features + inference, the budget

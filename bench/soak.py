@@ -498,7 +498,7 @@ class Soak:
             "cascade": {"skip_by_prior": False},
             "tenancy": {"auth": "keys", "redis_url": f"redis://127.0.0.1:{redis_port}/0", "admin_key": ADMIN},
             "stages": [
-                {"name": name, "model": "stub", "url": f"http://127.0.0.1:{port}/v1", "cost": float(1 + 2 * k)}
+                {"name": name, "model": "stub", "url": f"http://127.0.0.1:{port}/v1", "prices": {"cost": {"request": float(1 + 2 * k)}}}
                 for k, (name, port) in enumerate(zip(STAGES, stub_ports, strict=True))
             ],
         }

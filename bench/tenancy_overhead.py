@@ -45,7 +45,7 @@ def _router(stub_port: int, port: int, tenancy: dict[str, object], tmp: Path) ->
     cfg = {
         "server": {"host": "127.0.0.1", "port": port},
         "tenancy": tenancy,
-        "stages": [{"name": "stub", "model": "stub", "url": f"http://127.0.0.1:{stub_port}/v1", "cost": 1.0}],
+        "stages": [{"name": "stub", "model": "stub", "url": f"http://127.0.0.1:{stub_port}/v1", "prices": {"cost": {"request": 1.0}}}],
     }
     path = tmp / f"router-{port}.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -3,7 +3,7 @@
 The router has one way of answering: a chat completion, from the cascade or
 from a named stage. A Responses request is therefore translated into the
 chat-completions request of ``common.protocol`` and validated as that too, so
-both endpoints accept, refuse and answer the same way (``router.serving_responses``
+both endpoints accept, refuse and answer the same way (``router.openai.responses``
 translates the answer back).
 
 What it accepts follows OpenAI, as ``common.protocol`` does for chat:

@@ -3,26 +3,40 @@
 Precedence (highest first): keyword arguments, environment variables
 (``ADAPTIVE_SD_`` prefix, ``__`` between nested keys, e.g.
 ``ADAPTIVE_SD_CASCADE__DEFAULT_LAMBDA=20``), the YAML file named by
-``ADAPTIVE_SD_CONFIG`` (default ``configs/cpu.yaml``), then the defaults below.
+``ADAPTIVE_SD_CONFIG`` (default ``configs/cpu.yaml``; read by pydantic-settings'
+``YamlConfigSettingsSource``), then the defaults below.
 Errors name the offending key so a bad file fails at start-up, not mid-request.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from contextvars import ContextVar
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from common import defaults
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cpu.yaml"  # configs/ is package data beside common/
 CONFIG_ENV = "ADAPTIVE_SD_CONFIG"
+DEFAULT_COST_UNIT = "cost"  # the unit of a ladder priced per request in no unit of its own: prices: {cost: {request: 2.0}}
 
 
 class _Model(BaseModel):
@@ -71,52 +85,103 @@ def _http_url(v: str, allow_empty: bool = False) -> str:
     return v.rstrip("/")
 
 
-def _one_key_source(where: str, api_key: object, api_key_env: str | None, api_key_file: str | None) -> None:
-    given = [n for n, v in (("api_key", api_key), ("api_key_env", api_key_env), ("api_key_file", api_key_file)) if v]
-    if len(given) > 1:
-        raise ValueError(f"{where}: give one of api_key, api_key_env, api_key_file, not {' and '.join(given)}")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MASK = "**********"  # how a key given inline is printed (as pydantic prints a SecretStr)
 
 
-def resolve_secret(api_key: str | SecretStr | None, api_key_env: str | None, api_key_file: str | None, where: str) -> str | None:
-    """The key itself, read when the router starts: inline, from an environment variable, or from a file (a mounted
-    secret; surrounding white space dropped). ``ConfigError`` naming ``where`` when the variable or file is missing:
-    a stage without its key would fail every request with a 401 instead."""
-    if api_key_env:
-        value = os.environ.get(api_key_env)
+def _key_source(api_key: str) -> tuple[Literal["env", "file"], str] | None:
+    """Where ``api_key`` says the key is: ``("env", NAME)`` for ``env:NAME``, ``("file", PATH)`` for ``file:PATH``;
+    ``None`` for a key given inline."""
+    kind, colon, ref = api_key.partition(":")
+    if colon and kind == "env":
+        return "env", ref.strip()
+    if colon and kind == "file":
+        return "file", ref.strip()
+    return None
+
+
+def _check_api_key(v: str | None) -> str | None:
+    """An ``api_key`` value: the key inline, ``env:NAME`` or ``file:PATH`` (checked here, read at start-up)."""
+    source = _key_source(v) if v else None
+    if source is None:
+        return v
+    kind, ref = source
+    if kind == "env" and not _ENV_NAME.match(ref):
+        raise ValueError(f"env: must name an environment variable (letters, digits, _), got {ref!r}")
+    if kind == "file" and not ref:
+        raise ValueError("file: must name a file")
+    return f"{kind}:{ref}"
+
+
+def _print_api_key(v: str | None) -> str | None:
+    """What check-config prints: where the key is read from, never a key given inline."""
+    return v if not v or _key_source(v) else _MASK
+
+
+ApiKey = Annotated[str | None, AfterValidator(_check_api_key), PlainSerializer(_print_api_key)]
+"""A bearer token: ``env:NAME``, ``file:PATH`` or the key inline; check-config prints the first two, masks the third."""
+
+
+def read_key(api_key: str | None, where: str) -> str | None:
+    """The key itself, read when the router starts: ``api_key`` inline, or from the environment variable
+    (``env:NAME``) or the file (``file:PATH``, a mounted secret; surrounding white space dropped) it names.
+    ``ConfigError`` naming ``where`` when the variable or file is missing or empty: a stage without its key would fail
+    every request with a 401 instead."""
+    source = _key_source(api_key) if api_key else None
+    if source is None:
+        return api_key or None
+    kind, ref = source
+    if kind == "env":
+        value = os.environ.get(ref, "").strip()
         if not value:
-            raise ConfigError(f"{where}.api_key_env: environment variable {api_key_env} is not set")
-        return value.strip()
-    if api_key_file:
-        try:
-            value = Path(api_key_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"{where}.api_key_file: cannot read {api_key_file}: {exc.strerror}") from None
-        if not value:
-            raise ConfigError(f"{where}.api_key_file: {api_key_file} is empty")
+            raise ConfigError(f"{where}.api_key: environment variable {ref} is not set")
         return value
-    if isinstance(api_key, SecretStr):
-        return api_key.get_secret_value() or None
-    return api_key or None
+    try:
+        value = Path(ref).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{where}.api_key: cannot read {ref}: {exc.strerror}") from None
+    if not value:
+        raise ConfigError(f"{where}.api_key: {ref} is empty")
+    return value
+
+
+def _refuse_removed_keys(data: Any, *, stage: bool) -> Any:
+    """A stage or endpoint written for the fields that were merged away fails naming their replacement, spelled out."""
+    if not isinstance(data, dict):
+        return data
+    fixes = [f"`{old}: {data[old]}` is now `api_key: {form}:{data[old]}`"
+             for old, form in (("api_key_env", "env"), ("api_key_file", "file")) if old in data]  # fmt: skip
+    if stage and "cost" in data:
+        price = f"{DEFAULT_COST_UNIT}: {{request: {data['cost']}}}"
+        unit = f"(per request, in {DEFAULT_COST_UNIT}, the default cascade.cost_unit)"
+        if data.get("prices"):  # then cost counted only while cascade.cost_unit was unset
+            fix = f"add `{price}` to this stage's prices {unit}; if cascade.cost_unit is set, `cost` was unused: delete it"
+        else:
+            fix = f"write `prices: {{{price}}}` {unit}"
+        fixes.append(f"`cost: {data['cost']}` is now a price: {fix}")
+    if fixes:
+        raise ValueError("; ".join(fixes))
+    return data
 
 
 class EndpointConfig(_Model):
     """One replica of a stage: the same model served at another URL (another vLLM replica, host, region or key)."""
 
     url: str = Field("", description="base URL ending in /v1; dialect litellm: the provider's api_base, may be empty")
-    api_key: SecretStr | None = Field(None, description="bearer token of this endpoint (prefer api_key_env or api_key_file)")
-    api_key_env: str | None = Field(None, description="environment variable that holds this endpoint's key")
-    api_key_file: str | None = Field(None, description="file that holds this endpoint's key (a mounted secret)")
+    api_key: ApiKey = Field(
+        None, description="bearer token of this endpoint: env:NAME (an environment variable), file:PATH (a secret) or the key inline"
+    )
     max_concurrency: int | None = Field(None, ge=1, description="requests this endpoint runs at once at full speed; default: the stage's")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        return _refuse_removed_keys(data, stage=False)
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
         return _http_url(v, allow_empty=True)
-
-    @model_validator(mode="after")
-    def _keys(self) -> EndpointConfig:
-        _one_key_source("endpoint", self.api_key, self.api_key_env, self.api_key_file)
-        return self
 
 
 class TokenPrices(_Model):
@@ -154,13 +219,10 @@ class StageConfig(_Model):
         description="the stage returns token logprobs; false: the cascade never asks it for them and judges its answer "
         "from text features only",
     )
-    cost: float | None = Field(
-        None, gt=0.0, description="cost of one request at this stage, whatever its length (used when cascade.cost_unit is unset)"
-    )
     prices: dict[str, TokenPrices] = Field(
         default_factory=dict,
         description="this stage's price per request, per prompt token and per generated token in each named cost unit "
-        "(e.g. compute, seconds, usd); cascade.cost_unit picks the one the stopping rule uses",
+        "(e.g. cost, compute, seconds, usd); cascade.cost_unit (default: cost) picks the one the stopping rule uses",
     )
     output_tokens: float | None = Field(
         None,
@@ -196,15 +258,20 @@ class StageConfig(_Model):
     total_timeout_s: float | None = Field(
         None, gt=0.0, description="cap on a whole request, its answer read to the end included; unset: none (timeout_s still applies)"
     )
-    api_key: str | None = Field(None, exclude=True, description="bearer token sent to the stage (never printed by check-config)")
-    api_key_env: str | None = Field(
-        None, description="environment variable that holds the stage's key (endpoints without their own use it)"
+    api_key: ApiKey = Field(
+        None,
+        description="bearer token sent to the stage: env:NAME (an environment variable), file:PATH (a mounted secret) or "
+        "the key inline (masked by check-config); endpoints without their own use it",
     )
-    api_key_file: str | None = Field(None, description="file that holds the stage's key, e.g. a mounted secret")
     max_concurrency: int | None = Field(
         None, ge=1, description="requests one endpoint runs at once at full speed: the load-aware cost queues beyond it"
     )
     launch: Annotated[LlamaCppLaunch | VLLMLaunch, Field(discriminator="backend")] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        return _refuse_removed_keys(data, stage=True)
 
     @field_validator("url")
     @classmethod
@@ -215,7 +282,6 @@ class StageConfig(_Model):
     def _endpoints(self) -> StageConfig:
         """``url`` is always set for a stage that has one (the first endpoint's when only endpoints are given), so
         everything that reads ``config.url`` (the launcher, a lone ``StageClient``) keeps working."""
-        _one_key_source("stage", self.api_key, self.api_key_env, self.api_key_file)
         if not self.url and self.endpoints:
             self.url = self.endpoints[0].url
         urls = [e.url for e in self.endpoints]
@@ -227,10 +293,8 @@ class StageConfig(_Model):
             raise ValueError("a stage with a launch block needs a url to listen on")
         return self
 
-    def price(self, unit: str | None) -> TokenPrices:
-        """The stage's prices in ``unit``; ``None``: the per-request ``cost`` alone (``Settings`` checks both exist)."""
-        if unit is None:
-            return TokenPrices(request=self.cost or 0.0)
+    def price(self, unit: str) -> TokenPrices:
+        """The stage's prices in ``unit`` (``Settings`` checks every stage has prices in ``cascade.cost_unit``)."""
         return self.prices[unit]
 
     def replicas(self) -> list[EndpointConfig]:
@@ -242,9 +306,8 @@ class StageConfig(_Model):
         out = []
         for e in given:
             update: dict[str, object] = {}
-            if not (e.api_key or e.api_key_env or e.api_key_file):
-                update = {"api_key": SecretStr(self.api_key) if self.api_key else None,
-                          "api_key_env": self.api_key_env, "api_key_file": self.api_key_file}  # fmt: skip
+            if not e.api_key:
+                update["api_key"] = self.api_key
             if e.max_concurrency is None:
                 update["max_concurrency"] = self.max_concurrency
             out.append(e.model_copy(update=update) if update else e)
@@ -287,11 +350,11 @@ class CascadeConfig(_Model):
         le=20,
         description="top-k asked of each stage; unset: the k the predictor was trained with (a different k is refused at start-up)",
     )
-    cost_unit: str | None = Field(
-        None,
+    cost_unit: str = Field(
+        DEFAULT_COST_UNIT,
         pattern=r"^[A-Za-z][A-Za-z0-9_-]*$",
-        description="which of the stages' prices the stopping rule uses (a key of stages[i].prices, e.g. compute or seconds); "
-        "unset: each stage's per-request cost",
+        description="which of the stages' prices the stopping rule uses and the tenants are charged in (a key of "
+        "stages[i].prices, e.g. compute or seconds); λ is in this unit",
     )
     risk: RiskConfig = Field(default_factory=RiskConfig)
     draft_reuse: bool = Field(True, description="verify the lower stage's draft on escalation (false: always regenerate)")
@@ -327,7 +390,7 @@ class PredictorConfig(_Model):
     kind: Literal["baseline", "onnx"] = "baseline"
     path: str | None = Field(
         None,
-        description="for kind=onnx: the directory written by `python -m predictor train` "
+        description="for kind=onnx: the directory written by `python -m training train` "
         "(relative paths resolve against the working directory, then the installed packages' folder)",
     )
     baseline: list[BaselineCoefficients] = Field(default_factory=list, description="per stage; missing stages use defaults")
@@ -415,14 +478,13 @@ class Settings(BaseSettings):
         if self.cascade.model_name in names:
             raise ValueError(f"cascade.model_name {self.cascade.model_name!r} collides with a stage name")
         unit = self.cascade.cost_unit
-        if unit is None:
-            missing = [s.name for s in self.stages if s.cost is None]
-            if missing:
-                raise ValueError(f"stages {missing} have no cost: give each stage a per-request cost, or prices and cascade.cost_unit")
-        else:
-            missing = [s.name for s in self.stages if unit not in s.prices]
-            if missing:
-                raise ValueError(f"cascade.cost_unit is {unit!r} but stages {missing} have no prices.{unit}")
+        missing = [s.name for s in self.stages if unit not in s.prices]
+        if missing:
+            units = sorted({u for s in self.stages for u in s.prices})
+            example = f"prices: {{{DEFAULT_COST_UNIT}: {{request: 1.0}}}}"
+            hint = (f"set cascade.cost_unit to one of {', '.join(units)}, or price every stage in {unit}" if units
+                    else f"price every stage, e.g. per request in the default unit: {example}")  # fmt: skip
+            raise ValueError(f"cascade.cost_unit is {unit!r} but stages {missing} have no prices.{unit}: {hint}")
         return self
 
     def stage_index(self, ref: int | str) -> int:
@@ -446,20 +508,25 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # pydantic-settings deep-merges sources, so ADAPTIVE_SD_CASCADE__DEFAULT_LAMBDA
         # replaces one leaf of the file's `cascade` mapping, not the whole mapping.
-        return (init_settings, env_settings, _FileSource(settings_cls))
+        path = _config_file.get()
+        file = (_LadderFile(settings_cls, yaml_file=path),) if path is not None else ()
+        return (init_settings, env_settings, *file)
 
 
-_file_data: ContextVar[dict[str, Any] | None] = ContextVar("adaptive_sd_file_data", default=None)
+_config_file: ContextVar[Path | None] = ContextVar("adaptive_sd_config_file", default=None)  # set by load_settings
 
 
-class _FileSource(PydanticBaseSettingsSource):
-    """The already-parsed YAML file, as the lowest-priority settings source."""
+class _LadderFile(YamlConfigSettingsSource):
+    """The ladder file, read by pydantic-settings' YAML source; what it cannot take is a ``ConfigError`` naming the file."""
 
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return (_file_data.get() or {}).get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(_file_data.get() or {})
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        try:
+            data = super()._read_file(file_path)
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {file_path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {file_path} must hold a mapping at the top level")
+        return data
 
 
 class ConfigError(ValueError):
@@ -470,7 +537,7 @@ def _format(exc: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-")))
-        lines.append(f"  {loc or '<root>'}: {err['msg']}")
+        lines.append(f"  {loc or '<root>'}: {err['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 
@@ -478,17 +545,13 @@ def load_settings(path: str | Path | None = None) -> Settings:
     """Load the YAML ladder named by ``path`` (or $ADAPTIVE_SD_CONFIG) with env overrides."""
     path = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        path.open("rb").close()  # the YAML source skips a file that is not there; a ladder that is not there is an error
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    token = _file_data.set(data)
+    token = _config_file.set(path)
     try:
         return Settings()
     except ValidationError as exc:
         raise ConfigError(_format(exc, str(path))) from None
     finally:
-        _file_data.reset(token)
+        _config_file.reset(token)

@@ -1,5 +1,9 @@
-"""``python -m predictor``: the offline command line (``predictor.offline.cli``)."""
+"""``python -m predictor`` moved: the offline command line is ``python -m training``.
 
-from predictor.offline.cli import main
+A stub, so that an old command says where it went; it does not import ``training`` (a layer above this one).
+"""
 
-raise SystemExit(main())
+import sys
+
+print("moved: use python -m training", file=sys.stderr)
+raise SystemExit(2)

@@ -1,8 +1,10 @@
 """The FastAPI app: thin routes over the serving classes.
 
 Request flow: route -> ``parse_chat_request`` (validate) -> ``ChatServing``
-(pass-through or cascade) -> response. Every error leaves as an OpenAI-shaped
-body; nothing escapes as a bare 500.
+(pass-through or cascade) -> response; ``/v1/completions`` and ``/v1/responses``
+the same way through their own serving classes (``router.openai``: one package
+per API, on one serving base). Every error leaves as an OpenAI-shaped body;
+nothing escapes as a bare 500.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ from predictor.serving.loader import load_lambda_table, load_predictor
 from router.cascade import CascadeEngine
 from router.contracts import RequestOutcome, TenantLimits
 from router.metrics import ENDPOINTS, RATE_LIMITED, REGISTRY, REQUESTS
+from router.openai.chat.serving import ChatServing
+from router.openai.completions.serving import CompletionServing
+from router.openai.responses.serving import ResponsesServing
 from router.openapi import install as install_openapi
-from router.serving_chat import ChatServing
-from router.serving_completions import CompletionServing
-from router.serving_responses import ResponsesServing
 from router.stage import Stage
 from router.stage_pool import StagePool, build_ladder
 from router.targets import TargetLambdas
@@ -171,14 +173,14 @@ def create_app(
     async def chat_completions(request: Request) -> Response:
         return await serve(request, parse_chat_request, chat_serving.create, lambda r: r.token_limit or DEFAULT_STREAM_TOKEN_ESTIMATE)
 
-    completion_serving = CompletionServing(chat_serving)
+    completion_serving = CompletionServing(settings, ladder, engine)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        """The legacy completions API over the same pass-through and cascade (``router.serving_completions``)."""
+        """The legacy completions API over the same pass-through and cascade (``router.openai.completions``)."""
         return await serve(request, parse_completion_request, completion_serving.create, lambda r: r.token_limit)
 
-    responses_serving = ResponsesServing(chat_serving)
+    responses_serving = ResponsesServing(settings, ladder, engine)
 
     @app.post("/v1/responses")
     async def responses(request: Request) -> Response:

@@ -5,6 +5,14 @@ the policy stops or the top allowed stage has answered. A failed stage does
 not fail the request while there is somewhere to go: an answer already in
 hand is returned (marked degraded), otherwise the next stage is tried.
 
+``CascadeEngine._run`` is that walk as a short loop over named steps, each a small
+method that says why it does what it does: where to start (``_start``, skip by
+prior); what a stage answers (``_call_or_verify``: called from scratch, or the
+previous stage's draft verified and continued, or written while it is judged at
+checkpoints, ``_write``); what the answer is worth (``_judge``: validity, then the
+predictor's p̂); stop or escalate (``_decide``: the stopping rule); and what a
+failed stage leads to (``_fall_back``). The steps share one ``Walk`` per request.
+
 A request with tools or a JSON response format walks only the stages that can
 answer it (``StageConfig.tools`` / ``structured_outputs``): the policy, its
 choice of the start stage included, runs on that sub-ladder, and the stages
@@ -40,8 +48,8 @@ from common.errors import APIError
 from common.settings import Settings
 from predictor.serving.features import DraftStats, PromptStats, answer_features, prefix_features
 from predictor.serving.interface import Predictor
-from router.apis import CHAT_API, CascadeAPI
 from router.contracts import CascadeRequest, CascadeResult, SkippedStage, StageAnswer, StageVisit, TokenUsage
+from router.dialect import CascadeDialect
 from router.draft import AcceptanceTracker, DraftCheck, token_limit, trim, verify_draft, why_not_verify
 from router.early_exit import Written, write
 from router.metrics import (
@@ -117,6 +125,48 @@ class Route:
             self.policy = self.refresh()
             if self.observed is not None:
                 self.policy.observe(*self.observed)
+
+
+class Walk:
+    """One request's walk up the ladder: what the engine's steps share, in place of the loop's locals.
+
+    One slotted object per request (the steps are methods that read and update it): what is fixed for the request
+    (its route, the bodies sent, whether stages are judged while they write), the visits so far, the answer in hand,
+    the draft for the next stage, and the current visit's verification of that draft.
+    """
+
+    __slots__ = ("answer", "answer_invalid", "api", "body", "check", "decode_logprobs", "early", "limit", "mode", "plain", "prefix",
+                 "req", "route", "skipped", "spec", "visits")  # fmt: skip
+
+    def __init__(
+        self,
+        req: CascadeRequest,
+        spec: AnswerSpec,
+        api: CascadeDialect,
+        route: Route,
+        skipped: tuple[SkippedStage, ...],
+        body: dict[str, Any],
+        plain: dict[str, Any],
+        decode_logprobs: bool,
+        early: bool,
+        limit: int | None,
+    ) -> None:
+        self.req = req
+        self.spec = spec
+        self.api = api
+        self.route = route
+        self.skipped = skipped
+        self.body = body  # asks for the predictor's logprobs
+        self.plain = plain  # for stages without logprobs (some providers refuse the request; their answers would not move p̂)
+        self.decode_logprobs = decode_logprobs  # a reply's deferred logprobs are decoded (the client or the traffic log reads them)
+        self.early = early  # the stages below the top are judged while they write (early exit)
+        self.limit = limit  # the client's token limit
+        self.visits: list[StageVisit] = []
+        self.answer: StageAnswer | None = None  # the latest whole answer in hand (its stage's draft for the next)
+        self.answer_invalid = False
+        self.prefix: StageAnswer | None = None  # an aborted stage's prefix (early exit): the next stage's draft, never an answer
+        self.check: DraftCheck | None = None  # this visit's verification of the draft
+        self.mode: str | None = None  # this visit's draft mode ("verify", "verify-sampling", "regenerate:<reason>")
 
 
 class CascadeEngine:
@@ -205,8 +255,187 @@ class CascadeEngine:
             STAGES_SKIPPED.labels(s.name, s.capability).inc()
         return usable, tuple(skipped)
 
-    def _judge(self, req: CascadeRequest, answer: StageAnswer, check: DraftCheck | None, route: Route, api: CascadeAPI) -> float:
-        """p̂ for a stage's answer: from the statistics read off the response bytes, else from the decoded logprobs;
+    async def run(self, req: CascadeRequest, api: CascadeDialect) -> CascadeResult:
+        """Walk the ladder for ``req``, whose body is in ``api``'s dialect (``router.openai.chat.dialect.CHAT_DIALECT``,
+        or ``router.openai.completions.dialect.COMPLETIONS_DIALECT``)."""
+        if req.spec is None:
+            req.spec = AnswerSpec.of(req.body)
+        result = await self._run(req, req.spec, api)
+        if self.traffic is not None:
+            self._log(self.traffic, req, req.spec, result, api)
+        return result
+
+    @staticmethod
+    def _log(traffic: TrafficLog, req: CascadeRequest, spec: AnswerSpec, result: CascadeResult, api: CascadeDialect) -> None:
+        """One row per request; each answer's validity is recorded (None: not judged) so that a predictor
+        retrained on this traffic can learn from it."""
+        judged = spec.rules is not None
+        visits = [
+            {"stage": v.stage, "name": v.name, "choice": None if v.choice is None else api.log_choice(v.choice),
+             "usage": v.usage.to_dict() if v.usage else None, "seconds": v.seconds,
+             "draft": {"accepted": v.draft.accepted_tokens, "tokens": v.draft.draft_tokens, "seconds": round(v.draft.seconds, 4)}
+                      if v.draft else None,
+             "valid": (v.invalid is None) if judged and v.choice is not None else None, "invalid": v.invalid}
+            for v in result.visits if v.error is None
+        ]  # fmt: skip
+        if any(v["choice"] is not None for v in visits):
+            traffic.record(api.prompt_texts(req.body), visits, kind=api.log_kind(spec.kind))
+
+    # -- the walk, step by step ---------------------------------------------------------------------------------
+    #
+    # ``_run`` is the loop; each step below is one method: where to start (``_start``), what a stage answers
+    # (``_call_or_verify``: a call from scratch, a verified draft continued, or a stage judged while it writes,
+    # ``_write``), what that answer is worth (``_judge``), stop or escalate (``_decide``), and what a failed
+    # stage leads to (``_fall_back``). They share one ``Walk``.
+
+    def _walk(self, req: CascadeRequest, spec: AnswerSpec, api: CascadeDialect) -> Walk:
+        """What every step of this request's walk reads: the stages it may use (``ladder``), its route, the bodies
+        sent. Built once, so that nothing per request is recomputed per stage."""
+        stages, skipped = self.ladder(spec, req.max_stage)
+        limit = token_limit(req.body)
+        route = self.route(req.prompt, req.lam, stages, limit)
+        body = api.asking(req.body, self.top_k)
+        plain = api.plain(req.body)
+        # the logprobs of a stage answer are decoded only if someone will read them (see StageReply)
+        decode_logprobs = api.client_logprobs(req.body) or self.traffic is not None
+        # tools, JSON and rules are judged on the whole answer; so are completions
+        early = (self.settings.cascade.early_exit and bool(self.predictor.checkpoints) and api.early_exit and not spec.needs
+                 and spec.rules is None)  # fmt: skip
+        return Walk(req, spec, api, route, skipped, body, plain, decode_logprobs, early, limit)
+
+    async def _run(self, req: CascadeRequest, spec: AnswerSpec, api: CascadeDialect) -> CascadeResult:
+        """Start, then at each stage: its answer (called, or its draft verified and continued, or judged while it
+        writes), judged, then stop or escalate; a failed stage falls back. The top stage always stops."""
+        walk = self._walk(req, spec, api)
+        stage = self._start(walk.route)
+        while True:
+            after = walk.route.next_after(stage)  # where an escalation from here goes; None at the top
+            t0 = time.perf_counter()
+            try:
+                got = await self._call_or_verify(walk, stage, after, t0)
+            except StageFailure as exc:
+                got = self._fall_back(walk, stage, after, exc, t0)
+            if isinstance(got, StageAnswer):  # a whole answer: judge it, then stop here or escalate
+                seconds = time.perf_counter() - t0
+                p_hat, invalid = self._judge(walk, got)
+                self._record(walk, got, seconds, p_hat, invalid)
+                nxt = self._decide(walk.route, stage, after, p_hat, invalid)
+                if nxt is None:
+                    return CascadeResult(walk.visits, stage, response=got.data, skipped=walk.skipped)
+                stage = nxt
+            elif isinstance(got, CascadeResult):  # streamed from the top, or an answer in hand after a failure
+                return got
+            else:  # aborted early, or failed with nothing to return: go on there
+                stage = got
+
+    def _start(self, route: Route) -> int:
+        """Where to start: the same backward induction run on the prompt's priors alone picks the stage with the
+        lowest expected total, so a prompt the small stages are unlikely to answer well skips them and does not pay
+        for their answers (``cascade.skip_by_prior``; off: the lowest stage the request may use)."""
+        return route.start(self.settings.cascade.skip_by_prior)
+
+    async def _call_or_verify(self, walk: Walk, stage: int, after: int | None, t0: float) -> StageAnswer | CascadeResult | int:
+        """What ``stage`` answers: a whole answer to judge; or, for a streamed request at the top, the stream itself
+        (a ``CascadeResult``: the top stage must stop, so there is nothing left to judge before the client reads it);
+        or the stage to escalate to when it was aborted while writing (early exit).
+
+        With a draft in hand (the previous stage's answer, or an aborted stage's prefix), the stage verifies it and
+        continues after the prefix it agrees with instead of starting from scratch: that is where escalating saves
+        time. A draft it cannot or should not verify (``_verify`` says why) leaves it to answer from scratch.
+        Raises ``StageFailure`` (see ``_fall_back``).
+        """
+        client = self.stages[stage]
+        walk.check = walk.mode = None
+        draft = walk.prefix or walk.answer
+        if draft is not None:
+            walk.check, walk.mode = await self._verify(client, walk.body, draft, stage, walk.api)
+        walk.prefix = None  # a prefix is a draft once: never an answer, never verified twice
+        check = walk.check
+        done = check is not None and trim(check, walk.limit)  # the kept prefix already fills the client's token limit
+        if walk.req.stream and after is None and not done:
+            return await self._stream(walk, stage, t0)
+        if check is not None:
+            return await self._continue(walk, stage, check, done)
+        if walk.early and after is not None and self.informative[stage]:
+            written, to, q = await self._write(walk, stage)
+            if written.aborted_at is not None and to is not None:
+                return self._exit_early(walk, stage, written, to, q, t0)
+            return StageAnswer(stage, written.completion())
+        # from scratch, for the whole answer (inline: this is the common path, one coroutine fewer per stage)
+        reply = await walk.api.reply(client, walk.body if self.informative[stage] else walk.plain, self.top_k)
+        if walk.decode_logprobs:
+            reply.with_logprobs()
+        return StageAnswer(stage, reply.data, reply)
+
+    async def _continue(self, walk: Walk, stage: int, check: DraftCheck, done: bool) -> StageAnswer:
+        """``stage``'s answer after it verified the draft: the prefix it kept, then what it generates after it (nothing
+        when the prefix already ends the answer). Its tokens are the same the stage would have written alone."""
+        io = walk.api.draft
+        rest = None if done else await io.fetch(self.stages[stage], io.continuation(walk.body, check))
+        return StageAnswer(stage, io.merge(check, rest))
+
+    async def _stream(self, walk: Walk, stage: int, t0: float) -> CascadeResult:
+        """Relay the top stage's stream to the client (after the draft prefix it kept, if any): it must stop, so
+        waiting for its whole answer would only delay the client's first token."""
+        client, check = self.stages[stage], walk.check
+        body = walk.body if self.informative[stage] else walk.plain
+        if check is not None:
+            body = walk.api.draft.continuation(walk.body, check)
+        events = await walk.api.stream(client, body)
+        walk.visits.append(StageVisit(stage, client.name, time.perf_counter() - t0, draft=check, draft_mode=walk.mode))
+        STAGE_CALLS.labels(client.name, "ok").inc()
+        return CascadeResult(walk.visits, stage, events=events, prefix=check, skipped=walk.skipped)
+
+    async def _write(self, walk: Walk, stage: int) -> tuple[Written, int | None, float | None]:
+        """Stream ``stage``'s answer, judging it at the predictor's checkpoints (``router.early_exit``): a lower stage
+        going wrong would otherwise cost its whole answer before anyone reads it. Returns what it wrote, the stage to
+        escalate to when it was aborted, and the prefix model's estimate at the last checkpoint judged."""
+        risk = self.settings.cascade.risk
+        shrinkage = (self.predictor.evidence, risk.alpha, risk.beta)
+        limit, prompt, route = walk.limit, walk.req.prompt, walk.route
+        to: int | None = None
+        last_q: float | None = None
+
+        def judge(t: int, entries: list[dict[str, Any]]) -> bool:
+            nonlocal to, last_q
+            if limit is not None and t >= limit:
+                return False  # the answer is cut here anyway: nothing left to save
+            k = self.predictor.checkpoints.index(t)
+            last_q = self.predictor.predict_prefix(prefix_features(prompt, entries, stage, self.top_k))
+            if last_q is None:
+                return False
+            to = route.abort(stage, last_q, self.pricing.to_finish(stage, t, limit), self.predictor.prefix_strengths[k], shrinkage)
+            return to is not None
+
+        written = await write(self.stages[stage], walk.body, self.predictor.checkpoints, judge)
+        return written, to, last_q
+
+    def _exit_early(self, walk: Walk, stage: int, written: Written, to: int, q: float | None, t0: float) -> int:
+        """``stage`` was aborted mid-answer: its visit is charged every token it sent, and what it wrote becomes the
+        next stage's draft (never an answer, even if that stage fails). Returns the stage escalated to."""
+        name = self.stages[stage].name
+        STAGE_CALLS.labels(name, "ok").inc()
+        EARLY_EXITS.labels(name, str(written.aborted_at)).inc()
+        usage = TokenUsage(walk.req.prompt.n_tokens, written.completion_tokens)
+        walk.visits.append(StageVisit(stage, name, time.perf_counter() - t0, q, usage, aborted_at=written.aborted_at))
+        walk.prefix = StageAnswer(stage, written.prefix())
+        CASCADE_ESCALATIONS.labels(name, self.stages[to].name).inc()
+        return to
+
+    def _judge(self, walk: Walk, answer: StageAnswer) -> tuple[float, str | None]:
+        """p̂ for a whole answer, and why it breaks the request's rules (None: it does not, or there are none).
+
+        Validity first: an invalid answer (a tool call that does not parse, a schema it breaks) is unacceptable
+        whatever its logprobs say, so its p̂ is 0 and the predictor is not asked (``_predict`` for the others).
+        """
+        invalid = walk.spec.check(answer.choice)
+        if invalid is not None:
+            INVALID_ANSWERS.labels(self.stages[answer.stage].name, invalid).inc()
+            return 0.0, invalid
+        return self._predict(walk.req, answer, walk.check, walk.route, walk.api), None
+
+    def _predict(self, req: CascadeRequest, answer: StageAnswer, check: DraftCheck | None, route: Route, api: CascadeDialect) -> float:
+        """The predictor's p̂ for a valid answer: from the statistics read off the response bytes, else from the decoded logprobs;
         a judged answer also gives the route the predictor's beliefs about the stages above it (``beliefs_after``).
 
         An answer of a stage without logprobs (``stages[i].logprobs: false``: even if some arrive, the policy counted on
@@ -231,139 +460,42 @@ class CascadeEngine:
         risk = self.settings.cascade.risk
         return shrink(self.predictor.predict(features), self.predictor.evidence, risk.alpha, risk.beta)
 
-    async def run(self, req: CascadeRequest, api: CascadeAPI = CHAT_API) -> CascadeResult:
-        """Walk the ladder for ``req``, whose body is in ``api``'s dialect (chat, or ``router.apis.COMPLETIONS_API``)."""
-        if req.spec is None:
-            req.spec = AnswerSpec.of(req.body)
-        result = await self._run(req, req.spec, api)
-        if self.traffic is not None:
-            self._log(self.traffic, req, req.spec, result, api)
-        return result
+    def _record(self, walk: Walk, answer: StageAnswer, seconds: float, p_hat: float, invalid: str | None) -> None:
+        """Count the judged visit (its time, usage, draft and verdict) and keep its answer in hand: the draft of the
+        next stage, and what a failure above returns."""
+        name = self.stages[answer.stage].name
+        STAGE_CALLS.labels(name, "ok").inc()
+        STAGE_SECONDS.labels(name).observe(seconds)
+        walk.visits.append(StageVisit(answer.stage, name, seconds, p_hat, answer.usage, draft=walk.check, draft_mode=walk.mode,
+                                      choice=answer.choice, invalid=invalid))  # fmt: skip
+        walk.answer, walk.answer_invalid = answer, invalid is not None
 
-    @staticmethod
-    def _log(traffic: TrafficLog, req: CascadeRequest, spec: AnswerSpec, result: CascadeResult, api: CascadeAPI) -> None:
-        """One row per request; each answer's validity is recorded (None: not judged) so that a predictor
-        retrained on this traffic can learn from it."""
-        judged = spec.rules is not None
-        visits = [
-            {"stage": v.stage, "name": v.name, "choice": None if v.choice is None else api.log_choice(v.choice),
-             "usage": v.usage.to_dict() if v.usage else None, "seconds": v.seconds,
-             "draft": {"accepted": v.draft.accepted_tokens, "tokens": v.draft.draft_tokens, "seconds": round(v.draft.seconds, 4)}
-                      if v.draft else None,
-             "valid": (v.invalid is None) if judged and v.choice is not None else None, "invalid": v.invalid}
-            for v in result.visits if v.error is None
-        ]  # fmt: skip
-        if any(v["choice"] is not None for v in visits):
-            traffic.record(api.prompt_texts(req.body), visits, kind=api.log_kind(spec.kind))
+    def _decide(self, route: Route, stage: int, after: int | None, p_hat: float, invalid: str | None) -> int | None:
+        """The stage to escalate to, or None to stop at ``stage``: the stopping rule on p̂ (``Route.decide``: stop when
+        λ(1 - p̂) is no more than the best next stage's value). An invalid answer is never returned while a higher
+        allowed stage (``after``) exists, whatever λ makes of p̂ = 0; at the top there is nowhere to go: it stops."""
+        nxt = after if invalid is not None else route.decide(stage, p_hat)
+        if nxt is not None:
+            CASCADE_ESCALATIONS.labels(self.stages[stage].name, self.stages[nxt].name).inc()
+        return nxt
 
-    async def _run(self, req: CascadeRequest, spec: AnswerSpec, api: CascadeAPI) -> CascadeResult:
-        stages, skipped = self.ladder(spec, req.max_stage)
-        route = self.route(req.prompt, req.lam, stages, token_limit(req.body))
-        body = api.asking(req.body, self.top_k)
-        plain = api.plain(req.body)  # for stages without logprobs
-        stage: int | None = route.start(self.settings.cascade.skip_by_prior)
-        visits: list[StageVisit] = []
-        answer: StageAnswer | None = None  # the latest stage answer in hand (its stage's draft for the next)
-        answer_invalid = False
-        # the logprobs of a stage answer are decoded only if someone will read them (see StageReply)
-        decode_logprobs = api.client_logprobs(req.body) or self.traffic is not None
-        io = api.draft
-        prefix: StageAnswer | None = None  # the aborted stage's prefix (early exit): the next stage's draft, never an answer
-        early = self.settings.cascade.early_exit and bool(self.predictor.checkpoints) and api is CHAT_API and not spec.needs
-        while stage is not None:
-            client = self.stages[stage]
-            stage_body = body if self.informative[stage] else plain
-            after = route.next_after(stage)
-            t0 = time.perf_counter()
-            check: DraftCheck | None = None
-            mode: str | None = None
-            try:
-                draft_from = prefix or answer
-                if draft_from is not None:
-                    check, mode = await self._verify(client, body, draft_from, stage, api)
-                prefix = None
-                if req.stream and after is None and not (check and trim(check, token_limit(body))):
-                    events = await api.stream(client, io.continuation(body, check) if check else stage_body)
-                    visits.append(StageVisit(stage, client.name, time.perf_counter() - t0, draft=check, draft_mode=mode))
-                    STAGE_CALLS.labels(client.name, "ok").inc()
-                    return CascadeResult(visits, stage, events=events, prefix=check, skipped=skipped)
-                if check is not None:
-                    done = trim(check, token_limit(body))
-                    current = StageAnswer(stage, io.merge(check, None if done else await io.fetch(client, io.continuation(body, check))))
-                elif early and after is not None and self.informative[stage] and spec.rules is None:
-                    written, to, q = await self._write(client, stage_body, stage, req, route)
-                    if written.aborted_at is not None and to is not None:
-                        STAGE_CALLS.labels(client.name, "ok").inc()
-                        EARLY_EXITS.labels(client.name, str(written.aborted_at)).inc()
-                        usage = TokenUsage(req.prompt.n_tokens, written.completion_tokens)
-                        visits.append(StageVisit(stage, client.name, time.perf_counter() - t0, q, usage,
-                                                 aborted_at=written.aborted_at))  # fmt: skip
-                        prefix = StageAnswer(stage, written.prefix())
-                        CASCADE_ESCALATIONS.labels(client.name, self.stages[to].name).inc()
-                        stage = to
-                        continue
-                    current = StageAnswer(stage, written.completion())
-                else:
-                    reply = await api.reply(client, stage_body, self.top_k)
-                    if decode_logprobs:
-                        reply.with_logprobs()
-                    current = StageAnswer(stage, reply.data, reply)
-                seconds = time.perf_counter() - t0
-            except StageFailure as exc:
-                STAGE_CALLS.labels(client.name, "error").inc()
-                visits.append(StageVisit(stage, client.name, time.perf_counter() - t0, error=str(exc)))
-                if answer is not None and not (answer_invalid and after is not None):
-                    return CascadeResult(visits, answer.stage, response=answer.data, degraded=str(exc), skipped=skipped)
-                if after is None:
-                    raise
-                stage = after  # nothing in hand, or only an invalid answer: try the next stage
-                continue
-            STAGE_CALLS.labels(client.name, "ok").inc()
-            STAGE_SECONDS.labels(client.name).observe(seconds)
-            invalid = spec.check(current.choice)
-            if invalid is not None:
-                INVALID_ANSWERS.labels(client.name, invalid).inc()
-            # an invalid answer is unacceptable whatever its logprobs say: p̂ = 0, and the predictor is not asked
-            p_hat = 0.0 if invalid is not None else self._judge(req, current, check, route, api)
-            visit = StageVisit(stage, client.name, seconds, p_hat, current.usage, draft=check, draft_mode=mode, choice=current.choice,
-                               invalid=invalid)  # fmt: skip
-            visits.append(visit)
-            answer, answer_invalid = current, invalid is not None
-            # never return an invalid answer while a higher allowed stage exists, whatever λ makes of p̂ = 0
-            nxt = after if invalid is not None else route.decide(stage, p_hat)
-            if nxt is None:
-                return CascadeResult(visits, stage, response=current.data, skipped=skipped)
-            CASCADE_ESCALATIONS.labels(client.name, self.stages[nxt].name).inc()
-            stage = nxt
-        raise AssertionError("unreachable: the loop returns at the top stage")
-
-    async def _write(
-        self, client: Stage, body: dict[str, Any], stage: int, req: CascadeRequest, route: Route
-    ) -> tuple[Written, int | None, float | None]:
-        """Stream ``stage``'s answer, judging it at the predictor's checkpoints (``router.early_exit``): what it wrote,
-        the stage to escalate to when it was aborted, and the prefix model's estimate at the last checkpoint judged."""
-        risk = self.settings.cascade.risk
-        shrinkage = (self.predictor.evidence, risk.alpha, risk.beta)
-        limit = token_limit(req.body)
-        to: int | None = None
-        last_q: float | None = None
-
-        def judge(t: int, entries: list[dict[str, Any]]) -> bool:
-            nonlocal to, last_q
-            if limit is not None and t >= limit:
-                return False  # the answer is cut here anyway: nothing left to save
-            k = self.predictor.checkpoints.index(t)
-            last_q = self.predictor.predict_prefix(prefix_features(req.prompt, entries, stage, self.top_k))
-            if last_q is None:
-                return False
-            to = route.abort(stage, last_q, self.pricing.to_finish(stage, t, limit), self.predictor.prefix_strengths[k], shrinkage)
-            return to is not None
-
-        written = await write(client, body, self.predictor.checkpoints, judge)
-        return written, to, last_q
+    def _fall_back(self, walk: Walk, stage: int, after: int | None, exc: StageFailure, t0: float) -> CascadeResult | int:
+        """``stage`` failed (down, timed out, a bad response): a failed stage fails the request only when there is
+        nowhere left to go. An answer already in hand is returned, marked degraded (better than an error, and it was
+        paid for), unless it is invalid and a higher stage exists; otherwise the next stage is tried, and the draft
+        in hand goes with it. At the top with nothing to return, ``exc`` is the client's error (re-raised)."""
+        name = self.stages[stage].name
+        STAGE_CALLS.labels(name, "error").inc()
+        walk.visits.append(StageVisit(stage, name, time.perf_counter() - t0, error=str(exc)))
+        answer = walk.answer
+        if answer is not None and not (walk.answer_invalid and after is not None):
+            return CascadeResult(walk.visits, answer.stage, response=answer.data, degraded=str(exc), skipped=walk.skipped)
+        if after is None:
+            raise exc
+        return after  # nothing in hand, or only an invalid answer: try the next stage
 
     async def _verify(
-        self, client: Stage, body: dict[str, Any], answer: StageAnswer, stage: int, api: CascadeAPI
+        self, client: Stage, body: dict[str, Any], answer: StageAnswer, stage: int, api: CascadeDialect
     ) -> tuple[DraftCheck | None, str]:
         """Verify the lower stage's answer (the draft) on ``client`` (stage ``stage``) when that keeps the answer's
         distribution and pays off; say what happened."""

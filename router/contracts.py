@@ -6,9 +6,9 @@ slotted dataclasses because one is made per stage call or per request on the
 hot path. Chat-completion bodies stay dicts (they go back out as JSON), and a
 stage's logprobs stay undecoded until someone reads them (``StageReply``).
 
-    api (route) --TenantLimits--> ChatServing --CascadeRequest--> CascadeEngine
-    CascadeEngine --StageAnswer (held), StageVisit (per call)--> CascadeResult --> ChatServing
-    ChatServing --(Response, RequestOutcome)--> api (accounting)
+    api (route) --TenantLimits--> serving (router.openai) --CascadeRequest--> CascadeEngine
+    CascadeEngine --StageAnswer (held), StageVisit (per call)--> CascadeResult --> serving (router.openai)
+    serving (router.openai) --(Response, RequestOutcome)--> api (accounting)
 """
 
 from __future__ import annotations
@@ -70,10 +70,6 @@ class StageAnswer:
     def choice(self) -> dict[str, Any]:
         choice: dict[str, Any] = self.data["choices"][0]
         return choice
-
-    @property
-    def text(self) -> str:
-        return str(self.choice["message"].get("content") or "")
 
     @property
     def usage(self) -> TokenUsage:

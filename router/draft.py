@@ -37,18 +37,11 @@ decoded under the server's tool-call grammar or parser, and a tool-call draft
 has no text to verify. Scoring under the grammar would keep verification
 lossless, but no stage server scores that way.
 
-The same rounds verify a ``/v1/completions`` draft (``COMPLETIONS``, a
-``DraftIO``): the text is scored as the end of the prompt with ``echo: true``
-and ``logprobs`` (prompt + draft, one generated token), and stage j continues
-with the kept text appended to the prompt; what differs from chat is only how
-a stage is asked and how its answer is read (``CHAT`` is the chat
-dialect). The draft positions are the echoed ones after the prompt, so the
-prompt must end on a token boundary of prompt + draft: where a token straddles
-it (a prompt ending in spaces that the draft's first word takes up, " return"),
-the draft is misaligned and regenerated, since stage j's own answer starts
-after the prompt's own last token. The completions API has no way to score the
-draft's positions only, so the first round also scores the prompt's (its later
-rounds reuse them from the prefix cache on our CPU server and vLLM).
+The same rounds verify a ``/v1/completions`` draft: what differs from chat is
+only how a stage is asked and how its answer is read, a ``DraftIO`` (``CHAT_DRAFT``
+is the chat dialect, this module's functions;
+``router.openai.completions.draft.COMPLETIONS_DRAFT`` the completions one, which
+scores the draft as the end of the prompt).
 """
 
 from __future__ import annotations
@@ -57,8 +50,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.completions_protocol import chat_entries, entries_logprobs, top_alternatives
-from router.stage import Stage, completions_stage
+from router.stage import Stage
 
 FIRST_PROPOSAL_TOKENS = 16  # draft tokens scored in the first round; doubles after each fully accepted round
 MAX_PROPOSAL_TOKENS = 128
@@ -136,7 +128,8 @@ def _after(body: dict[str, Any], text: str) -> dict[str, Any]:
     return _assistant(body, text) if text else body
 
 
-def _entry(token: str, logprob: float, top: list[tuple[str, float]]) -> dict[str, Any]:
+def logprob_entry(token: str, logprob: float, top: list[tuple[str, float]]) -> dict[str, Any]:
+    """One OpenAI chat ``logprobs.content`` entry: the token, its logprob and bytes, its ``top`` alternatives."""
     return {
         "token": token,
         "logprob": logprob,
@@ -184,7 +177,7 @@ async def score_text(client: Stage, body: dict[str, Any], text: str, k: int) -> 
         token = mine["decoded_token"]
         out.tokens.append(token)
         out.top1.append(mine.get("rank") == 1)
-        out.entries.append(_entry(token, mine["logprob"], [(v["decoded_token"], v["logprob"]) for v in alternatives]))
+        out.entries.append(logprob_entry(token, mine["logprob"], [(v["decoded_token"], v["logprob"]) for v in alternatives]))
     out.generated["usage"] = data.get("usage") or {}
     return out
 
@@ -192,7 +185,7 @@ async def score_text(client: Stage, body: dict[str, Any], text: str, k: int) -> 
 async def score_draft(client: Stage, body: dict[str, Any], draft: str) -> DraftCheck | None:
     """One pass: the longest prefix of ``draft`` that stage ``client`` agrees with (None if misaligned).
 
-    Its acceptance fraction is the agreement label for open prompts (predictor/offline/collect.py).
+    Its acceptance fraction is the agreement label for open prompts (training/collect.py).
     """
     t0 = time.perf_counter()
     scored = await score_text(client, body, draft, k=0)
@@ -250,10 +243,11 @@ async def verify_draft(
 
     ``draft_tokens`` (the draft's length in its own stage's tokens) sizes the
     proposals; stage j's tokenization is what is scored. ``io``: how the stage is
-    asked (``CHAT``, the default, or ``COMPLETIONS``; ``body`` is in its dialect).
+    asked (``CHAT_DRAFT``, the default, or ``router.openai.completions.draft.COMPLETIONS_DRAFT``; ``body`` is in
+    its dialect).
     """
     t0 = time.perf_counter()
-    io = io or CHAT
+    io = io or CHAT_DRAFT
     limit = token_limit(body)
     k = io.top_k(body)
     body = io.asking(body, k)  # the kept tokens are counted by their entries
@@ -380,11 +374,11 @@ def merge(check: DraftCheck, data: dict[str, Any] | None) -> dict[str, Any]:
     if choice.get("logprobs") is not None or check.accepted_logprobs:
         content = (choice.get("logprobs") or {}).get("content") or []
         choice["logprobs"] = {"content": check.accepted_logprobs + content}
-    data["usage"] = _merged_usage(check, data.get("usage"))
+    data["usage"] = merged_usage(check, data.get("usage"))
     return data
 
 
-def _merged_usage(check: DraftCheck, usage: dict[str, Any] | None) -> dict[str, int]:
+def merged_usage(check: DraftCheck, usage: dict[str, Any] | None) -> dict[str, int]:
     """Usage of a verified answer: every verification call's prompt tokens, the kept tokens and the continuation's."""
     u = usage or {}
     prompt = check.usage.get("prompt_tokens", 0) + u.get("prompt_tokens", 0)
@@ -407,7 +401,8 @@ class DraftIO:
     ``score`` is the scoring pass (``ScoredText``), ``generate`` the answer after a text as a
     chat completion (what the rounds read), ``continuation``/``merge``/``fetch`` the call that
     finishes a verified answer and the answer in the dialect's own shape. This base class is chat
-    (``CHAT``): ``prompt_logprobs`` and ``continue_final_message``, the module's functions.
+    (``CHAT_DRAFT``): ``prompt_logprobs`` and ``continue_final_message``, the module's functions;
+    ``router.openai.completions.draft.CompletionsDraft`` is ``/v1/completions``.
     """
 
     def top_k(self, body: dict[str, Any]) -> int:
@@ -438,97 +433,7 @@ class DraftIO:
         return data
 
 
-class CompletionsDraft(DraftIO):
-    """Verification over ``/v1/completions``: the draft is the end of the prompt (``echo`` scores it), the
-    continuation a prompt that ends with the kept text. ``body`` is an upstream completions request."""
-
-    def top_k(self, body: dict[str, Any]) -> int:
-        return int(body.get("logprobs") or 0)
-
-    def asking(self, body: dict[str, Any], k: int) -> dict[str, Any]:
-        return {**body, "logprobs": k}
-
-    async def score(self, client: Stage, body: dict[str, Any], text: str, k: int) -> ScoredText | None:
-        """Score ``text`` as the end of the prompt; None if the tokens do not re-assemble it there (``score_text``'s contract).
-
-        The chosen token is stage j's top-1 where no alternative is more likely (the completions shape has no rank).
-        """
-        full = str(body["prompt"]) + text
-        scoring = {**body, "prompt": full, "echo": True, "max_tokens": 1, "logprobs": max(k, 1)}
-        data = (await completions_stage(client).complete(scoring)).data
-        choice = data["choices"][0]
-        lp = choice.get("logprobs") or {}
-        tokens, values, tops = lp.get("tokens") or [], lp.get("token_logprobs") or [], lp.get("top_logprobs") or []
-        if not len(tokens) == len(values) == len(tops):
-            return None
-        end = at = 0
-        while end < len(tokens) and at < len(full):  # the echoed positions: up to the end of prompt + text
-            at += len(tokens[end])
-            end += 1
-        start, got = end, 0
-        while start > 1 and got < len(text):  # walk back until the tokens re-assemble the text
-            start -= 1
-            got += len(tokens[start])
-        if at != len(full) or got != len(text) or "".join(tokens[start:end]) != text:
-            return None
-        out = ScoredText([], [], [], {})
-        for i in range(start, end):
-            value, top = values[i], tops[i]
-            if value is None or not top:
-                return None
-            out.tokens.append(tokens[i])
-            out.top1.append(value >= max(top.values()))
-            out.entries.append(_entry(tokens[i], value, top_alternatives(top, k)))
-        generated = choice.get("text") or ""
-        rest = generated[len(full) :] if generated.startswith(full) else "".join(tokens[end:])
-        out.generated = _as_chat(rest, chat_entries(lp, k, start=end), choice.get("finish_reason"), data.get("usage"))
-        return out
-
-    async def generate(self, client: Stage, body: dict[str, Any], text: str, max_tokens: int) -> dict[str, Any]:
-        data = await self.fetch(client, {**body, "prompt": str(body["prompt"]) + text, "max_tokens": max_tokens})
-        choice = data["choices"][0]
-        return _as_chat(choice.get("text") or "", chat_entries(choice.get("logprobs"), self.top_k(body)), choice.get("finish_reason"),
-                        data.get("usage"))  # fmt: skip
-
-    def continuation(self, body: dict[str, Any], check: DraftCheck) -> dict[str, Any]:
-        if not check.accepted_text:
-            return body
-        out = {**body, "prompt": str(body["prompt"]) + check.accepted_text}
-        limit = token_limit(body)
-        if limit is not None:
-            out["max_tokens"] = limit - check.prefix_tokens
-        return out
-
-    def merge(self, check: DraftCheck, data: dict[str, Any] | None) -> dict[str, Any]:
-        """Stage j's completion: kept prefix + continuation (logprobs in the completions shape), usage of all calls."""
-        if data is None:  # the rounds completed the answer
-            choice = {"index": 0, "text": "", "logprobs": None, "finish_reason": check.finished or "length"}
-            data = {"id": "cmpl-draft", "object": "text_completion", "created": 0, "choices": [choice], "usage": {}}
-        choice = data["choices"][0]
-        choice["text"] = check.accepted_text + (choice.get("text") or "")
-        tail = choice.get("logprobs")
-        if tail is not None or check.accepted_logprobs:
-            out = entries_logprobs(check.accepted_logprobs)
-            tail = tail or {}
-            for token, value, top in zip(tail.get("tokens") or (), tail.get("token_logprobs") or (), tail.get("top_logprobs") or (),
-                                         strict=False):  # fmt: skip
-                out.add(token, value, None if top is None else top.items())
-            choice["logprobs"] = out.take()
-        data["usage"] = _merged_usage(check, data.get("usage"))
-        return data
-
-    async def fetch(self, client: Stage, body: dict[str, Any]) -> dict[str, Any]:
-        return (await completions_stage(client).complete(body)).data
-
-
-def _as_chat(text: str, entries: list[dict[str, Any]], finish: str | None, usage: dict[str, Any] | None) -> dict[str, Any]:
-    """A completions answer as the chat completion the rounds read (``_take``)."""
-    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": {"content": entries}, "finish_reason": finish}
-    return {"choices": [choice], "usage": usage or {}}
-
-
-CHAT = DraftIO()
-COMPLETIONS = CompletionsDraft()
+CHAT_DRAFT = DraftIO()
 
 
 class AcceptanceTracker:

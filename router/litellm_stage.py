@@ -3,7 +3,7 @@
 For Bedrock, Vertex and the other providers LiteLLM translates to, the stage's
 ``model`` is LiteLLM's ``provider/model`` string (``bedrock/anthropic.claude-3-haiku...``),
 its endpoint ``url`` (optional) LiteLLM's ``api_base``, and its key comes from
-``api_key_env`` / ``api_key_file`` (or the provider's own environment variables,
+``api_key`` (``env:NAME``, ``file:PATH`` or inline; or the provider's own environment variables,
 which LiteLLM reads itself). The request body is the OpenAI one; answers are
 turned back into OpenAI chat-completion JSON, so the cascade treats this stage
 like any other: the predictor's arrays are read from those bytes

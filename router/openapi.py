@@ -499,7 +499,9 @@ def reference_app() -> FastAPI:
     from common.settings import Settings
     from router.api import create_app  # (here: router.api installs this module's document)
 
-    settings = Settings.model_validate({"stages": [{"name": "stage-0", "model": "model-0", "url": "http://127.0.0.1:9/v1", "cost": 1.0}]})
+    settings = Settings.model_validate(
+        {"stages": [{"name": "stage-0", "model": "model-0", "url": "http://127.0.0.1:9/v1", "prices": {"cost": {"request": 1.0}}}]}
+    )
     return create_app(settings)
 
 

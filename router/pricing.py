@@ -1,8 +1,9 @@
 """What each stage's answer to one request costs, in the cost unit the stopping rule uses.
 
 A stage's price (``common.settings.TokenPrices``) has a part per request, per prompt token and per generated
-token, in the unit ``cascade.cost_unit`` names (compute, seconds, dollars: the operator's choice); without a
-unit each stage costs its per-request ``cost``. Before a stage runs its answer's length is unknown: the rule
+token, in the unit ``cascade.cost_unit`` names (compute, seconds, dollars: the operator's choice; the default
+unit ``cost`` is a plain per-request price, ``prices: {cost: {request: 2.2}}``).
+Before a stage runs its answer's length is unknown: the rule
 prices the expected one (the stage's configured ``output_tokens``, else the predictor's learned lengths for
 that stage, else the request's ``max_tokens``), always cut at ``max_tokens``. While a stage streams (early
 exit), what is still to come is priced from the same lengths, given that the answer has not ended yet.

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from router.draft import CHAT, DraftCheck, DraftIO
+from router.draft import CHAT_DRAFT, DraftCheck, DraftIO
 from router.stage import Stage
 
 TOP_K = 20  # stage j's alternatives per position in the scoring pass (vLLM's default max_logprobs)
@@ -82,12 +82,12 @@ def is_end(token: str) -> bool:
 
 
 async def verify_sampled(
-    client: Stage, body: dict[str, Any], draft: str, draft_entries: list[dict[str, Any]], io: DraftIO = CHAT
+    client: Stage, body: dict[str, Any], draft: str, draft_entries: list[dict[str, Any]], io: DraftIO = CHAT_DRAFT
 ) -> DraftCheck | None:
     """Stage j's answer prefix from stage i's sampled draft; None if the tokenizations differ.
 
-    ``io``: the API dialect of ``body`` (``router.draft.CHAT`` or ``COMPLETIONS``); ``draft_entries``
-    are chat ``logprobs.content`` entries either way."""
+    ``io``: the API dialect of ``body`` (``router.draft.CHAT_DRAFT`` or ``router.openai.completions.draft.COMPLETIONS_DRAFT``);
+    ``draft_entries`` are chat ``logprobs.content`` entries either way."""
     t0 = time.perf_counter()
     temperature = float(body["temperature"])
     scored = await io.score(client, io.asking(body, TOP_K), draft, TOP_K)

@@ -1,7 +1,7 @@
 """Server-sent events as the stages send them: cutting a byte stream at event boundaries, and reading events' data.
 
-One parser for the three places that read a stage's SSE (``StageClient``'s raw pass-through and its payload
-stream, and the Responses API's translation of the chat stream), so that they agree on where an event ends.
+One parser for the places that read a stage's SSE (``StageClient``'s raw pass-through and its payload stream,
+which the cascade and the Responses API's translation read), so that they agree on where an event ends.
 It follows the WHATWG event stream format (HTML, "Server-sent events", "Parsing an event stream"):
 
 * a line ends with CRLF, LF or CR, and a stream may mix them (a stage behind a proxy that rewrites line ends);

@@ -2,7 +2,7 @@
 
 ``router.stage_client.StageClient`` is the implementation that talks HTTP to a
 model server; the engine (``router.cascade``) and the serving layer
-(``router.serving_chat``) depend only on this protocol, so tests can run them
+(``router.openai``) depend only on this protocol, so tests can run them
 in-process against a scripted stage (``tests/router/fake_stage.py``).
 
 Failures are typed so the cascade can react: ``StageUnavailable`` (cannot
@@ -17,7 +17,7 @@ are a separate protocol, ``CompletionsStage``, that ``StageClient`` implements: 
 type-checking, and ``completions_stage`` reports it as ``StageNoCompletions``,
 the way a chat-only server's 404 is reported.
 Each carries the HTTP ``status`` the router reports when it cannot answer
-(``router.serving_chat.upstream_error`` is the one place that maps them).
+(``router.openai.serving_base.upstream_error`` is the one place that maps them).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class StageBadResponse(StageFailure):
 class StageNoCompletions(StageFailure):
     """The stage does not serve ``/v1/completions`` (it answered 404 or 405 there): a chat-only provider, or a model id
     it does not serve completions for. A failure rather than the client's 4xx, so that the cascade goes on without it;
-    a pass-through to it is a 400 naming ``model`` (``router.serving_completions``)."""
+    a pass-through to it is a 400 naming ``model`` (``router.openai.completions.serving``)."""
 
     status = 502
 

@@ -48,7 +48,7 @@ from urllib.parse import urlparse
 import aiohttp
 
 from common.errors import APIError
-from common.settings import PoolConfig, Settings, StageConfig, resolve_secret
+from common.settings import PoolConfig, Settings, StageConfig, read_key
 from router.health import EndpointHealth, FailureKind, probe, queue_gauges
 from router.litellm_stage import LiteLLMStage  # imports LiteLLM itself only when a litellm stage is built
 from router.metrics import STAGE_RETRIES, EndpointRow
@@ -487,8 +487,8 @@ def endpoint_clients(config: StageConfig) -> list[Stage]:
     clients: list[Stage] = []
     for i, replica in enumerate(config.replicas()):
         where = f"stages[{config.name}].endpoints[{i}]" if config.endpoints else f"stages[{config.name}]"
-        key = resolve_secret(replica.api_key, replica.api_key_env, replica.api_key_file, where)
-        child = config.model_copy(update={"url": replica.url, "api_key": key, "endpoints": [], "api_key_env": None, "api_key_file": None})
+        key = read_key(replica.api_key, where)
+        child = config.model_copy(update={"url": replica.url, "api_key": key, "endpoints": []})
         clients.append(LiteLLMStage(child) if config.dialect == "litellm" else StageClient(child))
     return clients
 

@@ -2,7 +2,7 @@
 
 An operator who sets a tenant's ``target`` (keep a share of the top stage's accuracy, stay within some points of
 it, or send a share of the traffic to the top stage) gets the λ the calibration table gives for it
-(``predictor.serving.calibration``; written by ``python -m predictor calibrate`` next to the model). Without a
+(``predictor.serving.calibration``; written by ``python -m training calibrate`` next to the model). Without a
 table, or for a target no λ of it meets, the tenant gets the λ it would have had otherwise, and the router says so
 once in its log: a quality target that cannot be honoured is not silently treated as one that is.
 """

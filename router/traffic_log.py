@@ -1,7 +1,7 @@
 """Opt-in log of live cascade traffic in the collection format, for retraining on your own traffic.
 
 Enabled by ``predictor.log_path``. Each cascade request appends one JSON line
-shaped like a ``predictor.offline.collect`` row: the prompt, and per stage that
+shaped like a ``training.collect`` row: the prompt, and per stage that
 answered its text, compact logprobs, finish reason, usage, seconds and draft
 verification. The label is filled in where the traffic itself provides one:
 when the cascade escalated from stage i and the next stage verified stage i's

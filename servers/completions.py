@@ -23,7 +23,7 @@ from common.completions_protocol import CompletionRequest as _PublicCompletionRe
 from common.completions_protocol import parse_completion_request as _parse
 from common.protocol import ParamError
 
-__all__ = ["DEFAULT_COMPLETION_TOKENS", "CompletionLogprobs", "CompletionRequest", "parse_completion_request"]
+__all__ = ["DEFAULT_COMPLETION_TOKENS", "CompletionLogprobs", "CompletionRequest", "parse_stage_completion_request"]
 
 _ROUTER_ONLY = (*CASCADE_FIELDS, *(f for f in IGNORED_FIELDS if f != "user"))
 
@@ -42,7 +42,7 @@ class CompletionRequest(_PublicCompletionRequest):
         return self
 
 
-def parse_completion_request(body: bytes) -> CompletionRequest:
+def parse_stage_completion_request(body: bytes) -> CompletionRequest:
     """Validate a raw JSON body; raise ``APIError`` (400) naming the bad field."""
     req = _parse(body, CompletionRequest)
     assert isinstance(req, CompletionRequest)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import platform
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -66,3 +68,17 @@ def test_the_image_copies_every_package() -> None:
     packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
     copied = {line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")}
     assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the image's baseline is x86-64's; elsewhere the Makefile uses the compiler's")
+def test_the_image_builds_llama_cpp_as_make_install_does() -> None:
+    """The image's llama.cpp build flags are the Makefile's: a portable baseline, never the build machine's -march=native."""
+    makefile_rule = 'print-llama-cmake-args:\n\t@echo "$(LLAMA_CMAKE_ARGS)"\n'
+    make = subprocess.run(["make", "-s", "-f", "Makefile", "-f", "-", "print-llama-cmake-args"], input=makefile_rule, cwd=ROOT,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    ours = make.stdout.split()
+    image = re.search(r'^ARG LLAMA_CMAKE_ARGS="([^"]*)"', (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert image is not None and image.group(1).split() == ours
+    assert "-DGGML_NATIVE=OFF" in ours and not any("AMX" in flag and flag.endswith("=ON") for flag in ours)
+    code = [line for f in ("Makefile", "Dockerfile") for line in (ROOT / f).read_text().splitlines() if not line.lstrip().startswith("#")]
+    assert not [line for line in code if "march=native" in line]

@@ -1,4 +1,4 @@
-"""λ from a target the operator can state: the calibration table ``python -m predictor calibrate`` writes.
+"""λ from a target the operator can state: the calibration table ``python -m training calibrate`` writes.
 
 The table (``calibration.json`` next to the model) is the router's own rule replayed over the validation split
 on a fine λ grid: for each λ, the accuracy, its share of the top stage's and the share of requests that reach

@@ -1,6 +1,6 @@
 """The row format of a recorded answer: one definition for collection, the traffic log and the dataset.
 
-A collected row (``predictor.offline.collect``) and a logged row of live traffic
+A collected row (``training.collect``) and a logged row of live traffic
 (``router.traffic_log``) carry the same fields, so one training pipeline reads
 both. This module defines what both writers and the reader must agree on: the
 format version, the top-k the logprobs are recorded with, the compact logprob

@@ -68,7 +68,7 @@ class _Graph:
 
         if not path.is_file():
             raise PredictorLoadError(
-                f"predictor file {path} does not exist; train one with `python -m predictor train` or set predictor.kind: baseline"
+                f"predictor file {path} does not exist; train one with `python -m training train` or set predictor.kind: baseline"
             )
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1

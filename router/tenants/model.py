@@ -37,7 +37,7 @@ class SLO(BaseModel):
 
 
 class QualityTarget(BaseModel):
-    """A target the tenant's λ is looked up for in the predictor's calibration table (``python -m predictor calibrate``)
+    """A target the tenant's λ is looked up for in the predictor's calibration table (``python -m training calibrate``)
     instead of a λ in cost units: exactly one of the three."""
 
     model_config = ConfigDict(extra="forbid")
@@ -85,7 +85,7 @@ def check_max_stage(max_stage: int | str | None, ladder: Sequence[str]) -> None:
 
     ``TenantSettings`` cannot check this itself: it is also read back from a store that several routers share, and
     the ladder is the router's. Writers (the admin API, the CLI) check it, so that no new record holds a top stage
-    the cascade cannot honour (the cascade refuses a tenant whose stored one is stale: ``ChatServing._tenant_cap``).
+    the cascade cannot honour (the cascade refuses a tenant whose stored one is stale: ``OpenAIServing._tenant_cap``).
     An index counts as ``Settings.stage_index`` counts it; a string is a stage's name, never an index.
     """
     if max_stage is None:

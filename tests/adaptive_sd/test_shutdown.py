@@ -87,7 +87,7 @@ def _router(stub_url: str, grace_s: float, tmp: Path) -> RouterProcess:
     cfg = {
         "server": {"host": "127.0.0.1", "port": free_port(), "shutdown_grace_s": grace_s},
         "tenancy": {"auth": "open"},
-        "stages": [{"name": "stub", "model": "stub", "url": f"{stub_url}/v1", "cost": 1.0}],
+        "stages": [{"name": "stub", "model": "stub", "url": f"{stub_url}/v1", "prices": {"cost": {"request": 1.0}}}],
     }
     return RouterProcess(cfg, tmp)
 

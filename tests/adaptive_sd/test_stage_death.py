@@ -54,4 +54,3 @@ def test_up_names_the_dead_stage_its_signal_and_log_and_exits_nonzero(tmp_path: 
     assert f"stage {stage} killed by SIGSEGV" in out, out
     # the last lines the stage wrote come with it: here its start-up check
     assert "last log lines" in out and "warm-up:" in out.split(f"stage {stage} killed by SIGSEGV", 1)[1], out
-

@@ -21,7 +21,7 @@ from common.completions_protocol import (
     top_alternatives,
 )
 from common.errors import APIError
-from servers.completions import parse_completion_request as parse_stage_request
+from servers.completions import parse_stage_completion_request as parse_stage_request
 
 BASE: dict[str, Any] = {"model": "m", "prompt": "def add(a, b):"}
 

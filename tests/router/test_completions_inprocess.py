@@ -39,8 +39,8 @@ def settings_for(dialect: str = "openai", stages: tuple[dict[str, Any], ...] = (
     predictor = cascade.pop("predictor", {})
     policy = {"skip_by_prior": False, "prior_strength": None, "risk": {"alpha": 0.0, "beta": 0.0}, "default_lambda": 10.0}
     ladder = [
-        {**base, "name": "s0", "model": "m0", "cost": 1.0, **stages[0]},
-        {**base, "name": "s1", "model": "m1", "cost": 4.0, **stages[1]},
+        {**base, "name": "s0", "model": "m0", "prices": {"cost": {"request": 1.0}}, **stages[0]},
+        {**base, "name": "s1", "model": "m1", "prices": {"cost": {"request": 4.0}}, **stages[1]},
     ]
     return Settings.model_validate({"tenancy": {"auth": "open"}, "cascade": policy | cascade, "predictor": predictor, "stages": ladder})
 

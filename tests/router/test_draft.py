@@ -19,7 +19,7 @@ def _check(tokens: list[str]) -> DraftCheck:
 
 
 def _client(dialect: str) -> StageClient:
-    return StageClient(StageConfig(name="s", model="m", url="http://127.0.0.1:1/v1", cost=1.0, dialect=dialect))  # type: ignore[arg-type]
+    return StageClient(StageConfig(name="s", model="m", url="http://127.0.0.1:1/v1", prices={"cost": {"request": 1.0}}, dialect=dialect))  # type: ignore[arg-type]
 
 
 def test_why_not_verify() -> None:

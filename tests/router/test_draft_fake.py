@@ -24,7 +24,9 @@ DELAY_S = 0.01
 
 
 def _stage(text: str = OWN, delay_s: float = 0.0) -> FakeStage:
-    return FakeStage(StageConfig(name="s1", model="m1", url="http://127.0.0.1:9/v1", cost=2.0), Script(text), delay_s=delay_s)
+    return FakeStage(
+        StageConfig(name="s1", model="m1", url="http://127.0.0.1:9/v1", prices={"cost": {"request": 2.0}}), Script(text), delay_s=delay_s
+    )
 
 
 async def _verified_answer(stage: FakeStage, draft: str, draft_tokens: int | None) -> str:

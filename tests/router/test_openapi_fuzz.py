@@ -210,8 +210,8 @@ class Stub:
 
 def stub_config(ports: list[int], router_port: int) -> dict[str, object]:
     stages = [
-        {"name": f"s{i}", "model": "stub", "url": f"http://127.0.0.1:{p}/v1", "cost": float(i + 1), "prior": 0.3 if i == 0 else 0.95,
-         "timeout_s": 5.0, "connect_timeout_s": 1.0, "completions": False}
+        {"name": f"s{i}", "model": "stub", "url": f"http://127.0.0.1:{p}/v1", "prices": {"cost": {"request": float(i + 1)}},
+         "prior": 0.3 if i == 0 else 0.95, "timeout_s": 5.0, "connect_timeout_s": 1.0, "completions": False}
         for i, p in enumerate(ports)
     ]  # fmt: skip
     return {

@@ -50,8 +50,8 @@ def _settings(**cascade: Any) -> dict[str, Any]:
     return {"cascade": cascade, "stages": [dict(stage), {**stage, "name": "s1"}]}
 
 
-def test_settings_need_a_cost_or_prices_in_the_chosen_unit() -> None:
-    with pytest.raises(ValueError, match="have no cost"):
+def test_settings_need_prices_in_the_chosen_unit() -> None:
+    with pytest.raises(ValueError, match=r"have no prices.cost: price every stage"):
         Settings(**_settings())
     priced = _settings(cost_unit="compute")
     for s in priced["stages"]:
@@ -62,7 +62,7 @@ def test_settings_need_a_cost_or_prices_in_the_chosen_unit() -> None:
     del missing["stages"][1]["prices"]
     with pytest.raises(ValueError, match=r"stages \['s1'\] have no prices.compute"):
         Settings(**missing)
-    per_request = _settings()
+    per_request = _settings()  # the default cost_unit, cost
     for s in per_request["stages"]:
-        s["cost"] = 2.0
-    assert Settings(**per_request).stages[1].price(None) == TokenPrices(request=2.0)
+        s["prices"] = {"cost": {"request": 2.0}}
+    assert Settings(**per_request).stages[1].price("cost") == TokenPrices(request=2.0)

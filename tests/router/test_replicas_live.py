@@ -50,7 +50,7 @@ class Replica:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        config = StageConfig(name=SMOLLM2, model=SMOLLM2, url=self.url, cost=1.0)
+        config = StageConfig(name=SMOLLM2, model=SMOLLM2, url=self.url, prices={"cost": {"request": 1.0}})
         cmd = llamacpp_command(config, LlamaCppLaunch(weights="smollm2-135m-instruct", threads=1, n_ctx=2048))
         with open(self.log_dir / f"replica-{self.port}.log", "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)

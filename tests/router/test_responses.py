@@ -25,7 +25,6 @@ from pydantic import BaseModel, TypeAdapter
 from common.responses_protocol import parse_responses_request, responses_param
 from common.settings import Settings
 from router.api import create_app
-from router.serving_responses import sse_payloads
 from router.stage import StageTimeout, StageUnavailable
 from tests.router.fake_stage import FakeStage, Script, ScriptedPredictor
 
@@ -96,7 +95,10 @@ def make_settings(dialect: str = "openai") -> Settings:
         {
             "tenancy": {"auth": "open"},
             "cascade": policy,
-            "stages": [{**stage, "name": "s0", "model": "m0", "cost": 1.0}, {**stage, "name": "s1", "model": "m1", "cost": 4.0}],
+            "stages": [
+                {**stage, "name": "s0", "model": "m0", "prices": {"cost": {"request": 1.0}}},
+                {**stage, "name": "s1", "model": "m1", "prices": {"cost": {"request": 4.0}}},
+            ],
         }
     )
 
@@ -508,14 +510,28 @@ async def test_a_stage_failing_mid_stream_is_an_error_event_then_response_failed
 async def test_a_stage_streaming_garbage_still_ends_the_stream_well_formed() -> None:
     async with serve(STOP) as r:
 
-        async def garbage(payloads: list[bytes]) -> AsyncIterator[bytes]:
-            yield b"data: " + payloads[0] + b"\n\n"
-            yield b"data: {not json\n\n"
+        async def garbage(payloads: list[bytes]) -> AsyncIterator[bytes]:  # the stage's payload stream (the translation reads it)
+            yield payloads[0]
+            yield b"{not json"
 
-        r.stages[0]._blocks = garbage  # type: ignore[method-assign]
+        r.stages[0]._payloads = garbage  # type: ignore[method-assign]
         events = sse_events(await r.post(model="s0", stream=True))
         assert [e["type"] for e in events] == ["response.created", "response.in_progress", "error", "response.failed"]
         assert events[-1]["response"]["status"] == "failed"
+
+
+async def test_a_named_stage_failing_mid_stream_is_an_error_event_then_response_failed() -> None:
+    """A pass-through's stream is read as the stage's chunks: a failure there ends it as the cascade's does."""
+    async with serve(STOP) as r:
+        r.stages[0].fail, r.stages[0].stream_fail_after = StageTimeout, 2
+        resp = await r.post(model="s0", stream=True)
+        assert resp.headers["x-cascade-stage"] == "s0"
+        events = sse_events(resp)
+        assert [e["type"] for e in events[-2:]] == ["error", "response.failed"]
+        error, failed = events[-2:]
+        assert error["code"] == "upstream_error" and "stage 's0'" in error["message"]
+        assert failed["response"]["output"][0]["status"] == "incomplete"
+        assert failed["response"]["output"][0]["content"][0]["text"] == "".join(S0.tokens[:2])
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -623,15 +639,3 @@ def test_function_calls_after_an_assistant_message_join_it() -> None:
     messages = parse_responses_request(orjson.dumps(body)).chat_request().messages
     assert [m.role for m in messages] == ["user", "assistant", "tool"]
     assert messages[1].text() == "Let me look." and messages[1].tool_calls is not None and messages[1].tool_calls[0].id == "c1"
-
-
-def test_chat_sse_blocks_are_split_into_payloads() -> None:
-    """A stage's raw blocks (pass-through relays them as read) may hold several events, CRLF framing, or half of one."""
-    buffer = bytearray(b'data: {"a":1}\n\ndata:{"b":2}\n\ndata: {"c"')
-    assert sse_payloads(buffer) == [b'{"a":1}', b'{"b":2}'] and buffer == bytearray(b'data: {"c"')
-    buffer += b":3}\n\n: a comment\n\ndata: [DONE]\n\n"
-    assert sse_payloads(buffer) == [b'{"c":3}'] and not buffer
-    buffer += b'data: {"d":4}\r\n\r\ndata: {"e":5}\r'
-    assert sse_payloads(buffer) == [b'{"d":4}']
-    buffer += b"\n\r\n"
-    assert sse_payloads(buffer) == [b'{"e":5}'] and not buffer

@@ -1,4 +1,4 @@
-"""``router.serving_chat`` in-process: what a client gets of the logprobs the router asked for, and a tenant's top stage.
+"""``router.openai.chat.serving`` in-process: what a client gets of the logprobs the router asked for, and a tenant's top stage.
 
 The router asks every stage for the predictor's top-k alternatives per token; a
 client must still get what OpenAI sends (``logprobs: true`` alone: each token's
@@ -21,7 +21,7 @@ from common.settings import Settings, TenancyConfig
 from router.api import create_app
 from router.cascade import CascadeEngine
 from router.contracts import TenantLimits
-from router.serving_chat import ChatServing
+from router.openai.chat.serving import ChatServing
 from router.tenants.model import TenantSettings, hash_key
 from router.tenants.redis_store import RedisStore
 from tests.conftest import RedisServer

@@ -1,12 +1,11 @@
 """``router.sse`` against the WHATWG event stream format, checked by a byte-at-a-time reference parser written from
 the spec: every framing (LF, CRLF, CR, mixed), events split across reads at every byte position (and at every pair
-of positions), multi-line data, comments, fields without a colon; and the three readers of a stage's SSE agree."""
+of positions), multi-line data, comments, fields without a colon; and the readers of a stage's SSE agree."""
 
 from __future__ import annotations
 
 import pytest
 
-from router.serving_responses import sse_payloads
 from router.sse import BOM, DONE, EventBlocks, EventDecoder, event_data, event_end
 
 CR, LF = 13, 10
@@ -143,10 +142,21 @@ def test_a_large_event_in_many_reads_is_read_whole() -> None:
     assert got == [payload]
 
 
+def _payloads(buffer: bytearray) -> list[bytes]:
+    """What a client of the pass-through reads: the complete events taken off ``buffer``, their data (``[DONE]`` and
+    empty data dropped)."""
+    end = event_end(buffer)
+    if not end:
+        return []
+    payloads = event_data(buffer[:end])
+    del buffer[:end]
+    return [p for p in payloads if p and p != DONE]
+
+
 @pytest.mark.parametrize("name", STREAMS)
-def test_the_three_readers_agree(name: str) -> None:
-    """StageClient's payload stream (``EventDecoder``), its pass-through blocks read by the Responses translation
-    (``sse_payloads``): the same payloads for any framing, at any split (keep-alives and ``[DONE]`` dropped)."""
+def test_the_readers_agree(name: str) -> None:
+    """StageClient's payload stream (``EventDecoder``), and its pass-through blocks (``EventBlocks``) as a client reads
+    them: the same payloads for any framing, at any split (keep-alives and ``[DONE]`` dropped)."""
     stream = STREAMS[name]
     expected = [d for _, d in reference(stream) if d and d != DONE]
     for cut in range(len(stream) + 1):
@@ -154,6 +164,15 @@ def test_the_three_readers_agree(name: str) -> None:
         got: list[bytes] = []
         for read in (stream[:cut], stream[cut:]):
             buffer += blocks.feed(read)
-            got += sse_payloads(buffer)
+            got += _payloads(buffer)
         assert got == expected, cut
         assert [d for d in decoder.feed(stream[:cut]) + decoder.feed(stream[cut:]) if d and d != DONE] == expected
+
+
+def test_reads_that_hold_several_events_or_half_of_one() -> None:
+    """A read may hold several events, CRLF framing, or half of one: each event's data once it is complete."""
+    decoder = EventDecoder()
+    assert decoder.feed(b'data: {"a":1}\n\ndata:{"b":2}\n\ndata: {"c"') == [b'{"a":1}', b'{"b":2}']
+    assert decoder.feed(b":3}\n\n: a comment\n\ndata: [DONE]\n\n") == [b'{"c":3}', DONE]
+    assert decoder.feed(b'data: {"d":4}\r\n\r\ndata: {"e":5}\r') == [b'{"d":4}']
+    assert decoder.feed(b"\n\r\n") == [b'{"e":5}']

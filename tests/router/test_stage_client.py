@@ -88,7 +88,7 @@ def _answer(text: str) -> bytes:
 async def client_for(script: Script, **config: Any) -> AsyncIterator[StageClient]:
     """A started ``StageClient`` for the scripted stage (``config``: StageConfig fields, e.g. its timeouts)."""
     async with scripted_stage(script) as url:
-        client = StageClient(StageConfig(name="s", model="m", cost=1.0, url=url, **config))
+        client = StageClient(StageConfig(name="s", model="m", prices={"cost": {"request": 1.0}}, url=url, **config))
         await client.start()
         try:
             yield client
@@ -221,7 +221,9 @@ async def test_a_connection_that_cannot_open_fails_after_connect_timeout_s() -> 
         listener.listen(0)
         filler.connect(listener.getsockname())  # fills the queue (never accepted)
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
-        client = StageClient(StageConfig(name="s", model="m", cost=1.0, url=url, timeout_s=30.0, connect_timeout_s=0.3))
+        client = StageClient(
+            StageConfig(name="s", model="m", prices={"cost": {"request": 1.0}}, url=url, timeout_s=30.0, connect_timeout_s=0.3)
+        )
         await client.start()
         try:
             with _took() as took, pytest.raises(StageTimeout, match=r"could not connect to .* within 0\.3 s \(connect_timeout_s\)"):
@@ -235,7 +237,7 @@ async def test_a_connection_that_cannot_open_fails_after_connect_timeout_s() -> 
 @pytest.mark.parametrize("call", ["reply", "stream"])
 async def test_failures_map_the_same_for_whole_answers_and_streams(call: str) -> None:
     """A refused connection is StageUnavailable, a body cut short StageBadResponse, through the one mapping."""
-    refused = StageClient(StageConfig(name="s", model="m", cost=1.0, url=f"http://127.0.0.1:{free_port()}/v1"))
+    refused = StageClient(StageConfig(name="s", model="m", prices={"cost": {"request": 1.0}}, url=f"http://127.0.0.1:{free_port()}/v1"))
     await refused.start()
     try:
         with pytest.raises(StageUnavailable, match="unreachable at"):

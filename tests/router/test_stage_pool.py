@@ -96,7 +96,7 @@ def a_b(stubs: list[Stub]) -> list[Stub]:
 
 
 def stage(urls: list[str], timeout_s: float = 5.0, **kw: Any) -> StageConfig:
-    return StageConfig(name="s", model="stub", cost=1.0, endpoints=[{"url": u} for u in urls], timeout_s=timeout_s,  # type: ignore[misc]
+    return StageConfig(name="s", model="stub", prices={"cost": {"request": 1.0}}, endpoints=[{"url": u} for u in urls], timeout_s=timeout_s,  # type: ignore[misc]
                        connect_timeout_s=1.0, **kw)  # fmt: skip
 
 
@@ -414,7 +414,7 @@ async def test_gauges_are_not_asked_again_of_a_server_without_them(a_b: list[Stu
         assert await pool.probe_all() == [True]
         ep = pool.endpoints[0]
         assert ep.metrics_url is not None and ep.gauges == (0.0, 0.0)  # the stub has them: read, and asked again
-    no_metrics = StageConfig(name="s", model="m", url="http://127.0.0.1:1/v1", cost=1.0, dialect="openai")
+    no_metrics = StageConfig(name="s", model="m", url="http://127.0.0.1:1/v1", prices={"cost": {"request": 1.0}}, dialect="openai")
     assert StagePool(no_metrics, endpoint_clients(no_metrics), gauges=True).endpoints[0].metrics_url is None  # not vLLM
 
 
@@ -423,8 +423,22 @@ async def test_gauges_are_not_asked_again_of_a_server_without_them(a_b: list[Stu
 
 def settings_for(stage0: list[str], stage1: list[str], **extra: Any) -> Settings:
     stages = [
-        {"name": "s0", "model": "stub", "cost": 1.0, "prior": 0.3, "endpoints": [{"url": u} for u in stage0], "timeout_s": 2.0},
-        {"name": "s1", "model": "stub", "cost": 2.0, "prior": 0.95, "endpoints": [{"url": u} for u in stage1], "timeout_s": 2.0},
+        {
+            "name": "s0",
+            "model": "stub",
+            "prices": {"cost": {"request": 1.0}},
+            "prior": 0.3,
+            "endpoints": [{"url": u} for u in stage0],
+            "timeout_s": 2.0,
+        },
+        {
+            "name": "s1",
+            "model": "stub",
+            "prices": {"cost": {"request": 2.0}},
+            "prior": 0.95,
+            "endpoints": [{"url": u} for u in stage1],
+            "timeout_s": 2.0,
+        },
     ]
     for s, more in zip(stages, extra.pop("stages", [{}, {}]), strict=True):
         s.update(more)

@@ -37,15 +37,19 @@ SECRET = "sk-test-0123456789abcdef-never-log-me"
 
 def litellm_config(port: int, **kw: Any) -> StageConfig:
     """Stage 0 of the CPU ladder, reached through LiteLLM's ``openai/`` provider (which wants some key; ours takes any)."""
-    kw.setdefault("api_key", None if "api_key_env" in kw else "unused")
-    return StageConfig(name="smollm2-135m", model="openai/smollm2-135m", url=f"http://127.0.0.1:{port}/v1", cost=1.4, dialect="litellm",
-                       timeout_s=120, **kw)  # fmt: skip
+    kw.setdefault("api_key", "unused")
+    return StageConfig(name="smollm2-135m", model="openai/smollm2-135m", url=f"http://127.0.0.1:{port}/v1", dialect="litellm",
+                       prices={"cost": {"request": 1.4}}, timeout_s=120, **kw)  # fmt: skip
 
 
 def test_reply_reads_the_logprobs_as_a_direct_client_does(stage_ports: list[int]) -> None:
     async def go() -> tuple[Any, Any]:
         via = LiteLLMStage(litellm_config(stage_ports[0]))
-        direct = StageClient(StageConfig(name="smollm2-135m", model="smollm2-135m", url=f"http://127.0.0.1:{stage_ports[0]}/v1", cost=1.4))
+        direct = StageClient(
+            StageConfig(
+                name="smollm2-135m", model="smollm2-135m", url=f"http://127.0.0.1:{stage_ports[0]}/v1", prices={"cost": {"request": 1.4}}
+            )
+        )
         await direct.start()
         try:
             return await via.reply(WITH_LOGPROBS, top_k=5), await direct.reply(WITH_LOGPROBS, top_k=5)
@@ -85,8 +89,8 @@ def test_failures_are_the_routers_and_a_dead_endpoint_is_retried_on_a_live_one(s
     async def go() -> None:
         with pytest.raises(StageUnavailable, match="unreachable"):
             await LiteLLMStage(litellm_config(0).model_copy(update={"url": dead})).reply(BODY)
-        config = StageConfig(name="smollm2-135m", model="openai/smollm2-135m", cost=1.4, dialect="litellm", timeout_s=120, api_key="unused",
-                             endpoints=[{"url": dead}, {"url": f"http://127.0.0.1:{stage_ports[0]}/v1"}])  # type: ignore[list-item]  # fmt: skip
+        config = StageConfig(name="smollm2-135m", model="openai/smollm2-135m", prices={"cost": {"request": 1.4}}, dialect="litellm",
+                             timeout_s=120, api_key="unused", endpoints=[{"url": dead}, {"url": f"http://127.0.0.1:{stage_ports[0]}/v1"}])  # type: ignore[list-item]  # fmt: skip
         pool = StagePool(config, endpoint_clients(config))
         await pool.start()
         try:
@@ -111,7 +115,7 @@ def test_the_key_is_sent_and_never_logged(stage_ports: list[int], monkeypatch: p
 
     async def go() -> None:
         for url in (f"http://127.0.0.1:{stage_ports[0]}/v1", dead):
-            config = litellm_config(stage_ports[0], api_key_env="LITELLM_STAGE_KEY").model_copy(update={"url": url})
+            config = litellm_config(stage_ports[0], api_key="env:LITELLM_STAGE_KEY").model_copy(update={"url": url})
             (client,) = endpoint_clients(config)
             assert isinstance(client, LiteLLMStage) and client.config.api_key == SECRET
             try:
@@ -137,7 +141,7 @@ def test_litellm_stages_in_the_cascade(stage_ports: list[int], monkeypatch: pyte
     answer becomes), and escalating to stage 1 regenerates: a LiteLLM stage has no prompt_logprobs to verify with."""
     config = ladder_config(stage_ports, free_port())
     for stage in config["stages"]:  # type: ignore[attr-defined]
-        stage.update(dialect="litellm", model=f"openai/{stage['model']}", api_key_env="LOCAL_STAGE_KEY")
+        stage.update(dialect="litellm", model=f"openai/{stage['model']}", api_key="env:LOCAL_STAGE_KEY")
         stage.pop("launch")
     settings = Settings.model_validate(config)
     monkeypatch.setenv("LOCAL_STAGE_KEY", "unused")

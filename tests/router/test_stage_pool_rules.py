@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from common.settings import ConfigError, PoolConfig, Settings, StageConfig, resolve_secret
+from common.settings import ConfigError, PoolConfig, Settings, StageConfig, read_key
 from router.health import EndpointHealth, parse_queue_gauges
 from router.policy import StoppingPolicy, loaded_costs
 from router.stage import StageNoCompletions
@@ -86,7 +86,7 @@ def test_probe_failures_count_like_request_failures() -> None:
 
 def _pool(n: int, clock: Clock, **stage: Any) -> StagePool:
     urls = [f"http://127.0.0.1:{9000 + i}/v1" for i in range(n)]
-    config = StageConfig(name="s", model="m", cost=1.0, endpoints=[{"url": u} for u in urls], **stage)  # type: ignore[arg-type]
+    config = StageConfig(name="s", model="m", prices={"cost": {"request": 1.0}}, endpoints=[{"url": u} for u in urls], **stage)  # type: ignore[arg-type]
     clients = [FakeStage(config.model_copy(update={"url": u}), Script()) for u in urls]
     return StagePool(config, clients, RULES, clock=clock)
 
@@ -137,7 +137,7 @@ def test_capacity_weights_the_choice() -> None:
 
 
 def _endpoint(capacity: int | None, in_flight: int, latency: float | None) -> Endpoint:
-    client = FakeStage(StageConfig(name="s", model="m", url="http://h:1/v1", cost=1.0), Script())
+    client = FakeStage(StageConfig(name="s", model="m", url="http://h:1/v1", prices={"cost": {"request": 1.0}}), Script())
     ep = Endpoint(client, "h", capacity, EndpointHealth(RULES))
     ep.in_flight, ep.latency_s = in_flight, latency
     return ep
@@ -204,17 +204,18 @@ def test_a_stage_without_logprobs_has_no_option_value() -> None:
 
 
 def test_url_and_endpoints() -> None:
-    one = StageConfig(name="s", model="m", url="http://a:1/v1/", cost=1.0)
+    one = StageConfig(name="s", model="m", url="http://a:1/v1/", prices={"cost": {"request": 1.0}})
     assert [e.url for e in one.replicas()] == ["http://a:1/v1"]
-    both = StageConfig(name="s", model="m", url="http://a:1/v1", cost=1.0, endpoints=[{"url": "http://b:1/v1"}])  # type: ignore[list-item]
+    both = StageConfig(name="s", model="m", url="http://a:1/v1", prices={"cost": {"request": 1.0}}, endpoints=[{"url": "http://b:1/v1"}])  # type: ignore[list-item]
     assert [e.url for e in both.replicas()] == ["http://a:1/v1", "http://b:1/v1"]
-    listed = StageConfig(name="s", model="m", cost=1.0, endpoints=[{"url": "http://a:1/v1"}, {"url": "http://b:1/v1"}])  # type: ignore[list-item]
+    listed = StageConfig(name="s", model="m", prices={"cost": {"request": 1.0}},
+                         endpoints=[{"url": "http://a:1/v1"}, {"url": "http://b:1/v1"}])  # type: ignore[list-item]  # fmt: skip
     assert listed.url == "http://a:1/v1" and [e.url for e in listed.replicas()] == ["http://a:1/v1", "http://b:1/v1"]
     with pytest.raises(ValueError, match="twice"):
-        StageConfig(name="s", model="m", cost=1.0, endpoints=[{"url": "http://a:1/v1"}, {"url": "http://a:1/v1/"}])  # type: ignore[list-item]
+        StageConfig(name="s", model="m", prices={"cost": {"request": 1.0}}, endpoints=[{"url": "http://a:1/v1"}, {"url": "http://a:1/v1/"}])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="url"):
-        StageConfig(name="s", model="m", cost=1.0)
-    assert StageConfig(name="s", model="bedrock/x", cost=1.0, dialect="litellm").replicas()[0].url == ""
+        StageConfig(name="s", model="m", prices={"cost": {"request": 1.0}})
+    assert StageConfig(name="s", model="bedrock/x", prices={"cost": {"request": 1.0}}, dialect="litellm").replicas()[0].url == ""
 
 
 def test_endpoint_keys_inherit_the_stages_and_come_from_the_environment_or_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -222,8 +223,8 @@ def test_endpoint_keys_inherit_the_stages_and_come_from_the_environment_or_files
     secret.write_text("sk-from-file\n")
     monkeypatch.setenv("STAGE_KEY", "sk-from-env")
     config = StageConfig(
-        name="s", model="m", cost=1.0, dialect="openai", api_key_env="STAGE_KEY", max_concurrency=4,
-        endpoints=[{"url": "http://a:1/v1"}, {"url": "http://b:1/v1", "api_key_file": str(secret), "max_concurrency": 9}],  # type: ignore[list-item]
+        name="s", model="m", prices={"cost": {"request": 1.0}}, dialect="openai", api_key="env:STAGE_KEY", max_concurrency=4,
+        endpoints=[{"url": "http://a:1/v1"}, {"url": "http://b:1/v1", "api_key": f"file:{secret}", "max_concurrency": 9}],  # type: ignore[list-item]
     )  # fmt: skip
     clients = endpoint_clients(config)
     assert [c.config.api_key for c in clients] == ["sk-from-env", "sk-from-file"]
@@ -231,21 +232,23 @@ def test_endpoint_keys_inherit_the_stages_and_come_from_the_environment_or_files
     assert [e.max_concurrency for e in config.replicas()] == [4, 9]
     dumped = Settings(stages=[config]).model_dump_json()  # what check-config prints
     assert "sk-from" not in dumped and "STAGE_KEY" in dumped
-    with pytest.raises(ValueError, match="one of"):
-        StageConfig(name="s", model="m", url="http://a:1/v1", cost=1.0, api_key="k", api_key_env="K")
 
 
 def test_a_missing_key_source_fails_at_start_up_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NO_SUCH_KEY", raising=False)
-    with pytest.raises(ConfigError, match=r"stages\[s\]\.api_key_env: environment variable NO_SUCH_KEY is not set"):
-        endpoint_clients(StageConfig(name="s", model="m", url="http://a:1/v1", cost=1.0, api_key_env="NO_SUCH_KEY"))
+    with pytest.raises(ConfigError, match=r"stages\[s\]\.api_key: environment variable NO_SUCH_KEY is not set"):
+        endpoint_clients(
+            StageConfig(name="s", model="m", url="http://a:1/v1", prices={"cost": {"request": 1.0}}, api_key="env:NO_SUCH_KEY")
+        )
     with pytest.raises(ConfigError, match="cannot read"):
-        resolve_secret(None, None, str(tmp_path / "absent"), "stages[s]")
-    assert resolve_secret(None, None, None, "x") is None
+        read_key(f"file:{tmp_path / 'absent'}", "stages[s]")
+    assert read_key(None, "x") is None
 
 
 def test_inline_stage_keys_are_not_printed() -> None:
-    s = Settings(stages=[StageConfig(name="s", model="m", url="http://a:1/v1", cost=1.0, api_key="sk-inline-secret")])
+    s = Settings(
+        stages=[StageConfig(name="s", model="m", url="http://a:1/v1", prices={"cost": {"request": 1.0}}, api_key="sk-inline-secret")]
+    )
     assert "sk-inline-secret" not in s.model_dump_json() and s.stages[0].api_key == "sk-inline-secret"
 
 

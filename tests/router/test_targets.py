@@ -48,7 +48,8 @@ async def test_a_tenant_with_a_target_runs_at_its_calibrated_lambda() -> None:
     settings = Settings.model_validate({
         "tenancy": {"auth": "keys", "admin_key": "admin-secret"},
         "predictor": {"kind": "onnx", "path": str(MODEL)},
-        "stages": [{**stage, "name": "s0", "model": "m0", "cost": 1.0}, {**stage, "name": "s1", "model": "m1", "cost": 4.0}],
+        "stages": [{**stage, "name": "s0", "model": "m0", "prices": {"cost": {"request": 1.0}}},
+                   {**stage, "name": "s1", "model": "m1", "prices": {"cost": {"request": 4.0}}}],
     })  # fmt: skip
     want = LambdaTable.load(MODEL)
     assert want is not None

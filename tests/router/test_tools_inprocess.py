@@ -62,9 +62,9 @@ def make_settings(*stages: dict[str, Any], dialect: str = "openai", **cascade: A
     """Stages s0, s1 (and more when given); each dict adds to / overrides that stage's config (e.g. tools: false)."""
     stages = stages or ({}, {})
     base = [
-        {"name": "s0", "model": "m0", "cost": 1.0},
-        {"name": "s1", "model": "m1", "cost": 4.0},
-        {"name": "s2", "model": "m2", "cost": 8.0},
+        {"name": "s0", "model": "m0", "prices": {"cost": {"request": 1.0}}},
+        {"name": "s1", "model": "m1", "prices": {"cost": {"request": 4.0}}},
+        {"name": "s2", "model": "m2", "prices": {"cost": {"request": 8.0}}},
     ]
     predictor = cascade.pop("predictor", {})
     policy = {"skip_by_prior": False, "prior_strength": None, "risk": {"alpha": 0.0, "beta": 0.0}, "default_lambda": 10.0}

@@ -93,8 +93,8 @@ def qwen_twice(tools_stage: int, stage_ports: list[int], tmp_path_factory: pytes
     cfg = ladder_config(stage_ports, free_port())
     qwen = cfg["stages"][1]  # type: ignore[index]
     lower, upper = copy.deepcopy(qwen), copy.deepcopy(qwen)
-    lower.update(name="qwen-lower", cost=1.0, prior=0.5)
-    upper.update(name="qwen-upper", cost=4.0, prior=0.9)
+    lower.update(name="qwen-lower", prior=0.5)
+    upper.update(name="qwen-upper", prior=0.9)
     cfg["stages"] = [lower, upper]
     proc = RouterProcess(cfg, tmp_path_factory.mktemp("router-qwen-twice"))
     yield proc

@@ -64,7 +64,7 @@ def test_kinds_and_capabilities() -> None:
     }
     history = {"messages": [{"role": "tool", "tool_call_id": "c0", "content": "sunny"}]}
     assert required_capabilities(history) == {"tools": "messages"}
-    stage = StageConfig(name="s", model="m", url="http://x/v1", cost=1.0, tools=False)
+    stage = StageConfig(name="s", model="m", url="http://x/v1", prices={"cost": {"request": 1.0}}, tools=False)
     assert missing_capability(stage, {"structured_outputs": "response_format", "tools": "tools"}) == "tools"
     assert missing_capability(stage, {"structured_outputs": "response_format"}) is None
 

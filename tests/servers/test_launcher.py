@@ -46,7 +46,7 @@ def test_dead_stage_reports_its_log(tmp_path: Path) -> None:
                     "name": "bad",
                     "model": "m",
                     "url": "http://127.0.0.1:9/v1",
-                    "cost": 1,
+                    "prices": {"cost": {"request": 1}},
                     "launch": {"backend": "llamacpp", "weights": "no-such-weights"},
                 }
             ]
@@ -59,8 +59,17 @@ def test_dead_stage_reports_its_log(tmp_path: Path) -> None:
 def test_dead_stage_says_how_it_ended(tmp_path: Path) -> None:
     """The message names the stage and its exit code; ``status`` says dead once the process has ended."""
     settings = Settings.model_validate(
-        {"stages": [{"name": "bad", "model": "m", "url": "http://127.0.0.1:9/v1", "cost": 1,
-                     "launch": {"backend": "llamacpp", "weights": "no-such-weights"}}]}  # fmt: skip
+        {
+            "stages": [
+                {
+                    "name": "bad",
+                    "model": "m",
+                    "url": "http://127.0.0.1:9/v1",
+                    "prices": {"cost": {"request": 1}},
+                    "launch": {"backend": "llamacpp", "weights": "no-such-weights"},
+                }
+            ]
+        }
     )
     with Ladder(settings, log_dir=tmp_path) as ladder:
         with pytest.raises(LaunchError, match=r"stage bad exited with code 1 before it was healthy; last log lines"):
@@ -73,8 +82,13 @@ def test_dead_stage_says_how_it_ended(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("returncode", "cause"),
-    [(-11, "killed by SIGSEGV"), (-4, "killed by SIGILL"), (-9, "killed by SIGKILL"), (1, "exited with code 1"),
-     (-99, "killed by signal 99")],  # fmt: skip
+    [
+        (-11, "killed by SIGSEGV"),
+        (-4, "killed by SIGILL"),
+        (-9, "killed by SIGKILL"),
+        (1, "exited with code 1"),
+        (-99, "killed by signal 99"),
+    ],
 )
 def test_exit_cause(returncode: int, cause: str) -> None:
     assert exit_cause(returncode) == cause

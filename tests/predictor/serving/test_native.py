@@ -22,12 +22,12 @@ import orjson
 import pytest
 
 from common.settings import StageConfig
-from predictor.offline.dataset import read_rows
 from predictor.serving import _answer_stats, _logprob_scan, features, logprob_scan
 from predictor.serving.features import MAX_POSITIONS, AnswerStats
 from router.stage_client import StageClient
 from tests.conftest import ROOT, ladder_config
 from tests.predictor.serving.scan_oracle import Mismatch, Outcome, check, mutate
+from training.dataset import read_rows
 
 K = 5
 

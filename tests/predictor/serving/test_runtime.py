@@ -12,10 +12,10 @@ import onnx
 import pytest
 import yaml
 
-from predictor.offline import dataset, train
 from predictor.serving.baseline import MeanLogprobPredictor
 from predictor.serving.features import FEATURE_NAMES, N_FEATURES, POSTERIOR_FEATURE_NAMES, PROMPT_FEATURE_NAMES, PromptStats
 from predictor.serving.runtime import ANSWER_FILE, POSTERIOR_FILE, PRIOR_FILE, OnnxPredictor, PredictorLoadError, _Graph
+from training import dataset, train
 
 ROOT = Path(__file__).resolve().parents[3]
 SHIPPED = ROOT / "predictor" / "models" / "cpu"
@@ -162,7 +162,7 @@ def test_top_k_is_read_from_the_model_and_a_different_configured_k_is_refused(tm
 
     predictor = OnnxPredictor.load(ROOT / "predictor" / "models" / "cpu")
     assert predictor.top_k == 5
-    stages = [{"name": "a", "model": "a", "url": "http://127.0.0.1:1/v1", "cost": 1.0}]
+    stages = [{"name": "a", "model": "a", "url": "http://127.0.0.1:1/v1", "prices": {"cost": {"request": 1.0}}}]
     assert CascadeEngine(Settings(stages=stages), [], predictor).top_k == 5
     with pytest.raises(ValueError, match="top-k 5"):
         CascadeEngine(Settings(stages=stages, cascade={"top_logprobs": 3}), [], predictor)

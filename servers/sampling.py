@@ -1,0 +1,58 @@
+"""What one generation is asked to do, and how ``stop`` strings end it.
+
+``Sampling`` is the common ground of the chat and the completions endpoints:
+each request is validated into one, and decoding (``StageServing.decode``)
+reads nothing else. ``StopMatcher`` applies ``stop`` on decoded text rather
+than on tokens, because a stop string need not fall on token boundaries; it
+holds back the tail that could still be the start of one, so no text that a
+stop string later cuts off is ever sent to a streaming client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from servers.grammar import TokenConstraint
+from servers.tools import ToolCallParser
+
+
+@dataclass
+class Sampling:
+    """What one generation needs, whichever endpoint asked for it."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    stops: list[str] = field(default_factory=list)
+    constraint: TokenConstraint | None = None  # grammar-constrained decoding (single use)
+    tools: ToolCallParser | None = None  # the generated text is parsed for tool calls (single use)
+
+
+class StopMatcher:
+    """Applies ``stop`` strings on decoded text, holding back a possible partial match."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.buffer = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Return (text safe to emit, stopped)."""
+        self.buffer += text
+        for s in self.stops:
+            at = self.buffer.find(s)
+            if at >= 0:
+                out, self.buffer = self.buffer[:at], ""
+                return out, True
+        if self.hold <= 0:
+            out, self.buffer = self.buffer, ""
+        else:
+            out, self.buffer = self.buffer[: -self.hold], self.buffer[-self.hold :]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.buffer = self.buffer, ""
+        return out

@@ -1,0 +1,155 @@
+"""``python -m training``: collect training data from a ladder, train and export the predictor.
+
+python -m training collect --out data/cpu/collect.jsonl        # resumable
+python -m training train   --data data/cpu/collect.jsonl --out predictor/models/cpu
+python -m training evaluate --data data/cpu/collect.jsonl --model predictor/models/cpu
+python -m training calibrate --within-points 2     # the λ that keeps quality within 2 points of the top stage
+ADAPTIVE_SD_CASCADE__DRAFT_REUSE=false adaptive-sd up &   # then:
+ADAPTIVE_SD_CASCADE__DRAFT_REUSE=false python -m training live-check --lambdas 5,16,50
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from common.settings import load_settings
+    from servers.launcher import Ladder, stages_healthy
+    from training import collect
+    from training.tasks import registry
+
+    settings = load_settings(args.config)
+    tasks = registry.build(args.tasks, per_family=args.per_family, seed=args.seed, humaneval_limit=args.humaneval_limit)
+    if args.limit:
+        tasks = tasks[: args.limit]
+    options = collect.CollectOptions(score_drafts=args.drafts)
+    have = collect.done_ids(Path(args.out))
+    todo = sum(t.id not in have for t in tasks)
+    print(f"{len(tasks)} tasks ({args.tasks}), {todo} to collect, {len(settings.stages)} stages -> {args.out}", file=sys.stderr)
+    if todo == 0:
+        return 0
+    if stages_healthy(settings):
+        added = collect.run(settings, tasks, Path(args.out), options)
+    else:
+        with Ladder(settings) as ladder:
+            ladder.wait_healthy(settings.server.startup_timeout_s)
+            added = collect.run(settings, tasks, Path(args.out), options)
+    print(f"added {added} tasks", file=sys.stderr)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training import train
+
+    card = train.run(Path(args.data), Path(args.out), seed=args.seed, lofo=not args.no_lofo)
+    print(card.summary())
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from training import evaluate
+
+    res = evaluate.run(Path(args.data), Path(args.model), Path(args.out), Path(args.png), args.config, lofo=not args.no_lofo)
+    print(evaluate.summary(res))
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from training import calibrate
+
+    given = [x is not None for x in (args.keep, args.within_points, args.top_share)]
+    if sum(given) != 1:
+        print("error: give exactly one target: --keep, --within-points or --top-share", file=sys.stderr)
+        return 2
+    target = calibrate.Target(args.keep, args.within_points, args.top_share)
+    cal, row = calibrate.run(Path(args.data), Path(args.model), target, args.config, write=not args.dry_run)
+    print(f"validation split, {cal['tasks']} tasks; the rule prices stages in {cal['rule_unit']}; top stage: {cal['top_quality']:.3f}")
+    if row is None:
+        print(f"no λ up to {cal['grid'][-1]['lambda']:.4g} meets the target: {target.describe()}", file=sys.stderr)
+        return 1
+    costs = ", ".join(f"{row[f'cost_{u}'] / cal['top_cost'][u]:.2f}x the top stage's {u}" for u in cal["top_cost"])
+    print(
+        f"{target.describe()}: λ = {row['lambda']:.4g} (accuracy {row['quality']:.3f}, {row['top_share']:.0%} of requests reach the "
+        f"top stage, {costs})"
+    )
+    print(f"set it with cascade.default_lambda: {row['lambda']:.4g} (or a tenant's lambda; ADAPTIVE_SD_CASCADE__DEFAULT_LAMBDA)")
+    return 0
+
+
+def _live_check(args: argparse.Namespace) -> int:
+    import json
+
+    from common.settings import load_settings
+    from training import evaluate
+
+    settings = load_settings(args.config)
+    if settings.cascade.draft_reuse:
+        print(
+            "error: run the router with cascade.draft_reuse false (ADAPTIVE_SD_CASCADE__DRAFT_REUSE=false) and pass the same config",
+            file=sys.stderr,
+        )
+        return 2
+    lambdas = tuple(float(x) for x in args.lambdas.split(","))
+    res = evaluate.live_check(settings, Path(args.data), Path(args.model), lambdas, args.limit)
+    text = json.dumps(res, indent=2)
+    print(text)
+    Path(args.out).write_text(text + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("collect", help="run tasks through every stage; store answers, logprobs, labels")
+    c.add_argument("--config", help="ladder YAML (default: $ADAPTIVE_SD_CONFIG or configs/cpu.yaml)")
+    c.add_argument("--out", default="data/cpu/collect.jsonl")
+    c.add_argument("--tasks", default="mix", help="mix (everything the data file holds) | mix-v1 | novel | generated | humaneval | open")
+    c.add_argument("--per-family", type=int, default=35, help="generated tasks per family")
+    c.add_argument("--humaneval-limit", type=int, default=None)
+    c.add_argument("--limit", type=int, default=None, help="only the first N tasks of the set")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--drafts", action="store_true", help="also verify stage i-1's answer on stage i for checked tasks (slow on CPU)")
+    t = sub.add_parser("train", help="fit, calibrate, export ONNX and a model card")
+    t.add_argument("--data", default="data/cpu/collect.jsonl")
+    t.add_argument("--out", default="predictor/models/cpu")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-lofo", action="store_true", help="skip the leave-one-family-out figures of the card (one refit per family)")
+    e = sub.add_parser("evaluate", help="replay policies over the collected answers; frontier table + PNG")
+    e.add_argument("--data", default="data/cpu/collect.jsonl")
+    e.add_argument("--model", default="predictor/models/cpu")
+    e.add_argument("--out", default="bench/results/frontier.json")
+    e.add_argument("--png", default="bench/results/frontier.png")
+    e.add_argument("--config", help="the ladder whose prices and rule are replayed (default: $ADAPTIVE_SD_CONFIG or configs/cpu.yaml)")
+    e.add_argument("--no-lofo", action="store_true", help="held-out split only (skips one refit per family)")
+    ca = sub.add_parser("calibrate", help="the λ that meets a quality or top-stage-share target on the validation split")
+    ca.add_argument("--data", default="data/cpu/collect.jsonl")
+    ca.add_argument("--model", default="predictor/models/cpu")
+    ca.add_argument("--config", help="the ladder whose rule is calibrated (default: $ADAPTIVE_SD_CONFIG or configs/cpu.yaml)")
+    ca.add_argument("--keep", type=float, help="keep this share of the top stage's accuracy, e.g. 0.98")
+    ca.add_argument("--within-points", type=float, help="stay within this many accuracy points of the top stage, e.g. 2")
+    ca.add_argument("--top-share", type=float, help="send this share of requests to the top stage, e.g. 0.5")
+    ca.add_argument("--dry-run", action="store_true", help="do not write the table next to the model")
+    lc = sub.add_parser("live-check", help="compare the offline replay with a running router on test tasks")
+    lc.add_argument("--config", help="the running router's config (default: $ADAPTIVE_SD_CONFIG or configs/cpu.yaml)")
+    lc.add_argument("--data", default="data/cpu/collect.jsonl")
+    lc.add_argument("--model", default="predictor/models/cpu")
+    lc.add_argument("--lambdas", default="5,16,50")
+    lc.add_argument("--limit", type=int, default=12)
+    lc.add_argument("--out", default="bench/results/live_check.json")
+    args = parser.parse_args(argv)
+    commands = {"collect": _collect, "train": _train, "evaluate": _evaluate, "calibrate": _calibrate, "live-check": _live_check}
+    try:
+        return commands[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
