@@ -110,6 +110,34 @@ class Rendering(Protocol[Answer]):
     def restream(self, answer: Answer) -> AsyncIterator[bytes]: ...
 
 
+class RenderingBase(Generic[Request]):
+    """What every API's ``Rendering`` holds for one request (the request, the cascade's result, the names it
+    answers under, the predictor's k), and the part of the whole answer they shape alike: the cascade's model
+    name, the usage of every stage called, and only the logprobs the client asked for (``client_logprobs``,
+    each API's own shape)."""
+
+    __slots__ = ("cascade_name", "req", "result", "top_k", "upstream_model")
+
+    def __init__(self, serving: OpenAIServing[Any], req: Request, result: CascadeResult) -> None:
+        self.req = req
+        self.result = result
+        self.cascade_name = serving.cascade_name
+        self.top_k = serving.engine.top_k
+        self.upstream_model = serving.engine.stages[result.final_stage].config.model
+
+    def client_logprobs(self, logprobs: Any) -> Any:
+        raise NotImplementedError
+
+    def _final_answer(self) -> dict[str, Any]:
+        data = self.result.response
+        assert data is not None
+        data["model"] = self.cascade_name
+        data["usage"] = self.result.usage().to_dict()
+        for choice in data["choices"]:
+            choice["logprobs"] = self.client_logprobs(choice.get("logprobs"))
+        return data
+
+
 class OpenAIServing(ABC, Generic[Request]):
     """The base of the serving classes (module docstring): settings, the stages by name, the engine."""
 

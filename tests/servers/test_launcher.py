@@ -38,39 +38,22 @@ def test_cpu_stage_command() -> None:
     assert cmd[cmd.index("--port") + 1] == str(stage.port)
 
 
+def _unlaunchable() -> Settings:
+    """One stage whose server exits at once: its weights key names nothing the catalog has."""
+    stage = {"name": "bad", "model": "m", "url": "http://127.0.0.1:9/v1", "prices": {"cost": {"request": 1}},
+             "launch": {"backend": "llamacpp", "weights": "no-such-weights"}}  # fmt: skip
+    return Settings.model_validate({"stages": [stage]})
+
+
 def test_dead_stage_reports_its_log(tmp_path: Path) -> None:
-    settings = Settings.model_validate(
-        {
-            "stages": [
-                {
-                    "name": "bad",
-                    "model": "m",
-                    "url": "http://127.0.0.1:9/v1",
-                    "prices": {"cost": {"request": 1}},
-                    "launch": {"backend": "llamacpp", "weights": "no-such-weights"},
-                }
-            ]
-        }
-    )
+    settings = _unlaunchable()
     with Ladder(settings, log_dir=tmp_path) as ladder, pytest.raises(LaunchError, match="unknown weights"):
         ladder.wait_healthy(60, progress=False)
 
 
 def test_dead_stage_says_how_it_ended(tmp_path: Path) -> None:
     """The message names the stage and its exit code; ``status`` says dead once the process has ended."""
-    settings = Settings.model_validate(
-        {
-            "stages": [
-                {
-                    "name": "bad",
-                    "model": "m",
-                    "url": "http://127.0.0.1:9/v1",
-                    "prices": {"cost": {"request": 1}},
-                    "launch": {"backend": "llamacpp", "weights": "no-such-weights"},
-                }
-            ]
-        }
-    )
+    settings = _unlaunchable()
     with Ladder(settings, log_dir=tmp_path) as ladder:
         with pytest.raises(LaunchError, match=r"stage bad exited with code 1 before it was healthy; last log lines"):
             ladder.wait_healthy(60, progress=False)

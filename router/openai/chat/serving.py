@@ -38,7 +38,7 @@ from starlette.responses import Response, StreamingResponse
 from common.completions_protocol import CASCADE_FIELDS
 from common.protocol import ChatCompletionRequest
 from predictor.serving.features import PromptStats
-from router.contracts import CascadeRequest, CascadeResult, RequestOutcome, TenantLimits, TokenUsage
+from router.contracts import CascadeRequest, RequestOutcome, TenantLimits, TokenUsage
 from router.metrics import STAGE_CALLS
 from router.openai.chat.dialect import CHAT_DIALECT
 from router.openai.serving_base import (
@@ -48,6 +48,7 @@ from router.openai.serving_base import (
     SSE,
     SSE_HEADERS,
     OpenAIServing,
+    RenderingBase,
     error_event,
     sse,
 )
@@ -110,29 +111,16 @@ class ChatServing(OpenAIServing[ChatCompletionRequest]):
         return self.respond(result, cascade_req.spec.kind, lam, t0, req.stream, ChatRendering(self, req, result))
 
 
-class ChatRendering:
+class ChatRendering(RenderingBase[ChatCompletionRequest]):
     """What a cascade result comes to in chat's shapes (``router.openai.serving_base.Rendering``), for one request."""
 
-    __slots__ = ("cascade_name", "req", "result", "top_k", "upstream_model")
-
-    def __init__(self, serving: OpenAIServing[Any], req: ChatCompletionRequest, result: CascadeResult) -> None:
-        self.req = req
-        self.result = result
-        self.cascade_name = serving.cascade_name
-        self.top_k = serving.engine.top_k
-        self.upstream_model = serving.engine.stages[result.final_stage].config.model
+    __slots__ = ()
 
     # -- the whole answer -------------------------------------------------------------
     def answer(self) -> dict[str, Any]:
         """The final stage's chat completion, as the client gets it: the cascade's model, the usage of every stage
         called, the logprobs the client asked for."""
-        data = self.result.response
-        assert data is not None
-        data["model"] = self.cascade_name
-        data["usage"] = self.result.usage().to_dict()
-        for choice in data["choices"]:
-            choice["logprobs"] = self.client_logprobs(choice.get("logprobs"))
-        return data
+        return self._final_answer()
 
     def encode(self, answer: dict[str, Any]) -> bytes:
         return orjson.dumps(answer)

@@ -42,7 +42,7 @@ from starlette.responses import Response, StreamingResponse
 from common.completions_protocol import CASCADE_FIELDS, CompletionRequest, entries_logprobs, top_alternatives
 from common.errors import APIError
 from predictor.serving.features import PromptStats
-from router.contracts import CascadeRequest, CascadeResult, RequestOutcome, TenantLimits, TokenUsage
+from router.contracts import CascadeRequest, RequestOutcome, TenantLimits, TokenUsage
 from router.metrics import STAGE_CALLS
 from router.openai.completions.dialect import COMPLETION_SPEC, COMPLETIONS_DIALECT
 from router.openai.serving_base import (
@@ -52,6 +52,7 @@ from router.openai.serving_base import (
     SSE,
     SSE_HEADERS,
     OpenAIServing,
+    RenderingBase,
     error_event,
     sse,
 )
@@ -122,29 +123,17 @@ class CompletionServing(OpenAIServing[CompletionRequest]):
         return self.respond(result, _KIND, lam, t0, req.stream, CompletionsRendering(self, req, result))
 
 
-class CompletionsRendering:
+class CompletionsRendering(RenderingBase[CompletionRequest]):
     """What a cascade result comes to in the completions shapes (``router.openai.serving_base.Rendering``), for one request."""
 
-    __slots__ = ("cascade_name", "req", "result", "top_k", "upstream_model")
-
-    def __init__(self, serving: OpenAIServing[Any], req: CompletionRequest, result: CascadeResult) -> None:
-        self.req = req
-        self.result = result
-        self.cascade_name = serving.cascade_name
-        self.top_k = serving.engine.top_k
-        self.upstream_model = serving.engine.stages[result.final_stage].config.model
+    __slots__ = ()
 
     def answer(self) -> dict[str, Any]:
         """The final stage's completion as the client gets it (the prompt in front with ``echo``)."""
-        req = self.req
-        data = self.result.response
-        assert data is not None
-        data["model"] = self.cascade_name
-        data["usage"] = self.result.usage().to_dict()
-        for choice in data["choices"]:
-            choice["logprobs"] = self.client_logprobs(choice.get("logprobs"))
-            if req.echo:
-                choice["text"] = req.prompt_text + (choice.get("text") or "")
+        data = self._final_answer()
+        if self.req.echo:
+            for choice in data["choices"]:
+                choice["text"] = self.req.prompt_text + (choice.get("text") or "")
         return data
 
     def encode(self, answer: dict[str, Any]) -> bytes:
