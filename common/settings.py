@@ -37,6 +37,7 @@ from common import defaults
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cpu.yaml"  # configs/ is package data beside common/
 CONFIG_ENV = "ADAPTIVE_SD_CONFIG"
 DEFAULT_COST_UNIT = "cost"  # the unit of a ladder priced per request in no unit of its own: prices: {cost: {request: 2.0}}
+TIME_UNIT = "seconds"  # the cost unit that is wall-clock time: the one whose prices the router can measure itself
 
 
 class _Model(BaseModel):
@@ -337,6 +338,26 @@ class RiskConfig(_Model):
     evidence: float = Field(defaults.EVIDENCE, gt=0.0, description="pseudo-count n of the predictor's evidence")
 
 
+class MeasuredPricesConfig(_Model):
+    """Measure each stage's prices in seconds from its own answers (``router.measured_prices``); configured prices
+    are the starting values."""
+
+    enabled: bool = Field(
+        True,
+        description="when cascade.cost_unit is seconds, the rule prices each stage at its seconds per request, per prompt "
+        "token and per generated token fitted from its own completed visits under the load it has, starting from (and "
+        "regularised toward) its prices.seconds; ignored for every other unit (their prices are not time)",
+    )
+    half_life_visits: float = Field(
+        defaults.MEASURED_HALF_LIFE_VISITS, gt=0.0, description="a visit weighs half as much this many visits (of that stage) later"
+    )
+    prior_strength: float = Field(
+        defaults.MEASURED_PRIOR_STRENGTH,
+        gt=0.0,
+        description="how many visits the configured prices.seconds weigh as: a few noisy visits move them little",
+    )
+
+
 class CascadeConfig(_Model):
     model_name: str = Field(defaults.MODEL_NAME, description="the `model` value that runs the adaptive ladder")
     default_lambda: float = Field(defaults.LAMBDA, ge=0.0, description="quality weight when a request names none")
@@ -377,6 +398,12 @@ class CascadeConfig(_Model):
     load_cost_per_s: float = Field(
         1.0, ge=0.0, description="cost units one second of expected queueing delay adds to a stage's cost (load_aware)"
     )
+    measured_prices: MeasuredPricesConfig = Field(default_factory=MeasuredPricesConfig)
+
+    @property
+    def prices_measured(self) -> bool:
+        """The rule prices the stages at their measured seconds (``measured_prices``; the unit is ``seconds``)."""
+        return self.measured_prices.enabled and self.cost_unit == TIME_UNIT
 
 
 class BaselineCoefficients(_Model):

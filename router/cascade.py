@@ -58,6 +58,7 @@ from router.metrics import (
     DRAFT_TOKENS,
     EARLY_EXITS,
     INVALID_ANSWERS,
+    MEASURED_PRICES,
     STAGE_CALLS,
     STAGE_SECONDS,
     STAGES_SKIPPED,
@@ -175,7 +176,9 @@ class CascadeEngine:
         self.stages = list(stages)
         self.predictor = predictor
         self.n_stages = len(settings.stages)
-        self.pricing = Pricing.of(settings, predictor)
+        self.pricing = Pricing.of(settings, predictor)  # measured seconds (cascade.measured_prices): fed by _measure
+        if settings.cascade.prices_measured:
+            MEASURED_PRICES.track(self.pricing)
         configured = settings.cascade.top_logprobs
         if configured is not None and configured != predictor.top_k:
             raise ValueError(
@@ -417,7 +420,9 @@ class CascadeEngine:
         STAGE_CALLS.labels(name, "ok").inc()
         EARLY_EXITS.labels(name, str(written.aborted_at)).inc()
         usage = TokenUsage(walk.req.prompt.n_tokens, written.completion_tokens)
-        walk.visits.append(StageVisit(stage, name, time.perf_counter() - t0, q, usage, aborted_at=written.aborted_at))
+        seconds = time.perf_counter() - t0
+        walk.visits.append(StageVisit(stage, name, seconds, q, usage, aborted_at=written.aborted_at))
+        self._measure(stage, seconds, usage)
         walk.prefix = StageAnswer(stage, written.prefix())
         CASCADE_ESCALATIONS.labels(name, self.stages[to].name).inc()
         return to
@@ -466,9 +471,19 @@ class CascadeEngine:
         name = self.stages[answer.stage].name
         STAGE_CALLS.labels(name, "ok").inc()
         STAGE_SECONDS.labels(name).observe(seconds)
-        walk.visits.append(StageVisit(answer.stage, name, seconds, p_hat, answer.usage, draft=walk.check, draft_mode=walk.mode,
+        usage = answer.usage
+        walk.visits.append(StageVisit(answer.stage, name, seconds, p_hat, usage, draft=walk.check, draft_mode=walk.mode,
                                       choice=answer.choice, invalid=invalid))  # fmt: skip
+        self._measure(answer.stage, seconds, usage)
         walk.answer, walk.answer_invalid = answer, invalid is not None
+
+    def _measure(self, stage: int, seconds: float, usage: TokenUsage) -> None:
+        """A completed visit is a measurement of its stage's prices in seconds (``router.measured_prices``; a no-op
+        for configured prices): its wall time for the tokens it read and wrote, as the stage reported them (a
+        verified draft's visit: the verification's prompt tokens, the draft included, and the kept and continued
+        tokens), or, for a stage aborted while writing, the tokens it wrote before the abort. Failed visits and the
+        streamed top stage (its visit ends when its stream starts) are not measurements."""
+        self.pricing.observe(stage, seconds, usage.prompt_tokens, usage.completion_tokens)
 
     def _decide(self, route: Route, stage: int, after: int | None, p_hat: float, invalid: str | None) -> int | None:
         """The stage to escalate to, or None to stop at ``stage``: the stopping rule on p̂ (``Route.decide``: stop when

@@ -151,3 +151,62 @@ class EndpointCollector:
 
 ENDPOINTS = EndpointCollector()
 REGISTRY.register(ENDPOINTS)
+
+
+# -- measured prices (``router.measured_prices``) ---------------------------------------------------------------------
+# Each stage's fitted seconds are plain attributes of its estimator, updated on the hot path without a metrics call, and
+# read here only when /metrics is scraped.
+class PriceRow(NamedTuple):
+    """One stage's measured prices as /metrics shows them."""
+
+    stage: str
+    request: float  # seconds per request
+    prompt_token: float  # seconds per prompt token
+    output_token: float  # seconds per generated token
+    visits: int  # visits fitted
+
+
+class PriceSource(Protocol):
+    """What the collector reads: an engine's pricing."""
+
+    def price_rows(self) -> Iterable[PriceRow]: ...
+
+
+class PriceCollector:
+    """Prometheus collector over the live engines' measured prices (held weakly; a stage named by two live engines
+    shows the one tracked last)."""
+
+    def __init__(self) -> None:
+        self._sources: list[weakref.ref[Any]] = []
+
+    def track(self, source: PriceSource) -> None:
+        self._sources = [r for r in self._sources if r() is not None] + [weakref.ref(source)]
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        live = [s for s in (r() for r in self._sources) if s is not None]
+        rows = {row.stage: row for source in live for row in source.price_rows()}
+        if not rows:
+            return
+        labels = ["stage"]
+        families = (
+            (GaugeMetricFamily("adaptive_sd_measured_seconds_per_request", "Measured seconds per request of the stage "
+                               "(its fitted time to first token, network and queueing)", labels=labels), "request"),
+            (GaugeMetricFamily("adaptive_sd_measured_seconds_per_prompt_token", "Measured seconds per prompt token the "
+                               "stage reads", labels=labels), "prompt_token"),
+            (GaugeMetricFamily("adaptive_sd_measured_seconds_per_output_token", "Measured seconds per token the stage "
+                               "generates", labels=labels), "output_token"),
+        )  # fmt: skip
+        visits = CounterMetricFamily("adaptive_sd_measured_price_visits", "Stage visits the measured prices were fitted to", labels=labels)
+        for row in rows.values():
+            for family, part in families:
+                family.add_metric([row.stage], getattr(row, part))
+            visits.add_metric([row.stage], float(row.visits))
+        yield from (f for f, _ in families)
+        yield visits
+
+
+MEASURED_PRICES = PriceCollector()
+REGISTRY.register(MEASURED_PRICES)

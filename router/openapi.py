@@ -211,6 +211,12 @@ _CASCADE_HEADERS = {
     "x-cascade-draft": "the cascade: how each escalated stage used the draft below it, <stage>:<mode>",
     "x-cascade-accepted": "the cascade: draft tokens each verifying stage accepted, <stage>:<accepted>/<drafted>",
     "x-cascade-degraded": "the cascade: a higher stage failed and this lower answer is returned instead",
+    "x-cascade-tokens": "each stage called, in order, <stage>=<prompt tokens>+<generated tokens> as its usage counted them "
+    "(a failed stage: =0+0); a streamed stage's tokens are not known when the headers go out: it is left out (its tokens "
+    "are the stream's final usage less these), and `-` when that leaves none",
+    "x-cascade-cost": "what the request is charged (the tenant's cost accounting): each stage called at its prices on its "
+    "tokens, a failed or streamed one at its per-request price",
+    "x-cascade-cost-unit": "the unit of x-cascade-cost (cascade.cost_unit)",
 }
 _KNOB_PARAMETERS = [
     {

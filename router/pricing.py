@@ -9,37 +9,78 @@ that stage, else the request's ``max_tokens``), always cut at ``max_tokens``. Wh
 exit), what is still to come is priced from the same lengths, given that the answer has not ended yet.
 After the fact the tenant is charged what the answer really took (``actual``).
 
+When the unit is ``seconds`` and ``cascade.measured_prices.enabled`` (the default), each stage's prices are its
+``router.measured_prices.MeasuredPrices``: fitted from the stage's own completed visits (``observe``, which the engine
+calls as it records them), starting from the configured ``prices.seconds``. The rule, the early-exit price of
+finishing and the tenants' charge all read the current estimate; other units keep their configured prices.
+
 The offline replay builds a ``Pricing`` from the same prices and lengths, so the rule it replays is the one
 the router runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
-from common.settings import Settings, TokenPrices
+from common.settings import Settings
 from predictor.serving.interface import Predictor
 from predictor.serving.lengths import OutputLengths
+from router.measured_prices import MeasuredPrices
+from router.metrics import PriceRow
 
 FALLBACK_OUTPUT_TOKENS = 256.0  # neither a configured nor a learned length, and no max_tokens: a mid-size answer
+
+
+class Price(Protocol):
+    """A stage's prices in the rule's unit: configured (``common.settings.TokenPrices``) or measured (``MeasuredPrices``)."""
+
+    @property
+    def request(self) -> float: ...
+
+    @property
+    def prompt_token(self) -> float: ...
+
+    @property
+    def output_token(self) -> float: ...
+
+    def cost(self, prompt_tokens: float, output_tokens: float) -> float: ...
 
 
 class Pricing:
     """Per-stage prices and expected answer lengths for one ladder."""
 
-    def __init__(self, prices: Sequence[TokenPrices], lengths: Sequence[OutputLengths | None], fixed: Sequence[float | None]) -> None:
+    def __init__(self, prices: Sequence[Price], lengths: Sequence[OutputLengths | None], fixed: Sequence[float | None]) -> None:
         if not (len(prices) == len(lengths) == len(fixed)):
             raise ValueError("prices, lengths and fixed lengths need one entry per stage")
         self.prices = list(prices)
         self.lengths = list(lengths)
         self.fixed = list(fixed)
+        self.measured = [p if isinstance(p, MeasuredPrices) else None for p in self.prices]  # None: configured, fixed
 
     @classmethod
     def of(cls, settings: Settings, predictor: Predictor) -> Pricing:
         unit = settings.cascade.cost_unit
         n = len(settings.stages)
         learned: list[OutputLengths | None] = list(predictor.lengths[:n]) + [None] * max(0, n - len(predictor.lengths))
-        return cls([s.price(unit) for s in settings.stages], learned, [s.output_tokens for s in settings.stages])
+        prices: list[Price] = [s.price(unit) for s in settings.stages]
+        if settings.cascade.prices_measured:
+            m = settings.cascade.measured_prices
+            prices = [MeasuredPrices(s.price(unit), m.half_life_visits, m.prior_strength, s.name) for s in settings.stages]
+        return cls(prices, learned, [s.output_tokens for s in settings.stages])
+
+    def observe(self, stage: int, seconds: float, prompt_tokens: int, output_tokens: int) -> None:
+        """A completed visit of ``stage``: measured prices learn from it (configured ones ignore it). A visit without
+        tokens (a stage that reports no usage) says nothing about the per-token parts and is not a measurement."""
+        measured = self.measured[stage]
+        if measured is not None and (prompt_tokens or output_tokens):
+            measured.observe(seconds, prompt_tokens, output_tokens)
+
+    def price_rows(self) -> Iterator[PriceRow]:
+        """The measured stages' current prices, for /metrics."""
+        for m in self.measured:
+            if m is not None:
+                yield PriceRow(m.name, m.request, m.prompt_token, m.output_token, m.visits)
 
     def output_tokens(self, stage: int, max_tokens: int | None) -> float:
         """The answer length stage ``stage`` is expected to write for a request allowed ``max_tokens``."""

@@ -14,10 +14,14 @@ base holds what they do alike:
   ``streamed``, ``relay``): a 400 for a stage that lacks a capability the request
   needs, the stage metrics, the ``x-cascade-*`` headers, the outcome for
   accounting, a stage's SSE relayed in blocks as it came;
-* **the cascade's answer** (``respond``): the metrics of a cascade run, its
-  ``x-cascade-*`` headers (``cascade_headers``), and the response, rendered by the
-  API's ``Rendering``: the top stage's relayed stream, the whole answer re-streamed,
-  or the whole answer;
+* **the cascade's answer** (``respond``): the metrics of a cascade run, what it is
+  charged (``charged``), its ``x-cascade-*`` headers (``cascade_headers``), and the
+  response, rendered by the API's ``Rendering``: the top stage's relayed stream, the
+  whole answer re-streamed, or the whole answer;
+* **what a response cost** (``cost_headers``): every answer, cascade or pass-through,
+  says each called stage's tokens (``x-cascade-tokens``) and what the tenant is charged
+  for it (``x-cascade-cost``, in ``x-cascade-cost-unit``), the figure the accounting
+  records (see ``cost_headers`` for a stream);
 * **errors and SSE**: ``upstream_error`` (the one mapping of a stage failure to
   what the client gets), ``sse``, ``error_event``, ``DONE_EVENT``.
 
@@ -40,7 +44,7 @@ from common.completions_protocol import CASCADE_FIELDS  # the body's cascade ext
 from common.errors import APIError
 from common.settings import Settings
 from router.cascade import CascadeEngine
-from router.contracts import CascadeResult, RequestOutcome, TenantLimits, TokenUsage
+from router.contracts import NO_USAGE, CascadeResult, RequestOutcome, StageVisit, TenantLimits, TokenUsage
 from router.metrics import CASCADE_STOPS, INVALID_ANSWERS, OVERHEAD_SECONDS, REQUESTS_BY_KIND, STAGE_CALLS, STAGE_SECONDS
 from router.sse import DONE, event_data
 from router.stage import Stage, StageFailure
@@ -53,6 +57,9 @@ JSON = "application/json"
 SSE = "text/event-stream"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DONE_EVENT = b"data: [DONE]\n\n"
+TOKENS_HEADER = "x-cascade-tokens"
+COST_HEADER = "x-cascade-cost"
+COST_UNIT_HEADER = "x-cascade-cost-unit"
 
 Answer = TypeVar("Answer")
 
@@ -66,6 +73,15 @@ def upstream_error(exc: StageFailure) -> APIError:
     """The one mapping of a stage failure to what the client gets: an OpenAI-shaped ``upstream_error``
     with the failure's status (503 unreachable, 504 timeout, 502 bad answer)."""
     return APIError(exc.status, str(exc), type="upstream_error")
+
+
+def stage_tokens(visits: Sequence[StageVisit]) -> str:
+    """``x-cascade-tokens``: ``<stage>=<prompt>+<generated>`` per stage called, in call order, as that stage's usage
+    counted them (a verifying stage: its scoring calls' prompts and the kept draft tokens too; an aborted one: what it
+    had written). A failed stage is ``<stage>=0+0`` (no usage came back; it is charged its per-request price). A
+    stage whose usage is not known yet, the streamed top stage, is left out; ``-`` when that leaves none."""
+    known = [(v.name, NO_USAGE if v.error is not None else v.usage) for v in visits]
+    return ",".join(f"{name}={u.prompt_tokens}+{u.completion_tokens}" for name, u in known if u is not None) or "-"
 
 
 def error_event(exc: StageFailure) -> bytes:
@@ -212,6 +228,18 @@ class OpenAIServing(ABC, Generic[Request]):
         price = stage.config.price(self.settings.cascade.cost_unit)
         return RequestOutcome(stage.name, usage.total_tokens, price.cost(usage.prompt_tokens, usage.completion_tokens))
 
+    def cost_headers(self, tokens: str, cost: float) -> dict[str, str]:
+        """``x-cascade-tokens`` (``stage_tokens``), and ``x-cascade-cost``: ``cost``, what the tenant's accounting records
+        for the response (``RequestOutcome.cost``), in the unit named by ``x-cascade-cost-unit`` (``cascade.cost_unit``).
+
+        Headers go out before a stream's body, so a stream's say what was known then: a streamed stage (the cascade's
+        top stage relayed, a pass-through stream) is not in ``x-cascade-tokens`` and is charged its per-request price,
+        as the accounting charges it; its tokens arrive in the stream's usage (chat and completions with
+        ``stream_options.include_usage``, Responses always), which sums every stage, so they are that usage less
+        ``x-cascade-tokens``'s sums.
+        """
+        return {TOKENS_HEADER: tokens, COST_HEADER: f"{cost:.10g}", COST_UNIT_HEADER: self.settings.cascade.cost_unit}
+
     def answered(
         self, stage: Stage, spec: AnswerSpec, data: dict[str, Any], seconds: float, t0: float, headers: dict[str, str]
     ) -> RequestOutcome:
@@ -226,16 +254,21 @@ class OpenAIServing(ABC, Generic[Request]):
             INVALID_ANSWERS.labels(stage.name, invalid).inc()
             headers["x-cascade-invalid"] = f"{stage.name}:{invalid}"
         outcome = self.direct_outcome(stage, data)
+        usage = TokenUsage.of(data.get("usage"))
+        headers.update(self.cost_headers(f"{stage.name}={usage.prompt_tokens}+{usage.completion_tokens}", outcome.cost))
         data["model"] = stage.name
         overhead = time.perf_counter() - t0 - seconds
         OVERHEAD_SECONDS.observe(overhead)
         headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"
         return outcome
 
-    def streamed(self, stage: Stage, kind: str) -> RequestOutcome:
-        """A pass-through's stream has started: count it; its outcome (tokens unknown yet, the stage's request price)."""
+    def streamed(self, stage: Stage, kind: str, headers: dict[str, str]) -> RequestOutcome:
+        """A pass-through's stream is starting: count it; its outcome (tokens unknown yet, the stage's request price),
+        said in ``headers`` (``cost_headers``: no stage's tokens known yet)."""
         REQUESTS_BY_KIND.labels(kind, stage.name).inc()
-        return RequestOutcome(stage.name, 0, stage.config.price(self.settings.cascade.cost_unit).request)
+        outcome = RequestOutcome(stage.name, 0, stage.config.price(self.settings.cascade.cost_unit).request)
+        headers.update(self.cost_headers(stage_tokens(()), outcome.cost))
+        return outcome
 
     @staticmethod
     async def relay(blocks: AsyncIterator[bytes], client: Stage) -> AsyncIterator[bytes]:
@@ -325,10 +358,9 @@ class OpenAIServing(ABC, Generic[Request]):
         final = self.engine.stages[result.final_stage].name
         CASCADE_STOPS.labels(final).inc()
         REQUESTS_BY_KIND.labels(kind, final).inc()
-        cost = sum(self.engine.pricing.actual(v.stage, v.usage.prompt_tokens, v.usage.completion_tokens) if v.usage else
-                   self.engine.pricing.prices[v.stage].request for v in result.visits)  # fmt: skip
-        outcome = RequestOutcome(final, result.usage().total_tokens, cost)
+        outcome = RequestOutcome(final, result.usage().total_tokens, self.charged(result))
         out_headers = self.cascade_headers(result)
+        out_headers.update(self.cost_headers(stage_tokens(result.visits), outcome.cost))
         out_headers["x-cascade-kind"] = kind
         out_headers["x-cascade-lambda"] = f"{lam:g}"
         if result.events is not None:
@@ -344,8 +376,15 @@ class OpenAIServing(ABC, Generic[Request]):
             return StreamingResponse(rendering.restream(answer), media_type=SSE, headers={**SSE_HEADERS, **out_headers}), outcome
         return Response(rendering.encode(answer), media_type=JSON, headers=out_headers), outcome
 
+    def charged(self, result: CascadeResult) -> float:
+        """What a cascade run is charged, in ``cascade.cost_unit``: each stage called at its prices on its usage
+        (``Pricing.actual``); one without usage (failed, or streamed: its tokens are not known yet) its per-request price."""
+        pricing = self.engine.pricing
+        return sum(pricing.actual(v.stage, v.usage.prompt_tokens, v.usage.completion_tokens) if v.usage else
+                   pricing.prices[v.stage].request for v in result.visits)  # fmt: skip
+
     def cascade_headers(self, result: CascadeResult) -> dict[str, str]:
-        """The ``x-cascade-*`` headers that say what a cascade run did (``respond`` adds kind, λ and overhead)."""
+        """The ``x-cascade-*`` headers that say what a cascade run did (``respond`` adds kind, λ, overhead, tokens and cost)."""
         answered = [v for v in result.visits if v.error is None]
         headers = {
             "x-cascade-stage": self.engine.stages[result.final_stage].name,

@@ -38,18 +38,25 @@ STOP, ESCALATE = 0.9, 0.1  # stage 0's p̂ that stops there / escalates
 PROMPT = [{"role": "user", "content": "What is 2 + 2?"}]
 
 
-def make_settings(dialect: str = "openai", **cascade: Any) -> Settings:
+# per-token prices (binary fractions: the sums are exact) small enough to leave the policy's choices as they are
+TOKEN_PRICES = ({"usd": {"request": 1.0, "prompt_token": 2**-10, "output_token": 2**-8}},
+                {"usd": {"request": 4.0, "prompt_token": 2**-9, "output_token": 2**-7}})  # fmt: skip
+
+
+def make_settings(dialect: str = "openai", prices: tuple[dict[str, Any], ...] | None = None, **cascade: Any) -> Settings:
+    """The test ladder: s0 and s1 cost 1 and 4 per request (``prices``: each stage's instead, in ``cascade.cost_unit``)."""
     stage = {"url": "http://127.0.0.1:9/v1", "dialect": dialect}
     predictor = cascade.pop("predictor", {})
     policy = {"skip_by_prior": False, "prior_strength": None, "risk": {"alpha": 0.0, "beta": 0.0}, "default_lambda": 10.0}
+    p0, p1 = prices or ({"cost": {"request": 1.0}}, {"cost": {"request": 4.0}})
     return Settings.model_validate(
         {
             "tenancy": {"auth": "open"},
             "cascade": policy | cascade,
             "predictor": predictor,
             "stages": [
-                {**stage, "name": "s0", "model": "m0", "prices": {"cost": {"request": 1.0}}},
-                {**stage, "name": "s1", "model": "m1", "prices": {"cost": {"request": 4.0}}},
+                {**stage, "name": "s0", "model": "m0", "prices": p0},
+                {**stage, "name": "s1", "model": "m1", "prices": p1},
             ],
         }
     )
@@ -114,6 +121,8 @@ async def test_high_p_stops_at_stage_0() -> None:
         assert resp.headers["x-cascade-p"] == "0.9000" and resp.headers["x-cascade-lambda"] == "10"
         assert float(resp.headers["x-cascade-overhead-ms"]) >= 0
         assert data["usage"] == {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}
+        assert resp.headers["x-cascade-tokens"] == "s0=10+4"
+        assert (resp.headers["x-cascade-cost"], resp.headers["x-cascade-cost-unit"]) == ("1", "cost")
         assert data["choices"][0]["logprobs"] is None  # asked of the stage for the predictor, not by the client
         assert r.stages[1].calls == []
         assert r.stages[0].calls[0]["top_logprobs"] == r.predictor.top_k and r.stages[0].calls[0]["logprobs"] is True
@@ -163,6 +172,73 @@ async def test_escalation_verifies_the_draft_and_answers_the_upper_stages_own_te
         # continuation's (11 + 3 kept), the 3 kept tokens and the continuation's own
         rest = len(S1.tokens) - 3
         assert usage == {"prompt_tokens": 10 + 15 + 14, "completion_tokens": 4 + 3 + rest, "total_tokens": 39 + 7 + rest}
+        assert resp.headers["x-cascade-tokens"] == f"s0=10+4,s1={15 + 14}+{3 + rest}"  # the draft's tokens in s1's usage
+
+
+# -- what a response cost ---------------------------------------------------------
+
+S1_VERIFIED = (15 + 14, len(S1.tokens))  # s1's usage after verifying s0's draft (above): scoring + continuation prompts; kept + own
+S0_COST = 1 + 10 * 2**-10 + 4 * 2**-8  # s0's answer at TOKEN_PRICES: 10 prompt tokens, 4 generated
+S1_COST = 4 + S1_VERIFIED[0] * 2**-9 + S1_VERIFIED[1] * 2**-7
+
+
+async def test_tokens_and_cost_per_stage_after_a_verified_draft_are_what_the_tenant_is_charged() -> None:
+    settings = make_settings("vllm", prices=TOKEN_PRICES, cost_unit="usd")
+    stages = fake_stages(settings.stages, S0, S1)
+    serving = ChatServing(settings, stages, CascadeEngine(settings, stages, ScriptedPredictor({0: ESCALATE, 1: 0.8}, [0.5, 0.9])))
+    req = parse_chat_request(orjson.dumps({"model": "cascade", "messages": PROMPT, "temperature": 0, "max_tokens": 32}))
+    response, outcome = await serving.create(req, {})
+    assert response.headers["x-cascade-accepted"] == "s1:3/4"
+    assert response.headers["x-cascade-tokens"] == f"s0=10+4,s1={S1_VERIFIED[0]}+{S1_VERIFIED[1]}"
+    assert response.headers["x-cascade-cost"] == "5.16015625" and S0_COST + S1_COST == outcome.cost == 5.16015625
+    assert response.headers["x-cascade-cost-unit"] == "usd"
+    usage = orjson.loads(bytes(response.body))["usage"]
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (10 + S1_VERIFIED[0], 4 + S1_VERIFIED[1])  # the header's sums
+
+
+async def test_a_stream_from_the_top_stage_leaves_its_tokens_to_the_usage_chunk() -> None:
+    """The headers go out before the top stage has streamed: they hold the stages before it, and charge it its
+    per-request price (as the accounting does); the usage chunk, less the header's sums, is the streamed stage's."""
+    async with serve(ESCALATE, make_settings("vllm", prices=TOKEN_PRICES, cost_unit="usd")) as r:
+        async with r.openai().chat.completions.with_streaming_response.create(
+            model="cascade",
+            messages=PROMPT,  # type: ignore[arg-type]
+            stream=True,
+            stream_options={"include_usage": True},
+            temperature=0,
+            max_tokens=32,
+        ) as raw:
+            headers = raw.headers
+            chunks = [c async for c in await raw.parse()]
+        assert headers["x-cascade-path"] == "s0,s1" and headers["x-cascade-accepted"] == "s1:3/4"
+        assert headers["x-cascade-tokens"] == "s0=10+4"
+        assert headers["x-cascade-cost"] == "5.025390625" and S0_COST + 4 == 5.025390625
+        assert headers["x-cascade-cost-unit"] == "usd"
+        usage = chunks[-1].usage
+        assert usage is not None and (usage.prompt_tokens - 10, usage.completion_tokens - 4) == S1_VERIFIED
+
+
+async def test_a_whole_answer_restreamed_says_every_stage() -> None:
+    async with serve(STOP) as r:
+        resp = await r.chat(stream=True)
+        assert streamed_text(events(resp)) == S0.text
+        assert resp.headers["x-cascade-tokens"] == "s0=10+4" and resp.headers["x-cascade-cost"] == "1"
+
+
+async def test_a_stream_with_no_stage_before_the_streamed_one_says_no_tokens() -> None:
+    async with serve(ESCALATE, make_settings(skip_by_prior=True)) as r:  # s1 alone (4 + 10 · 0.1) beats s0 first (1 + 5)
+        resp = await r.chat(stream=True)
+        assert streamed_text(events(resp)) == S1.text and r.stages[0].calls == []
+        assert resp.headers["x-cascade-path"] == "s1" and resp.headers["x-cascade-tokens"] == "-"
+        assert resp.headers["x-cascade-cost"] == "4"
+
+
+async def test_a_failed_stage_before_a_stream_is_listed_without_tokens_and_paid_for() -> None:
+    async with serve(STOP) as r:
+        r.stages[0].fail = StageUnavailable
+        resp = await r.chat(stream=True)
+        assert streamed_text(events(resp)) == S1.text and resp.headers["x-cascade-path"] == "s1"
+        assert resp.headers["x-cascade-tokens"] == "s0=0+0" and resp.headers["x-cascade-cost"] == "5"
 
 
 # -- failures -------------------------------------------------------------------
@@ -178,6 +254,7 @@ async def test_upper_stage_failing_returns_the_lower_answer_degraded(failure: ty
         assert resp.headers["x-cascade-stage"] == "s0" and resp.headers["x-cascade-path"] == "s0"
         assert "stage 's1'" in resp.headers["x-cascade-degraded"]
         assert resp.json()["usage"]["prompt_tokens"] == 10  # the failed stage adds nothing
+        assert resp.headers["x-cascade-tokens"] == "s0=10+4,s1=0+0" and resp.headers["x-cascade-cost"] == "5"  # but is paid for
 
 
 async def test_lower_stage_failing_goes_on_to_the_next() -> None:
@@ -186,6 +263,7 @@ async def test_lower_stage_failing_goes_on_to_the_next() -> None:
         resp = await r.chat()
         assert resp.status_code == 200 and resp.headers["x-cascade-stage"] == "s1" and resp.headers["x-cascade-path"] == "s1"
         assert "x-cascade-degraded" not in resp.headers
+        assert resp.headers["x-cascade-tokens"] == f"s0=0+0,s1=11+{len(S1.tokens)}" and resp.headers["x-cascade-cost"] == "5"
 
 
 @pytest.mark.parametrize(
@@ -274,6 +352,8 @@ async def test_passthrough_by_stage_name() -> None:
         assert data["model"] == "s1" and data["choices"][0]["message"]["content"] == "".join(S1.tokens[:3])
         assert data["choices"][0]["finish_reason"] == "length" and data["usage"]["completion_tokens"] == 3
         assert resp.headers["x-cascade-stage"] == resp.headers["x-cascade-path"] == "s1" and "x-cascade-p" not in resp.headers
+        assert resp.headers["x-cascade-tokens"] == "s1=11+3" and resp.headers["x-cascade-cost"] == "4"
+        assert resp.headers["x-cascade-cost-unit"] == "cost"
         assert r.stages[0].calls == [] and len(r.stages[1].calls) == 1
         sent = r.stages[1].calls[0]
         assert sent["messages"] == PROMPT and sent["max_tokens"] == 3 and "model" not in sent and "logprobs" not in sent
@@ -285,6 +365,8 @@ async def test_passthrough_stream_renames_the_model() -> None:
         chunks = [c async for c in stream]
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == S0.text
         assert all(c.model == "s0" for c in chunks)  # the stage called itself m0
+        resp = await r.chat(model="s0", stream=True)
+        assert resp.headers["x-cascade-tokens"] == "-" and resp.headers["x-cascade-cost"] == "1"  # its tokens are in its stream
 
 
 async def test_passthrough_errors() -> None:

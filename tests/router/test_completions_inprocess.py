@@ -32,6 +32,9 @@ PROMPT = "Q: What is 2 + 2?\nA:"
 C0 = Script(" The answer is 5.", prompt_tokens=10, completion_prompt=PROMPT)
 C1 = Script(" The answer is 4, because two and two make four.", prompt_tokens=11, completion_prompt=PROMPT)
 STOP, ESCALATE = 0.9, 0.1
+# per-token prices in another unit (binary fractions: the sums are exact), small enough to leave the policy's choices as they are
+TOKEN_PRICED = ({"prices": {"usd": {"request": 1.0, "prompt_token": 2**-10, "output_token": 2**-8}}},
+                {"prices": {"usd": {"request": 4.0, "prompt_token": 2**-9, "output_token": 2**-7}}})  # fmt: skip
 
 
 def settings_for(dialect: str = "openai", stages: tuple[dict[str, Any], ...] = ({}, {}), **cascade: Any) -> Settings:
@@ -101,6 +104,8 @@ async def test_high_p_stops_at_stage_0() -> None:
         assert resp.headers["x-cascade-stage"] == resp.headers["x-cascade-path"] == "s0"
         assert resp.headers["x-cascade-p"] == "0.9000" and resp.headers["x-cascade-lambda"] == "10"
         assert resp.headers["x-cascade-kind"] == "text" and float(resp.headers["x-cascade-overhead-ms"]) >= 0
+        assert resp.headers["x-cascade-tokens"] == "s0=10+4"
+        assert (resp.headers["x-cascade-cost"], resp.headers["x-cascade-cost-unit"]) == ("1", "cost")
         (sent,) = r.stages[0].calls
         assert sent == {"prompt": PROMPT, "max_tokens": 16, "logprobs": r.predictor.top_k}  # no model, stream or echo
         assert r.stages[1].calls == []
@@ -151,6 +156,19 @@ async def test_escalation_verifies_the_draft_on_the_prompt_and_answers_the_upper
         # stage 0: 10 + its 4 tokens; stage 1: the scoring call's prompt (11 + 4 draft tokens), the continuation's
         # (11 + 3 kept), the 3 kept tokens and the continuation's own
         assert resp.json()["usage"] == usage_of(10 + 15 + 14, 4 + 3 + rest)
+        assert resp.headers["x-cascade-tokens"] == f"s0=10+4,s1={15 + 14}+{3 + rest}"  # the draft's tokens in s1's usage
+
+
+async def test_tokens_and_cost_per_stage_after_a_verified_draft() -> None:
+    """Each stage's tokens as its usage counted them, and the tenant's charge at the stages' per-token prices:
+    s0 1 + 10/1024 + 4/256, s1 4 + 29/512 + 10/128."""
+    async with serve(ESCALATE, settings_for("vllm", stages=TOKEN_PRICED, cost_unit="usd")) as r:
+        raw = await r.openai().completions.with_raw_response.create(model="cascade", prompt=PROMPT, max_tokens=32, temperature=0)
+        assert raw.headers["x-cascade-accepted"] == "s1:3/4"
+        assert raw.headers["x-cascade-tokens"] == f"s0=10+4,s1=29+{len(C1.tokens)}"
+        assert (raw.headers["x-cascade-cost"], raw.headers["x-cascade-cost-unit"]) == ("5.16015625", "usd")
+        usage = raw.parse().usage
+        assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (10 + 29, 4 + len(C1.tokens))
 
 
 async def test_a_draft_that_merges_with_the_prompt_is_regenerated() -> None:
@@ -265,6 +283,17 @@ async def test_stream_from_the_top_stage_after_a_verified_draft_sends_the_prefix
         assert offsets == [sum(len(t) for t in C1.tokens[:i]) for i in range(len(C1.tokens))]  # the continuation's shifted
 
 
+async def test_a_stream_from_the_top_stage_leaves_its_tokens_to_the_usage_chunk() -> None:
+    """The headers go out before s1 streams: s0's tokens, s1 charged its per-request price; the usage chunk less the
+    header's sums is s1's (its scoring and continuation prompts, the kept and streamed tokens)."""
+    async with serve(ESCALATE, settings_for("vllm", stages=TOKEN_PRICED, cost_unit="usd")) as r:
+        resp = await r.complete(stream=True, temperature=0, max_tokens=32, stream_options={"include_usage": True})
+        assert resp.headers["x-cascade-path"] == "s0,s1" and resp.headers["x-cascade-accepted"] == "s1:3/4"
+        assert resp.headers["x-cascade-tokens"] == "s0=10+4" and resp.headers["x-cascade-cost"] == "5.025390625"  # 1.025390625 + 4
+        chunks = events(resp)
+        assert streamed_text(chunks) == C1.text and chunks[-2]["usage"] == usage_of(10 + 29, 4 + len(C1.tokens))
+
+
 async def test_a_stage_failing_mid_stream_ends_it_with_an_error_event() -> None:
     async with serve(ESCALATE) as r:
         r.stages[1].fail, r.stages[1].stream_fail_after = StageTimeout, 2
@@ -283,6 +312,7 @@ async def test_upper_stage_failing_returns_the_lower_answer_degraded(failure: ty
         resp = await r.complete()
         assert resp.status_code == 200 and resp.json()["choices"][0]["text"] == C0.text
         assert resp.headers["x-cascade-path"] == "s0" and "stage 's1'" in resp.headers["x-cascade-degraded"]
+        assert resp.headers["x-cascade-tokens"] == "s0=10+4,s1=0+0" and resp.headers["x-cascade-cost"] == "5"  # the failed call is paid
 
 
 @pytest.mark.parametrize(
@@ -350,6 +380,7 @@ async def test_passthrough_by_stage_name() -> None:
         assert data["model"] == "s1" and data["choices"][0]["text"] == "".join(C1.tokens[:3])
         assert data["choices"][0]["finish_reason"] == "length" and data["usage"] == usage_of(11, 3)
         assert resp.headers["x-cascade-stage"] == "s1" and "x-cascade-p" not in resp.headers
+        assert resp.headers["x-cascade-tokens"] == "s1=11+3" and resp.headers["x-cascade-cost"] == "4"
         (sent,) = r.stages[1].calls
         assert sent == {"prompt": PROMPT, "max_tokens": 3, "stream": False, "echo": False}  # no model, nothing ignored
         assert r.stages[0].calls == []
@@ -369,6 +400,8 @@ async def test_passthrough_stream_renames_the_model() -> None:
         chunks = [c async for c in stream]
         assert "".join(c.choices[0].text for c in chunks if c.choices) == C0.text
         assert all(c.model == "s0" for c in chunks)  # the stage called itself m0
+        resp = await r.complete(model="s0", stream=True)
+        assert resp.headers["x-cascade-tokens"] == "-" and resp.headers["x-cascade-cost"] == "1"  # its tokens are in its stream
 
 
 async def test_passthrough_errors() -> None:

@@ -69,6 +69,9 @@ async def test_a_hopeless_prefix_is_aborted_at_the_first_checkpoint_and_the_next
         assert len(predictor.prefixes) == 1 and len(predictor.features) == 1  # judged once mid-answer; only s1 judged whole
         usage = resp.json()["usage"]
         assert usage["completion_tokens"] == 4 + len(S1.tokens)  # the aborted tokens are paid for
+        # s0: its tokens so far, its prompt as the router counts it (PromptStats: 3); its stream closed before its usage came
+        assert resp.headers["x-cascade-tokens"] == f"s0=3+4,s1=11+{len(S1.tokens)}" and usage["prompt_tokens"] == 3 + 11
+        assert (resp.headers["x-cascade-cost"], resp.headers["x-cascade-cost-unit"]) == ("4.2", "u")  # 4 tokens at 0.05, then 4
 
 
 async def test_a_promising_prefix_is_let_finish_and_its_answer_is_the_streamed_whole() -> None:

@@ -213,6 +213,8 @@ async def test_string_input_through_the_cascade() -> None:
         assert resp.max_output_tokens == 16 and resp.tools == [] and resp.tool_choice == "auto" and resp.parallel_tool_calls is True
         assert resp.text is not None and resp.text.format is not None and resp.text.format.type == "text"
         assert raw.headers["x-cascade-stage"] == raw.headers["x-cascade-path"] == "s0" and raw.headers["x-cascade-lambda"] == "10"
+        assert raw.headers["x-cascade-tokens"] == "s0=10+4"
+        assert (raw.headers["x-cascade-cost"], raw.headers["x-cascade-cost-unit"]) == ("1", "cost")
         sent = r.stages[0].calls[0]
         assert sent["messages"] == [{"role": "user", "content": "What is 2 + 2?"}] and sent["max_tokens"] == 16
         assert not {"model", "input", "max_output_tokens", "store", "stream"} & set(sent) - {"stream"}
@@ -284,6 +286,20 @@ async def test_escalation_is_in_the_headers_and_the_usage_is_summed() -> None:
         assert resp.headers["x-cascade-p"] == "0.1000,0.8000" and "x-cascade-overhead-ms" in resp.headers
         n0, n1 = len(S0.tokens), len(S1.tokens)
         assert parsed.usage is not None and (parsed.usage.input_tokens, parsed.usage.output_tokens) == (21, n0 + n1)
+        assert resp.headers["x-cascade-tokens"] == f"s0=10+{n0},s1=11+{n1}" and resp.headers["x-cascade-cost"] == "5"
+
+
+async def test_tokens_per_stage_after_a_verified_draft() -> None:
+    """s1's usage counts the draft it verified: its scoring call's prompt (11 + 4 draft tokens), the continuation's
+    (11 + 3 kept), the 3 kept tokens and the continuation's own."""
+    async with serve(ESCALATE, dialect="vllm") as r:
+        raw = await r.client.responses.with_raw_response.create(
+            model="cascade", input="What is 2 + 2?", temperature=0, max_output_tokens=32
+        )
+        usage = raw.parse().usage
+        assert raw.headers["x-cascade-accepted"] == "s1:3/4"
+        assert raw.headers["x-cascade-tokens"] == f"s0=10+4,s1=29+{len(S1.tokens)}" and raw.headers["x-cascade-cost"] == "5"
+        assert usage is not None and (usage.input_tokens, usage.output_tokens) == (10 + 29, 4 + len(S1.tokens))
 
 
 async def test_cascade_knobs_in_the_body_and_the_headers() -> None:
@@ -302,6 +318,8 @@ async def test_passthrough_by_stage_name_and_an_incomplete_answer() -> None:
         assert resp.status == "incomplete" and resp.incomplete_details is not None and resp.incomplete_details.reason == "max_output_tokens"
         assert resp.output[0].status == "incomplete"  # type: ignore[union-attr]
         assert r.stages[0].calls == [] and r.stages[1].calls[0]["max_tokens"] == 3
+        raw = await r.client.responses.with_raw_response.create(model="s1", input="What is 2 + 2?", max_output_tokens=3)
+        assert raw.headers["x-cascade-tokens"] == "s1=11+3" and raw.headers["x-cascade-cost"] == "4"
 
 
 async def test_logprobs_when_asked() -> None:
@@ -439,6 +457,11 @@ async def test_stream_after_a_verified_draft() -> None:
         deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
         assert deltas[0] == "The answer is" and "".join(deltas) == S1.text
         assert resp.headers["x-cascade-accepted"] == "s1:3/4"
+        # the headers went out before s1 streamed: s0's tokens, s1 at its per-request price; the final usage less
+        # the header's sums is s1's (as after a whole verified answer)
+        assert resp.headers["x-cascade-tokens"] == "s0=10+4" and resp.headers["x-cascade-cost"] == "5"
+        usage = Response.model_validate(events[-1]["response"]).usage
+        assert usage is not None and (usage.input_tokens - 10, usage.output_tokens - 4) == (29, len(S1.tokens))
 
 
 async def test_stream_with_logprobs() -> None:
@@ -526,6 +549,7 @@ async def test_a_named_stage_failing_mid_stream_is_an_error_event_then_response_
         r.stages[0].fail, r.stages[0].stream_fail_after = StageTimeout, 2
         resp = await r.post(model="s0", stream=True)
         assert resp.headers["x-cascade-stage"] == "s0"
+        assert resp.headers["x-cascade-tokens"] == "-" and resp.headers["x-cascade-cost"] == "1"  # its tokens are in its stream
         events = sse_events(resp)
         assert [e["type"] for e in events[-2:]] == ["error", "response.failed"]
         error, failed = events[-2:]

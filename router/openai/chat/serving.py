@@ -91,8 +91,9 @@ class ChatServing(OpenAIServing[ChatCompletionRequest]):
                 events = await stage.stream(body, raw=True)
                 overhead = time.perf_counter() - t0
                 headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"
+                outcome = self.streamed(stage, spec.kind, headers)
                 response = StreamingResponse(self.relay(events, stage), media_type=SSE, headers={**SSE_HEADERS, **headers})
-                return response, self.streamed(stage, spec.kind)
+                return response, outcome
             data, seconds = await stage.chat(body)
         except StageFailure:
             STAGE_CALLS.labels(stage.name, "error").inc()

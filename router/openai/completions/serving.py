@@ -91,8 +91,9 @@ class CompletionServing(OpenAIServing[CompletionRequest]):
             if req.stream:
                 blocks = await target.complete_stream(body, raw=True)
                 headers["x-cascade-overhead-ms"] = f"{(time.perf_counter() - t0) * 1e3:.3f}"
+                outcome = self.streamed(stage, _KIND, headers)
                 response = StreamingResponse(self.relay(blocks, stage), media_type=SSE, headers={**SSE_HEADERS, **headers})
-                return response, self.streamed(stage, _KIND)
+                return response, outcome
             reply = await target.complete(body)
         except StageNoCompletions as exc:
             STAGE_CALLS.labels(stage.name, "error").inc()

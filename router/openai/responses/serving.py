@@ -90,8 +90,9 @@ class ResponsesServing(OpenAIServing[ResponsesCall]):
                 payloads = await stage.stream(body)
                 overhead = time.perf_counter() - t0
                 headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"
+                outcome = self.streamed(stage, spec.kind, headers)
                 events = _translate(ResponseBuilder(req), _decoded(payloads), payloads)
-                return StreamingResponse(events, media_type=SSE, headers={**SSE_HEADERS, **headers}), self.streamed(stage, spec.kind)
+                return StreamingResponse(events, media_type=SSE, headers={**SSE_HEADERS, **headers}), outcome
             data, seconds = await stage.chat(body)
         except StageFailure:
             STAGE_CALLS.labels(stage.name, "error").inc()
