@@ -160,6 +160,7 @@ class OpenAIServing(ABC, Generic[Request]):
     def __init__(self, settings: Settings, stages: Sequence[Stage], engine: CascadeEngine) -> None:
         self.settings = settings
         self.stages = {s.name: s for s in stages}
+        self._index = {s.name: i for i, s in enumerate(stages)}  # a stage's place in the ladder: its prices in engine.pricing
         self.engine = engine
         self.cascade_name = settings.cascade.model_name
 
@@ -222,11 +223,11 @@ class OpenAIServing(ABC, Generic[Request]):
                 code="unsupported_parameter",
             )
 
-    def direct_outcome(self, stage: Stage, data: dict[str, Any]) -> RequestOutcome:
-        """What a pass-through answer took: its tokens, and its cost at the stage's prices in the rule's unit."""
-        usage = TokenUsage.of(data.get("usage"))
-        price = stage.config.price(self.settings.cascade.cost_unit)
-        return RequestOutcome(stage.name, usage.total_tokens, price.cost(usage.prompt_tokens, usage.completion_tokens))
+    def direct_outcome(self, stage: Stage, usage: TokenUsage) -> RequestOutcome:
+        """What a pass-through answer took: its tokens, and its cost at the stage's prices in the rule's unit (the
+        engine's ``Pricing``, so a direct call and the cascade charge one price, measured where prices are)."""
+        cost = self.engine.pricing.actual(self._index[stage.name], usage.prompt_tokens, usage.completion_tokens)
+        return RequestOutcome(stage.name, usage.total_tokens, cost)
 
     def cost_headers(self, tokens: str, cost: float) -> dict[str, str]:
         """``x-cascade-tokens`` (``stage_tokens``), and ``x-cascade-cost``: ``cost``, what the tenant's accounting records
@@ -253,8 +254,8 @@ class OpenAIServing(ABC, Generic[Request]):
         if invalid is not None:
             INVALID_ANSWERS.labels(stage.name, invalid).inc()
             headers["x-cascade-invalid"] = f"{stage.name}:{invalid}"
-        outcome = self.direct_outcome(stage, data)
         usage = TokenUsage.of(data.get("usage"))
+        outcome = self.direct_outcome(stage, usage)
         headers.update(self.cost_headers(f"{stage.name}={usage.prompt_tokens}+{usage.completion_tokens}", outcome.cost))
         data["model"] = stage.name
         overhead = time.perf_counter() - t0 - seconds
@@ -262,13 +263,16 @@ class OpenAIServing(ABC, Generic[Request]):
         headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"
         return outcome
 
-    def streamed(self, stage: Stage, kind: str, headers: dict[str, str]) -> RequestOutcome:
-        """A pass-through's stream is starting: count it; its outcome (tokens unknown yet, the stage's request price),
-        said in ``headers`` (``cost_headers``: no stage's tokens known yet)."""
+    def stream_response(
+        self, stage: Stage, kind: str, events: AsyncIterator[bytes], headers: dict[str, str], t0: float
+    ) -> tuple[Response, RequestOutcome]:
+        """A pass-through's stream is starting: count it, say the router's overhead so far, and send ``events``. Its
+        outcome (tokens unknown yet: the stage's request price) is said in ``headers`` (``cost_headers``)."""
+        headers["x-cascade-overhead-ms"] = f"{(time.perf_counter() - t0) * 1e3:.3f}"
         REQUESTS_BY_KIND.labels(kind, stage.name).inc()
-        outcome = RequestOutcome(stage.name, 0, stage.config.price(self.settings.cascade.cost_unit).request)
+        outcome = RequestOutcome(stage.name, 0, self.engine.pricing.prices[self._index[stage.name]].request)
         headers.update(self.cost_headers(stage_tokens(()), outcome.cost))
-        return outcome
+        return StreamingResponse(events, media_type=SSE, headers={**SSE_HEADERS, **headers}), outcome
 
     @staticmethod
     async def relay(blocks: AsyncIterator[bytes], client: Stage) -> AsyncIterator[bytes]:

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from common.errors import APIError, parse_chat_request
-from common.settings import Settings, TenancyConfig
+from common.settings import Settings, TenancyConfig, TokenPrices
 from router.api import create_app
 from router.cascade import CascadeEngine
 from router.contracts import TenantLimits
@@ -154,3 +154,26 @@ async def test_a_relayed_stream_ends_with_one_done_whatever_the_stage_spelled(do
         resp = await r.client.post("/v1/chat/completions", json={"model": "s1", "messages": PROMPT, "stream": True})
     assert resp.status_code == 200
     assert resp.content.count(b"[DONE]") == 1, resp.content[-200:]
+
+
+# -- one price for a stage, called by name or by the cascade -------------------------------------------------------
+
+
+async def test_a_stage_called_by_name_is_charged_the_prices_the_cascade_uses() -> None:
+    """Where prices are measured, a direct call is charged at the measured prices, as the cascade's visits are."""
+    seconds = {"seconds": {"request": 1.0, "prompt_token": 0.01, "output_token": 0.1}}
+    serving = _serving(make_settings(prices=(seconds, seconds), cost_unit="seconds"))
+    pricing = serving.engine.pricing
+    for _ in range(50):  # s1 turns out slower than configured
+        pricing.observe(1, 9.0, 20, 10)
+    price = pricing.prices[1]
+    assert price.request + 20 * price.prompt_token + 10 * price.output_token > 3.0  # moved off the configured 2.2
+    for stream in (False, True):
+        direct = parse_chat_request(orjson.dumps({"model": "s1", "messages": PROMPT, "max_tokens": 3, "stream": stream}))
+        _, outcome = await serving.create(direct, {}, TenantLimits(10.0))
+        configured = TokenPrices(**seconds["seconds"])
+        if stream:  # a stream's tokens are not known yet: its per-request price
+            expected, before = price.request, configured.request
+        else:
+            expected, before = pricing.actual(1, 11, 3), configured.cost(11, 3)
+        assert outcome.cost == pytest.approx(expected) and expected != pytest.approx(before)

@@ -28,12 +28,11 @@ stage's chunks without decoding them where it can.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from typing import Any
 
 import orjson
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from common.completions_protocol import CASCADE_FIELDS
 from common.protocol import ChatCompletionRequest
@@ -45,8 +44,6 @@ from router.openai.serving_base import (
     DONE_EVENT,
     JSON,
     PASSTHROUGH_EXCLUDE,
-    SSE,
-    SSE_HEADERS,
     OpenAIServing,
     RenderingBase,
     error_event,
@@ -89,11 +86,7 @@ class ChatServing(OpenAIServing[ChatCompletionRequest]):
         try:
             if req.stream:
                 events = await stage.stream(body, raw=True)
-                overhead = time.perf_counter() - t0
-                headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"
-                outcome = self.streamed(stage, spec.kind, headers)
-                response = StreamingResponse(self.relay(events, stage), media_type=SSE, headers={**SSE_HEADERS, **headers})
-                return response, outcome
+                return self.stream_response(stage, spec.kind, self.relay(events, stage), headers, t0)
             data, seconds = await stage.chat(body)
         except StageFailure:
             STAGE_CALLS.labels(stage.name, "error").inc()

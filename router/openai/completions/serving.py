@@ -32,12 +32,11 @@ smaller one's text as the end of the prompt
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any
 
 import orjson
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from common.completions_protocol import CASCADE_FIELDS, CompletionRequest, entries_logprobs, top_alternatives
 from common.errors import APIError
@@ -49,8 +48,6 @@ from router.openai.serving_base import (
     DONE_EVENT,
     JSON,
     PASSTHROUGH_EXCLUDE,
-    SSE,
-    SSE_HEADERS,
     OpenAIServing,
     RenderingBase,
     error_event,
@@ -90,10 +87,7 @@ class CompletionServing(OpenAIServing[CompletionRequest]):
             target = completions_stage(stage)
             if req.stream:
                 blocks = await target.complete_stream(body, raw=True)
-                headers["x-cascade-overhead-ms"] = f"{(time.perf_counter() - t0) * 1e3:.3f}"
-                outcome = self.streamed(stage, _KIND, headers)
-                response = StreamingResponse(self.relay(blocks, stage), media_type=SSE, headers={**SSE_HEADERS, **headers})
-                return response, outcome
+                return self.stream_response(stage, _KIND, self.relay(blocks, stage), headers, t0)
             reply = await target.complete(body)
         except StageNoCompletions as exc:
             STAGE_CALLS.labels(stage.name, "error").inc()

@@ -19,13 +19,12 @@ OpenAI-shaped error response, as for chat, naming the Responses field.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from common.errors import APIError
 from common.protocol import ChatCompletionRequest
@@ -35,7 +34,7 @@ from router.metrics import STAGE_CALLS
 from router.openai.chat.dialect import CHAT_DIALECT
 from router.openai.chat.serving import ChatRendering, cascade_request
 from router.openai.responses.builder import ResponseBuilder, completion_chunk
-from router.openai.serving_base import JSON, PASSTHROUGH_EXCLUDE, SSE, SSE_HEADERS, OpenAIServing, upstream_error
+from router.openai.serving_base import JSON, PASSTHROUGH_EXCLUDE, OpenAIServing, upstream_error
 from router.stage import Stage, StageFailure
 from router.validity import AnswerSpec
 
@@ -88,11 +87,8 @@ class ResponsesServing(OpenAIServing[ResponsesCall]):
         try:
             if req.stream:
                 payloads = await stage.stream(body)
-                overhead = time.perf_counter() - t0
-                headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"
-                outcome = self.streamed(stage, spec.kind, headers)
                 events = _translate(ResponseBuilder(req), _decoded(payloads), payloads)
-                return StreamingResponse(events, media_type=SSE, headers={**SSE_HEADERS, **headers}), outcome
+                return self.stream_response(stage, spec.kind, events, headers, t0)
             data, seconds = await stage.chat(body)
         except StageFailure:
             STAGE_CALLS.labels(stage.name, "error").inc()
