@@ -16,7 +16,6 @@ import os
 import shlex
 import signal
 import sys
-import threading
 from collections.abc import Callable
 from types import FrameType
 
@@ -86,21 +85,18 @@ def _with_stages(settings: Settings, then_serve: bool) -> int:
     ladder = Ladder(settings)
     died: list[StageExit] = []
 
-    stopping = threading.Event()  # set once the stages are being stopped: their exits are ours then, not a fault
-
     def stage_died(gone: StageExit) -> None:
-        if stopping.is_set():
+        if ladder.stopping:  # the stop began after the watcher saw the exit: it is ours, not a fault
             return
         died.append(gone)
         print(f"error: {gone.message()}\nstopping the router and the other stages", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    watching = None
     try:
         ladder.start()
         print(f"starting {len(ladder.stages)} stage server(s); logs in {ladder.log_dir}", file=sys.stderr, flush=True)
         ladder.wait_healthy(settings.server.startup_timeout_s)
-        watching = ladder.watch(stage_died)
+        ladder.watch(stage_died)
         if then_serve:
             _serve(settings, stage_process=ladder.status)
         else:
@@ -110,11 +106,8 @@ def _with_stages(settings: Settings, then_serve: bool) -> int:
     finally:
         # Stopping the stages must run to its end (SIGTERM, the grace, then SIGKILL): a second Ctrl-C or SIGTERM
         # here would leave stage servers running in their own sessions, with nothing left to stop them.
-        stopping.set()
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if watching is not None:
-            watching.set()
         ladder.stop()
     return 1 if died else 0
 

@@ -134,6 +134,12 @@ class Ladder:
         self.stages = [settings.stages[i] for i in chosen if settings.stages[i].launch is not None]
         self.log_dir = log_dir
         self.procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        self._stopping = threading.Event()  # set by stop(): the stages' exits from then on are ours, not faults
+
+    @property
+    def stopping(self) -> bool:
+        """Whether ``stop()`` has begun (a stage that ends now was stopped, it did not die)."""
+        return self._stopping.is_set()
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -180,25 +186,25 @@ class Ladder:
             if pending:
                 time.sleep(_POLL_S)
 
-    def watch(self, on_exit: Callable[[StageExit], None], interval_s: float = _POLL_S) -> threading.Event:
-        """Call ``on_exit`` once, from a daemon thread, when the first stage process ends; set the returned event to stop watching.
+    def watch(self, on_exit: Callable[[StageExit], None], interval_s: float = _POLL_S) -> None:
+        """Call ``on_exit`` once, from a daemon thread, when the first stage process ends before ``stop()``.
 
         Why a thread: while the router serves, the main thread belongs to uvicorn; a dead stage
-        must still be noticed at once, not at the next request that fails on it.
+        must still be noticed at once, not at the next request that fails on it. ``on_exit`` runs
+        on that thread and may still find ``stopping`` true (a stop that began meanwhile).
         """
-        stop = threading.Event()
 
         def run() -> None:
-            while not stop.wait(interval_s):
+            while not self._stopping.wait(interval_s):
                 gone = self.exits()
-                if gone and not stop.is_set():  # an exit after stop() began is the stop, not a fault
+                if gone and not self.stopping:
                     on_exit(gone[0])
                     return
 
         threading.Thread(target=run, name="stage-watch", daemon=True).start()
-        return stop
 
     def stop(self) -> None:
+        self._stopping.set()
         for proc, _ in self.procs.values():
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
