@@ -119,10 +119,7 @@ class LlamaEngine:
         the first real request sees the same state as without a warm-up.
         """
         generated = sum(1 for _ in self.generate(self.tokenize(prompt), max_tokens=max_tokens, logprobs=True, top_logprobs=1))
-        self.llm.reset()  # type: ignore[no-untyped-call]
-        self.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
-        self._scores.clear()
-        self._tail = None
+        self._reuse_prefix([], keep_at_most=0)  # keep nothing: the next forward pass starts from an empty cache
         return generated
 
     # -- tokens ---------------------------------------------------------------
