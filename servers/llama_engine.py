@@ -312,8 +312,12 @@ class LlamaEngine:
     def _pick(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
         if temperature <= 0.0:
             return int(np.argmax(logits))
-        scaled = logits.astype(np.float64) / temperature
-        probs = np.exp(scaled - scaled.max())
+        with np.errstate(over="ignore"):
+            scaled = logits.astype(np.float64) / temperature
+        top = scaled.max()
+        if not np.isfinite(top):  # a temperature so small that the scaled logits overflow (inf - inf: NaN): its limit, greedy
+            return int(np.argmax(logits))
+        probs = np.exp(scaled - top)
         probs /= probs.sum()
         if top_p < 1.0:
             order = np.argsort(-probs)
