@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import shlex
 import signal
@@ -42,12 +43,15 @@ def _serve(settings: Settings, stage_process: Callable[[str], str | None] | None
         file=sys.stderr,
         flush=True,
     )
+    gc.collect()
+    gc.freeze()  # what start-up made (modules, the predictor, the app) lives as long as the process: keep the collector off it
     uvicorn.run(
         app,
         host=settings.server.host,
         port=settings.server.port,
         log_level=settings.server.log_level,
         access_log=False,
+        proxy_headers=False,  # nothing reads the client's address or scheme; uvicorn's middleware for them costs CPU per request
         loop="uvloop",
         http="httptools",
         # annotated int by uvicorn, but it is handed to asyncio.wait_for, which takes float seconds

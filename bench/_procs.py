@@ -1,16 +1,22 @@
-"""Shared benchmark helpers: free ports, health waits, CPU time from /proc, result output."""
+"""Shared benchmark helpers: free ports, health waits, CPU time from /proc, command lines, result output."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import os
 import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
 
 
 def free_port() -> int:
@@ -65,3 +71,23 @@ def emit(result: dict[str, object], out: str | Path) -> None:
     text = json.dumps(result, indent=2)
     print(text)
     Path(out).write_text(text + "\n")
+
+
+def predictor_args(description: str | None, calls: int) -> argparse.Namespace:
+    """The command line of a benchmark of the trained predictor: ``--calls`` (default ``calls``), ``--model`` (the
+    predictor's folder, default the shipped CPU one) and ``--data`` (the collected answers)."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=calls)
+    ap.add_argument("--model", default=str(ROOT / "predictor" / "models" / "cpu"))
+    ap.add_argument("--data", default=str(ROOT / "data" / "cpu" / "collect.jsonl"))
+    return ap.parse_args()
+
+
+def run_and_emit(
+    parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]], name: str
+) -> None:
+    """Add ``--out`` (default bench/results/<name>.json) to ``parser``, parse the command line, run ``run`` with it
+    and emit its figures to ``--out``."""
+    parser.add_argument("--out", default=str(RESULTS / f"{name}.json"))
+    args = parser.parse_args()
+    emit(asyncio.run(run(args)), args.out)

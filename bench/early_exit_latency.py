@@ -12,7 +12,6 @@ Usage: python bench/early_exit_latency.py [--calls 5000]
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import time
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._procs import emit
+from bench._procs import emit, predictor_args
 from predictor.serving.features import PromptStats, prefix_features
 from predictor.serving.rows import TOP_LOGPROBS, expand_logprobs
 from predictor.serving.runtime import OnnxPredictor
@@ -38,11 +37,7 @@ def _ms(xs: list[float]) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(ROOT / "data" / "cpu" / "collect.jsonl"))
-    ap.add_argument("--model", default=str(ROOT / "predictor" / "models" / "cpu"))
-    ap.add_argument("--calls", type=int, default=5000)
-    args = ap.parse_args()
+    args = predictor_args(__doc__, calls=5000)
     predictor = OnnxPredictor.load(Path(args.model))
     cases: list[tuple[PromptStats, list[dict[str, Any]], int, int]] = []
     for row in dataset.read_rows(Path(args.data)):

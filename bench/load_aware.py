@@ -41,7 +41,7 @@ import aiohttp
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._procs import emit, free_port, stop, wait_ok
+from bench._procs import free_port, run_and_emit, stop, wait_ok
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL, LARGE = "small", "large"
@@ -189,9 +189,7 @@ def main() -> None:
     parser.add_argument("--large-concurrency", type=int, default=2)
     parser.add_argument("--lambda-min", type=float, default=0.5)
     parser.add_argument("--lambda-max", type=float, default=5.0)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "load_aware.json"))
-    args = parser.parse_args()
-    emit(asyncio.run(run(args)), args.out)
+    run_and_emit(parser, run, "load_aware")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Usage: python bench/prior_latency.py [--calls 5000]
 
 from __future__ import annotations
 
-import argparse
 import gc
 import random
 import sys
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._procs import emit
+from bench._procs import emit, predictor_args
 from predictor.serving.features import PROMPT_STAT_NAMES, AnswerStats, PromptStats, answer_features, prompt_features
 from predictor.serving.rows import TOP_LOGPROBS, expand_logprobs
 from predictor.serving.runtime import OnnxPredictor, _Graph
@@ -126,11 +125,7 @@ def measure(
 def main() -> None:
     import tempfile
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--calls", type=int, default=5_000)
-    ap.add_argument("--model", default=str(ROOT / "predictor" / "models" / "cpu"))
-    ap.add_argument("--data", default=str(ROOT / "data" / "cpu" / "collect.jsonl"))
-    args = ap.parse_args()
+    args = predictor_args(__doc__, calls=5_000)
     predictor = OnnxPredictor.load(Path(args.model))
     rows = list(dataset.read_rows(Path(args.data)))
     prompts = [list(r["prompt_texts"]) for r in rows]

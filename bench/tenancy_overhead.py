@@ -33,7 +33,7 @@ import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._procs import cpu_seconds, emit, free_port, stop, wait_ok
+from bench._procs import cpu_seconds, free_port, run_and_emit, stop, wait_ok
 from bench.overhead import BODY, _one
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,9 +142,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "tenancy_overhead.json"))
-    args = parser.parse_args()
-    emit(asyncio.run(run(args)), args.out)
+    run_and_emit(parser, run, "tenancy_overhead")
 
 
 if __name__ == "__main__":

@@ -34,9 +34,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from common.errors import APIError, from_validation_error
+from common.errors import parse_request
 from common.protocol import (
     INTEGRAL,
     MAX_INT,
@@ -45,6 +45,7 @@ from common.protocol import (
     NULL_ONLY,
     Int,
     ParamError,
+    StopAndUsage,
     StreamOptions,
     add_rules,
     ignored,
@@ -76,7 +77,7 @@ def _request_schema(schema: dict[str, Any]) -> None:
     )
 
 
-class CompletionRequest(BaseModel):
+class CompletionRequest(StopAndUsage, BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=lambda schema: _request_schema(schema))
 
     model: str = Field(min_length=1, description="'cascade' (the adaptive ladder) or a stage's name: GET /v1/models", examples=["cascade"])
@@ -144,16 +145,6 @@ class CompletionRequest(BaseModel):
     def token_limit(self) -> int:
         return DEFAULT_COMPLETION_TOKENS if self.max_tokens is None else self.max_tokens
 
-    @property
-    def stop_list(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
-
-    @property
-    def include_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.include_usage)
-
     def upstream_body(self, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
         """The request as a stage receives it: no ignored fields, no nulls, the prompt as one string
         (a list holding one string is the same request, and a stage may take only the string)."""
@@ -165,12 +156,7 @@ class CompletionRequest(BaseModel):
 
 def parse_completion_request(body: bytes, model: type[CompletionRequest] = CompletionRequest) -> CompletionRequest:
     """Validate a raw JSON body as ``model``; raise ``APIError`` (400) naming the bad field."""
-    if not body:
-        raise APIError(400, "Request body is empty; expected a JSON object")
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        raise from_validation_error(exc) from None
+    return parse_request(body, model)
 
 
 class CompletionLogprobs:

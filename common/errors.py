@@ -7,11 +7,15 @@ in ``param`` and in the message.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from common.protocol import ChatCompletionRequest, ParamError
+
+Request = TypeVar("Request", bound=BaseModel)
 
 
 class APIError(Exception):
@@ -82,11 +86,16 @@ def from_validation_error(exc: ValidationError) -> APIError:
     return APIError(400, f"Invalid value for '{param}': {err['msg']}", param=param)
 
 
-def parse_chat_request(body: bytes) -> ChatCompletionRequest:
-    """Validate a raw JSON body; raise ``APIError`` (400) naming the bad field."""
+def parse_request(body: bytes, model: type[Request]) -> Request:
+    """Validate a raw JSON body as ``model``; raise ``APIError`` (400) naming the bad field."""
     if not body:
         raise APIError(400, "Request body is empty; expected a JSON object")
     try:
-        return ChatCompletionRequest.model_validate_json(body)
+        return model.model_validate_json(body)
     except ValidationError as exc:
         raise from_validation_error(exc) from None
+
+
+def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    """Validate a raw JSON body as a chat-completions request; raise ``APIError`` (400) naming the bad field."""
+    return parse_request(body, ChatCompletionRequest)

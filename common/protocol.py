@@ -30,7 +30,7 @@ document is one the router takes as far as JSON Schema can say it.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -281,7 +281,25 @@ class StreamOptions(_Part):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(_Strict):
+class StopAndUsage:
+    """What a chat and a completions request read alike from their ``stop`` and ``stream_options`` fields."""
+
+    if TYPE_CHECKING:  # the fields, declared by each request model
+        stop: str | list[str] | None
+        stream_options: StreamOptions | None
+
+    @property
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(StopAndUsage, _Strict):
     model_config = ConfigDict(json_schema_extra=lambda schema: _request_schema(schema))
 
     model: str = Field(min_length=1, description="'cascade' (the adaptive ladder) or a stage's name: GET /v1/models", examples=["cascade"])
@@ -385,16 +403,6 @@ class ChatCompletionRequest(_Strict):
     @property
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
-
-    @property
-    def stop_list(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
-
-    @property
-    def include_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.include_usage)
 
     def upstream_body(self, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
         """The request as a stage receives it: no ignored fields, no nulls, JSON names (``schema``).

@@ -30,9 +30,9 @@ import re
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from common.errors import APIError, from_validation_error, parse_chat_request
+from common.errors import APIError, parse_chat_request, parse_request
 from common.protocol import (
     FUNCTION_NAME_PATTERN,
     INTEGRAL,
@@ -107,6 +107,13 @@ def _needs(*names: str) -> dict[str, Any]:
     return {"required": list(names), "properties": dict.fromkeys(names, _STRING)}
 
 
+def _require(what: str, **fields: object) -> None:
+    """Refuse the first of ``fields`` (by their request names) that is missing: "a 'message' item needs 'role'"."""
+    for name, value in fields.items():
+        if value is None:
+            raise ParamError(name, f"{what} needs '{name}'")
+
+
 def _content_schema(schema: dict[str, Any]) -> None:
     schema["properties"]["type"] = {"enum": [*_TEXT_PARTS, "refusal"], "description": "image, file and audio parts are refused"}
     add_rules(schema, when({"type": {"enum": list(_TEXT_PARTS)}}, _needs("text")), when({"type": {"const": "refusal"}}, _needs("refusal")))
@@ -132,22 +139,15 @@ class InputItem(_Part):
     @model_validator(mode="after")
     def _check_type(self) -> InputItem:
         if self.type == "message":
-            if self.role is None:
-                raise ParamError("role", "a 'message' item needs 'role'")
-            if self.content is None:
-                raise ParamError("content", "a 'message' item needs 'content'")
+            _require("a 'message' item", role=self.role, content=self.content)
             if isinstance(self.content, list) and self.role != "assistant":
                 for i, part in enumerate(self.content):
                     if part.type == "refusal":
                         raise ParamError(f"content[{i}].type", "'refusal' parts are only allowed in assistant messages")
         elif self.type == "function_call":
-            for name in ("call_id", "name", "arguments"):
-                if getattr(self, name) is None:
-                    raise ParamError(name, f"a 'function_call' item needs '{name}'")
+            _require("a 'function_call' item", call_id=self.call_id, name=self.name, arguments=self.arguments)
         elif self.type == "function_call_output":
-            for name in ("call_id", "output"):
-                if getattr(self, name) is None:
-                    raise ParamError(name, f"a 'function_call_output' item needs '{name}'")
+            _require("a 'function_call_output' item", call_id=self.call_id, output=self.output)
             if not self.call_id:  # it becomes a chat tool message's tool_call_id, which must not be empty
                 raise ParamError("call_id", "a 'function_call_output' item needs a non-empty 'call_id'")
             if isinstance(self.output, list):
@@ -309,10 +309,7 @@ class TextFormat(_Part):
     @model_validator(mode="after")
     def _check_spec(self) -> TextFormat:
         if self.type == "json_schema":
-            if self.name is None:
-                raise ParamError("name", "a 'json_schema' format needs 'name'")
-            if self.schema_ is None:
-                raise ParamError("schema", "a 'json_schema' format needs 'schema'")
+            _require("a 'json_schema' format", name=self.name, schema=self.schema_)
         return self
 
     def chat(self) -> dict[str, Any] | None:
@@ -548,10 +545,5 @@ def responses_error(exc: APIError) -> APIError:
 
 
 def parse_responses_request(body: bytes) -> ResponsesRequest:
-    """Validate a raw JSON body; raise ``APIError`` (400) naming the bad field."""
-    if not body:
-        raise APIError(400, "Request body is empty; expected a JSON object")
-    try:
-        return ResponsesRequest.model_validate_json(body)
-    except ValidationError as exc:
-        raise from_validation_error(exc) from None
+    """Validate a raw JSON body as a Responses request; raise ``APIError`` (400) naming the bad field."""
+    return parse_request(body, ResponsesRequest)

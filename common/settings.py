@@ -27,7 +27,6 @@ from pydantic import (
     PlainSerializer,
     SecretStr,
     ValidationError,
-    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
@@ -76,14 +75,18 @@ class VLLMLaunch(_Model):
         return self
 
 
-def _http_url(v: str, allow_empty: bool = False) -> str:
+def _http_url(v: str) -> str:
     """A base URL: http(s) with a host, trailing slash dropped ("" allowed where the dialect needs none)."""
-    if allow_empty and v == "":
+    if v == "":
         return v
     parsed = urlparse(v)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ValueError(f"not an http(s) URL: {v!r}")
     return v.rstrip("/")
+
+
+StageUrl = Annotated[str, AfterValidator(_http_url)]
+"""A stage's or endpoint's base URL: http(s) with a host, trailing slash dropped; "" where the dialect needs none."""
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -168,7 +171,7 @@ def _refuse_removed_keys(data: Any, *, stage: bool) -> Any:
 class EndpointConfig(_Model):
     """One replica of a stage: the same model served at another URL (another vLLM replica, host, region or key)."""
 
-    url: str = Field("", description="base URL ending in /v1; dialect litellm: the provider's api_base, may be empty")
+    url: StageUrl = Field("", description="base URL ending in /v1; dialect litellm: the provider's api_base, may be empty")
     api_key: ApiKey = Field(
         None, description="bearer token of this endpoint: env:NAME (an environment variable), file:PATH (a secret) or the key inline"
     )
@@ -178,11 +181,6 @@ class EndpointConfig(_Model):
     @classmethod
     def _removed(cls, data: Any) -> Any:
         return _refuse_removed_keys(data, stage=False)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        return _http_url(v, allow_empty=True)
 
 
 class TokenPrices(_Model):
@@ -201,7 +199,7 @@ class TokenPrices(_Model):
 class StageConfig(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$", description="public model name of this stage")
     model: str = Field(description="model id the upstream server expects")
-    url: str = Field(
+    url: StageUrl = Field(
         "",
         description="base URL of the OpenAI-compatible server, ending in /v1; may be left out when endpoints are given "
         "(then the first endpoint's) or for dialect litellm",
@@ -273,11 +271,6 @@ class StageConfig(_Model):
     @classmethod
     def _removed(cls, data: Any) -> Any:
         return _refuse_removed_keys(data, stage=True)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        return _http_url(v, allow_empty=True)
 
     @model_validator(mode="after")
     def _endpoints(self) -> StageConfig:

@@ -1,41 +1,25 @@
-"""The router's OpenAPI 3.1 document: every route, with the real request and response bodies.
+"""The router's OpenAPI 3.1 document: FastAPI's own, from what the route decorators say.
 
-The public routes read their bodies by hand (``orjson`` bytes into
-``Model.model_validate_json``; ``router.api``) because FastAPI's own body
-parsing costs CPU on the hot path, so FastAPI's generated document knows
-nothing of their bodies. This module adds them after the fact, in
-``app.openapi``, which runs once when the document is first asked for and
-costs a request nothing:
+The public routes read their bodies by hand (``orjson`` bytes into ``Model.model_validate_json``; ``router.api``)
+because FastAPI's body parsing costs CPU on the hot path, so FastAPI cannot see their bodies. Their decorators say
+them instead, the way FastAPI provides (as vLLM does): ``responses=`` (``answers`` here: the answer's model, which
+FastAPI turns into a component schema, its stream as ``text/event-stream``, the OpenAI error body on every error
+status) and ``openapi_extra=`` (``extra``: the request body, a ``$ref`` to the very model the route validates with,
+the ``x-cascade-*`` headers, the security). ``build`` takes FastAPI's document and adds what FastAPI cannot know:
+the schemas of the models only referenced (request bodies, stream events), the tenant id pattern the admin API holds
+ids to, the security schemes; it drops FastAPI's ``422`` (a bad parameter is an OpenAI-shaped 400 instead), and it
+refuses a route whose decorator documents nothing, so a new route cannot go out undocumented.
 
-* request bodies are the JSON schemas of the very pydantic models the routes
-  validate with (``ChatCompletionRequest``, ``CompletionRequest``,
-  ``ResponsesRequest``, the admin API's ``CreateTenant`` / ``NewKey`` /
-  ``TenantSettings``): one definition, never a copy;
-* response bodies are ``common.response_models`` (and the admin API's objects
-  below), which tests validate real responses against; streams are documented
-  as ``text/event-stream`` whose events carry those models as JSON in ``data``
-  (OpenAPI 3.1: the media type's schema describes one event);
-* every error status a route can return has the OpenAI error body.
-
-Parameters FastAPI reads from a route's signature (``/health?stages``, path
-parameters) keep FastAPI's description of them (a tenant id gets the pattern
-the admin API holds it to); its ``422`` is dropped, since the router answers a
-bad parameter with an OpenAI-shaped 400 instead.
-
-A route with no entry in ``OPERATIONS``, or an entry with no route, is an error
-when the document is built, so a new route cannot go out undocumented.
-The document does not depend on the configuration (model names are strings,
-``GET /v1/models`` lists them), so ``docs/openapi.json`` is the document of any
-router of this version; a test fails when it is stale.
+The document does not depend on the configuration, so ``docs/openapi.json`` is the document of any router of this
+version (``python -m router.openapi`` rewrites it; a test fails when it is stale).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import http
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,22 +29,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
-from common.completions_protocol import CompletionRequest
-from common.protocol import ChatCompletionRequest
-from common.response_models import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    Completion,
-    CompletionChunk,
-    ErrorResponse,
-    Health,
-    ModelCard,
-    ModelList,
-    ResponseObject,
-    ResponseStreamEvent,
-)
-from common.responses_protocol import ResponsesRequest
-from router.tenants.admin import CreateTenant, NewKey
+from common.response_models import ChatCompletionChunk, CompletionChunk, ErrorResponse, ResponseStreamEvent
 from router.tenants.model import _TENANT_ID, TenantSettings
 
 REF = "#/components/schemas/{model}"
@@ -71,6 +40,12 @@ DESCRIPTION = (
     "are validated strictly: an unknown top-level field, a wrong type or a value out of range is a 400 in OpenAI's "
     "error shape, naming the field in `error.param`. See docs/openai-compatibility.md."
 )
+TAGS = [
+    {"name": "OpenAI", "description": "The OpenAI-compatible API"},
+    {"name": "Tenants", "description": "A tenant's view of itself"},
+    {"name": "Admin", "description": "Tenants and their keys (Authorization: Bearer <tenancy.admin_key>)"},
+    {"name": "Operations", "description": "Health and metrics"},
+]
 
 
 # -- the admin API's response objects (the request bodies are router.tenants.admin's own models) --------------
@@ -142,13 +117,15 @@ class KeysRevoked(_AdminBody):
     revoked: int
 
 
-# -- what each route takes and answers -----------------------------------------------------------------------
-def _ref(model: type[BaseModel]) -> dict[str, str]:
+# -- what the decorators say --------------------------------------------------------------------------------
+_REFERENCED: dict[str, type[BaseModel]] = {}  # every model `ref` names: `build` adds the schemas FastAPI did not collect
+
+
+def ref(model: type[BaseModel]) -> dict[str, str]:
+    """A ``$ref`` to ``model``'s component schema, for a body FastAPI does not see (a request body, a stream event)."""
+    if _REFERENCED.setdefault(model.__name__, model) is not model:
+        raise ValueError(f"two models are named {model.__name__}")
     return {"$ref": REF.format(model=model.__name__)}
-
-
-def _json(model: type[BaseModel] | dict[str, Any]) -> dict[str, Any]:
-    return {"application/json": {"schema": _ref(model) if isinstance(model, type) else model}}
 
 
 def _sse(description: str, payload: dict[str, Any], *, named: bool, done: bool) -> dict[str, Any]:
@@ -163,27 +140,29 @@ def _sse(description: str, payload: dict[str, Any], *, named: bool, done: bool) 
     return {"text/event-stream": {"schema": {**event, "description": description}}}
 
 
-_CHAT_STREAM = _sse(
+CHAT_STREAM = _sse(
     "With `stream: true`: one `data: <ChatCompletionChunk>` event per delta, an error body as the last event if a stage "
     "failed after the stream started, then `data: [DONE]`.",
-    {"anyOf": [_ref(ChatCompletionChunk), _ref(ErrorResponse)]},
+    {"anyOf": [ref(ChatCompletionChunk), ref(ErrorResponse)]},
     named=False,
     done=True,
 )
-_COMPLETION_STREAM = _sse(
+COMPLETION_STREAM = _sse(
     "With `stream: true`: `data: <CompletionChunk>` events, an error body as the last event if a stage failed after the "
     "stream started, then `data: [DONE]`.",
-    {"anyOf": [_ref(CompletionChunk), _ref(ErrorResponse)]},
+    {"anyOf": [ref(CompletionChunk), ref(ErrorResponse)]},
     named=False,
     done=True,
 )
-_RESPONSES_STREAM = _sse(
+RESPONSES_STREAM = _sse(
     "With `stream: true`: OpenAI's Responses events, each as `event: <type>` and `data: <event>` with a "
     "`sequence_number` from 0, ending with `response.completed`, `response.incomplete` or `response.failed` (no `[DONE]`).",
-    _ref(ResponseStreamEvent),
+    ref(ResponseStreamEvent),
     named=True,
     done=False,
 )
+OWN_TENANT = {"application/json": {"schema": {"anyOf": [ref(TenantView), ref(DefaultTenantView)]}}}
+METRICS = {"text/plain": {"schema": {"type": "string", "description": "the Prometheus text exposition format"}}}
 
 ERRORS: dict[str, str] = {
     "400": "The request is invalid: `error.param` names the field",
@@ -199,7 +178,9 @@ ERRORS: dict[str, str] = {
     "504": "A stage did not answer in time",
     "4XX": "A stage refused the request: its status and message, relayed",
 }
-_CASCADE_HEADERS = {
+POST_ERRORS = ("400", "401", "403", "404", "429", "500", "502", "503", "504", "4XX")
+ADMIN_ERRORS = ("401", "403", "500", "503")
+CASCADE_HEADERS = {
     "x-cascade-stage": "the stage whose answer this is",
     "x-cascade-path": "the stages that answered, in order, comma-separated",
     "x-cascade-kind": "text, tools, json_object, json_schema or completion",
@@ -218,7 +199,7 @@ _CASCADE_HEADERS = {
     "tokens, a failed or streamed one at its per-request price",
     "x-cascade-cost-unit": "the unit of x-cascade-cost (cascade.cost_unit)",
 }
-_KNOB_PARAMETERS = [
+KNOBS = [
     {
         "name": "x-cascade-lambda",
         "in": "header",
@@ -235,264 +216,89 @@ _KNOB_PARAMETERS = [
         "schema": {"type": "string"},
     },
 ]
-PUBLIC_SECURITY: list[dict[str, list[str]]] = [{"apiKey": []}, {}]  # a router with tenancy.auth: open takes no key
-ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminKey": []}]
-
-
-@dataclass(frozen=True)
-class Operation:
-    """One route's documentation: its id, what it takes (``body``: a pydantic model) and what it answers."""
-
-    operation_id: str
-    summary: str
-    tag: str
-    ok: dict[str, Any]  # the 2xx media types
-    errors: tuple[str, ...]
-    ok_status: str = "200"
-    ok_description: str = "OK"
-    body: type[BaseModel] | None = None
-    body_required: bool = True
-    description: str | None = None
-    parameters: list[dict[str, Any]] = field(default_factory=list)
-    security: list[dict[str, list[str]]] | None = None
-    ok_headers: Mapping[str, str] = field(default_factory=dict)
-
-
-_POST_ERRORS = ("400", "401", "403", "404", "429", "500", "502", "503", "504", "4XX")
-_ADMIN_ERRORS = ("401", "403", "500", "503")
-OPERATIONS: dict[tuple[str, str], Operation] = {
-    ("post", "/v1/chat/completions"): Operation(
-        "createChatCompletion",
-        "Chat completion, from the cascade or a named stage",
-        "OpenAI",
-        {**_json(ChatCompletion), **_CHAT_STREAM},
-        _POST_ERRORS,
-        body=ChatCompletionRequest,
-        description="OpenAI's chat completions. `model` is the cascade model (`cascade` by default) or a stage's name "
-        "(GET /v1/models); `cascade_lambda` and `cascade_max_stage` (or the `x-cascade-*` headers) steer the cascade.",
-        parameters=_KNOB_PARAMETERS,
-        security=PUBLIC_SECURITY,
-        ok_headers=_CASCADE_HEADERS,
-    ),
-    ("post", "/v1/completions"): Operation(
-        "createCompletion",
-        "Legacy text completion, from the cascade or a named stage",
-        "OpenAI",
-        {**_json(Completion), **_COMPLETION_STREAM},
-        _POST_ERRORS,
-        body=CompletionRequest,
-        description="The legacy completions API (vLLM-compatible): one text prompt, no chat template.",
-        parameters=_KNOB_PARAMETERS,
-        security=PUBLIC_SECURITY,
-        ok_headers=_CASCADE_HEADERS,
-    ),
-    ("post", "/v1/responses"): Operation(
-        "createResponse",
-        "Responses API (stateless), from the cascade or a named stage",
-        "OpenAI",
-        {**_json(ResponseObject), **_RESPONSES_STREAM},
-        _POST_ERRORS,
-        body=ResponsesRequest,
-        description="OpenAI's Responses API, stateless: nothing is stored, so send the whole conversation in `input`. "
-        "See docs/responses.md.",
-        parameters=_KNOB_PARAMETERS,
-        security=PUBLIC_SECURITY,
-        ok_headers=_CASCADE_HEADERS,
-    ),
-    ("get", "/v1/models"): Operation(
-        "listModels", "The cascade model and every stage, with their capabilities", "OpenAI", _json(ModelList), ("500",)
-    ),
-    ("get", "/v1/models/{model_id}"): Operation("retrieveModel", "One model card", "OpenAI", _json(ModelCard), ("404", "500")),
-    ("get", "/health"): Operation(
-        "health",
-        "Liveness, and each stage endpoint's state as the router sees it",
-        "Operations",
-        _json(Health),
-        ("400", "500"),
-        description="No network call unless `stages=true`: then every endpoint is probed first, and a stage none of whose "
-        "endpoints answers makes the status `degraded`. Each stage reads `ok`, `unreachable`, or, where the router launched "
-        "the stages itself (`adaptive-sd up`), `dead (killed by SIGSEGV)` / `dead (exited with code 1)` once its process has ended.",
-    ),
-    ("get", "/metrics"): Operation(
-        "metrics",
-        "Prometheus metrics",
-        "Operations",
-        {"text/plain": {"schema": {"type": "string", "description": "the Prometheus text exposition format"}}},
-        ("500",),
-    ),
-    ("get", "/v1/tenant"): Operation(
-        "retrieveOwnTenant",
-        "The calling tenant's own settings and stats",
-        "Tenants",
-        _json({"anyOf": [_ref(TenantView), _ref(DefaultTenantView)]}),
-        ("401", "429", "500", "503"),
-        security=PUBLIC_SECURITY,
-    ),
-    ("post", "/admin/tenants"): Operation(
-        "createTenant",
-        "Create a tenant and its first API key",
-        "Admin",
-        _json(TenantCreated),
-        ("400", "409", *_ADMIN_ERRORS),
-        ok_status="201",
-        ok_description="Created",
-        body=CreateTenant,
-        security=ADMIN_SECURITY,
-    ),
-    ("get", "/admin/tenants"): Operation(
-        "listTenants", "Every tenant's id", "Admin", _json(TenantList), _ADMIN_ERRORS, security=ADMIN_SECURITY
-    ),
-    ("get", "/admin/tenants/{tenant_id}"): Operation(
-        "retrieveTenant",
-        "A tenant's settings, λ and stats",
-        "Admin",
-        _json(TenantView),
-        ("400", "404", *_ADMIN_ERRORS),
-        security=ADMIN_SECURITY,
-    ),
-    ("patch", "/admin/tenants/{tenant_id}"): Operation(
-        "updateTenant",
-        "Change some of a tenant's settings",
-        "Admin",
-        _json(TenantView),
-        ("400", "404", *_ADMIN_ERRORS),
-        body=TenantSettings,
-        body_required=False,
-        description="The body holds the settings to change; the others keep their values. An empty body changes nothing.",
-        security=ADMIN_SECURITY,
-    ),
-    ("delete", "/admin/tenants/{tenant_id}"): Operation(
-        "deleteTenant",
-        "Delete a tenant and its keys",
-        "Admin",
-        _json(TenantDeleted),
-        ("400", "404", *_ADMIN_ERRORS),
-        security=ADMIN_SECURITY,
-    ),  # fmt: skip
-    ("post", "/admin/tenants/{tenant_id}/keys"): Operation(
-        "createTenantKey",
-        "A new API key for a tenant",
-        "Admin",
-        _json(KeyAdded),
-        ("400", "404", *_ADMIN_ERRORS),
-        ok_status="201",
-        ok_description="Created",
-        body=NewKey,
-        body_required=False,
-        security=ADMIN_SECURITY,
-    ),
-    ("delete", "/admin/tenants/{tenant_id}/keys"): Operation(
-        "revokeTenantKeys",
-        "Revoke every API key of a tenant",
-        "Admin",
-        _json(KeysRevoked),
-        ("400", "404", *_ADMIN_ERRORS),
-        security=ADMIN_SECURITY,
-    ),  # fmt: skip
+PUBLIC: list[dict[str, list[str]]] = [{"apiKey": []}, {}]  # a router with tenancy.auth: open takes no key
+ADMIN: list[dict[str, list[str]]] = [{"adminKey": []}]
+SECURITY_SCHEMES = {
+    "apiKey": {"type": "http", "scheme": "bearer", "description": "a tenant's API key (tenancy.auth: keys)"},
+    "adminKey": {"type": "http", "scheme": "bearer", "description": "tenancy.admin_key"},
 }
 
-# Every model the document refers to; their schemas (and those they use) are the document's components.
-SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
-    ChatCompletionRequest,
-    CompletionRequest,
-    ResponsesRequest,
-    CreateTenant,
-    NewKey,
-    TenantSettings,
-    ChatCompletion,
-    ChatCompletionChunk,
-    Completion,
-    CompletionChunk,
-    ResponseObject,
-    ResponseStreamEvent,
-    ModelList,
-    ModelCard,
-    Health,
-    ErrorResponse,
-    TenantCreated,
-    TenantList,
-    TenantView,
-    DefaultTenantView,
-    TenantDeleted,
-    KeyAdded,
-    KeysRevoked,
-)
 
-
-def _components() -> dict[str, Any]:
-    _, top = models_json_schema([(m, "validation") for m in SCHEMA_MODELS], ref_template=REF)
-    schemas: dict[str, Any] = top.get("$defs", {})
-    schemas["CreateTenant"]["properties"]["id"]["pattern"] = _TENANT_ID.pattern  # what the route holds it to (check_tenant_id)
-    responses = {
-        code: {"description": text, "content": _json(ErrorResponse)} for code, text in ERRORS.items()
-    }  # fmt: skip
-    responses["429"]["headers"] = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}}
-    return {
-        "schemas": dict(sorted(schemas.items())),
-        "responses": {_error_name(code): body for code, body in responses.items()},
-        "securitySchemes": {
-            "apiKey": {"type": "http", "scheme": "bearer", "description": "a tenant's API key (tenancy.auth: keys)"},
-            "adminKey": {"type": "http", "scheme": "bearer", "description": "tenancy.admin_key"},
-        },
-    }
-
-
-def _error_name(code: str) -> str:
-    return f"Error{code}"
-
-
-def _operation(generated: dict[str, Any], op: Operation) -> dict[str, Any]:
-    """FastAPI's operation (its parameters) with our id, bodies and responses."""
-    out: dict[str, Any] = {"tags": [op.tag], "summary": op.summary, "operationId": op.operation_id}
-    if op.description is not None:
-        out["description"] = op.description
-    parameters = [*generated.get("parameters", []), *copy.deepcopy(op.parameters)]
-    for parameter in parameters:
-        if parameter["name"] == "tenant_id":  # the route holds it to check_tenant_id's pattern (400 otherwise)
-            parameter["schema"]["pattern"] = _TENANT_ID.pattern
-    if parameters:
-        out["parameters"] = parameters
-    if op.body is not None:
-        out["requestBody"] = {"required": op.body_required, "content": _json(op.body)}
-    ok: dict[str, Any] = {"description": op.ok_description, "content": copy.deepcopy(op.ok)}
-    if op.ok_headers:
-        ok["headers"] = {name: {"description": text, "schema": {"type": "string"}} for name, text in op.ok_headers.items()}
-    responses: dict[str, Any] = {op.ok_status: ok}
-    for code in op.errors:
-        responses[code] = {"$ref": f"#/components/responses/{_error_name(code)}"}
-    out["responses"] = responses
-    if op.security is not None:
-        out["security"] = copy.deepcopy(op.security)
+def answers(
+    model: Any, *errors: str, content: dict[str, Any] | None = None, status: int = 200, headers: Mapping[str, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """A route's ``responses=``: ``status`` with ``model`` as JSON (FastAPI collects its schema) and ``content``'s
+    other media types, and the OpenAI error body for each of ``errors`` (``ERRORS``)."""
+    ok: dict[str, Any] = {"description": http.HTTPStatus(status).phrase, "content": content or {}}
+    if model is not None:
+        ok["model"] = model
+    if headers:
+        ok["headers"] = {name: {"description": text, "schema": {"type": "string"}} for name, text in headers.items()}
+    out: dict[int | str, dict[str, Any]] = {status: ok}
+    for code in errors:
+        out[code] = {"description": ERRORS[code], "model": ErrorResponse}
+        if code == "429":
+            out[code]["headers"] = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}}
     return out
 
 
+def extra(
+    body: type[BaseModel] | None = None, *, required: bool = True, security: list[Any] | None = None, parameters: list[Any] | None = None
+) -> dict[str, Any]:
+    """A route's ``openapi_extra=``: the request body it reads by hand (``body``'s schema), its header parameters, its security."""
+    out: dict[str, Any] = {}
+    if body is not None:
+        out["requestBody"] = {"required": required, "content": {"application/json": {"schema": ref(body)}}}
+    if parameters:
+        out["parameters"] = parameters
+    if security is not None:
+        out["security"] = security
+    return out
+
+
+# -- the document -----------------------------------------------------------------------------------------
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        if isinstance(node.get("$ref"), str):
+            yield node["$ref"].rsplit("/", 1)[1]
+        for value in node.values():
+            yield from _refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _refs(value)
+
+
 def build(app: FastAPI) -> dict[str, Any]:
-    """The whole document for ``app``'s routes; ``ValueError`` when a route and ``OPERATIONS`` disagree."""
-    generated = get_openapi(title=app.title, version=app.version, description=DESCRIPTION, routes=app.routes)
-    paths: dict[str, dict[str, Any]] = {}
-    seen: set[tuple[str, str]] = set()
-    for path, item in generated.get("paths", {}).items():
-        for method, operation in item.items():
-            key = (method, path)
-            if key not in OPERATIONS:
-                raise ValueError(f"{method.upper()} {path} has no entry in router.openapi.OPERATIONS: document it")
-            seen.add(key)
-            paths.setdefault(path, {})[method] = _operation(operation, OPERATIONS[key])
-    missing = sorted(set(OPERATIONS) - seen)
-    if missing:
-        raise ValueError(f"router.openapi.OPERATIONS documents routes the app does not have: {missing}")
-    return {
-        "openapi": generated["openapi"],
-        "info": generated["info"],
-        "tags": [
-            {"name": "OpenAI", "description": "The OpenAI-compatible API"},
-            {"name": "Tenants", "description": "A tenant's view of itself"},
-            {"name": "Admin", "description": "Tenants and their keys (Authorization: Bearer <tenancy.admin_key>)"},
-            {"name": "Operations", "description": "Health and metrics"},
-        ],
-        "paths": paths,
-        "components": _components(),
-    }
+    """FastAPI's document for ``app``, completed; ``ValueError`` for a route its decorator does not document."""
+    doc = get_openapi(
+        title=app.title,
+        version=app.version,
+        description=app.description,
+        routes=app.routes,
+        tags=app.openapi_tags,
+        separate_input_output_schemas=app.separate_input_output_schemas,
+    )
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if "500" not in op["responses"] or (method in ("post", "put", "patch") and "requestBody" not in op):
+                raise ValueError(f"{method.upper()} {path} is undocumented: give its decorator responses= and openapi_extra=")
+            op["responses"].pop("422", None)  # FastAPI's: the router answers a bad parameter with an OpenAI-shaped 400
+            for parameter in op.get("parameters", ()):
+                if parameter["name"] == "tenant_id":  # the route holds it to check_tenant_id's pattern (400 otherwise)
+                    parameter["schema"]["pattern"] = _TENANT_ID.pattern
+    # the models FastAPI never saw, described as pydantic validates with them (FastAPI's own drop `"default": null`)
+    named = sorted({name for name in _refs(doc["paths"]) if name in _REFERENCED})
+    _, top = models_json_schema([(_REFERENCED[name], "validation") for name in named], ref_template=REF)
+    schemas = {**doc["components"]["schemas"], **top.get("$defs", {})}
+    for name in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422 body, dropped above
+        schemas.pop(name, None)
+    if "CreateTenant" in schemas:
+        schemas["CreateTenant"]["properties"]["id"]["pattern"] = _TENANT_ID.pattern  # what the route holds it to
+    doc["components"] = {"schemas": dict(sorted(schemas.items())), "securitySchemes": SECURITY_SCHEMES}
+    dangling = sorted(set(_refs(doc)) - set(schemas))
+    if dangling:
+        raise ValueError(f"the document refers to schemas it does not have: {dangling}")
+    return doc
 
 
 def render(document: Mapping[str, Any]) -> bytes:
@@ -503,7 +309,7 @@ def render(document: Mapping[str, Any]) -> bytes:
 def reference_app() -> FastAPI:
     """A router app with one placeholder stage: the document does not depend on the configuration."""
     from common.settings import Settings
-    from router.api import create_app  # (here: router.api installs this module's document)
+    from router.api import create_app  # (here: router.api imports this module)
 
     settings = Settings.model_validate(
         {"stages": [{"name": "stage-0", "model": "model-0", "url": "http://127.0.0.1:9/v1", "prices": {"cost": {"request": 1.0}}}]}
@@ -529,16 +335,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def install(app: FastAPI) -> None:
-    """Serve ``build(app)`` at FastAPI's ``/openapi.json`` (built on first request, then cached)."""
-    cache: dict[str, Any] = {}
+    """Serve ``build(app)`` at FastAPI's ``/openapi.json``: built on first request, then cached where FastAPI caches its own."""
 
     def openapi() -> dict[str, Any]:
-        if not cache:
-            cache.update(build(app))
-        return cache
+        app.openapi_schema = app.openapi_schema or build(app)
+        return app.openapi_schema
 
     setattr(app, "openapi", openapi)  # noqa: B010 (FastAPI's documented way: replace app.openapi)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run as router.openapi, not as __main__, the module the routes' `ref` calls fill
+    from router.openapi import main as _main
+
+    sys.exit(_main())

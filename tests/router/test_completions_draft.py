@@ -17,6 +17,7 @@ from router.draft import token_limit, trim, verify_draft
 from router.openai.completions.draft import COMPLETIONS_DRAFT
 from router.speculative import verify_sampled
 from tests.router.fake_stage import FakeStage, Script
+from tests.router.test_draft_fake import drafts
 
 pytestmark = pytest.mark.anyio
 
@@ -38,15 +39,7 @@ async def _verified(stage: FakeStage, draft: str, draft_tokens: int | None, body
     return io.merge(check, None if done else await io.fetch(stage, io.continuation(body, check)))
 
 
-@pytest.mark.parametrize(
-    "draft",
-    [
-        OWN,  # all of it
-        OWN.replace("three", "3"),  # one late disagreement
-        " Here it is:" + OWN,  # a different opening, then the same text (re-joined)
-        "\ndef square(x):\n    return x ** 2\n",  # agrees on a prefix only
-    ],
-)
+@pytest.mark.parametrize("draft", drafts(OWN, " Here it is:"))  # a token carries its leading white space
 @pytest.mark.parametrize("sized", [True, False])
 async def test_verify_then_continue_is_the_stages_own_answer(draft: str, sized: bool) -> None:
     stage = _stage()

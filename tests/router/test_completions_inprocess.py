@@ -1,6 +1,6 @@
 """``POST /v1/completions`` in-process: scripted stages (``fake_stage.py``) and a scripted p̂, through the ASGI app.
 
-The same predictable policy as ``test_app_inprocess.py``: point priors, no risk
+The app and the predictable policy of ``inprocess.py``: point priors, no risk
 shrinkage, costs 1 and 4, priors 0.5 and 0.9, λ = 10, so stage 0 stops at
 p̂ >= 0.5. The fakes answer their script to ``PROMPT`` and continue it after a
 prompt that appends part of it (the draft code's continuation). What real
@@ -9,76 +9,29 @@ stages do is in ``test_completions_live.py``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
-import openai
 import orjson
 import pytest
 
-from common.settings import Settings
-from router.api import create_app
 from router.stage import StageBadResponse, StageFailure, StageTimeout, StageUnavailable
-from tests.router.fake_stage import FakeStage, Script, ScriptedPredictor, fake_stages
+from tests.common.test_completions_protocol import REFUSED_EVERYWHERE
+from tests.router import inprocess
+from tests.router.fake_stage import Script
+from tests.router.inprocess import ESCALATE, STOP, events, make_settings
+from tests.router.inprocess import TEXT_PROMPT as PROMPT
 
 pytestmark = pytest.mark.anyio
 
-PROMPT = "Q: What is 2 + 2?\nA:"
 C0 = Script(" The answer is 5.", prompt_tokens=10, completion_prompt=PROMPT)
 C1 = Script(" The answer is 4, because two and two make four.", prompt_tokens=11, completion_prompt=PROMPT)
-STOP, ESCALATE = 0.9, 0.1
 # per-token prices in another unit (binary fractions: the sums are exact), small enough to leave the policy's choices as they are
 TOKEN_PRICED = ({"prices": {"usd": {"request": 1.0, "prompt_token": 2**-10, "output_token": 2**-8}}},
                 {"prices": {"usd": {"request": 4.0, "prompt_token": 2**-9, "output_token": 2**-7}}})  # fmt: skip
-
-
-def settings_for(dialect: str = "openai", stages: tuple[dict[str, Any], ...] = ({}, {}), **cascade: Any) -> Settings:
-    base = {"url": "http://127.0.0.1:9/v1", "dialect": dialect}
-    predictor = cascade.pop("predictor", {})
-    policy = {"skip_by_prior": False, "prior_strength": None, "risk": {"alpha": 0.0, "beta": 0.0}, "default_lambda": 10.0}
-    ladder = [
-        {**base, "name": "s0", "model": "m0", "prices": {"cost": {"request": 1.0}}, **stages[0]},
-        {**base, "name": "s1", "model": "m1", "prices": {"cost": {"request": 4.0}}, **stages[1]},
-    ]
-    return Settings.model_validate({"tenancy": {"auth": "open"}, "cascade": policy | cascade, "predictor": predictor, "stages": ladder})
-
-
-@dataclass
-class Router:
-    client: httpx.AsyncClient
-    stages: list[FakeStage]
-    predictor: ScriptedPredictor
-
-    async def complete(self, **body: Any) -> httpx.Response:
-        return await self.client.post("/v1/completions", json={"model": "cascade", "prompt": PROMPT, **body})
-
-    def openai(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url="http://router/v1", api_key="unused", max_retries=0, http_client=self.client)
-
-
-@asynccontextmanager
-async def serve(p0: float = STOP, settings: Settings | None = None, scripts: tuple[Script, ...] = (C0, C1)) -> AsyncIterator[Router]:
-    settings = settings or settings_for()
-    stages = fake_stages(settings.stages, *scripts)
-    predictor = ScriptedPredictor({0: p0, 1: 0.8}, [0.5, 0.9])
-    app = create_app(settings, predictor=predictor, stages=stages)
-    transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://router") as client:
-        yield Router(client, stages, predictor)
-
-
-def events(resp: httpx.Response) -> list[Any]:
-    out: list[Any] = []
-    for line in resp.text.splitlines():
-        if line.startswith("data: "):
-            payload = line[len("data: ") :]
-            out.append(payload if payload == "[DONE]" else orjson.loads(payload))
-    return out
+serve = partial(inprocess.serve, scripts=(C0, C1))
 
 
 def streamed_text(chunks: list[Any]) -> str:
@@ -142,7 +95,7 @@ async def test_the_feature_vector_is_the_chat_one_for_the_same_answer() -> None:
 
 async def test_escalation_verifies_the_draft_on_the_prompt_and_answers_the_upper_stages_own_text() -> None:
     """Greedy, vLLM dialect: stage 1 scores prompt + stage 0's text (echo), keeps the agreeing prefix, continues from it."""
-    async with serve(ESCALATE, settings_for("vllm")) as r:
+    async with serve(ESCALATE, make_settings(dialect="vllm")) as r:
         resp = await r.complete(max_tokens=32, temperature=0)
         assert resp.status_code == 200, resp.text
         assert resp.json()["choices"][0]["text"] == C1.text
@@ -162,7 +115,7 @@ async def test_escalation_verifies_the_draft_on_the_prompt_and_answers_the_upper
 async def test_tokens_and_cost_per_stage_after_a_verified_draft() -> None:
     """Each stage's tokens as its usage counted them, and the tenant's charge at the stages' per-token prices:
     s0 1 + 10/1024 + 4/256, s1 4 + 29/512 + 10/128."""
-    async with serve(ESCALATE, settings_for("vllm", stages=TOKEN_PRICED, cost_unit="usd")) as r:
+    async with serve(ESCALATE, make_settings(*TOKEN_PRICED, dialect="vllm", cost_unit="usd")) as r:
         raw = await r.openai().completions.with_raw_response.create(model="cascade", prompt=PROMPT, max_tokens=32, temperature=0)
         assert raw.headers["x-cascade-accepted"] == "s1:3/4"
         assert raw.headers["x-cascade-tokens"] == f"s0=10+4,s1=29+{len(C1.tokens)}"
@@ -176,7 +129,7 @@ async def test_a_draft_that_merges_with_the_prompt_is_regenerated() -> None:
     stage 1's own answer starts after the prompt's own last token, so the draft is not verified."""
     glued0 = Script("The answer is 5.", prompt_tokens=10, completion_prompt=PROMPT)
     glued1 = Script("The answer is 4.", prompt_tokens=11, completion_prompt=PROMPT)
-    async with serve(ESCALATE, settings_for("vllm"), scripts=(glued0, glued1)) as r:
+    async with serve(ESCALATE, make_settings(dialect="vllm"), scripts=(glued0, glued1)) as r:
         resp = await r.complete(max_tokens=32, temperature=0)
         assert resp.json()["choices"][0]["text"] == glued1.text
         assert resp.headers["x-cascade-draft"] == "s1:regenerate:misaligned"
@@ -184,7 +137,7 @@ async def test_a_draft_that_merges_with_the_prompt_is_regenerated() -> None:
 
 async def test_sampled_escalation_between_stages_sharing_a_tokenizer_verifies_by_speculative_sampling() -> None:
     shared = ({"tokenizer": "t"}, {"tokenizer": "t"})
-    async with serve(ESCALATE, settings_for("vllm", shared)) as r:
+    async with serve(ESCALATE, make_settings(*shared, dialect="vllm")) as r:
         resp = await r.complete(max_tokens=32, temperature=0.7, seed=1)
         assert resp.status_code == 200, resp.text
         assert resp.headers["x-cascade-draft"] == "s1:verify-sampling"
@@ -194,7 +147,7 @@ async def test_sampled_escalation_between_stages_sharing_a_tokenizer_verifies_by
 
 
 async def test_sampled_escalation_with_different_tokenizers_regenerates() -> None:
-    async with serve(ESCALATE, settings_for("vllm")) as r:
+    async with serve(ESCALATE, make_settings(dialect="vllm")) as r:
         resp = await r.complete(max_tokens=32, temperature=0.7)
         assert resp.headers["x-cascade-draft"] == "s1:regenerate:sampling" and resp.json()["choices"][0]["text"] == C1.text
 
@@ -211,7 +164,7 @@ async def test_logprobs_only_when_asked_and_only_as_many_as_asked() -> None:
 
 
 async def test_logprobs_of_a_verified_answer_come_in_the_completions_shape() -> None:
-    async with serve(ESCALATE, settings_for("vllm")) as r:
+    async with serve(ESCALATE, make_settings(dialect="vllm")) as r:
         data = (await r.complete(max_tokens=32, temperature=0, logprobs=1)).json()
         lp = data["choices"][0]["logprobs"]
         assert "".join(lp["tokens"]) == data["choices"][0]["text"] == C1.text
@@ -271,7 +224,7 @@ async def test_stream_from_the_top_stage_folds_earlier_usage_in() -> None:
 
 
 async def test_stream_from_the_top_stage_after_a_verified_draft_sends_the_prefix_first() -> None:
-    async with serve(ESCALATE, settings_for("vllm")) as r:
+    async with serve(ESCALATE, make_settings(dialect="vllm")) as r:
         resp = await r.complete(stream=True, temperature=0, max_tokens=32, logprobs=1)
         chunks = events(resp)
         assert chunks[0]["id"] == "cmpl-prefix" and chunks[0]["choices"][0]["text"] == " The answer is"
@@ -286,7 +239,7 @@ async def test_stream_from_the_top_stage_after_a_verified_draft_sends_the_prefix
 async def test_a_stream_from_the_top_stage_leaves_its_tokens_to_the_usage_chunk() -> None:
     """The headers go out before s1 streams: s0's tokens, s1 charged its per-request price; the usage chunk less the
     header's sums is s1's (its scoring and continuation prompts, the kept and streamed tokens)."""
-    async with serve(ESCALATE, settings_for("vllm", stages=TOKEN_PRICED, cost_unit="usd")) as r:
+    async with serve(ESCALATE, make_settings(*TOKEN_PRICED, dialect="vllm", cost_unit="usd")) as r:
         resp = await r.complete(stream=True, temperature=0, max_tokens=32, stream_options={"include_usage": True})
         assert resp.headers["x-cascade-path"] == "s0,s1" and resp.headers["x-cascade-accepted"] == "s1:3/4"
         assert resp.headers["x-cascade-tokens"] == "s0=10+4" and resp.headers["x-cascade-cost"] == "5.025390625"  # 1.025390625 + 4
@@ -303,6 +256,7 @@ async def test_a_stage_failing_mid_stream_ends_it_with_an_error_event() -> None:
 
 
 # -- failures -------------------------------------------------------------------
+# (every stage failing: test_app_inprocess.py, for both APIs)
 
 
 @pytest.mark.parametrize("failure", [StageUnavailable, StageTimeout, StageBadResponse])
@@ -315,26 +269,11 @@ async def test_upper_stage_failing_returns_the_lower_answer_degraded(failure: ty
         assert resp.headers["x-cascade-tokens"] == "s0=10+4,s1=0+0" and resp.headers["x-cascade-cost"] == "5"  # the failed call is paid
 
 
-@pytest.mark.parametrize(
-    ("failures", "status"),
-    [((StageUnavailable, StageUnavailable), 503), ((StageUnavailable, StageTimeout), 504), ((StageTimeout, StageBadResponse), 502)],
-)
-async def test_every_stage_failing_is_an_openai_shaped_error(failures: tuple[type[StageFailure], ...], status: int) -> None:
-    async with serve(ESCALATE) as r:
-        for stage, failure in zip(r.stages, failures, strict=True):
-            stage.fail = failure
-        resp = await r.complete()
-        assert resp.status_code == status and resp.json()["error"]["type"] == "upstream_error"
-        with pytest.raises(openai.APIStatusError) as info:
-            await r.openai().completions.create(model="cascade", prompt=PROMPT)
-        assert info.value.status_code == status
-
-
 # -- stages without /v1/completions ----------------------------------------------
 
 
 async def test_a_stage_configured_without_completions_is_skipped_and_named() -> None:
-    async with serve(STOP, settings_for(stages=({"completions": False}, {}))) as r:
+    async with serve(STOP, make_settings({"completions": False}, {})) as r:
         resp = await r.complete()
         assert resp.status_code == 200 and resp.json()["choices"][0]["text"] == C1.text
         assert resp.headers["x-cascade-path"] == "s1" and resp.headers["x-cascade-skipped"] == "s0:completions"
@@ -347,7 +286,7 @@ async def test_a_stage_configured_without_completions_is_skipped_and_named() -> 
 
 
 async def test_no_stage_with_completions_is_a_400_naming_the_model() -> None:
-    async with serve(STOP, settings_for(stages=({"completions": False}, {"completions": False}))) as r:
+    async with serve(STOP, make_settings({"completions": False}, {"completions": False})) as r:
         resp = await r.complete()
         assert resp.status_code == 400 and resp.json()["error"]["param"] == "model"
         assert resp.json()["error"]["code"] == "no_capable_stage"
@@ -370,6 +309,7 @@ async def test_a_stage_whose_completions_endpoint_is_missing() -> None:
 
 
 # -- pass-through -----------------------------------------------------------------
+# (its errors: test_app_inprocess.py, for both APIs)
 
 
 async def test_passthrough_by_stage_name() -> None:
@@ -404,37 +344,18 @@ async def test_passthrough_stream_renames_the_model() -> None:
         assert resp.headers["x-cascade-tokens"] == "-" and resp.headers["x-cascade-cost"] == "1"  # its tokens are in its stream
 
 
-async def test_passthrough_errors() -> None:
-    async with serve(ESCALATE) as r:
-        r.stages[0].fail = StageUnavailable
-        for stream in (False, True):
-            resp = await r.complete(model="s0", stream=stream)
-            assert resp.status_code == 503 and resp.json()["error"]["type"] == "upstream_error"
-        resp = await r.complete(model="s1", cascade_lambda=1.0)
-        assert resp.status_code == 400 and resp.json()["error"]["param"] == "cascade_lambda"
-        resp = await r.complete(model="gpt-9")
-        assert resp.status_code == 404 and resp.json()["error"]["code"] == "model_not_found"
-
-
 # -- validation -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"prompt": [1, 2, 3]}, "prompt"),
-        ({"prompt": [[1, 2]]}, "prompt"),
-        ({"prompt": ["a", "b"]}, "prompt"),
-        ({"prompt": ""}, "prompt"),
-        ({"prompt": None}, "prompt"),
-        ({"n": 2}, "n"),
+        *REFUSED_EVERYWHERE,
         ({"best_of": 3}, "best_of"),
         ({"suffix": "\n}"}, "suffix"),
         ({"logit_bias": {"50256": -100}}, "logit_bias"),
-        ({"logprobs": 50}, "logprobs"),
         ({"temperature": "0"}, "temperature"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
-        ({"bogus": 1}, "bogus"),
     ],
 )
 async def test_what_no_stage_can_honour_is_a_400_naming_the_field(body: dict[str, Any], param: str) -> None:
@@ -466,7 +387,7 @@ async def test_an_empty_or_non_object_body_is_a_400() -> None:
 
 async def test_traffic_log_rows_of_completions_are_marked(tmp_path: Path) -> None:
     log = tmp_path / "traffic.jsonl"
-    async with serve(ESCALATE, settings_for("vllm", predictor={"log_path": str(log)})) as r:
+    async with serve(ESCALATE, make_settings(dialect="vllm", predictor={"log_path": str(log)})) as r:
         assert (await r.complete(temperature=0, max_tokens=32)).status_code == 200
     (row,) = [orjson.loads(line) for line in log.read_text().splitlines()]
     assert row["kind"] == "completion" and row["prompt_texts"] == [PROMPT]

@@ -37,15 +37,13 @@ async def _verified_answer(stage: FakeStage, draft: str, draft_tokens: int | Non
     return str(data["choices"][0]["message"]["content"])
 
 
-@pytest.mark.parametrize(
-    "draft",
-    [
-        OWN,  # all of it
-        OWN.replace("three", "3"),  # one late disagreement
-        "Here it is:\n" + OWN,  # a different opening, then the same text (re-joined)
-        "def square(x):\n    return x ** 2\n",  # agrees on a prefix only
-    ],
-)
+def drafts(own: str, opening: str) -> list[str]:
+    """Drafts against a stage whose answer is ``own`` (``square`` and its use): all of it, one late disagreement,
+    a different ``opening`` then the same text (re-joined), and one that agrees on a prefix only."""
+    return [own, own.replace("three", "3"), opening + own, own[: own.index("x * x")] + "x ** 2\n"]
+
+
+@pytest.mark.parametrize("draft", drafts(OWN, "Here it is:\n"))
 @pytest.mark.parametrize("sized", [True, False])
 async def test_verify_then_continue_is_the_stages_own_answer(draft: str, sized: bool) -> None:
     stage = _stage()

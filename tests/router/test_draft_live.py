@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,28 +53,29 @@ def _gap_at_divergence(own: object, got: object) -> tuple[int, float] | None:
     return None if len(mine) == len(theirs) else (min(len(mine), len(theirs)), 0.0)
 
 
-@pytest.mark.parametrize("prompt", PROMPTS)
-def test_escalation_is_lossless_for_greedy(client: OpenAI, router: RouterProcess, prompt: str) -> None:
-    s1 = router.settings.stages[1].name
-    messages = [{"role": "user", "content": prompt}]
+def escalated_and_own(client: OpenAI, stage: str, prompt: str) -> tuple[Any, tuple[int, float] | None]:
+    """A greedy request the cascade escalates to ``stage`` (λ = 1e6), and where its answer first differs from ``stage``'s
+    own greedy answer (``_gap_at_divergence``; None: nowhere). Returns the cascade's raw response and that."""
+    messages: Any = [{"role": "user", "content": prompt}]
     raw = client.chat.completions.with_raw_response.create(
         model="cascade",
         messages=messages,
         temperature=0,
         max_tokens=MAX_TOKENS,
         logprobs=True,
-        extra_body={"cascade_lambda": 1e6},  # type: ignore[arg-type]
+        extra_body={"cascade_lambda": 1e6},
     )
     own = client.chat.completions.create(
-        model=s1,
-        messages=messages,
-        temperature=0,
-        max_tokens=MAX_TOKENS,
-        logprobs=True,
-        top_logprobs=2,  # type: ignore[arg-type]
+        model=stage, messages=messages, temperature=0, max_tokens=MAX_TOKENS, logprobs=True, top_logprobs=2
     )
+    return raw, _gap_at_divergence(own, raw.parse().choices[0].logprobs.content)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_escalation_is_lossless_for_greedy(client: OpenAI, router: RouterProcess, prompt: str) -> None:
+    s1 = router.settings.stages[1].name
+    raw, divergence = escalated_and_own(client, s1, prompt)
     assert raw.headers["x-cascade-draft"] == f"{s1}:verify"
-    divergence = _gap_at_divergence(own, raw.parse().choices[0].logprobs.content)
     if divergence is not None:
         index, gap = divergence
         NEAR_TIES.append((prompt, index, gap))

@@ -19,10 +19,10 @@ import pytest
 
 from common.settings import Settings
 from predictor.serving.lengths import OutputLengths
-from router.api import create_app
 from router.early_exit import Written, write
 from router.stage import StageUnavailable
 from tests.router.fake_stage import FakeStage, Script, ScriptedPredictor, fake_stages
+from tests.router.inprocess import app_client, make_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -32,27 +32,22 @@ PROMPT = [{"role": "user", "content": "What is 2 + 2?"}]
 
 
 def settings(**cascade: Any) -> Settings:
-    stage = {"url": "http://127.0.0.1:9/v1", "dialect": "openai"}
-    policy = {"skip_by_prior": False, "prior_strength": None, "risk": {"alpha": 0.0, "beta": 0.0}, "default_lambda": 10.0,
-              "cost_unit": "u"}  # fmt: skip
-    return Settings.model_validate({
-        "tenancy": {"auth": "open"},
-        "cascade": policy | cascade,
-        "stages": [{**stage, "name": "s0", "model": "m0", "prices": {"u": {"output_token": 0.05}}},
-                   {**stage, "name": "s1", "model": "m1", "prices": {"u": {"request": 4.0}}}],
-    })  # fmt: skip
+    return make_settings({"prices": {"u": {"output_token": 0.05}}}, {"prices": {"u": {"request": 4.0}}}, cost_unit="u", **cascade)
+
+
+def prefix_predictor(q: float, p0: float = 0.9) -> ScriptedPredictor:
+    """p̂ ``p0`` for stage 0's whole answer, ``q`` for its prefixes at the checkpoints (4 and 8 tokens)."""
+    lengths = (OutputLengths(tuple([30.0] * 20)), OutputLengths(tuple([5.0] * 20)))
+    return ScriptedPredictor({0: p0, 1: 0.9}, [0.5, 0.9], lengths=lengths, checkpoints=(4, 8), prefix_strengths=(20.0, 20.0),
+                             prefix_p={0: q})  # fmt: skip
 
 
 @asynccontextmanager
 async def serve(q: float, p0: float = 0.9, **cascade: Any) -> AsyncIterator[tuple[httpx.AsyncClient, list[FakeStage], ScriptedPredictor]]:
     s = settings(**cascade)
     stages = fake_stages(s.stages, LONG, S1)
-    lengths = (OutputLengths(tuple([30.0] * 20)), OutputLengths(tuple([5.0] * 20)))
-    predictor = ScriptedPredictor({0: p0, 1: 0.9}, [0.5, 0.9], lengths=lengths, checkpoints=(4, 8), prefix_strengths=(20.0, 20.0),
-                                  prefix_p={0: q})  # fmt: skip
-    app = create_app(s, predictor=predictor, stages=stages)
-    transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+    predictor = prefix_predictor(q, p0)
+    async with app_client(s, predictor=predictor, stages=stages) as client:
         yield client, stages, predictor
 
 
@@ -183,11 +178,7 @@ async def test_the_cascade_charges_the_tokens_an_aborted_stage_sent() -> None:
     s = settings()
     stages = fake_stages(s.stages, LONG, S1)
     stages[0] = ChunkyStage(s.stages[0], LONG)
-    lengths = (OutputLengths(tuple([30.0] * 20)), OutputLengths(tuple([5.0] * 20)))
-    predictor = ScriptedPredictor({0: 0.9, 1: 0.9}, [0.5, 0.9], lengths=lengths, checkpoints=(4, 8), prefix_strengths=(20.0, 20.0),
-                                  prefix_p={0: 0.02})  # fmt: skip
-    app = create_app(s, predictor=predictor, stages=stages)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as client:
+    async with app_client(s, predictor=prefix_predictor(q=0.02), stages=stages) as client:
         resp = await client.post("/v1/chat/completions", json={"model": "cascade", "messages": PROMPT, "max_tokens": 64})
         assert resp.status_code == 200, resp.text
         assert resp.headers["x-cascade-path"] == "s0(aborted@4),s1"  # the checkpoint, as before

@@ -20,7 +20,6 @@ and the test checks that streams opened while a replica is dead succeed.
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import threading
 import time
@@ -33,14 +32,14 @@ import pytest
 
 from common.settings import LlamaCppLaunch, StageConfig
 from servers.launcher import llamacpp_command
-from tests.conftest import ROOT, RouterProcess, free_port, ladder_config, stop_process, wait_http
+from tests.conftest import ROOT, OwnProcess, RouterProcess, free_port, ladder_config, wait_http
 
 SMOLLM2 = "smollm2-135m"
 QWEN = "qwen2.5-coder-0.5b"
 PROMPT = [{"role": "user", "content": "Name a colour."}]
 
 
-class Replica:
+class Replica(OwnProcess):
     """One SmolLM2 stage server process on a fixed port (so that it can be restarted where the router expects it)."""
 
     def __init__(self, log_dir: Path) -> None:
@@ -55,18 +54,6 @@ class Replica:
         with open(self.log_dir / f"replica-{self.port}.log", "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         wait_http(f"http://127.0.0.1:{self.port}/health", 300, self.proc)
-
-    def kill(self) -> None:
-        """SIGKILL: no graceful shutdown, connections in flight just drop."""
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 Every body and event the router sends is parsed with the ``openai`` package's own
 Responses types, and checked to carry no key those types do not know
 (``assert_openai_shape``), so the shapes are OpenAI's and not merely close. The
-policy is the one of ``test_app_inprocess.py``: stage 0 stops at p̂ >= 0.5.
+app and the policy are ``inprocess.py``'s: stage 0 stops at p̂ >= 0.5.
 What real stages do is in ``test_responses_live.py``.
 """
 
@@ -23,16 +23,12 @@ from openai.types.responses import FunctionToolParam, Response, ResponseOutputMe
 from pydantic import BaseModel, TypeAdapter
 
 from common.responses_protocol import parse_responses_request, responses_param
-from common.settings import Settings
-from router.api import create_app
 from router.stage import StageTimeout, StageUnavailable
-from tests.router.fake_stage import FakeStage, Script, ScriptedPredictor
+from tests.router.fake_stage import FakeStage, Script
+from tests.router.inprocess import ESCALATE, S0, S1, STOP, app_client, make_settings, openai_client, scripted
 
 pytestmark = pytest.mark.anyio
 
-S0 = Script("The answer is 5.", prompt_tokens=10)
-S1 = Script("The answer is 4, because two and two make four.", prompt_tokens=11)
-STOP, ESCALATE = 0.9, 0.1  # stage 0's p̂ that stops there / escalates
 WEATHER: FunctionToolParam = {
     "type": "function",
     "name": "get_weather",
@@ -88,21 +84,6 @@ class ToolStage(FakeStage):
         return out
 
 
-def make_settings(dialect: str = "openai") -> Settings:
-    stage = {"url": "http://127.0.0.1:9/v1", "dialect": dialect}
-    policy = {"skip_by_prior": False, "prior_strength": None, "risk": {"alpha": 0.0, "beta": 0.0}, "default_lambda": 10.0}
-    return Settings.model_validate(
-        {
-            "tenancy": {"auth": "open"},
-            "cascade": policy,
-            "stages": [
-                {**stage, "name": "s0", "model": "m0", "prices": {"cost": {"request": 1.0}}},
-                {**stage, "name": "s1", "model": "m1", "prices": {"cost": {"request": 4.0}}},
-            ],
-        }
-    )
-
-
 @dataclass
 class Router:
     http: httpx.AsyncClient
@@ -115,13 +96,10 @@ class Router:
 
 @asynccontextmanager
 async def serve(p0: float = STOP, dialect: str = "openai", tool_calls: tuple[tuple[str, str], ...] = ()) -> AsyncIterator[Router]:
-    settings = make_settings(dialect)
+    settings = make_settings(dialect=dialect)
     stages = [ToolStage(c, s, tool_calls=list(tool_calls)) for c, s in zip(settings.stages, (S0, S1), strict=True)]
-    app = create_app(settings, predictor=ScriptedPredictor({0: p0, 1: 0.8}, [0.5, 0.9]), stages=stages)
-    transport = httpx.ASGITransport(app=app)  # it does not run the lifespan: entered here
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://router") as http:
-        client = openai.AsyncOpenAI(base_url="http://router/v1", api_key="unused", max_retries=0, http_client=http)  # type: ignore[arg-type]  # its stubs name httpx2
-        yield Router(http, stages, client)
+    async with app_client(settings, predictor=scripted(p0), stages=stages) as http:
+        yield Router(http, stages, openai_client(http))
 
 
 def assert_openai_shape(obj: object, path: str = "") -> None:

@@ -12,21 +12,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 
 from common.errors import APIError, parse_chat_request
-from common.settings import Settings, TenancyConfig, TokenPrices
-from router.api import create_app
-from router.cascade import CascadeEngine
+from common.settings import TokenPrices
 from router.contracts import TenantLimits
-from router.openai.chat.serving import ChatServing
 from router.tenants.model import TenantSettings, hash_key
 from router.tenants.redis_store import RedisStore
 from tests.conftest import RedisServer
-from tests.router.fake_stage import ScriptedPredictor, fake_stages
-from tests.router.test_app_inprocess import ESCALATE, PROMPT, S0, S1, STOP, events, make_settings, serve, streamed_text
+from tests.router.inprocess import ESCALATE, PROMPT, S0, S1, STOP, chat_serving, events, make_settings, serve, streamed_text
 
 pytestmark = pytest.mark.anyio
 
@@ -56,7 +51,7 @@ async def test_a_stream_sends_exactly_the_alternatives_the_client_asked_for(
     asked: dict[str, int], p0: float, dialect: str, script: Any
 ) -> None:
     """``logprobs: true`` without ``top_logprobs`` relayed the top-k alternatives the router asked the top stage for."""
-    async with serve(p0, make_settings(dialect)) as r:
+    async with serve(p0, make_settings(dialect=dialect)) as r:
         resp = await r.chat(stream=True, logprobs=True, temperature=0, max_tokens=32, **asked)
         assert resp.status_code == 200, resp.text
         chunks = events(resp)
@@ -81,15 +76,10 @@ async def test_a_stream_without_logprobs_sends_none() -> None:
 # -- a tenant's max_stage that names no stage ---------------------------------------------------------
 
 
-def _serving(settings: Settings) -> ChatServing:
-    stages = fake_stages(settings.stages, S0, S1)
-    return ChatServing(settings, stages, CascadeEngine(settings, stages, ScriptedPredictor({0: ESCALATE, 1: 0.8}, [0.5, 0.9])))
-
-
 @pytest.mark.parametrize("stale", ["s9", 2])
 async def test_a_tenant_max_stage_not_in_the_ladder_is_refused_not_uncapped(stale: int | str) -> None:
     """A ``max_stage`` renamed or removed since the tenant was set gave the tenant the whole ladder."""
-    serving = _serving(make_settings())
+    serving = chat_serving(make_settings())
     req = parse_chat_request(orjson.dumps({"model": "cascade", "messages": PROMPT}))
     with pytest.raises(APIError) as info:
         await serving.create(req, {}, TenantLimits(10.0, max_stage=stale))
@@ -107,7 +97,7 @@ async def test_a_tenant_max_stage_not_in_the_ladder_is_refused_not_uncapped(stal
 
 
 async def test_a_valid_tenant_max_stage_still_caps_the_cascade() -> None:
-    serving = _serving(make_settings())
+    serving = chat_serving(make_settings())
     req = parse_chat_request(orjson.dumps({"model": "cascade", "messages": PROMPT}))
     response, outcome = await serving.create(req, {}, TenantLimits(10.0, max_stage="s0"))
     assert response.status_code == 200 and outcome.stage == "s0"
@@ -123,12 +113,9 @@ async def test_a_stale_max_stage_stored_in_redis_is_refused_at_request_time(redi
         await store.add_key("old", hash_key("asd-old-key"))
     finally:
         await store.close()
-    settings = make_settings().model_copy(update={"tenancy": TenancyConfig(auth="keys", redis_url=redis_server.url)})
-    stages = fake_stages(settings.stages, S0, S1)
-    app = create_app(settings, predictor=ScriptedPredictor({0: ESCALATE, 1: 0.8}, [0.5, 0.9]), stages=stages)
     key = {"authorization": "Bearer asd-old-key"}
-    transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://router") as c:
+    async with serve(ESCALATE, make_settings(tenancy={"auth": "keys", "redis_url": redis_server.url})) as r:
+        c = r.client
         for stream in (False, True):
             resp = await c.post("/v1/chat/completions", json={"model": "cascade", "messages": PROMPT, "stream": stream}, headers=key)
             assert resp.status_code == 403, resp.text
@@ -136,7 +123,7 @@ async def test_a_stale_max_stage_stored_in_redis_is_refused_at_request_time(redi
             assert err["param"] == "max_stage" and "'retired-stage'" in err["message"] and "s0, s1" in err["message"]
         resp = await c.post("/v1/completions", json={"model": "cascade", "prompt": "2 + 2 ="}, headers=key)
         assert resp.status_code == 403 and resp.json()["error"]["param"] == "max_stage"
-        assert all(s.calls == [] for s in stages)
+        assert all(s.calls == [] for s in r.stages)
 
 
 @pytest.mark.parametrize("done", [b"data: [DONE]\n\n", b"data:[DONE]\n\n", b"data:[DONE]\r\n\r\n"])
@@ -162,7 +149,7 @@ async def test_a_relayed_stream_ends_with_one_done_whatever_the_stage_spelled(do
 async def test_a_stage_called_by_name_is_charged_the_prices_the_cascade_uses() -> None:
     """Where prices are measured, a direct call is charged at the measured prices, as the cascade's visits are."""
     seconds = {"seconds": {"request": 1.0, "prompt_token": 0.01, "output_token": 0.1}}
-    serving = _serving(make_settings(prices=(seconds, seconds), cost_unit="seconds"))
+    serving = chat_serving(make_settings({"prices": seconds}, {"prices": seconds}, cost_unit="seconds"))
     pricing = serving.engine.pricing
     for _ in range(50):  # s1 turns out slower than configured
         pricing.observe(1, 9.0, 20, 10)

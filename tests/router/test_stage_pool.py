@@ -34,11 +34,11 @@ import pytest
 
 from common.errors import APIError
 from common.settings import PoolConfig, Settings, StageConfig
-from router.api import create_app
 from router.stage import Stage, StageBadResponse, StageFailure, StageTimeout, StageUnavailable
 from router.stage_pool import StagePool, endpoint_clients
 from tests.clock import Clock
-from tests.conftest import ROOT, free_port, stop_process, wait_http
+from tests.conftest import ROOT, OwnProcess, free_port, wait_http
+from tests.router.inprocess import app_client
 
 pytestmark = pytest.mark.anyio
 
@@ -48,8 +48,10 @@ RULES = PoolConfig(eject_after=3, eject_base_s=0.5, eject_max_s=4.0, probe_inter
 WAIT_S = 30.0  # how long a test waits for a state it expects from real processes (it goes on as soon as it holds)
 
 
-class Stub:
+class Stub(OwnProcess):
     """One ``servers.stub_server`` process on its own port; its mode can be changed while it runs."""
+
+    grace_s = 3
 
     def __init__(self, mode: str = "instant", port: int | None = None, *extra: str) -> None:
         self.port = port or free_port()
@@ -62,11 +64,6 @@ class Stub:
         cmd = [sys.executable, "-m", "servers.stub_server", "--port", str(self.port), "--mode", mode, "--model", "stub", *self.extra]
         self.proc = subprocess.Popen(cmd, cwd=ROOT)
         wait_http(f"http://127.0.0.1:{self.port}/health", 30, self.proc)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, grace_s=3)
-            self.proc = None
 
     def mode(self, mode: str) -> None:
         httpx.post(f"http://127.0.0.1:{self.port}/stub/mode", json={"mode": mode}).raise_for_status()
@@ -230,12 +227,20 @@ async def test_a_single_endpoint_has_nowhere_to_retry(a_b: list[Stub]) -> None:
 # -- cool-down, probation, probes ----------------------------------------------------------------------------------------
 
 
-async def test_an_ejected_endpoint_comes_back_by_itself_after_its_cooldown(a_b: list[Stub]) -> None:
+@asynccontextmanager
+async def ejected(a_b: list[Stub]) -> AsyncIterator[tuple[StagePool, Clock]]:
+    """A pool over both stubs, on a frozen clock of its own, whose first endpoint answered 500 until it was ejected."""
     flaky, good = a_b
     flaky.mode("error500")
     clock = Clock()
     async with pool_of(stage([flaky.url, good.url]), clock=clock) as pool:
         await until_ejected(pool, 0)
+        yield pool, clock
+
+
+async def test_an_ejected_endpoint_comes_back_by_itself_after_its_cooldown(a_b: list[Stub]) -> None:
+    flaky = a_b[0]
+    async with ejected(a_b) as (pool, clock):
         ep = pool.endpoints[0]
         ends = clock.t + RULES.eject_base_s
         assert ep.health.retry_in() == RULES.eject_base_s
@@ -253,11 +258,7 @@ async def test_an_ejected_endpoint_comes_back_by_itself_after_its_cooldown(a_b: 
 
 
 async def test_failing_again_on_probation_doubles_the_cooldown(a_b: list[Stub]) -> None:
-    flaky, good = a_b
-    flaky.mode("error500")
-    clock = Clock()
-    async with pool_of(stage([flaky.url, good.url]), clock=clock) as pool:
-        await until_ejected(pool, 0)
+    async with ejected(a_b) as (pool, clock):
         clock.t += RULES.eject_base_s
         ep = pool.endpoints[0]
         assert ep.health.state() == "probation"
@@ -422,24 +423,13 @@ async def test_gauges_are_not_asked_again_of_a_server_without_them(a_b: list[Stu
 
 
 def settings_for(stage0: list[str], stage1: list[str], **extra: Any) -> Settings:
+    """Stubs s0 (price 1, prior 0.3) and s1 (2, 0.95) on the given endpoints; ``extra``: ``stages`` (one dict each, added
+    to that stage), ``cascade`` (added to the policy), or any other top-level section."""
     stages = [
-        {
-            "name": "s0",
-            "model": "stub",
-            "prices": {"cost": {"request": 1.0}},
-            "prior": 0.3,
-            "endpoints": [{"url": u} for u in stage0],
-            "timeout_s": 2.0,
-        },
-        {
-            "name": "s1",
-            "model": "stub",
-            "prices": {"cost": {"request": 2.0}},
-            "prior": 0.95,
-            "endpoints": [{"url": u} for u in stage1],
-            "timeout_s": 2.0,
-        },
-    ]
+        {"name": name, "model": "stub", "prices": {"cost": {"request": price}}, "prior": prior, "endpoints": [{"url": u} for u in urls],
+         "timeout_s": 2.0}
+        for name, price, prior, urls in (("s0", 1.0, 0.3, stage0), ("s1", 2.0, 0.95, stage1))
+    ]  # fmt: skip
     for s, more in zip(stages, extra.pop("stages", [{}, {}]), strict=True):
         s.update(more)
     return Settings.model_validate(
@@ -452,11 +442,8 @@ def settings_for(stage0: list[str], stage1: list[str], **extra: Any) -> Settings
 async def router(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The app over pools on a frozen fake clock: an ejection lasts as long as the test."""
     clock = Clock()
-    app = create_app(settings, stages=[StagePool(s, endpoint_clients(s), settings.pool, clock=clock) for s in settings.stages])
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as client,
-    ):
+    pools = [StagePool(s, endpoint_clients(s), settings.pool, clock=clock) for s in settings.stages]
+    async with app_client(settings, stages=pools) as client:
         yield client
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -19,12 +17,12 @@ import orjson
 import pytest
 
 from common.settings import Settings, StageConfig
-from router.api import create_app
 from router.litellm_stage import LiteLLMStage
 from router.stage import StageUnavailable
 from router.stage_client import StageClient
 from router.stage_pool import StagePool, endpoint_clients
 from tests.conftest import free_port, ladder_config
+from tests.router.inprocess import app_client
 
 if importlib.util.find_spec("litellm") is None:
     pytest.skip("litellm is not installed: install the extra (pip install -e '.[litellm]') to test the litellm dialect",
@@ -129,13 +127,6 @@ def test_the_key_is_sent_and_never_logged(stage_ports: list[int], monkeypatch: p
     assert SECRET not in caplog.text and SECRET not in out.out and SECRET not in out.err
 
 
-@asynccontextmanager
-async def router(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as c:
-        yield c
-
-
 def test_litellm_stages_in_the_cascade(stage_ports: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
     """Both CPU stages through LiteLLM: the cascade judges stage 0 from its logprobs (read from the bytes LiteLLM's
     answer becomes), and escalating to stage 1 regenerates: a LiteLLM stage has no prompt_logprobs to verify with."""
@@ -147,7 +138,7 @@ def test_litellm_stages_in_the_cascade(stage_ports: list[int], monkeypatch: pyte
     monkeypatch.setenv("LOCAL_STAGE_KEY", "unused")
 
     async def go() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
-        async with router(settings) as client:
+        async with app_client(settings) as client:  # over the stages' pools, as configured
             chat = {"model": "cascade", "messages": BODY["messages"], "max_tokens": 16, "temperature": 0}
             low = await client.post("/v1/chat/completions", json={**chat, "cascade_lambda": 0.0})
             high = await client.post("/v1/chat/completions", json={**chat, "cascade_lambda": 1e6})

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import pytest
 
 from common.settings import Settings
 from predictor.serving.calibration import LambdaTable, Target
-from router.api import create_app
 from router.targets import TargetLambdas
 from router.tenants.model import QualityTarget
 from tests.router.fake_stage import ScriptedPredictor, fake_stages
+from tests.router.inprocess import app_client
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "predictor" / "models" / "cpu"
@@ -56,9 +55,7 @@ async def test_a_tenant_with_a_target_runs_at_its_calibrated_lambda() -> None:
     lam = want.lambda_for(Target(within_points=2))
     assert lam is not None
     predictor = ScriptedPredictor({0: 0.9, 1: 0.9}, [0.5, 0.9])
-    app = create_app(settings, predictor=predictor, stages=fake_stages(settings.stages))
-    transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://router") as c:
+    async with app_client(settings, predictor=predictor, stages=fake_stages(settings.stages)) as c:
         made = await c.post("/admin/tenants", json={"id": "acme", "settings": {"target": {"within_points": 2}}}, headers=ADMIN)
         assert made.status_code in (200, 201), made.text
         key = {"authorization": f"Bearer {made.json()['api_key']}"}

@@ -1,6 +1,6 @@
 """Tools and JSON formats through the cascade, in-process (scripted stages, scripted p̂).
 
-The policy is the one of ``test_app_inprocess.py``: point priors, no risk shrinkage,
+The app and the policy are ``inprocess.py``'s: point priors, no risk shrinkage,
 λ = 10, costs 1 / 4 (/ 8), priors 0.5 / 0.9 (/ 0.95). Stage 0 is scripted to a p̂
 that stops there (0.9), so every escalation below is the validity rule's doing:
 an invalid answer counts as p̂ = 0 and is escalated while a higher stage exists.
@@ -8,25 +8,22 @@ an invalid answer counts as p̂ = 0 and is escalated while a higher stage exists
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import orjson
 import pytest
 
 from common.settings import Settings
-from router.api import create_app
 from router.stage import StageTimeout
-from tests.router.fake_stage import FakeStage, Script, ScriptedPredictor, fake_stages
-from tests.router.test_app_inprocess import PROMPT, Router, events
+from tests.router import inprocess
+from tests.router.fake_stage import FakeStage, Script
+from tests.router.inprocess import ESCALATE, PROMPT, STOP, Router, app_client, events, make_settings, scripted
 
 pytestmark = pytest.mark.anyio
 
-STOP, ESCALATE = 0.9, 0.1
 WEATHER = {
     "type": "function",
     "function": {
@@ -58,35 +55,9 @@ TEXT = Script("It is sunny in Paris.", prompt_tokens=11)
 GOOD_JSON = Script('{"name": "Ada"}', prompt_tokens=11)
 
 
-def make_settings(*stages: dict[str, Any], dialect: str = "openai", **cascade: Any) -> Settings:
-    """Stages s0, s1 (and more when given); each dict adds to / overrides that stage's config (e.g. tools: false)."""
-    stages = stages or ({}, {})
-    base = [
-        {"name": "s0", "model": "m0", "prices": {"cost": {"request": 1.0}}},
-        {"name": "s1", "model": "m1", "prices": {"cost": {"request": 4.0}}},
-        {"name": "s2", "model": "m2", "prices": {"cost": {"request": 8.0}}},
-    ]
-    predictor = cascade.pop("predictor", {})
-    policy = {"skip_by_prior": False, "prior_strength": None, "risk": {"alpha": 0.0, "beta": 0.0}, "default_lambda": 10.0}
-    return Settings.model_validate(
-        {
-            "tenancy": {"auth": "open"},
-            "cascade": policy | cascade,
-            "predictor": predictor,
-            "stages": [{"url": "http://127.0.0.1:9/v1", "dialect": dialect, **base[i], **extra} for i, extra in enumerate(stages)],
-        }
-    )
-
-
-@asynccontextmanager
-async def serve(*scripts: Script, settings: Settings | None = None, p0: float = STOP) -> AsyncIterator[Router]:
-    settings = settings or make_settings()
-    stages = fake_stages(settings.stages, *scripts)
-    predictor = ScriptedPredictor({0: p0, 1: 0.8, 2: 0.9}, [0.5, 0.9, 0.95][: len(stages)])
-    app = create_app(settings, predictor=predictor, stages=stages)
-    transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://router") as client:
-        yield Router(client, stages, predictor)
+def serve(*scripts: Script, settings: Settings | None = None, p0: float = STOP) -> AbstractAsyncContextManager[Router]:
+    """``inprocess.serve`` with stage i answering ``scripts[i]`` (a stage past them: ``Script()``)."""
+    return inprocess.serve(p0, settings, scripts)
 
 
 # -- skipping stages that cannot answer -----------------------------------------------
@@ -351,8 +322,7 @@ async def test_chunks_that_carried_only_the_routers_logprobs_are_not_relayed() -
 
     settings = make_settings()
     stages = [FakeStage(settings.stages[0], tool_script(call(arguments="{"))), HoldsBack(settings.stages[1], GOOD_CALL)]
-    app = create_app(settings, predictor=ScriptedPredictor({0: STOP, 1: 0.8}, [0.5, 0.9]), stages=stages)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as client:
+    async with app_client(settings, predictor=scripted(STOP), stages=stages) as client:
         body = {"model": "cascade", "messages": PROMPT, "tools": [WEATHER], "stream": True}
         resp = await client.post("/v1/chat/completions", json=body)
         assert resp.headers["x-cascade-stage"] == "s1"

@@ -54,6 +54,11 @@ _WORDS = (
 )  # fmt: skip
 
 
+def grade(i: int) -> int:
+    """Task ``i``'s difficulty: 1 to 5 in turn, so each grade is a fifth of every family."""
+    return 1 + i % 5
+
+
 def task_id(family: str, seed: int, i: int) -> str:
     return f"nov{NOVEL_VERSION}-s{seed}/{family}/{i}"
 
@@ -139,8 +144,7 @@ _TRACE_ASK = (
 )
 
 
-def code_trace(rng: random.Random, i: int, seed: int = 0) -> Task:
-    d = 1 + i % 5
+def code_trace(rng: random.Random, i: int, d: int, seed: int = 0) -> Task:
     code = _snippet(rng, d)
     prompt = rng.choice(_TRACE_ASK).format(code=code)
     return _short("code_trace", seed, i, d, _user(prompt), run_snippet(code))
@@ -180,8 +184,7 @@ _JSON_ASK = (
 )
 
 
-def extraction(rng: random.Random, i: int, seed: int = 0) -> Task:
-    d = 1 + i % 5
+def extraction(rng: random.Random, i: int, d: int, seed: int = 0) -> Task:
     name = f"{rng.choice(_NAMES)} {rng.choice(_SURNAMES)}"
     age, city, job, years = rng.randint(21, 68), rng.choice(_CITIES), rng.choice(_JOBS), rng.randint(2, 15)
     other = f"{rng.choice([n for n in _NAMES if n not in name])} {rng.choice(_SURNAMES)}"
@@ -255,8 +258,7 @@ _BOOL_ASK = (
 )
 
 
-def logic(rng: random.Random, i: int, seed: int = 0) -> Task:
-    d = 1 + i % 5
+def logic(rng: random.Random, i: int, d: int, seed: int = 0) -> Task:
     if d in (1, 2):
         e = _bool_expr(rng, d + 1)
         q, r = rng.choice(_BOOL_ASK).format(e=e), str(eval(e))  # our own literal expression
@@ -277,8 +279,7 @@ def logic(rng: random.Random, i: int, seed: int = 0) -> Task:
 _ITEMS = ("apples", "marbles", "stickers", "pencils", "cards", "shells", "coins", "stamps")
 
 
-def word_problems(rng: random.Random, i: int, seed: int = 0) -> Task:
-    d = 1 + i % 5
+def word_problems(rng: random.Random, i: int, d: int, seed: int = 0) -> Task:
     a, b = rng.sample(_NAMES, 2)
     item = rng.choice(_ITEMS)
     kind = rng.randrange(2)
@@ -336,8 +337,7 @@ _SEQ_ASK = (
 )
 
 
-def sequences(rng: random.Random, i: int, seed: int = 0) -> Task:
-    d = 1 + i % 5
+def sequences(rng: random.Random, i: int, d: int, seed: int = 0) -> Task:
     if d == 1:
         a, s = rng.randint(1, 10), rng.randint(1, 3)
         xs = [a + s * k for k in range(6)]
@@ -376,8 +376,7 @@ def _caesar(word: str) -> str:
     return "".join(string.ascii_lowercase[(string.ascii_lowercase.index(c) + 1) % 26] for c in word)
 
 
-def text_edit(rng: random.Random, i: int, seed: int = 0) -> Task:
-    d = 1 + i % 5
+def text_edit(rng: random.Random, i: int, d: int, seed: int = 0) -> Task:
     if d == 1:
         words = rng.sample(_WORDS, 3)
         phrase = " ".join(words)
@@ -427,8 +426,7 @@ def _chat(rng: random.Random, turns: list[str], question: str) -> tuple[dict[str
     return tuple(msgs)
 
 
-def multi_turn(rng: random.Random, i: int, seed: int = 0) -> Task:
-    d = 1 + i % 5
+def multi_turn(rng: random.Random, i: int, d: int, seed: int = 0) -> Task:
     if d == 1:
         kind = rng.randrange(3)
         if kind == 0:
@@ -483,8 +481,7 @@ def _place(rng: random.Random) -> str:
     return "".join(rng.sample(_SYLLABLES, 2)).capitalize() + rng.choice(("ford", "ton", "by", "wick", "dale"))
 
 
-def reading(rng: random.Random, i: int, seed: int = 0) -> Task:
-    d = 1 + i % 5
+def reading(rng: random.Random, i: int, d: int, seed: int = 0) -> Task:
     town, other = _place(rng), _place(rng)
     facts = {
         "founded": str(rng.randint(1100, 1890)),
@@ -545,7 +542,7 @@ def reading(rng: random.Random, i: int, seed: int = 0) -> Task:
     return _short("reading", seed, i, d, _user(prompt), facts[key])
 
 
-FAMILIES: dict[str, Callable[..., Task]] = {
+FAMILIES: dict[str, Callable[[random.Random, int, int, int], Task]] = {
     "code_trace": code_trace,
     "extraction": extraction,
     "logic": logic,
@@ -562,7 +559,7 @@ def generate(per_family: int, seed: int = 0, families: tuple[str, ...] = tuple(F
     groups = []
     for name in families:
         rng = random.Random(f"novel/{seed}/{name}")
-        groups.append([FAMILIES[name](rng, i, seed) for i in range(per_family)])
+        groups.append([FAMILIES[name](rng, i, grade(i), seed) for i in range(per_family)])
     return interleave(groups)
 
 

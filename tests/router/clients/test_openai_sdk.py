@@ -21,6 +21,7 @@ from tests.router.clients.conftest import (
     WEATHER_SYSTEM,
     Ladder,
 )
+from tests.router.test_tools_live import WEATHER
 
 GREEDY: Any = {"temperature": 0.0, "max_tokens": MAX_TOKENS}
 RESPONSES_GREEDY: Any = {"temperature": 0.0, "max_output_tokens": MAX_TOKENS}
@@ -38,14 +39,7 @@ class GetWeather(BaseModel):
 
 
 WEATHER_TOOL = openai.pydantic_function_tool(GetWeather, name="get_weather")  # strict, as the SDK writes it
-WEATHER_DICT: Any = {  # the hand-written, non-strict shape most apps send
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
+WEATHER_DICT: Any = WEATHER  # the hand-written, non-strict shape most apps send (the live tool tests send it too)
 WEATHER_RESPONSES_TOOL: Any = {
     "type": "function",
     "name": "get_weather",

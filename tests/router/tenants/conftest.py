@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import free_port, stop_process
+from tests.conftest import OwnProcess, free_port, until_stopped
 
 SERVICE = "tenants"
 _FIXTURES = {"redis_cluster", "redis_sentinel", "sentinel_set"}
@@ -61,8 +61,8 @@ def _until(what: str, check: object, timeout_s: float = 20) -> None:
     raise RuntimeError(f"timed out waiting for {what}")
 
 
-class Node:
-    """One redis-server process (data node or Sentinel)."""
+class Node(OwnProcess):
+    """One redis-server process (data node or Sentinel); ``kill``: it vanishes mid-conversation, as a crashed host does."""
 
     def __init__(self, workdir: Path, *args: str, port: int | None = None, sentinel: bool = False) -> None:
         self.port = port or free_port()
@@ -88,18 +88,6 @@ class Node:
 
     def client(self, **kw: object) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=2, **kw)  # type: ignore[arg-type]
-
-    def kill(self) -> None:
-        """SIGKILL: the server vanishes mid-conversation, as a crashed host does."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
 
 
 class SentinelSet:
@@ -188,22 +176,16 @@ class ClusterSet:
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSet]:
-    cluster = ClusterSet(tmp_path_factory.mktemp("cluster"))
-    yield cluster
-    cluster.stop()
+    yield from until_stopped(ClusterSet(tmp_path_factory.mktemp("cluster")))
 
 
 @pytest.fixture(scope="session")
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
     """A Sentinel set shared by tests that never fail it over (flush before use)."""
-    s = SentinelSet(tmp_path_factory.mktemp("sentinel"))
-    yield s
-    s.stop()
+    yield from until_stopped(SentinelSet(tmp_path_factory.mktemp("sentinel")))
 
 
 @pytest.fixture
 def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
     """A Sentinel set of the test's own, to fail over."""
-    s = SentinelSet(tmp_path)
-    yield s
-    s.stop()
+    yield from until_stopped(SentinelSet(tmp_path))

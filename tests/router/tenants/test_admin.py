@@ -17,15 +17,13 @@ import httpx
 import pytest
 import yaml
 
-from common.settings import TenancyConfig
-from router.api import create_app
 from router.tenants import model
 from router.tenants.model import TenantSettings
 from router.tenants.redis_store import RedisStore
-from tests.conftest import ROOT, RedisServer
+from tests.conftest import RedisServer
 from tests.router.fake_stage import ScriptedPredictor, fake_stages
-from tests.router.tenants.test_cli import _cli
-from tests.router.test_app_inprocess import make_settings
+from tests.router.inprocess import app_client, make_settings
+from tests.router.tenants.test_cli import _cli, _config
 
 ADMIN = {"authorization": "Bearer admin-secret"}
 LADDER = ("s0", "s1")
@@ -33,11 +31,8 @@ LADDER = ("s0", "s1")
 
 @asynccontextmanager
 async def admin_client(redis_url: str | None = None) -> AsyncIterator[httpx.AsyncClient]:
-    tenancy = TenancyConfig.model_validate({"auth": "keys", "admin_key": "admin-secret", "redis_url": redis_url})
-    settings = make_settings().model_copy(update={"tenancy": tenancy})
-    app = create_app(settings, predictor=ScriptedPredictor({0: 0.9, 1: 0.9}, [0.5, 0.9]), stages=fake_stages(settings.stages))
-    transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://router") as c:
+    settings = make_settings(tenancy={"auth": "keys", "admin_key": "admin-secret", "redis_url": redis_url})
+    async with app_client(settings, predictor=ScriptedPredictor({0: 0.9, 1: 0.9}, [0.5, 0.9]), stages=fake_stages(settings.stages)) as c:
         yield c
 
 
@@ -99,11 +94,8 @@ async def test_patch_of_a_tenant_stored_with_a_stale_max_stage_must_fix_it(redis
 
 def test_the_cli_refuses_a_max_stage_outside_the_ladder(redis_server: RedisServer, tmp_path: Path) -> None:
     redis_server.flush()
-    cfg = yaml.safe_load((ROOT / "configs" / "cpu.yaml").read_text())
-    cfg["tenancy"] = {"auth": "keys", "redis_url": redis_server.url}
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    names = [s["name"] for s in cfg["stages"]]
+    path = _config(tmp_path, redis_server.url)
+    names = [s["name"] for s in yaml.safe_load(path.read_text())["stages"]]
     bad = _cli(path, "create", "team-x", "--set", "max_stage=no-such-stage")
     assert bad.returncode == 2 and "max_stage" in bad.stderr and ", ".join(names) in bad.stderr, bad.stderr
     assert _cli(path, "show", "team-x").returncode == 1, "nothing created"

@@ -23,12 +23,18 @@ def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_create_show_set_rotate_delete(redis_server: RedisServer, tmp_path: Path) -> None:
-    redis_server.flush()
+def _config(tmp_path: Path, redis_url: str) -> Path:
+    """configs/cpu.yaml with API keys in the tenant store at ``redis_url``, written to ``tmp_path``."""
     cfg = yaml.safe_load((ROOT / "configs" / "cpu.yaml").read_text())
-    cfg["tenancy"] = {"auth": "keys", "redis_url": redis_server.url}
+    cfg["tenancy"] = {"auth": "keys", "redis_url": redis_url}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_create_show_set_rotate_delete(redis_server: RedisServer, tmp_path: Path) -> None:
+    redis_server.flush()
+    path = _config(tmp_path, redis_server.url)
     out = _cli(path, "create", "team-a", "--set", "lambda=5", "--set", "rpm=600")
     assert out.returncode == 0, out.stderr
     key = json.loads(out.stdout)["api_key"]
@@ -46,14 +52,6 @@ def test_create_show_set_rotate_delete(redis_server: RedisServer, tmp_path: Path
     assert json.loads(_cli(path, "list").stdout) == ["team-a"]
     assert _cli(path, "delete", "team-a").returncode == 0
     assert _cli(path, "show", "team-a").returncode == 1
-
-
-def _config(tmp_path: Path, redis_url: str) -> Path:
-    cfg = yaml.safe_load((ROOT / "configs" / "cpu.yaml").read_text())
-    cfg["tenancy"] = {"auth": "keys", "redis_url": redis_url}
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def test_migrate_runs_and_is_idempotent(redis_server: RedisServer, tmp_path: Path) -> None:
