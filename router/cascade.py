@@ -52,6 +52,7 @@ from router.contracts import CascadeRequest, CascadeResult, SkippedStage, StageA
 from router.dialect import CascadeDialect
 from router.draft import AcceptanceTracker, DraftCheck, token_limit, trim, verify_draft, why_not_verify
 from router.early_exit import Written, write
+from router.labels import record_labels
 from router.metrics import (
     ANSWERS_WITHOUT_LOGPROBS,
     CASCADE_ESCALATIONS,
@@ -264,6 +265,7 @@ class CascadeEngine:
         if req.spec is None:
             req.spec = AnswerSpec.of(req.body)
         result = await self._run(req, req.spec, api)
+        record_labels(result.visits)
         if self.traffic is not None:
             self._log(self.traffic, req, req.spec, result, api)
         return result

@@ -52,6 +52,20 @@ REQUESTS_BY_KIND = Counter(
     ["kind", "stage"],
     registry=REGISTRY,
 )
+# The router's own labels (``router.labels``): what its traffic says of the answers it escalated.
+LABELS = Counter(
+    "adaptive_sd_labels",
+    "Labels read off the cascade's own traffic, by stage, source (verification, validity) and label (1 acceptable, 0 not)",
+    ["stage", "source", "label"],
+    registry=REGISTRY,
+)
+STAGE_AGREEMENT = Histogram(
+    "adaptive_sd_stage_agreement",
+    "Share of a stage's escalated answer that the next stage kept when it verified the answer as a draft",
+    ["stage"],
+    registry=REGISTRY,
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 1.0),
+)
 INVALID_ANSWERS = Counter(
     "adaptive_sd_invalid_answers",
     "Stage answers that broke the request's tool or format rules, by stage and reason (a lower stage's is escalated)",

@@ -3,9 +3,9 @@
 Features are recomputed from the stored logprobs with the very functions the
 router calls (``AnswerStats.from_choice``, ``answer_features``,
 ``PromptStats.from_texts``), so a training row and a served request with the
-same answer have the same vector. The label is defined here once: the exact
-checker's verdict, or for open prompts agreement with the top stage at
-``AGREEMENT_THRESHOLD``.
+same answer have the same vector. The label is ``predictor.serving.labels.label``,
+the definition the router's label stream uses too: the exact checker's verdict,
+or for open prompts agreement with the top stage at ``AGREEMENT_THRESHOLD``.
 """
 
 from __future__ import annotations
@@ -21,17 +21,8 @@ import numpy as np
 
 from predictor.serving import features
 from predictor.serving.features import AnswerStats, DraftStats, PromptStats, answer_features, posterior_features, prompt_features
+from predictor.serving.labels import label
 from predictor.serving.rows import TOP_LOGPROBS, expand_logprobs
-from training.tasks.open_prompts import AGREEMENT_THRESHOLD
-
-
-def label(stage_row: dict[str, Any]) -> int | None:
-    """1 acceptable, 0 not, None unknown (logged traffic that was never verified): such rows are skipped."""
-    if stage_row.get("passed") is not None:
-        return int(stage_row["passed"])
-    if stage_row.get("agreement") is not None:
-        return int(stage_row["agreement"] >= AGREEMENT_THRESHOLD)
-    return None
 
 
 def stage_features(prompt: PromptStats, stage_row: dict[str, Any]) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Their label is agreement with the top stage: the share of an answer's tokens
 that the top stage accepts when it verifies the answer as a draft (greedy
-verification, as in draft reuse), thresholded at ``AGREEMENT_THRESHOLD``.
+verification, as in draft reuse), thresholded at ``predictor.serving.labels.AGREEMENT_THRESHOLD``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from training.tasks import Task
 
 PATH = Path(__file__).with_name("open_prompts.jsonl")
 MAX_TOKENS = 160
-AGREEMENT_THRESHOLD = 0.6
 
 
 def load() -> list[Task]:

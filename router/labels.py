@@ -1,0 +1,71 @@
+"""The router's own label stream: labels that cost nothing, read off every cascade run.
+
+A label says whether a stage's answer was acceptable (``predictor.serving.labels``,
+the definition training uses). Production has no checker, but the cascade makes
+labels as it works:
+
+* **verification**: when it escalates from stage i and the next stage verifies
+  i's answer as a draft, the share of it that stage kept is i's agreement, and
+  the agreement at ``AGREEMENT_THRESHOLD`` or above is a 1;
+* **validity**: an answer that broke the request's rules (a malformed tool call,
+  JSON that fails its schema; ``router.validity``) is a 0.
+
+An answer cut short by early exit is not labelled (its prefix is not its answer),
+nor is the stage that answered last (nothing above it looked at it). These are
+the labels of escalated answers only: what the cascade returns from a lower stage
+is never verified here, so a model trained on them alone sees a biased sample.
+
+Every label is counted (``adaptive_sd_labels``; agreement per stage in
+``adaptive_sd_stage_agreement``), and with ``predictor.log_path`` the traffic log
+keeps each answer with what it takes to recompute its label and features
+(``router.traffic_log``), for retraining on your own ladder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from predictor.serving.labels import agreement_label
+from router.contracts import StageVisit
+from router.metrics import LABELS, STAGE_AGREEMENT
+
+LabelSource = Literal["verification", "validity"]
+
+
+@dataclass(frozen=True, slots=True)
+class FreeLabel:
+    """One stage answer's label, as the cascade's own traffic gave it."""
+
+    stage: int
+    name: str
+    value: int  # 1 acceptable, 0 not
+    source: LabelSource
+    agreement: float | None = None  # verification: the share of the answer the next stage kept
+    verifier: str | None = None  # verification: the stage that verified it
+
+
+def free_labels(visits: Sequence[StageVisit]) -> list[FreeLabel]:
+    """The labels a cascade run's visits give (module docstring), in ladder order."""
+    answered = [v for v in visits if v.error is None]
+    out: list[FreeLabel] = []
+    for v, above in zip(answered, [*answered[1:], None], strict=True):
+        if v.aborted_at is not None:
+            continue
+        if v.invalid is not None:
+            out.append(FreeLabel(v.stage, v.name, 0, "validity"))
+        elif above is not None and above.draft is not None and above.draft.draft_tokens:
+            agreement = above.draft.fraction
+            out.append(FreeLabel(v.stage, v.name, agreement_label(agreement), "verification", agreement, above.name))
+    return out
+
+
+def record_labels(visits: Sequence[StageVisit]) -> list[FreeLabel]:
+    """``free_labels``, counted in the metrics."""
+    labels = free_labels(visits)
+    for label in labels:
+        LABELS.labels(label.name, label.source, str(label.value)).inc()
+        if label.agreement is not None:
+            STAGE_AGREEMENT.labels(label.name).observe(label.agreement)
+    return labels

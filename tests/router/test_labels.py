@@ -1,0 +1,50 @@
+"""The router's own labels (``router.labels``): from a run's visits, and counted for a served cascade."""
+
+from __future__ import annotations
+
+import pytest
+
+from router.contracts import StageVisit
+from router.draft import DraftCheck
+from router.labels import FreeLabel, free_labels
+from router.metrics import REGISTRY
+from tests.router.inprocess import ESCALATE, make_settings, serve
+
+
+def visit(stage: int, draft: DraftCheck | None = None, **kw: object) -> StageVisit:
+    return StageVisit(stage, f"s{stage}", 0.1, draft=draft, **kw)  # type: ignore[arg-type]
+
+
+def test_a_verified_answer_is_labelled_by_the_share_its_verifier_kept() -> None:
+    kept = visit(1, DraftCheck(draft_tokens=10, accepted_tokens=6))  # 0.6: the threshold itself is acceptable
+    assert free_labels([visit(0), kept]) == [FreeLabel(0, "s0", 1, "verification", 0.6, "s1")]
+    rejected = visit(1, DraftCheck(draft_tokens=10, accepted_tokens=5))
+    assert [label.value for label in free_labels([visit(0), rejected])] == [0]
+
+
+def test_what_gives_no_label_and_what_a_broken_rule_gives() -> None:
+    assert free_labels([visit(0)]) == []  # the last stage: nothing above it looked at it
+    assert free_labels([visit(0), visit(1)]) == []  # escalated, answered from scratch: no verification
+    assert free_labels([visit(0), visit(1, DraftCheck(draft_tokens=0))]) == []  # an empty draft says nothing
+    cut = visit(0, aborted_at=8)  # early exit: its prefix is not its answer
+    assert free_labels([cut, visit(1, DraftCheck(draft_tokens=8, accepted_tokens=8))]) == []
+    broken = visit(0, invalid="tool_call_unparsed")
+    assert free_labels([broken, visit(1)]) == [FreeLabel(0, "s0", 0, "validity")]
+    failed = visit(1, error="timeout")  # a failed stage is skipped: the stage above it verified s0's draft
+    assert free_labels([visit(0), failed, visit(2, DraftCheck(draft_tokens=4, accepted_tokens=4))])[0].verifier == "s2"
+
+
+def _count(stage: str, source: str, value: str) -> float:
+    return REGISTRY.get_sample_value("adaptive_sd_labels_total", {"stage": stage, "source": source, "label": value}) or 0.0
+
+
+@pytest.mark.anyio
+async def test_a_served_escalation_counts_its_label() -> None:
+    """An escalation whose next stage verifies the draft (the vLLM dialect scores prompts): s0's answer is labelled."""
+    before = _count("s0", "verification", "1")
+    agreement_before = REGISTRY.get_sample_value("adaptive_sd_stage_agreement_count", {"stage": "s0"}) or 0.0
+    async with serve(ESCALATE, make_settings(dialect="vllm")) as r:
+        resp = await r.chat(temperature=0, max_tokens=32)
+    assert resp.status_code == 200 and resp.headers["x-cascade-path"] == "s0,s1"
+    assert _count("s0", "verification", "1") == before + 1  # S1 keeps 3 of S0's 4 tokens: 0.75
+    assert REGISTRY.get_sample_value("adaptive_sd_stage_agreement_count", {"stage": "s0"}) == agreement_before + 1
