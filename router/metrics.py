@@ -66,6 +66,13 @@ STAGE_AGREEMENT = Histogram(
     registry=REGISTRY,
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 1.0),
 )
+CASCADE_COST = Counter(
+    "adaptive_sd_cascade_cost",
+    "Cost of cascade answers in cascade.cost_unit: what they were charged (basis=realised), and what the top stage alone "
+    "would have cost for the same answers' tokens (basis=top_stage); answers whose tokens are known when they are sent",
+    ["basis"],
+    registry=REGISTRY,
+)
 INVALID_ANSWERS = Counter(
     "adaptive_sd_invalid_answers",
     "Stage answers that broke the request's tool or format rules, by stage and reason (a lower stage's is escalated)",

@@ -45,7 +45,7 @@ from common.errors import APIError
 from common.settings import Settings
 from router.cascade import CascadeEngine
 from router.contracts import NO_USAGE, CascadeResult, RequestOutcome, StageVisit, TenantLimits, TokenUsage
-from router.metrics import CASCADE_STOPS, INVALID_ANSWERS, OVERHEAD_SECONDS, REQUESTS_BY_KIND, STAGE_CALLS, STAGE_SECONDS
+from router.metrics import CASCADE_COST, CASCADE_STOPS, INVALID_ANSWERS, OVERHEAD_SECONDS, REQUESTS_BY_KIND, STAGE_CALLS, STAGE_SECONDS
 from router.sse import DONE, event_data
 from router.stage import Stage, StageFailure
 from router.validity import AnswerSpec
@@ -363,6 +363,10 @@ class OpenAIServing(ABC, Generic[Request]):
         CASCADE_STOPS.labels(final).inc()
         REQUESTS_BY_KIND.labels(kind, final).inc()
         outcome = RequestOutcome(final, result.usage().total_tokens, self.charged(result))
+        top_only = self.top_stage_cost(result)
+        if top_only is not None:
+            CASCADE_COST.labels("realised").inc(outcome.cost)
+            CASCADE_COST.labels("top_stage").inc(top_only)
         out_headers = self.cascade_headers(result)
         out_headers.update(self.cost_headers(stage_tokens(result.visits), outcome.cost))
         out_headers["x-cascade-kind"] = kind
@@ -386,6 +390,19 @@ class OpenAIServing(ABC, Generic[Request]):
         pricing = self.engine.pricing
         return sum(pricing.actual(v.stage, v.usage.prompt_tokens, v.usage.completion_tokens) if v.usage else
                    pricing.prices[v.stage].request for v in result.visits)  # fmt: skip
+
+    def top_stage_cost(self, result: CascadeResult) -> float | None:
+        """What the ladder's top stage alone would have cost for this answer, at its prices: the prompt's tokens (the
+        fewest any stage reported: a verifying stage's include the draft it scored) and the answer's (the answering
+        stage's own plus the draft tokens it kept). Stages' tokenizers differ a little; this is an estimate. None while
+        the answer's tokens are unknown (the top stage relayed as a stream), so that the realised and the top-stage sums
+        of ``adaptive_sd_cascade_cost_total`` cover the same answers."""
+        final = next((v for v in reversed(result.visits) if v.stage == result.final_stage and v.error is None), None)
+        if final is None or final.usage is None:
+            return None
+        prompt = min(v.usage.prompt_tokens for v in result.visits if v.usage is not None)
+        written = final.usage.completion_tokens + (final.draft.accepted_tokens if final.draft is not None else 0)
+        return self.engine.pricing.actual(len(self.engine.stages) - 1, prompt, written)
 
     def cascade_headers(self, result: CascadeResult) -> dict[str, str]:
         """The ``x-cascade-*`` headers that say what a cascade run did (``respond`` adds kind, λ, overhead, tokens and cost)."""

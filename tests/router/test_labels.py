@@ -48,3 +48,19 @@ async def test_a_served_escalation_counts_its_label() -> None:
     assert resp.status_code == 200 and resp.headers["x-cascade-path"] == "s0,s1"
     assert _count("s0", "verification", "1") == before + 1  # S1 keeps 3 of S0's 4 tokens: 0.75
     assert REGISTRY.get_sample_value("adaptive_sd_stage_agreement_count", {"stage": "s0"}) == agreement_before + 1
+
+
+def _cost(basis: str) -> float:
+    return REGISTRY.get_sample_value("adaptive_sd_cascade_cost_total", {"basis": basis}) or 0.0
+
+
+@pytest.mark.anyio
+async def test_realised_cost_is_counted_against_the_top_stage_alone() -> None:
+    """A stop at s0 (price 1) against what s1 (price 4) would have cost for it; an escalation pays both stages."""
+    realised, top = _cost("realised"), _cost("top_stage")
+    async with serve(0.9) as r:
+        assert (await r.chat(max_tokens=16)).headers["x-cascade-stage"] == "s0"
+    assert (_cost("realised") - realised, _cost("top_stage") - top) == (1.0, 4.0)
+    async with serve(ESCALATE) as r:
+        assert (await r.chat(max_tokens=16)).headers["x-cascade-stage"] == "s1"
+    assert (_cost("realised") - realised, _cost("top_stage") - top) == (6.0, 8.0)
