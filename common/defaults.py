@@ -18,3 +18,4 @@ MEASURED_PRIOR_STRENGTH = 10.0  # ... and how many visits the configured prices 
 MODEL_NAME = "cascade"  # the `model` value that runs the adaptive ladder
 HOST = "127.0.0.1"
 PORT = 8000
+SHADOW_RATE = 0.0  # share of answers returned from a lower stage that the next stage checks after the response (opt-in)

@@ -468,12 +468,25 @@ class StagePoolHealth(_Body):
     endpoints: list[EndpointHealth]
 
 
+class ShadowHealth(_Body):
+    """Shadow checks in this replica (``router.shadow``): the sampling rate (0: off), the checks running now, and how the
+    ones drawn so far came out."""
+
+    rate: float
+    running: int
+    checked: int
+    busy: int
+    unverifiable: int
+    failed: int
+
+
 class Health(_Body):
     """``GET /health``: liveness, and each stage endpoint's state as the router sees it."""
 
     status: Literal["ok", "degraded"]
     predictor: str
     tenancy: TenancyHealth
+    shadow: ShadowHealth
     stages: dict[str, str] | None = Field(
         None,
         description="only with ?stages=true: each stage, probed now: `ok`, `unreachable`, or `dead (<how its process ended>)` "

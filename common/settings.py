@@ -351,6 +351,21 @@ class MeasuredPricesConfig(_Model):
     )
 
 
+class ShadowConfig(_Model):
+    """Shadow checks (``router.shadow``): a sampled share of the answers the cascade returns from a lower stage is
+    verified by the next stage after the response has gone out, so that labels also cover the answers it did not
+    escalate."""
+
+    rate: float = Field(
+        defaults.SHADOW_RATE,
+        ge=0.0,
+        le=1.0,
+        description="probability that an answer returned from a lower stage is checked by the next stage (0: off); the "
+        "labels it gives carry 1/rate as their weight",
+    )
+    max_concurrent: int = Field(1, ge=1, description="shadow checks running at once in this replica; more are skipped")
+
+
 class CascadeConfig(_Model):
     model_name: str = Field(defaults.MODEL_NAME, description="the `model` value that runs the adaptive ladder")
     default_lambda: float = Field(defaults.LAMBDA, ge=0.0, description="quality weight when a request names none")
@@ -392,6 +407,7 @@ class CascadeConfig(_Model):
         1.0, ge=0.0, description="cost units one second of expected queueing delay adds to a stage's cost (load_aware)"
     )
     measured_prices: MeasuredPricesConfig = Field(default_factory=MeasuredPricesConfig)
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig)
 
     @property
     def prices_measured(self) -> bool:

@@ -157,6 +157,7 @@ def create_app(
         try:
             yield
         finally:
+            await engine.shadow.close()
             await tenants.close()
             for s in ladder:
                 await s.close()
@@ -311,7 +312,12 @@ def create_app(
         """Liveness, and each stage endpoint's state as the router sees it (no network call); with ``?stages=true``
         every endpoint is probed first (``pool.probe_timeout_s`` each) and a stage none of whose endpoints answers
         makes the status ``degraded``."""
-        body: dict[str, object] = {"status": "ok", "predictor": predictor.name, "tenancy": tenants.health()}
+        body: dict[str, object] = {
+            "status": "ok",
+            "predictor": predictor.name,
+            "tenancy": tenants.health(),
+            "shadow": engine.shadow.health(),
+        }
         if tenants.degraded:
             body["status"] = "degraded"
         if stages:

@@ -52,7 +52,7 @@ from router.contracts import CascadeRequest, CascadeResult, SkippedStage, StageA
 from router.dialect import CascadeDialect
 from router.draft import AcceptanceTracker, DraftCheck, token_limit, trim, verify_draft, why_not_verify
 from router.early_exit import Written, write
-from router.labels import record_labels
+from router.labels import FreeLabel, record_labels
 from router.metrics import (
     ANSWERS_WITHOUT_LOGPROBS,
     CASCADE_ESCALATIONS,
@@ -66,6 +66,7 @@ from router.metrics import (
 )
 from router.policy import StoppingPolicy, loaded_costs, shrink
 from router.pricing import Pricing
+from router.shadow import ShadowChecks
 from router.speculative import verify_sampled
 from router.stage import Stage, StageBadResponse, StageFailure, StageUnavailable
 from router.stage_pool import queue_delay, stage_available
@@ -191,6 +192,7 @@ class CascadeEngine:
         self.informative = [s.logprobs for s in settings.stages]  # an answer without logprobs is judged by its prior
         self.acceptance = AcceptanceTracker(settings.cascade.draft_min_accepted)
         self.traffic = TrafficLog(settings.predictor.log_path) if settings.predictor.log_path else None
+        self.shadow = ShadowChecks(settings.cascade.shadow, self.stages)
 
     def route(self, prompt: PromptStats, lam: float, stages: Sequence[int], max_tokens: int | None = None) -> Route:
         """The stopping policy over ``stages`` (ascending ladder indices), with the prompt's priors and each stage's
@@ -268,21 +270,42 @@ class CascadeEngine:
         record_labels(result.visits)
         if self.traffic is not None:
             self._log(self.traffic, req, req.spec, result, api)
+        self._shadow(req, result, api)
         return result
 
+    def _shadow(self, req: CascadeRequest, result: CascadeResult, api: CascadeDialect) -> None:
+        """Maybe start a shadow check of an answer returned from a lower stage (``router.shadow``); with a traffic log,
+        its label is logged as a row of its own when it is done (the request's row leaves that answer unlabelled)."""
+        final = result.final_stage
+        if api.name != "chat" or result.response is None or not self.shadow.draw(final):
+            return
+        visit = next((v for v in reversed(result.visits) if v.stage == final and v.error is None), None)
+        if visit is None or visit.choice is None or visit.invalid is not None:
+            return
+        traffic, on_label = self.traffic, None
+        if traffic is not None:
+            spec = req.spec or AnswerSpec.of(req.body)
+            texts, kind, row = api.prompt_texts(req.body), api.log_kind(spec.kind), self._visit_row(visit, api, spec.rules is not None)
+
+            def on_label(label: FreeLabel) -> None:
+                traffic.record(texts, [row], kind=kind, shadow=label)
+
+        self.shadow.start(final, req.body, api.text(visit.choice), on_label)
+
     @staticmethod
-    def _log(traffic: TrafficLog, req: CascadeRequest, spec: AnswerSpec, result: CascadeResult, api: CascadeDialect) -> None:
+    def _visit_row(v: StageVisit, api: CascadeDialect, judged: bool) -> dict[str, Any]:
+        """A visit as the traffic log takes it (``TrafficLog.record``)."""
+        return {"stage": v.stage, "name": v.name, "choice": None if v.choice is None else api.log_choice(v.choice),
+                "usage": v.usage.to_dict() if v.usage else None, "seconds": v.seconds,
+                "draft": {"accepted": v.draft.accepted_tokens, "tokens": v.draft.draft_tokens, "seconds": round(v.draft.seconds, 4)}
+                         if v.draft else None,
+                "valid": (v.invalid is None) if judged and v.choice is not None else None, "invalid": v.invalid}  # fmt: skip
+
+    @classmethod
+    def _log(cls, traffic: TrafficLog, req: CascadeRequest, spec: AnswerSpec, result: CascadeResult, api: CascadeDialect) -> None:
         """One row per request; each answer's validity is recorded (None: not judged) so that a predictor
         retrained on this traffic can learn from it."""
-        judged = spec.rules is not None
-        visits = [
-            {"stage": v.stage, "name": v.name, "choice": None if v.choice is None else api.log_choice(v.choice),
-             "usage": v.usage.to_dict() if v.usage else None, "seconds": v.seconds,
-             "draft": {"accepted": v.draft.accepted_tokens, "tokens": v.draft.draft_tokens, "seconds": round(v.draft.seconds, 4)}
-                      if v.draft else None,
-             "valid": (v.invalid is None) if judged and v.choice is not None else None, "invalid": v.invalid}
-            for v in result.visits if v.error is None
-        ]  # fmt: skip
+        visits = [cls._visit_row(v, api, spec.rules is not None) for v in result.visits if v.error is None]
         if any(v["choice"] is not None for v in visits):
             traffic.record(api.prompt_texts(req.body), visits, kind=api.log_kind(spec.kind))
 

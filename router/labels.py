@@ -8,12 +8,15 @@ labels as it works:
   i's answer as a draft, the share of it that stage kept is i's agreement, and
   the agreement at ``AGREEMENT_THRESHOLD`` or above is a 1;
 * **validity**: an answer that broke the request's rules (a malformed tool call,
-  JSON that fails its schema; ``router.validity``) is a 0.
+  JSON that fails its schema; ``router.validity``) is a 0;
+* **shadow**: a sampled answer the cascade returned from a lower stage, verified by
+  the next stage after the response went out (``router.shadow``), weighted by the
+  inverse of its sampling rate.
 
 An answer cut short by early exit is not labelled (its prefix is not its answer),
 nor is the stage that answered last (nothing above it looked at it). These are
-the labels of escalated answers only: what the cascade returns from a lower stage
-is never verified here, so a model trained on them alone sees a biased sample.
+the labels of escalated answers only (a biased sample: the rule chose them);
+shadow checks label some of the rest.
 
 Every label is counted (``adaptive_sd_labels``; agreement per stage in
 ``adaptive_sd_stage_agreement``), and with ``predictor.log_path`` the traffic log
@@ -31,7 +34,7 @@ from predictor.serving.labels import agreement_label
 from router.contracts import StageVisit
 from router.metrics import LABELS, STAGE_AGREEMENT
 
-LabelSource = Literal["verification", "validity"]
+LabelSource = Literal["verification", "validity", "shadow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,7 @@ class FreeLabel:
     source: LabelSource
     agreement: float | None = None  # verification: the share of the answer the next stage kept
     verifier: str | None = None  # verification: the stage that verified it
+    weight: float = 1.0  # 1 / the probability that the answer was checked (a shadow check's sampling rate)
 
 
 def free_labels(visits: Sequence[StageVisit]) -> list[FreeLabel]:
@@ -65,7 +69,12 @@ def record_labels(visits: Sequence[StageVisit]) -> list[FreeLabel]:
     """``free_labels``, counted in the metrics."""
     labels = free_labels(visits)
     for label in labels:
-        LABELS.labels(label.name, label.source, str(label.value)).inc()
-        if label.agreement is not None:
-            STAGE_AGREEMENT.labels(label.name).observe(label.agreement)
+        count_label(label)
     return labels
+
+
+def count_label(label: FreeLabel) -> None:
+    """One label in the metrics: counted by stage, source and value; its agreement observed."""
+    LABELS.labels(label.name, label.source, str(label.value)).inc()
+    if label.agreement is not None:
+        STAGE_AGREEMENT.labels(label.name).observe(label.agreement)

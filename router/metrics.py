@@ -55,8 +55,14 @@ REQUESTS_BY_KIND = Counter(
 # The router's own labels (``router.labels``): what its traffic says of the answers it escalated.
 LABELS = Counter(
     "adaptive_sd_labels",
-    "Labels read off the cascade's own traffic, by stage, source (verification, validity) and label (1 acceptable, 0 not)",
+    "Labels read off the cascade's own traffic, by stage, source (verification, validity, shadow) and label (1 acceptable, 0 not)",
     ["stage", "source", "label"],
+    registry=REGISTRY,
+)
+SHADOW_CHECKS = Counter(
+    "adaptive_sd_shadow_checks",
+    "Shadow checks of answers returned from a lower stage, by verifying stage and outcome (checked, busy, unverifiable, failed)",
+    ["stage", "outcome"],
     registry=REGISTRY,
 )
 STAGE_AGREEMENT = Histogram(

@@ -253,6 +253,12 @@ class StagePool:
         now = self._clock()
         return any(ep.health.ejected_until <= now for ep in self.endpoints)
 
+    def idle(self) -> bool:
+        """Some endpoint takes traffic now and has no call of this router in flight: background work (a shadow check,
+        ``router.shadow``) may use it without queueing ahead of, or behind, a user's request."""
+        now = self._clock()
+        return any(ep.in_flight == 0 and ep.health.ejected_until <= now for ep in self.endpoints)
+
     def _unavailable(self) -> StageUnavailable:
         now = self._clock()
         parts = []

@@ -6,8 +6,10 @@ answered its text, compact logprobs, finish reason, usage, seconds and draft
 verification. The label is filled in where the traffic itself provides one:
 when the cascade escalated from stage i and the next stage verified stage i's
 answer as a draft, the share it accepted is stage i's ``agreement`` (the same
-label the open prompts get in collection). Rows without any label are skipped
-by training. You can add your own verdicts (``passed: true/false``) to rows
+label the open prompts get in collection). With shadow checks on
+(``router.shadow``) a checked answer is logged again, as a row of its own, with its
+``agreement``, the ``verifier`` and its ``weight`` (1 / the sampling rate). Rows
+without any label are skipped by training. You can add your own verdicts (``passed: true/false``) to rows
 from user feedback or checkers before training. Prompts are stored verbatim:
 enable it only where that is acceptable.
 
@@ -28,6 +30,7 @@ from typing import Any
 
 from predictor.serving.features import FEATURE_VERSION
 from predictor.serving.rows import COLLECT_VERSION, compact_logprobs, split_of
+from router.labels import FreeLabel
 
 
 class TrafficLog:
@@ -36,10 +39,11 @@ class TrafficLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
-    def record(self, prompt_texts: list[str], visits: list[dict[str, Any]], kind: str = "text") -> None:
+    def record(self, prompt_texts: list[str], visits: list[dict[str, Any]], kind: str = "text", shadow: FreeLabel | None = None) -> None:
         """``visits``: per answered stage {stage, name, choice (None if streamed), usage, seconds,
         draft {accepted, tokens, seconds} | None, valid (bool | None), invalid (reason | None)};
-        ``kind``: the request's kind (``router.validity.request_kind``)."""
+        ``kind``: the request's kind (``router.validity.request_kind``); ``shadow``: a shadow check's label of the one
+        visit given (``router.shadow``): its agreement, and ``weight`` (1 / the sampling rate) and ``verifier``."""
         stages = []
         for i, v in enumerate(visits):
             nxt = visits[i + 1] if i + 1 < len(visits) else None
@@ -50,13 +54,16 @@ class TrafficLog:
             if choice is None:  # a streamed final stage: its draft check labels the stage below, nothing more
                 continue
             message = choice.get("message") or {}
-            stages.append({
+            row = {
                 "stage": v["stage"], "name": v["name"], "text": message.get("content") or "",
                 "finish_reason": choice.get("finish_reason") or "stop", "logprobs": compact_logprobs(choice),
                 "usage": v.get("usage") or {}, "seconds": round(v["seconds"], 4), "passed": None,
                 "draft": v.get("draft"), "agreement": agreement,
                 "tool_calls": message.get("tool_calls") or None, "valid": v.get("valid"), "invalid": v.get("invalid"),
-            })  # fmt: skip
+            }  # fmt: skip
+            if shadow is not None:
+                row.update(agreement=shadow.agreement, weight=shadow.weight, verifier=shadow.verifier)
+            stages.append(row)
         rid = f"traffic/{uuid.uuid4().hex}"
         row = {"task": rid, "family": "traffic", "difficulty": 0, "split": split_of(rid), "prompt_texts": prompt_texts,
                "collect_version": COLLECT_VERSION, "feature_version": FEATURE_VERSION, "kind": kind, "stages": stages}  # fmt: skip

@@ -52,7 +52,11 @@ def scan(body: bytes, k: int, positions: Positions = _every) -> LogprobScan | No
     n, chosen, top, finish, start, end = found
     m = len(chosen) // 4
     span = (start, end) if start >= 0 else None
-    return _new(LogprobScan, (n, np.frombuffer(chosen, np.float32), np.frombuffer(top, np.float32).reshape(m, k), finish, span))
+    return _new(LogprobScan, (n, _array((m,), _F32, chosen), _array((m, k), _F32, top), finish, span))
 
 
 _new = tuple.__new__  # LogprobScan(...) runs a Python-level __new__: twice the cost, on the router's hot path
+# The arrays over the returned bytes, each in one call (np.frombuffer then reshape took 1.5x as long, 3 us more with
+# numpy's code out of the caches, as it is after the router has decoded something else).
+_array = np.ndarray
+_F32 = np.dtype(np.float32)

@@ -65,3 +65,32 @@ def test_prompt_features_are_the_answer_vectors_prompt_part() -> None:
         v = answer_features(PROMPT, AnswerStats.from_choice(_choice([-0.3, -1.0]), 5), stage)
         assert np.array_equal(rows[stage, [PROMPT_FEATURE_NAMES.index(n) for n in shared]], v[[INDEX[n] for n in shared]])
         assert np.array_equal(rows[stage, ngrams], prompt_ngrams(PROMPT.text))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_vector_is_the_statistics_then_the_rest_in_float32(seed: int) -> None:
+    """answer_features fills the vector in C (_answer_stats.answer_vector): the same bits as building it from the
+    statistics and the other values with np.array(..., dtype=np.float32), as it was built before, and writable."""
+    import math
+
+    from predictor.serving import _answer_stats
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.choice([0, 1, 7, 128, 300]))
+    lps = list(-rng.exponential(1.5, n) * (rng.random(n) < 0.9))  # some exact zeros (certain tokens)
+    answer = AnswerStats.from_choice(_choice(lps, "length" if seed % 2 else "stop"), 5)
+    prompt = PromptStats.from_texts(["x" * int(rng.integers(1, 5000))] * int(rng.integers(1, 4)), n_tokens=int(rng.integers(1, 10**6)))
+    draft = DraftStats(int(rng.integers(0, 50)), int(rng.integers(0, 60))) if seed % 3 else None
+    got = answer_features(prompt, answer, stage=seed % 3, draft=draft)
+    row = _answer_stats.answer_stats(answer.token_logprobs, answer.top_logprobs, answer.top_logprobs.shape[1])
+    draft_row = (0.0, 0.0, 0.0)
+    if draft is not None and draft.draft_tokens:
+        draft_row = (1.0, draft.accepted_tokens / draft.draft_tokens, math.log1p(draft.accepted_tokens))
+    before = np.array(
+        [*row, math.log1p(answer.length), 1.0 if answer.finish_reason == "length" else 0.0, 1.0 if n == 0 else 0.0,
+         math.log1p(prompt.n_tokens), math.log1p(prompt.n_chars), prompt.n_messages, prompt.code_hint, prompt.digit_share,
+         seed % 3, *draft_row],
+        dtype=np.float32,
+    )  # fmt: skip
+    assert got.dtype == np.float32 and got.shape == (N_FEATURES,) and got.flags.writeable and got.flags.c_contiguous
+    assert np.array_equal(got.view(np.uint32), before.view(np.uint32))

@@ -1,0 +1,76 @@
+"""Shadow checks (``router.shadow``): answers returned from a lower stage, verified after the response."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from common.settings import ShadowConfig
+from router.shadow import ShadowChecks
+from router.stage import StageTimeout
+from tests.router.fake_stage import fake_stages
+from tests.router.inprocess import PROMPT, S0, S1, STOP, make_settings, serve
+
+pytestmark = pytest.mark.anyio
+BODY: dict[str, Any] = {"messages": PROMPT, "temperature": 0, "max_tokens": 32}
+
+
+async def _settled(get_health: Any, key: str = "checked", want: int = 1) -> dict[str, Any]:
+    for _ in range(200):
+        shadow: dict[str, Any] = (await get_health()).json()["shadow"]
+        if shadow[key] >= want and shadow["running"] == 0:
+            return shadow
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no shadow check settled: {shadow}")
+
+
+async def test_an_answer_from_a_lower_stage_is_checked_after_the_response_and_logged(tmp_path: Path) -> None:
+    log = tmp_path / "traffic.jsonl"
+    settings = make_settings(dialect="vllm", shadow={"rate": 1.0}, predictor={"log_path": str(log)})
+    async with serve(STOP, settings) as r:
+        resp = await r.chat(temperature=0, max_tokens=32)
+        assert resp.status_code == 200 and resp.headers["x-cascade-stage"] == "s0"
+        assert resp.json()["choices"][0]["message"]["content"] == S0.text  # the user's answer is s0's, whatever comes after
+        shadow = await _settled(lambda: r.client.get("/health"))
+        assert shadow == {"rate": 1.0, "running": 0, "checked": 1, "busy": 0, "unverifiable": 0, "failed": 0}
+        (scored,) = r.stages[1].calls  # one scoring pass of s0's answer on s1, nothing generated
+        assert scored["max_tokens"] == 1 and scored["messages"][-1] == {"role": "assistant", "content": S0.text}
+        metrics = (await r.client.get("/metrics")).text
+        assert 'adaptive_sd_shadow_checks_total{outcome="checked",stage="s1"}' in metrics
+        assert 'adaptive_sd_labels_total{label="1",source="shadow",stage="s0"}' in metrics
+    request_row, shadow_row = [orjson.loads(line) for line in log.read_text().splitlines()]
+    assert request_row["stages"][0]["agreement"] is None  # the request's own row: s0 unlabelled
+    (checked,) = shadow_row["stages"]
+    assert checked["text"] == S0.text and checked["agreement"] == 3 / 4 and checked["verifier"] == "s1" and checked["weight"] == 1.0
+
+
+async def test_a_check_that_cannot_be_lossless_or_would_wait_is_skipped() -> None:
+    settings = make_settings(dialect="vllm")
+    stages = fake_stages(settings.stages, S0, S1)
+    shadow = ShadowChecks(ShadowConfig(rate=1.0), stages)
+    assert shadow.draw(0) and not shadow.draw(1)  # the top stage has no one above it
+    assert not shadow.start(0, {**BODY, "temperature": 0.7}, S0.text)  # sampling, different tokenizers: not lossless
+    stages[1].delay_s = 0.2
+    assert shadow.start(0, BODY, S0.text)
+    assert not shadow.start(0, BODY, S0.text)  # max_concurrent 1: skipped, not queued
+    assert shadow.health() | {"running": 1} == {"rate": 1.0, "running": 1, "checked": 0, "busy": 1, "unverifiable": 1, "failed": 0}
+    await shadow.close()  # cancels the one running: its label is lost, nothing else
+    assert shadow.health()["running"] == 0 and shadow.counts["checked"] == 0
+    assert not ShadowChecks(ShadowConfig(rate=0.0), stages).draw(0)
+
+
+async def test_a_failed_check_is_counted_and_dropped() -> None:
+    settings = make_settings(dialect="vllm")
+    stages = fake_stages(settings.stages, S0, S1)
+    stages[1].fail = StageTimeout
+    shadow = ShadowChecks(ShadowConfig(rate=1.0), stages)
+    assert shadow.start(0, BODY, S0.text)
+    for _ in range(100):
+        if shadow.counts["failed"]:
+            break
+        await asyncio.sleep(0.01)
+    assert shadow.counts == {"checked": 0, "busy": 0, "unverifiable": 0, "failed": 1}
