@@ -13,6 +13,7 @@ without any label are skipped by training. You can add your own verdicts (``pass
 from user feedback or checkers before training. Prompts are stored verbatim:
 enable it only where that is acceptable.
 
+Each row has its ``time`` (Unix seconds), for reports over time (``adaptive-sd report``).
 Requests with tools or a JSON format carry more: the row's ``kind`` (tools,
 json_object, json_schema, text), and per stage its ``tool_calls`` and the
 router's validity verdict (``valid``: true/false, null when not judged;
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -66,7 +68,8 @@ class TrafficLog:
             stages.append(row)
         rid = f"traffic/{uuid.uuid4().hex}"
         row = {"task": rid, "family": "traffic", "difficulty": 0, "split": split_of(rid), "prompt_texts": prompt_texts,
-               "collect_version": COLLECT_VERSION, "feature_version": FEATURE_VERSION, "kind": kind, "stages": stages}  # fmt: skip
+               "collect_version": COLLECT_VERSION, "feature_version": FEATURE_VERSION, "kind": kind, "stages": stages,
+               "time": round(time.time(), 3)}  # fmt: skip
         line = json.dumps(row, separators=(",", ":")) + "\n"
         with self._lock, self.path.open("a") as f:
             f.write(line)
