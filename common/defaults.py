@@ -19,3 +19,4 @@ MODEL_NAME = "cascade"  # the `model` value that runs the adaptive ladder
 HOST = "127.0.0.1"
 PORT = 8000
 SHADOW_RATE = 0.0  # share of answers returned from a lower stage that the next stage checks after the response (opt-in)
+MODEL_RELOAD_S = 10.0  # a replica looks this often for a newly promoted model in its registry

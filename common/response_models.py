@@ -485,6 +485,7 @@ class Health(_Body):
 
     status: Literal["ok", "degraded"]
     predictor: str
+    model_version: str = Field(description="the model in service: its registry version or directory name; `builtin` for the baseline")
     tenancy: TenancyHealth
     shadow: ShadowHealth
     stages: dict[str, str] | None = Field(

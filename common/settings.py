@@ -426,8 +426,15 @@ class PredictorConfig(_Model):
     kind: Literal["baseline", "onnx"] = "baseline"
     path: str | None = Field(
         None,
-        description="for kind=onnx: the directory written by `python -m training train` "
+        description="for kind=onnx: the directory written by `python -m training train`, or a model registry of "
+        "`python -m training learn` (its `current` file names the version in service) "
         "(relative paths resolve against the working directory, then the installed packages' folder)",
+    )
+    reload_s: float = Field(
+        defaults.MODEL_RELOAD_S,
+        ge=0.0,
+        description="for a model registry: how often each replica looks for a newly promoted (or rolled back) version and "
+        "loads it without a restart (0: never)",
     )
     baseline: list[BaselineCoefficients] = Field(default_factory=list, description="per stage; missing stages use defaults")
     log_path: str | None = Field(

@@ -36,6 +36,7 @@ from predictor.serving.loader import load_lambda_table, load_predictor
 from router.cascade import CascadeEngine
 from router.contracts import RequestOutcome, TenantLimits
 from router.metrics import ENDPOINTS, RATE_LIMITED, REGISTRY, REQUESTS
+from router.model_reload import ModelReloader
 from router.openai.chat.serving import ChatServing
 from router.openai.completions.serving import CompletionServing
 from router.openai.responses.serving import ResponsesServing
@@ -147,6 +148,7 @@ def create_app(
     chat_serving = ChatServing(settings, ladder, engine)
     tenants = TenantService(settings.tenancy, settings.cascade.default_lambda)
     tenants.target_lambda = targets.lam
+    reloader = ModelReloader(settings, engine, targets)
     admin_key = settings.tenancy.admin_key.get_secret_value() if settings.tenancy.admin_key else None
 
     @asynccontextmanager
@@ -154,9 +156,11 @@ def create_app(
         for s in ladder:
             await s.start()
         await tenants.start()
+        reloader.start()
         try:
             yield
         finally:
+            await reloader.close()
             await engine.shadow.close()
             await tenants.close()
             for s in ladder:
@@ -314,7 +318,8 @@ def create_app(
         makes the status ``degraded``."""
         body: dict[str, object] = {
             "status": "ok",
-            "predictor": predictor.name,
+            "predictor": engine.predictor.name,  # the model in service now (router.model_reload)
+            "model_version": reloader.version,
             "tenancy": tenants.health(),
             "shadow": engine.shadow.health(),
         }

@@ -194,6 +194,14 @@ class CascadeEngine:
         self.traffic = TrafficLog(settings.predictor.log_path) if settings.predictor.log_path else None
         self.shadow = ShadowChecks(settings.cascade.shadow, self.stages)
 
+    def use_predictor(self, predictor: Predictor) -> None:
+        """Serve with ``predictor`` from now on (``router.model_reload``; trained at this engine's top-k): its learned
+        answer lengths replace the old model's in the prices, measured prices keep what they measured."""
+        if predictor.top_k != self.top_k:
+            raise ValueError(f"predictor {predictor.name} was trained at top-k {predictor.top_k}, this engine asks for {self.top_k}")
+        self.pricing.lengths = Pricing.of(self.settings, predictor).lengths
+        self.predictor = predictor
+
     def route(self, prompt: PromptStats, lam: float, stages: Sequence[int], max_tokens: int | None = None) -> Route:
         """The stopping policy over ``stages`` (ascending ladder indices), with the prompt's priors and each stage's
         expected cost for this prompt (``router.pricing``: per-token prices price its length and the expected answer's)."""

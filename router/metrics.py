@@ -59,6 +59,15 @@ LABELS = Counter(
     ["stage", "source", "label"],
     registry=REGISTRY,
 )
+PREDICTOR_INFO = Gauge(
+    "adaptive_sd_predictor_info", "The predictor in service (1): its name and model version", ["name", "version"], registry=REGISTRY
+)
+PREDICTOR_RELOADS = Counter(
+    "adaptive_sd_predictor_reloads",
+    "Promoted (or rolled back) models this replica loaded without a restart, or failed to load (the old one stays)",
+    ["outcome"],
+    registry=REGISTRY,
+)
 SHADOW_CHECKS = Counter(
     "adaptive_sd_shadow_checks",
     "Shadow checks of answers returned from a lower stage, by verifying stage and outcome (checked, busy, unverifiable, failed)",

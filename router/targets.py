@@ -22,6 +22,11 @@ class TargetLambdas:
         self.table = table
         self._cache: dict[tuple[float | None, float | None, float | None], float | None] = {}
 
+    def use(self, table: LambdaTable | None) -> None:
+        """A new model's table (``router.model_reload``): targets are looked up afresh in it."""
+        self.table = table
+        self._cache = {}
+
     def lam(self, target: QualityTarget, otherwise: float) -> float:
         key = (target.keep, target.within_points, target.top_share)
         if key not in self._cache:

@@ -10,7 +10,8 @@ from predictor.serving.calibration import LambdaTable
 from predictor.serving.interface import Predictor
 from predictor.serving.runtime import OnnxPredictor, PredictorLoadError
 
-__all__ = ["PredictorLoadError", "load_lambda_table", "load_predictor", "model_dir"]
+__all__ = ["CURRENT_FILE", "PredictorLoadError", "load_lambda_table", "load_predictor", "model_dir", "model_version", "resolve"]
+CURRENT_FILE = "current"  # in a model registry (``python -m training learn``): the name of the version in service
 PACKAGES_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the `predictor` package: the repository, or site-packages
 
 
@@ -22,7 +23,26 @@ def model_dir(settings: Settings) -> Path | None:
     path = Path(cfg.path)
     if not path.is_absolute() and not path.exists():
         path = PACKAGES_ROOT / path  # configs name the shipped model as `predictor/models/...`, package data
-    return path
+    return resolve(path)
+
+
+def resolve(path: Path) -> Path:
+    """A model directory as it is now: itself, or for a model registry the version its ``current`` file names.
+
+    A registry's versions are directories that are never changed once written; promoting or rolling back rewrites
+    ``current`` alone (atomically), so a replica reading it sees one whole version or the other."""
+    current = path / CURRENT_FILE
+    if not current.is_file():
+        return path
+    version = current.read_text().strip()
+    if not version or "/" in version or version.startswith("."):
+        raise PredictorLoadError(f"{current} names no version: {version!r}")
+    return path / version
+
+
+def model_version(directory: Path) -> str:
+    """What ``/health`` and ``/metrics`` call a loaded model: its registry version, else its directory's name."""
+    return directory.name
 
 
 def load_lambda_table(settings: Settings) -> LambdaTable | None:

@@ -1,0 +1,93 @@
+"""A newly promoted model, loaded by every router replica without a restart and without failing a request.
+
+``python -m training learn`` promotes a model by rewriting its registry's ``current``
+file (``predictor.serving.loader.resolve``); ``rollback`` does the same the other
+way. Each replica looks at that file every ``predictor.reload_s`` seconds. When it
+names another version, the replica loads it off the event loop, checks that it
+fits this router (trained at the top-k the stages are asked for), and only then hands it to the engine (``CascadeEngine.use_predictor``)
+with its calibration table (tenants' quality targets). A request in flight keeps
+the model it started with for the steps it has already taken; nothing is torn
+down under it. A version that fails to load or to fit is logged and counted once,
+and the model in service stays until the registry names another version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from common.settings import Settings
+from predictor.serving.calibration import LambdaTable
+from predictor.serving.interface import Predictor
+from predictor.serving.loader import PredictorLoadError, model_dir, model_version
+from predictor.serving.runtime import OnnxPredictor
+from router.cascade import CascadeEngine
+from router.metrics import PREDICTOR_INFO, PREDICTOR_RELOADS
+from router.targets import TargetLambdas
+
+log = logging.getLogger("adaptive_sd.router.model_reload")
+
+
+class ModelReloader:
+    """Watches the configured model registry for this replica (module docstring)."""
+
+    def __init__(self, settings: Settings, engine: CascadeEngine, targets: TargetLambdas) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.targets = targets
+        self.interval_s = settings.predictor.reload_s
+        self.loaded: Path | None = model_dir(settings)
+        self.version = model_version(self.loaded) if self.loaded is not None else "builtin"
+        self._task: asyncio.Task[None] | None = None
+        self._refused: Path | None = None  # the version that failed to load: not retried until the registry names another
+        PREDICTOR_INFO.clear()
+        PREDICTOR_INFO.labels(engine.predictor.name, self.version).set(1)
+
+    def start(self) -> None:
+        """Begin watching (nothing to watch for the baseline predictor, or with ``reload_s`` 0)."""
+        if self.loaded is not None and self.interval_s > 0:
+            self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.check()
+
+    async def check(self) -> bool:
+        """Load the version the registry names now if it is not the one in service; True when it was swapped in."""
+        try:
+            directory = model_dir(self.settings)
+        except PredictorLoadError as exc:
+            return self._failed(f"registry unreadable: {exc}")
+        if directory is None or directory in (self.loaded, self._refused):
+            return False
+        try:
+            predictor, table = await asyncio.to_thread(self._load, directory)
+        except Exception as exc:  # a broken or incompatible version must never stop the replica
+            self._refused = directory
+            return self._failed(f"{directory}: {type(exc).__name__}: {exc}")
+        self.engine.use_predictor(predictor)
+        self.targets.use(table)
+        self.loaded, self.version, self._refused = directory, model_version(directory), None
+        PREDICTOR_INFO.clear()
+        PREDICTOR_INFO.labels(predictor.name, self.version).set(1)
+        PREDICTOR_RELOADS.labels("loaded").inc()
+        log.info("model %s (%s) in service", self.version, directory)
+        return True
+
+    def _load(self, directory: Path) -> tuple[Predictor, LambdaTable | None]:
+        predictor = OnnxPredictor.load(directory, evidence=self.settings.cascade.risk.evidence)
+        if predictor.top_k != self.engine.top_k:
+            raise PredictorLoadError(f"trained at top-k {predictor.top_k}, the stages are asked for {self.engine.top_k}")
+        return predictor, LambdaTable.load(directory)
+
+    def _failed(self, why: str) -> bool:
+        PREDICTOR_RELOADS.labels("failed").inc()
+        log.warning("model not reloaded, %s in service stays: %s", self.version, why)
+        return False

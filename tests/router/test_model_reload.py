@@ -1,0 +1,61 @@
+"""A promoted model loaded without a restart (``router.model_reload``): the real shipped ONNX model, in a registry."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.router.fake_stage import fake_stages
+from tests.router.inprocess import PROMPT, S0, S1, app_client, make_settings
+
+pytestmark = pytest.mark.anyio
+BASE = Path(__file__).resolve().parents[2] / "predictor" / "models" / "cpu"
+
+
+def _point(registry: Path, version: str) -> None:
+    (registry / "current.tmp").write_text(version + "\n")
+    (registry / "current.tmp").replace(registry / "current")
+
+
+async def _serving(client: httpx.AsyncClient, version: str) -> bool:
+    for _ in range(100):
+        if (await client.get("/health")).json()["model_version"] == version:
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def test_a_promoted_version_is_served_without_a_restart_and_a_broken_one_is_not(tmp_path: Path) -> None:
+    registry = tmp_path / "models"
+    for version in ("v0001", "v0002"):
+        shutil.copytree(BASE, registry / version)
+    (registry / "v0003").mkdir()  # promoted by mistake: no model in it
+    (registry / "v0003" / "card.json").write_text("{}")
+    _point(registry, "v0001")
+    settings = make_settings(predictor={"kind": "onnx", "path": str(registry), "reload_s": 0.01})
+    async with app_client(settings, stages=fake_stages(settings.stages, S0, S1)) as client:
+        assert (await client.get("/health")).json()["model_version"] == "v0001"
+
+        async def traffic() -> list[int]:
+            body = {"model": "cascade", "messages": PROMPT, "max_tokens": 16}
+            return [(await client.post("/v1/chat/completions", json=body)).status_code for _ in range(40)]
+
+        flips = asyncio.create_task(traffic())
+        for version in ("v0002", "v0001", "v0002"):  # swapped while requests are in flight
+            _point(registry, version)
+            assert await _serving(client, version)
+        assert set(await flips) == {200}
+        metrics = (await client.get("/metrics")).text
+        assert 'adaptive_sd_predictor_info{name="onnx-gbt",version="v0002"} 1.0' in metrics
+        assert 'version="v0001"' not in metrics  # one model in service, one series
+
+        _point(registry, "v0003")
+        await asyncio.sleep(0.2)
+        assert (await client.get("/health")).json()["model_version"] == "v0002"  # the broken one never replaced it
+        assert (await client.post("/v1/chat/completions", json={"model": "cascade", "messages": PROMPT})).status_code == 200
+        failed = 'adaptive_sd_predictor_reloads_total{outcome="failed"}'
+        assert f"{failed} 1.0" in (await client.get("/metrics")).text  # once, not at every look

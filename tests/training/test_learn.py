@@ -1,0 +1,59 @@
+"""Learning from traffic (``training.learn``): the registry, a promotion decided on unseen rows, lineage, rollback.
+
+The "traffic" is real: answers of the real CPU ladder from the committed
+collection, logged as the router logs them (a time each, the newest last).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from predictor.serving.loader import resolve
+from training import learn
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "data" / "cpu" / "collect.jsonl"
+BASE = ROOT / "predictor" / "models" / "cpu"
+
+
+def _traffic(path: Path, families: set[str], t0: float = 1000.0) -> Path:
+    """The collection's answers of ``families`` as a traffic log: one row per task, a second apart."""
+    with SHIPPED.open() as src, path.open("w") as out:
+        rows = [json.loads(line) for line in src]
+        for i, row in enumerate(r for r in rows if r["family"] in families):
+            out.write(json.dumps({**row, "family": "traffic", "time": t0 + i}) + "\n")
+    return path
+
+
+def test_too_few_unseen_rows_decide_nothing_and_seed_the_registry(tmp_path: Path) -> None:
+    registry = tmp_path / "models"
+    log = _traffic(tmp_path / "traffic.jsonl", {"dates"})
+    outcome = learn.learn(registry, [log], SHIPPED, BASE, min_eval=10_000)
+    assert not outcome.promoted and "needed to decide" in outcome.reason
+    assert learn.versions(registry) == ["v0001"] and learn.current(registry) == "v0001"
+    assert resolve(registry) == registry / "v0001"
+    assert learn.lineage(registry, "v0001")["parent"] is None
+    with pytest.raises(ValueError, match="no parent"):
+        learn.rollback(registry)
+
+
+def test_a_promoted_candidate_is_in_service_with_its_lineage_and_rolls_back(tmp_path: Path) -> None:
+    """The decision is made on the newest rows only; ``margin`` -1 promotes whatever the log-loss (the mechanics),
+    and the figures it was decided on are in the card."""
+    registry = tmp_path / "models"
+    log = _traffic(tmp_path / "traffic.jsonl", {"dates", "units", "open-chat"})
+    rows = learn.labelled_rows([log])
+    outcome = learn.learn(registry, [log], SHIPPED, BASE, holdout=0.5, min_eval=20, margin=-1.0)
+    assert outcome.promoted and outcome.candidate == "v0002" and learn.current(registry) == "v0002", outcome
+    assert set(outcome.log_loss) == {"candidate", "v0001"} and all(0 < v < 5 for v in outcome.log_loss.values())
+    record = learn.lineage(registry, "v0002")
+    assert record["parent"] == "v0001" and record["trained_on"]["logged"] == len(rows) // 2
+    assert record["trained_until"] == rows[len(rows) // 2 - 1].order[0]  # the older half only: the newer decided
+    assert (registry / "v0002" / "calibration.json").is_file() and (registry / "v0002" / "predictor.onnx").is_file()
+    again = learn.learn(registry, [log], SHIPPED, BASE, holdout=0.5, min_eval=20)  # the same rows: the same fit
+    assert not again.promoted and "does not beat v0002" in again.reason and learn.current(registry) == "v0002", again
+    assert learn.rollback(registry) == "v0001" and resolve(registry) == registry / "v0001"
+    assert [v["in_service"] for v in learn.history(registry)] == [True, False]

@@ -1,0 +1,251 @@
+"""Learn a ladder from its own traffic: refit on shipped plus logged rows, promote only a model that does better.
+
+The router labels its traffic as it works (``router.labels``, ``router.shadow``)
+and, with ``predictor.log_path``, logs each labelled answer with what it takes to
+recompute its features (``router.traffic_log``). ``learn`` turns those logs into
+a model, in a **registry**: a folder of versions (``v0001``, ``v0002``, ...; each
+a whole model directory, never changed once written) and a ``current`` file that
+names the version in service. Point ``predictor.path`` at the registry and every
+replica loads a newly promoted version by itself (``router.model_reload``).
+
+One ``learn`` run:
+
+1. reads the labelled rows of the logs given (one per replica, or a shared file):
+   a row's time orders them (rows without one keep their order in the log);
+2. keeps the newest ``holdout`` share of them aside, the **evaluation rows**: only
+   rows newer than what the model in service trained on count, so that neither
+   model has seen them (fewer than ``min_eval`` such rows: no decision);
+3. fits a **candidate** on the shipped collection plus the older logged rows (the
+   answer, belief, prior and prefix models, calibrated, as ``training train``
+   does) and re-derives its λ table for tenants' targets on the shipped
+   collection's validation split (``training calibrate``: only the collection
+   has every stage's answer to every task, which a replay needs);
+4. **promotes** it only if its log-loss on the evaluation rows is lower than the
+   model in service's by at least ``margin``; the card (``card.json``) keeps the
+   lineage: parent version, rows trained on, the time trained up to, both
+   models' evaluation figures.
+
+``rollback`` points ``current`` back at the parent of the version in service (or
+at a version named). The first ``learn`` on an empty registry seeds it with the
+base model (the shipped one by default) as ``v0001``.
+
+What is not done yet: the comparison does not replay the rule's cost at matched
+quality on the evaluation rows (logged rows hold only the stages the cascade
+visited, which a replay of other decisions needs), and a shadow check's weight
+(1 / its sampling rate) is recorded but the fit does not weight rows by it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from predictor.serving.labels import label
+from predictor.serving.loader import CURRENT_FILE
+from predictor.serving.runtime import OnnxPredictor
+from training import dataset
+
+CARD_FILE = "card.json"
+LINEAGE_KEY = "lineage"
+DEFAULT_HOLDOUT = 0.2  # the newest share of the labelled logged rows that the decision is made on
+DEFAULT_MIN_EVAL = 50  # fewer unseen labelled answers than this: no decision
+DEFAULT_MARGIN = 0.0  # the candidate's log-loss must be lower than the served model's by at least this
+
+
+# -- the registry ---------------------------------------------------------------------------------------------------
+
+
+def versions(registry: Path) -> list[str]:
+    """The registry's versions, oldest first."""
+    return sorted(p.name for p in registry.glob("v[0-9][0-9][0-9][0-9]") if p.is_dir())
+
+
+def current(registry: Path) -> str | None:
+    """The version in service (None: an empty registry)."""
+    path = registry / CURRENT_FILE
+    return path.read_text().strip() if path.is_file() else None
+
+
+def point(registry: Path, version: str) -> None:
+    """Put ``version`` in service: ``current`` rewritten atomically (a replica reads the old name or the new one)."""
+    if not (registry / version).is_dir():
+        raise ValueError(f"{registry} has no version {version!r} (versions: {', '.join(versions(registry)) or 'none'})")
+    tmp = registry / f".{CURRENT_FILE}.{os.getpid()}"
+    tmp.write_text(version + "\n")
+    os.replace(tmp, registry / CURRENT_FILE)
+
+
+def lineage(registry: Path, version: str) -> dict[str, Any]:
+    """What a version's card says of where it came from."""
+    card = json.loads((registry / version / CARD_FILE).read_text())
+    return dict(card.get(LINEAGE_KEY) or {})
+
+
+def _add_version(registry: Path, model: Path, record: dict[str, Any]) -> str:
+    """Copy ``model`` in as the next version, its lineage ``record`` written into its card; returns the version."""
+    existing = versions(registry)
+    version = f"v{int(existing[-1][1:]) + 1 if existing else 1:04d}"
+    staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=registry))
+    shutil.copytree(model, staging, dirs_exist_ok=True)
+    card_path = staging / CARD_FILE
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    card[LINEAGE_KEY] = {"version": version, **record}
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(staging, registry / version)  # whole or absent: a replica never loads a half-copied version
+    return version
+
+
+def seed(registry: Path, base: Path) -> str:
+    """An empty registry gets ``base`` as its first version, in service."""
+    registry.mkdir(parents=True, exist_ok=True)
+    version = _add_version(registry, base, {"parent": None, "source": str(base), "created": round(time.time(), 3)})
+    point(registry, version)
+    return version
+
+
+def rollback(registry: Path, to: str | None = None) -> str:
+    """Put the served version's parent (or ``to``) back in service; returns the version now in service."""
+    served = current(registry)
+    if served is None:
+        raise ValueError(f"{registry} has no version in service")
+    target = to or lineage(registry, served).get("parent")
+    if not target:
+        raise ValueError(f"{served} has no parent to roll back to; name a version with --to")
+    point(registry, target)
+    return str(target)
+
+
+# -- the logged rows ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedRow:
+    """A logged request with at least one labelled answer, and when it was logged (or where, for rows without a time)."""
+
+    row: dict[str, Any]
+    order: tuple[float, int]
+
+
+def labelled_rows(logs: Iterable[Path]) -> list[LoggedRow]:
+    """Every logged row with a labelled answer, oldest first."""
+    out = []
+    for n, path in enumerate(logs):
+        for i, row in enumerate(dataset.read_rows(path)):
+            if any(label(s) is not None for s in row.get("stages") or ()):
+                out.append(LoggedRow(row, (float(row.get("time") or 0.0), n * 10**9 + i)))
+    return sorted(out, key=lambda r: r.order)
+
+
+def _write(rows: Iterable[dict[str, Any]], path: Path) -> Path:
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, separators=(",", ":")) + "\n")
+    return path
+
+
+def _concat(paths: Iterable[Path], out: Path) -> Path:
+    with out.open("w") as f:
+        for p in paths:
+            for row in dataset.read_rows(p):
+                f.write(json.dumps(row, separators=(",", ":")) + "\n")
+    return out
+
+
+# -- learn ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What one ``learn`` run decided, and why."""
+
+    promoted: bool
+    reason: str
+    served: str | None
+    candidate: str | None = None
+    evaluation_rows: int = 0
+    log_loss: dict[str, float] = field(default_factory=dict)
+    trained_rows: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def log_loss(model: Path, rows_path: Path) -> tuple[float, int]:
+    """The answer model's log-loss on the labelled answers of ``rows_path``, and how many there are."""
+    data = dataset.load(rows_path)
+    p = np.clip(OnnxPredictor.load(model).predict_batch(data.x), 1e-6, 1 - 1e-6)
+    y = data.y.astype(np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))), len(y)
+
+
+def learn(
+    registry: Path,
+    logs: list[Path],
+    shipped: Path,
+    base: Path,
+    config: Path | None = None,
+    holdout: float = DEFAULT_HOLDOUT,
+    min_eval: int = DEFAULT_MIN_EVAL,
+    margin: float = DEFAULT_MARGIN,
+    seed_: int = 0,
+) -> Outcome:
+    """One learning round (module docstring)."""
+    from training import calibrate, train
+
+    if current(registry) is None:
+        seed(registry, base)
+    served = current(registry)
+    assert served is not None
+    trained_until = float(lineage(registry, served).get("trained_until") or 0.0)
+    rows = labelled_rows(logs)
+    cut = len(rows) - max(1, math.ceil(holdout * len(rows))) if rows else 0
+    older, newest = rows[:cut], rows[cut:]
+    unseen = [r for r in newest if r.order[0] > trained_until or not r.order[0]]
+    outcome = Outcome(False, "", served, evaluation_rows=0)
+    with tempfile.TemporaryDirectory(prefix="adaptive-sd-learn-") as tmp_name:
+        tmp = Path(tmp_name)
+        eval_path = _write((r.row for r in unseen), tmp / "evaluation.jsonl")
+        answers = sum(label(s) is not None for r in unseen for s in r.row["stages"])
+        outcome.evaluation_rows = answers
+        if answers < min_eval:
+            outcome.reason = f"{answers} labelled answers newer than what {served} trained on; {min_eval} needed to decide"
+            return outcome
+        logged = _write((r.row for r in older), tmp / "logged.jsonl")
+        merged = _concat([shipped, logged], tmp / "train.jsonl")
+        candidate_dir = tmp / "candidate"
+        train.run(merged, candidate_dir, seed=seed_, lofo=False)
+        calibration = calibrate.table(shipped, candidate_dir, config)
+        (candidate_dir / calibrate.CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
+        mine, _ = log_loss(candidate_dir, eval_path)
+        theirs, _ = log_loss(registry / served, eval_path)
+        outcome.log_loss = {"candidate": round(mine, 5), served: round(theirs, 5)}
+        outcome.trained_rows = {"shipped": sum(1 for _ in dataset.read_rows(shipped)), "logged": len(older)}
+        if not mine < theirs - margin:
+            outcome.reason = f"the candidate's log-loss {mine:.4f} does not beat {served}'s {theirs:.4f} by {margin}"
+            return outcome
+        record = {"parent": served, "source": "learn", "created": round(time.time(), 3),
+                  "trained_on": {"shipped": str(shipped), "logs": [str(p) for p in logs], **outcome.trained_rows},
+                  "trained_until": older[-1].order[0] if older else trained_until,
+                  "evaluation": {"answers": answers, "log_loss": outcome.log_loss}}  # fmt: skip
+        outcome.candidate = _add_version(registry, candidate_dir, record)
+        point(registry, outcome.candidate)
+        outcome.promoted = True
+        outcome.reason = f"log-loss {mine:.4f} against {served}'s {theirs:.4f} on {answers} unseen labelled answers"
+        return outcome
+
+
+def history(registry: Path) -> Iterator[dict[str, Any]]:
+    """Every version's lineage, oldest first, with which one is in service."""
+    served = current(registry)
+    for v in versions(registry):
+        yield {**lineage(registry, v), "version": v, "in_service": v == served}
