@@ -172,7 +172,7 @@ def create_app(
 
     def limits(tenant: Tenant) -> TenantLimits:
         s = tenant.settings
-        return TenantLimits(tenants.lam_for(tenant), s.slo is not None, s.max_stage, s.allowed_models)
+        return TenantLimits(tenants.lam_for(tenant), s.slo is not None, s.max_stage, s.allowed_models, s.learn)
 
     def account(tenant: Tenant, outcome: RequestOutcome, response: Response, t0: float, stream_tokens: int) -> Response:
         """Record usage after the response (streams: when the last byte is sent; tokens then estimated)."""

@@ -276,9 +276,10 @@ class CascadeEngine:
             req.spec = AnswerSpec.of(req.body)
         result = await self._run(req, req.spec, api)
         record_labels(result.visits)
-        if self.traffic is not None:
-            self._log(self.traffic, req, req.spec, result, api)
-        self._shadow(req, result, api)
+        if req.learn:  # its tenant may be excluded from learning: then nothing of it is kept or checked
+            if self.traffic is not None:
+                self._log(self.traffic, req, req.spec, result, api)
+            self._shadow(req, result, api)
         return result
 
     def _shadow(self, req: CascadeRequest, result: CascadeResult, api: CascadeDialect) -> None:

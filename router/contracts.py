@@ -120,6 +120,7 @@ class CascadeRequest:
     max_stage: int
     stream: bool = False
     spec: AnswerSpec | None = None
+    learn: bool = True  # its tenant lets it be logged and shadow-checked for learning (``TenantSettings.learn``)
 
 
 @dataclass(slots=True)
@@ -164,6 +165,7 @@ class TenantLimits:
     lam_locked: bool = False
     max_stage: int | str | None = None
     allowed_models: list[str] | None = None
+    learn: bool = True  # the request may be logged and shadow-checked for learning
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,11 @@ class TenantSettings(BaseModel):
     target: QualityTarget | None = Field(None, description="a quality or top-stage-share target, mapped to λ by the calibration table")
     max_stage: int | str | None = Field(None, description="highest stage (index or name) the cascade may use")
     allowed_models: list[str] | None = Field(None, description="models this tenant may call; null = all")
+    learn: bool = Field(
+        True,
+        description="this tenant's cascade requests may be logged (predictor.log_path) and shadow-checked, to learn from; "
+        "false keeps them out (their answers are still labelled in the metrics, which hold no prompt)",
+    )
     # bounded to 64 bits: the settings are answered and stored as JSON (orjson), which holds no larger integer
     rpm: int = Field(0, ge=0, le=MAX_INT, description="requests per minute, 0 = unlimited")
     tpm: int = Field(0, ge=0, le=MAX_INT, description="tokens per minute, 0 = unlimited")

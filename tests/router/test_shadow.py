@@ -9,11 +9,13 @@ from typing import Any
 import orjson
 import pytest
 
+from common.errors import parse_chat_request
 from common.settings import ShadowConfig
+from router.contracts import TenantLimits
 from router.shadow import ShadowChecks
 from router.stage import StageTimeout
 from tests.router.fake_stage import fake_stages
-from tests.router.inprocess import PROMPT, S0, S1, STOP, make_settings, serve
+from tests.router.inprocess import PROMPT, S0, S1, STOP, chat_serving, make_settings, serve
 
 pytestmark = pytest.mark.anyio
 BODY: dict[str, Any] = {"messages": PROMPT, "temperature": 0, "max_tokens": 32}
@@ -74,3 +76,16 @@ async def test_a_failed_check_is_counted_and_dropped() -> None:
             break
         await asyncio.sleep(0.01)
     assert shadow.counts == {"checked": 0, "busy": 0, "unverifiable": 0, "failed": 1}
+
+
+async def test_a_tenant_kept_out_of_learning_is_neither_logged_nor_checked(tmp_path: Path) -> None:
+    log = tmp_path / "traffic.jsonl"
+    settings = make_settings(dialect="vllm", shadow={"rate": 1.0}, predictor={"log_path": str(log)})
+    serving = chat_serving(settings, p0=STOP)
+    req = parse_chat_request(orjson.dumps({"model": "cascade", "messages": PROMPT, "temperature": 0}))
+    response, outcome = await serving.create(req, {}, TenantLimits(10.0, learn=False))
+    assert response.status_code == 200 and outcome.stage == "s0"
+    assert serving.engine.shadow.health()["running"] == 0 and not log.exists()
+    await serving.create(req, {}, TenantLimits(10.0))  # the same request from a tenant that learns
+    assert serving.engine.shadow.health()["running"] == 1 and len(log.read_text().splitlines()) == 1
+    await serving.engine.shadow.close()

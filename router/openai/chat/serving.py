@@ -60,12 +60,12 @@ def _says_nothing(choice: dict[str, Any]) -> bool:
     return not choice.get("delta") and choice.get("finish_reason") is None and choice.get("logprobs") is None
 
 
-def cascade_request(req: ChatCompletionRequest, lam: float, max_stage: int) -> CascadeRequest:
+def cascade_request(req: ChatCompletionRequest, lam: float, max_stage: int, learn: bool = True) -> CascadeRequest:
     """The engine's request for a chat request: its upstream body (no model, no cascade extras, not streamed: the
     engine decides which stage streams), its prompt's statistics, what it asks of an answer."""
     body = req.upstream_body(exclude=_CASCADE_EXCLUDE)
     prompt = PromptStats.from_texts([m.text() for m in req.messages])
-    return CascadeRequest(body, prompt, lam, max_stage, stream=req.stream, spec=AnswerSpec.of(body))
+    return CascadeRequest(body, prompt, lam, max_stage, stream=req.stream, spec=AnswerSpec.of(body), learn=learn)
 
 
 class ChatServing(OpenAIServing[ChatCompletionRequest]):
@@ -99,7 +99,7 @@ class ChatServing(OpenAIServing[ChatCompletionRequest]):
         self, req: ChatCompletionRequest, headers: Mapping[str, str], t0: float, limits: TenantLimits
     ) -> tuple[Response, RequestOutcome]:
         lam, max_stage = self.knobs(req, headers, limits)
-        cascade_req = cascade_request(req, lam, max_stage)
+        cascade_req = cascade_request(req, lam, max_stage, limits.learn)
         result = await self.engine.run(cascade_req, CHAT_DIALECT)
         assert cascade_req.spec is not None
         return self.respond(result, cascade_req.spec.kind, lam, t0, req.stream, ChatRendering(self, req, result))

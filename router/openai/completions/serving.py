@@ -113,7 +113,7 @@ class CompletionServing(OpenAIServing[CompletionRequest]):
         body = req.upstream_body(exclude=_CASCADE_EXCLUDE)
         body["max_tokens"] = req.token_limit  # explicit: verification and continuations count against it
         prompt = PromptStats.from_texts([req.prompt_text])
-        cascade_req = CascadeRequest(body, prompt, lam, max_stage, stream=req.stream, spec=COMPLETION_SPEC)
+        cascade_req = CascadeRequest(body, prompt, lam, max_stage, stream=req.stream, spec=COMPLETION_SPEC, learn=limits.learn)
         result = await self.engine.run(cascade_req, COMPLETIONS_DIALECT)
         return self.respond(result, _KIND, lam, t0, req.stream, CompletionsRendering(self, req, result))
 

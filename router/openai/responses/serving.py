@@ -104,7 +104,7 @@ class ResponsesServing(OpenAIServing[ResponsesCall]):
         self, call: ResponsesCall, headers: Mapping[str, str], t0: float, limits: TenantLimits
     ) -> tuple[Response, RequestOutcome]:
         lam, max_stage = self.knobs(call.chat, headers, limits)
-        cascade_req = cascade_request(call.chat, lam, max_stage)
+        cascade_req = cascade_request(call.chat, lam, max_stage, limits.learn)
         result = await self.engine.run(cascade_req, CHAT_DIALECT)
         assert cascade_req.spec is not None
         rendering = ResponsesRendering(call.request, ChatRendering(self, call.chat, result))
