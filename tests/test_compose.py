@@ -20,12 +20,12 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed (the test command installs it)")
-@pytest.mark.parametrize("profile", ["cpu", "gpu"])
-def test_compose_file_validates(profile: str) -> None:
+@pytest.mark.parametrize("profiles", [["cpu"], ["gpu"], ["cpu", "monitoring"], ["gpu", "monitoring"]], ids="+".join)
+def test_compose_file_validates(profiles: list[str]) -> None:
+    """Each ladder alone and with the monitoring profile (Prometheus + Grafana, tests/test_grafana.py)."""
     env = {**os.environ, "ADAPTIVE_SD_ADMIN_KEY": "test-admin-key"}
-    out = subprocess.run(
-        ["docker-compose", "--profile", profile, "config", "-q"], check=False, cwd=ROOT, capture_output=True, text=True, env=env
-    )
+    flags = [arg for profile in profiles for arg in ("--profile", profile)]
+    out = subprocess.run(["docker-compose", *flags, "config", "-q"], check=False, cwd=ROOT, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
 
 

@@ -39,6 +39,7 @@ def test_the_committed_files_are_what_the_generator_renders(overlay: str) -> Non
         )
     kustomization = yaml.safe_load((OVERLAYS[overlay] / "kustomization.yaml").read_text())
     assert (k8s_gen.STAGES_FILE in kustomization.get("resources", [])) == (k8s_gen.STAGES_FILE in files)
+    assert k8s_gen.DASHBOARD_FILE in files and k8s_gen.DASHBOARD_FILE in kustomization.get("resources", [])
     assert not (OVERLAYS[overlay] / k8s_gen.STAGES_FILE).exists() or k8s_gen.STAGES_FILE in files
 
 
