@@ -6,6 +6,7 @@ adaptive-sd stages        stage servers only
 adaptive-sd vllm-cmd      print the vLLM command line of each GPU stage
 adaptive-sd check-config  validate a config and print it resolved
 adaptive-sd tenants ...   manage tenants in the shared Redis store (see `adaptive-sd tenants -h`)
+adaptive-sd report        the traffic log as realised savings and quality over time (see `adaptive-sd report -h`)
 """
 
 from __future__ import annotations
@@ -125,8 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     from router.tenants import cli as tenants_cli
 
     tenants_cli.add_parser(sub)
+    from training import report
+
+    report.add_arguments(sub.add_parser("report", help="the router's traffic log (predictor.log_path) as savings and quality over time"))
     args = parser.parse_args(argv)
     try:
+        if args.command == "report":  # its own --config (after the command) or the global one
+            return report.command(args, args.report_config or args.config)
         settings = load_settings(args.config)
         if args.command in ("up", "stages"):
             return _with_stages(settings, then_serve=args.command == "up")

@@ -6,6 +6,10 @@ python -m training evaluate --data data/cpu/collect.jsonl --model predictor/mode
 python -m training calibrate --within-points 2     # the λ that keeps quality within 2 points of the top stage
 ADAPTIVE_SD_CASCADE__DRAFT_REUSE=false adaptive-sd up &   # then:
 ADAPTIVE_SD_CASCADE__DRAFT_REUSE=false python -m training live-check --lambdas 5,16,50
+python -m training report --log traffic.jsonl --out report.png   # savings and quality over time (= adaptive-sd report)
+python -m training learn --registry models/live --log traffic.jsonl   # refit on your traffic; promote if it does better
+python -m training models --registry models/live      # its versions and lineage
+python -m training rollback --registry models/live    # the version in service's parent back in service
 """
 
 from __future__ import annotations
@@ -103,6 +107,47 @@ def _live_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from training import report
+
+    return report.command(args, args.report_config)
+
+
+def _learn(args: argparse.Namespace) -> int:
+    import json
+
+    from training import learn
+
+    outcome = learn.learn(Path(args.registry), [Path(p) for p in args.log], Path(args.data), Path(args.base), args.config,
+                          args.holdout, args.min_eval, args.margin, args.seed)  # fmt: skip
+    print(json.dumps(outcome.to_dict(), indent=2))
+    print(("promoted " + str(outcome.candidate) if outcome.promoted else "kept " + str(outcome.served)) + ": " + outcome.reason,
+          file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    import json
+
+    from training import learn
+
+    for record in learn.history(Path(args.registry)):
+        print(json.dumps(record))
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from training import learn
+
+    try:
+        version = learn.rollback(Path(args.registry), args.to)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{version} in service (replicas load it within predictor.reload_s)")
+    return 0
+
+
 def _inputs(command: argparse.ArgumentParser) -> None:
     """``--data`` and ``--model``: the collected answers and the trained predictor, where ``collect`` and ``train`` write them."""
     command.add_argument("--data", default=COLLECTED)
@@ -145,8 +190,29 @@ def main(argv: list[str] | None = None) -> int:
     lc.add_argument("--lambdas", default="5,16,50")
     lc.add_argument("--limit", type=int, default=12)
     lc.add_argument("--out", default="bench/results/live_check.json")
+    from training.report import add_arguments as report_arguments  # light: what it plots with is imported when it plots
+
+    report_arguments(sub.add_parser("report", help="the router's traffic log as realised savings and quality over time"))
+    from training import learn  # its defaults
+
+    le = sub.add_parser("learn", help="refit on shipped plus logged traffic; promote into a registry if it does better")
+    le.add_argument("--registry", required=True, help="the model registry (predictor.path of the routers)")
+    le.add_argument("--log", action="append", required=True, help="a traffic log (predictor.log_path); repeat for each replica")
+    le.add_argument("--data", default=COLLECTED, help="the shipped collection, trained on too")
+    le.add_argument("--base", default=MODEL, help="the model an empty registry starts from")
+    le.add_argument("--config", help="the ladder the λ table is calibrated for (default: $ADAPTIVE_SD_CONFIG or configs/cpu.yaml)")
+    le.add_argument("--holdout", type=float, default=learn.DEFAULT_HOLDOUT, help="newest share of labelled logged rows to decide on")
+    le.add_argument("--min-eval", type=int, default=learn.DEFAULT_MIN_EVAL, help="fewer unseen labelled answers than this: no decision")
+    le.add_argument("--margin", type=float, default=learn.DEFAULT_MARGIN, help="log-loss by which the candidate must beat the served model")
+    le.add_argument("--seed", type=int, default=0)
+    mo = sub.add_parser("models", help="a registry's versions and lineage, one JSON line each")
+    mo.add_argument("--registry", required=True)
+    rb = sub.add_parser("rollback", help="put the parent of the version in service (or --to) back in service")
+    rb.add_argument("--registry", required=True)
+    rb.add_argument("--to", help="a version to put in service instead of the parent")
     args = parser.parse_args(argv)
-    commands = {"collect": _collect, "train": _train, "evaluate": _evaluate, "calibrate": _calibrate, "live-check": _live_check}
+    commands = {"collect": _collect, "train": _train, "evaluate": _evaluate, "calibrate": _calibrate, "live-check": _live_check,
+                "report": _report, "learn": _learn, "models": _models, "rollback": _rollback}  # fmt: skip
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

@@ -394,15 +394,14 @@ class OpenAIServing(ABC, Generic[Request]):
     def top_stage_cost(self, result: CascadeResult) -> float | None:
         """What the ladder's top stage alone would have cost for this answer, at its prices: the prompt's tokens (the
         fewest any stage reported: a verifying stage's include the draft it scored) and the answer's (the answering
-        stage's own plus the draft tokens it kept). Stages' tokenizers differ a little; this is an estimate. None while
+        stage's usage, which counts the draft tokens it kept, ``router.draft.merged_usage``). Stages' tokenizers differ a little; this is an estimate. None while
         the answer's tokens are unknown (the top stage relayed as a stream), so that the realised and the top-stage sums
         of ``adaptive_sd_cascade_cost_total`` cover the same answers."""
         final = next((v for v in reversed(result.visits) if v.stage == result.final_stage and v.error is None), None)
         if final is None or final.usage is None:
             return None
         prompt = min(v.usage.prompt_tokens for v in result.visits if v.usage is not None)
-        written = final.usage.completion_tokens + (final.draft.accepted_tokens if final.draft is not None else 0)
-        return self.engine.pricing.actual(len(self.engine.stages) - 1, prompt, written)
+        return self.engine.pricing.actual(len(self.engine.stages) - 1, prompt, final.usage.completion_tokens)
 
     def cascade_headers(self, result: CascadeResult) -> dict[str, str]:
         """The ``x-cascade-*`` headers that say what a cascade run did (``respond`` adds kind, λ, overhead, tokens and cost)."""

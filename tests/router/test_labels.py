@@ -64,3 +64,18 @@ async def test_realised_cost_is_counted_against_the_top_stage_alone() -> None:
     async with serve(ESCALATE) as r:
         assert (await r.chat(max_tokens=16)).headers["x-cascade-stage"] == "s1"
     assert (_cost("realised") - realised, _cost("top_stage") - top) == (6.0, 8.0)
+
+
+@pytest.mark.anyio
+async def test_the_top_stage_estimate_prices_the_prompt_once_and_the_answer_as_written() -> None:
+    """Per-token prices: the prompt at the fewest tokens any stage reported (a verifying stage's count the draft it
+    scored), the answer at the answering stage's completion tokens (which count the draft tokens it kept)."""
+    priced = ({"prices": {"usd": {"request": 1.0, "prompt_token": 2**-10, "output_token": 2**-8}}},
+              {"prices": {"usd": {"request": 4.0, "prompt_token": 2**-9, "output_token": 2**-7}}})  # fmt: skip
+    top = _cost("top_stage")
+    async with serve(ESCALATE, make_settings(*priced, dialect="vllm", cost_unit="usd")) as r:
+        resp = await r.chat(temperature=0, max_tokens=32)
+    assert resp.headers["x-cascade-draft"] == "s1:verify"
+    (p0, _), (p1, c1) = [map(int, part.split("=")[1].split("+")) for part in resp.headers["x-cascade-tokens"].split(",")]
+    assert p1 > p0  # s1's scoring calls counted s0's draft as prompt
+    assert _cost("top_stage") - top == 4.0 + p0 * 2**-9 + c1 * 2**-7

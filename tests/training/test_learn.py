@@ -7,6 +7,7 @@ collection, logged as the router logs them (a time each, the newest last).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,18 @@ def test_a_promoted_candidate_is_in_service_with_its_lineage_and_rolls_back(tmp_
     assert not again.promoted and "does not beat v0002" in again.reason and learn.current(registry) == "v0002", again
     assert learn.rollback(registry) == "v0001" and resolve(registry) == registry / "v0001"
     assert [v["in_service"] for v in learn.history(registry)] == [True, False]
+
+
+def test_the_commands_list_and_roll_back_a_registry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.cli import main
+
+    registry = tmp_path / "models"
+    assert main(["rollback", "--registry", str(registry)]) == 1  # nothing in service: said, not a traceback
+    learn.seed(registry, BASE)
+    shutil.copytree(registry / "v0001", registry / "v0002")
+    learn.point(registry, "v0002")
+    assert main(["rollback", "--registry", str(registry), "--to", "v0001"]) == 0 and learn.current(registry) == "v0001"
+    capsys.readouterr()
+    assert main(["models", "--registry", str(registry)]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["version"], r["in_service"]) for r in listed] == [("v0001", True), ("v0002", False)]
