@@ -25,7 +25,6 @@ Usage: python bench/predictor_latency.py [--calls 10000]
 
 from __future__ import annotations
 
-import argparse
 import gc
 import random
 import sys
@@ -37,7 +36,7 @@ import numpy as np
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._procs import emit
+from bench._procs import emit, predictor_args
 from predictor.serving.features import AnswerStats, PromptStats, answer_features
 from predictor.serving.rows import TOP_LOGPROBS
 from predictor.serving.runtime import OnnxPredictor
@@ -176,11 +175,7 @@ def measure(predictor: OnnxPredictor, answers: list[Answer], calls: int) -> dict
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--calls", type=int, default=10_000)
-    ap.add_argument("--model", default=str(ROOT / "predictor" / "models" / "cpu"))
-    ap.add_argument("--data", default=str(ROOT / "data" / "cpu" / "collect.jsonl"))
-    args = ap.parse_args()
+    args = predictor_args(__doc__, calls=10_000)
     predictor = OnnxPredictor.load(Path(args.model))
     real = measure(predictor, real_answers(Path(args.data)), args.calls)
     worst = measure(predictor, long_answers(50), args.calls)

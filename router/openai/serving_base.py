@@ -394,9 +394,9 @@ class OpenAIServing(ABC, Generic[Request]):
     def top_stage_cost(self, result: CascadeResult) -> float | None:
         """What the ladder's top stage alone would have cost for this answer, at its prices: the prompt's tokens (the
         fewest any stage reported: a verifying stage's include the draft it scored) and the answer's (the answering
-        stage's usage, which counts the draft tokens it kept, ``router.draft.merged_usage``). Stages' tokenizers differ a little; this is an estimate. None while
-        the answer's tokens are unknown (the top stage relayed as a stream), so that the realised and the top-stage sums
-        of ``adaptive_sd_cascade_cost_total`` cover the same answers."""
+        stage's usage, which counts the draft tokens it kept, ``router.draft.merged_usage``). Stages' tokenizers differ
+        a little; this is an estimate. None while the answer's tokens are unknown (the top stage relayed as a stream),
+        so that the realised and the top-stage sums of ``adaptive_sd_cascade_cost_total`` cover the same answers."""
         final = next((v for v in reversed(result.visits) if v.stage == result.final_stage and v.error is None), None)
         if final is None or final.usage is None:
             return None

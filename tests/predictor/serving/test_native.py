@@ -15,6 +15,8 @@ import json
 import os
 import random
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ from predictor.serving import _answer_stats, _logprob_scan, features, logprob_sc
 from predictor.serving.features import MAX_POSITIONS, AnswerStats
 from router.stage_client import StageClient
 from tests.conftest import ROOT, ladder_config
+from tests.predictor.serving.json_mutator import mutate_json
 from tests.predictor.serving.scan_oracle import Mismatch, Outcome, check, mutate
 from training.dataset import read_rows
 
@@ -363,3 +366,183 @@ def test_the_fuzz_corpus_replays() -> None:
     assert len(seeds) >= 10 and sum(p.stat().st_size for p in seeds) < 200_000
     outcomes = [check(p.read_bytes(), k)[0] for p in seeds for k in (1, 5)]
     assert outcomes.count(Outcome.SAME) > len(outcomes) // 2
+
+
+# -- long answers: entries past the first ones are skimmed (their braces found 64 bytes at a time) --
+
+# Token strings that stress the skim's string tracking: backslash runs of every parity (which escape a
+# quote or not), quotes, braces and brackets inside strings, non-ASCII; as JSON they hold escapes.
+_NASTY = ["a", "\\", "\\\\", "\\\\\\", '"', '\\"', '\\\\"', "}", "{", "]}", "[{", '"}', "\\}", "é", "数", "\u2028", "\n", "\t", "x\\" * 9]
+
+
+def _nasty_entry(rng: random.Random) -> dict:
+    """Mostly the fast layout with K alternatives; some with fewer or more, none, null, or keys in another order."""
+    width = rng.choice([K] * 8 + [0, 1, K + 2])
+    tops = sorted((-rng.expovariate(1.0) for _ in range(width)), reverse=True)
+    tok = "".join(rng.choice(_NASTY) for _ in range(rng.randint(1, 4)))
+    entry = {"token": tok, "logprob": tops[0] if tops else -0.5, "bytes": list(tok.encode()),
+             "top_logprobs": [{"token": rng.choice(_NASTY), "logprob": t, "bytes": [1, 2]} for t in tops]}  # fmt: skip
+    odd = rng.random()
+    if odd < 0.05:
+        entry["top_logprobs"] = None
+    elif odd < 0.1:
+        entry = {"top_logprobs": entry["top_logprobs"], "logprob": entry["logprob"], "id": 7, "token": tok}
+    return entry
+
+
+def _spellings(body: dict) -> list[bytes]:
+    """Compact (the fast layout), indented (whitespace between entries), all-ASCII (\\u escapes)."""
+    return [orjson.dumps(body), json.dumps(body, indent=1).encode(), json.dumps(body, ensure_ascii=True).encode()]
+
+
+def _every_position(raw: bytes, k: int = K) -> tuple[np.ndarray, np.ndarray]:
+    """All positions, decoded: what the scanner must give when asked for every one."""
+    content = orjson.loads(raw)["choices"][0]["logprobs"]["content"]
+    top = np.full((len(content), k), -np.inf, dtype=np.float32)
+    for i, e in enumerate(content):
+        row = [a["logprob"] for a in (e.get("top_logprobs") or ())[:k]]
+        top[i, : len(row)] = row
+    return np.array([e["logprob"] for e in content], dtype=np.float32), top
+
+
+def _same_everywhere(raw: bytes) -> None:
+    """The oracle at the feature positions, and every position read against decoding them all."""
+    assert_same(raw)
+    found = logprob_scan.scan(raw, K)
+    assert found is not None
+    chosen, top = _every_position(raw)
+    np.testing.assert_array_equal(found.chosen.view(np.uint32), chosen.view(np.uint32))
+    np.testing.assert_array_equal(found.top.view(np.uint32), top.view(np.uint32))
+
+
+@pytest.mark.parametrize("n", [MAX_POSITIONS + 1, 200, 257, 300, 700])
+def test_skimmed_entries_are_read_exactly(n: int) -> None:
+    """Every entry skimmed, those named read (from their colons, or the usual way), in every spelling."""
+    rng = random.Random(n)
+    body = _body([_nasty_entry(rng) for _ in range(n)])
+    for raw in _spellings(body):
+        _same_everywhere(raw)
+
+
+def test_skimming_at_every_block_alignment() -> None:
+    """The same entries shifted byte by byte against the 64-byte blocks: escapes and strings cross every boundary."""
+    rng = random.Random(11)
+    content = [_nasty_entry(rng) for _ in range(300)]
+    for shift in range(64):
+        body = _body(content)
+        body["id"] = "x" * shift
+        _same_everywhere(orjson.dumps(body))
+
+
+def test_an_unread_entry_is_only_skimmed() -> None:
+    """Decoding reads only the positions the features use, so an odd entry elsewhere changes nothing: accepted (which
+    shows the skim ran, as reading every entry declines an entry without a logprob); an odd entry that is read is declined.
+    """
+    rng = random.Random(12)
+    for n, after in ((MAX_POSITIONS + 60, MAX_POSITIONS), (600, 300)):
+        picked = features.positions(n)
+        assert picked is not None
+        at = next(i for i in range(after, n - 1) if i not in picked and i + 1 in picked)
+        content: list = [_nasty_entry(rng) for _ in range(n)]
+        content[at] = {"x": '}"{', "nested": [{"a": [1, {}]}]}
+        assert_same(orjson.dumps(_body(content)))
+        content[at + 1] = {"token": "a"}  # read, and no logprob
+        assert AnswerStats.from_body(orjson.dumps(_body(content)), K) is None
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"1]",  # a number where an entry should be
+        b"[]]",  # an array
+        b'"a"]',  # a string
+        b"{}, ]",  # a trailing comma
+        b"{} {}]",  # no comma
+        b"{}",  # a brace where the array's end should be
+        b'{"a":"}]',  # a string that never closes
+        b"{}}]",  # a brace too many
+    ],
+)
+def test_what_the_skim_does_not_expect_is_declined(tail: bytes) -> None:
+    """Only objects separated by commas are skimmed: anything else between or after the entries declines."""
+    entries = b",".join(orjson.dumps(_entry(random.Random(i))) for i in range(300))
+    raw = b'{"choices":[{"logprobs":{"content":[' + entries + b"," + tail + b'},"finish_reason":"stop"}]}'
+    assert AnswerStats.from_body(raw, K) is None
+    assert logprob_scan.scan(raw, K) is None
+
+
+def test_mutated_long_bodies_never_give_a_wrong_answer() -> None:
+    """Byte edits in and around the skimmed entries: declined, or whatever decoding gives when the JSON decodes."""
+    rng = random.Random(13)
+    bases = [orjson.dumps(_body([_nasty_entry(rng) for _ in range(n)])) for n in (150, 300)]
+    bases.append(json.dumps(orjson.loads(bases[1]), indent=1).encode())
+    seen = {o: 0 for o in Outcome}
+    for _i in range(1000):
+        seen[check(mutate(rng, rng.choice(bases)), K)[0]] += 1
+    for _i in range(40):  # and structural edits (json_mutator: the body mostly still decodes)
+        edited = mutate_json(bases[0], rng.getrandbits(32))
+        if edited is not None:
+            seen[check(edited, K)[0]] += 1
+    assert seen[Outcome.SAME] > 60
+
+
+def test_the_portable_skim_agrees() -> None:
+    """The skim without AVX2 (what a CPU without it runs; ADAPTIVE_SD_SCAN_PORTABLE picks it) reads the same."""
+    code = (
+        "import random, orjson\n"
+        "from tests.predictor.serving import test_native as t\n"
+        "for n in (129, 300, 700):\n"
+        "    rng = random.Random(n)\n"
+        "    for raw in t._spellings(t._body([t._nasty_entry(rng) for _ in range(n)])):\n"
+        "        t._same_everywhere(raw)\n"
+        "t.test_skimming_at_every_block_alignment()\n"
+        "t.test_an_unread_entry_is_only_skimmed()\n"
+    )
+    # -P and this process's path: the child imports the build this process tests (the sanitiser's, under make)
+    env = {**os.environ, "ADAPTIVE_SD_SCAN_PORTABLE": "1", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    done = subprocess.run([sys.executable, "-P", "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_k_may_change_from_call_to_call() -> None:
+    """The scanner keeps its working arrays from one call to the next; a call with another k resizes them (the
+    sanitiser run, `make test-sanitizers`, would see a write past them)."""
+    rng = random.Random(14)
+    bodies = [orjson.dumps(_body([_entry(rng, 8) for _ in range(n)])) for n in (3, 120, 300, 40)]
+    for k in (1, 5, 64, 2, 8, 1):
+        for raw in bodies:
+            assert_same(raw, k)
+
+
+def _sorted_statistics(chosen: np.ndarray) -> list[float]:
+    """lp_min, the quantiles and the shares below each threshold, from a stable sort, in Python's doubles: the bits
+    answer_stats gave with qsort (glibc's, a merge sort: stable), where -0.0 and 0.0 compare equal and keep their order."""
+    v = sorted(max(float(x), features.FLOOR) for x in chosen)  # stable
+    m = len(v)
+
+    def quantile(q: float) -> float:
+        pos = q * (m - 1)
+        lo = int(pos)
+        hi = min(lo + 1, m - 1)
+        return v[lo] + (pos - lo) * (v[hi] - v[lo])
+
+    low = [float(t) for t in np.array(features.LOW_LOGPROB, dtype=np.float32)]
+    return [v[0], quantile(0.05), quantile(0.25), quantile(0.5), *[sum(x < t for x in v) / m for t in low]]
+
+
+@pytest.mark.parametrize("m", [1, 2, 8, 9, 17, 128, 300])
+def test_answer_stats_sort_keeps_the_bits(m: int) -> None:
+    """The statistics read from the sorted values (now an inlined stable merge sort) are the bits a stable sort gives,
+    ties and signed zeros included (lp_min of an answer of certain tokens is the first zero's sign)."""
+    rng = np.random.default_rng(m)
+    for i in range(20):
+        chosen = np.round(-rng.exponential(1.0, m), int(rng.integers(0, 3))).astype(np.float32)  # many ties
+        chosen[rng.random(m) < 0.3] = np.float32(-0.0)
+        chosen[rng.random(m) < 0.2] = np.float32(0.0)
+        chosen[rng.random(m) < 0.1] = np.float32(-1e4)  # floored
+        if i % 4 == 0:  # only zeros, of both signs: the minimum is the first
+            chosen = np.where(rng.random(m) < 0.5, np.float32(-0.0), np.float32(0.0)).astype(np.float32)
+        top = np.full((m, 1), -1.0, np.float32)
+        got = _answer_stats.answer_stats(chosen, top, 1)
+        picked = [got[1], got[3], got[4], got[5], *got[6:10]]
+        assert np.array_equal(np.array(picked).view(np.uint64), np.array(_sorted_statistics(chosen)).view(np.uint64)), chosen

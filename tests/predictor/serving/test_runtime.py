@@ -37,6 +37,22 @@ def test_shipped_model_loads_and_predicts_probabilities() -> None:
         assert len(beliefs) == want and all(0.0 <= q <= 1.0 for q in beliefs)
 
 
+def test_predict_takes_any_row_spelling() -> None:
+    """A float32 vector is copied straight into the bound input; any other row (float64, 2-D, strided, a list) the
+    numpy way: the same p̂, and that p̂ is the batch model's."""
+    p = OnnxPredictor.load(SHIPPED)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, N_FEATURES)).astype(np.float32)
+    batch = p.predict_batch(x)
+    for row, want in zip(x, batch, strict=True):
+        got = p.predict(row)
+        assert got == pytest.approx(float(want), abs=1e-6)
+        wide = np.zeros(2 * N_FEATURES, np.float32)
+        wide[::2] = row
+        for spelling in (row.astype(np.float64), row[None, :], wide[::2], list(map(float, row))):
+            assert p.predict(spelling) == got  # type: ignore[arg-type]
+
+
 def test_beliefs_move_with_the_answer() -> None:
     """``beliefs_after`` one answer at a time (the router's path) equals the belief graph's batch scores on collected
     answers (the replay's path), and it depends on the answer: not one constant per stage like a prior."""
