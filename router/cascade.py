@@ -275,46 +275,53 @@ class CascadeEngine:
         if req.spec is None:
             req.spec = AnswerSpec.of(req.body)
         result = await self._run(req, req.spec, api)
-        record_labels(result.visits)
+        labels = record_labels(result.visits)
         if req.learn:  # its tenant may be excluded from learning: then nothing of it is kept or checked
             if self.traffic is not None:
-                self._log(self.traffic, req, req.spec, result, api)
-            self._shadow(req, result, api)
+                self._log(self.traffic, req, req.spec, result, api, labels)
+            self._shadow(req, req.spec, result, api)
         return result
 
-    def _shadow(self, req: CascadeRequest, result: CascadeResult, api: CascadeDialect) -> None:
+    def _shadow(self, req: CascadeRequest, spec: AnswerSpec, result: CascadeResult, api: CascadeDialect) -> None:
         """Maybe start a shadow check of an answer returned from a lower stage (``router.shadow``); with a traffic log,
         its label is logged as a row of its own when it is done (the request's row leaves that answer unlabelled)."""
         final = result.final_stage
         if api.name != "chat" or result.response is None or not self.shadow.draw(final):
             return
-        visit = next((v for v in reversed(result.visits) if v.stage == final and v.error is None), None)
+        visit = result.final_visit
         if visit is None or visit.choice is None or visit.invalid is not None:
             return
         traffic, on_label = self.traffic, None
         if traffic is not None:
-            spec = req.spec or AnswerSpec.of(req.body)
-            texts, kind, row = api.prompt_texts(req.body), api.log_kind(spec.kind), self._visit_row(visit, api, spec.rules is not None)
+            texts, kind, judged = api.prompt_texts(req.body), api.log_kind(spec.kind), spec.rules is not None
 
             def on_label(label: FreeLabel) -> None:
-                traffic.record(texts, [row], kind=kind, shadow=label)
+                traffic.record(texts, [self._visit_row(visit, api, judged, label)], kind=kind)
 
         self.shadow.start(final, req.body, api.text(visit.choice), on_label)
 
     @staticmethod
-    def _visit_row(v: StageVisit, api: CascadeDialect, judged: bool) -> dict[str, Any]:
-        """A visit as the traffic log takes it (``TrafficLog.record``)."""
-        return {"stage": v.stage, "name": v.name, "choice": None if v.choice is None else api.log_choice(v.choice),
-                "usage": v.usage.to_dict() if v.usage else None, "seconds": v.seconds,
-                "draft": {"accepted": v.draft.accepted_tokens, "tokens": v.draft.draft_tokens, "seconds": round(v.draft.seconds, 4)}
-                         if v.draft else None,
-                "valid": (v.invalid is None) if judged and v.choice is not None else None, "invalid": v.invalid}  # fmt: skip
+    def _visit_row(v: StageVisit, api: CascadeDialect, judged: bool, label: FreeLabel | None = None) -> dict[str, Any]:
+        """A visit as the traffic log takes it (``TrafficLog.record``), with its verification or shadow ``label``'s
+        agreement (a shadow check's: its weight and verifier too)."""
+        row = {"stage": v.stage, "name": v.name, "choice": None if v.choice is None else api.log_choice(v.choice),
+               "usage": v.usage.to_dict() if v.usage else None, "seconds": v.seconds,
+               "draft": {"accepted": v.draft.accepted_tokens, "tokens": v.draft.draft_tokens, "seconds": round(v.draft.seconds, 4)}
+                        if v.draft else None,
+               "valid": (v.invalid is None) if judged and v.choice is not None else None, "invalid": v.invalid,
+               "agreement": label.agreement if label is not None else None}  # fmt: skip
+        if label is not None and label.source == "shadow":
+            row.update(weight=label.weight, verifier=label.verifier)
+        return row
 
     @classmethod
-    def _log(cls, traffic: TrafficLog, req: CascadeRequest, spec: AnswerSpec, result: CascadeResult, api: CascadeDialect) -> None:
+    def _log(
+        cls, traffic: TrafficLog, req: CascadeRequest, spec: AnswerSpec, result: CascadeResult, api: CascadeDialect, labels: list[FreeLabel]
+    ) -> None:
         """One row per request; each answer's validity is recorded (None: not judged) so that a predictor
-        retrained on this traffic can learn from it."""
-        visits = [cls._visit_row(v, api, spec.rules is not None) for v in result.visits if v.error is None]
+        retrained on this traffic can learn from it, and its verification label's agreement (``router.labels``)."""
+        verified = {label.stage: label for label in labels if label.source == "verification"}
+        visits = [cls._visit_row(v, api, spec.rules is not None, verified.get(v.stage)) for v in result.visits if v.error is None]
         if any(v["choice"] is not None for v in visits):
             traffic.record(api.prompt_texts(req.body), visits, kind=api.log_kind(spec.kind))
 

@@ -141,6 +141,11 @@ class CascadeResult:
         return [v for v in self.visits if v.invalid is not None]
 
     @property
+    def final_visit(self) -> StageVisit | None:
+        """The visit that gave the answer (None: the answering stage's visit failed, which a result never holds)."""
+        return next((v for v in reversed(self.visits) if v.stage == self.final_stage and v.error is None), None)
+
+    @property
     def stage_seconds(self) -> float:
         return sum(v.seconds for v in self.visits)
 

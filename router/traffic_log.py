@@ -32,7 +32,6 @@ from typing import Any
 
 from predictor.serving.features import FEATURE_VERSION
 from predictor.serving.rows import COLLECT_VERSION, compact_logprobs, split_of
-from router.labels import FreeLabel
 
 
 class TrafficLog:
@@ -41,17 +40,13 @@ class TrafficLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
-    def record(self, prompt_texts: list[str], visits: list[dict[str, Any]], kind: str = "text", shadow: FreeLabel | None = None) -> None:
+    def record(self, prompt_texts: list[str], visits: list[dict[str, Any]], kind: str = "text") -> None:
         """``visits``: per answered stage {stage, name, choice (None if streamed), usage, seconds,
-        draft {accepted, tokens, seconds} | None, valid (bool | None), invalid (reason | None)};
-        ``kind``: the request's kind (``router.validity.request_kind``); ``shadow``: a shadow check's label of the one
-        visit given (``router.shadow``): its agreement, and ``weight`` (1 / the sampling rate) and ``verifier``."""
+        draft {accepted, tokens, seconds} | None, valid (bool | None), invalid (reason | None), agreement (its
+        verification label's, ``router.labels``; None: none)}, and for a shadow check's row ``weight`` (1 / the
+        sampling rate) and ``verifier``; ``kind``: the request's kind (``router.validity.request_kind``)."""
         stages = []
-        for i, v in enumerate(visits):
-            nxt = visits[i + 1] if i + 1 < len(visits) else None
-            agreement = None
-            if nxt is not None and nxt.get("draft") and nxt["draft"]["tokens"]:
-                agreement = nxt["draft"]["accepted"] / nxt["draft"]["tokens"]
+        for v in visits:
             choice = v["choice"]
             if choice is None:  # a streamed final stage: its draft check labels the stage below, nothing more
                 continue
@@ -60,11 +55,10 @@ class TrafficLog:
                 "stage": v["stage"], "name": v["name"], "text": message.get("content") or "",
                 "finish_reason": choice.get("finish_reason") or "stop", "logprobs": compact_logprobs(choice),
                 "usage": v.get("usage") or {}, "seconds": round(v["seconds"], 4), "passed": None,
-                "draft": v.get("draft"), "agreement": agreement,
+                "draft": v.get("draft"), "agreement": v.get("agreement"),
                 "tool_calls": message.get("tool_calls") or None, "valid": v.get("valid"), "invalid": v.get("invalid"),
             }  # fmt: skip
-            if shadow is not None:
-                row.update(agreement=shadow.agreement, weight=shadow.weight, verifier=shadow.verifier)
+            row.update({key: v[key] for key in ("weight", "verifier") if key in v})
             stages.append(row)
         rid = f"traffic/{uuid.uuid4().hex}"
         row = {"task": rid, "family": "traffic", "difficulty": 0, "split": split_of(rid), "prompt_texts": prompt_texts,

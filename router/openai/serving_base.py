@@ -397,7 +397,7 @@ class OpenAIServing(ABC, Generic[Request]):
         stage's usage, which counts the draft tokens it kept, ``router.draft.merged_usage``). Stages' tokenizers differ
         a little; this is an estimate. None while the answer's tokens are unknown (the top stage relayed as a stream),
         so that the realised and the top-stage sums of ``adaptive_sd_cascade_cost_total`` cover the same answers."""
-        final = next((v for v in reversed(result.visits) if v.stage == result.final_stage and v.error is None), None)
+        final = result.final_visit
         if final is None or final.usage is None:
             return None
         prompt = min(v.usage.prompt_tokens for v in result.visits if v.usage is not None)
