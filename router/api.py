@@ -15,12 +15,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import MappingProxyType
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Content, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -95,7 +96,23 @@ class RouterApp(FastAPI):
     request that reaches them another way (a ``root_path``, a mounted app).
     """
 
-    hot: Mapping[str, Endpoint] = MappingProxyType({})  # path -> endpoint; set by create_app
+    hot: Mapping[str, Endpoint] = MappingProxyType({})  # path -> endpoint (``public_post``)
+
+    def public_post(self, path: str, summary: str, description: str, operation_id: str, request: type[BaseModel],
+                    answer: type[BaseModel], stream: dict[str, Any]) -> Callable[[Endpoint], Endpoint]:  # fmt: skip
+        """Register a public OpenAI endpoint: served directly (``hot``) and documented by FastAPI (``request``: the
+        body it validates by hand; ``answer``: its whole answer; ``stream``: its events)."""
+
+        def register(endpoint: Endpoint) -> Endpoint:
+            self.post(
+                path, tags=["OpenAI"], summary=summary, description=description, operation_id=operation_id,
+                responses=answers(answer, *POST_ERRORS, content=stream, headers=CASCADE_HEADERS),
+                openapi_extra=extra(request, parameters=KNOBS, security=PUBLIC),
+            )(endpoint)  # fmt: skip
+            self.hot = MappingProxyType({**self.hot, path: endpoint})
+            return endpoint
+
+        return register
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self.hot.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
@@ -230,29 +247,29 @@ def create_app(
         REQUESTS.labels(model, str(response.status_code)).inc()
         return account(tenant, outcome, response, t0, stream_tokens(req))
 
-    @app.post(
+    @app.public_post(
         "/v1/chat/completions",
-        tags=["OpenAI"],
         summary="Chat completion, from the cascade or a named stage",
         description="OpenAI's chat completions. `model` is the cascade model (`cascade` by default) or a stage's name "
         "(GET /v1/models); `cascade_lambda` and `cascade_max_stage` (or the `x-cascade-*` headers) steer the cascade.",
         operation_id="createChatCompletion",
-        responses=answers(ChatCompletion, *POST_ERRORS, content=CHAT_STREAM, headers=CASCADE_HEADERS),
-        openapi_extra=extra(ChatCompletionRequest, parameters=KNOBS, security=PUBLIC),
+        request=ChatCompletionRequest,
+        answer=ChatCompletion,
+        stream=CHAT_STREAM,
     )
     async def chat_completions(request: Request) -> Response:
         return await serve(request, parse_chat_request, chat_serving.create, lambda r: r.token_limit or DEFAULT_STREAM_TOKEN_ESTIMATE)
 
     completion_serving = CompletionServing(settings, ladder, engine)
 
-    @app.post(
+    @app.public_post(
         "/v1/completions",
-        tags=["OpenAI"],
         summary="Legacy text completion, from the cascade or a named stage",
         description="The legacy completions API (vLLM-compatible): one text prompt, no chat template.",
         operation_id="createCompletion",
-        responses=answers(Completion, *POST_ERRORS, content=COMPLETION_STREAM, headers=CASCADE_HEADERS),
-        openapi_extra=extra(CompletionRequest, parameters=KNOBS, security=PUBLIC),
+        request=CompletionRequest,
+        answer=Completion,
+        stream=COMPLETION_STREAM,
     )
     async def completions(request: Request) -> Response:
         """The legacy completions API over the same pass-through and cascade (``router.openai.completions``)."""
@@ -260,15 +277,15 @@ def create_app(
 
     responses_serving = ResponsesServing(settings, ladder, engine)
 
-    @app.post(
+    @app.public_post(
         "/v1/responses",
-        tags=["OpenAI"],
         summary="Responses API (stateless), from the cascade or a named stage",
         description="OpenAI's Responses API, stateless: nothing is stored, so send the whole conversation in `input`. "
         "See docs/responses.md.",
         operation_id="createResponse",
-        responses=answers(ResponseObject, *POST_ERRORS, content=RESPONSES_STREAM, headers=CASCADE_HEADERS),
-        openapi_extra=extra(ResponsesRequest, parameters=KNOBS, security=PUBLIC),
+        request=ResponsesRequest,
+        answer=ResponseObject,
+        stream=RESPONSES_STREAM,
     )
     async def responses(request: Request) -> Response:
         """The Responses API, stateless: translated to a chat request and served, limited and accounted as one."""
@@ -339,6 +356,5 @@ def create_app(
     async def metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    app.hot = {"/v1/chat/completions": chat_completions, "/v1/completions": completions, "/v1/responses": responses}
     install_openapi(app)  # /openapi.json: FastAPI's, from the decorators above, completed (router.openapi)
     return app
