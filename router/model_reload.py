@@ -38,11 +38,19 @@ class ModelReloader:
         self.targets = targets
         self.interval_s = settings.predictor.reload_s
         self.loaded: Path | None = model_dir(settings)
-        self.version = model_version(self.loaded) if self.loaded is not None else "builtin"
         self._task: asyncio.Task[None] | None = None
         self._refused: Path | None = None  # the version that failed to load: not retried until the registry names another
+        self._publish()
+
+    @property
+    def version(self) -> str:
+        """The model in service: its registry version or directory name; ``builtin`` for the baseline."""
+        return model_version(self.loaded) if self.loaded is not None else "builtin"
+
+    def _publish(self) -> None:
+        """``adaptive_sd_predictor_info``: one series, the model in service."""
         PREDICTOR_INFO.clear()
-        PREDICTOR_INFO.labels(engine.predictor.name, self.version).set(1)
+        PREDICTOR_INFO.labels(self.engine.predictor.name, self.version).set(1)
 
     def start(self) -> None:
         """Begin watching (nothing to watch for the baseline predictor, or with ``reload_s`` 0)."""
@@ -74,9 +82,8 @@ class ModelReloader:
             return self._failed(f"{directory}: {type(exc).__name__}: {exc}")
         self.engine.use_predictor(predictor)
         self.targets.use(table)
-        self.loaded, self.version, self._refused = directory, model_version(directory), None
-        PREDICTOR_INFO.clear()
-        PREDICTOR_INFO.labels(predictor.name, self.version).set(1)
+        self.loaded, self._refused = directory, None
+        self._publish()
         PREDICTOR_RELOADS.labels("loaded").inc()
         log.info("model %s (%s) in service", self.version, directory)
         return True
