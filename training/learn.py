@@ -182,10 +182,10 @@ class Outcome:
 
 def log_loss(model: Path, rows_path: Path) -> tuple[float, int]:
     """The answer model's log-loss on the labelled answers of ``rows_path``, and how many there are."""
+    from training.train import _log_loss
+
     data = dataset.load(rows_path)
-    p = np.clip(OnnxPredictor.load(model).predict_batch(data.x), 1e-6, 1 - 1e-6)
-    y = data.y.astype(np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))), len(y)
+    return _log_loss(data.y.astype(np.float64), OnnxPredictor.load(model).predict_batch(data.x)), len(data.y)
 
 
 def learn(

@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from predictor.serving.labels import agreement_label, label
-from training import dataset, replay, reuse
+from training import dataset, learn, replay, reuse
 from training.replay import BatchPredictor, Options, Table, UnitCosts
 
 OUT_JSON = Path("bench/results/learning_curve.json")
@@ -225,7 +225,9 @@ def _rows(c: UnitCosts, sel: np.ndarray) -> UnitCosts:
 def _gate(s: Setup, served: BatchPredictor, candidate_fit: Callable[[Sequence[Label]], BatchPredictor], labels: Sequence[Label],
           min_eval: int) -> BatchPredictor | None:  # fmt: skip
     """The learner's decision: hold out the newest 20 % of the labels, fit on the rest, promote on lower log-loss."""
-    cut = len(labels) - max(1, math.ceil(0.2 * len(labels)))
+    from training.train import _log_loss
+
+    cut = len(labels) - max(1, math.ceil(learn.DEFAULT_HOLDOUT * len(labels)))
     older, newest = labels[:cut], labels[cut:]
     if len(newest) < min_eval:
         return None
@@ -233,11 +235,7 @@ def _gate(s: Setup, served: BatchPredictor, candidate_fit: Callable[[Sequence[La
     x = np.stack([s.full.x[lb.task, lb.stage] for lb in newest])
     y = np.array([lb.value for lb in newest], dtype=np.float64)
 
-    def ll(m: BatchPredictor) -> float:
-        p = np.clip(m.predict_batch(x), 1e-6, 1 - 1e-6)
-        return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-    return cand if ll(cand) < ll(served) else None
+    return cand if _log_loss(y, cand.predict_batch(x)) < _log_loss(y, served.predict_batch(x)) else None
 
 
 def family_run(s: Setup, family: str, fitter: Fitter, rate: float, retrain_every: int, seed: int, gate: bool = False,
