@@ -31,15 +31,13 @@ The clock is injectable so the rules are tested without sleeping
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Callable
 from typing import Literal
 
-import aiohttp
-
 from common.settings import PoolConfig
+from router._http import ConnectTimeout, HttpError, HttpPool, ReadTimeout, Timeouts, TotalTimeout
 
 FailureKind = Literal["connect", "timeout", "error", "probe"]
 State = Literal["healthy", "ejected", "probation"]
@@ -128,29 +126,27 @@ class EndpointHealth:
         return self.failure("probe", message)
 
 
-async def probe(session: aiohttp.ClientSession, url: str, headers: dict[str, str], timeout_s: float) -> str | None:
-    """GET ``url``; None when the server is up (any status < 500), else what went wrong."""
+async def probe(pool: HttpPool, url: str, headers: dict[str, str], timeout_s: float) -> str | None:
+    """GET ``url`` (on ``pool``'s origin); None when the server is up (any status < 500), else what went wrong."""
     try:
-        async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-            await resp.read()
-            return None if resp.status < 500 else f"probe {url}: HTTP {resp.status}"
-    except asyncio.TimeoutError:
+        status, _ = await pool.get(url, headers, Timeouts.within(timeout_s))
+    except (ConnectTimeout, ReadTimeout, TotalTimeout):
         return f"probe {url}: no answer within {timeout_s:g} s"
-    except aiohttp.ClientError as exc:
+    except HttpError as exc:
         return f"probe {url}: {type(exc).__name__}: {exc}"
+    return None if status < 500 else f"probe {url}: HTTP {status}"
 
 
-async def queue_gauges(session: aiohttp.ClientSession, url: str, timeout_s: float) -> tuple[float, float] | Literal["absent"] | None:
+async def queue_gauges(pool: HttpPool, url: str, timeout_s: float) -> tuple[float, float] | Literal["absent"] | None:
     """(running, waiting) from a vLLM ``/metrics`` page, summed over label sets; "absent" when the server has no such
     page or gauges (not a vLLM server: stop asking), None when it could not be read this time."""
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-            if resp.status == 404:
-                return "absent"
-            if resp.status != 200:
-                return None
-            text = await resp.read()
-    except (asyncio.TimeoutError, aiohttp.ClientError):
+        status, text = await pool.get(url, {}, Timeouts.within(timeout_s))
+    except HttpError:
+        return None
+    if status == 404:
+        return "absent"
+    if status != 200:
         return None
     return parse_queue_gauges(text) or "absent"
 

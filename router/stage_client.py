@@ -1,19 +1,18 @@
-"""HTTP client for one stage (the ``router.stage.Stage`` implementation): a pooled aiohttp session with timeouts.
+"""HTTP client for one stage (the ``router.stage.Stage`` implementation): pooled keep-alive connections with timeouts.
 
-Why aiohttp and not httpx: this call is the router's hot path, and measured
-on a 2-core machine httpx's AsyncClient costs ~1.5 ms more CPU per call than
-an aiohttp session (see README, "Why aiohttp"). httpx stays in the stack for
-tools and tests.
+The transport is ``router._http``, the router's own lean HTTP/1.1 client: this call is the router's hot path,
+and aiohttp's client spent about a fifth of the router's CPU on a pass-through (httpx's ~1.5 ms more per call
+again; docs/architecture.md says more). httpx stays in the stack for tools and tests.
 
 Failures are typed so the cascade can react: ``StageUnavailable`` (cannot
 connect), ``StageTimeout``, ``StageBadResponse`` (5xx or unparseable body),
 ``StageNoCompletions`` (404/405 on ``/completions``); any other 4xx from the
 stage is the client's fault and is relayed as an ``APIError``. Chat and
-completions calls share one session and one way of posting and reading.
+completions calls share one pool and one way of posting and reading.
 The failure classes and ``StageReply`` live in ``router.stage`` and are
 re-exported here.
 
-Timeouts bound the stage's silences, not its answer's length (``stage_timeout``):
+Timeouts bound the stage's silences, not its answer's length (``stage_timeouts``):
 a long stream that keeps coming is healthy, and a stage that stops sending is
 caught ``timeout_s`` after its last byte. Streams are cut into events by
 ``router.sse``, whatever line ends the stage frames them with.
@@ -21,23 +20,21 @@ caught ``timeout_s`` after its last byte. Streams are cut into events by
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
-import aiohttp
 import orjson
 
 from common.errors import APIError
 from common.settings import StageConfig
+from router._http import ConnectFailed, ConnectTimeout, HttpError, HttpPool, HttpResponse, ReadTimeout, Timeouts, TotalTimeout
 from router.sse import DONE, EventBlocks, EventDecoder
 from router.stage import StageBadResponse, StageFailure, StageNoCompletions, StageReply, StageTimeout, StageUnavailable
 
 __all__ = [
     "POOL_SIZE",
-    "READ_CHUNK_LIMIT",
     "StageBadResponse",
     "StageClient",
     "StageFailure",
@@ -45,26 +42,22 @@ __all__ = [
     "StageReply",
     "StageTimeout",
     "StageUnavailable",
-    "stage_timeout",
+    "stage_timeouts",
 ]
 
-POOL_SIZE = 100
-READ_CHUNK_LIMIT = 2**20  # SSE lines can carry large logprob payloads
-HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=2)  # ``healthy()``: a quick yes or no, not a request
+POOL_SIZE = 100  # connections to one stage at a time
+HEALTH_TIMEOUTS = Timeouts(connect=2, open=2, read=2, total=2)  # ``healthy()``: a quick yes or no, not a request
 Phase = Literal["answer", "start", "stream"]  # what a call to the stage was doing when it failed, for the message
 
 
-def stage_timeout(config: StageConfig) -> aiohttp.ClientTimeout:
-    """aiohttp's timeouts for a stage: its silences are bounded, not the length of its answer.
+def stage_timeouts(config: StageConfig) -> Timeouts:
+    """A stage's timeouts: its silences are bounded, not the length of its answer.
 
-    ``timeout_s`` bounds the wait for a pooled connection (``connect``, DNS included), then for the first byte of
-    the answer and between two bytes (``sock_read``); ``connect_timeout_s`` opening a connection (``sock_connect``,
-    TLS included); ``total_timeout_s``, when set, the whole call (``total``; aiohttp's default of 5 minutes would
-    cut a long stream, so it is explicitly none otherwise).
+    ``timeout_s`` bounds getting a connection (``connect``: a free one from the pool, or a new one opened), then the
+    wait for the first byte of the answer and between two bytes (``read``); ``connect_timeout_s`` opening a
+    connection (``open``, TLS included); ``total_timeout_s``, when set, the whole call (``total``).
     """
-    return aiohttp.ClientTimeout(
-        total=config.total_timeout_s, connect=config.timeout_s, sock_connect=config.connect_timeout_s, sock_read=config.timeout_s
-    )
+    return Timeouts(connect=config.timeout_s, open=config.connect_timeout_s, read=config.timeout_s, total=config.total_timeout_s)
 
 
 class StageClient:
@@ -73,35 +66,32 @@ class StageClient:
     def __init__(self, config: StageConfig) -> None:
         self.config = config
         self.name = config.name
-        self._url = f"{config.url}/chat/completions"
-        self._completions_url = f"{config.url}/completions"
-        self._headers = {"Content-Type": "application/json"}
+        self._headers = {"Content-Type": "application/json", "User-Agent": "adaptive-sd"}
         if config.api_key:
             self._headers["Authorization"] = f"Bearer {config.api_key}"
-        self._timeout = stage_timeout(config)
-        self._session: aiohttp.ClientSession | None = None
+        self._timeouts = stage_timeouts(config)
+        self._pool: HttpPool | None = None
+        base = config.url.rstrip("/")
+        self._completions_url = f"{base}/completions"
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=POOL_SIZE, ttl_dns_cache=300, keepalive_timeout=30)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, json_serialize=lambda o: orjson.dumps(o).decode(), read_bufsize=READ_CHUNK_LIMIT
-        )
+        self._pool = HttpPool(self.config.url, POOL_SIZE)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def pool(self) -> HttpPool:
+        if self._pool is None:
             raise RuntimeError(f"stage client {self.name} used before start()")
-        return self._session
+        return self._pool
 
     def payload(self, body: dict[str, Any]) -> bytes:
         return orjson.dumps({**body, "model": self.config.model})
 
-    async def _relay_client_error(self, resp: aiohttp.ClientResponse, completions: bool = False) -> None:
+    async def _relay_client_error(self, resp: HttpResponse, completions: bool = False) -> None:
         raw = await resp.read()
         if resp.status >= 500 or resp.status < 400:
             raise StageBadResponse(self.name, f"HTTP {resp.status}: {raw[:200]!r}")
@@ -127,7 +117,7 @@ class StageClient:
         ``top_k``: read the predictor's arrays (k alternatives) from the bytes and defer
         decoding the logprobs (see ``StageReply``); a body the scanner declines is decoded whole.
         """
-        raw, seconds = await self._post(self._url, body)
+        raw, seconds = await self._post("/chat/completions", body)
         try:
             return StageReply.parse(raw, seconds, top_k, self.name)
         except ValueError:
@@ -135,20 +125,20 @@ class StageClient:
 
     async def complete(self, body: dict[str, Any], top_k: int | None = None) -> StageReply:
         """Non-streaming ``/v1/completions`` call, decoded whole (``top_k``: with the predictor's arrays)."""
-        raw, seconds = await self._post(self._completions_url, body, completions=True)
+        raw, seconds = await self._post("/completions", body, completions=True)
         try:
             return StageReply.parse_completion(raw, seconds, top_k, self.name)
         except ValueError:
             raise StageBadResponse(self.name, f"malformed completion: {raw[:200]!r}") from None
 
-    async def _post(self, url: str, body: dict[str, Any], completions: bool = False) -> tuple[bytes, float]:
+    async def _post(self, path: str, body: dict[str, Any], completions: bool = False) -> tuple[bytes, float]:
         """POST ``body`` and read the whole answer: its bytes and seconds spent, or a typed failure."""
         t0 = time.perf_counter()
         with self._failures("answer"):
-            async with self.session.post(url, data=self.payload(body), headers=self._headers) as resp:
-                if resp.status != 200:
-                    await self._relay_client_error(resp, completions)
-                raw = await resp.read()
+            resp = await self.pool.request("POST", self.pool.path + path, self._headers, self.payload(body), self._timeouts)
+            if resp.status != 200:
+                await self._relay_client_error(resp, completions)
+            raw = await resp.read()
         return raw, time.perf_counter() - t0
 
     async def stream(self, body: dict[str, Any], raw: bool = False) -> AsyncIterator[bytes]:
@@ -160,28 +150,25 @@ class StageClient:
         instead of one per token. The connection is opened before the first
         yield, so connection errors surface before any byte goes to the client.
         """
-        resp = await self._open(self._url, body)
+        resp = await self._open("/chat/completions", body)
         return self._blocks(resp) if raw else self._events(resp)
 
     async def complete_stream(self, body: dict[str, Any], raw: bool = False) -> AsyncIterator[bytes]:
         """Streaming ``/v1/completions`` call; yields as ``stream`` does."""
-        resp = await self._open(self._completions_url, body, completions=True)
+        resp = await self._open("/completions", body, completions=True)
         return self._blocks(resp) if raw else self._events(resp)
 
-    async def _open(self, url: str, body: dict[str, Any], completions: bool = False) -> aiohttp.ClientResponse:
+    async def _open(self, path: str, body: dict[str, Any], completions: bool = False) -> HttpResponse:
         """POST ``body`` for a stream: the response once its status is 200, or a typed failure."""
         with self._failures("start"):
-            resp = await self.session.post(url, data=self.payload(body), headers=self._headers)
+            resp = await self.pool.request("POST", self.pool.path + path, self._headers, self.payload(body), self._timeouts)
             if resp.status != 200:
-                try:
-                    await self._relay_client_error(resp, completions)
-                finally:
-                    resp.release()
+                await self._relay_client_error(resp, completions)  # reads the body, which releases the connection
         return resp
 
     @contextmanager
     def _failures(self, phase: Phase) -> Iterator[None]:
-        """The one mapping of aiohttp's failures to typed stage failures, for every call and every read.
+        """The one mapping of transport failures to typed stage failures, for every call and every read.
 
         ``phase`` is what was going on, for the message: ``answer`` (a whole answer: its request and its body),
         ``start`` (a stream's request, up to its status line) or ``stream`` (reading a stream's body). A timeout
@@ -190,35 +177,32 @@ class StageClient:
         t0 = time.perf_counter()
         try:
             yield
-        except asyncio.TimeoutError as exc:  # aiohttp's ServerTimeoutErrors are ClientErrors too: before those
-            raise StageTimeout(self.name, self._timeout_message(exc, phase, time.perf_counter() - t0)) from None
-        except aiohttp.ClientConnectorError as exc:
+        except ConnectFailed as exc:
             raise StageUnavailable(self.name, f"unreachable at {self.config.url} ({exc.os_error})") from None
-        except aiohttp.ClientError as exc:
+        except (ConnectTimeout, ReadTimeout, TotalTimeout) as exc:
+            raise StageTimeout(self.name, self._timeout_message(exc, phase, time.perf_counter() - t0)) from None
+        except HttpError as exc:
             raise StageBadResponse(self.name, f"{'stream broken' if phase == 'stream' else 'connection failed'}: {exc}") from None
 
-    def _timeout_message(self, exc: asyncio.TimeoutError, phase: Phase, waited: float) -> str:
-        """Which bound ran out (``stage_timeout`` sets them): the setting's name and value."""
+    def _timeout_message(self, exc: HttpError, phase: Phase, waited: float) -> str:
+        """Which bound ran out (``stage_timeouts`` sets them): the setting's name and value."""
         c = self.config
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            # one exception for two nested bounds: opening the socket (connect_timeout_s) within all of getting a
-            # connection, DNS and the wait for a free one in the pool included (timeout_s); only the outer lasts timeout_s
-            if waited < c.timeout_s:
+        if isinstance(exc, ConnectTimeout):
+            if exc.opening:
                 return f"could not connect to {c.url} within {c.connect_timeout_s:g} s (connect_timeout_s)"
-            return f"no connection to {c.url} within {c.timeout_s:g} s (timeout_s; DNS, or all {POOL_SIZE} pooled connections busy)"
-        if isinstance(exc, aiohttp.SocketTimeoutError):
+            busy = f"all {POOL_SIZE} pooled connections busy, or opening one slow"
+            return f"no connection to {c.url} within {c.timeout_s:g} s (timeout_s; {busy})"
+        if isinstance(exc, ReadTimeout):
             silence = {"start": "no answer started", "answer": "answer stalled", "stream": "stream stalled"}[phase]
             return f"{silence}: no byte for {c.timeout_s:g} s (timeout_s)"
-        if c.total_timeout_s is not None:  # aiohttp's total deadline raises a bare TimeoutError
-            return f"answer not complete within {c.total_timeout_s:g} s (total_timeout_s)"
-        return f"timed out after {waited:.1f} s ({type(exc).__name__}: {exc})"  # not one of ours: say what it was
+        return f"answer not complete within {c.total_timeout_s:g} s (total_timeout_s) after {waited:.1f} s"
 
-    async def _blocks(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    async def _blocks(self, resp: HttpResponse) -> AsyncIterator[bytes]:
         """The stream's bytes in blocks of whole events, one per network read that completes any (``EventBlocks``)."""
         blocks = EventBlocks()
         try:
             with self._failures("stream"):
-                async for data in resp.content.iter_any():
+                async for data in resp.chunks():
                     block = blocks.feed(data)
                     if block:
                         yield block
@@ -228,12 +212,12 @@ class StageClient:
         finally:
             resp.release()
 
-    async def _events(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    async def _events(self, resp: HttpResponse) -> AsyncIterator[bytes]:
         """Each event's data up to ``[DONE]``; events without data (keep-alives) are skipped."""
         decoder = EventDecoder()
         try:
             with self._failures("stream"):
-                async for data in resp.content.iter_any():
+                async for data in resp.chunks():
                     for payload in decoder.feed(data):
                         if payload == DONE:
                             return
@@ -246,9 +230,9 @@ class StageClient:
             resp.release()
 
     async def healthy(self) -> bool:
-        base = self.config.url.removesuffix("/v1")
         try:
-            async with self.session.get(f"{base}/health", timeout=HEALTH_TIMEOUT) as resp:
-                return resp.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+            resp = await self.pool.request("GET", self.pool.path.removesuffix("/v1") + "/health", {}, None, HEALTH_TIMEOUTS)
+            await resp.read()
+        except HttpError:
             return False
+        return resp.status == 200

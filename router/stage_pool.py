@@ -45,8 +45,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlparse
 
-import aiohttp
-
 from common.errors import APIError
 from common.settings import PoolConfig, Settings, StageConfig, read_key
 from router.health import EndpointHealth, FailureKind, probe, queue_gauges
@@ -59,7 +57,6 @@ T = TypeVar("T")
 
 EWMA_ALPHA = 0.2  # weight of the newest service time in an endpoint's running estimate
 GAUGE_TTL_PROBES = 3  # vLLM queue gauges older than this many probe intervals are ignored
-PROBE_POOL_SIZE = 8  # connections of the probe session (one per endpoint at a time)
 
 
 def failure_kind(exc: StageFailure) -> FailureKind:
@@ -207,17 +204,14 @@ class StagePool:
                     ep.probe_headers = {"Authorization": f"Bearer {key}"} if key else {}
             self.endpoints.append(ep)
         self._gauge_ttl = GAUGE_TTL_PROBES * self.rules.probe_interval_s
-        self._session: aiohttp.ClientSession | None = None
         self._prober: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         for ep in self.endpoints:
             await ep.client.start()
-        if any(ep.probe_url for ep in self.endpoints):
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=PROBE_POOL_SIZE))
-            if self.rules.probe_interval_s > 0:
-                self._prober = asyncio.create_task(self._probe_loop(), name=f"probe-{self.name}")
+        if any(ep.probe_url for ep in self.endpoints) and self.rules.probe_interval_s > 0:
+            self._prober = asyncio.create_task(self._probe_loop(), name=f"probe-{self.name}")
 
     async def close(self) -> None:
         if self._prober is not None:
@@ -225,9 +219,6 @@ class StagePool:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._prober
             self._prober = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
         for ep in self.endpoints:
             await ep.client.close()
 
@@ -364,15 +355,15 @@ class StagePool:
     # -- health ------------------------------------------------------------------------------------------
     async def _probe_one(self, ep: Endpoint) -> bool:
         """Probe ``ep`` (and read its queue gauges); whether it answered (True for an endpoint without a probe)."""
-        if self._session is None or ep.probe_url is None:
+        if ep.probe_url is None or not isinstance(ep.client, StageClient):
             return True
-        error = await probe(self._session, ep.probe_url, ep.probe_headers, self.rules.probe_timeout_s)
+        error = await probe(ep.client.pool, ep.probe_url, ep.probe_headers, self.rules.probe_timeout_s)
         if error is None:
             ep.health.probe_ok()
         else:
             ep.health.probe_failed(error)
         if ep.metrics_url is not None and error is None:
-            gauges = await queue_gauges(self._session, ep.metrics_url, self.rules.probe_timeout_s)
+            gauges = await queue_gauges(ep.client.pool, ep.metrics_url, self.rules.probe_timeout_s)
             if gauges == "absent":
                 ep.metrics_url = None  # not a vLLM server (our CPU server has no /metrics): stop asking
             elif gauges is not None:

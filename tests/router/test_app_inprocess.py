@@ -10,6 +10,7 @@ do is covered by the live tests.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,7 @@ import orjson
 import pytest
 
 from common.errors import parse_chat_request
+from router import api
 from router.api import create_app
 from router.stage import StageBadResponse, StageFailure, StageTimeout, StageUnavailable
 from tests.router.fake_stage import ScriptedPredictor, fake_stages
@@ -369,6 +371,22 @@ async def test_public_routes_answer_alike_served_directly_or_through_fastapi(dir
         assert failed.status_code == 500, failed.text
         error = {"message": "internal error: ZeroDivisionError", "type": "server_error", "param": None, "code": None}
         assert failed.json()["error"] == error
+
+
+async def test_a_body_over_the_limit_is_refused_and_one_in_pieces_is_read_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = orjson.dumps({"model": "s0", "messages": PROMPT, "max_tokens": 16})
+    monkeypatch.setattr(api, "MAX_BODY_BYTES", len(body))
+    async with serve(STOP) as r:
+
+        async def pieces() -> AsyncIterator[bytes]:  # sent chunked: the server hands it over in several messages
+            for i in range(0, len(body), 7):
+                yield body[i : i + 7]
+
+        whole = await r.client.post("/v1/chat/completions", content=pieces())
+        assert whole.status_code == 200 and whole.json()["choices"][0]["message"]["content"] == S0.text
+        big = await r.client.post("/v1/chat/completions", content=body + b" ")
+        assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+        assert (await r.client.post("/v1/chat/completions", content=body)).status_code == 200  # nothing left behind
 
 
 async def test_lifespan_starts_and_closes_the_stages_and_health_probes_them() -> None:
