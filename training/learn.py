@@ -29,10 +29,16 @@ One ``learn`` run:
 at a version named). The first ``learn`` on an empty registry seeds it with the
 base model (the shipped one by default) as ``v0001``.
 
+**Weights.** A shadow check's row carries ``weight``, 1 / the rate it was sampled at:
+returned answers are checked at that rate while escalated ones are all labelled
+by verification, so unweighted rows would over-represent the answers the
+cascade escalated. Both the fit and the decision count each row ``weight``
+times in expectation (``resampled``: importance resampling, seeded, so that the
+four models' learners need no sample weights of their own).
+
 What is not done yet: the comparison does not replay the rule's cost at matched
 quality on the evaluation rows (logged rows hold only the stages the cascade
-visited, which a replay of other decisions needs), and a shadow check's weight
-(1 / its sampling rate) is recorded but the fit does not weight rows by it.
+visited, which a replay of other decisions needs).
 """
 
 from __future__ import annotations
@@ -146,6 +152,17 @@ def labelled_rows(logs: Iterable[Path]) -> list[LoggedRow]:
     return sorted(out, key=lambda r: r.order)
 
 
+def resampled(rows: Iterable[dict[str, Any]], seed_: int = 0) -> Iterator[dict[str, Any]]:
+    """Each row ``weight`` times in expectation (its whole part, plus one more with the probability of the rest);
+    a row without a weight once."""
+    rng = np.random.default_rng(seed_)
+    for row in rows:
+        w = float(row.get("weight") or 1.0)
+        whole = int(w)
+        for _ in range(whole + int(rng.random() < w - whole)):
+            yield row
+
+
 def _write(rows: Iterable[dict[str, Any]], path: Path) -> Path:
     with path.open("w") as f:
         for row in rows:
@@ -214,13 +231,13 @@ def learn(
     outcome = Outcome(False, "", served, evaluation_rows=0)
     with tempfile.TemporaryDirectory(prefix="adaptive-sd-learn-") as tmp_name:
         tmp = Path(tmp_name)
-        eval_path = _write((r.row for r in unseen), tmp / "evaluation.jsonl")
+        eval_path = _write(resampled((r.row for r in unseen), seed_), tmp / "evaluation.jsonl")
         answers = sum(label(s) is not None for r in unseen for s in r.row["stages"])
         outcome.evaluation_rows = answers
         if answers < min_eval:
             outcome.reason = f"{answers} labelled answers newer than what {served} trained on; {min_eval} needed to decide"
             return outcome
-        logged = _write((r.row for r in older), tmp / "logged.jsonl")
+        logged = _write(resampled((r.row for r in older), seed_), tmp / "logged.jsonl")
         merged = _concat([shipped, logged], tmp / "train.jsonl")
         candidate_dir = tmp / "candidate"
         train.run(merged, candidate_dir, seed=seed_, lofo=False)

@@ -32,8 +32,7 @@ checker's verdict), an upper bound on what production's labels can teach.
 
 **Simplifications** (stated in the JSON's ``simplifications``): every refit is promoted (the learner's gate,
 log-loss on the newest unseen labels, needs 50 of them; ``gate=True`` applies it with the learner's 20 %
-hold-out and ``gate_min_eval`` labels); shadow labels are not weighted by 1 / rate (the learner does not weight
-either); no validity labels (the collection has no tool-call or JSON-schema tasks); a shadow check's answer
+hold-out and ``gate_min_eval`` labels); no validity labels (the collection has no tool-call or JSON-schema tasks); a shadow check's answer
 tokens are the answering stage's token count (tokenizers differ slightly).
 
 Per-family results are written to the output JSON as each family finishes, and a rerun with the same settings
@@ -67,7 +66,6 @@ TARGET_SHADOW = 0.05  # shadow checks at most this share of the top stage's comp
 STATIC_LOFO = {"points_below_top": 2.1, "compute_vs_top": 0.92}  # the issue's static figure (training evaluate, LOFO)
 SIMPLIFICATIONS = [
     "every refit is promoted unless gate is on (the learner's gate needs 50 unseen labels, more than a stream has)",
-    "shadow labels are not weighted by 1/rate (training learn does not weight either)",
     "verification agreement with a non-top verifier is estimated from the collected texts (reuse.replay), not scored",
     "no validity labels: the collection has no tool-call or JSON-schema tasks",
     "a shadow check's draft tokens are the answering stage's output tokens (the verifier's tokenizer may differ)",
@@ -85,6 +83,7 @@ class Label:
     value: int
     source: str  # "verification" | "shadow"
     verifier: int
+    weight: float = 1.0  # a shadow label's 1 / rate: it counts this many times in a refit (``training.learn``)
 
 
 # -- one request's visits and labels --------------------------------------------------------------------------------
@@ -114,17 +113,18 @@ def visits(t: Table, b: replay.Beliefs, costs: dict[str, UnitCosts], lam: float,
 
 
 def request_labels(task: int, finished: Sequence[bool], final: int, n_stages: int, draft_reuse: bool, shadow: bool,
-                   agree: Callable[[int, int, int], int]) -> list[Label]:  # fmt: skip
+                   agree: Callable[[int, int, int], int], rate: float = 1.0) -> list[Label]:  # fmt: skip
     """The labels one request gives production (``router.labels.free_labels`` + ``router.shadow``): each finished
     answer below the returned one, verified by the next stage that answered (draft reuse only); and, when
-    ``shadow`` was drawn, the returned answer checked by the stage above it. ``agree(task, stage, verifier)``."""
+    ``shadow`` was drawn (at ``rate``), the returned answer checked by the stage above it, weighing 1 / ``rate``.
+    ``agree(task, stage, verifier)``."""
     out = []
     done = [s for s in range(n_stages) if finished[s]]
     if draft_reuse:
         for s, above in zip(done, done[1:], strict=False):
             out.append(Label(task, s, agree(task, s, above), "verification", above))
     if shadow and final + 1 < n_stages:
-        out.append(Label(task, final, agree(task, final, final + 1), "shadow", final + 1))
+        out.append(Label(task, final, agree(task, final, final + 1), "shadow", final + 1, 1.0 / rate))
     return out
 
 
@@ -170,18 +170,19 @@ def _concat_prefixes(a: dataset.Prefixes, b: dataset.Prefixes) -> dataset.Prefix
 
 def training_rows(data: dataset.Dataset, prefixes: dataset.Prefixes, family: str, labels: Sequence[Label],
                   tasks: np.ndarray) -> tuple[dataset.Dataset, dataset.Prefixes]:  # fmt: skip
-    """(rows without ``family``) + the gathered ``labels`` (their answers' rows, with the label production gave)."""
+    """(rows without ``family``) + the gathered ``labels`` (their answers' rows, with the label production gave,
+    each repeated its label's weight, rounded: ``training.learn.resampled``)."""
     base, base_pre = data.where(data.family != family), prefixes.where(prefixes.family != family)
     if not labels:
         return base, base_pre
     at = {(str(t), int(s)): i for i, (t, s) in enumerate(zip(data.task, data.stage, strict=True))}
-    value = {(str(tasks[lb.task]), lb.stage): lb.value for lb in labels}  # a later label of the same answer wins
-    keys = [k for k in value if k in at]
+    latest = {(str(tasks[lb.task]), lb.stage): lb for lb in labels}  # a later label of the same answer wins
+    keys = [k for k in latest if k in at for _ in range(max(1, round(latest[k].weight)))]
     ix = np.array([at[k] for k in keys], dtype=np.int64)
-    got = dataclasses.replace(data.where(ix), y=np.array([value[k] for k in keys], dtype=np.int64))
+    got = dataclasses.replace(data.where(ix), y=np.array([latest[k].value for k in keys], dtype=np.int64))
     pre_keys = [(str(t), int(s)) for t, s in zip(prefixes.task, prefixes.stage, strict=True)]
-    pix = np.array([i for i, k in enumerate(pre_keys) if k in value], dtype=np.int64)
-    got_pre = dataclasses.replace(prefixes.where(pix), y=np.array([value[pre_keys[i]] for i in pix], dtype=np.int64))
+    pix = np.array([i for i, k in enumerate(pre_keys) if k in latest for _ in range(max(1, round(latest[k].weight)))], dtype=np.int64)
+    got_pre = dataclasses.replace(prefixes.where(pix), y=np.array([latest[pre_keys[i]].value for i in pix], dtype=np.int64))
     return _concat(base, got), _concat_prefixes(base_pre, got_pre)
 
 
@@ -273,7 +274,7 @@ def family_run(s: Setup, family: str, fitter: Fitter, rate: float, retrain_every
         out, finished, aborted = visits(t, b, {u: _rows(c, sel) for u, c in one.items()}, s.lam, s.opt)
         final = int(out.final[0])
         drawn = final + 1 < n and bool(rng.random() < rate)
-        got = request_labels(i, finished[0].tolist(), final, n, s.opt.draft_reuse, drawn, s.agree)
+        got = request_labels(i, finished[0].tolist(), final, n, s.opt.draft_reuse, drawn, s.agree, rate)
         explored = None
         lower = [j for j in range(n - 1) if not finished[0, j]]
         if explore > 0 and final == n - 1 and not got and lower and rng.random() < explore:

@@ -73,3 +73,12 @@ def test_the_commands_list_and_roll_back_a_registry(tmp_path: Path, capsys: pyte
     assert main(["models", "--registry", str(registry)]) == 0
     listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["version"], r["in_service"]) for r in listed] == [("v0001", True), ("v0002", False)]
+
+
+def test_a_shadow_checked_row_counts_its_weight_in_expectation_and_others_once() -> None:
+    rows = [{"id": i, "weight": 2.5} for i in range(2000)] + [{"id": -1}, {"id": -2, "weight": None}]
+    out = list(learn.resampled(rows, seed_=3))
+    counts = [sum(1 for r in out if r["id"] == i) for i in range(2000)]
+    assert set(counts) == {2, 3} and abs(sum(counts) / 2000 - 2.5) < 0.05
+    assert [r["id"] for r in out if r["id"] < 0] == [-1, -2]
+    assert out == list(learn.resampled(rows, seed_=3))  # seeded: the same rows for the same run

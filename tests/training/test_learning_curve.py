@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,8 @@ def test_request_labels_only_escalations_and_shadow() -> None:
     got = lc.request_labels(7, [True, True, True], 2, 3, True, True, agree)
     assert [(lb.stage, lb.verifier, lb.source) for lb in got] == [(0, 1, "verification"), (1, 2, "verification")]
     # stage 0 skipped, stage 1 returned, shadow drawn: one shadow label by stage 2
-    got = lc.request_labels(7, [False, True, False], 1, 3, True, True, agree)
-    assert [(lb.stage, lb.verifier, lb.source) for lb in got] == [(1, 2, "shadow")]
+    got = lc.request_labels(7, [False, True, False], 1, 3, True, True, agree, rate=0.25)
+    assert [(lb.stage, lb.verifier, lb.source, lb.weight) for lb in got] == [(1, 2, "shadow", 4.0)]
     # stage 0 aborted (not finished), stage 2 returned: nothing; and no draft reuse: no verification labels
     assert lc.request_labels(7, [False, False, True], 2, 3, True, True, agree) == []
     assert lc.request_labels(7, [True, False, True], 2, 3, False, False, agree) == []
@@ -163,6 +164,9 @@ def test_refits_train_on_the_rows_without_the_family_plus_the_labels(result: tup
             assert labelled[(str(t), int(st))] == int(y)
         mine_pre = p.family == FAMILIES[0]
         assert set(zip(p.task[mine_pre].tolist(), p.stage[mine_pre].tolist(), strict=True)) <= set(labelled)
+        heavy = [dataclasses.replace(got[0], weight=3.0)] + got[1:]  # a shadow label at rate 1/3 counts three times
+        d3, _ = lc.training_rows(s.data, s.prefixes, FAMILIES[0], heavy, s.full.task)
+        assert int((d3.family == FAMILIES[0]).sum()) == len(labelled) + 2
 
 
 def test_output_keys(result: tuple[dict[str, Any], lc.Setup]) -> None:
