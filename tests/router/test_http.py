@@ -68,14 +68,6 @@ async def _get(pool: HttpPool, timeouts: Timeouts = T) -> tuple[int, bytes]:
 
 
 @pytest.mark.anyio
-async def test_a_connection_is_kept_alive_and_reused() -> None:
-    async with serving(_answers) as (pool, accepted):
-        for _ in range(5):
-            assert await _get(pool) == (200, b"ok")
-    assert len(accepted) == 1
-
-
-@pytest.mark.anyio
 async def test_the_request_names_its_host_path_and_length() -> None:
     seen: list[bytes] = []
 
@@ -162,18 +154,23 @@ async def test_garbage_or_a_cut_answer_is_a_protocol_failure() -> None:
                 await _get(pool)
 
 
-@pytest.mark.anyio
-async def test_a_kept_alive_connection_the_server_closed_is_replaced_without_failing_the_call() -> None:
-    async def one_answer_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _request(reader)
-        writer.write(OK)  # says keep-alive, then closes: the next request on it gets no byte back
-        await writer.drain()
-        await reader.read(1)
+async def _one_answer_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers one request saying keep-alive, then closes once the next request starts: that one gets no byte back."""
+    await _request(reader)
+    writer.write(OK)
+    await writer.drain()
+    await reader.read(1)
 
-    async with serving(one_answer_per_connection) as (pool, accepted):
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("handler", "connections"), [(_answers, 1), (_one_answer_per_connection, 3)], ids=["kept", "closed"])
+async def test_a_connection_is_kept_alive_and_one_the_server_closed_is_replaced_without_failing_the_call(
+    handler: Handler, connections: int
+) -> None:
+    async with serving(handler) as (pool, accepted):
         for _ in range(3):
             assert await _get(pool) == (200, b"ok")
-    assert len(accepted) == 3
+    assert len(accepted) == connections
 
 
 @pytest.mark.anyio
