@@ -473,6 +473,7 @@ class ShadowHealth(_Body):
     ones drawn so far came out."""
 
     rate: float
+    untrained_rate: float = Field(description="the rate while the predictor in service is not trained on this ladder")
     running: int
     checked: int
     busy: int
@@ -486,6 +487,10 @@ class Health(_Body):
     status: Literal["ok", "degraded"]
     predictor: str
     model_version: str = Field(description="the model in service: its registry version or directory name; `builtin` for the baseline")
+    predictor_trained: bool = Field(
+        description="whether the model in service is trained on this ladder; false (the baseline) means the router runs safe: "
+        "λ scaled by `cascade.untrained_lambda_scale`, shadow checks at `shadow.untrained_rate`"
+    )
     tenancy: TenancyHealth
     shadow: ShadowHealth
     stages: dict[str, str] | None = Field(

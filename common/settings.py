@@ -364,12 +364,25 @@ class ShadowConfig(_Model):
         "labels it gives carry 1/rate as their weight",
     )
     max_concurrent: int = Field(1, ge=1, description="shadow checks running at once in this replica; more are skipped")
+    untrained_rate: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="the rate while the predictor in service is not trained on this ladder (kind: baseline): a new "
+        "ladder learns faster by checking more (None: rate)",
+    )
 
 
 class CascadeConfig(_Model):
     model_name: str = Field(defaults.MODEL_NAME, description="the `model` value that runs the adaptive ladder")
     default_lambda: float = Field(defaults.LAMBDA, ge=0.0, description="quality weight when a request names none")
     skip_by_prior: bool = Field(True, description="let the prompt-only priors skip small stages")
+    untrained_lambda_scale: float = Field(
+        1.0,
+        ge=1.0,
+        description="λ is multiplied by this while the predictor in service is not trained on this ladder (kind: "
+        "baseline): its p̂ is a guess, so the rule escalates more until a learned model is promoted",
+    )
     prior_strength: float | None = Field(
         defaults.PRIOR_STRENGTH, gt=0.0, description="Beta concentration of a future stage's p̂ around its prior (None: point estimate)"
     )

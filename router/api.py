@@ -370,6 +370,7 @@ def create_app(
             "status": "ok",
             "predictor": engine.predictor.name,  # the model in service now (router.model_reload)
             "model_version": reloader.version,
+            "predictor_trained": not engine.untrained,
             "tenancy": tenants.health(),
             "shadow": engine.shadow.health(),
         }

@@ -194,6 +194,16 @@ class CascadeEngine:
         self.traffic = TrafficLog(settings.predictor.log_path) if settings.predictor.log_path else None
         self.shadow = ShadowChecks(settings.cascade.shadow, self.stages)
 
+    @property
+    def untrained(self) -> bool:
+        """Whether the predictor in service is a guess, not fitted on this ladder (the baseline): the rule runs safe."""
+        return not self.predictor.trained
+
+    def effective_lambda(self, lam: float) -> float:
+        """The λ the rule uses for a request asking ``lam``: scaled by ``cascade.untrained_lambda_scale`` while the
+        predictor is untrained, so that a new ladder escalates more until a learned model is promoted."""
+        return lam * self.settings.cascade.untrained_lambda_scale if self.untrained else lam
+
     def use_predictor(self, predictor: Predictor) -> None:
         """Serve with ``predictor`` from now on (``router.model_reload``; trained at this engine's top-k): its learned
         answer lengths replace the old model's in the prices, measured prices keep what they measured."""
@@ -286,7 +296,8 @@ class CascadeEngine:
         """Maybe start a shadow check of an answer returned from a lower stage (``router.shadow``); with a traffic log,
         its label is logged as a row of its own when it is done (the request's row leaves that answer unlabelled)."""
         final = result.final_stage
-        if api.name != "chat" or result.response is None or not self.shadow.draw(final):
+        rate = self.shadow.draw(final, self.untrained)
+        if api.name != "chat" or result.response is None or not rate:
             return
         visit = result.final_visit
         if visit is None or visit.choice is None or visit.invalid is not None:
@@ -298,7 +309,7 @@ class CascadeEngine:
             def on_label(label: FreeLabel) -> None:
                 traffic.record(texts, [self._visit_row(visit, api, judged, label)], kind=kind)
 
-        self.shadow.start(final, req.body, api.text(visit.choice), on_label)
+        self.shadow.start(final, req.body, api.text(visit.choice), on_label, rate)
 
     @staticmethod
     def _visit_row(v: StageVisit, api: CascadeDialect, judged: bool, label: FreeLabel | None = None) -> dict[str, Any]:
@@ -337,7 +348,7 @@ class CascadeEngine:
         sent. Built once, so that nothing per request is recomputed per stage."""
         stages, skipped = self.ladder(spec, req.max_stage)
         limit = token_limit(req.body)
-        route = self.route(req.prompt, req.lam, stages, limit)
+        route = self.route(req.prompt, self.effective_lambda(req.lam), stages, limit)
         body = api.asking(req.body, self.top_k)
         plain = api.plain(req.body)
         # the logprobs of a stage answer are decoded only if someone will read them (see StageReply)

@@ -60,7 +60,11 @@ LABELS = Counter(
     registry=REGISTRY,
 )
 PREDICTOR_INFO = Gauge(
-    "adaptive_sd_predictor_info", "The predictor in service (1): its name and model version", ["name", "version"], registry=REGISTRY
+    "adaptive_sd_predictor_info",
+    "The predictor in service (1): its name, model version, and whether it is trained on this ladder (false: the baseline's "
+    "guess, and the router runs safe: cascade.untrained_lambda_scale, shadow.untrained_rate)",
+    ["name", "version", "trained"],
+    registry=REGISTRY,
 )
 PREDICTOR_RELOADS = Counter(
     "adaptive_sd_predictor_reloads",

@@ -50,7 +50,7 @@ class ModelReloader:
     def _publish(self) -> None:
         """``adaptive_sd_predictor_info``: one series, the model in service."""
         PREDICTOR_INFO.clear()
-        PREDICTOR_INFO.labels(self.engine.predictor.name, self.version).set(1)
+        PREDICTOR_INFO.labels(self.engine.predictor.name, self.version, str(self.engine.predictor.trained).lower()).set(1)
 
     def start(self) -> None:
         """Begin watching (nothing to watch for the baseline predictor, or with ``reload_s`` 0)."""

@@ -50,31 +50,38 @@ class ShadowChecks:
 
     def __init__(self, config: ShadowConfig, stages: Sequence[Stage], rng: random.Random | None = None) -> None:
         self.rate = config.rate
+        self.untrained_rate = config.rate if config.untrained_rate is None else config.untrained_rate
         self.max_concurrent = config.max_concurrent
         self.stages = list(stages)
         self._rng = rng or random.Random()
         self._running: set[asyncio.Task[None]] = set()
         self.counts: dict[str, int] = {"checked": 0, "busy": 0, "unverifiable": 0, "failed": 0}
 
-    def draw(self, stage: int) -> bool:
-        """Whether to check an answer that stage ``stage`` returned: with probability ``rate``, below the top stage."""
-        return self.rate > 0 and stage + 1 < len(self.stages) and self._rng.random() < self.rate
+    def draw(self, stage: int, untrained: bool = False) -> float:
+        """Whether to check an answer that stage ``stage`` returned: the rate it was drawn at (its label weighs 1 /
+        that), drawn with that probability below the top stage; 0 when not. ``untrained``: the predictor in
+        service is not trained on this ladder, and ``untrained_rate`` applies."""
+        rate = self.untrained_rate if untrained else self.rate
+        return rate if rate > 0 and stage + 1 < len(self.stages) and self._rng.random() < rate else 0.0
 
-    def start(self, stage: int, body: dict[str, Any], answer: str, on_label: OnLabel | None = None) -> bool:
-        """Check ``answer`` (drawn: ``draw``), which stage ``stage`` returned for the chat ``body`` (upstream, no model),
-        on the next stage in the background, unless it cannot be verified or that would wait (module docstring); True
-        when a check was started. ``on_label`` receives its label when it is done."""
+    def start(self, stage: int, body: dict[str, Any], answer: str, on_label: OnLabel | None = None, rate: float | None = None) -> bool:
+        """Check ``answer`` (drawn at ``rate``, by default ``self.rate``: ``draw``), which stage ``stage`` returned for
+        the chat ``body`` (upstream, no model), on the next stage in the background, unless it cannot be verified or
+        that would wait (module docstring); True when a check was started. ``on_label`` receives its label when it
+        is done."""
         verifier = self.stages[stage + 1]
         if why_not_verify(verifier, body, answer) is not None:
             return self._count(verifier, "unverifiable")
         if len(self._running) >= self.max_concurrent or (isinstance(verifier, StagePool) and not verifier.idle()):
             return self._count(verifier, "busy")
-        task = asyncio.get_running_loop().create_task(self._check(stage, verifier, body, answer, on_label))
+        weight = 1.0 / (rate or self.rate)
+        task = asyncio.get_running_loop().create_task(self._check(stage, verifier, body, answer, on_label, weight))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         return True
 
-    async def _check(self, stage: int, verifier: Stage, body: dict[str, Any], answer: str, on_label: OnLabel | None) -> None:
+    async def _check(self, stage: int, verifier: Stage, body: dict[str, Any], answer: str, on_label: OnLabel | None,
+                     weight: float) -> None:  # fmt: skip
         try:
             check = await score_draft(verifier, {**body, "temperature": 0}, answer)
         except (StageFailure, APIError) as exc:  # APIError: the stage refused the check (a 4xx)
@@ -86,7 +93,7 @@ class ShadowChecks:
             return
         self._count(verifier, "checked")
         name = self.stages[stage].name
-        label = FreeLabel(stage, name, agreement_label(check.fraction), "shadow", check.fraction, verifier.name, 1.0 / self.rate)
+        label = FreeLabel(stage, name, agreement_label(check.fraction), "shadow", check.fraction, verifier.name, weight)
         count_label(label)
         if on_label is not None:
             on_label(label)
@@ -98,7 +105,7 @@ class ShadowChecks:
 
     def health(self) -> dict[str, Any]:
         """For ``/health``: the rate, what runs now, and what came of the checks so far in this replica."""
-        return {"rate": self.rate, "running": len(self._running)} | self.counts
+        return {"rate": self.rate, "untrained_rate": self.untrained_rate, "running": len(self._running)} | self.counts
 
     async def close(self) -> None:
         """Cancel the checks still running (at shutdown: their labels are lost, the users' answers are not)."""

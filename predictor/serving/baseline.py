@@ -24,6 +24,7 @@ _EMPTY = INDEX["empty_answer"]
 
 class MeanLogprobPredictor:
     name = "mean-logprob-baseline"
+    trained = False  # hand-set coefficients: the router runs safe with it (cascade.untrained_lambda_scale, shadow.untrained_rate)
     top_k = TOP_LOGPROBS  # it reads only the mean chosen logprob, so any k would do; the collection's k keeps features comparable
     lengths: tuple[OutputLengths, ...] = ()  # it knows nothing of answer lengths: per-token prices expect max_tokens
     checkpoints: tuple[int, ...] = ()  # no prefix model: it never aborts a stage

@@ -14,6 +14,7 @@ class Predictor(Protocol):
     """Estimates P(answer acceptable) for a stage answer, prompt-only priors, and beliefs about higher stages after an answer."""
 
     name: str
+    trained: bool  # fitted on answers of this ladder (False: a guess, such as the mean-logprob baseline)
     evidence: float  # pseudo-count for the risk adjustment (policy.shrink)
     top_k: int  # alternatives per position the features are defined at: the cascade asks each stage for exactly these
     lengths: tuple[OutputLengths, ...]  # per stage, its answers' lengths (empty: unknown); what per-token prices expect

@@ -140,6 +140,7 @@ class OnnxPredictor:
         self.prefix = prefix
         self.evidence = evidence
         self.name = f"onnx-{answer.model}"
+        self.trained = True
         for what, graph in (("prior", prior), ("belief model", posterior), ("prefix model", prefix)):
             if graph is not None and graph.top_k != answer.top_k:
                 raise PredictorLoadError(

@@ -388,6 +388,7 @@ class ScriptedPredictor:
     p_hat: dict[int, float]
     stage_priors: list[float]
     name: str = "scripted"
+    trained: bool = True
     evidence: float = 50.0
     top_k: int = 5
     features: list[np.ndarray] = field(default_factory=list)

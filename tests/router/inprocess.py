@@ -120,13 +120,19 @@ class Router:
 
 @asynccontextmanager
 async def serve(
-    p0: float = STOP, settings: Settings | None = None, scripts: Sequence[Script] = (S0, S1), direct_routes: bool = True
+    p0: float = STOP,
+    settings: Settings | None = None,
+    scripts: Sequence[Script] = (S0, S1),
+    direct_routes: bool = True,
+    untrained: bool = False,
 ) -> AsyncIterator[Router]:
     """The app over ``settings`` (default ``make_settings()``): a fake stage each, answering ``scripts`` in order
-    (a stage past their end: ``Script()``), and the ``scripted(p0)`` predictor; ``direct_routes`` as ``app_client``."""
+    (a stage past their end: ``Script()``), and the ``scripted(p0)`` predictor (``untrained``: as the baseline,
+    not trained on this ladder); ``direct_routes`` as ``app_client``."""
     settings = settings or make_settings()
     stages = fake_stages(settings.stages, *scripts)
     predictor = scripted(p0, len(stages))
+    predictor.trained = not untrained
     async with app_client(settings, predictor=predictor, stages=stages, direct_routes=direct_routes) as client:
         yield Router(client, stages, predictor)
 

@@ -103,6 +103,18 @@ def test_start_is_the_lowest_allowed_stage_without_skip_by_prior() -> None:
     assert engine._start(walk_of(engine, request()).route) == 0
 
 
+async def test_an_untrained_predictor_makes_the_rule_escalate_more() -> None:
+    """The same answer, p̂ 0.8 at λ 10: a trained predictor's is good enough; the baseline's guess, with λ scaled by
+    ``untrained_lambda_scale``, is not, and the next stage is asked."""
+    settings = make_settings(untrained_lambda_scale=10.0)
+    trained, _, _ = make_engine({0: 0.8, 1: STOP}, settings)
+    assert trained.effective_lambda(10.0) == 10.0 and (await trained.run(request(), CHAT_DIALECT)).final_stage == 0
+    guess, _, predictor = make_engine({0: 0.8, 1: STOP}, settings)
+    predictor.trained = False
+    assert guess.untrained and guess.effective_lambda(10.0) == 100.0
+    assert (await guess.run(request(), CHAT_DIALECT)).final_stage == 1
+
+
 # -- call-or-verify, judge, decide -------------------------------------------------------------------------------------
 
 

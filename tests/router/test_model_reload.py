@@ -50,7 +50,7 @@ async def test_a_promoted_version_is_served_without_a_restart_and_a_broken_one_i
             assert await _serving(client, version)
         assert set(await flips) == {200}
         metrics = (await client.get("/metrics")).text
-        assert 'adaptive_sd_predictor_info{name="onnx-gbt",version="v0002"} 1.0' in metrics
+        assert 'adaptive_sd_predictor_info{name="onnx-gbt",trained="true",version="v0002"} 1.0' in metrics
         assert 'version="v0001"' not in metrics  # one model in service, one series
 
         _point(registry, "v0003")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ async def test_an_answer_from_a_lower_stage_is_checked_after_the_response_and_lo
         assert resp.status_code == 200 and resp.headers["x-cascade-stage"] == "s0"
         assert resp.json()["choices"][0]["message"]["content"] == S0.text  # the user's answer is s0's, whatever comes after
         shadow = await _settled(lambda: r.client.get("/health"))
-        assert shadow == {"rate": 1.0, "running": 0, "checked": 1, "busy": 0, "unverifiable": 0, "failed": 0}
+        assert shadow == {"rate": 1.0, "untrained_rate": 1.0, "running": 0, "checked": 1, "busy": 0, "unverifiable": 0, "failed": 0}
         (scored,) = r.stages[1].calls  # one scoring pass of s0's answer on s1, nothing generated
         assert scored["max_tokens"] == 1 and scored["messages"][-1] == {"role": "assistant", "content": S0.text}
         metrics = (await r.client.get("/metrics")).text
@@ -59,7 +60,8 @@ async def test_a_check_that_cannot_be_lossless_or_would_wait_is_skipped() -> Non
     stages[1].delay_s = 0.2
     assert shadow.start(0, BODY, S0.text)
     assert not shadow.start(0, BODY, S0.text)  # max_concurrent 1: skipped, not queued
-    assert shadow.health() | {"running": 1} == {"rate": 1.0, "running": 1, "checked": 0, "busy": 1, "unverifiable": 1, "failed": 0}
+    expected = {"rate": 1.0, "untrained_rate": 1.0, "running": 1, "checked": 0, "busy": 1, "unverifiable": 1, "failed": 0}
+    assert shadow.health() | {"running": 1} == expected
     await shadow.close()  # cancels the one running: its label is lost, nothing else
     assert shadow.health()["running"] == 0 and shadow.counts["checked"] == 0
     assert not ShadowChecks(ShadowConfig(rate=0.0), stages).draw(0)
@@ -89,3 +91,24 @@ async def test_a_tenant_kept_out_of_learning_is_neither_logged_nor_checked(tmp_p
     await serving.create(req, {}, TenantLimits(10.0))  # the same request from a tenant that learns
     assert serving.engine.shadow.health()["running"] == 1 and len(log.read_text().splitlines()) == 1
     await serving.engine.shadow.close()
+
+
+async def test_an_untrained_predictor_checks_at_its_own_rate_and_weighs_its_labels_by_it(tmp_path: Path) -> None:
+    """With a guess for a predictor (the baseline), a new ladder learns faster: checks at ``untrained_rate``, each
+    label weighing 1 / the rate it was drawn at; ``/health`` and the info metric say the router runs safe."""
+    log = tmp_path / "traffic.jsonl"
+    settings = make_settings(dialect="vllm", shadow={"rate": 0.0, "untrained_rate": 0.5}, predictor={"log_path": str(log)})
+    stages = fake_stages(settings.stages, S0, S1)
+    assert ShadowChecks(settings.cascade.shadow, stages).draw(0) == 0.0  # trained: the rate, 0 here
+    drawn = ShadowChecks(settings.cascade.shadow, stages, random.Random(1))
+    rates = {drawn.draw(0, untrained=True) for _ in range(50)}
+    assert rates == {0.0, 0.5}
+    async with serve(STOP, settings, untrained=True) as r:
+        health = (await r.client.get("/health")).json()
+        assert health["predictor_trained"] is False and health["shadow"]["untrained_rate"] == 0.5
+        assert 'trained="false"' in (await r.client.get("/metrics")).text
+        for _ in range(20):
+            await r.chat(temperature=0, max_tokens=32)
+            await _settled(lambda: r.client.get("/health"), "running", 0)
+    weights = {row["stages"][0]["weight"] for row in map(orjson.loads, log.read_text().splitlines()) if "weight" in row["stages"][0]}
+    assert weights == {2.0}
