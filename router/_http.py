@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -240,7 +241,8 @@ class HttpResponse:
     def __del__(self) -> None:  # an answer dropped unread (a stream never iterated): its slot must not leak
         if self._conn is not None:
             self._conn.closed = True
-            self.release()
+            with contextlib.suppress(RuntimeError):  # collected after its event loop closed: nothing left to free
+                self.release()
 
     def release(self) -> None:
         conn, self._conn = self._conn, None
