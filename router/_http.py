@@ -23,7 +23,7 @@ import asyncio
 import collections
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -35,12 +35,14 @@ __all__ = [
     "HttpError",
     "HttpPool",
     "HttpResponse",
+    "PoolClosed",
     "ProtocolFailure",
     "ReadTimeout",
     "Timeouts",
     "TotalTimeout",
 ]
 
+DRAIN_S = 1.0  # how long a connection released at its answer's logical end may take to finish the framing
 KEEPALIVE_S = 30.0  # an idle pooled connection older than this is closed rather than reused
 STREAM_HIGH_WATER = 2**20  # buffered body bytes of a stream not yet read: stop reading the socket above this
 
@@ -76,6 +78,10 @@ class TotalTimeout(HttpError):
 
 class ProtocolFailure(HttpError):
     """The connection broke, or what came was not HTTP."""
+
+
+class PoolClosed(HttpError):
+    """The pool was closed (the router is shutting down)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,7 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self._length_known = False
         self._waiter: asyncio.Future[None] | None = None
+        self.on_drained: Callable[[], None] | None = None  # set while the pool waits for the end of an answer read enough
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -136,7 +143,7 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.complete:
             return
-        if self.headers_done and not self._length_known and exc is None:  # an answer delimited by the close itself
+        if self.error is None and self.headers_done and not self._length_known and exc is None:  # delimited by the close
             self.on_message_complete()
         else:
             self._fail(ProtocolFailure(f"connection closed before the answer was complete{f' ({exc})' if exc else ''}"))
@@ -154,6 +161,8 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.on_drained is not None:  # the reader has all it wanted: what is left is only waited out
+            return
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > STREAM_HIGH_WATER and not self.paused and self.transport is not None:
@@ -167,6 +176,9 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = self._parser.should_keep_alive()  # the parser's answer holds only until its next message
         self.complete = True
         self._wake()
+        if self.on_drained is not None:
+            done, self.on_drained = self.on_drained, None
+            done()
 
     # the calling side
     def _fail(self, error: HttpError) -> None:
@@ -201,7 +213,10 @@ class _Connection(asyncio.Protocol):
         return data
 
     def reusable(self) -> bool:
-        return self.complete and self.keep_alive and not self.closed
+        """Whether the next call may use it: its answer read to the end, cleanly, and the transport open and reading."""
+        t = self.transport
+        return (self.complete and self.keep_alive and not self.closed and self.error is None and not self.paused
+                and t is not None and not t.is_closing())  # fmt: skip
 
 
 class HttpResponse:
@@ -217,10 +232,14 @@ class HttpResponse:
     async def read(self) -> bytes:
         """The whole body."""
         conn = self._live()
+        parts: list[bytes] = []
         try:
             while not conn.complete:
                 await conn.wait()
-            return conn.take()
+                if conn.paused:  # a body over the high-water mark: take what came, so that reading resumes
+                    parts.append(conn.take())
+            parts.append(conn.take())
+            return parts[0] if len(parts) == 1 else b"".join(parts)
         finally:
             self.release()
 
@@ -231,6 +250,8 @@ class HttpResponse:
             while True:
                 if conn.chunks:
                     yield conn.take()
+                elif conn.error is not None:
+                    raise conn.error
                 elif conn.complete:
                     return
                 else:
@@ -244,11 +265,15 @@ class HttpResponse:
             with contextlib.suppress(RuntimeError):  # collected after its event loop closed: nothing left to free
                 self.release()
 
-    def release(self) -> None:
+    def release(self, drain: bool = False) -> None:
+        """Hand the connection back. ``drain``: the reader has seen the logical end of the answer (an SSE stream's
+        ``[DONE]``) and only the framing's end is still to come (a chunked body's last chunk): the pool keeps the
+        connection if that comes within ``DRAIN_S``. Otherwise an answer not read to its end closes the connection,
+        which also tells the stage to stop (an aborted generation)."""
         conn, self._conn = self._conn, None
         if conn is not None:
             self._deadline.cancel()
-            self._pool.give_back(conn)
+            self._pool.give_back(conn, drain)
 
     def _live(self) -> _Connection:
         if self._conn is None:
@@ -342,6 +367,8 @@ class HttpPool:
         """Send one request; the answer once its status and headers have come (its body still to read)."""
         if any("\r" in x or "\n" in x for kv in headers.items() for x in kv):
             raise ValueError("a header name or value holds a line break")
+        if method == "HEAD":  # httptools cannot be told that an answer has no body for it: it would wait for one
+            raise ValueError("HEAD is not supported")
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = _Deadline(loop, timeouts, started)
@@ -379,7 +406,7 @@ class HttpPool:
     async def _connection(self, loop: asyncio.AbstractEventLoop, timeouts: Timeouts, started: float) -> tuple[_Connection, bool]:
         """A connection for one call (and the call's slot among ``limit``): an idle one if any is fresh, else a new one."""
         if self._closed:
-            raise RuntimeError("the connection pool is closed")
+            raise PoolClosed("the connection pool is closed")
         if self._slots.locked():  # all ``limit`` in use: wait for one within the connect bound
             budget = None if timeouts.connect is None else max(0.0, started + timeouts.connect - loop.time())
             try:
@@ -389,6 +416,9 @@ class HttpPool:
                 raise ConnectTimeout(opening=False) from None
         else:
             await self._slots.acquire()
+        if self._closed:  # closed while this call waited for a slot
+            self._slots.release()
+            raise PoolClosed("the connection pool is closed")
         now = loop.time()
         while self._idle:
             conn = self._idle.pop()
@@ -416,9 +446,23 @@ class HttpPool:
             raise ConnectFailed(exc) from None
         return conn
 
-    def give_back(self, conn: _Connection) -> None:
-        """The end of a call: its slot freed, its connection kept for the next call when it can serve one."""
+    def give_back(self, conn: _Connection, drain: bool = False) -> None:
+        """The end of a call: its slot freed, its connection kept for the next call when it can serve one (with
+        ``drain``, once its answer's framing has ended: ``HttpResponse.release``)."""
         self._slots.release()
+        if drain and not conn.complete and conn.headers_done and conn._length_known and conn.error is None and not conn.closed:
+            conn.take()  # what was buffered: unread, and reading resumes
+            timer = conn._loop.call_later(DRAIN_S, self._close, conn)
+
+            def drained() -> None:
+                timer.cancel()
+                self._keep(conn)
+
+            conn.on_drained = drained
+            return
+        self._keep(conn)
+
+    def _keep(self, conn: _Connection) -> None:
         if conn.reusable() and not self._closed and len(self._idle) < self._limit:
             conn.idle_since = conn._loop.time()
             self._idle.append(conn)

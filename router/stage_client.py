@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 POOL_SIZE = 100  # connections to one stage at a time
+PROBE_POOL_SIZE = 2  # connections for health probes, apart: a stage busy with POOL_SIZE calls still answers its probe
 HEALTH_TIMEOUTS = Timeouts(connect=2, open=2, read=2, total=2)  # ``healthy()``: a quick yes or no, not a request
 Phase = Literal["answer", "start", "stream"]  # what a call to the stage was doing when it failed, for the message
 
@@ -71,22 +72,33 @@ class StageClient:
             self._headers["Authorization"] = f"Bearer {config.api_key}"
         self._timeouts = stage_timeouts(config)
         self._pool: HttpPool | None = None
+        self._probes: HttpPool | None = None
         base = config.url.rstrip("/")
         self._completions_url = f"{base}/completions"
 
     async def start(self) -> None:
         self._pool = HttpPool(self.config.url, POOL_SIZE)
+        self._probes = HttpPool(self.config.url, PROBE_POOL_SIZE)
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        for pool in (self._pool, self._probes):
+            if pool is not None:
+                await pool.close()
+        self._pool = self._probes = None
 
     @property
     def pool(self) -> HttpPool:
+        """The connections calls use."""
         if self._pool is None:
             raise RuntimeError(f"stage client {self.name} used before start()")
         return self._pool
+
+    @property
+    def probes(self) -> HttpPool:
+        """The connections health probes use (``healthy``, ``router.health.probe``), apart from the calls'."""
+        if self._probes is None:
+            raise RuntimeError(f"stage client {self.name} used before start()")
+        return self._probes
 
     def payload(self, body: dict[str, Any]) -> bytes:
         return orjson.dumps({**body, "model": self.config.model})
@@ -219,7 +231,8 @@ class StageClient:
             with self._failures("stream"):
                 async for data in resp.chunks():
                     for payload in decoder.feed(data):
-                        if payload == DONE:
+                        if payload == DONE:  # the stream's logical end: its last chunk may still be on the way
+                            resp.release(drain=True)
                             return
                         if payload:
                             yield payload
@@ -231,7 +244,7 @@ class StageClient:
 
     async def healthy(self) -> bool:
         try:
-            resp = await self.pool.request("GET", self.pool.path.removesuffix("/v1") + "/health", {}, None, HEALTH_TIMEOUTS)
+            resp = await self.probes.request("GET", self.pool.path.removesuffix("/v1") + "/health", {}, None, HEALTH_TIMEOUTS)
             await resp.read()
         except HttpError:
             return False

@@ -357,13 +357,13 @@ class StagePool:
         """Probe ``ep`` (and read its queue gauges); whether it answered (True for an endpoint without a probe)."""
         if ep.probe_url is None or not isinstance(ep.client, StageClient):
             return True
-        error = await probe(ep.client.pool, ep.probe_url, ep.probe_headers, self.rules.probe_timeout_s)
+        error = await probe(ep.client.probes, ep.probe_url, ep.probe_headers, self.rules.probe_timeout_s)
         if error is None:
             ep.health.probe_ok()
         else:
             ep.health.probe_failed(error)
         if ep.metrics_url is not None and error is None:
-            gauges = await queue_gauges(ep.client.pool, ep.metrics_url, self.rules.probe_timeout_s)
+            gauges = await queue_gauges(ep.client.probes, ep.metrics_url, self.rules.probe_timeout_s)
             if gauges == "absent":
                 ep.metrics_url = None  # not a vLLM server (our CPU server has no /metrics): stop asking
             elif gauges is not None:

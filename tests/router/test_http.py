@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from router._http import ConnectFailed, ConnectTimeout, HttpPool, ProtocolFailure, ReadTimeout, Timeouts, TotalTimeout
+from router._http import ConnectFailed, ConnectTimeout, HttpPool, PoolClosed, ProtocolFailure, ReadTimeout, Timeouts, TotalTimeout
 from tests.conftest import free_port
 
 T = Timeouts(connect=5.0, open=5.0, read=5.0)
@@ -263,3 +263,108 @@ def test_only_http_urls_make_a_pool() -> None:
     with pytest.raises(ValueError, match="not an http"):
         HttpPool("ftp://example.com/v1", limit=1)
     assert HttpPool("https://example.com/v1", limit=1).port == 443
+
+
+@pytest.mark.anyio
+async def test_a_whole_body_over_the_high_water_mark_is_read_whole() -> None:
+    body = bytes(range(256)) * 4096 * 3  # 3 MiB: reading pauses above 1 MiB and must resume for read() too
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await _answers(reader, writer)
+
+    async with serving(handler) as (pool, accepted):
+        assert await asyncio.wait_for(_get(pool, Timeouts(connect=5, open=5, read=1)), 20) == (200, body)
+        assert await _get(pool) == (200, b"ok")
+    assert len(accepted) == 1
+
+
+@pytest.mark.anyio
+async def test_a_body_delimited_by_the_close_that_stalls_fails_and_is_not_taken_as_whole() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart1-")
+        await asyncio.sleep(10)
+
+    async with serving(handler) as (pool, _):
+        resp = await pool.request("GET", "/v1/x", {}, None, Timeouts(connect=5, open=5, read=0.3))
+        chunks = resp.chunks()
+        assert await anext(chunks) == b"part1-"
+        await asyncio.sleep(0.6)  # a slow reader: the stall is found while nobody waits
+        with pytest.raises(ReadTimeout):
+            await anext(chunks)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("drain", [True, False])
+async def test_a_stream_released_at_its_logical_end_keeps_its_connection_once_the_framing_ends(drain: bool) -> None:
+    """An SSE stream's ``[DONE]`` comes before the chunked body's last chunk; released with ``drain`` there, the
+    connection is kept once that chunk comes. Released without (an aborted answer), it is closed."""
+    gate, first = asyncio.Event(), [True]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not first:  # a later connection: plain answers
+            await _answers(reader, writer)
+        first.clear()
+        await _request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\ne\r\ndata: [DONE]\n\n\r\n")
+        await writer.drain()
+        await gate.wait()
+        writer.write(b"0\r\n\r\n")
+        await _answers(reader, writer)
+
+    async with serving(handler) as (pool, accepted):
+        resp = await pool.request("POST", "/v1/s", {}, b"{}", T)
+        assert await anext(resp.chunks()) == b"data: [DONE]\n\n"
+        resp.release(drain=drain)
+        gate.set()
+        await asyncio.sleep(0.1)
+        assert await _get(pool) == (200, b"ok")
+    assert len(accepted) == (1 if drain else 2)
+
+
+@pytest.mark.anyio
+async def test_a_connection_whose_answer_was_left_unread_past_the_high_water_mark_is_not_reused() -> None:
+    block, first = b"x" * (2**20 + 10), [True]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not first:  # a later connection: plain answers
+            await _answers(reader, writer)
+        first.clear()
+        await _request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(block) + block)
+        await _answers(reader, writer)
+
+    async with serving(handler) as (pool, accepted):
+        resp = await pool.request("GET", "/v1/x", {}, None, T)
+        while not resp._live().complete:  # the whole answer arrives, and reading was paused on the way
+            await asyncio.sleep(0.01)
+        resp.release()  # unread: the transport may still be paused
+        assert await asyncio.wait_for(_get(pool, Timeouts(connect=5, open=5, read=1)), 10) == (200, b"ok")
+    assert len(accepted) == 2
+
+
+@pytest.mark.anyio
+async def test_head_is_refused_and_a_closed_pool_refuses_calls_even_those_already_waiting() -> None:
+    release = asyncio.Event()
+
+    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _request(reader)
+        await release.wait()
+        writer.write(OK)
+
+    async with serving(held) as (pool, _):
+        with pytest.raises(ValueError, match="HEAD"):
+            await pool.request("HEAD", "/v1/x", {}, None, T)
+        busy = [asyncio.create_task(_get(pool)) for _ in range(4)]
+        await asyncio.sleep(0.1)
+        waiting = asyncio.create_task(_get(pool))
+        await asyncio.sleep(0.1)
+        await pool.close()
+        release.set()
+        assert await asyncio.gather(*busy) == [(200, b"ok")] * 4  # calls in flight finish
+        with pytest.raises(PoolClosed):
+            await waiting
+        with pytest.raises(PoolClosed):
+            await _get(pool)
