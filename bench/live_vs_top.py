@@ -25,6 +25,13 @@ reported for every task and again for the tasks whose two requests both ran quie
 appended to ``--rows`` (JSONL); a restart skips the requests already there (``--redo-noisy``: except those that
 others slowed), with a flush request wherever the two arms of a task would otherwise meet on the top stage.
 
+``--concurrency N`` (default 1: all of the above) keeps N requests in flight at a time, taken in the schedule's
+order (flush requests dropped) by a pool of N threads: the load of N clients at once. Then the two arms of a task
+may well meet on the top stage (one may find the other's prompt in its KV cache), there is no waiting for quiet
+(``--quiet-wait`` is ignored) and a request's foreign CPU seconds overlap its neighbours'. The result records the
+concurrency and the throughput: the recorded requests per wall-clock second of the run (the first request sent
+to the last one back; on a resumed run, of this run's requests only).
+
 Reported per arm: accuracy, mean / median / p90 seconds; paired: cascade/top ratio of mean seconds, of median
 seconds, and the median of per-task ratios (with bootstrap 95 % intervals), the accuracy difference in points,
 where the cascade stopped, and the config's thread layout. The result is stored under ``--label`` in ``--out``
@@ -32,7 +39,7 @@ where the cascade stopped, and the config's thread layout. The result is stored 
 
 Usage:
   make up &   # or: .venv/bin/adaptive-sd up
-  .venv/bin/python bench/live_vs_top.py [--limit 152] [--label shipped]
+  .venv/bin/python bench/live_vs_top.py [--limit 152] [--label shipped] [--concurrency 3]
   .venv/bin/python bench/live_vs_top.py --start --config other.yaml --label other   # starts and stops `up` itself
 """
 
@@ -46,8 +53,10 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -310,6 +319,7 @@ def summarise(rows: list[dict[str, Any]], settings: Settings, lam: float, skippe
         "lambda": lam,
         "top_stage": settings.stages[-1].name,
         "seed": args.seed,
+        "concurrency": args.concurrency,
         "test_tasks_without_checker_left_out": skipped_open,
         **figures(paired),
         "no_other_normal_priority_load": figures(calm),
@@ -334,6 +344,8 @@ def main() -> None:
                     "other processes to go quiet (0: do not wait)")  # fmt: skip
     ap.add_argument("--redo-noisy", action="store_true", help="on resuming, send again the requests other processes slowed")
     ap.add_argument("--keep-rows", action="store_true", help="keep the per-request rows in --out")
+    ap.add_argument("--concurrency", type=int, default=1, help="requests in flight at a time (1: one at a time, "
+                    "the two arms of a task kept apart on the top stage, waiting for quiet)")  # fmt: skip
     args = ap.parse_args()
 
     settings = load_settings(args.config)
@@ -384,41 +396,57 @@ def main() -> None:
             todo = [(a, t) for a, t in plan if a == "flush" or (t.id, a) not in done]
             finished = len(done)
             last_on_top = None  # the task whose prompt the top stage holds in its KV cache
+            lock = threading.Lock()
 
-            with rows_path.open("a") as f:
-                for arm, task in todo:
-                    if arm == "flush" or last_on_top == task.id:  # resumed: the schedule's separation may be gone
-                        send("flush", task)
-                        last_on_top = None
-                        if arm == "flush":
-                            continue
-                    if args.quiet_wait > 0:
-                        waited = load.wait_quiet(args.quiet_wait)
-                        if waited > 1:
-                            print(f"  waited {waited:.0f} s for other processes", file=sys.stderr, flush=True)
-                    r, seconds, (foreign, niced), ours = send(arm, task)
-                    row: dict[str, Any] = {"task": task.id, "family": task.family, "arm": arm, "lambda": lam, "seed": args.seed,
-                                           "seconds": round(seconds, 4), "status": r.status_code, "ladder_cpu_s": round(ours, 3),
-                                           "foreign_cpu_s": round(foreign, 3),
-                                           "foreign_niced_cpu_s": round(niced, 3)}  # fmt: skip
-                    if r.status_code == 200:
-                        data = r.json()
-                        text = data["choices"][0]["message"].get("content") or ""
-                        row["ok"] = bool(task.check(text)) if task.check else None
-                        row["completion_tokens"] = (data.get("usage") or {}).get("completion_tokens")
-                    else:
-                        row["ok"], row["error"] = False, r.text[:300]
-                    row["stage"] = r.headers.get("x-cascade-stage") or (top if arm == "top" else None)
-                    row["path"] = r.headers.get("x-cascade-path")
+            def record(arm: str, task: Task) -> dict[str, Any]:
+                """Send one request of the plan, grade it, append its row to ``f``."""
+                nonlocal finished, last_on_top
+                r, seconds, (foreign, niced), ours = send(arm, task)
+                row: dict[str, Any] = {"task": task.id, "family": task.family, "arm": arm, "lambda": lam, "seed": args.seed,
+                                       "seconds": round(seconds, 4), "status": r.status_code, "ladder_cpu_s": round(ours, 3),
+                                       "foreign_cpu_s": round(foreign, 3),
+                                       "foreign_niced_cpu_s": round(niced, 3)}  # fmt: skip
+                if r.status_code == 200:
+                    data = r.json()
+                    text = data["choices"][0]["message"].get("content") or ""
+                    row["ok"] = bool(task.check(text)) if task.check else None
+                    row["completion_tokens"] = (data.get("usage") or {}).get("completion_tokens")
+                else:
+                    row["ok"], row["error"] = False, r.text[:300]
+                row["stage"] = r.headers.get("x-cascade-stage") or (top if arm == "top" else None)
+                row["path"] = r.headers.get("x-cascade-path")
+                row["tokens"] = r.headers.get("x-cascade-tokens")
+                with lock:
                     if arm == "top" or top in (row["path"] or ""):
                         last_on_top = task.id
-                    row["tokens"] = r.headers.get("x-cascade-tokens")
                     f.write(json.dumps(row) + "\n")
                     f.flush()
                     done[(task.id, arm)] = row
                     finished += 1
                     print(f"[{finished}/{2 * len(tasks)}] {arm:7s} {task.id:32s} {seconds:6.2f} s ok={row['ok']} "
                           f"others {foreign:.2f}+{niced:.2f}n s {row['path'] or ''}", file=sys.stderr, flush=True)  # fmt: skip
+                return row
+
+            with rows_path.open("a") as f:
+                t_run = time.perf_counter()
+                if args.concurrency > 1:
+                    with ThreadPoolExecutor(args.concurrency) as pool:
+                        for fut in as_completed([pool.submit(record, a, t) for a, t in todo if a != "flush"]):
+                            fut.result()
+                else:
+                    for arm, task in todo:
+                        if arm == "flush" or last_on_top == task.id:  # resumed: the schedule's separation may be gone
+                            send("flush", task)
+                            last_on_top = None
+                            if arm == "flush":
+                                continue
+                        if args.quiet_wait > 0:
+                            waited = load.wait_quiet(args.quiet_wait)
+                            if waited > 1:
+                                print(f"  waited {waited:.0f} s for other processes", file=sys.stderr, flush=True)
+                        record(arm, task)
+                wall = time.perf_counter() - t_run
+                sent = sum(1 for a, _ in todo if a != "flush")
     finally:
         if proc is not None:
             stop_up(proc)
@@ -426,6 +454,7 @@ def main() -> None:
     ids = {t.id for t in tasks}
     rows = [r for r in done.values() if r["task"] in ids]
     result = summarise(rows, settings, lam, skipped_open, args)
+    result["throughput"] = {"requests": sent, "wall_s": round(wall, 2), "requests_per_s": round(sent / wall, 4) if wall else None}
     if args.keep_rows:
         result["rows"] = rows
     everything = json.loads(out.read_text()) if out.exists() else {}
