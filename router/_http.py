@@ -373,26 +373,22 @@ class HttpPool:
         started = loop.time()
         deadline = _Deadline(loop, timeouts, started)
         data = self.head(method, path, headers, len(body) if body is not None else None) + (body or b"")
-        try:
-            for attempt in range(2):
-                conn, reused = await self._connection(loop, timeouts, started)
-                conn._reset()
-                deadline.watch(conn)
+        for attempt in range(2):
+            conn, reused = await self._connection(loop, timeouts, started)
+            conn._reset()
+            deadline.watch(conn)
+            try:
                 assert conn.transport is not None
                 conn.transport.write(data)
-                try:
-                    while not conn.headers_done:
-                        await conn.wait()
-                except BaseException as exc:
-                    deadline.cancel()
-                    self.give_back(conn)  # an unfinished answer: the connection is closed, the slot freed
-                    if isinstance(exc, ProtocolFailure) and reused and not conn.got_bytes and attempt == 0:
-                        continue  # the server closed it as the request went: once more on a new connection
-                    raise
-                return HttpResponse(self, conn, deadline)
-        except BaseException:
-            deadline.cancel()
-            raise
+                while not conn.headers_done:
+                    await conn.wait()
+            except BaseException as exc:
+                deadline.cancel()
+                self.give_back(conn)  # an unfinished answer: the connection is closed, the slot freed
+                if isinstance(exc, ProtocolFailure) and reused and not conn.got_bytes and attempt == 0:
+                    continue  # the server closed it as the request went: once more on a new connection
+                raise
+            return HttpResponse(self, conn, deadline)
         raise AssertionError("unreachable")
 
     async def get(self, url: str, headers: dict[str, str], timeouts: Timeouts) -> tuple[int, bytes]:

@@ -244,8 +244,7 @@ class StageClient:
 
     async def healthy(self) -> bool:
         try:
-            resp = await self.probes.request("GET", self.pool.path.removesuffix("/v1") + "/health", {}, None, HEALTH_TIMEOUTS)
-            await resp.read()
+            status, _ = await self.probes.get(self.config.url.removesuffix("/v1") + "/health", {}, HEALTH_TIMEOUTS)
         except HttpError:
             return False
-        return resp.status == 200
+        return status == 200

@@ -171,17 +171,19 @@ def _concat_prefixes(a: dataset.Prefixes, b: dataset.Prefixes) -> dataset.Prefix
 def training_rows(data: dataset.Dataset, prefixes: dataset.Prefixes, family: str, labels: Sequence[Label],
                   tasks: np.ndarray) -> tuple[dataset.Dataset, dataset.Prefixes]:  # fmt: skip
     """(rows without ``family``) + the gathered ``labels`` (their answers' rows, with the label production gave,
-    each repeated its label's weight, rounded: ``training.learn.resampled``)."""
+    each repeated its label's weight, rounded: a shadow label's 1 / rate, whole at the rates replayed; the learner
+    resamples fractional weights, ``training.learn.resampled``)."""
     base, base_pre = data.where(data.family != family), prefixes.where(prefixes.family != family)
     if not labels:
         return base, base_pre
     at = {(str(t), int(s)): i for i, (t, s) in enumerate(zip(data.task, data.stage, strict=True))}
     latest = {(str(tasks[lb.task]), lb.stage): lb for lb in labels}  # a later label of the same answer wins
-    keys = [k for k in latest if k in at for _ in range(max(1, round(latest[k].weight)))]
+    times = {k: max(1, round(lb.weight)) for k, lb in latest.items()}
+    keys = [k for k in latest if k in at for _ in range(times[k])]
     ix = np.array([at[k] for k in keys], dtype=np.int64)
     got = dataclasses.replace(data.where(ix), y=np.array([latest[k].value for k in keys], dtype=np.int64))
     pre_keys = [(str(t), int(s)) for t, s in zip(prefixes.task, prefixes.stage, strict=True)]
-    pix = np.array([i for i, k in enumerate(pre_keys) if k in latest for _ in range(max(1, round(latest[k].weight)))], dtype=np.int64)
+    pix = np.array([i for i, k in enumerate(pre_keys) if k in latest for _ in range(times[k])], dtype=np.int64)
     got_pre = dataclasses.replace(prefixes.where(pix), y=np.array([latest[pre_keys[i]].value for i in pix], dtype=np.int64))
     return _concat(base, got), _concat_prefixes(base_pre, got_pre)
 

@@ -62,6 +62,17 @@ async def _answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, a
         await writer.drain()
 
 
+def _first_then_answers(first: Handler) -> Handler:
+    """``first`` on the first connection, plain answers (``_answers``) on every later one."""
+    served: list[int] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served.append(1)
+        await (first if len(served) == 1 else _answers)(reader, writer)
+
+    return handler
+
+
 async def _get(pool: HttpPool, timeouts: Timeouts = T) -> tuple[int, bytes]:
     resp = await pool.request("POST", "/v1/x", {"Content-Type": "application/json"}, b"{}", timeouts)
     return resp.status, await resp.read()
@@ -301,12 +312,9 @@ async def test_a_body_delimited_by_the_close_that_stalls_fails_and_is_not_taken_
 async def test_a_stream_released_at_its_logical_end_keeps_its_connection_once_the_framing_ends(drain: bool) -> None:
     """An SSE stream's ``[DONE]`` comes before the chunked body's last chunk; released with ``drain`` there, the
     connection is kept once that chunk comes. Released without (an aborted answer), it is closed."""
-    gate, first = asyncio.Event(), [True]
+    gate = asyncio.Event()
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not first:  # a later connection: plain answers
-            await _answers(reader, writer)
-        first.clear()
+    async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\ne\r\ndata: [DONE]\n\n\r\n")
         await writer.drain()
@@ -314,7 +322,7 @@ async def test_a_stream_released_at_its_logical_end_keeps_its_connection_once_th
         writer.write(b"0\r\n\r\n")
         await _answers(reader, writer)
 
-    async with serving(handler) as (pool, accepted):
+    async with serving(_first_then_answers(stream)) as (pool, accepted):
         resp = await pool.request("POST", "/v1/s", {}, b"{}", T)
         assert await anext(resp.chunks()) == b"data: [DONE]\n\n"
         resp.release(drain=drain)
@@ -326,17 +334,14 @@ async def test_a_stream_released_at_its_logical_end_keeps_its_connection_once_th
 
 @pytest.mark.anyio
 async def test_a_connection_whose_answer_was_left_unread_past_the_high_water_mark_is_not_reused() -> None:
-    block, first = b"x" * (2**20 + 10), [True]
+    block = b"x" * (2**20 + 10)
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not first:  # a later connection: plain answers
-            await _answers(reader, writer)
-        first.clear()
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(block) + block)
         await _answers(reader, writer)
 
-    async with serving(handler) as (pool, accepted):
+    async with serving(_first_then_answers(big)) as (pool, accepted):
         resp = await pool.request("GET", "/v1/x", {}, None, T)
         while not resp._live().complete:  # the whole answer arrives, and reading was paused on the way
             await asyncio.sleep(0.01)
