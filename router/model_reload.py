@@ -20,7 +20,7 @@ from pathlib import Path
 from common.settings import Settings
 from predictor.serving.calibration import LambdaTable
 from predictor.serving.interface import Predictor
-from predictor.serving.loader import PredictorLoadError, model_dir, model_version
+from predictor.serving.loader import PredictorLoadError, model_dir, model_version, watched
 from predictor.serving.runtime import OnnxPredictor
 from router.cascade import CascadeEngine
 from router.metrics import PREDICTOR_INFO, PREDICTOR_RELOADS
@@ -53,8 +53,9 @@ class ModelReloader:
         PREDICTOR_INFO.labels(self.engine.predictor.name, self.version, str(self.engine.predictor.trained).lower()).set(1)
 
     def start(self) -> None:
-        """Begin watching (nothing to watch for the baseline predictor, or with ``reload_s`` 0)."""
-        if self.loaded is not None and self.interval_s > 0:
+        """Begin watching (nothing to watch without ``predictor.path``, or with ``reload_s`` 0; a baseline with a
+        path watches for the registry's first version)."""
+        if watched(self.settings):
             self._task = asyncio.get_running_loop().create_task(self._watch())
 
     async def close(self) -> None:

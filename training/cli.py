@@ -118,7 +118,8 @@ def _learn(args: argparse.Namespace) -> int:
 
     from training import learn
 
-    outcome = learn.learn(Path(args.registry), [Path(p) for p in args.log], Path(args.data), Path(args.base), args.config,
+    shipped = None if args.data == "none" else Path(args.data)
+    outcome = learn.learn(Path(args.registry), [Path(p) for p in args.log], shipped, Path(args.base), args.config,
                           args.holdout, args.min_eval, args.margin, args.seed)  # fmt: skip
     print(json.dumps(outcome.to_dict(), indent=2))
     print(("promoted " + str(outcome.candidate) if outcome.promoted else "kept " + str(outcome.served)) + ": " + outcome.reason,
@@ -198,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     le = sub.add_parser("learn", help="refit on shipped plus logged traffic; promote into a registry if it does better")
     le.add_argument("--registry", required=True, help="the model registry (predictor.path of the routers)")
     le.add_argument("--log", action="append", required=True, help="a traffic log (predictor.log_path); repeat for each replica")
-    le.add_argument("--data", default=COLLECTED, help="the shipped collection, trained on too")
+    le.add_argument(
+        "--data", default=COLLECTED, help="the shipped collection, trained on too; none: a new ladder, learned from its traffic alone"
+    )
     le.add_argument("--base", default=MODEL, help="the model an empty registry starts from")
     le.add_argument("--config", help="the ladder the λ table is calibrated for (default: $ADAPTIVE_SD_CONFIG or configs/cpu.yaml)")
     le.add_argument("--holdout", type=float, default=learn.DEFAULT_HOLDOUT, help="newest share of labelled logged rows to decide on")

@@ -36,6 +36,16 @@ cascade escalated. Both the fit and the decision count each row ``weight``
 times in expectation (``resampled``: importance resampling, seeded, so that the
 four models' learners need no sample weights of their own).
 
+**A new ladder** (``shipped`` None, ``--data none``): no collection of this ladder
+exists, so the candidate is fitted on the logged rows alone, with their own splits
+(the traffic log draws them from each row's id). No checker judged them: the label
+is agreement with a higher stage, so the top stage's own logged answers are the
+reference, labelled 1 (``label(..., reference=True)``); they train the models but
+never decide (they are 1 by definition). No λ table is derived (that needs every
+stage's answer to every task); the registry starts empty and, until its first
+promotion, the model in service is the config's baseline (``predictor.kind:
+baseline`` with ``predictor.path`` at the registry: ``predictor.serving.loader``).
+
 What is not done yet: the comparison does not replay the rule's cost at matched
 quality on the evaluation rows (logged rows hold only the stages the cascade
 visited, which a replay of other decisions needs).
@@ -56,8 +66,9 @@ from typing import Any
 
 import numpy as np
 
+from common.settings import Settings
 from predictor.serving.labels import label
-from predictor.serving.loader import CURRENT_FILE
+from predictor.serving.loader import CURRENT_FILE, baseline_predictor
 from predictor.serving.runtime import OnnxPredictor
 from training import dataset
 
@@ -142,14 +153,23 @@ class LoggedRow:
     order: tuple[float, int]
 
 
-def labelled_rows(logs: Iterable[Path]) -> list[LoggedRow]:
-    """Every logged row with a labelled answer, oldest first."""
+def labelled_rows(logs: Iterable[Path], reference: int | None = None) -> list[LoggedRow]:
+    """Every logged row with a labelled answer (or, with ``reference``, an answer of that stage: the top), oldest
+    first."""
     out = []
     for n, path in enumerate(logs):
         for i, row in enumerate(dataset.read_rows(path)):
-            if any(label(s) is not None for s in row.get("stages") or ()):
+            if any(label(s) is not None or s.get("stage") == reference for s in row.get("stages") or ()):
                 out.append(LoggedRow(row, (float(row.get("time") or 0.0), n * 10**9 + i)))
     return sorted(out, key=lambda r: r.order)
+
+
+def with_reference(row: dict[str, Any], top: int) -> dict[str, Any]:
+    """``row`` with its top-stage answer labelled as the reference (module docstring, "A new ladder"): its
+    agreement with itself, 1."""
+    stages = [{**s, "agreement": 1.0} if s.get("stage") == top and label(s) is None and label(s, reference=True) else s
+              for s in row.get("stages") or ()]  # fmt: skip
+    return {**row, "stages": stages}
 
 
 def resampled(rows: Iterable[dict[str, Any]], seed_: int = 0) -> Iterator[dict[str, Any]]:
@@ -197,67 +217,90 @@ class Outcome:
         return asdict(self)
 
 
-def log_loss(model: Path, rows_path: Path) -> tuple[float, int]:
-    """The answer model's log-loss on the labelled answers of ``rows_path``, and how many there are."""
+def log_loss(model: Path | None, rows_path: Path, settings: Settings | None = None) -> tuple[float, int]:
+    """The answer model's log-loss on the labelled answers of ``rows_path``, and how many there are; ``model`` None:
+    the baseline of ``settings`` (a new ladder's model in service before its first promotion)."""
     from training.train import _log_loss
 
     data = dataset.load(rows_path)
-    return _log_loss(data.y.astype(np.float64), OnnxPredictor.load(model).predict_batch(data.x)), len(data.y)
+    if model is None:
+        assert settings is not None
+        baseline = baseline_predictor(settings)
+        p = np.array([baseline.predict(x) for x in data.x])
+    else:
+        p = OnnxPredictor.load(model).predict_batch(data.x)
+    return _log_loss(data.y.astype(np.float64), p), len(data.y)
 
 
 def learn(
     registry: Path,
     logs: list[Path],
-    shipped: Path,
-    base: Path,
+    shipped: Path | None,
+    base: Path | None,
     config: Path | None = None,
     holdout: float = DEFAULT_HOLDOUT,
     min_eval: int = DEFAULT_MIN_EVAL,
     margin: float = DEFAULT_MARGIN,
     seed_: int = 0,
 ) -> Outcome:
-    """One learning round (module docstring)."""
+    """One learning round (module docstring); ``shipped`` None: a new ladder, learned from its traffic alone."""
+    from common.settings import load_settings
     from training import calibrate, train
 
-    if current(registry) is None:
+    settings = load_settings(config)
+    new_ladder = shipped is None
+    if current(registry) is None and not new_ladder:
+        if base is None:
+            raise ValueError("an empty registry starts from a base model: name one, or learn a new ladder (shipped None)")
         seed(registry, base)
+    registry.mkdir(parents=True, exist_ok=True)
     served = current(registry)
-    assert served is not None
-    trained_until = float(lineage(registry, served).get("trained_until") or 0.0)
-    rows = labelled_rows(logs)
+    served_name = served or "baseline"
+    trained_until = float(lineage(registry, served).get("trained_until") or 0.0) if served else 0.0
+    top = len(settings.stages) - 1 if new_ladder else None
+    rows = labelled_rows(logs)  # the decision is made on answers a higher stage (or a checker) judged
     cut = len(rows) - max(1, math.ceil(holdout * len(rows))) if rows else 0
     older, newest = rows[:cut], rows[cut:]
+    if new_ladder:  # the top stage's answers train as the reference, also in rows with nothing else labelled
+        horizon = newest[0].order if newest else (math.inf, 0)
+        older = [r for r in labelled_rows(logs, top) if r.order < horizon]
     unseen = [r for r in newest if r.order[0] > trained_until or not r.order[0]]
-    outcome = Outcome(False, "", served, evaluation_rows=0)
+    outcome = Outcome(False, "", served_name, evaluation_rows=0)
     with tempfile.TemporaryDirectory(prefix="adaptive-sd-learn-") as tmp_name:
         tmp = Path(tmp_name)
         eval_path = _write(resampled((r.row for r in unseen), seed_), tmp / "evaluation.jsonl")
         answers = sum(label(s) is not None for r in unseen for s in r.row["stages"])
         outcome.evaluation_rows = answers
         if answers < min_eval:
-            outcome.reason = f"{answers} labelled answers newer than what {served} trained on; {min_eval} needed to decide"
+            outcome.reason = f"{answers} labelled answers newer than what {served_name} trained on; {min_eval} needed to decide"
             return outcome
-        logged = _write(resampled((r.row for r in older), seed_), tmp / "logged.jsonl")
-        merged = _concat([shipped, logged], tmp / "train.jsonl")
+        logged_rows = (with_reference(r.row, top) if top is not None else r.row for r in older)
+        logged = _write(resampled(logged_rows, seed_), tmp / "logged.jsonl")
+        merged = logged if shipped is None else _concat([shipped, logged], tmp / "train.jsonl")
         candidate_dir = tmp / "candidate"
-        train.run(merged, candidate_dir, seed=seed_, lofo=False)
-        calibration = calibrate.table(shipped, candidate_dir, config)
-        (candidate_dir / calibrate.CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
+        try:
+            train.run(merged, candidate_dir, seed=seed_, lofo=False)
+        except RuntimeError as exc:  # a split with one class, no pairs yet: the log is too small
+            outcome.reason = f"no candidate: {exc}"
+            return outcome
+        if shipped is not None:
+            calibration = calibrate.table(shipped, candidate_dir, config)
+            (candidate_dir / calibrate.CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
         mine, _ = log_loss(candidate_dir, eval_path)
-        theirs, _ = log_loss(registry / served, eval_path)
-        outcome.log_loss = {"candidate": round(mine, 5), served: round(theirs, 5)}
-        outcome.trained_rows = {"shipped": sum(1 for _ in dataset.read_rows(shipped)), "logged": len(older)}
+        theirs, _ = log_loss(registry / served if served else None, eval_path, settings)
+        outcome.log_loss = {"candidate": round(mine, 5), served_name: round(theirs, 5)}
+        outcome.trained_rows = {"shipped": sum(1 for _ in dataset.read_rows(shipped)) if shipped else 0, "logged": len(older)}
         if not mine < theirs - margin:
-            outcome.reason = f"the candidate's log-loss {mine:.4f} does not beat {served}'s {theirs:.4f} by {margin}"
+            outcome.reason = f"the candidate's log-loss {mine:.4f} does not beat {served_name}'s {theirs:.4f} by {margin}"
             return outcome
         record = {"parent": served, "source": "learn", "created": round(time.time(), 3),
-                  "trained_on": {"shipped": str(shipped), "logs": [str(p) for p in logs], **outcome.trained_rows},
+                  "trained_on": {"collection": str(shipped) if shipped else None, "logs": [str(p) for p in logs], **outcome.trained_rows},
                   "trained_until": older[-1].order[0] if older else trained_until,
                   "evaluation": {"answers": answers, "log_loss": outcome.log_loss}}  # fmt: skip
         outcome.candidate = _add_version(registry, candidate_dir, record)
         point(registry, outcome.candidate)
         outcome.promoted = True
-        outcome.reason = f"log-loss {mine:.4f} against {served}'s {theirs:.4f} on {answers} unseen labelled answers"
+        outcome.reason = f"log-loss {mine:.4f} against {served_name}'s {theirs:.4f} on {answers} unseen labelled answers"
         return outcome
 
 

@@ -170,12 +170,20 @@ def _concat_prefixes(a: dataset.Prefixes, b: dataset.Prefixes) -> dataset.Prefix
 
 def training_rows(data: dataset.Dataset, prefixes: dataset.Prefixes, family: str, labels: Sequence[Label],
                   tasks: np.ndarray) -> tuple[dataset.Dataset, dataset.Prefixes]:  # fmt: skip
-    """(rows without ``family``) + the gathered ``labels`` (their answers' rows, with the label production gave,
-    each repeated its label's weight, rounded: a shadow label's 1 / rate, whole at the rates replayed; the learner
-    resamples fractional weights, ``training.learn.resampled``)."""
+    """(rows without ``family``) + the gathered ``labels`` (``labelled_rows``)."""
     base, base_pre = data.where(data.family != family), prefixes.where(prefixes.family != family)
     if not labels:
         return base, base_pre
+    got, got_pre = labelled_rows(data, prefixes, labels, tasks)
+    return _concat(base, got), _concat_prefixes(base_pre, got_pre)
+
+
+def labelled_rows(data: dataset.Dataset, prefixes: dataset.Prefixes, labels: Sequence[Label], tasks: np.ndarray,
+                  split: Callable[[str], str] | None = None) -> tuple[dataset.Dataset, dataset.Prefixes]:  # fmt: skip
+    """The answers ``labels`` name (task index into ``tasks``, stage), with the label production gave them, each
+    repeated its label's weight, rounded (a shadow label's 1 / rate, whole at the rates replayed; the learner
+    resamples fractional weights, ``training.learn.resampled``); ``split(task id)`` reassigns their split, as the
+    traffic log does (None: the collection's)."""
     at = {(str(t), int(s)): i for i, (t, s) in enumerate(zip(data.task, data.stage, strict=True))}
     latest = {(str(tasks[lb.task]), lb.stage): lb for lb in labels}  # a later label of the same answer wins
     times = {k: max(1, round(lb.weight)) for k, lb in latest.items()}
@@ -185,7 +193,10 @@ def training_rows(data: dataset.Dataset, prefixes: dataset.Prefixes, family: str
     pre_keys = [(str(t), int(s)) for t, s in zip(prefixes.task, prefixes.stage, strict=True)]
     pix = np.array([i for i, k in enumerate(pre_keys) if k in latest for _ in range(times[k])], dtype=np.int64)
     got_pre = dataclasses.replace(prefixes.where(pix), y=np.array([latest[pre_keys[i]].value for i in pix], dtype=np.int64))
-    return _concat(base, got), _concat_prefixes(base_pre, got_pre)
+    if split is not None:
+        got = dataclasses.replace(got, split=np.array([split(str(t)) for t in got.task]))
+        got_pre = dataclasses.replace(got_pre, split=np.array([split(str(t)) for t in got_pre.task]))
+    return got, got_pre
 
 
 def fold_fitter(evidence: float) -> Fitter:

@@ -9,6 +9,11 @@ collection measures agreement with the top stage; the router, with the stage tha
 verified the answer (the next one up its ladder). An answer that breaks the
 request's rules (a malformed tool call, JSON that fails its schema) is labelled 0
 whatever else is known of it.
+
+Without a checker, the top stage is the reference the others are measured
+against: its own answer agrees with itself, so where a ladder learns from its
+traffic alone (no collection with checkers), the top stage's answers are
+labelled 1 unless they break the request's rules (``label(..., reference=True)``).
 """
 
 from __future__ import annotations
@@ -23,13 +28,16 @@ def agreement_label(agreement: float) -> int:
     return int(agreement >= AGREEMENT_THRESHOLD)
 
 
-def label(stage_row: dict[str, Any]) -> int | None:
+def label(stage_row: dict[str, Any], reference: bool = False) -> int | None:
     """A collected or logged stage answer's label: 1 acceptable, 0 not, None unknown (never checked nor verified:
-    such rows are skipped). A checker's verdict first, then a broken rule (``valid: false``), then agreement."""
+    such rows are skipped). A checker's verdict first, then a broken rule (``valid: false``), then agreement;
+    ``reference``: the answer is the top stage's, which the others' agreement is measured against (1)."""
     if stage_row.get("passed") is not None:
         return int(stage_row["passed"])
     if stage_row.get("valid") is False:
         return 0
+    if reference:
+        return 1
     if stage_row.get("agreement") is not None:
         return agreement_label(float(stage_row["agreement"]))
     return None

@@ -10,20 +10,42 @@ from predictor.serving.calibration import LambdaTable
 from predictor.serving.interface import Predictor
 from predictor.serving.runtime import OnnxPredictor, PredictorLoadError
 
-__all__ = ["CURRENT_FILE", "PredictorLoadError", "load_lambda_table", "load_predictor", "model_dir", "model_version", "resolve"]
+__all__ = [
+    "CURRENT_FILE",
+    "PredictorLoadError",
+    "baseline_predictor",
+    "load_lambda_table",
+    "load_predictor",
+    "model_dir",
+    "model_version",
+    "resolve",
+    "watched",
+]
 CURRENT_FILE = "current"  # in a model registry (``python -m training learn``): the name of the version in service
 PACKAGES_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the `predictor` package: the repository, or site-packages
 
 
 def model_dir(settings: Settings) -> Path | None:
-    """The directory of the configured ONNX model (None for the baseline)."""
+    """The directory of the ONNX model to serve now (None: the baseline).
+
+    ``kind: onnx``: ``predictor.path`` (a model directory, or a registry's version in service). ``kind: baseline``
+    with a ``path``: a new ladder learning from its traffic (``training learn --shipped none``): the baseline until
+    that registry names a version, then that version."""
     cfg = settings.predictor
-    if cfg.kind != "onnx" or not cfg.path:
+    if not cfg.path:
         return None
     path = Path(cfg.path)
+    if cfg.kind != "onnx":  # a registry the learner writes, relative to the working directory like the traffic log
+        return resolve(path) if (path / CURRENT_FILE).is_file() else None
     if not path.is_absolute() and not path.exists():
         path = PACKAGES_ROOT / path  # configs name the shipped model as `predictor/models/...`, package data
     return resolve(path)
+
+
+def watched(settings: Settings) -> bool:
+    """Whether replicas watch ``predictor.path`` for promotions (``router.model_reload``): a registry may be there
+    or may come (``kind: baseline`` with a path), and ``reload_s`` is not 0."""
+    return bool(settings.predictor.path) and settings.predictor.reload_s > 0
 
 
 def resolve(path: Path) -> Path:
@@ -53,13 +75,18 @@ def load_lambda_table(settings: Settings) -> LambdaTable | None:
 
 def load_predictor(settings: Settings) -> Predictor:
     cfg = settings.predictor
-    n = len(settings.stages)
-    if cfg.kind == "onnx":
-        path = model_dir(settings)
-        if path is None:
-            raise PredictorLoadError("predictor.kind is 'onnx' but predictor.path is not set")
+    path = model_dir(settings)
+    if path is not None:
         return OnnxPredictor.load(path, evidence=settings.cascade.risk.evidence)
-    coefs = list(cfg.baseline) + [BaselineCoefficients()] * (n - len(cfg.baseline))
+    if cfg.kind == "onnx":
+        raise PredictorLoadError("predictor.kind is 'onnx' but predictor.path is not set")
+    return baseline_predictor(settings)
+
+
+def baseline_predictor(settings: Settings) -> MeanLogprobPredictor:
+    """The config's mean-logprob baseline (``predictor.baseline`` coefficients, each stage's ``prior``)."""
+    n = len(settings.stages)
+    coefs = list(settings.predictor.baseline) + [BaselineCoefficients()] * (n - len(settings.predictor.baseline))
     return MeanLogprobPredictor(
         [(c.intercept, c.slope) for c in coefs[:n]],
         [s.prior for s in settings.stages],

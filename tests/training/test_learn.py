@@ -7,12 +7,14 @@ collection, logged as the router logs them (a time each, the newest last).
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import pytest
 
 from predictor.serving.loader import resolve
+from predictor.serving.rows import split_of
 from training import learn
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,3 +84,53 @@ def test_a_shadow_checked_row_counts_its_weight_in_expectation_and_others_once()
     assert set(counts) == {2, 3} and abs(sum(counts) / 2000 - 2.5) < 0.05
     assert [r["id"] for r in out if r["id"] < 0] == [-1, -2]
     assert out == list(learn.resampled(rows, seed_=3))  # seeded: the same rows for the same run
+
+
+CPU_LEARN = ROOT / "configs" / "cpu-learn.yaml"
+
+
+def _new_ladder_traffic(path: Path, families: set[str], t0: float = 1000.0) -> Path:
+    """The collection's answers of ``families`` logged as a new ladder's router logs them: no checker verdicts; the
+    stages below the top labelled by agreement (here the checker's verdict stands in for the verifier's), the top's
+    answer unlabelled; every third request went straight to the top (skipped by the prior)."""
+    with SHIPPED.open() as src, path.open("w") as out:
+        rows = [json.loads(line) for line in src if json.loads(line)["family"] in families]
+        for i, row in enumerate(rows):
+            top = max(s["stage"] for s in row["stages"])
+            stages = [{**s, "passed": None, "agreement": None if s["stage"] == top else float(bool(s["passed"]))}
+                      for s in row["stages"] if s["stage"] == top or i % 3]  # fmt: skip
+            rid = f"traffic/{i}"
+            logged = {**row, "task": rid, "split": split_of(rid), "family": "traffic", "stages": stages, "time": t0 + i}
+            out.write(json.dumps(logged) + "\n")
+    return path
+
+
+def test_a_new_ladder_learns_from_its_traffic_alone(tmp_path: Path) -> None:
+    """No collection, no base: the registry stays empty while the baseline serves, the first promotion is v0001
+    (no parent, no λ table), decided on the lower stages' labels only while the top's answers train as the
+    reference."""
+    registry = tmp_path / "models"
+    log = _new_ladder_traffic(tmp_path / "traffic.jsonl", {"dates", "units", "arithmetic", "lists"})
+    few = learn.learn(registry, [log], None, None, CPU_LEARN, min_eval=10_000)
+    assert not few.promoted and few.served == "baseline" and learn.versions(registry) == [], few
+    outcome = learn.learn(registry, [log], None, None, CPU_LEARN, holdout=0.5, min_eval=20, margin=-1.0)
+    assert outcome.promoted and outcome.candidate == "v0001" and learn.current(registry) == "v0001", outcome
+    assert set(outcome.log_loss) == {"candidate", "baseline"}
+    rows = learn.labelled_rows([log])  # rows with a lower stage's label: the holdout is taken from these
+    newer = rows[len(rows) - math.ceil(len(rows) / 2) :]
+    assert outcome.evaluation_rows == sum(s["agreement"] is not None for r in newer for s in r.row["stages"])
+    record = learn.lineage(registry, "v0001")
+    assert record["parent"] is None and record["trained_on"]["collection"] is None and record["trained_on"]["shipped"] == 0
+    every = learn.labelled_rows([log], reference=2)  # the top's answers too: rows with nothing else labelled train
+    assert record["trained_on"]["logged"] == sum(r.order < newer[0].order for r in every) > len(rows) - len(newer)
+    assert not (registry / "v0001" / "calibration.json").exists()
+    card = json.loads((registry / "v0001" / "card.json").read_text())
+    assert card["data"]["rows"]["train"] > 0
+    labelled = learn.with_reference(every[0].row, 2)
+    assert [s["agreement"] for s in labelled["stages"] if s["stage"] == 2] == [1.0]
+
+
+def test_an_empty_registry_needs_a_base_unless_the_ladder_is_new(tmp_path: Path) -> None:
+    log = _traffic(tmp_path / "traffic.jsonl", {"dates"})
+    with pytest.raises(ValueError, match="base model"):
+        learn.learn(tmp_path / "models", [log], SHIPPED, None)

@@ -1,0 +1,328 @@
+"""A ladder it has never seen, replayed: no trained model, no collection, only its own traffic to learn from.
+
+What a user of a new ladder (vLLM stages on GPUs, say) starts with is ``predictor.kind: baseline``: hand-set
+mean-logprob coefficients and priors, the rule running safe (``cascade.untrained_lambda_scale``, shadow checks at
+``cascade.shadow.untrained_rate``), the traffic log on and ``training learn --shipped none`` promoting the first
+model learned from the log alone. This replays that on the CPU ladder's collection, the same way for every arm:
+
+1. **Traffic**: the train split, shuffled (seeded), one request at a time through the router's rule
+   (``replay.cascade``, λ the config's default) with the model in service: first the config's baseline (λ scaled
+   while it serves), then each promoted model. Each request yields what the traffic log would hold: every answer
+   the cascade finished, labelled as production labels it (``learning_curve.request_labels``: verification of
+   each escalated answer by the next stage that answered, a shadow check of the returned one at the rate in
+   force), and the top stage's own answer as the reference (``label(..., reference=True)``: 1).
+2. **Learning**: every ``learn_every`` requests, the learner's round on the log so far, with no collection: a
+   candidate fitted on the older logged answers (splits by task id, as the traffic log assigns them), promoted
+   only if its log-loss on the newest 20 % beats the model in service's (``learn.DEFAULT_MIN_EVAL`` of them at
+   least; ``training.learn``).
+3. **Test**: the collection's test split, replayed with the model in service after each round, against the top
+   stage alone and the shipped model (trained offline on the whole collection's train split with checkers) on the
+   same tasks: quality (the checker's verdict, top-stage agreement for open prompts) and compute (2 x parameters
+   x tokens, ``prices.compute``).
+
+Targets (issue 22): quality within 1 point of the top stage and compute within 10 % of the shipped model's; the
+result says after how many requests the model in service first met both.
+
+Differences from a live run (stated in the JSON): verification agreement with a non-top verifier is estimated from
+the collected texts (``reuse.replay``); a shadow check's draft tokens are the answering stage's; the collection
+has no tool-call or JSON tasks (no validity labels).
+
+Usage: ``python -m training.unseen_ladder [--config configs/cpu-learn.yaml] [--learn-every 50]``
+(bench/results/unseen_ladder.json and .png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.settings import Settings, load_settings
+from predictor.serving.baseline import MeanLogprobPredictor
+from predictor.serving.loader import baseline_predictor
+from predictor.serving.rows import split_of
+from predictor.serving.runtime import OnnxPredictor
+from training import dataset, learn, replay
+from training.learning_curve import Agreement, Label, figures, labelled_rows, request_labels, shadow_cost, visits
+from training.replay import BatchPredictor, Options, Table
+
+OUT_JSON = Path("bench/results/unseen_ladder.json")
+OUT_PNG = Path("bench/results/unseen_ladder.png")
+CONFIG = Path("configs/cpu-learn.yaml")
+SHIPPED = Path("predictor/models/cpu")
+TARGET_POINTS = 1.0  # within this many points of the top stage
+TARGET_VS_SHIPPED = 1.10  # compute at most this multiple of the shipped model's
+DIFFERENCES = [
+    "verification agreement with a non-top verifier is estimated from the collected texts (reuse.replay), not scored",
+    "a shadow check's draft tokens are the answering stage's output tokens (the verifier's tokenizer may differ)",
+    "no validity labels: the collection has no tool-call or JSON-schema tasks",
+]
+
+
+class BaselineBatch:
+    """The baseline predictor (``MeanLogprobPredictor``) with the replay's batch interface: p̂ from the mean
+    logprob, the configured priors for the prior and for every belief about a higher stage; no prefix model."""
+
+    def __init__(self, baseline: MeanLogprobPredictor) -> None:
+        self.b = baseline
+        self.evidence = baseline.evidence
+        self.lengths = baseline.lengths
+        self.checkpoints = baseline.checkpoints
+        self.prefix_strengths = baseline.prefix_strengths
+        self._priors = np.asarray(baseline.stage_priors, dtype=np.float64)
+
+    def predict_batch(self, x: np.ndarray) -> np.ndarray:
+        return np.array([self.b.predict(row) for row in x], dtype=np.float64)
+
+    def prior_batch(self, x: np.ndarray) -> np.ndarray:
+        return self._priors[x[:, -1].astype(np.int64)]  # the last prompt feature is the stage asked about
+
+    def posterior_batch(self, x: np.ndarray) -> np.ndarray:
+        return self._priors[x[:, -1].astype(np.int64)]  # the last belief feature is the target stage
+
+    def prefix_batch(self, x: np.ndarray) -> np.ndarray:
+        return np.full(len(x), np.nan)
+
+
+@dataclass
+class Setup:
+    settings: Settings
+    full: Table
+    costs: replay.UnitCosts  # compute
+    rule_prices: list[Any]
+    prompt_prices: list[float]
+    data: dataset.Dataset
+    prefixes: dataset.Prefixes
+    agree: Agreement
+    lam: float
+    opt: Options
+
+
+def setup(data_path: Path, config: Path) -> Setup:
+    from training import train
+    from training.tasks import registry
+
+    settings = load_settings(config)
+    prices = replay.prices_of(settings)
+    full = replay.table(data_path, train.CHECKPOINTS, {t.id: t.max_tokens for t in registry.build("mix")})
+    rows = {r["task"]: r for r in dataset.read_rows(data_path)}
+    return Setup(settings, full, replay.unit_costs(full, "compute", prices["compute"]),
+                 [st.price(settings.cascade.cost_unit) for st in settings.stages], [p.prompt_token for p in prices["compute"]],
+                 dataset.load(data_path), dataset.prefixes(data_path, train.CHECKPOINTS),
+                 Agreement(rows, full.task, full.n_stages, "agreement"), settings.cascade.default_lambda, Options.of(settings))  # fmt: skip
+
+
+def test_point(s: Setup, test: np.ndarray, model: BatchPredictor, lam: float) -> dict[str, Any]:
+    t = s.full.rows(test)
+    costs = {"compute": replay.UnitCosts(s.costs.full[test], s.costs.at[test], s.costs.saving[test])}
+    out = replay.cascade(t, replay.beliefs(t, model, s.rule_prices), costs, lam, s.opt)
+    top = t.n_stages - 1
+    return {"tasks": int(len(t.y)), "correct": int(out.correct.sum()), "top_correct": int(t.y[:, top].sum()),
+            "compute": float(out.spent["compute"].sum()), "top_compute": float(costs["compute"].full[:, top].sum()),
+            "stops": [int((out.final == k).sum()) for k in range(t.n_stages)]}  # fmt: skip
+
+
+def _logged_split(task: str) -> str:
+    """A logged row's split: the traffic log draws it from the row's id (``split_of``), independent of the
+    collection's split (which is the same function of the task id: every traffic task would be "train")."""
+    return split_of(f"traffic/{task}")
+
+
+def _log_loss(model: BatchPredictor, x: np.ndarray, y: np.ndarray) -> float:
+    from training.train import _log_loss as ll
+
+    return float(ll(y.astype(np.float64), model.predict_batch(x)))
+
+
+def run(data_path: Path = Path("data/cpu/collect.jsonl"), config: Path = CONFIG, shipped: Path = SHIPPED,
+        learn_every: int = 50, seed: int = 0, out_json: Path | None = OUT_JSON, out_png: Path | None = OUT_PNG,
+        progress: bool = True, limit: int | None = None, explore: float = 0.0) -> dict[str, Any]:  # fmt: skip
+    """The whole replay (module docstring); the JSON-ready result."""
+    from tqdm import tqdm
+
+    from training import train
+
+    t0 = time.perf_counter()
+    s = setup(data_path, config)
+    n, top = s.full.n_stages, s.full.n_stages - 1
+    if s.settings.predictor.kind != "baseline":
+        raise ValueError(f"{config} serves a trained model: a new ladder starts with predictor.kind: baseline")
+    baseline = baseline_predictor(s.settings)  # what serves until the first promotion (not a registry's version)
+    rng = np.random.default_rng(seed)
+    traffic = np.flatnonzero(s.full.split == "train")
+    traffic = traffic[rng.permutation(len(traffic))][:limit]
+    test = np.flatnonzero(s.full.split == "test")
+    shadow = s.settings.cascade.shadow
+    untrained_rate = shadow.rate if shadow.untrained_rate is None else shadow.untrained_rate
+    scale = s.settings.cascade.untrained_lambda_scale
+
+    model: BatchPredictor = BaselineBatch(baseline)
+    trained, version = False, "baseline"
+    shipped_model = OnnxPredictor.load(shipped)
+    shipped_point = test_point(s, test, shipped_model, s.lam)
+    curve: list[dict[str, Any]] = [{"seen": 0, "version": version, "labels": 0, **test_point(s, test, model, s.lam * scale)}]
+    labels: list[Label] = []
+    stamps: list[int] = []  # the request index each label came from: "time" in the log
+    rounds: list[dict[str, Any]] = []
+    trained_until = -1
+    spent = {"compute": 0.0, "top_compute": 0.0, "shadow_compute": 0.0, "correct": 0, "shadow_checks": 0, "explored": 0}
+    one = {"compute": s.costs}
+    for k, i in enumerate(tqdm(traffic.tolist(), disable=not progress, unit="request", desc="traffic")):
+        sel = np.array([i])
+        t = s.full.rows(sel)
+        lam = s.lam if trained else s.lam * scale
+        rate = shadow.rate if trained else untrained_rate
+        explored = explore > 0 and bool(rng.random() < explore)
+        opt = dataclasses.replace(s.opt, skip=False) if explored else s.opt
+        costs = {u: replay.UnitCosts(c.full[sel], c.at[sel], c.saving[sel]) for u, c in one.items()}
+        out, finished, _ = visits(t, replay.beliefs(t, model, s.rule_prices), costs, lam, opt)
+        spent["explored"] += int(explored)
+        final = int(out.final[0])
+        drawn = rate > 0 and final + 1 < n and bool(rng.random() < rate)
+        got = request_labels(i, finished[0].tolist(), final, n, s.opt.draft_reuse, drawn, s.agree, rate or 1.0)
+        if finished[0, top]:
+            got.append(Label(i, top, 1, "reference", top))
+        labels += got
+        stamps += [k] * len(got)
+        spent["compute"] += float(out.spent["compute"][0])
+        spent["top_compute"] += float(s.costs.full[i, top])
+        spent["correct"] += int(out.correct[0])
+        if drawn:
+            spent["shadow_checks"] += 1
+            spent["shadow_compute"] += shadow_cost(s.full, i, final, s.prompt_prices)
+        if (k + 1) % learn_every:
+            continue
+        # the learner's round on the log so far (training.learn): the newest 20 % decide, the rest train
+        # (the top stage's reference labels are 1 by definition: they neither decide nor count toward the holdout)
+        judged = [k for k, lb in enumerate(labels) if lb.source != "reference"]
+        cut = judged[-max(1, math.ceil(learn.DEFAULT_HOLDOUT * len(judged)))] if judged else len(labels)
+        newest = [lb for lb, at in zip(labels[cut:], stamps[cut:], strict=True) if at > trained_until and lb.source != "reference"]
+        record: dict[str, Any] = {"seen": k + 1, "labels": len(labels), "evaluation": len(newest), "promoted": False}
+        rounds.append(record)
+        if len(newest) < learn.DEFAULT_MIN_EVAL:
+            record["reason"] = f"{len(newest)} unseen labels, {learn.DEFAULT_MIN_EVAL} needed"
+            continue
+        d, p = labelled_rows(s.data, s.prefixes, labels[:cut], s.full.task, _logged_split)
+        try:
+            cand = train.FoldPredictor(d, p, seed)
+        except (RuntimeError, ValueError) as exc:  # a split with one class, no pairs yet: not enough log
+            record["reason"] = f"no candidate: {exc}"
+            continue
+        x = np.stack([s.full.x[lb.task, lb.stage] for lb in newest])
+        y = np.array([lb.value for lb in newest])
+        mine, theirs = _log_loss(cand, x, y), _log_loss(model, x, y)
+        record["log_loss"] = {"candidate": round(mine, 4), version: round(theirs, 4)}
+        if mine < theirs:
+            version = f"v{sum(r['promoted'] for r in rounds) + 1:04d}"
+            model, trained, trained_until = cand, True, stamps[cut - 1]
+            record.update(promoted=True, version=version)
+            priors = model.prior_batch(s.full.prior_x[test].reshape(-1, s.full.prior_x.shape[-1])).reshape(len(test), n)
+            curve.append({"seen": k + 1, "version": version, "labels": len(labels), **test_point(s, test, model, s.lam),
+                          "mean_prior": [round(float(v), 3) for v in priors.mean(axis=0)]})  # fmt: skip
+    top_point = curve[0]
+    result = {
+        "config": {
+            "data": data_path.name,
+            "config": str(config),
+            "shipped": str(shipped),
+            "learn_every": learn_every,
+            "explore": explore,
+            "seed": seed,
+            "lam": s.lam,
+            "untrained_lambda_scale": scale,
+            "shadow_rate": shadow.rate,
+            "shadow_untrained_rate": untrained_rate,
+            "traffic": int(len(traffic)),
+            "test": int(len(test)),
+        },  # fmt: skip
+        "differences_from_live": DIFFERENCES,
+        "traffic": {
+            **spent,
+            "requests": int(len(traffic)),
+            "labels": len(labels),
+            "labels_by_source": {src: sum(lb.source == src for lb in labels) for src in ("verification", "shadow", "reference")},
+            "compute_vs_top": spent["compute"] / spent["top_compute"],
+            "shadow_compute_vs_top": spent["shadow_compute"] / spent["top_compute"],
+        },  # fmt: skip
+        "rounds": rounds,
+        "curve": [c | _vs(c, shipped_point) for c in curve],
+        "shipped": shipped_point | figures(shipped_point),
+        "top_quality": top_point["top_correct"] / top_point["tasks"],
+    }
+    met = [c for c in result["curve"] if c["points_below_top"] <= TARGET_POINTS and c["compute_vs_shipped"] <= TARGET_VS_SHIPPED]
+    result["targets"] = {"within_points": TARGET_POINTS, "compute_vs_shipped": TARGET_VS_SHIPPED,
+                         "met": bool(met) and met[-1] is result["curve"][-1],
+                         "first_requests_seen_meeting_both": met[0]["seen"] if met else None}  # fmt: skip
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    if out_json is not None:
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(result, indent=1) + "\n")
+    if out_png is not None:
+        plot(result, out_png)
+    return result
+
+
+def _vs(point: dict[str, Any], shipped: dict[str, Any]) -> dict[str, float]:
+    return figures(point) | {"compute_vs_shipped": point["compute"] / shipped["compute"]}
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c, sh = result["curve"], result["shipped"]
+    seen = [p["seen"] for p in c] + [result["traffic"]["requests"]]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    axes[0].step(seen, [-p["points_below_top"] for p in c] + [-c[-1]["points_below_top"]], where="post", label="model in service")
+    axes[0].axhline(-sh["points_below_top"], color="purple", ls="--", label="shipped model (offline, checkers)")
+    axes[0].axhline(-TARGET_POINTS, color="green", ls=":", label=f"target: within {TARGET_POINTS:g} point")
+    axes[0].axhline(0, color="grey", lw=0.8)
+    axes[0].set_ylabel("test-split quality vs the top stage (points)")
+    axes[1].step(seen, [p["compute_vs_top"] for p in c] + [c[-1]["compute_vs_top"]], where="post", label="model in service")
+    axes[1].axhline(sh["compute_vs_top"], color="purple", ls="--", label="shipped model")
+    axes[1].axhline(
+        sh["compute_vs_top"] * TARGET_VS_SHIPPED, color="green", ls=":", label=f"target: {TARGET_VS_SHIPPED:g}x the shipped model"
+    )
+    axes[1].axhline(1.0, color="grey", lw=0.8)
+    axes[1].set_ylabel("test-split compute vs the top stage alone")
+    for ax in axes:
+        ax.set_xlabel("requests of traffic seen (train split)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    cfg = result["config"]
+    fig.suptitle(f"a new ladder learning from its own traffic: {cfg['traffic']} requests, a learning round every "
+                 f"{cfg['learn_every']}, {cfg['test']} test tasks, λ {cfg['lam']:g}", fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m training.unseen_ladder", description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=Path("data/cpu/collect.jsonl"))
+    ap.add_argument("--config", type=Path, default=CONFIG, help="a ladder config with predictor.kind: baseline")
+    ap.add_argument("--shipped", type=Path, default=SHIPPED, help="the offline-trained model to compare with")
+    ap.add_argument("--learn-every", type=int, default=50, help="a learning round after this many requests")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--explore", type=float, default=0.0, help="share of requests started at the first stage whatever the prior says")
+    ap.add_argument("--limit", type=int, default=None, help="at most this many traffic requests")
+    ap.add_argument("--out", type=Path, default=OUT_JSON)
+    ap.add_argument("--png", type=Path, default=OUT_PNG)
+    a = ap.parse_args(argv)
+    res = run(a.data, a.config, a.shipped, a.learn_every, a.seed, a.out, a.png, limit=a.limit, explore=a.explore)
+    print(json.dumps({k: res[k] for k in ("traffic", "shipped", "targets")} | {"last": res["curve"][-1]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
