@@ -481,6 +481,13 @@ class ShadowHealth(_Body):
     failed: int
 
 
+class ExploreHealth(_Body):
+    """Exploration in this replica (``cascade.explore``): the share of requests that tour the whole ladder for labels."""
+
+    rate: float = Field(description="the rate in force now (the untrained rate while the baseline serves)")
+    untrained_rate: float = Field(description="the rate while the predictor in service is not trained on this ladder")
+
+
 class Health(_Body):
     """``GET /health``: liveness, and each stage endpoint's state as the router sees it."""
 
@@ -489,10 +496,11 @@ class Health(_Body):
     model_version: str = Field(description="the model in service: its registry version or directory name; `builtin` for the baseline")
     predictor_trained: bool = Field(
         description="whether the model in service is trained on this ladder; false (the baseline) means the router runs safe: "
-        "λ scaled by `cascade.untrained_lambda_scale`, shadow checks at `shadow.untrained_rate`"
+        "λ scaled by `cascade.untrained_lambda_scale`, shadow checks at `shadow.untrained_rate`, tours at `explore.untrained_rate`"
     )
     tenancy: TenancyHealth
     shadow: ShadowHealth
+    explore: ExploreHealth
     stages: dict[str, str] | None = Field(
         None,
         description="only with ?stages=true: each stage, probed now: `ok`, `unreachable`, or `dead (<how its process ended>)` "

@@ -373,10 +373,28 @@ class ShadowConfig(_Model):
     )
 
 
+class ExploreConfig(_Model):
+    """Exploration (``router.cascade``, a "tour"): a sampled share of requests visits every stage it may use, in
+    order, each verifying the answer below it as a draft, and returns the top stage's answer. The user gets the top
+    stage's quality; every lower answer gets a verification label, on a sample of the traffic that no prior or
+    decision chose (what a new ladder, or a new kind of prompt, needs before its lower stages can be judged)."""
+
+    rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="probability that a request tours the ladder while a trained model serves (0: off)"
+    )
+    untrained_rate: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="the rate while the predictor in service is not trained on this ladder (kind: baseline) (None: rate)",
+    )
+
+
 class CascadeConfig(_Model):
     model_name: str = Field(defaults.MODEL_NAME, description="the `model` value that runs the adaptive ladder")
     default_lambda: float = Field(defaults.LAMBDA, ge=0.0, description="quality weight when a request names none")
     skip_by_prior: bool = Field(True, description="let the prompt-only priors skip small stages")
+    explore: ExploreConfig = Field(default_factory=ExploreConfig, description="tours of the whole ladder, for labels")
     untrained_lambda_scale: float = Field(
         1.0,
         ge=1.0,

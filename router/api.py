@@ -373,6 +373,7 @@ def create_app(
             "predictor_trained": not engine.untrained,
             "tenancy": tenants.health(),
             "shadow": engine.shadow.health(),
+            "explore": {"rate": engine.explore_rates[engine.untrained], "untrained_rate": engine.explore_rates[1]},
         }
         if tenants.degraded:
             body["status"] = "degraded"

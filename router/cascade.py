@@ -40,6 +40,7 @@ the policy knows in advance that its answer will not move p̂.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -56,6 +57,7 @@ from router.labels import FreeLabel, record_labels
 from router.metrics import (
     ANSWERS_WITHOUT_LOGPROBS,
     CASCADE_ESCALATIONS,
+    CASCADE_TOURS,
     DRAFT_TOKENS,
     EARLY_EXITS,
     INVALID_ANSWERS,
@@ -83,13 +85,14 @@ class Route:
     induction must not count on it.
     """
 
-    __slots__ = ("observed", "policy", "refresh", "stages")
+    __slots__ = ("observed", "policy", "refresh", "stages", "tour")
 
     def __init__(self, policy: StoppingPolicy, stages: Sequence[int], refresh: Callable[[], StoppingPolicy] | None = None) -> None:
         self.policy = policy
         self.stages = list(stages)
         self.refresh = refresh  # load-aware: the policy at the stages' current costs, rebuilt before each decision
         self.observed: tuple[int, list[float]] | None = None  # the latest answer's beliefs about the stages above it (positions)
+        self.tour = False  # exploration (cascade.explore): every stage in order, the top's answer returned
 
     def observe(self, stage: int, beliefs: Sequence[float]) -> None:
         """``stage`` has answered; ``beliefs[k]`` is the predictor's P(ladder stage ``stage + 1 + k`` acceptable) given
@@ -104,15 +107,20 @@ class Route:
         return self.policy.priors[self.stages.index(stage)]
 
     def start(self, skip_by_prior: bool) -> int:
-        return self.stages[self.policy.start(skip_by_prior)]
+        return self.stages[0 if self.tour else self.policy.start(skip_by_prior)]
 
     def next_after(self, stage: int) -> int | None:
-        """The best stage to escalate to after ``stage``; None at the top."""
-        nxt, _ = self.policy.best_after(self.stages.index(stage))
+        """The best stage to escalate to after ``stage`` (on a tour, the next one); None at the top."""
+        i = self.stages.index(stage)
+        if self.tour:
+            return self.stages[i + 1] if i + 1 < len(self.stages) else None
+        nxt, _ = self.policy.best_after(i)
         return None if nxt is None else self.stages[nxt]
 
     def decide(self, stage: int, p_hat: float) -> int | None:
-        """The stage to escalate to, or None to stop at ``stage``."""
+        """The stage to escalate to, or None to stop at ``stage`` (a tour goes on to the top)."""
+        if self.tour:
+            return self.next_after(stage)
         self._refresh()
         decision = self.policy.decide(self.stages.index(stage), p_hat)
         return None if decision.stop or decision.next_stage is None else self.stages[decision.next_stage]
@@ -193,11 +201,20 @@ class CascadeEngine:
         self.acceptance = AcceptanceTracker(settings.cascade.draft_min_accepted)
         self.traffic = TrafficLog(settings.predictor.log_path) if settings.predictor.log_path else None
         self.shadow = ShadowChecks(settings.cascade.shadow, self.stages)
+        explore = settings.cascade.explore
+        self.explore_rates = (explore.rate, explore.rate if explore.untrained_rate is None else explore.untrained_rate)
+        self._rng = random.Random()
 
     @property
     def untrained(self) -> bool:
         """Whether the predictor in service is a guess, not fitted on this ladder (the baseline): the rule runs safe."""
         return not self.predictor.trained
+
+    def draw_tour(self, req: CascadeRequest) -> bool:
+        """Whether ``req`` tours the ladder (``cascade.explore``): drawn at the rate for the model in service, never
+        for a tenant excluded from learning."""
+        rate = self.explore_rates[self.untrained]
+        return req.learn and rate > 0 and self._rng.random() < rate
 
     def effective_lambda(self, lam: float) -> float:
         """The λ the rule uses for a request asking ``lam``: scaled by ``cascade.untrained_lambda_scale`` while the
@@ -284,11 +301,12 @@ class CascadeEngine:
         or ``router.openai.completions.dialect.COMPLETIONS_DIALECT``)."""
         if req.spec is None:
             req.spec = AnswerSpec.of(req.body)
-        result = await self._run(req, req.spec, api)
+        tour = self.draw_tour(req)
+        result = await self._run(req, req.spec, api, tour)
         labels = record_labels(result.visits)
         if req.learn:  # its tenant may be excluded from learning: then nothing of it is kept or checked
             if self.traffic is not None:
-                self._log(self.traffic, req, req.spec, result, api, labels)
+                self._log(self.traffic, req, req.spec, result, api, labels, tour)
             self._shadow(req, req.spec, result, api)
         return result
 
@@ -327,14 +345,21 @@ class CascadeEngine:
 
     @classmethod
     def _log(
-        cls, traffic: TrafficLog, req: CascadeRequest, spec: AnswerSpec, result: CascadeResult, api: CascadeDialect, labels: list[FreeLabel]
+        cls,
+        traffic: TrafficLog,
+        req: CascadeRequest,
+        spec: AnswerSpec,
+        result: CascadeResult,
+        api: CascadeDialect,
+        labels: list[FreeLabel],
+        tour: bool = False,
     ) -> None:
         """One row per request; each answer's validity is recorded (None: not judged) so that a predictor
         retrained on this traffic can learn from it, and its verification label's agreement (``router.labels``)."""
         verified = {label.stage: label for label in labels if label.source == "verification"}
         visits = [cls._visit_row(v, api, spec.rules is not None, verified.get(v.stage)) for v in result.visits if v.error is None]
         if any(v["choice"] is not None for v in visits):
-            traffic.record(api.prompt_texts(req.body), visits, kind=api.log_kind(spec.kind))
+            traffic.record(api.prompt_texts(req.body), visits, kind=api.log_kind(spec.kind), tour=tour)
 
     # -- the walk, step by step ---------------------------------------------------------------------------------
     #
@@ -343,25 +368,29 @@ class CascadeEngine:
     # ``_write``), what that answer is worth (``_judge``), stop or escalate (``_decide``), and what a failed
     # stage leads to (``_fall_back``). They share one ``Walk``.
 
-    def _walk(self, req: CascadeRequest, spec: AnswerSpec, api: CascadeDialect) -> Walk:
+    def _walk(self, req: CascadeRequest, spec: AnswerSpec, api: CascadeDialect, tour: bool = False) -> Walk:
         """What every step of this request's walk reads: the stages it may use (``ladder``), its route, the bodies
-        sent. Built once, so that nothing per request is recomputed per stage."""
+        sent. Built once, so that nothing per request is recomputed per stage. ``tour``: every stage in order, whole
+        answers (no early exit), the top's returned (``cascade.explore``)."""
         stages, skipped = self.ladder(spec, req.max_stage)
         limit = token_limit(req.body)
         route = self.route(req.prompt, self.effective_lambda(req.lam), stages, limit)
+        route.tour = tour
+        if tour:
+            CASCADE_TOURS.inc()
         body = api.asking(req.body, self.top_k)
         plain = api.plain(req.body)
         # the logprobs of a stage answer are decoded only if someone will read them (see StageReply)
         decode_logprobs = api.client_logprobs(req.body) or self.traffic is not None
         # tools, JSON and rules are judged on the whole answer; so are completions
         early = (self.settings.cascade.early_exit and bool(self.predictor.checkpoints) and api.early_exit and not spec.needs
-                 and spec.rules is None)  # fmt: skip
+                 and spec.rules is None and not tour)  # fmt: skip
         return Walk(req, spec, api, route, skipped, body, plain, decode_logprobs, early, limit)
 
-    async def _run(self, req: CascadeRequest, spec: AnswerSpec, api: CascadeDialect) -> CascadeResult:
+    async def _run(self, req: CascadeRequest, spec: AnswerSpec, api: CascadeDialect, tour: bool = False) -> CascadeResult:
         """Start, then at each stage: its answer (called, or its draft verified and continued, or judged while it
         writes), judged, then stop or escalate; a failed stage falls back. The top stage always stops."""
-        walk = self._walk(req, spec, api)
+        walk = self._walk(req, spec, api, tour)
         stage = self._start(walk.route)
         while True:
             after = walk.route.next_after(stage)  # where an escalation from here goes; None at the top

@@ -72,6 +72,11 @@ PREDICTOR_RELOADS = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+CASCADE_TOURS = Counter(
+    "adaptive_sd_cascade_tours",
+    "Requests that toured the whole ladder for labels (cascade.explore): every stage in order, the top's answer returned",
+    registry=REGISTRY,
+)
 SHADOW_CHECKS = Counter(
     "adaptive_sd_shadow_checks",
     "Shadow checks of answers returned from a lower stage, by verifying stage and outcome (checked, busy, unverifiable, failed)",

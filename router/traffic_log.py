@@ -40,11 +40,13 @@ class TrafficLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
-    def record(self, prompt_texts: list[str], visits: list[dict[str, Any]], kind: str = "text") -> None:
+    def record(self, prompt_texts: list[str], visits: list[dict[str, Any]], kind: str = "text", tour: bool = False) -> None:
         """``visits``: per answered stage {stage, name, choice (None if streamed), usage, seconds,
         draft {accepted, tokens, seconds} | None, valid (bool | None), invalid (reason | None), agreement (its
         verification label's, ``router.labels``; None: none)}, and for a shadow check's row ``weight`` (1 / the
-        sampling rate) and ``verifier``; ``kind``: the request's kind (``router.validity.request_kind``)."""
+        sampling rate) and ``verifier``; ``kind``: the request's kind (``router.validity.request_kind``); ``tour``: the request
+        toured the whole ladder (``cascade.explore``), so every stage it may use answered: such rows are a collection
+        drawn from the traffic at random."""
         stages = []
         for v in visits:
             choice = v["choice"]
@@ -64,6 +66,8 @@ class TrafficLog:
         row = {"task": rid, "family": "traffic", "difficulty": 0, "split": split_of(rid), "prompt_texts": prompt_texts,
                "collect_version": COLLECT_VERSION, "feature_version": FEATURE_VERSION, "kind": kind, "stages": stages,
                "time": round(time.time(), 3)}  # fmt: skip
+        if tour:
+            row["tour"] = True
         line = json.dumps(row, separators=(",", ":")) + "\n"
         with self._lock, self.path.open("a") as f:
             f.write(line)

@@ -10,7 +10,9 @@ model learned from the log alone. This replays that on the CPU ladder's collecti
    while it serves), then each promoted model. Each request yields what the traffic log would hold: every answer
    the cascade finished, labelled as production labels it (``learning_curve.request_labels``: verification of
    each escalated answer by the next stage that answered, a shadow check of the returned one at the rate in
-   force), and the top stage's own answer as the reference (``label(..., reference=True)``: 1).
+   force), and the top stage's own answer as the reference (``label(..., reference=True)``: 1). A request drawn
+   for a **tour** (``cascade.explore``: its rate, or its untrained rate while the baseline serves) asks every
+   stage in order, each verifying the one below, and returns the top's answer: a label for every lower stage.
 2. **Learning**: every ``learn_every`` requests, the learner's round on the log so far, with no collection: a
    candidate fitted on the older logged answers (splits by task id, as the traffic log assigns them), promoted
    only if its log-loss on the newest 20 % beats the model in service's (``learn.DEFAULT_MIN_EVAL`` of them at
@@ -21,7 +23,11 @@ model learned from the log alone. This replays that on the CPU ladder's collecti
    x tokens, ``prices.compute``).
 
 Targets (issue 22): quality within 1 point of the top stage and compute within 10 % of the shipped model's; the
-result says after how many requests the model in service first met both.
+result says after how many requests the model in service first met both, at the config's λ. The label a new
+ladder learns from is agreement with a higher stage, the top being right by definition, so the λ that keeps a
+checker's quality within 1 point of the top differs from the shipped model's; the **frontiers** (both models on
+the test split over ``LAMBDAS``, the rule alone: no tours) show what each λ gives, and ``best_within_target`` the learned model's cheapest
+point within 1 point (a λ production cannot pick without a checker or an agreement target).
 
 Differences from a live run (stated in the JSON): verification agreement with a non-top verifier is estimated from
 the collected texts (``reuse.replay``); a shadow check's draft tokens are the answering stage's; the collection
@@ -34,7 +40,6 @@ Usage: ``python -m training.unseen_ladder [--config configs/cpu-learn.yaml] [--l
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import time
@@ -60,6 +65,7 @@ CONFIG = Path("configs/cpu-learn.yaml")
 SHIPPED = Path("predictor/models/cpu")
 TARGET_POINTS = 1.0  # within this many points of the top stage
 TARGET_VS_SHIPPED = 1.10  # compute at most this multiple of the shipped model's
+LAMBDAS = (100.0, 150.0, 200.0, 250.0, 300.0, 350.0, 400.0, 450.0, 600.0, 892.0, 1500.0)  # the frontiers' sweep (compute unit)
 DIFFERENCES = [
     "verification agreement with a non-top verifier is estimated from the collected texts (reuse.replay), not scored",
     "a shadow check's draft tokens are the answering stage's output tokens (the verifier's tokenizer may differ)",
@@ -120,13 +126,17 @@ def setup(data_path: Path, config: Path) -> Setup:
                  Agreement(rows, full.task, full.n_stages, "agreement"), settings.cascade.default_lambda, Options.of(settings))  # fmt: skip
 
 
-def test_point(s: Setup, test: np.ndarray, model: BatchPredictor, lam: float) -> dict[str, Any]:
+def test_point(s: Setup, test: np.ndarray, model: BatchPredictor, lam: float, tour: float = 0.0) -> dict[str, Any]:
+    """The test split replayed with ``model`` at ``lam``; with ``tour`` (the exploration rate in force), in
+    expectation over which requests tour: a touring one gets the top's answer and pays every stage's."""
     t = s.full.rows(test)
     costs = {"compute": replay.UnitCosts(s.costs.full[test], s.costs.at[test], s.costs.saving[test])}
     out = replay.cascade(t, replay.beliefs(t, model, s.rule_prices), costs, lam, s.opt)
     top = t.n_stages - 1
-    return {"tasks": int(len(t.y)), "correct": int(out.correct.sum()), "top_correct": int(t.y[:, top].sum()),
-            "compute": float(out.spent["compute"].sum()), "top_compute": float(costs["compute"].full[:, top].sum()),
+    correct = (1 - tour) * out.correct.sum() + tour * t.y[:, top].sum()
+    compute = (1 - tour) * out.spent["compute"].sum() + tour * costs["compute"].full.sum()
+    return {"tasks": int(len(t.y)), "correct": float(correct), "top_correct": int(t.y[:, top].sum()), "compute": float(compute),
+            "top_compute": float(costs["compute"].full[:, top].sum()), "tour": tour,
             "stops": [int((out.final == k).sum()) for k in range(t.n_stages)]}  # fmt: skip
 
 
@@ -144,7 +154,8 @@ def _log_loss(model: BatchPredictor, x: np.ndarray, y: np.ndarray) -> float:
 
 def run(data_path: Path = Path("data/cpu/collect.jsonl"), config: Path = CONFIG, shipped: Path = SHIPPED,
         learn_every: int = 50, seed: int = 0, out_json: Path | None = OUT_JSON, out_png: Path | None = OUT_PNG,
-        progress: bool = True, limit: int | None = None, explore: float = 0.0) -> dict[str, Any]:  # fmt: skip
+        progress: bool = True, limit: int | None = None, tour: float | None = None, tour_untrained: float | None = None,
+        lambdas: Sequence[float] = LAMBDAS) -> dict[str, Any]:  # fmt: skip
     """The whole replay (module docstring); the JSON-ready result."""
     from tqdm import tqdm
 
@@ -163,38 +174,49 @@ def run(data_path: Path = Path("data/cpu/collect.jsonl"), config: Path = CONFIG,
     shadow = s.settings.cascade.shadow
     untrained_rate = shadow.rate if shadow.untrained_rate is None else shadow.untrained_rate
     scale = s.settings.cascade.untrained_lambda_scale
+    explore = s.settings.cascade.explore
+    tour = explore.rate if tour is None else tour
+    if tour_untrained is None:
+        tour_untrained = explore.rate if explore.untrained_rate is None else explore.untrained_rate
 
     model: BatchPredictor = BaselineBatch(baseline)
     trained, version = False, "baseline"
     shipped_model = OnnxPredictor.load(shipped)
     shipped_point = test_point(s, test, shipped_model, s.lam)
-    curve: list[dict[str, Any]] = [{"seen": 0, "version": version, "labels": 0, **test_point(s, test, model, s.lam * scale)}]
+    curve: list[dict[str, Any]] = [
+        {"seen": 0, "version": version, "labels": 0, **test_point(s, test, model, s.lam * scale, tour_untrained)}
+    ]
     labels: list[Label] = []
     stamps: list[int] = []  # the request index each label came from: "time" in the log
     rounds: list[dict[str, Any]] = []
     trained_until = -1
-    spent = {"compute": 0.0, "top_compute": 0.0, "shadow_compute": 0.0, "correct": 0, "shadow_checks": 0, "explored": 0}
+    spent = {"compute": 0.0, "top_compute": 0.0, "shadow_compute": 0.0, "correct": 0, "shadow_checks": 0, "tours": 0,
+             "tour_compute": 0.0}  # fmt: skip
     one = {"compute": s.costs}
     for k, i in enumerate(tqdm(traffic.tolist(), disable=not progress, unit="request", desc="traffic")):
         sel = np.array([i])
         t = s.full.rows(sel)
         lam = s.lam if trained else s.lam * scale
         rate = shadow.rate if trained else untrained_rate
-        explored = explore > 0 and bool(rng.random() < explore)
-        opt = dataclasses.replace(s.opt, skip=False) if explored else s.opt
-        costs = {u: replay.UnitCosts(c.full[sel], c.at[sel], c.saving[sel]) for u, c in one.items()}
-        out, finished, _ = visits(t, replay.beliefs(t, model, s.rule_prices), costs, lam, opt)
-        spent["explored"] += int(explored)
-        final = int(out.final[0])
-        drawn = rate > 0 and final + 1 < n and bool(rng.random() < rate)
-        got = request_labels(i, finished[0].tolist(), final, n, s.opt.draft_reuse, drawn, s.agree, rate or 1.0)
-        if finished[0, top]:
+        toured = bool(rng.random() < (tour if trained else tour_untrained))
+        if toured:  # every stage in order, each verifying the one below; the top's answer returned
+            final, correct, cost, drawn = top, int(s.full.y[i, top]), float(s.costs.full[i].sum()), False
+            got = request_labels(i, [True] * n, top, n, True, False, s.agree)
+            spent["tours"] += 1
+            spent["tour_compute"] += cost - float(s.costs.full[i, top])
+        else:
+            costs = {u: replay.UnitCosts(c.full[sel], c.at[sel], c.saving[sel]) for u, c in one.items()}
+            out, finished, _ = visits(t, replay.beliefs(t, model, s.rule_prices), costs, lam, s.opt)
+            final, correct, cost = int(out.final[0]), int(out.correct[0]), float(out.spent["compute"][0])
+            drawn = rate > 0 and final + 1 < n and bool(rng.random() < rate)
+            got = request_labels(i, finished[0].tolist(), final, n, s.opt.draft_reuse, drawn, s.agree, rate or 1.0)
+        if final == top:
             got.append(Label(i, top, 1, "reference", top))
         labels += got
         stamps += [k] * len(got)
-        spent["compute"] += float(out.spent["compute"][0])
+        spent["compute"] += cost
         spent["top_compute"] += float(s.costs.full[i, top])
-        spent["correct"] += int(out.correct[0])
+        spent["correct"] += correct
         if drawn:
             spent["shadow_checks"] += 1
             spent["shadow_compute"] += shadow_cost(s.full, i, final, s.prompt_prices)
@@ -225,7 +247,7 @@ def run(data_path: Path = Path("data/cpu/collect.jsonl"), config: Path = CONFIG,
             model, trained, trained_until = cand, True, stamps[cut - 1]
             record.update(promoted=True, version=version)
             priors = model.prior_batch(s.full.prior_x[test].reshape(-1, s.full.prior_x.shape[-1])).reshape(len(test), n)
-            curve.append({"seen": k + 1, "version": version, "labels": len(labels), **test_point(s, test, model, s.lam),
+            curve.append({"seen": k + 1, "version": version, "labels": len(labels), **test_point(s, test, model, s.lam, tour),
                           "mean_prior": [round(float(v), 3) for v in priors.mean(axis=0)]})  # fmt: skip
     top_point = curve[0]
     result = {
@@ -234,7 +256,8 @@ def run(data_path: Path = Path("data/cpu/collect.jsonl"), config: Path = CONFIG,
             "config": str(config),
             "shipped": str(shipped),
             "learn_every": learn_every,
-            "explore": explore,
+            "tour": tour,
+            "tour_untrained": tour_untrained,
             "seed": seed,
             "lam": s.lam,
             "untrained_lambda_scale": scale,
@@ -251,6 +274,7 @@ def run(data_path: Path = Path("data/cpu/collect.jsonl"), config: Path = CONFIG,
             "labels_by_source": {src: sum(lb.source == src for lb in labels) for src in ("verification", "shadow", "reference")},
             "compute_vs_top": spent["compute"] / spent["top_compute"],
             "shadow_compute_vs_top": spent["shadow_compute"] / spent["top_compute"],
+            "tour_compute_vs_top": spent["tour_compute"] / spent["top_compute"],
         },  # fmt: skip
         "rounds": rounds,
         "curve": [c | _vs(c, shipped_point) for c in curve],
@@ -261,6 +285,10 @@ def run(data_path: Path = Path("data/cpu/collect.jsonl"), config: Path = CONFIG,
     result["targets"] = {"within_points": TARGET_POINTS, "compute_vs_shipped": TARGET_VS_SHIPPED,
                          "met": bool(met) and met[-1] is result["curve"][-1],
                          "first_requests_seen_meeting_both": met[0]["seen"] if met else None}  # fmt: skip
+    result["frontiers"] = {name: [_frontier_point(s, test, m, lam, shipped_point) for lam in lambdas]
+                           for name, m in (("learned", model), ("shipped", shipped_model))}  # fmt: skip
+    within = [p for p in result["frontiers"]["learned"] if p["points_below_top"] <= TARGET_POINTS]
+    result["best_within_target"] = min(within, key=lambda p: p["compute"]) if within else None
     result["seconds"] = round(time.perf_counter() - t0, 1)
     if out_json is not None:
         out_json.parent.mkdir(parents=True, exist_ok=True)
@@ -268,6 +296,11 @@ def run(data_path: Path = Path("data/cpu/collect.jsonl"), config: Path = CONFIG,
     if out_png is not None:
         plot(result, out_png)
     return result
+
+
+def _frontier_point(s: Setup, test: np.ndarray, model: BatchPredictor, lam: float, shipped: dict[str, Any]) -> dict[str, Any]:
+    point = test_point(s, test, model, lam)
+    return {"lambda": lam} | point | _vs(point, shipped)
 
 
 def _vs(point: dict[str, Any], shipped: dict[str, Any]) -> dict[str, float]:
@@ -282,7 +315,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     c, sh = result["curve"], result["shipped"]
     seen = [p["seen"] for p in c] + [result["traffic"]["requests"]]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.5))
     axes[0].step(seen, [-p["points_below_top"] for p in c] + [-c[-1]["points_below_top"]], where="post", label="model in service")
     axes[0].axhline(-sh["points_below_top"], color="purple", ls="--", label="shipped model (offline, checkers)")
     axes[0].axhline(-TARGET_POINTS, color="green", ls=":", label=f"target: within {TARGET_POINTS:g} point")
@@ -295,7 +328,15 @@ def plot(result: dict[str, Any], path: Path) -> None:
     )
     axes[1].axhline(1.0, color="grey", lw=0.8)
     axes[1].set_ylabel("test-split compute vs the top stage alone")
-    for ax in axes:
+    for name, pts in result.get("frontiers", {}).items():
+        axes[2].plot([p["compute_vs_top"] for p in pts], [-p["points_below_top"] for p in pts], marker="o", label=f"{name} model, λ swept")
+    axes[2].axhline(-TARGET_POINTS, color="green", ls=":")
+    axes[2].axhline(0, color="grey", lw=0.8)
+    axes[2].set_xlabel("test-split compute vs the top stage alone")
+    axes[2].set_ylabel("quality vs the top stage (points)")
+    axes[2].grid(alpha=0.3)
+    axes[2].legend(fontsize=7)
+    for ax in axes[:2]:
         ax.set_xlabel("requests of traffic seen (train split)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -315,12 +356,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--shipped", type=Path, default=SHIPPED, help="the offline-trained model to compare with")
     ap.add_argument("--learn-every", type=int, default=50, help="a learning round after this many requests")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--explore", type=float, default=0.0, help="share of requests started at the first stage whatever the prior says")
+    ap.add_argument("--tour", type=float, default=None, help="cascade.explore.rate (default: the config's)")
+    ap.add_argument("--tour-untrained", type=float, default=None, help="cascade.explore.untrained_rate (default: the config's)")
     ap.add_argument("--limit", type=int, default=None, help="at most this many traffic requests")
     ap.add_argument("--out", type=Path, default=OUT_JSON)
     ap.add_argument("--png", type=Path, default=OUT_PNG)
     a = ap.parse_args(argv)
-    res = run(a.data, a.config, a.shipped, a.learn_every, a.seed, a.out, a.png, limit=a.limit, explore=a.explore)
+    res = run(a.data, a.config, a.shipped, a.learn_every, a.seed, a.out, a.png, limit=a.limit, tour=a.tour, tour_untrained=a.tour_untrained)
     print(json.dumps({k: res[k] for k in ("traffic", "shipped", "targets")} | {"last": res["curve"][-1]}, indent=1))
 
 

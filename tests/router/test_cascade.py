@@ -115,6 +115,31 @@ async def test_an_untrained_predictor_makes_the_rule_escalate_more() -> None:
     assert (await guess.run(request(), CHAT_DIALECT)).final_stage == 1
 
 
+async def test_a_tour_visits_every_stage_in_order_and_returns_the_top_stages_answer(tmp_path: Any) -> None:
+    """``cascade.explore``: whatever the prior and p̂ say (stage 0 confident, stage 0 skippable), a touring request
+    asks every stage, each verifying the one below (a label each), and the user gets the top's answer; the log
+    marks the row. A tenant excluded from learning never tours; the rate is the untrained one while the baseline
+    serves."""
+    import json
+
+    log = tmp_path / "traffic.jsonl"
+    settings = make_settings(dialect="vllm", skip_by_prior=True, explore={"rate": 1.0, "untrained_rate": 0.0})
+    settings.predictor.log_path = str(log)
+    engine, stages, _ = make_engine({0: STOP, 1: STOP, 2: STOP}, settings, priors=[0.05, 0.9, 0.95])
+    before = REGISTRY.get_sample_value("adaptive_sd_cascade_tours_total") or 0.0
+    result = await engine.run(request(temperature=0), CHAT_DIALECT)
+    assert path(result) == [("s0", None), ("s1", None), ("s2", None)] and result.final_stage == 2 and content(result) == S2.text
+    assert [v.draft_mode for v in result.visits] == [None, "verify", "verify"]
+    assert REGISTRY.get_sample_value("adaptive_sd_cascade_tours_total") == before + 1
+    row = json.loads(log.read_text().splitlines()[-1])
+    assert row["tour"] is True and [s["agreement"] is not None for s in row["stages"]] == [True, True, False]
+    excluded = request(temperature=0)
+    excluded.learn = False
+    assert path(await engine.run(excluded, CHAT_DIALECT)) == [("s1", None)]  # the prior skips stage 0, p̂ stops at 1
+    engine.predictor.trained = False  # type: ignore[misc]
+    assert not engine.draw_tour(request())
+
+
 # -- call-or-verify, judge, decide -------------------------------------------------------------------------------------
 
 
