@@ -460,7 +460,7 @@ class PredictorConfig(_Model):
         description="for kind=onnx: the directory written by `python -m training train`, or a model registry of "
         "`python -m training learn` (its `current` file names the version in service) "
         "(relative paths resolve against the working directory, then the installed packages' folder); for "
-        "kind=baseline: a registry that `training learn --shipped none` will fill, served from its first version on "
+        "kind=baseline: a registry that `training learn --data none` will fill, served from its first version on "
         "(relative to the working directory)",
     )
     reload_s: float = Field(

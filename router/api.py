@@ -34,7 +34,7 @@ from common.response_models import ChatCompletion, Completion, Health, ModelCard
 from common.responses_protocol import ResponsesRequest, parse_responses_request
 from common.settings import Settings
 from predictor.serving.interface import Predictor
-from predictor.serving.loader import load_lambda_table, load_predictor
+from predictor.serving.loader import load_lambda_table, load_model, model_dir
 from router.cascade import CascadeEngine
 from router.contracts import RequestOutcome, TenantLimits
 from router.metrics import ENDPOINTS, RATE_LIMITED, REGISTRY, REQUESTS
@@ -186,8 +186,11 @@ def create_app(
     ``stage_process``: where this process launched the stages too (``adaptive-sd up``), what it knows of a
     stage's process by name (``dead (killed by SIGSEGV)``, None while it runs), for ``/health?stages=true``.
     The lifespan starts and closes the stages and the tenant service."""
-    predictor = predictor or load_predictor(settings)
-    targets = TargetLambdas(load_lambda_table(settings))
+    if predictor is None:
+        predictor, table, loaded = load_model(settings)
+    else:
+        table, loaded = load_lambda_table(settings), model_dir(settings)
+    targets = TargetLambdas(table)
     ladder: list[Stage] = list(build_ladder(settings)) if stages is None else list(stages)
     pools = [s for s in ladder if isinstance(s, StagePool)]
     ENDPOINTS.track(pools)  # /metrics: each endpoint's state
@@ -198,7 +201,7 @@ def create_app(
     chat_serving = ChatServing(settings, ladder, engine)
     tenants = TenantService(settings.tenancy, settings.cascade.default_lambda)
     tenants.target_lambda = targets.lam
-    reloader = ModelReloader(settings, engine, targets)
+    reloader = ModelReloader(settings, engine, targets, loaded)
     admin_key = settings.tenancy.admin_key.get_secret_value() if settings.tenancy.admin_key else None
 
     @asynccontextmanager

@@ -210,11 +210,23 @@ class CascadeEngine:
         """Whether the predictor in service is a guess, not fitted on this ladder (the baseline): the rule runs safe."""
         return not self.predictor.trained
 
-    def draw_tour(self, req: CascadeRequest) -> bool:
-        """Whether ``req`` tours the ladder (``cascade.explore``): drawn at the rate for the model in service, never
-        for a tenant excluded from learning."""
+    def draw_tour(self, req: CascadeRequest, stages: Sequence[int]) -> bool:
+        """Whether ``req`` tours ``stages`` (``cascade.explore``): drawn at the rate for the model in service, where
+        its labels are kept (a traffic log, a tenant not excluded from learning) and every lower answer of the tour
+        can be verified by the stage above it (more than one stage; ``draft.why_not_verify``: no tools, JSON or
+        ``stop``, stages that score drafts, a shared tokenizer for a sampled request): a tour that cannot label
+        would pay every stage for nothing."""
         rate = self.explore_rates[self.untrained]
-        return req.learn and rate > 0 and self._rng.random() < rate
+        if not (req.learn and rate > 0 and self.traffic is not None and len(stages) > 1 and self.settings.cascade.draft_reuse):
+            return False
+        for lower, upper in zip(stages, stages[1:], strict=False):
+            if why_not_verify(self.stages[upper], req.body, "draft", self._shared_tokenizer(lower, upper)) is not None:
+                return False
+        return self._rng.random() < rate
+
+    def _shared_tokenizer(self, lower: int, upper: int) -> bool:
+        a, b = self.settings.stages[lower].tokenizer, self.settings.stages[upper].tokenizer
+        return a is not None and a == b
 
     def effective_lambda(self, lam: float) -> float:
         """The λ the rule uses for a request asking ``lam``: scaled by ``cascade.untrained_lambda_scale`` while the
@@ -301,12 +313,11 @@ class CascadeEngine:
         or ``router.openai.completions.dialect.COMPLETIONS_DIALECT``)."""
         if req.spec is None:
             req.spec = AnswerSpec.of(req.body)
-        tour = self.draw_tour(req)
-        result = await self._run(req, req.spec, api, tour)
+        result = await self._run(req, req.spec, api)
         labels = record_labels(result.visits)
         if req.learn:  # its tenant may be excluded from learning: then nothing of it is kept or checked
             if self.traffic is not None:
-                self._log(self.traffic, req, req.spec, result, api, labels, tour)
+                self._log(self.traffic, req, req.spec, result, api, labels)
             self._shadow(req, req.spec, result, api)
         return result
 
@@ -352,14 +363,13 @@ class CascadeEngine:
         result: CascadeResult,
         api: CascadeDialect,
         labels: list[FreeLabel],
-        tour: bool = False,
     ) -> None:
         """One row per request; each answer's validity is recorded (None: not judged) so that a predictor
         retrained on this traffic can learn from it, and its verification label's agreement (``router.labels``)."""
         verified = {label.stage: label for label in labels if label.source == "verification"}
         visits = [cls._visit_row(v, api, spec.rules is not None, verified.get(v.stage)) for v in result.visits if v.error is None]
         if any(v["choice"] is not None for v in visits):
-            traffic.record(api.prompt_texts(req.body), visits, kind=api.log_kind(spec.kind), tour=tour)
+            traffic.record(api.prompt_texts(req.body), visits, kind=api.log_kind(spec.kind), tour=result.tour)
 
     # -- the walk, step by step ---------------------------------------------------------------------------------
     #
@@ -368,14 +378,14 @@ class CascadeEngine:
     # ``_write``), what that answer is worth (``_judge``), stop or escalate (``_decide``), and what a failed
     # stage leads to (``_fall_back``). They share one ``Walk``.
 
-    def _walk(self, req: CascadeRequest, spec: AnswerSpec, api: CascadeDialect, tour: bool = False) -> Walk:
+    def _walk(self, req: CascadeRequest, spec: AnswerSpec, api: CascadeDialect) -> Walk:
         """What every step of this request's walk reads: the stages it may use (``ladder``), its route, the bodies
-        sent. Built once, so that nothing per request is recomputed per stage. ``tour``: every stage in order, whole
-        answers (no early exit), the top's returned (``cascade.explore``)."""
+        sent. Built once, so that nothing per request is recomputed per stage. A request drawn for a tour
+        (``draw_tour``) asks every stage in order, whole answers (no early exit), and returns the top's."""
         stages, skipped = self.ladder(spec, req.max_stage)
         limit = token_limit(req.body)
         route = self.route(req.prompt, self.effective_lambda(req.lam), stages, limit)
-        route.tour = tour
+        tour = route.tour = self.draw_tour(req, stages)
         if tour:
             CASCADE_TOURS.inc()
         body = api.asking(req.body, self.top_k)
@@ -387,10 +397,10 @@ class CascadeEngine:
                  and spec.rules is None and not tour)  # fmt: skip
         return Walk(req, spec, api, route, skipped, body, plain, decode_logprobs, early, limit)
 
-    async def _run(self, req: CascadeRequest, spec: AnswerSpec, api: CascadeDialect, tour: bool = False) -> CascadeResult:
+    async def _run(self, req: CascadeRequest, spec: AnswerSpec, api: CascadeDialect) -> CascadeResult:
         """Start, then at each stage: its answer (called, or its draft verified and continued, or judged while it
         writes), judged, then stop or escalate; a failed stage falls back. The top stage always stops."""
-        walk = self._walk(req, spec, api, tour)
+        walk = self._walk(req, spec, api)
         stage = self._start(walk.route)
         while True:
             after = walk.route.next_after(stage)  # where an escalation from here goes; None at the top
@@ -405,7 +415,7 @@ class CascadeEngine:
                 self._record(walk, got, seconds, p_hat, invalid)
                 nxt = self._decide(walk.route, stage, after, p_hat, invalid)
                 if nxt is None:
-                    return CascadeResult(walk.visits, stage, response=got.data, skipped=walk.skipped)
+                    return CascadeResult(walk.visits, stage, response=got.data, skipped=walk.skipped, tour=walk.route.tour)
                 stage = nxt
             elif isinstance(got, CascadeResult):  # streamed from the top, or an answer in hand after a failure
                 return got
@@ -432,7 +442,7 @@ class CascadeEngine:
         walk.check = walk.mode = None
         draft = walk.prefix or walk.answer
         if draft is not None:
-            walk.check, walk.mode = await self._verify(client, walk.body, draft, stage, walk.api)
+            walk.check, walk.mode = await self._verify(client, walk.body, draft, stage, walk.api, walk.route.tour)
         walk.prefix = None  # a prefix is a draft once: never an answer, never verified twice
         check = walk.check
         done = check is not None and trim(check, walk.limit)  # the kept prefix already fills the client's token limit
@@ -468,7 +478,7 @@ class CascadeEngine:
         events = await walk.api.stream(client, body)
         walk.visits.append(StageVisit(stage, client.name, time.perf_counter() - t0, draft=check, draft_mode=walk.mode))
         STAGE_CALLS.labels(client.name, "ok").inc()
-        return CascadeResult(walk.visits, stage, events=events, prefix=check, skipped=walk.skipped)
+        return CascadeResult(walk.visits, stage, events=events, prefix=check, skipped=walk.skipped, tour=walk.route.tour)
 
     async def _write(self, walk: Walk, stage: int) -> tuple[Written, int | None, float | None]:
         """Stream ``stage``'s answer, judging it at the predictor's checkpoints (``router.early_exit``): a lower stage
@@ -571,36 +581,39 @@ class CascadeEngine:
         λ(1 - p̂) is no more than the best next stage's value). An invalid answer is never returned while a higher
         allowed stage (``after``) exists, whatever λ makes of p̂ = 0; at the top there is nowhere to go: it stops."""
         nxt = after if invalid is not None else route.decide(stage, p_hat)
-        if nxt is not None:
+        if nxt is not None and not route.tour:  # a tour's steps are not the rule's escalations
             CASCADE_ESCALATIONS.labels(self.stages[stage].name, self.stages[nxt].name).inc()
         return nxt
 
     def _fall_back(self, walk: Walk, stage: int, after: int | None, exc: StageFailure, t0: float) -> CascadeResult | int:
         """``stage`` failed (down, timed out, a bad response): a failed stage fails the request only when there is
         nowhere left to go. An answer already in hand is returned, marked degraded (better than an error, and it was
-        paid for), unless it is invalid and a higher stage exists; otherwise the next stage is tried, and the draft
-        in hand goes with it. At the top with nothing to return, ``exc`` is the client's error (re-raised)."""
+        paid for), unless it is invalid and a higher stage exists (or the request is on a tour, which goes on to the
+        top); otherwise the next stage is tried, and the draft in hand goes with it. At the top with nothing to
+        return, ``exc`` is the client's error (re-raised)."""
         name = self.stages[stage].name
         STAGE_CALLS.labels(name, "error").inc()
         walk.visits.append(StageVisit(stage, name, time.perf_counter() - t0, error=str(exc)))
         answer = walk.answer
+        if walk.route.tour and after is not None:
+            return after  # a tour returns the top's answer: go on up, the draft in hand goes with it
         if answer is not None and not (walk.answer_invalid and after is not None):
-            return CascadeResult(walk.visits, answer.stage, response=answer.data, degraded=str(exc), skipped=walk.skipped)
+            return CascadeResult(walk.visits, answer.stage, response=answer.data, degraded=str(exc), skipped=walk.skipped,
+                                 tour=walk.route.tour)  # fmt: skip
         if after is None:
             raise exc
         return after  # nothing in hand, or only an invalid answer: try the next stage
 
     async def _verify(
-        self, client: Stage, body: dict[str, Any], answer: StageAnswer, stage: int, api: CascadeDialect
+        self, client: Stage, body: dict[str, Any], answer: StageAnswer, stage: int, api: CascadeDialect, tour: bool = False
     ) -> tuple[DraftCheck | None, str]:
         """Verify the lower stage's answer (the draft) on ``client`` (stage ``stage``) when that keeps the answer's
-        distribution and pays off; say what happened."""
+        distribution and pays off (on a tour, always: the label is what the tour is for); say what happened."""
         draft = api.text(answer.choice)
         pair = (answer.stage, stage)
-        lower, upper = (self.settings.stages[s].tokenizer for s in pair)
-        shared = lower is not None and lower == upper
+        shared = self._shared_tokenizer(*pair)
         reason = why_not_verify(client, body, draft, shared) if self.settings.cascade.draft_reuse else "disabled"
-        if reason is None and not self.acceptance.should_verify(pair):
+        if reason is None and not tour and not self.acceptance.should_verify(pair):
             reason = "low-acceptance"
         if reason is None:
             sampled = body.get("temperature") != 0

@@ -134,6 +134,7 @@ class CascadeResult:
     prefix: DraftCheck | None = None  # draft check of the streamed stage; its accepted text goes out first
     degraded: str | None = None  # why the answer is not the policy's choice
     skipped: tuple[SkippedStage, ...] = ()  # stages up to the top one that cannot answer this request
+    tour: bool = False  # the request toured the ladder (cascade.explore): every stage it may use, in order
 
     @property
     def invalid(self) -> list[StageVisit]:

@@ -32,12 +32,13 @@ log = logging.getLogger("adaptive_sd.router.model_reload")
 class ModelReloader:
     """Watches the configured model registry for this replica (module docstring)."""
 
-    def __init__(self, settings: Settings, engine: CascadeEngine, targets: TargetLambdas) -> None:
+    def __init__(self, settings: Settings, engine: CascadeEngine, targets: TargetLambdas, loaded: Path | None) -> None:
+        """``loaded``: the directory of the model the engine serves (None: the baseline), as it was read for it."""
         self.settings = settings
         self.engine = engine
         self.targets = targets
         self.interval_s = settings.predictor.reload_s
-        self.loaded: Path | None = model_dir(settings)
+        self.loaded = loaded
         self._task: asyncio.Task[None] | None = None
         self._refused: Path | None = None  # the version that failed to load: not retried until the registry names another
         self._publish()

@@ -119,6 +119,9 @@ def _learn(args: argparse.Namespace) -> int:
     from training import learn
 
     shipped = None if args.data == "none" else Path(args.data)
+    if shipped is None and not args.config:
+        print("learn --data none: name the ladder's config (--config): which stage is the top, and its baseline", file=sys.stderr)
+        return 2
     outcome = learn.learn(Path(args.registry), [Path(p) for p in args.log], shipped, Path(args.base), args.config,
                           args.holdout, args.min_eval, args.margin, args.seed)  # fmt: skip
     print(json.dumps(outcome.to_dict(), indent=2))

@@ -174,10 +174,11 @@ def with_reference(row: dict[str, Any], top: int) -> dict[str, Any]:
 
 def resampled(rows: Iterable[dict[str, Any]], seed_: int = 0) -> Iterator[dict[str, Any]]:
     """Each row ``weight`` times in expectation (its whole part, plus one more with the probability of the rest);
-    a row without a weight once."""
+    a row without a weight once. A shadow check's row carries its weight on its stage answer (``TrafficLog.record``),
+    a hand-made row may carry it on the row: the larger counts."""
     rng = np.random.default_rng(seed_)
     for row in rows:
-        w = float(row.get("weight") or 1.0)
+        w = max([float(row.get("weight") or 1.0)] + [float(s.get("weight") or 1.0) for s in row.get("stages") or ()])
         whole = int(w)
         for _ in range(whole + int(rng.random() < w - whole)):
             yield row
@@ -247,8 +248,10 @@ def learn(
     from common.settings import load_settings
     from training import calibrate, train
 
-    settings = load_settings(config)
     new_ladder = shipped is None
+    if new_ladder and config is None:
+        raise ValueError("a new ladder (no collection) needs its config: which stage is the top, and its baseline")
+    settings = load_settings(config)
     if current(registry) is None and not new_ladder:
         if base is None:
             raise ValueError("an empty registry starts from a base model: name one, or learn a new ladder (shipped None)")
@@ -280,7 +283,7 @@ def learn(
         candidate_dir = tmp / "candidate"
         try:
             train.run(merged, candidate_dir, seed=seed_, lofo=False)
-        except RuntimeError as exc:  # a split with one class, no pairs yet: the log is too small
+        except (RuntimeError, ValueError) as exc:  # a split with one class, no pairs yet: the log is too small
             outcome.reason = f"no candidate: {exc}"
             return outcome
         if shipped is not None:

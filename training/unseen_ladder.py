@@ -2,7 +2,7 @@
 
 What a user of a new ladder (vLLM stages on GPUs, say) starts with is ``predictor.kind: baseline``: hand-set
 mean-logprob coefficients and priors, the rule running safe (``cascade.untrained_lambda_scale``, shadow checks at
-``cascade.shadow.untrained_rate``), the traffic log on and ``training learn --shipped none`` promoting the first
+``cascade.shadow.untrained_rate``), the traffic log on and ``training learn --data none`` promoting the first
 model learned from the log alone. This replays that on the CPU ladder's collection, the same way for every arm:
 
 1. **Traffic**: the train split, shuffled (seeded), one request at a time through the router's rule

@@ -15,6 +15,7 @@ __all__ = [
     "PredictorLoadError",
     "baseline_predictor",
     "load_lambda_table",
+    "load_model",
     "load_predictor",
     "model_dir",
     "model_version",
@@ -29,7 +30,7 @@ def model_dir(settings: Settings) -> Path | None:
     """The directory of the ONNX model to serve now (None: the baseline).
 
     ``kind: onnx``: ``predictor.path`` (a model directory, or a registry's version in service). ``kind: baseline``
-    with a ``path``: a new ladder learning from its traffic (``training learn --shipped none``): the baseline until
+    with a ``path``: a new ladder learning from its traffic (``training learn --data none``): the baseline until
     that registry names a version, then that version."""
     cfg = settings.predictor
     if not cfg.path:
@@ -69,18 +70,23 @@ def model_version(directory: Path) -> str:
 
 def load_lambda_table(settings: Settings) -> LambdaTable | None:
     """The configured model's calibration table (per-tenant quality targets); None without one."""
-    path = model_dir(settings)
-    return LambdaTable.load(path) if path is not None else None
+    return load_model(settings)[1]
 
 
 def load_predictor(settings: Settings) -> Predictor:
+    return load_model(settings)[0]
+
+
+def load_model(settings: Settings) -> tuple[Predictor, LambdaTable | None, Path | None]:
+    """The predictor in service, its λ table and its directory (None: the baseline), the registry read once: a
+    promotion landing between two reads would pair one version's model with another's name."""
     cfg = settings.predictor
     path = model_dir(settings)
     if path is not None:
-        return OnnxPredictor.load(path, evidence=settings.cascade.risk.evidence)
+        return OnnxPredictor.load(path, evidence=settings.cascade.risk.evidence), LambdaTable.load(path), path
     if cfg.kind == "onnx":
         raise PredictorLoadError("predictor.kind is 'onnx' but predictor.path is not set")
-    return baseline_predictor(settings)
+    return baseline_predictor(settings), None, None
 
 
 def baseline_predictor(settings: Settings) -> MeanLogprobPredictor:

@@ -115,29 +115,62 @@ async def test_an_untrained_predictor_makes_the_rule_escalate_more() -> None:
     assert (await guess.run(request(), CHAT_DIALECT)).final_stage == 1
 
 
+def _touring(tmp_path: Any, rate: float = 1.0, **cascade: Any) -> tuple[CascadeEngine, list[FakeStage], Any]:
+    log = tmp_path / "traffic.jsonl"
+    settings = make_settings(dialect="vllm", skip_by_prior=True, explore={"rate": rate, "untrained_rate": 0.0}, **cascade)
+    settings.predictor.log_path = str(log)
+    engine, stages, _ = make_engine({0: STOP, 1: STOP, 2: STOP}, settings, priors=[0.05, 0.9, 0.95])
+    return engine, stages, log
+
+
 async def test_a_tour_visits_every_stage_in_order_and_returns_the_top_stages_answer(tmp_path: Any) -> None:
     """``cascade.explore``: whatever the prior and p̂ say (stage 0 confident, stage 0 skippable), a touring request
     asks every stage, each verifying the one below (a label each), and the user gets the top's answer; the log
-    marks the row. A tenant excluded from learning never tours; the rate is the untrained one while the baseline
-    serves."""
+    marks the row; a tour's steps are not counted as the rule's escalations. A tenant excluded from learning never
+    tours; the rate is the untrained one while the baseline serves."""
     import json
 
-    log = tmp_path / "traffic.jsonl"
-    settings = make_settings(dialect="vllm", skip_by_prior=True, explore={"rate": 1.0, "untrained_rate": 0.0})
-    settings.predictor.log_path = str(log)
-    engine, stages, _ = make_engine({0: STOP, 1: STOP, 2: STOP}, settings, priors=[0.05, 0.9, 0.95])
+    engine, _, log = _touring(tmp_path)
     before = REGISTRY.get_sample_value("adaptive_sd_cascade_tours_total") or 0.0
+    up = {"from_stage": "s0", "to_stage": "s1"}
+    escalations = REGISTRY.get_sample_value("adaptive_sd_cascade_escalations_total", up) or 0.0
     result = await engine.run(request(temperature=0), CHAT_DIALECT)
     assert path(result) == [("s0", None), ("s1", None), ("s2", None)] and result.final_stage == 2 and content(result) == S2.text
-    assert [v.draft_mode for v in result.visits] == [None, "verify", "verify"]
+    assert [v.draft_mode for v in result.visits] == [None, "verify", "verify"] and result.tour
     assert REGISTRY.get_sample_value("adaptive_sd_cascade_tours_total") == before + 1
+    assert (REGISTRY.get_sample_value("adaptive_sd_cascade_escalations_total", up) or 0.0) == escalations
     row = json.loads(log.read_text().splitlines()[-1])
     assert row["tour"] is True and [s["agreement"] is not None for s in row["stages"]] == [True, True, False]
     excluded = request(temperature=0)
     excluded.learn = False
     assert path(await engine.run(excluded, CHAT_DIALECT)) == [("s1", None)]  # the prior skips stage 0, p̂ stops at 1
     engine.predictor.trained = False  # type: ignore[misc]
-    assert not engine.draw_tour(request())
+    assert not engine.draw_tour(request(), [0, 1, 2])
+
+
+async def test_no_tour_where_it_could_not_label_or_keep_a_label(tmp_path: Any) -> None:
+    """A tour that would pay every stage for no label is not drawn: one stage allowed, tools (never verified), a
+    sampled request across tokenizers, no traffic log to keep the labels in."""
+    engine, _, _ = _touring(tmp_path)
+    assert engine.draw_tour(request(temperature=0), [0, 1, 2])
+    assert not engine.draw_tour(request(temperature=0), [2])
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    assert not engine.draw_tour(request(temperature=0, tools=tools), [0, 1, 2])
+    assert not engine.draw_tour(request(temperature=0.7), [0, 1, 2])  # no shared tokenizer declared
+    result = await engine.run(request(temperature=0, max_stage=0), CHAT_DIALECT)
+    assert path(result) == [("s0", None)] and not result.tour
+    engine.traffic = None
+    assert not engine.draw_tour(request(temperature=0), [0, 1, 2])
+
+
+async def test_a_stage_failing_on_a_tour_goes_on_to_the_top(tmp_path: Any) -> None:
+    """The answer in hand is not returned when the middle stage fails: a tour returns the top's answer."""
+    engine, stages, _ = _touring(tmp_path)
+    stages[1].fail = StageTimeout
+    result = await engine.run(request(temperature=0), CHAT_DIALECT)
+    assert [name for name, _ in path(result)] == ["s0", "s1", "s2"] and result.visits[1].error is not None
+    assert result.final_stage == 2
+    assert result.degraded is None and content(result) == S2.text
 
 
 # -- call-or-verify, judge, decide -------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ async def test_a_promoted_version_is_served_without_a_restart_and_a_broken_one_i
 
 
 async def test_a_new_ladder_serves_the_baseline_until_its_registry_names_a_version(tmp_path: Path) -> None:
-    """``kind: baseline`` with a ``path``: untrained (the rule runs safe) until ``training learn --shipped none``
+    """``kind: baseline`` with a ``path``: untrained (the rule runs safe) until ``training learn --data none``
     promotes a first version into the registry, which is then served without a restart."""
     registry = tmp_path / "models"  # not there yet: the learner creates it
     settings = make_settings(predictor={"kind": "baseline", "path": str(registry), "reload_s": 0.01})

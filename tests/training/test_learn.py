@@ -134,3 +134,19 @@ def test_an_empty_registry_needs_a_base_unless_the_ladder_is_new(tmp_path: Path)
     log = _traffic(tmp_path / "traffic.jsonl", {"dates"})
     with pytest.raises(ValueError, match="base model"):
         learn.learn(tmp_path / "models", [log], SHIPPED, None)
+
+
+def test_a_logged_shadow_rows_weight_is_on_its_stage_answer() -> None:
+    """``TrafficLog.record`` writes a shadow check's weight on the stage answer it labels: that counts too."""
+    rows = [{"id": i, "stages": [{"stage": 0, "agreement": 1.0, "weight": 4.0}]} for i in range(500)]
+    out = list(learn.resampled(rows, seed_=1))
+    assert len(out) == 2000
+
+
+def test_a_new_ladder_needs_its_config(tmp_path: Path) -> None:
+    from training.cli import main
+
+    log = _new_ladder_traffic(tmp_path / "traffic.jsonl", {"dates"})
+    with pytest.raises(ValueError, match="needs its config"):
+        learn.learn(tmp_path / "models", [log], None, None)
+    assert main(["learn", "--registry", str(tmp_path / "models"), "--log", str(log), "--data", "none"]) == 2
