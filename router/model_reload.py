@@ -20,7 +20,7 @@ from pathlib import Path
 from common.settings import Settings
 from predictor.serving.calibration import LambdaTable
 from predictor.serving.interface import Predictor
-from predictor.serving.loader import PredictorLoadError, model_dir, model_version, watched
+from predictor.serving.loader import PredictorLoadError, baseline_predictor, model_dir, model_version, watched
 from predictor.serving.runtime import OnnxPredictor
 from router.cascade import CascadeEngine
 from router.metrics import PREDICTOR_INFO, PREDICTOR_RELOADS
@@ -75,6 +75,8 @@ class ModelReloader:
             directory = model_dir(self.settings)
         except PredictorLoadError as exc:
             return self._failed(f"registry unreadable: {exc}")
+        if directory is None and self.loaded is not None and self.settings.predictor.kind == "baseline":
+            return self._use(baseline_predictor(self.settings), None, None)  # rolled back to no version
         if directory is None or directory in (self.loaded, self._refused):
             return False
         try:
@@ -82,12 +84,15 @@ class ModelReloader:
         except Exception as exc:  # a broken or incompatible version must never stop the replica
             self._refused = directory
             return self._failed(f"{directory}: {type(exc).__name__}: {exc}")
+        return self._use(predictor, table, directory)
+
+    def _use(self, predictor: Predictor, table: LambdaTable | None, directory: Path | None) -> bool:
         self.engine.use_predictor(predictor)
         self.targets.use(table)
         self.loaded, self._refused = directory, None
         self._publish()
         PREDICTOR_RELOADS.labels("loaded").inc()
-        log.info("model %s (%s) in service", self.version, directory)
+        log.info("model %s (%s) in service", self.version, directory or "the baseline")
         return True
 
     def _load(self, directory: Path) -> tuple[Predictor, LambdaTable | None]:

@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     mo.add_argument("--registry", required=True)
     rb = sub.add_parser("rollback", help="put the parent of the version in service (or --to) back in service")
     rb.add_argument("--registry", required=True)
-    rb.add_argument("--to", help="a version to put in service instead of the parent")
+    rb.add_argument("--to", help="a version to put in service instead of the parent (baseline: a new ladder's registry back to none)")
     args = parser.parse_args(argv)
     commands = {"collect": _collect, "train": _train, "evaluate": _evaluate, "calibrate": _calibrate, "live-check": _live_check,
                 "report": _report, "learn": _learn, "models": _models, "rollback": _rollback}  # fmt: skip

@@ -130,14 +130,22 @@ def seed(registry: Path, base: Path) -> str:
     return version
 
 
+BASELINE = "baseline"  # ``rollback --to baseline``: a new ladder's registry back to no version (the baseline serves)
+
+
 def rollback(registry: Path, to: str | None = None) -> str:
-    """Put the served version's parent (or ``to``) back in service; returns the version now in service."""
+    """Put the served version's parent (or ``to``) back in service; returns the version now in service. ``to``
+    ``baseline``: a new ladder's registry names no version any more, and its routers (``predictor.kind: baseline``)
+    serve the baseline again."""
     served = current(registry)
     if served is None:
         raise ValueError(f"{registry} has no version in service")
+    if to == BASELINE:
+        (registry / CURRENT_FILE).unlink()
+        return BASELINE
     target = to or lineage(registry, served).get("parent")
     if not target:
-        raise ValueError(f"{served} has no parent to roll back to; name a version with --to")
+        raise ValueError(f"{served} has no parent to roll back to; name a version with --to (or --to baseline on a new ladder)")
     point(registry, target)
     return str(target)
 

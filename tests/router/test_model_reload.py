@@ -63,7 +63,8 @@ async def test_a_promoted_version_is_served_without_a_restart_and_a_broken_one_i
 
 async def test_a_new_ladder_serves_the_baseline_until_its_registry_names_a_version(tmp_path: Path) -> None:
     """``kind: baseline`` with a ``path``: untrained (the rule runs safe) until ``training learn --data none``
-    promotes a first version into the registry, which is then served without a restart."""
+    promotes a first version into the registry, which is then served without a restart; rolled back to no
+    version, the baseline serves again."""
     registry = tmp_path / "models"  # not there yet: the learner creates it
     settings = make_settings(predictor={"kind": "baseline", "path": str(registry), "reload_s": 0.01})
     async with app_client(settings, stages=fake_stages(settings.stages, S0, S1)) as client:
@@ -74,4 +75,8 @@ async def test_a_new_ladder_serves_the_baseline_until_its_registry_names_a_versi
         assert await _serving(client, "v0001")
         assert (await client.get("/health")).json()["predictor_trained"] is True
         body = {"model": "cascade", "messages": PROMPT, "max_tokens": 16}
+        assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+        (registry / "current").unlink()  # `training rollback --to baseline`
+        assert await _serving(client, "builtin")
+        assert (await client.get("/health")).json()["predictor_trained"] is False
         assert (await client.post("/v1/chat/completions", json=body)).status_code == 200

@@ -128,6 +128,9 @@ def test_a_new_ladder_learns_from_its_traffic_alone(tmp_path: Path) -> None:
     assert card["data"]["rows"]["train"] > 0
     labelled = learn.with_reference(every[0].row, 2)
     assert [s["agreement"] for s in labelled["stages"] if s["stage"] == 2] == [1.0]
+    with pytest.raises(ValueError, match="--to baseline"):  # v0001 has no parent: the baseline is what came before
+        learn.rollback(registry)
+    assert learn.rollback(registry, "baseline") == "baseline" and learn.current(registry) is None and resolve(registry) == registry
 
 
 def test_an_empty_registry_needs_a_base_unless_the_ladder_is_new(tmp_path: Path) -> None:
