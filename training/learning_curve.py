@@ -253,13 +253,17 @@ def _gate(s: Setup, served: BatchPredictor, candidate_fit: Callable[[Sequence[La
 
 
 def family_run(s: Setup, family: str, fitter: Fitter, rate: float, retrain_every: int, seed: int, gate: bool = False,
-               gate_min_eval: int = 5, explore: float = 0.0) -> dict[str, Any]:  # fmt: skip
+               gate_min_eval: int = 5, explore: float = 0.0, tour: float = 0.0) -> dict[str, Any]:  # fmt: skip
     """One family replayed (module docstring); the JSON-ready record, with the labels gathered.
 
     ``explore`` (not in the router: what it would take): a request the top stage answered with no lower stage
     finished is, with this probability, also answered by one lower stage it skipped or aborted (drawn uniformly), which
     the top stage verifies (its label by agreement with the top); that costs the lower stage's whole answer plus the
-    top stage's prompt processing of prompt + that answer, counted apart from the shadow checks."""
+    top stage's prompt processing of prompt + that answer, counted apart from the shadow checks.
+
+    ``tour`` (``cascade.explore.rate``): a request tours the ladder with this probability: every stage answers in
+    order, each verified by the next (a label for every lower stage), and the top's answer is returned; its compute
+    is every stage's (``tour_compute``: beyond the top's)."""
     t0 = time.perf_counter()
     idx = np.flatnonzero(s.full.family == family)
     rng = np.random.default_rng([seed, zlib.crc32(family.encode())])
@@ -277,19 +281,28 @@ def family_run(s: Setup, family: str, fitter: Fitter, rate: float, retrain_every
     labels: list[Label] = []
     since, refits, promoted = 0, 0, 0
     stream_rec = {"correct": 0, "compute": 0.0, "top_compute": 0.0, "shadow_compute": 0.0, "shadow_checks": 0,
-                  "verification_labels": 0, "shadow_labels": 0, "explore_compute": 0.0, "explore_labels": 0}  # fmt: skip
+                  "verification_labels": 0, "shadow_labels": 0, "explore_compute": 0.0, "explore_labels": 0, "tours": 0,
+                  "tour_compute": 0.0}  # fmt: skip
     one = {"compute": s.costs["compute"]}
     requests: list[dict[str, Any]] = []
     for k, i in enumerate(stream.tolist()):
         sel = np.array([i])
         t = s.full.rows(sel)
-        b = replay.beliefs(t, model, s.rule_prices)
-        out, finished, aborted = visits(t, b, {u: _rows(c, sel) for u, c in one.items()}, s.lam, s.opt)
-        final = int(out.final[0])
-        drawn = final + 1 < n and bool(rng.random() < rate)
-        got = request_labels(i, finished[0].tolist(), final, n, s.opt.draft_reuse, drawn, s.agree, rate)
+        if tour > 0 and bool(rng.random() < tour):  # cascade.explore: every stage in order, the top's answer returned
+            final, correct, cost, drawn = n - 1, int(s.full.y[i, n - 1]), float(s.costs["compute"].full[i].sum()), False
+            finished_row, aborted_row = [True] * n, [False] * n
+            got = request_labels(i, finished_row, final, n, True, False, s.agree)
+            stream_rec["tours"] += 1
+            stream_rec["tour_compute"] += cost - float(s.costs["compute"].full[i, n - 1])
+        else:
+            b = replay.beliefs(t, model, s.rule_prices)
+            out, finished, aborted = visits(t, b, {u: _rows(c, sel) for u, c in one.items()}, s.lam, s.opt)
+            final, correct, cost = int(out.final[0]), int(out.correct[0]), float(out.spent["compute"][0])
+            finished_row, aborted_row = finished[0].tolist(), aborted[0].tolist()
+            drawn = final + 1 < n and bool(rng.random() < rate)
+            got = request_labels(i, finished_row, final, n, s.opt.draft_reuse, drawn, s.agree, rate)
         explored = None
-        lower = [j for j in range(n - 1) if not finished[0, j]]
+        lower = [j for j in range(n - 1) if not finished_row[j]]
         if explore > 0 and final == n - 1 and not got and lower and rng.random() < explore:
             explored = int(rng.choice(lower))
             got.append(Label(i, explored, s.agree(i, explored, n - 1), "explore", n - 1))
@@ -298,11 +311,11 @@ def family_run(s: Setup, family: str, fitter: Fitter, rate: float, retrain_every
                 s.full, i, explored, s.prompt_prices, n - 1
             )
         labels += got
-        requests.append({"task": str(s.full.task[i]), "final": final, "finished": finished[0].tolist(), "aborted": aborted[0].tolist(),
+        requests.append({"task": str(s.full.task[i]), "final": final, "finished": finished_row, "aborted": aborted_row,
                          "shadow": drawn, "explored": explored, "labels": len(got)})  # fmt: skip
         since += len(got)
-        stream_rec["correct"] += int(out.correct[0])
-        stream_rec["compute"] += float(out.spent["compute"][0])
+        stream_rec["correct"] += correct
+        stream_rec["compute"] += cost
         stream_rec["top_compute"] += float(s.costs["compute"].full[i, n - 1])
         if drawn:
             stream_rec["shadow_checks"] += 1
@@ -370,6 +383,7 @@ def aggregate(fams: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "compute_vs_top": st["compute"] / st["top_compute"],
             "shadow_compute_vs_top": shadow_share,
             "explore_compute_vs_top": st.get("explore_compute", 0.0) / st["top_compute"] if st["top_compute"] else 0.0,
+            "tour_compute_vs_top": st.get("tour_compute", 0.0) / st["top_compute"] if st["top_compute"] else 0.0,
         },  # fmt: skip
         "targets": {
             "within_points": TARGET_POINTS,
@@ -409,7 +423,8 @@ def setup(data_path: Path, config: Path | None, label_source: str, lam: float | 
 def run(data_path: Path = Path("data/cpu/collect.jsonl"), out_json: Path = OUT_JSON, out_png: Path | None = OUT_PNG,
         config: Path | None = None, families: Sequence[str] | None = None, rate: float = 0.1, retrain_every: int = 20,
         seed: int = 0, label_source: str = "agreement", lam: float | None = None, gate: bool = False,
-        fitter: Fitter | None = None, progress: bool = True, resume: bool = True, explore: float = 0.0) -> dict[str, Any]:  # fmt: skip
+        fitter: Fitter | None = None, progress: bool = True, resume: bool = True, explore: float = 0.0,
+        tour: float = 0.0) -> dict[str, Any]:  # fmt: skip
     """Every family (or ``families``) replayed; the JSON (written after each family: resumable) and the PNG."""
     from tqdm import tqdm
 
@@ -417,7 +432,7 @@ def run(data_path: Path = Path("data/cpu/collect.jsonl"), out_json: Path = OUT_J
     fitter = fitter or fold_fitter(50.0)
     names = sorted(set(s.full.family.tolist())) if not families else list(families)
     key = _config_key(data=data_path.name, rate=rate, retrain_every=retrain_every, seed=seed, label_source=label_source,
-                      lam=s.lam, gate=gate, rule_unit="compute", explore=explore)  # fmt: skip
+                      lam=s.lam, gate=gate, rule_unit="compute", explore=explore, **({"tour": tour} if tour else {}))  # fmt: skip
     done: dict[str, Any] = {}
     if resume and out_json.is_file():
         prev = json.loads(out_json.read_text())
@@ -430,7 +445,7 @@ def run(data_path: Path = Path("data/cpu/collect.jsonl"), out_json: Path = OUT_J
         for fam in names:
             bar.set_postfix_str(fam)
             if fam not in done:
-                done[fam] = family_run(s, fam, fitter, rate, retrain_every, seed, gate, explore=explore)
+                done[fam] = family_run(s, fam, fitter, rate, retrain_every, seed, gate, explore=explore, tour=tour)
                 _write(out_json, result)
             bar.update()
     fams = [done[f] for f in names]
@@ -457,7 +472,8 @@ def _write(path: Path, result: dict[str, Any]) -> None:
 
 def _variant_name(cfg: dict[str, Any]) -> str:
     out = f"shadow {cfg['rate']:g}, refit every {cfg['retrain_every']}, {cfg['label_source']} labels"
-    return out + (f", explore {cfg['explore']:g}" if cfg.get("explore") else "") + (", gated" if cfg.get("gate") else "")
+    out += f", explore {cfg['explore']:g}" if cfg.get("explore") else ""
+    return out + (f", tours {cfg['tour']:g}" if cfg.get("tour") else "") + (", gated" if cfg.get("gate") else "")
 
 
 def merge(main_json: Path, variants: Sequence[Path], png: Path | None) -> dict[str, Any]:
@@ -485,7 +501,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for name, a in runs.items():
         c = a["curve"]
         seen = [p["seen"] for p in c]
-        share = 100 * (a["stream"]["shadow_compute_vs_top"] + a["stream"].get("explore_compute_vs_top", 0.0))
+        share = 100 * (a["stream"]["shadow_compute_vs_top"] + a["stream"].get("explore_compute_vs_top", 0.0)
+                       + a["stream"].get("tour_compute_vs_top", 0.0))  # fmt: skip
         line = axes[0].step(
             seen, [-p["points_below_top"] for p in c], where="post", label=f"{name}, {a['families']} families (labels cost {share:.1f} %)"
         )
@@ -524,6 +541,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--lam", type=float, default=None, help="λ (default: the config's default_lambda)")
     ap.add_argument("--gate", action="store_true", help="promote a refit only on lower log-loss on the newest labels")
     ap.add_argument("--explore", type=float, default=0.0, help="rate of lower-stage answers verified by the top (not in the router)")
+    ap.add_argument("--tour", type=float, default=0.0, help="rate of requests that tour the whole ladder (cascade.explore.rate)")
     ap.add_argument("--no-resume", action="store_true")
     ap.add_argument("--merge", type=Path, nargs="*", default=None, help="add these runs' JSON to --out as variants; no run")
     a = ap.parse_args(argv)
@@ -531,7 +549,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         merge(a.out, a.merge, a.png)
         return
     res = run(a.data, a.out, a.png, a.config, a.families, a.rate, a.retrain_every, a.seed, a.labels, a.lam, a.gate,
-              resume=not a.no_resume, explore=a.explore)  # fmt: skip
+              resume=not a.no_resume, explore=a.explore, tour=a.tour)  # fmt: skip
     agg = res["aggregate"]
     print(json.dumps({k: agg[k] for k in ("families", "test_tasks", "static", "learned", "stream", "targets")}, indent=1))
 
