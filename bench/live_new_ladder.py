@@ -170,14 +170,21 @@ def summarise(rows: list[dict[str, Any]], tasks: list[Task], settings: Settings)
     traffic = [r for r in rows if r.get("phase") == "traffic"]
     checked = [r for r in traffic if r["ok"] is not None]
     points = 100 * (arms["top"]["accuracy"] - arms["learned"]["accuracy"])
-    vs_shipped = arms["learned"]["mean_compute"] / arms["shipped"]["mean_compute"] if arms["shipped"]["mean_compute"] else None
+    # the targets are judged on compute as the replay counts it (the header counts a verifier's prompt per call)
+    vs_shipped = (
+        arms["learned"]["mean_replay_compute"] / arms["shipped"]["mean_replay_compute"] if arms["shipped"]["mean_compute"] else None
+    )
     return {
         "test_tasks": len(both),
         "arms": arms,
         "learned_points_below_top": points,
         "shipped_points_below_top": 100 * (arms["top"]["accuracy"] - arms["shipped"]["accuracy"]),
-        "learned_compute_vs_top": arms["learned"]["mean_compute"] / arms["top"]["mean_compute"] if arms["top"]["mean_compute"] else None,
-        "learned_compute_vs_shipped": vs_shipped,
+        "header_compute": {
+            "learned_vs_top": arms["learned"]["mean_compute"] / arms["top"]["mean_compute"],
+            "learned_vs_shipped": arms["learned"]["mean_compute"] / arms["shipped"]["mean_compute"],
+        }
+        if arms["top"]["mean_compute"] and arms["shipped"]["mean_compute"]
+        else None,  # fmt: skip
         "replay_compute": {
             "learned_vs_top": arms["learned"]["mean_replay_compute"] / arms["top"]["mean_replay_compute"],
             "learned_vs_shipped": arms["learned"]["mean_replay_compute"] / arms["shipped"]["mean_replay_compute"],
@@ -216,6 +223,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--shipped-port", type=int, default=8001)
     ap.add_argument("--out", type=Path, default=RESULTS / "live_new_ladder.json")
+    ap.add_argument("--summary-only", action="store_true", help="summarise the rows already in --workdir; run nothing")
     a = ap.parse_args()
     settings = load_settings(CONFIG)
     top = settings.stages[-1].name
@@ -227,6 +235,10 @@ def main() -> None:
     traffic = traffic[: a.traffic_limit]
     tests, _ = test_tasks(a.data, len(settings.stages))
     tests = tests[: a.test_limit]
+    model_version = None
+    if a.summary_only:
+        write_summary(a, rows, tests, traffic, settings, model_version)
+        return
     base = f"http://127.0.0.1:{a.port}"
     up = start([sys.executable, "-m", "adaptive_sd.cli", "--config", str(CONFIG), "up"], a.workdir, a.workdir / "up.log",
                f"{base}/health?stages=true", 900)  # fmt: skip
@@ -275,8 +287,16 @@ def main() -> None:
         if shipped is not None:
             stop(shipped)
         stop(up)
-    summary = summarise(rows, tests, settings) | {"model_version": model_version, "config": str(CONFIG.relative_to(ROOT)),
-                                         "traffic_tasks": len(traffic), "learn_every": a.learn_every, "min_eval": a.min_eval}  # fmt: skip
+    write_summary(a, rows, tests, traffic, settings, model_version)
+
+
+def write_summary(a: argparse.Namespace, rows: list[dict[str, Any]], tests: list[Task], traffic: list[Task], settings: Settings,
+                  model_version: str | None) -> None:  # fmt: skip
+    promoted = [r["candidate"] for r in rows if r.get("phase") == "learn" and r.get("promoted")]
+    model_version = model_version or (promoted[-1] if promoted else "builtin")  # --summary-only: the last promotion
+    extra = {"model_version": model_version, "config": str(CONFIG.relative_to(ROOT)), "traffic_tasks": len(traffic),
+             "learn_every": a.learn_every, "min_eval": a.min_eval}  # fmt: skip
+    summary = summarise(rows, tests, settings) | extra
     a.out.write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "rounds"}, indent=1))
 
