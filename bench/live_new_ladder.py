@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -42,7 +40,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._procs import RESULTS, ROOT
-from bench.live_vs_top import test_tasks
+from bench.live_vs_top import launch, test_tasks
+from bench.live_vs_top import stop_up as stop
 from common.settings import Settings, load_settings
 from training import dataset
 from training.collect import SEED
@@ -88,35 +87,6 @@ def replay_compute(tokens: str | None, prompt: dict[str, int], settings: Setting
         p = prompt.get(st.tokenizer or name, first_prompt)
         total += st.prices["compute"].prompt_token * p + st.prices["compute"].output_token * generated
     return total
-
-
-def start(
-    cmd: list[str], cwd: Path, log: Path, health: str, timeout_s: float, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, **(env or {})})  # fmt: skip
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}; see {log}")
-        try:
-            if httpx.get(health, timeout=5).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    stop(proc)
-    raise RuntimeError(f"{' '.join(cmd)} not healthy after {timeout_s} s; see {log}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def ask(client: httpx.Client, model: str, task: Task, settings: Settings) -> dict[str, Any]:
@@ -240,7 +210,7 @@ def main() -> None:
         write_summary(a, rows, tests, traffic, settings, model_version)
         return
     base = f"http://127.0.0.1:{a.port}"
-    up = start([sys.executable, "-m", "adaptive_sd.cli", "--config", str(CONFIG), "up"], a.workdir, a.workdir / "up.log",
+    up = launch([sys.executable, "-m", "adaptive_sd.cli", "--config", str(CONFIG), "up"], a.workdir, a.workdir / "up.log",
                f"{base}/health?stages=true", 900)  # fmt: skip
     shipped = None
     try:
@@ -264,7 +234,7 @@ def main() -> None:
                         outcome["served_after_s"] = wait_version(client, outcome["candidate"])
                     keep(outcome | {"phase": "learn", "n": k + 1})
                     print(f"[learn after {k + 1}] {outcome['reason']}", file=sys.stderr, flush=True)
-            shipped = start([sys.executable, "-m", "adaptive_sd.cli", "--config", str(SHIPPED_CONFIG), "serve"], ROOT,
+            shipped = launch([sys.executable, "-m", "adaptive_sd.cli", "--config", str(SHIPPED_CONFIG), "serve"], ROOT,
                             a.workdir / "shipped.log", f"http://127.0.0.1:{a.shipped_port}/health", 300,
                             {"ADAPTIVE_SD_SERVER__PORT": str(a.shipped_port)})  # fmt: skip
             with httpx.Client(base_url=f"http://127.0.0.1:{a.shipped_port}", timeout=900) as shipped_client:

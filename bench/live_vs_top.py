@@ -224,21 +224,29 @@ def start_up(config: str | None, log: Path, timeout_s: float, health: str) -> su
     """``adaptive-sd up`` in its own session; returns once ``/health?stages=true`` says every stage is ok."""
     cmd = [sys.executable, "-m", "adaptive_sd.cli"] + (["--config", config] if config else []) + ["up"]
     print(f"starting {' '.join(cmd)} (log {log})", file=sys.stderr, flush=True)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = launch(cmd, ROOT, log, f"{health}?stages=true", timeout_s)
+    print(f"router up: {httpx.get(health, timeout=5).text[:300]}", file=sys.stderr, flush=True)
+    return proc
+
+
+def launch(
+    cmd: list[str], cwd: Path, log: Path, health: str, timeout_s: float, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``cmd`` in its own session (output to ``log``); returns once ``health`` answers 200, stops it if it never does."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, **(env or {})})  # fmt: skip
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"adaptive-sd up exited with {proc.returncode}; see {log}")
+            raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}; see {log}")
         try:
-            r = httpx.get(health, params={"stages": "true"}, timeout=5)
-            if r.status_code == 200:
-                print(f"router up: {r.text[:300]}", file=sys.stderr, flush=True)
+            if httpx.get(health, timeout=5).status_code == 200:
                 return proc
         except httpx.HTTPError:
             pass
         time.sleep(2)
     stop_up(proc)
-    raise RuntimeError(f"router not healthy after {timeout_s} s; see {log}")
+    raise RuntimeError(f"{' '.join(cmd)} not healthy after {timeout_s} s; see {log}")
 
 
 def stop_up(proc: subprocess.Popen[bytes]) -> None:
