@@ -33,8 +33,9 @@ from common.protocol import ChatCompletionRequest
 from common.response_models import ChatCompletion, Completion, Health, ModelCard, ModelList, ResponseObject
 from common.responses_protocol import ResponsesRequest, parse_responses_request
 from common.settings import Settings
+from predictor.serving.calibration import LambdaTable
 from predictor.serving.interface import Predictor
-from predictor.serving.loader import load_lambda_table, load_model, model_dir
+from predictor.serving.loader import load_model, model_dir
 from router.cascade import CascadeEngine
 from router.contracts import RequestOutcome, TenantLimits
 from router.metrics import ENDPOINTS, RATE_LIMITED, REGISTRY, REQUESTS
@@ -188,8 +189,9 @@ def create_app(
     The lifespan starts and closes the stages and the tenant service."""
     if predictor is None:
         predictor, table, loaded = load_model(settings)
-    else:
-        table, loaded = load_lambda_table(settings), model_dir(settings)
+    else:  # a predictor handed in: the configured directory's λ table only (the model is not loaded again)
+        loaded = model_dir(settings)
+        table = LambdaTable.load(loaded) if loaded is not None else None
     targets = TargetLambdas(table)
     ladder: list[Stage] = list(build_ladder(settings)) if stages is None else list(stages)
     pools = [s for s in ladder if isinstance(s, StagePool)]

@@ -226,6 +226,12 @@ class Outcome:
         return asdict(self)
 
 
+def holdout_start(n: int, holdout: float = DEFAULT_HOLDOUT) -> int:
+    """Where the newest ``holdout`` share of ``n`` labelled rows begins (at least one row is held out): the rows a
+    promotion is decided on. The learner and its replays cut the same way."""
+    return n - max(1, math.ceil(holdout * n))
+
+
 def log_loss(model: Path | None, rows_path: Path, settings: Settings | None = None) -> tuple[float, int]:
     """The answer model's log-loss on the labelled answers of ``rows_path``, and how many there are; ``model`` None:
     the baseline of ``settings`` (a new ladder's model in service before its first promotion)."""
@@ -270,7 +276,7 @@ def learn(
     trained_until = float(lineage(registry, served).get("trained_until") or 0.0) if served else 0.0
     top = len(settings.stages) - 1 if new_ladder else None
     rows = labelled_rows(logs)  # the decision is made on answers a higher stage (or a checker) judged
-    cut = len(rows) - max(1, math.ceil(holdout * len(rows))) if rows else 0
+    cut = holdout_start(len(rows), holdout) if rows else 0
     older, newest = rows[:cut], rows[cut:]
     if new_ladder:  # the top stage's answers train as the reference, also in rows with nothing else labelled
         horizon = newest[0].order if newest else (math.inf, 0)

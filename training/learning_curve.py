@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -241,7 +240,7 @@ def _gate(s: Setup, served: BatchPredictor, candidate_fit: Callable[[Sequence[La
     """The learner's decision: hold out the newest 20 % of the labels, fit on the rest, promote on lower log-loss."""
     from training.train import _log_loss
 
-    cut = len(labels) - max(1, math.ceil(learn.DEFAULT_HOLDOUT * len(labels)))
+    cut = learn.holdout_start(len(labels))
     older, newest = labels[:cut], labels[cut:]
     if len(newest) < min_eval:
         return None

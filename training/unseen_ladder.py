@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -225,7 +224,7 @@ def run(data_path: Path = Path("data/cpu/collect.jsonl"), config: Path = CONFIG,
         # the learner's round on the log so far (training.learn): the newest 20 % decide, the rest train
         # (the top stage's reference labels are 1 by definition: they neither decide nor count toward the holdout)
         judged = [k for k, lb in enumerate(labels) if lb.source != "reference"]
-        cut = judged[-max(1, math.ceil(learn.DEFAULT_HOLDOUT * len(judged)))] if judged else len(labels)
+        cut = judged[learn.holdout_start(len(judged))] if judged else len(labels)
         newest = [lb for lb, at in zip(labels[cut:], stamps[cut:], strict=True) if at > trained_until and lb.source != "reference"]
         record: dict[str, Any] = {"seen": k + 1, "labels": len(labels), "evaluation": len(newest), "promoted": False}
         rounds.append(record)

@@ -14,7 +14,6 @@ __all__ = [
     "CURRENT_FILE",
     "PredictorLoadError",
     "baseline_predictor",
-    "load_lambda_table",
     "load_model",
     "load_predictor",
     "model_dir",
@@ -66,11 +65,6 @@ def resolve(path: Path) -> Path:
 def model_version(directory: Path) -> str:
     """What ``/health`` and ``/metrics`` call a loaded model: its registry version, else its directory's name."""
     return directory.name
-
-
-def load_lambda_table(settings: Settings) -> LambdaTable | None:
-    """The configured model's calibration table (per-tenant quality targets); None without one."""
-    return load_model(settings)[1]
 
 
 def load_predictor(settings: Settings) -> Predictor:
