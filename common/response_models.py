@@ -488,6 +488,19 @@ class ExploreHealth(_Body):
     untrained_rate: float = Field(description="the rate while the predictor in service is not trained on this ladder")
 
 
+class DefaultLambdaHealth(_Body):
+    """The λ of requests whose tenant sets none, and where it comes from (``cascade.default_target``)."""
+
+    value: float = Field(
+        description="λ in the rule's cost unit, before `cascade.untrained_lambda_scale` (applied while the baseline serves)"
+    )
+    source: Literal["target", "default_lambda"] = Field(
+        description="`target`: cascade.default_target looked up in the calibration table of the model in service; "
+        "`default_lambda`: no target set, or the model has no table, or none of its λ meets the target"
+    )
+    target: str | None = Field(None, description="cascade.default_target, in words")
+
+
 class Health(_Body):
     """``GET /health``: liveness, and each stage endpoint's state as the router sees it."""
 
@@ -501,6 +514,7 @@ class Health(_Body):
     tenancy: TenancyHealth
     shadow: ShadowHealth
     explore: ExploreHealth
+    default_lambda: DefaultLambdaHealth
     stages: dict[str, str] | None = Field(
         None,
         description="only with ?stages=true: each stage, probed now: `ok`, `unreachable`, or `dead (<how its process ended>)` "

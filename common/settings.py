@@ -390,9 +390,31 @@ class ExploreConfig(_Model):
     )
 
 
+class QualityTarget(_Model):
+    """A target λ is looked up for in the predictor's calibration table (``python -m training calibrate``) instead
+    of a λ in cost units: exactly one of the three. A tenant's (``TenantSettings.target``) or the router's default
+    (``cascade.default_target``). The table says what accuracy means: a checker's verdict where the model was
+    calibrated on a collection, agreement with the top stage where it was calibrated on a new ladder's tours."""
+
+    keep: float | None = Field(None, gt=0.0, le=1.0, description="keep this share of the top stage's accuracy")
+    within_points: float | None = Field(None, ge=0.0, le=100.0, description="stay within this many accuracy points of the top stage")
+    top_share: float | None = Field(None, ge=0.0, le=1.0, description="send this share of requests to the top stage")
+
+    @model_validator(mode="after")
+    def _one(self) -> QualityTarget:
+        if sum(v is not None for v in (self.keep, self.within_points, self.top_share)) != 1:
+            raise ValueError("give exactly one of keep, within_points, top_share")
+        return self
+
+
 class CascadeConfig(_Model):
     model_name: str = Field(defaults.MODEL_NAME, description="the `model` value that runs the adaptive ladder")
     default_lambda: float = Field(defaults.LAMBDA, ge=0.0, description="quality weight when a request names none")
+    default_target: QualityTarget | None = Field(
+        None,
+        description="the λ of requests whose tenant sets none, looked up in the calibration table of the model in service "
+        "for this target (as a tenant's target is); default_lambda while the model has no table or none of its λ meets it",
+    )
     skip_by_prior: bool = Field(True, description="let the prompt-only priors skip small stages")
     explore: ExploreConfig = Field(default_factory=ExploreConfig, description="tours of the whole ladder, for labels")
     untrained_lambda_scale: float = Field(

@@ -201,7 +201,7 @@ def create_app(
         raise ValueError(f"stages {names} do not match the configured stages {configured}")
     engine = CascadeEngine(settings, ladder, predictor)
     chat_serving = ChatServing(settings, ladder, engine)
-    tenants = TenantService(settings.tenancy, settings.cascade.default_lambda)
+    tenants = TenantService(settings.tenancy, settings.cascade.default_lambda, default_target=settings.cascade.default_target)
     tenants.target_lambda = targets.lam
     reloader = ModelReloader(settings, engine, targets, loaded)
     admin_key = settings.tenancy.admin_key.get_secret_value() if settings.tenancy.admin_key else None
@@ -224,6 +224,12 @@ def create_app(
     app = RouterApp(title="adaptive-sd router", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=DESCRIPTION, openapi_tags=TAGS, separate_input_output_schemas=False)  # fmt: skip
     app.include_router(admin_router(tenants, admin_key, names))
+
+    def default_lambda() -> dict[str, object]:
+        target = settings.cascade.default_target
+        found = targets.find(target) if target is not None else None
+        return {"value": tenants.default_lambda if found is None else found, "source": "default_lambda" if found is None else "target",
+                "target": targets.describe(target) if target is not None else None}  # fmt: skip
 
     def limits(tenant: Tenant) -> TenantLimits:
         s = tenant.settings
@@ -379,6 +385,7 @@ def create_app(
             "tenancy": tenants.health(),
             "shadow": engine.shadow.health(),
             "explore": {"rate": engine.explore_rates[engine.untrained], "untrained_rate": engine.explore_rates[1]},
+            "default_lambda": default_lambda(),
         }
         if tenants.degraded:
             body["status"] = "degraded"

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 
+from common.settings import QualityTarget
 from predictor.serving.calibration import LambdaTable, Target
-from router.tenants.model import QualityTarget
 
 log = logging.getLogger("adaptive_sd.targets")
 
@@ -27,14 +27,21 @@ class TargetLambdas:
         self.table = table
         self._cache = {}
 
-    def lam(self, target: QualityTarget, otherwise: float) -> float:
+    def find(self, target: QualityTarget) -> float | None:
+        """The table's λ for ``target``; None (said once in the log) without a table or where no λ of it meets it."""
         key = (target.keep, target.within_points, target.top_share)
         if key not in self._cache:
             t = Target(*key)
             found = self.table.lambda_for(t) if self.table is not None else None
             if found is None:
                 why = "the predictor has no calibration table" if self.table is None else "no λ of the calibration table meets it"
-                log.warning("tenant target '%s' cannot be honoured (%s): using λ %g", t.describe(), why, otherwise)
+                log.warning("target '%s' cannot be honoured (%s): the configured λ is used", t.describe(), why)
             self._cache[key] = found
-        found = self._cache[key]
+        return self._cache[key]
+
+    def lam(self, target: QualityTarget, otherwise: float) -> float:
+        found = self.find(target)
         return otherwise if found is None else found
+
+    def describe(self, target: QualityTarget) -> str:
+        return Target(target.keep, target.within_points, target.top_share).describe()

@@ -41,8 +41,12 @@ exists, so the candidate is fitted on the logged rows alone, with their own spli
 (the traffic log draws them from each row's id). No checker judged them: the label
 is agreement with a higher stage, so the top stage's own logged answers are the
 reference, labelled 1 (``label(..., reference=True)``); they train the models but
-never decide (they are 1 by definition). No λ table is derived (that needs every
-stage's answer to every task); the registry starts empty and, until its first
+never decide (they are 1 by definition). Its λ table comes from the logged
+**tours** outside the train split (``calibrate.tour_table``: every stage answered
+those, and accuracy there is agreement with the top stage), so that targets, the
+router's ``cascade.default_target`` among them, are met in agreement; with fewer
+than ``calibrate.MIN_TOURS`` of them the candidate has no table and the router uses
+``cascade.default_lambda``. The registry starts empty and, until its first
 promotion, the model in service is the config's baseline (``predictor.kind:
 baseline`` with ``predictor.path`` at the registry: ``predictor.serving.loader``).
 
@@ -221,6 +225,7 @@ class Outcome:
     evaluation_rows: int = 0
     log_loss: dict[str, float] = field(default_factory=dict)
     trained_rows: dict[str, int] = field(default_factory=dict)
+    calibration: str = ""  # a new ladder: where the candidate's λ table came from, or why it has none
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -301,7 +306,10 @@ def learn(
             outcome.reason = f"no candidate: {exc}"
             return outcome
         if shipped is not None:
-            calibration = calibrate.table(shipped, candidate_dir, config)
+            calibration: dict[str, Any] | None = calibrate.table(shipped, candidate_dir, config)
+        else:  # a new ladder: its tours are the only requests every stage answered
+            calibration, outcome.calibration = calibrate.tour_table((r.row for r in labelled_rows(logs, top)), candidate_dir, settings)
+        if calibration is not None:
             (candidate_dir / calibrate.CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
         mine, _ = log_loss(candidate_dir, eval_path)
         theirs, _ = log_loss(registry / served if served else None, eval_path, settings)
@@ -313,7 +321,8 @@ def learn(
         record = {"parent": served, "source": "learn", "created": round(time.time(), 3),
                   "trained_on": {"collection": str(shipped) if shipped else None, "logs": [str(p) for p in logs], **outcome.trained_rows},
                   "trained_until": older[-1].order[0] if older else trained_until,
-                  "evaluation": {"answers": answers, "log_loss": outcome.log_loss}}  # fmt: skip
+                  "evaluation": {"answers": answers, "log_loss": outcome.log_loss},
+                  **({"calibration": outcome.calibration} if outcome.calibration else {})}  # fmt: skip
         outcome.candidate = _add_version(registry, candidate_dir, record)
         point(registry, outcome.candidate)
         outcome.promoted = True

@@ -149,10 +149,7 @@ class Agreement:
             return int(y) if y is not None else 0
         if verifier == self.n - 1 and stages[stage].get("agreement") is not None:
             return agreement_label(float(stages[stage]["agreement"]))
-        draft, own = stages[stage].get("text") or "", stages[verifier].get("text") or ""
-        if not draft:
-            return 0
-        return agreement_label(reuse.replay(own, draft).kept_chars / len(draft))
+        return agreement_label(reuse.agreement(stages[verifier].get("text") or "", stages[stage].get("text") or ""))
 
 
 # -- training rows ----------------------------------------------------------------------------------------------------

@@ -60,6 +60,13 @@ def replay(own: str, draft: str) -> Reuse:
     return Reuse(kept, misses)
 
 
+def agreement(own: str, draft: str) -> float:
+    """The share of ``draft`` a stage whose own (greedy) answer is ``own`` would keep verifying it, estimated on the
+    texts (kept characters over the draft's): the stand-in for a verification that was not run (a stage's answer
+    against a stage above the one that verified it, in a replay or on a tour). No draft: 0."""
+    return replay(own, draft).kept_chars / len(draft) if draft else 0.0
+
+
 @dataclass(frozen=True)
 class StageRates:
     """Seconds per prompt token (prefill) and per generated token (decode) of one stage.

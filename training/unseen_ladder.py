@@ -51,10 +51,11 @@ import numpy as np
 
 from common.settings import Settings, load_settings
 from predictor.serving.baseline import MeanLogprobPredictor
+from predictor.serving.calibration import LambdaTable, Target
 from predictor.serving.loader import baseline_predictor
 from predictor.serving.rows import split_of
 from predictor.serving.runtime import OnnxPredictor
-from training import dataset, learn, replay
+from training import calibrate, dataset, learn, replay
 from training.learning_curve import Agreement, Label, figures, labelled_rows, request_labels, shadow_cost, visits
 from training.replay import BatchPredictor, Options, Table
 
@@ -62,6 +63,7 @@ OUT_JSON = Path("bench/results/unseen_ladder.json")
 OUT_PNG = Path("bench/results/unseen_ladder.png")
 CONFIG = Path("configs/cpu-learn.yaml")
 SHIPPED = Path("predictor/models/cpu")
+SHIPPED_CONFIG = Path("configs/cpu.yaml")  # the shipped model's λ
 TARGET_POINTS = 1.0  # within this many points of the top stage
 TARGET_VS_SHIPPED = 1.10  # compute at most this multiple of the shipped model's
 LAMBDAS = (100.0, 150.0, 200.0, 250.0, 300.0, 350.0, 400.0, 450.0, 600.0, 892.0, 1500.0)  # the frontiers' sweep (compute unit)
@@ -145,6 +147,27 @@ def _logged_split(task: str) -> str:
     return split_of(f"traffic/{task}")
 
 
+def tour_lambda(s: Setup, toured: Sequence[int], model: BatchPredictor) -> tuple[float, str]:
+    """The λ a router on ``s``'s config serves a promoted ``model`` with: ``cascade.default_target`` looked up in the
+    λ table of the tours so far outside the train split (``calibrate.tour_table``, the learner's: accuracy is
+    agreement with the top stage), else the config's ``default_lambda``; and where it came from."""
+    target = s.settings.cascade.default_target
+    held = [i for i in toured if _logged_split(str(s.full.task[i])) != "train"]
+    if target is None:
+        return s.lam, "default_lambda (no cascade.default_target)"
+    if len(held) < calibrate.MIN_TOURS:
+        return s.lam, f"default_lambda ({len(held)} tours outside the train split, {calibrate.MIN_TOURS} needed)"
+    sel = np.array(held)
+    t = s.full.rows(sel)
+    top = t.n_stages - 1
+    t.y = np.array([[1 if j == top else s.agree(i, j, top) for j in range(t.n_stages)] for i in held])
+    table = LambdaTable.of(calibrate.grid(t, replay.beliefs(t, model, s.rule_prices), s.settings))
+    found = table.lambda_for(Target(target.keep, target.within_points, target.top_share))
+    if found is None:
+        return s.lam, f"default_lambda (no λ of {len(held)} tours meets the target)"
+    return found, f"target, {len(held)} tours"
+
+
 def _log_loss(model: BatchPredictor, x: np.ndarray, y: np.ndarray) -> float:
     from training.train import _log_loss as ll
 
@@ -179,13 +202,16 @@ def run(data_path: Path = Path("data/cpu/collect.jsonl"), config: Path = CONFIG,
         tour_untrained = explore.rate if explore.untrained_rate is None else explore.untrained_rate
 
     model: BatchPredictor = BaselineBatch(baseline)
-    trained, version = False, "baseline"
+    trained, version, lam_served = False, "baseline", s.lam
     shipped_model = OnnxPredictor.load(shipped)
-    shipped_point = test_point(s, test, shipped_model, s.lam)
+    shipped_lam = load_settings(SHIPPED_CONFIG).cascade.default_lambda
+    target = s.settings.cascade.default_target
+    shipped_point = test_point(s, test, shipped_model, shipped_lam)
     curve: list[dict[str, Any]] = [
         {"seen": 0, "version": version, "labels": 0, **test_point(s, test, model, s.lam * scale, tour_untrained)}
     ]
     labels: list[Label] = []
+    tours: list[int] = []  # the traffic requests that toured: a new ladder's λ table comes from them
     stamps: list[int] = []  # the request index each label came from: "time" in the log
     rounds: list[dict[str, Any]] = []
     trained_until = -1
@@ -195,13 +221,14 @@ def run(data_path: Path = Path("data/cpu/collect.jsonl"), config: Path = CONFIG,
     for k, i in enumerate(tqdm(traffic.tolist(), disable=not progress, unit="request", desc="traffic")):
         sel = np.array([i])
         t = s.full.rows(sel)
-        lam = s.lam if trained else s.lam * scale
+        lam = lam_served if trained else s.lam * scale
         rate = shadow.rate if trained else untrained_rate
         toured = bool(rng.random() < (tour if trained else tour_untrained))
         if toured:  # every stage in order, each verifying the one below; the top's answer returned
             final, correct, cost, drawn = top, int(s.full.y[i, top]), float(s.costs.full[i].sum()), False
             got = request_labels(i, [True] * n, top, n, True, False, s.agree)
             spent["tours"] += 1
+            tours.append(i)
             spent["tour_compute"] += cost - float(s.costs.full[i, top])
         else:
             costs = {u: replay.UnitCosts(c.full[sel], c.at[sel], c.saving[sel]) for u, c in one.items()}
@@ -244,9 +271,11 @@ def run(data_path: Path = Path("data/cpu/collect.jsonl"), config: Path = CONFIG,
         if mine < theirs:
             version = f"v{sum(r['promoted'] for r in rounds) + 1:04d}"
             model, trained, trained_until = cand, True, stamps[cut - 1]
-            record.update(promoted=True, version=version)
+            lam_served, lam_source = tour_lambda(s, tours, model)
+            record.update(promoted=True, version=version, **{"lambda": lam_served, "lambda_source": lam_source})
             priors = model.prior_batch(s.full.prior_x[test].reshape(-1, s.full.prior_x.shape[-1])).reshape(len(test), n)
-            curve.append({"seen": k + 1, "version": version, "labels": len(labels), **test_point(s, test, model, s.lam, tour),
+            curve.append({"seen": k + 1, "version": version, "labels": len(labels), "lambda": lam_served,
+                          **test_point(s, test, model, lam_served, tour),
                           "mean_prior": [round(float(v), 3) for v in priors.mean(axis=0)]})  # fmt: skip
     top_point = curve[0]
     result = {
@@ -259,6 +288,8 @@ def run(data_path: Path = Path("data/cpu/collect.jsonl"), config: Path = CONFIG,
             "tour_untrained": tour_untrained,
             "seed": seed,
             "lam": s.lam,
+            "default_target": target.model_dump(exclude_none=True) if target else None,
+            "shipped_lam": shipped_lam,
             "untrained_lambda_scale": scale,
             "shadow_rate": shadow.rate,
             "shadow_untrained_rate": untrained_rate,

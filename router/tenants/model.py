@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from common.protocol import MAX_INT
+from common.settings import QualityTarget
 
 KEY_PREFIX = "asd-"
 _TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -34,23 +35,6 @@ class SLO(BaseModel):
 
     metric: Literal["p95_latency_ms", "mean_cost"] = Field(description="p95 end-to-end latency, or mean stage cost per request")
     target: float = Field(gt=0.0, allow_inf_nan=False)  # JSON's 1e999 is infinity: it was stored, and answered as null
-
-
-class QualityTarget(BaseModel):
-    """A target the tenant's λ is looked up for in the predictor's calibration table (``python -m training calibrate``)
-    instead of a λ in cost units: exactly one of the three."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    keep: float | None = Field(None, gt=0.0, le=1.0, description="keep this share of the top stage's accuracy")
-    within_points: float | None = Field(None, ge=0.0, le=100.0, description="stay within this many accuracy points of the top stage")
-    top_share: float | None = Field(None, ge=0.0, le=1.0, description="send this share of requests to the top stage")
-
-    @model_validator(mode="after")
-    def _one(self) -> QualityTarget:
-        if sum(v is not None for v in (self.keep, self.within_points, self.top_share)) != 1:
-            raise ValueError("give exactly one of keep, within_points, top_share")
-        return self
 
 
 class TenantSettings(BaseModel):

@@ -41,11 +41,11 @@ from typing import Any, TypeVar
 
 from common import defaults
 from common.errors import APIError
-from common.settings import TenancyConfig
+from common.settings import QualityTarget, TenancyConfig
 from router.metrics import STORE_ERRORS, STORE_UP, TENANT_LAMBDA, TENANT_OBSERVED
 from router.tenants import slo
 from router.tenants.breaker import CircuitBreaker
-from router.tenants.model import Admission, QualityTarget, Tenant, TenantSettings, hash_key
+from router.tenants.model import Admission, Tenant, TenantSettings, hash_key
 from router.tenants.store import Bucket, MemoryStore, SLOState, TenantStore, Usage, admit_buckets
 
 log = logging.getLogger("adaptive_sd.tenants")
@@ -90,9 +90,11 @@ class TenantService:
         default_lambda: float = defaults.LAMBDA,
         store: TenantStore | None = None,
         controller: slo.ControllerConfig = DEFAULT_CONTROLLER,
+        default_target: QualityTarget | None = None,
     ) -> None:
         self.cfg = cfg
         self.default_lambda = default_lambda
+        self.default_target = default_target  # cascade.default_target: the default λ from the model's table
         self.store = store or make_store(cfg)
         self.breaker = CircuitBreaker(cfg.breaker_failures, cfg.breaker_cooldown_s)
         self.controller = controller
@@ -265,6 +267,13 @@ class TenantService:
             return self.cfg.slo_initial_lambda
         if settings.target is not None and self.target_lambda is not None:
             return self.target_lambda(settings.target, self.default_lambda)
+        return self.lam_default()
+
+    def lam_default(self) -> float:
+        """The router's default λ: ``cascade.default_target`` looked up in the table of the model in service (a new
+        model brings its own), else ``cascade.default_lambda``."""
+        if self.default_target is not None and self.target_lambda is not None:
+            return self.target_lambda(self.default_target, self.default_lambda)
         return self.default_lambda
 
     def lam_for(self, tenant: Tenant) -> float:
