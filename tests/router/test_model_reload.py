@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from predictor.serving.calibration import LambdaTable, Target
 from tests.router.fake_stage import fake_stages
 from tests.router.inprocess import PROMPT, S0, S1, app_client, make_settings
 
@@ -64,19 +65,27 @@ async def test_a_promoted_version_is_served_without_a_restart_and_a_broken_one_i
 async def test_a_new_ladder_serves_the_baseline_until_its_registry_names_a_version(tmp_path: Path) -> None:
     """``kind: baseline`` with a ``path``: untrained (the rule runs safe) until ``training learn --data none``
     promotes a first version into the registry, which is then served without a restart; rolled back to no
-    version, the baseline serves again."""
+    version, the baseline serves again. The default λ follows: ``default_lambda`` while the baseline serves, the
+    promoted version's table λ for ``cascade.default_target`` once it does."""
     registry = tmp_path / "models"  # not there yet: the learner creates it
-    settings = make_settings(predictor={"kind": "baseline", "path": str(registry), "reload_s": 0.01})
+    settings = make_settings(predictor={"kind": "baseline", "path": str(registry), "reload_s": 0.01}, default_target={"within_points": 1})
+    table = LambdaTable.load(BASE)
+    assert table is not None
+    lam = table.lambda_for(Target(within_points=1))
     async with app_client(settings, stages=fake_stages(settings.stages, S0, S1)) as client:
         health = (await client.get("/health")).json()
         assert health["model_version"] == "builtin" and health["predictor_trained"] is False
+        assert health["default_lambda"] | {"target": None} == {"value": 10.0, "source": "default_lambda", "target": None}
         shutil.copytree(BASE, registry / "v0001")
         _point(registry, "v0001")
         assert await _serving(client, "v0001")
-        assert (await client.get("/health")).json()["predictor_trained"] is True
+        health = (await client.get("/health")).json()
+        assert health["predictor_trained"] is True and health["default_lambda"]["value"] == lam != 10.0
         body = {"model": "cascade", "messages": PROMPT, "max_tokens": 16}
-        assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+        answered = await client.post("/v1/chat/completions", json=body)
+        assert answered.status_code == 200 and float(answered.headers["x-cascade-lambda"]) == pytest.approx(lam, rel=1e-5)
         (registry / "current").unlink()  # `training rollback --to baseline`
         assert await _serving(client, "builtin")
-        assert (await client.get("/health")).json()["predictor_trained"] is False
+        health = (await client.get("/health")).json()
+        assert health["predictor_trained"] is False and health["default_lambda"]["source"] == "default_lambda"
         assert (await client.post("/v1/chat/completions", json=body)).status_code == 200

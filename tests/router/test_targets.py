@@ -66,3 +66,35 @@ async def test_a_tenant_with_a_target_runs_at_its_calibrated_lambda() -> None:
         assert view.json()["effective_lambda"] == pytest.approx(lam, rel=1e-9)  # what the tenant is told is what it gets
         bad = await c.patch("/admin/tenants/acme", json={"target": {"keep": 0.9, "top_share": 0.5}}, headers=ADMIN)
         assert bad.status_code == 400 and "target" in (bad.json()["error"]["param"] or "")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("target", "met"), [({"within_points": 2}, True), ({"top_share": 0.95}, False)])
+async def test_the_default_target_sets_the_lambda_of_requests_that_name_none(target: dict[str, float], met: bool) -> None:
+    """``cascade.default_target``: requests of a tenant without its own λ or target run at the table's λ for it, and
+    ``/health`` says so; a target no λ of the table meets leaves ``default_lambda`` in force, and says that."""
+    stage = {"url": "http://127.0.0.1:9/v1", "dialect": "openai"}
+    settings = Settings.model_validate({
+        "cascade": {"default_lambda": 7.0, "default_target": target},
+        "tenancy": {"auth": "open"},
+        "predictor": {"kind": "onnx", "path": str(MODEL)},
+        "stages": [{**stage, "name": "s0", "model": "m0", "prices": {"cost": {"request": 1.0}}},
+                   {**stage, "name": "s1", "model": "m1", "prices": {"cost": {"request": 4.0}}}],
+    })  # fmt: skip
+    table = LambdaTable.load(MODEL)
+    assert table is not None
+    want = table.lambda_for(Target(**target)) if met else 7.0
+    assert want is not None and want != 7.0 or not met
+    predictor = ScriptedPredictor({0: 0.9, 1: 0.9}, [0.5, 0.9])
+    async with app_client(settings, predictor=predictor, stages=fake_stages(settings.stages)) as c:
+        resp = await c.post("/v1/chat/completions", json={"model": "cascade", "messages": [{"role": "user", "content": "hi"}]})
+        assert resp.status_code == 200, resp.text
+        assert float(resp.headers["x-cascade-lambda"]) == pytest.approx(want, rel=1e-5)
+        health = (await c.get("/health")).json()["default_lambda"]
+        assert health["value"] == pytest.approx(want, rel=1e-9)
+        assert health["source"] == ("target" if met else "default_lambda") and health["target"] == Target(**target).describe()
+
+
+def test_the_default_target_is_validated_as_a_tenants_is() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        Settings.model_validate({"cascade": {"default_target": {"keep": 0.9, "within_points": 1}}})

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from predictor.serving.labels import label
 from training import calibrate
 from training.cli import main
 
@@ -46,3 +47,33 @@ def test_the_cli_needs_exactly_one_target(capsys: pytest.CaptureFixture[str]) ->
     assert "exactly one target" in capsys.readouterr().err
     assert main(["calibrate", "--within-points", "2", "--dry-run", "--data", str(DATA), "--model", str(MODEL)]) == 0
     assert "λ =" in capsys.readouterr().out
+
+
+def _stage(i: int, text: str, agreement: float | None = None, valid: bool | None = None) -> dict[str, object]:
+    return {"stage": i, "text": text, "agreement": agreement, "passed": None, "valid": valid}
+
+
+def test_tour_rows_label_every_answer_by_its_agreement_with_the_top() -> None:
+    """A tour's lower answers are measured against the top's: the one just below by the top's own verification
+    (logged), the others on the texts (what the stage above them verified is not the top); rows that did not tour,
+    or lack a stage's answer, are not tours."""
+    top = "The answer is 42 because six times seven is forty-two."
+    tour = {"task": "traffic/a", "split": "val", "tour": True,
+            "stages": [_stage(0, top, agreement=0.0), _stage(1, "Nope, 41.", agreement=0.3), _stage(2, top, valid=False)]}  # fmt: skip
+    plain = {**tour, "tour": False}
+    partial = {**tour, "stages": tour["stages"][1:]}
+    rows = calibrate.tour_rows([tour, plain, partial], 3)
+    assert len(rows) == 1
+    s0, s1, s2 = rows[0]["stages"]
+    assert s0["agreement"] == 1.0  # stage 1 disagreed with it, but the top wrote the same text
+    assert s1["agreement"] == 0.3  # the top verified it
+    assert s2["agreement"] == 1.0 and label(s2) == 0  # the top is the reference, unless it broke the request's rules
+    assert tour["stages"][0]["agreement"] == 0.0  # the logged row is not changed
+
+
+def test_too_few_tours_give_no_table_and_say_why() -> None:
+    from common.settings import load_settings
+
+    settings = load_settings(ROOT / "configs" / "cpu-learn.yaml")
+    table, why = calibrate.tour_table([], MODEL, settings)
+    assert table is None and why == f"0 tours outside the train split, {calibrate.MIN_TOURS} needed for a λ table"

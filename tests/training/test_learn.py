@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from predictor.serving.calibration import LambdaTable, Target
 from predictor.serving.loader import resolve
 from predictor.serving.rows import split_of
-from training import learn
+from training import calibrate, learn
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "data" / "cpu" / "collect.jsonl"
@@ -89,10 +90,11 @@ def test_a_shadow_checked_row_counts_its_weight_in_expectation_and_others_once()
 CPU_LEARN = ROOT / "configs" / "cpu-learn.yaml"
 
 
-def _new_ladder_traffic(path: Path, families: set[str], t0: float = 1000.0) -> Path:
+def _new_ladder_traffic(path: Path, families: set[str], t0: float = 1000.0, tours: bool = False) -> Path:
     """The collection's answers of ``families`` logged as a new ladder's router logs them: no checker verdicts; the
     stages below the top labelled by agreement (here the checker's verdict stands in for the verifier's), the top's
-    answer unlabelled; every third request went straight to the top (skipped by the prior)."""
+    answer unlabelled; every third request went straight to the top (skipped by the prior); with ``tours``, every
+    third request (another third) toured the ladder (``tour: true``)."""
     with SHIPPED.open() as src, path.open("w") as out:
         rows = [json.loads(line) for line in src if json.loads(line)["family"] in families]
         for i, row in enumerate(rows):
@@ -101,7 +103,7 @@ def _new_ladder_traffic(path: Path, families: set[str], t0: float = 1000.0) -> P
                       for s in row["stages"] if s["stage"] == top or i % 3]  # fmt: skip
             rid = f"traffic/{i}"
             logged = {**row, "task": rid, "split": split_of(rid), "family": "traffic", "stages": stages, "time": t0 + i}
-            out.write(json.dumps(logged) + "\n")
+            out.write(json.dumps(logged | ({"tour": True} if tours and i % 3 == 1 else {})) + "\n")
     return path
 
 
@@ -123,7 +125,7 @@ def test_a_new_ladder_learns_from_its_traffic_alone(tmp_path: Path) -> None:
     assert record["parent"] is None and record["trained_on"]["collection"] is None and record["trained_on"]["shipped"] == 0
     every = learn.labelled_rows([log], reference=2)  # the top's answers too: rows with nothing else labelled train
     assert record["trained_on"]["logged"] == sum(r.order < newer[0].order for r in every) > len(rows) - len(newer)
-    assert not (registry / "v0001" / "calibration.json").exists()
+    assert not (registry / "v0001" / "calibration.json").exists() and "tours outside the train split" in outcome.calibration
     card = json.loads((registry / "v0001" / "card.json").read_text())
     assert card["data"]["rows"]["train"] > 0
     labelled = learn.with_reference(every[0].row, 2)
@@ -131,6 +133,24 @@ def test_a_new_ladder_learns_from_its_traffic_alone(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--to baseline"):  # v0001 has no parent: the baseline is what came before
         learn.rollback(registry)
     assert learn.rollback(registry, "baseline") == "baseline" and learn.current(registry) is None and resolve(registry) == registry
+
+
+def test_a_new_ladder_with_tours_gets_a_lambda_table_in_agreement_with_the_top(tmp_path: Path) -> None:
+    """With enough tours outside the train split, the candidate's λ table is replayed on them, accuracy being
+    agreement with the top stage: the top's own is 1, and the table meets an agreement target."""
+    registry = tmp_path / "models"
+    log = _new_ladder_traffic(tmp_path / "traffic.jsonl", {"dates", "units", "arithmetic", "lists", "extraction"}, tours=True)
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    held = sum(bool(r.get("tour")) and r["split"] != "train" for r in rows)
+    assert held >= calibrate.MIN_TOURS, held
+    outcome = learn.learn(registry, [log], None, None, CPU_LEARN, holdout=0.5, min_eval=20, margin=-100.0)  # promoted whatever
+    assert outcome.promoted and outcome.calibration == f"λ table from {held} tours (agreement with the top stage)", outcome
+    table = json.loads((registry / "v0001" / "calibration.json").read_text())
+    assert table["tasks"] == held and table["top_quality"] == 1.0 and table["labels"] == "agreement with the top stage"
+    assert learn.lineage(registry, "v0001")["calibration"] == outcome.calibration
+    lam = LambdaTable.of(table).lambda_for(Target(within_points=1))
+    assert lam is not None and table["grid"][0]["lambda"] < lam
+    assert table["grid"][0]["quality"] < 0.99 <= table["grid"][-1]["quality"]  # agreement rises with λ to the top's
 
 
 def test_an_empty_registry_needs_a_base_unless_the_ladder_is_new(tmp_path: Path) -> None:

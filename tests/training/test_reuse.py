@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.reuse import StageRates, replay
+from training.reuse import StageRates, agreement, replay
 
 OWN = "```python\ndef add(a, b):\n    return a + b\n```\nThis function adds two numbers and returns the sum."
 
@@ -31,3 +31,10 @@ def test_stage_rates_from_timings() -> None:
     assert rates.prefill == pytest.approx(0.02) and rates.decode == pytest.approx(0.1)
     assert rates.saving(100, 0) == pytest.approx(100 * 0.08)
     assert rates.saving(0, 2) < 0  # rounds that keep nothing cost time
+
+
+def test_agreement_is_the_share_of_the_draft_kept() -> None:
+    assert agreement("The answer is 42.", "The answer is 42.") == 1.0
+    assert agreement("The answer is 42.", "") == 0.0  # no draft: nothing agreed
+    half = agreement("abcdefgh", "abcdXXXX")
+    assert 0.5 <= half < 1.0
