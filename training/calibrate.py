@@ -32,12 +32,24 @@ from typing import Any
 
 import numpy as np
 
-from common.settings import Settings
+from common.settings import Settings, TokenPrices
 from predictor.serving.calibration import CALIBRATION_FILE, LambdaTable, Target
 from training import replay, reuse
-from training.replay import Beliefs, Table
+from training.replay import BatchPredictor, Beliefs, Table
 
-__all__ = ["CALIBRATION_FILE", "Target", "choose", "grid", "run", "table", "tour_rows", "tour_table"]
+__all__ = [
+    "CALIBRATION_FILE",
+    "Target",
+    "choose",
+    "grid",
+    "held_tours",
+    "lambda_in_force",
+    "matched_cost",
+    "run",
+    "table",
+    "tour_rows",
+    "tour_table",
+]
 
 GRID_STEPS = 121
 MIN_TOURS = 30  # a new ladder's λ table needs at least this many tours outside the train split
@@ -65,11 +77,14 @@ def grid(t: Table, b: Beliefs, settings: Settings) -> dict[str, Any]:
             "top_cost": {u: float(costs[u].full[:, top].mean()) for u in costs}, "grid": rows}  # fmt: skip
 
 
+def _rule(settings: Settings) -> list[TokenPrices]:
+    return [s.price(settings.cascade.cost_unit) for s in settings.stages]
+
+
 def _beliefs(t: Table, model_dir: Path, settings: Settings) -> Beliefs:
     from predictor.serving.runtime import OnnxPredictor
 
-    rule = [s.price(settings.cascade.cost_unit) for s in settings.stages]
-    return replay.beliefs(t, OnnxPredictor.load(model_dir, settings.cascade.risk.evidence), rule)
+    return replay.beliefs(t, OnnxPredictor.load(model_dir, settings.cascade.risk.evidence), _rule(settings))
 
 
 def table(data_path: Path, model_dir: Path, config: Path | None = None) -> dict[str, Any]:
@@ -111,28 +126,72 @@ def tour_rows(rows: Iterable[dict[str, Any]], n_stages: int) -> list[dict[str, A
     return out
 
 
-def tour_table(
-    rows: Iterable[dict[str, Any]], model_dir: Path, settings: Settings, min_tours: int = MIN_TOURS
-) -> tuple[dict[str, Any] | None, str]:
-    """A new ladder's λ table: the grid (``grid``) replayed on its tours outside the train split (the model did not
-    fit them), accuracy being agreement with the top stage; None, and why, with fewer than ``min_tours`` of them."""
+TOURS = {"split": "tours outside the train split", "labels": "agreement with the top stage"}  # what a tour table holds
+
+
+def held_tours(rows: Iterable[dict[str, Any]], settings: Settings, min_tours: int = MIN_TOURS) -> tuple[Table | None, str]:
+    """The replay table of the logged tours outside the train split (``tour_rows``: accuracy is agreement with the top
+    stage; no model fitted them), and how many there are; None with fewer than ``min_tours``."""
     from training import train
 
     tours = tour_rows(rows, len(settings.stages))
     held = sum(r.get("split") != "train" for r in tours)
     if held < min_tours:
-        return None, f"{held} tours outside the train split, {min_tours} needed for a λ table"
+        return None, f"{held} tours outside the train split, {min_tours} needed"
     with tempfile.TemporaryDirectory(prefix="adaptive-sd-tours-") as tmp:
         path = Path(tmp) / "tours.jsonl"
         path.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in tours))
         full = replay.table(path, train.CHECKPOINTS, {})  # all tours: the draft-reuse rates come from the train split's
-    t = full.rows(full.split != "train")
-    cal = {
-        "split": "tours outside the train split",
-        "labels": "agreement with the top stage",
-        **grid(t, _beliefs(t, model_dir, settings), settings),
-    }
-    return cal, f"λ table from {len(t.y)} tours (agreement with the top stage)"
+    return full.rows(full.split != "train"), f"{held} tours outside the train split"
+
+
+def tour_table(t: Table, model: BatchPredictor, settings: Settings) -> dict[str, Any]:
+    """A new ladder's λ table: the grid (``grid``) replayed on its held tours (``held_tours``) with ``model``."""
+    return {**TOURS, **grid(t, replay.beliefs(t, model, _rule(settings)), settings)}
+
+
+def lambda_in_force(table: LambdaTable | None, settings: Settings, trained: bool = True) -> float:
+    """The λ a router on ``settings`` serves a model with for requests that name none: ``cascade.default_target``
+    looked up in the model's ``table``, else ``cascade.default_lambda`` (scaled by ``untrained_lambda_scale`` while
+    the baseline serves: ``trained`` False), as ``router.tenants`` and ``router.cascade`` do."""
+    c = settings.cascade
+    target = c.default_target
+    found = table.lambda_for(Target(target.keep, target.within_points, target.top_share)) if table and target else None
+    if found is not None:
+        return found
+    return c.default_lambda if trained else c.default_lambda * c.untrained_lambda_scale
+
+
+def matched_cost(t: Table, served: BatchPredictor, served_lam: float, candidate: BatchPredictor, settings: Settings) -> dict[str, Any]:
+    """The promotion's second test, on the held tours ``t`` (every stage's answer, agreement with the top): each
+    model's cheapest cost along its own λ grid at the quality that matters: the one ``cascade.default_target`` asks
+    for, or without a target the quality the model in service reaches at its λ in force (``served_lam``). Both
+    models' λ are thus chosen on the same tours (neither is favoured), at an operating point the router would use.
+    A cost None: no λ of that model's grid reaches the quality. Cost in the rule's unit where the replay has it
+    (``replay.UNITS``), else compute."""
+    unit = settings.cascade.cost_unit if settings.cascade.cost_unit in replay.UNITS else "compute"
+    prices = replay.prices_of(settings)
+    costs = {u: replay.unit_costs(t, u, prices[u]) for u in replay.UNITS}
+    o = replay.cascade(t, replay.beliefs(t, served, _rule(settings)), costs, served_lam, replay.Options.of(settings))
+    quality, cost = float(o.correct.mean()), float(o.spent[unit].mean())
+    target = settings.cascade.default_target
+    asked = Target(target.keep, target.within_points, target.top_share).quality_needed(float(t.y[:, -1].mean())) if target else None
+    needed = quality if asked is None else asked
+
+    def cheapest(model: BatchPredictor) -> float | None:
+        rows = grid(t, replay.beliefs(t, model, _rule(settings)), settings)["grid"]
+        matched = [r[f"cost_{unit}"] for r in rows if r["quality"] >= needed - 1e-12]
+        return min(matched) if matched else None
+
+    return {"tours": len(t.y), "unit": unit, "served": {"lambda": served_lam, "quality": quality, "cost": cost},
+            "quality_matched": needed, "served_cost": cheapest(served), "candidate_cost": cheapest(candidate)}  # fmt: skip
+
+
+def cheaper(replayed: dict[str, Any], margin: float) -> bool:
+    """``matched_cost``'s verdict: the candidate reaches the quality, at no more than the served model's cost
+    (``margin``: a share it may exceed it by), or the served model never reaches it."""
+    mine, theirs = replayed["candidate_cost"], replayed["served_cost"]
+    return mine is not None and (theirs is None or mine <= theirs * (1 + margin) + 1e-12)
 
 
 def choose(calibration: dict[str, Any], target: Target) -> dict[str, Any] | None:

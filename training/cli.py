@@ -123,7 +123,7 @@ def _learn(args: argparse.Namespace) -> int:
         print("learn --data none: name the ladder's config (--config): which stage is the top, and its baseline", file=sys.stderr)
         return 2
     outcome = learn.learn(Path(args.registry), [Path(p) for p in args.log], shipped, Path(args.base), args.config,
-                          args.holdout, args.min_eval, args.margin, args.seed)  # fmt: skip
+                          args.holdout, args.min_eval, args.margin, args.seed, args.cost_margin)  # fmt: skip
     print(json.dumps(outcome.to_dict(), indent=2))
     print(("promoted " + str(outcome.candidate) if outcome.promoted else "kept " + str(outcome.served)) + ": " + outcome.reason,
           file=sys.stderr)  # fmt: skip
@@ -210,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     le.add_argument("--holdout", type=float, default=learn.DEFAULT_HOLDOUT, help="newest share of labelled logged rows to decide on")
     le.add_argument("--min-eval", type=int, default=learn.DEFAULT_MIN_EVAL, help="fewer unseen labelled answers than this: no decision")
     le.add_argument("--margin", type=float, default=learn.DEFAULT_MARGIN, help="log-loss by which the candidate must beat the served model")
+    le.add_argument("--cost-margin", type=float, default=learn.DEFAULT_COST_MARGIN,
+                    help="share by which the candidate's replayed cost on the tours may exceed the served model's")  # fmt: skip
     le.add_argument("--seed", type=int, default=0)
     mo = sub.add_parser("models", help="a registry's versions and lineage, one JSON line each")
     mo.add_argument("--registry", required=True)

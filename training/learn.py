@@ -21,9 +21,22 @@ One ``learn`` run:
    collection's validation split (``training calibrate``: only the collection
    has every stage's answer to every task, which a replay needs);
 4. **promotes** it only if its log-loss on the evaluation rows is lower than the
-   model in service's by at least ``margin``; the card (``card.json``) keeps the
-   lineage: parent version, rows trained on, the time trained up to, both
-   models' evaluation figures.
+   model in service's by at least ``margin``, and, where the log holds
+   ``calibrate.MIN_TOURS`` tours outside the train split (``cascade.explore``:
+   requests every stage answered, which no model fitted), the rule replayed on
+   them with the candidate costs no more than with the model in service, beyond
+   ``cost_margin``, at matched quality: the quality ``cascade.default_target``
+   asks for, or the one the served model reaches at its λ in force; each model
+   at its cheapest λ reaching it (agreement with the top stage;
+   ``calibrate.matched_cost``). The card (``card.json``) keeps the lineage:
+   parent version, rows trained on, the time trained up to, both models'
+   evaluation figures.
+
+   ``cost_margin`` is 5 %: agreement on a few dozen tours ranks close models
+   unreliably; replayed on the collection (``python -m training.unseen_ladder
+   --cost-margin 0``), a margin of 0 kept a first model 3 points below the top
+   stage on the test split against later candidates that were within 1 point
+   and cost up to 4 % more on the tours.
 
 ``rollback`` points ``current`` back at the parent of the version in service (or
 at a version named). The first ``learn`` on an empty registry seeds it with the
@@ -50,9 +63,9 @@ than ``calibrate.MIN_TOURS`` of them the candidate has no table and the router u
 promotion, the model in service is the config's baseline (``predictor.kind:
 baseline`` with ``predictor.path`` at the registry: ``predictor.serving.loader``).
 
-What is not done yet: the comparison does not replay the rule's cost at matched
-quality on the evaluation rows (logged rows hold only the stages the cascade
-visited, which a replay of other decisions needs).
+Without tours (``cascade.explore.rate`` 0, the shipped CPU config) the decision is
+log-loss alone: other rows hold only the stages the cascade visited, which a
+replay of other decisions cannot use.
 """
 
 from __future__ import annotations
@@ -71,16 +84,19 @@ from typing import Any
 import numpy as np
 
 from common.settings import Settings
+from predictor.serving.calibration import LambdaTable
 from predictor.serving.labels import label
 from predictor.serving.loader import CURRENT_FILE, baseline_predictor
 from predictor.serving.runtime import OnnxPredictor
 from training import dataset
+from training.replay import BaselineBatch
 
 CARD_FILE = "card.json"
 LINEAGE_KEY = "lineage"
 DEFAULT_HOLDOUT = 0.2  # the newest share of the labelled logged rows that the decision is made on
 DEFAULT_MIN_EVAL = 50  # fewer unseen labelled answers than this: no decision
 DEFAULT_MARGIN = 0.0  # the candidate's log-loss must be lower than the served model's by at least this
+DEFAULT_COST_MARGIN = 0.05  # its replayed cost at the served model's quality may exceed the served model's by this share
 
 
 # -- the registry ---------------------------------------------------------------------------------------------------
@@ -226,6 +242,7 @@ class Outcome:
     log_loss: dict[str, float] = field(default_factory=dict)
     trained_rows: dict[str, int] = field(default_factory=dict)
     calibration: str = ""  # a new ladder: where the candidate's λ table came from, or why it has none
+    replayed: dict[str, Any] = field(default_factory=dict)  # the rule replayed on the held tours (``calibrate.matched_cost``)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -262,6 +279,7 @@ def learn(
     min_eval: int = DEFAULT_MIN_EVAL,
     margin: float = DEFAULT_MARGIN,
     seed_: int = 0,
+    cost_margin: float = DEFAULT_COST_MARGIN,
 ) -> Outcome:
     """One learning round (module docstring); ``shipped`` None: a new ladder, learned from its traffic alone."""
     from common.settings import load_settings
@@ -305,10 +323,17 @@ def learn(
         except (RuntimeError, ValueError) as exc:  # a split with one class, no pairs yet: the log is too small
             outcome.reason = f"no candidate: {exc}"
             return outcome
+        # the tours outside the train split: every stage's answer to requests no prior chose, which no model fitted
+        tours, tours_why = calibrate.held_tours((r.row for r in labelled_rows(logs, len(settings.stages) - 1)), settings)
+        evidence = settings.cascade.risk.evidence
+        candidate = OnnxPredictor.load(candidate_dir, evidence)
         if shipped is not None:
             calibration: dict[str, Any] | None = calibrate.table(shipped, candidate_dir, config)
         else:  # a new ladder: its tours are the only requests every stage answered
-            calibration, outcome.calibration = calibrate.tour_table((r.row for r in labelled_rows(logs, top)), candidate_dir, settings)
+            calibration = calibrate.tour_table(tours, candidate, settings) if tours is not None else None
+            outcome.calibration = (
+                f"λ table from {tours_why} (agreement with the top stage)" if tours is not None else f"no λ table: {tours_why}"
+            )
         if calibration is not None:
             (candidate_dir / calibrate.CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
         mine, _ = log_loss(candidate_dir, eval_path)
@@ -318,15 +343,31 @@ def learn(
         if not mine < theirs - margin:
             outcome.reason = f"the candidate's log-loss {mine:.4f} does not beat {served_name}'s {theirs:.4f} by {margin}"
             return outcome
+        if tours is None:
+            outcome.replayed = {"skipped": tours_why}
+        else:  # the rule replayed on the tours: the candidate must not cost more at the served model's quality
+            in_service = OnnxPredictor.load(registry / served, evidence) if served else BaselineBatch(baseline_predictor(settings))
+            lam = calibrate.lambda_in_force(LambdaTable.load(registry / served) if served else None, settings, trained=served is not None)
+            r = outcome.replayed = calibrate.matched_cost(tours, in_service, lam, candidate, settings)
+            if not calibrate.cheaper(r, cost_margin):
+                what = "never reaches" if r["candidate_cost"] is None else f"costs {r['candidate_cost']:.4g} {r['unit']} at"
+                outcome.reason = (f"the candidate {what} quality {r['quality_matched']:.3f} replayed on {tours_why} "
+                                  f"({served_name}: {r['served_cost']:.4g})")  # fmt: skip
+                return outcome
         record = {"parent": served, "source": "learn", "created": round(time.time(), 3),
                   "trained_on": {"collection": str(shipped) if shipped else None, "logs": [str(p) for p in logs], **outcome.trained_rows},
                   "trained_until": older[-1].order[0] if older else trained_until,
-                  "evaluation": {"answers": answers, "log_loss": outcome.log_loss},
+                  "evaluation": {"answers": answers, "log_loss": outcome.log_loss, "replayed": outcome.replayed},
                   **({"calibration": outcome.calibration} if outcome.calibration else {})}  # fmt: skip
         outcome.candidate = _add_version(registry, candidate_dir, record)
         point(registry, outcome.candidate)
         outcome.promoted = True
         outcome.reason = f"log-loss {mine:.4f} against {served_name}'s {theirs:.4f} on {answers} unseen labelled answers"
+        if "served" in outcome.replayed:
+            r = outcome.replayed
+            theirs_cost = "never" if r["served_cost"] is None else f"{r['served_cost']:.4g}"
+            outcome.reason += (f"; replayed on {r['tours']} tours, {r['candidate_cost']:.4g} against {theirs_cost} {r['unit']} "
+                               f"at quality {r['quality_matched']:.3f}")  # fmt: skip
         return outcome
 
 

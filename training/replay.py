@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from common.settings import Settings, TokenPrices
+from predictor.serving.baseline import MeanLogprobPredictor
 from predictor.serving.features import INDEX, N_FEATURES, PromptStats, posterior_features
 from predictor.serving.lengths import OutputLengths
 from router.policy import StoppingPolicy, shrink
@@ -55,6 +56,31 @@ class BatchPredictor(Protocol):
     def prior_batch(self, x: np.ndarray) -> np.ndarray: ...
     def posterior_batch(self, x: np.ndarray) -> np.ndarray: ...
     def prefix_batch(self, x: np.ndarray) -> np.ndarray: ...
+
+
+class BaselineBatch:
+    """The baseline predictor (``MeanLogprobPredictor``) with the replay's batch interface: p̂ from the mean
+    logprob, the configured priors for the prior and for every belief about a higher stage; no prefix model."""
+
+    def __init__(self, baseline: MeanLogprobPredictor) -> None:
+        self.b = baseline
+        self.evidence = baseline.evidence
+        self.lengths = baseline.lengths
+        self.checkpoints = baseline.checkpoints
+        self.prefix_strengths = baseline.prefix_strengths
+        self._priors = np.asarray(baseline.stage_priors, dtype=np.float64)
+
+    def predict_batch(self, x: np.ndarray) -> np.ndarray:
+        return np.array([self.b.predict(row) for row in x], dtype=np.float64)
+
+    def prior_batch(self, x: np.ndarray) -> np.ndarray:
+        return self._priors[x[:, -1].astype(np.int64)]  # the last prompt feature is the stage asked about
+
+    def posterior_batch(self, x: np.ndarray) -> np.ndarray:
+        return self._priors[x[:, -1].astype(np.int64)]  # the last belief feature is the target stage
+
+    def prefix_batch(self, x: np.ndarray) -> np.ndarray:
+        return np.full(len(x), np.nan)
 
 
 @dataclass

@@ -50,14 +50,13 @@ from typing import Any
 import numpy as np
 
 from common.settings import Settings, load_settings
-from predictor.serving.baseline import MeanLogprobPredictor
-from predictor.serving.calibration import LambdaTable, Target
+from predictor.serving.calibration import LambdaTable
 from predictor.serving.loader import baseline_predictor
 from predictor.serving.rows import split_of
 from predictor.serving.runtime import OnnxPredictor
 from training import calibrate, dataset, learn, replay
 from training.learning_curve import Agreement, Label, figures, labelled_rows, request_labels, shadow_cost, visits
-from training.replay import BatchPredictor, Options, Table
+from training.replay import BaselineBatch, BatchPredictor, Options, Table
 
 OUT_JSON = Path("bench/results/unseen_ladder.json")
 OUT_PNG = Path("bench/results/unseen_ladder.png")
@@ -72,31 +71,6 @@ DIFFERENCES = [
     "a shadow check's draft tokens are the answering stage's output tokens (the verifier's tokenizer may differ)",
     "no validity labels: the collection has no tool-call or JSON-schema tasks",
 ]
-
-
-class BaselineBatch:
-    """The baseline predictor (``MeanLogprobPredictor``) with the replay's batch interface: p̂ from the mean
-    logprob, the configured priors for the prior and for every belief about a higher stage; no prefix model."""
-
-    def __init__(self, baseline: MeanLogprobPredictor) -> None:
-        self.b = baseline
-        self.evidence = baseline.evidence
-        self.lengths = baseline.lengths
-        self.checkpoints = baseline.checkpoints
-        self.prefix_strengths = baseline.prefix_strengths
-        self._priors = np.asarray(baseline.stage_priors, dtype=np.float64)
-
-    def predict_batch(self, x: np.ndarray) -> np.ndarray:
-        return np.array([self.b.predict(row) for row in x], dtype=np.float64)
-
-    def prior_batch(self, x: np.ndarray) -> np.ndarray:
-        return self._priors[x[:, -1].astype(np.int64)]  # the last prompt feature is the stage asked about
-
-    def posterior_batch(self, x: np.ndarray) -> np.ndarray:
-        return self._priors[x[:, -1].astype(np.int64)]  # the last belief feature is the target stage
-
-    def prefix_batch(self, x: np.ndarray) -> np.ndarray:
-        return np.full(len(x), np.nan)
 
 
 @dataclass
@@ -147,25 +121,23 @@ def _logged_split(task: str) -> str:
     return split_of(f"traffic/{task}")
 
 
-def tour_lambda(s: Setup, toured: Sequence[int], model: BatchPredictor) -> tuple[float, str]:
-    """The λ a router on ``s``'s config serves a promoted ``model`` with: ``cascade.default_target`` looked up in the
-    λ table of the tours so far outside the train split (``calibrate.tour_table``, the learner's: accuracy is
-    agreement with the top stage), else the config's ``default_lambda``; and where it came from."""
-    target = s.settings.cascade.default_target
-    held = [i for i in toured if _logged_split(str(s.full.task[i])) != "train"]
-    if target is None:
-        return s.lam, "default_lambda (no cascade.default_target)"
+def held_tours(s: Setup, tours: Sequence[int]) -> tuple[Table | None, str]:
+    """The replay's ``calibrate.held_tours``: the requests that toured so far outside the train split (as the
+    traffic log draws it), labelled by agreement with the top stage; None with fewer than ``calibrate.MIN_TOURS``."""
+    held = [i for i in tours if _logged_split(str(s.full.task[i])) != "train"]
     if len(held) < calibrate.MIN_TOURS:
-        return s.lam, f"default_lambda ({len(held)} tours outside the train split, {calibrate.MIN_TOURS} needed)"
-    sel = np.array(held)
-    t = s.full.rows(sel)
+        return None, f"{len(held)} tours outside the train split, {calibrate.MIN_TOURS} needed"
+    t = s.full.rows(np.array(held))
     top = t.n_stages - 1
     t.y = np.array([[1 if j == top else s.agree(i, j, top) for j in range(t.n_stages)] for i in held])
-    table = LambdaTable.of(calibrate.grid(t, replay.beliefs(t, model, s.rule_prices), s.settings))
-    found = table.lambda_for(Target(target.keep, target.within_points, target.top_share))
-    if found is None:
-        return s.lam, f"default_lambda (no λ of {len(held)} tours meets the target)"
-    return found, f"target, {len(held)} tours"
+    return t, f"{len(held)} tours outside the train split"
+
+
+def tour_lambda(s: Setup, held: Table | None, model: BatchPredictor) -> float:
+    """The λ a router on ``s``'s config serves a promoted ``model`` with: ``cascade.default_target`` in the λ table of
+    the held tours (the learner's ``calibrate.tour_table``), else ``default_lambda`` (``calibrate.lambda_in_force``)."""
+    table = LambdaTable.of(calibrate.tour_table(held, model, s.settings)) if held is not None else None
+    return calibrate.lambda_in_force(table, s.settings)
 
 
 def _log_loss(model: BatchPredictor, x: np.ndarray, y: np.ndarray) -> float:
@@ -177,7 +149,7 @@ def _log_loss(model: BatchPredictor, x: np.ndarray, y: np.ndarray) -> float:
 def run(data_path: Path = Path("data/cpu/collect.jsonl"), config: Path = CONFIG, shipped: Path = SHIPPED,
         learn_every: int = 50, seed: int = 0, out_json: Path | None = OUT_JSON, out_png: Path | None = OUT_PNG,
         progress: bool = True, limit: int | None = None, tour: float | None = None, tour_untrained: float | None = None,
-        lambdas: Sequence[float] = LAMBDAS) -> dict[str, Any]:  # fmt: skip
+        lambdas: Sequence[float] = LAMBDAS, cost_margin: float = learn.DEFAULT_COST_MARGIN) -> dict[str, Any]:  # fmt: skip
     """The whole replay (module docstring); the JSON-ready result."""
     from tqdm import tqdm
 
@@ -268,15 +240,23 @@ def run(data_path: Path = Path("data/cpu/collect.jsonl"), config: Path = CONFIG,
         y = np.array([lb.value for lb in newest])
         mine, theirs = _log_loss(cand, x, y), _log_loss(model, x, y)
         record["log_loss"] = {"candidate": round(mine, 4), version: round(theirs, 4)}
-        if mine < theirs:
-            version = f"v{sum(r['promoted'] for r in rounds) + 1:04d}"
-            model, trained, trained_until = cand, True, stamps[cut - 1]
-            lam_served, lam_source = tour_lambda(s, tours, model)
-            record.update(promoted=True, version=version, **{"lambda": lam_served, "lambda_source": lam_source})
-            priors = model.prior_batch(s.full.prior_x[test].reshape(-1, s.full.prior_x.shape[-1])).reshape(len(test), n)
-            curve.append({"seen": k + 1, "version": version, "labels": len(labels), "lambda": lam_served,
-                          **test_point(s, test, model, lam_served, tour),
-                          "mean_prior": [round(float(v), 3) for v in priors.mean(axis=0)]})  # fmt: skip
+        if not mine < theirs:
+            continue
+        held, why = held_tours(s, tours)
+        record["tours"] = why
+        if held is not None:  # the learner's second test: no dearer at the served model's replayed quality
+            replayed = calibrate.matched_cost(held, model, lam_served if trained else s.lam * scale, cand, s.settings)
+            record["replayed"] = replayed
+            if not calibrate.cheaper(replayed, cost_margin):
+                continue
+        version = f"v{sum(r['promoted'] for r in rounds) + 1:04d}"
+        model, trained, trained_until = cand, True, stamps[cut - 1]
+        lam_served = tour_lambda(s, held, model)
+        record.update(promoted=True, version=version, **{"lambda": lam_served})
+        priors = model.prior_batch(s.full.prior_x[test].reshape(-1, s.full.prior_x.shape[-1])).reshape(len(test), n)
+        curve.append({"seen": k + 1, "version": version, "labels": len(labels), "lambda": lam_served,
+                      **test_point(s, test, model, lam_served, tour),
+                      "mean_prior": [round(float(v), 3) for v in priors.mean(axis=0)]})  # fmt: skip
     top_point = curve[0]
     result = {
         "config": {
@@ -389,10 +369,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--tour", type=float, default=None, help="cascade.explore.rate (default: the config's)")
     ap.add_argument("--tour-untrained", type=float, default=None, help="cascade.explore.untrained_rate (default: the config's)")
     ap.add_argument("--limit", type=int, default=None, help="at most this many traffic requests")
+    ap.add_argument("--cost-margin", type=float, default=learn.DEFAULT_COST_MARGIN, help="the learner's --cost-margin")
     ap.add_argument("--out", type=Path, default=OUT_JSON)
     ap.add_argument("--png", type=Path, default=OUT_PNG)
     a = ap.parse_args(argv)
-    res = run(a.data, a.config, a.shipped, a.learn_every, a.seed, a.out, a.png, limit=a.limit, tour=a.tour, tour_untrained=a.tour_untrained)
+    res = run(
+        a.data,
+        a.config,
+        a.shipped,
+        a.learn_every,
+        a.seed,
+        a.out,
+        a.png,
+        limit=a.limit,
+        tour=a.tour,
+        tour_untrained=a.tour_untrained,
+        cost_margin=a.cost_margin,
+    )
     print(json.dumps({k: res[k] for k in ("traffic", "shipped", "targets")} | {"last": res["curve"][-1]}, indent=1))
 
 

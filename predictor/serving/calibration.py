@@ -32,11 +32,18 @@ class Target:
             return f"within {self.within_points:g} points of the top stage's accuracy"
         return f"{self.top_share:.0%} of requests reach the top stage"
 
-    def met_by(self, row: dict[str, Any], top_quality: float) -> bool:
+    def quality_needed(self, top_quality: float) -> float | None:
+        """The accuracy a quality target asks for where the top stage's is ``top_quality``; None for a traffic target."""
         if self.keep is not None:
-            return bool(row["quality"] >= self.keep * top_quality - 1e-12)
+            return self.keep * top_quality
         if self.within_points is not None:
-            return bool(row["quality"] >= top_quality - self.within_points / 100 - 1e-12)
+            return top_quality - self.within_points / 100
+        return None
+
+    def met_by(self, row: dict[str, Any], top_quality: float) -> bool:
+        needed = self.quality_needed(top_quality)
+        if needed is not None:
+            return bool(row["quality"] >= needed - 1e-12)
         return self.top_share is not None and bool(row["top_share"] >= self.top_share - 1e-12)
 
 

@@ -71,9 +71,9 @@ def test_tour_rows_label_every_answer_by_its_agreement_with_the_top() -> None:
     assert tour["stages"][0]["agreement"] == 0.0  # the logged row is not changed
 
 
-def test_too_few_tours_give_no_table_and_say_why() -> None:
+def test_too_few_tours_give_no_replay_and_say_why() -> None:
     from common.settings import load_settings
 
     settings = load_settings(ROOT / "configs" / "cpu-learn.yaml")
-    table, why = calibrate.tour_table([], MODEL, settings)
-    assert table is None and why == f"0 tours outside the train split, {calibrate.MIN_TOURS} needed for a λ table"
+    table, why = calibrate.held_tours([], settings)
+    assert table is None and why == f"0 tours outside the train split, {calibrate.MIN_TOURS} needed"

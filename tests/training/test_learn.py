@@ -125,7 +125,8 @@ def test_a_new_ladder_learns_from_its_traffic_alone(tmp_path: Path) -> None:
     assert record["parent"] is None and record["trained_on"]["collection"] is None and record["trained_on"]["shipped"] == 0
     every = learn.labelled_rows([log], reference=2)  # the top's answers too: rows with nothing else labelled train
     assert record["trained_on"]["logged"] == sum(r.order < newer[0].order for r in every) > len(rows) - len(newer)
-    assert not (registry / "v0001" / "calibration.json").exists() and "tours outside the train split" in outcome.calibration
+    assert not (registry / "v0001" / "calibration.json").exists() and outcome.calibration.startswith("no λ table: 0 tours")
+    assert outcome.replayed == {"skipped": "0 tours outside the train split, 30 needed"}
     card = json.loads((registry / "v0001" / "card.json").read_text())
     assert card["data"]["rows"]["train"] > 0
     labelled = learn.with_reference(every[0].row, 2)
@@ -144,13 +145,26 @@ def test_a_new_ladder_with_tours_gets_a_lambda_table_in_agreement_with_the_top(t
     held = sum(bool(r.get("tour")) and r["split"] != "train" for r in rows)
     assert held >= calibrate.MIN_TOURS, held
     outcome = learn.learn(registry, [log], None, None, CPU_LEARN, holdout=0.5, min_eval=20, margin=-100.0)  # promoted whatever
-    assert outcome.promoted and outcome.calibration == f"λ table from {held} tours (agreement with the top stage)", outcome
+    assert outcome.promoted and outcome.calibration == f"λ table from {held} tours outside the train split (agreement with the top stage)"
+    replayed = outcome.replayed  # the second test: the rule replayed on the same tours, the baseline against the candidate
+    assert replayed["tours"] == held and replayed["unit"] == "compute" and replayed["candidate_cost"] is not None
+    assert replayed["quality_matched"] == pytest.approx(0.99)  # cpu-learn.yaml's default target: within 1 point of the top
+    assert calibrate.cheaper(replayed, learn.DEFAULT_COST_MARGIN)  # promoted: it passed the second test too
+    strict = learn.learn(tmp_path / "strict", [log], None, None, CPU_LEARN, holdout=0.5, min_eval=20, margin=-100.0, cost_margin=-0.99)
+    assert not strict.promoted and "replayed on" in strict.reason and learn.versions(tmp_path / "strict") == [], strict
     table = json.loads((registry / "v0001" / "calibration.json").read_text())
     assert table["tasks"] == held and table["top_quality"] == 1.0 and table["labels"] == "agreement with the top stage"
     assert learn.lineage(registry, "v0001")["calibration"] == outcome.calibration
     lam = LambdaTable.of(table).lambda_for(Target(within_points=1))
     assert lam is not None and table["grid"][0]["lambda"] < lam
     assert table["grid"][0]["quality"] < 0.99 <= table["grid"][-1]["quality"]  # agreement rises with λ to the top's
+
+
+def test_cheaper_asks_for_the_quality_at_no_more_than_the_served_cost() -> None:
+    assert calibrate.cheaper({"candidate_cost": 10.0, "served_cost": 10.0}, 0.0)
+    assert not calibrate.cheaper({"candidate_cost": 10.6, "served_cost": 10.0}, 0.05)
+    assert calibrate.cheaper({"candidate_cost": 10.0, "served_cost": None}, 0.0)  # the served model never reaches it
+    assert not calibrate.cheaper({"candidate_cost": None, "served_cost": None}, 0.0)
 
 
 def test_an_empty_registry_needs_a_base_unless_the_ladder_is_new(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from predictor.serving.loader import baseline_predictor
+from training import replay
 from training import unseen_ladder as ul
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +23,7 @@ def setup() -> ul.Setup:
 
 def test_the_baseline_in_batches_is_the_router_s_baseline(setup: ul.Setup) -> None:
     b = baseline_predictor(setup.settings)
-    batch = ul.BaselineBatch(b)
+    batch = replay.BaselineBatch(b)
     x = setup.full.x[:40].reshape(-1, setup.full.x.shape[-1])
     assert np.allclose(batch.predict_batch(x), [b.predict(row) for row in x])
     prior_x = setup.full.prior_x[:5].reshape(-1, setup.full.prior_x.shape[-1])
