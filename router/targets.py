@@ -44,4 +44,4 @@ class TargetLambdas:
         return otherwise if found is None else found
 
     def describe(self, target: QualityTarget) -> str:
-        return Target(target.keep, target.within_points, target.top_share).describe()
+        return Target.of(target).describe()

@@ -156,7 +156,7 @@ def lambda_in_force(table: LambdaTable | None, settings: Settings, trained: bool
     the baseline serves: ``trained`` False), as ``router.tenants`` and ``router.cascade`` do."""
     c = settings.cascade
     target = c.default_target
-    found = table.lambda_for(Target(target.keep, target.within_points, target.top_share)) if table and target else None
+    found = table.lambda_for(Target.of(target)) if table and target else None
     if found is not None:
         return found
     return c.default_lambda if trained else c.default_lambda * c.untrained_lambda_scale
@@ -175,7 +175,7 @@ def matched_cost(t: Table, served: BatchPredictor, served_lam: float, candidate:
     o = replay.cascade(t, replay.beliefs(t, served, _rule(settings)), costs, served_lam, replay.Options.of(settings))
     quality, cost = float(o.correct.mean()), float(o.spent[unit].mean())
     target = settings.cascade.default_target
-    asked = Target(target.keep, target.within_points, target.top_share).quality_needed(float(t.y[:, -1].mean())) if target else None
+    asked = Target.of(target).quality_needed(float(t.y[:, -1].mean())) if target else None
     needed = quality if asked is None else asked
 
     def cheapest(model: BatchPredictor) -> float | None:

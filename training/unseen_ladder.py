@@ -6,8 +6,9 @@ mean-logprob coefficients and priors, the rule running safe (``cascade.untrained
 model learned from the log alone. This replays that on the CPU ladder's collection, the same way for every arm:
 
 1. **Traffic**: the train split, shuffled (seeded), one request at a time through the router's rule
-   (``replay.cascade``, λ the config's default) with the model in service: first the config's baseline (λ scaled
-   while it serves), then each promoted model. Each request yields what the traffic log would hold: every answer
+   (``replay.cascade``) with the model in service: first the config's baseline (``default_lambda``, scaled while
+   it serves), then each promoted model at the λ its table gives ``cascade.default_target`` (``tour_lambda``).
+   Each request yields what the traffic log would hold: every answer
    the cascade finished, labelled as production labels it (``learning_curve.request_labels``: verification of
    each escalated answer by the next stage that answered, a shadow check of the returned one at the rate in
    force), and the top stage's own answer as the reference (``label(..., reference=True)``: 1). A request drawn
@@ -16,18 +17,20 @@ model learned from the log alone. This replays that on the CPU ladder's collecti
 2. **Learning**: every ``learn_every`` requests, the learner's round on the log so far, with no collection: a
    candidate fitted on the older logged answers (splits by task id, as the traffic log assigns them), promoted
    only if its log-loss on the newest 20 % beats the model in service's (``learn.DEFAULT_MIN_EVAL`` of them at
-   least; ``training.learn``).
+   least) and, on the tours so far outside the train split, its replayed cost at matched quality is no more than
+   ``cost_margin`` over the served model's (``calibrate.matched_cost``); its λ table comes from the same tours,
+   accuracy being agreement with the top stage (``training.learn``, ``calibrate.tour_table``).
 3. **Test**: the collection's test split, replayed with the model in service after each round, against the top
    stage alone and the shipped model (trained offline on the whole collection's train split with checkers) on the
    same tasks: quality (the checker's verdict, top-stage agreement for open prompts) and compute (2 x parameters
    x tokens, ``prices.compute``).
 
 Targets (issue 22): quality within 1 point of the top stage and compute within 10 % of the shipped model's; the
-result says after how many requests the model in service first met both, at the config's λ. The label a new
-ladder learns from is agreement with a higher stage, the top being right by definition, so the λ that keeps a
-checker's quality within 1 point of the top differs from the shipped model's; the **frontiers** (both models on
-the test split over ``LAMBDAS``, the rule alone: no tours) show what each λ gives, and ``best_within_target`` the learned model's cheapest
-point within 1 point (a λ production cannot pick without a checker or an agreement target).
+result says after how many requests the model in service first met both, at the λ it serves with. The label a new
+ladder learns from is agreement with a higher stage, so its λ comes from a target in agreement (the tours' table),
+not from the shipped model's λ; the **frontiers** (both models on the test split over ``LAMBDAS``, the rule
+alone: no tours) show what each λ gives, and ``best_within_target`` the learned model's cheapest point within 1
+point (a λ production cannot pick without a checker).
 
 Differences from a live run (stated in the JSON): verification agreement with a non-top verifier is estimated from
 the collected texts (``reuse.replay``); a shadow check's draft tokens are the answering stage's; the collection

@@ -25,6 +25,11 @@ class Target:
     within_points: float | None = None  # accuracy points below the top stage's
     top_share: float | None = None  # share of requests that reach the top stage
 
+    @classmethod
+    def of(cls, target: Any) -> Target:
+        """The lookup form of a configured target (``common.settings.QualityTarget``: a tenant's or the default)."""
+        return cls(target.keep, target.within_points, target.top_share)
+
     def describe(self) -> str:
         if self.keep is not None:
             return f"keep {self.keep:.0%} of the top stage's accuracy"
