@@ -38,7 +38,7 @@ from predictor.serving.interface import Predictor
 from predictor.serving.loader import load_model, model_dir
 from router.cascade import CascadeEngine
 from router.contracts import RequestOutcome, TenantLimits
-from router.metrics import ENDPOINTS, RATE_LIMITED, REGISTRY, REQUESTS
+from router.metrics import DEFAULT_LAMBDA, ENDPOINTS, RATE_LIMITED, REGISTRY, REQUESTS
 from router.model_reload import ModelReloader
 from router.openai.chat.serving import ChatServing
 from router.openai.completions.serving import CompletionServing
@@ -225,11 +225,11 @@ def create_app(
                   description=DESCRIPTION, openapi_tags=TAGS, separate_input_output_schemas=False)  # fmt: skip
     app.include_router(admin_router(tenants, admin_key, names))
 
-    def default_lambda() -> dict[str, object]:
+    def default_lambda() -> tuple[float, str]:
+        """The default λ in force (``TenantService.lam_default``) and where it comes from: ``target`` or ``default_lambda``."""
         target = settings.cascade.default_target
         found = targets.find(target) if target is not None else None
-        return {"value": tenants.default_lambda if found is None else found, "source": "default_lambda" if found is None else "target",
-                "target": targets.describe(target) if target is not None else None}  # fmt: skip
+        return (tenants.default_lambda, "default_lambda") if found is None else (found, "target")
 
     def limits(tenant: Tenant) -> TenantLimits:
         s = tenant.settings
@@ -377,6 +377,8 @@ def create_app(
         """Liveness, and each stage endpoint's state as the router sees it (no network call); with ``?stages=true``
         every endpoint is probed first (``pool.probe_timeout_s`` each) and a stage none of whose endpoints answers
         makes the status ``degraded``."""
+        lam, source = default_lambda()
+        target = settings.cascade.default_target
         body: dict[str, object] = {
             "status": "ok",
             "predictor": engine.predictor.name,  # the model in service now (router.model_reload)
@@ -385,7 +387,7 @@ def create_app(
             "tenancy": tenants.health(),
             "shadow": engine.shadow.health(),
             "explore": {"rate": engine.explore_rates[engine.untrained], "untrained_rate": engine.explore_rates[1]},
-            "default_lambda": default_lambda(),
+            "default_lambda": {"value": lam, "source": source, "target": targets.describe(target) if target else None},
         }
         if tenants.degraded:
             body["status"] = "degraded"
@@ -401,6 +403,9 @@ def create_app(
     @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics", operation_id="metrics", response_class=Response,
              responses=answers(None, "500", content=METRICS))  # fmt: skip
     async def metrics() -> Response:
+        lam, source = default_lambda()  # the model in service may have changed since the last scrape (router.model_reload)
+        DEFAULT_LAMBDA.clear()
+        DEFAULT_LAMBDA.labels(source).set(lam)
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     install_openapi(app)  # /openapi.json: FastAPI's, from the decorators above, completed (router.openapi)

@@ -42,6 +42,13 @@ DRAFT_TOKENS = Counter(
 STORE_UP = Gauge("adaptive_sd_store_up", "1 while the tenant store (Redis) answers, 0 while the router runs degraded", registry=REGISTRY)
 STORE_ERRORS = Counter("adaptive_sd_store_errors", "Failed tenant-store calls (timeouts, refused connections)", registry=REGISTRY)
 TENANT_LAMBDA = Gauge("adaptive_sd_tenant_lambda", "Current λ of tenants under SLO control", ["tenant"], registry=REGISTRY)
+DEFAULT_LAMBDA = Gauge(
+    "adaptive_sd_default_lambda",
+    "λ of requests whose tenant sets none, before untrained_lambda_scale; source: target (cascade.default_target in the "
+    "calibration table of the model in service) or default_lambda",
+    ["source"],
+    registry=REGISTRY,
+)
 TENANT_OBSERVED = Gauge("adaptive_sd_tenant_slo_observed", "Latest observed SLO metric per tenant", ["tenant", "metric"], registry=REGISTRY)
 RATE_LIMITED = Counter("adaptive_sd_rate_limited", "Requests refused by a tenant rate limit", ["limit"], registry=REGISTRY)
 # How requests with tools or a JSON format were served (``router.validity``): the kind of request by the stage

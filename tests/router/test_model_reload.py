@@ -81,6 +81,7 @@ async def test_a_new_ladder_serves_the_baseline_until_its_registry_names_a_versi
         assert await _serving(client, "v0001")
         health = (await client.get("/health")).json()
         assert health["predictor_trained"] is True and health["default_lambda"]["value"] == lam != 10.0
+        assert f'adaptive_sd_default_lambda{{source="target"}} {lam}' in (await client.get("/metrics")).text
         body = {"model": "cascade", "messages": PROMPT, "max_tokens": 16}
         answered = await client.post("/v1/chat/completions", json=body)
         assert answered.status_code == 200 and float(answered.headers["x-cascade-lambda"]) == pytest.approx(lam, rel=1e-5)
@@ -88,4 +89,6 @@ async def test_a_new_ladder_serves_the_baseline_until_its_registry_names_a_versi
         assert await _serving(client, "builtin")
         health = (await client.get("/health")).json()
         assert health["predictor_trained"] is False and health["default_lambda"]["source"] == "default_lambda"
+        metrics = (await client.get("/metrics")).text
+        assert 'adaptive_sd_default_lambda{source="default_lambda"} 10.0' in metrics and 'source="target"' not in metrics
         assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
