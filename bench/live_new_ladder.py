@@ -43,6 +43,7 @@ from bench._procs import RESULTS, ROOT
 from bench.live_vs_top import launch, test_tasks
 from bench.live_vs_top import stop_up as stop
 from common.settings import Settings, load_settings
+from predictor.serving.calibration import CALIBRATION_FILE, LambdaTable, Target
 from training import dataset
 from training.collect import SEED
 from training.tasks import Task, registry
@@ -100,6 +101,7 @@ def ask(client: httpx.Client, model: str, task: Task, settings: Settings) -> dic
     else:
         row["ok"], row["error"] = False, r.text[:300]
     row["path"] = r.headers.get("x-cascade-path")
+    row["lambda"] = r.headers.get("x-cascade-lambda")  # the λ in force: the served model's table, for the default target
     row["tokens"] = r.headers.get("x-cascade-tokens")
     row["compute"] = compute_of(row["tokens"], settings)
     return row
@@ -264,8 +266,15 @@ def write_summary(a: argparse.Namespace, rows: list[dict[str, Any]], tests: list
                   model_version: str | None) -> None:  # fmt: skip
     promoted = [r["candidate"] for r in rows if r.get("phase") == "learn" and r.get("promoted")]
     model_version = model_version or (promoted[-1] if promoted else "builtin")  # --summary-only: the last promotion
+    cal_path = a.workdir / "var" / "models" / model_version / CALIBRATION_FILE
+    cal = json.loads(cal_path.read_text()) if cal_path.is_file() else None
+    table = LambdaTable.of(cal) if cal else None
+    target = settings.cascade.default_target
     extra = {"model_version": model_version, "config": str(CONFIG.relative_to(ROOT)), "traffic_tasks": len(traffic),
-             "learn_every": a.learn_every, "min_eval": a.min_eval}  # fmt: skip
+             "learn_every": a.learn_every, "min_eval": a.min_eval,
+             "lambda": {"default_target": target.model_dump(exclude_none=True) if target else None,
+                        "in_force": table.lambda_for(Target.of(target)) if table and target else None,
+                        "tours": cal["tasks"] if cal else None, "default_lambda": settings.cascade.default_lambda}}  # fmt: skip
     summary = summarise(rows, tests, settings) | extra
     a.out.write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "rounds"}, indent=1))
