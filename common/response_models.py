@@ -484,8 +484,12 @@ class ShadowHealth(_Body):
 class ExploreHealth(_Body):
     """Exploration in this replica (``cascade.explore``): the share of requests that tour the whole ladder for labels."""
 
-    rate: float = Field(description="the rate in force now (the untrained rate while the baseline serves)")
-    untrained_rate: float = Field(description="the rate while the predictor in service is not trained on this ladder")
+    rate: float = Field(
+        description="the rate in force now: the untrained rate while the baseline serves or the default target has no λ yet"
+    )
+    untrained_rate: float = Field(
+        description="the rate while the ladder is still being learned (the baseline, or no λ for the default target)"
+    )
 
 
 class DefaultLambdaHealth(_Body):

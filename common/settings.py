@@ -386,7 +386,8 @@ class ExploreConfig(_Model):
         None,
         ge=0.0,
         le=1.0,
-        description="the rate while the predictor in service is not trained on this ladder (kind: baseline) (None: rate)",
+        description="the rate while the ladder is still being learned: the predictor in service is not trained on it (kind: "
+        "baseline), or cascade.default_target has no λ yet in its calibration table (None: rate)",
     )
 
 

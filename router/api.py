@@ -202,6 +202,8 @@ def create_app(
     engine = CascadeEngine(settings, ladder, predictor)
     chat_serving = ChatServing(settings, ladder, engine)
     tenants = TenantService(settings.tenancy, settings.cascade.default_lambda, default_target=settings.cascade.default_target)
+    if settings.cascade.default_target is not None:
+        engine.target_resolved = lambda: default_lambda()[1] == "target"
     tenants.target_lambda = targets.lam
     reloader = ModelReloader(settings, engine, targets, loaded)
     admin_key = settings.tenancy.admin_key.get_secret_value() if settings.tenancy.admin_key else None
@@ -386,7 +388,7 @@ def create_app(
             "predictor_trained": not engine.untrained,
             "tenancy": tenants.health(),
             "shadow": engine.shadow.health(),
-            "explore": {"rate": engine.explore_rates[engine.untrained], "untrained_rate": engine.explore_rates[1]},
+            "explore": {"rate": engine.explore_rate, "untrained_rate": engine.explore_rates[1]},
             "default_lambda": {"value": lam, "source": source, "target": targets.describe(target) if target else None},
         }
         if tenants.degraded:

@@ -203,6 +203,9 @@ class CascadeEngine:
         self.shadow = ShadowChecks(settings.cascade.shadow, self.stages)
         explore = settings.cascade.explore
         self.explore_rates = (explore.rate, explore.rate if explore.untrained_rate is None else explore.untrained_rate)
+        # whether cascade.default_target has a λ in the table of the model in service (router.api wires the lookup);
+        # until it has, a new ladder is still learning its λ: requests tour at the untrained rate
+        self.target_resolved: Callable[[], bool] = lambda: True
         self._rng = random.Random()
 
     @property
@@ -210,13 +213,25 @@ class CascadeEngine:
         """Whether the predictor in service is a guess, not fitted on this ladder (the baseline): the rule runs safe."""
         return not self.predictor.trained
 
+    @property
+    def learning(self) -> bool:
+        """Whether the ladder is still being learned: the baseline serves, or the model in service has no λ for
+        ``cascade.default_target`` yet (no table, or one from too few tours to resolve it: ``training learn``).
+        Requests tour at ``explore.untrained_rate`` meanwhile, returning the top stage's answer."""
+        return self.untrained or not self.target_resolved()
+
+    @property
+    def explore_rate(self) -> float:
+        """The tour rate in force now (``cascade.explore``)."""
+        return self.explore_rates[self.learning]
+
     def draw_tour(self, req: CascadeRequest, stages: Sequence[int]) -> bool:
         """Whether ``req`` tours ``stages`` (``cascade.explore``): drawn at the rate for the model in service, where
         its labels are kept (a traffic log, a tenant not excluded from learning) and every lower answer of the tour
         can be verified by the stage above it (more than one stage; ``draft.why_not_verify``: no tools, JSON or
         ``stop``, stages that score drafts, a shared tokenizer for a sampled request): a tour that cannot label
         would pay every stage for nothing."""
-        rate = self.explore_rates[self.untrained]
+        rate = self.explore_rate
         if not (req.learn and rate > 0 and self.traffic is not None and len(stages) > 1 and self.settings.cascade.draft_reuse):
             return False
         for lower, upper in zip(stages, stages[1:], strict=False):

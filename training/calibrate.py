@@ -25,6 +25,7 @@ and ``cascade.default_target`` for the router's default λ -- work on a new ladd
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -129,11 +130,25 @@ def tour_rows(rows: Iterable[dict[str, Any]], n_stages: int) -> list[dict[str, A
 TOURS = {"split": "tours outside the train split", "labels": "agreement with the top stage"}  # what a tour table holds
 
 
-def held_tours(rows: Iterable[dict[str, Any]], settings: Settings, min_tours: int = MIN_TOURS) -> tuple[Table | None, str]:
+def tours_needed(settings: Settings) -> int:
+    """How many tours outside the train split a λ table needs: ``MIN_TOURS``, and enough that one disagreement is
+    within what ``cascade.default_target`` allows (1 / its slack: 100 for ``within_points: 1``), so that the target
+    is resolved, not met by a sample too small to see one miss."""
+    target = settings.cascade.default_target
+    slack = None
+    if target is not None and target.within_points is not None:
+        slack = target.within_points / 100
+    elif target is not None and target.keep is not None:
+        slack = 1.0 - target.keep
+    return max(MIN_TOURS, math.ceil(1 / slack - 1e-9)) if slack else MIN_TOURS
+
+
+def held_tours(rows: Iterable[dict[str, Any]], settings: Settings, min_tours: int | None = None) -> tuple[Table | None, str]:
     """The replay table of the logged tours outside the train split (``tour_rows``: accuracy is agreement with the top
-    stage; no model fitted them), and how many there are; None with fewer than ``min_tours``."""
+    stage; no model fitted them), and how many there are; None with fewer than ``min_tours`` (``tours_needed``)."""
     from training import train
 
+    min_tours = tours_needed(settings) if min_tours is None else min_tours
     tours = tour_rows(rows, len(settings.stages))
     held = sum(r.get("split") != "train" for r in tours)
     if held < min_tours:

@@ -21,8 +21,8 @@ One ``learn`` run:
    collection's validation split (``training calibrate``: only the collection
    has every stage's answer to every task, which a replay needs);
 4. **promotes** it only if its log-loss on the evaluation rows is lower than the
-   model in service's by at least ``margin``, and, where the log holds
-   ``calibrate.MIN_TOURS`` tours outside the train split (``cascade.explore``:
+   model in service's by at least ``margin``, and, where the log holds enough
+   tours outside the train split (``calibrate.tours_needed``; ``cascade.explore``:
    requests every stage answered, which no model fitted), the rule replayed on
    them with the candidate costs no more than with the model in service, beyond
    ``cost_margin``, at matched quality: the quality ``cascade.default_target``
@@ -58,8 +58,9 @@ never decide (they are 1 by definition). Its λ table comes from the logged
 **tours** outside the train split (``calibrate.tour_table``: every stage answered
 those, and accuracy there is agreement with the top stage), so that targets, the
 router's ``cascade.default_target`` among them, are met in agreement; with fewer
-than ``calibrate.MIN_TOURS`` of them the candidate has no table and the router uses
-``cascade.default_lambda``. The registry starts empty and, until its first
+than ``calibrate.tours_needed`` of them (enough to resolve the default target: 100
+for ``within_points: 1``) the candidate has no table, and the router uses
+``cascade.default_lambda`` and goes on touring at ``explore.untrained_rate``. The registry starts empty and, until its first
 promotion, the model in service is the config's baseline (``predictor.kind:
 baseline`` with ``predictor.path`` at the registry: ``predictor.serving.loader``).
 

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from common.settings import Settings, load_settings
-from predictor.serving.calibration import LambdaTable
+from predictor.serving.calibration import LambdaTable, Target
 from predictor.serving.loader import baseline_predictor
 from predictor.serving.rows import split_of
 from predictor.serving.runtime import OnnxPredictor
@@ -126,21 +126,24 @@ def _logged_split(task: str) -> str:
 
 def held_tours(s: Setup, tours: Sequence[int]) -> tuple[Table | None, str]:
     """The replay's ``calibrate.held_tours``: the requests that toured so far outside the train split (as the
-    traffic log draws it), labelled by agreement with the top stage; None with fewer than ``calibrate.MIN_TOURS``."""
+    traffic log draws it), labelled by agreement with the top stage; None with fewer than ``calibrate.tours_needed``."""
     held = [i for i in tours if _logged_split(str(s.full.task[i])) != "train"]
-    if len(held) < calibrate.MIN_TOURS:
-        return None, f"{len(held)} tours outside the train split, {calibrate.MIN_TOURS} needed"
+    needed = calibrate.tours_needed(s.settings)
+    if len(held) < needed:
+        return None, f"{len(held)} tours outside the train split, {needed} needed"
     t = s.full.rows(np.array(held))
     top = t.n_stages - 1
     t.y = np.array([[1 if j == top else s.agree(i, j, top) for j in range(t.n_stages)] for i in held])
     return t, f"{len(held)} tours outside the train split"
 
 
-def tour_lambda(s: Setup, held: Table | None, model: BatchPredictor) -> float:
+def tour_lambda(s: Setup, held: Table | None, model: BatchPredictor) -> tuple[float, bool]:
     """The λ a router on ``s``'s config serves a promoted ``model`` with: ``cascade.default_target`` in the λ table of
-    the held tours (the learner's ``calibrate.tour_table``), else ``default_lambda`` (``calibrate.lambda_in_force``)."""
+    the held tours (the learner's ``calibrate.tour_table``), else ``default_lambda`` (``calibrate.lambda_in_force``);
+    and whether it is the target's (until it is, requests tour at the untrained rate, as the router does)."""
     table = LambdaTable.of(calibrate.tour_table(held, model, s.settings)) if held is not None else None
-    return calibrate.lambda_in_force(table, s.settings)
+    target = s.settings.cascade.default_target
+    return calibrate.lambda_in_force(table, s.settings), bool(table and target and table.lambda_for(Target.of(target)) is not None)
 
 
 def _log_loss(model: BatchPredictor, x: np.ndarray, y: np.ndarray) -> float:
@@ -177,7 +180,7 @@ def run(data_path: Path = Path("data/cpu/collect.jsonl"), config: Path = CONFIG,
         tour_untrained = explore.rate if explore.untrained_rate is None else explore.untrained_rate
 
     model: BatchPredictor = BaselineBatch(baseline)
-    trained, version, lam_served = False, "baseline", s.lam
+    trained, version, lam_served, resolved = False, "baseline", s.lam, False
     shipped_model = OnnxPredictor.load(shipped)
     shipped_lam = load_settings(SHIPPED_CONFIG).cascade.default_lambda
     target = s.settings.cascade.default_target
@@ -198,7 +201,7 @@ def run(data_path: Path = Path("data/cpu/collect.jsonl"), config: Path = CONFIG,
         t = s.full.rows(sel)
         lam = lam_served if trained else s.lam * scale
         rate = shadow.rate if trained else untrained_rate
-        toured = bool(rng.random() < (tour if trained else tour_untrained))
+        toured = bool(rng.random() < (tour if trained and resolved else tour_untrained))
         if toured:  # every stage in order, each verifying the one below; the top's answer returned
             final, correct, cost, drawn = top, int(s.full.y[i, top]), float(s.costs.full[i].sum()), False
             got = request_labels(i, [True] * n, top, n, True, False, s.agree)
@@ -254,11 +257,11 @@ def run(data_path: Path = Path("data/cpu/collect.jsonl"), config: Path = CONFIG,
                 continue
         version = f"v{sum(r['promoted'] for r in rounds) + 1:04d}"
         model, trained, trained_until = cand, True, stamps[cut - 1]
-        lam_served = tour_lambda(s, held, model)
-        record.update(promoted=True, version=version, **{"lambda": lam_served})
+        lam_served, resolved = tour_lambda(s, held, model)
+        record.update(promoted=True, version=version, **{"lambda": lam_served, "target_resolved": resolved})
         priors = model.prior_batch(s.full.prior_x[test].reshape(-1, s.full.prior_x.shape[-1])).reshape(len(test), n)
         curve.append({"seen": k + 1, "version": version, "labels": len(labels), "lambda": lam_served,
-                      **test_point(s, test, model, lam_served, tour),
+                      **test_point(s, test, model, lam_served, tour if resolved else tour_untrained),
                       "mean_prior": [round(float(v), 3) for v in priors.mean(axis=0)]})  # fmt: skip
     top_point = curve[0]
     result = {

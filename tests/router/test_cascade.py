@@ -148,6 +148,18 @@ async def test_a_tour_visits_every_stage_in_order_and_returns_the_top_stages_ans
     assert not engine.draw_tour(request(), [0, 1, 2])
 
 
+async def test_requests_tour_at_the_untrained_rate_until_the_default_target_has_a_lambda(tmp_path: Any) -> None:
+    """A trained model without a λ for ``cascade.default_target`` (no table yet, or one from too few tours) leaves
+    the ladder still being learned: the untrained rate is in force; once the target is resolved, the trained one."""
+    engine, _, _ = _touring(tmp_path, rate=0.0)
+    engine.explore_rates = (0.0, 1.0)
+    assert not engine.learning and engine.explore_rate == 0.0 and not engine.draw_tour(request(temperature=0), [0, 1, 2])
+    engine.target_resolved = lambda: False
+    assert engine.learning and engine.explore_rate == 1.0 and engine.draw_tour(request(temperature=0), [0, 1, 2])
+    engine.target_resolved = lambda: True
+    assert not engine.learning and not engine.draw_tour(request(temperature=0), [0, 1, 2])
+
+
 async def test_no_tour_where_it_could_not_label_or_keep_a_label(tmp_path: Any) -> None:
     """A tour that would pay every stage for no label is not drawn: one stage allowed, tools (never verified), a
     sampled request across tokenizers, no traffic log to keep the labels in."""

@@ -68,7 +68,8 @@ async def test_a_new_ladder_serves_the_baseline_until_its_registry_names_a_versi
     version, the baseline serves again. The default λ follows: ``default_lambda`` while the baseline serves, the
     promoted version's table λ for ``cascade.default_target`` once it does."""
     registry = tmp_path / "models"  # not there yet: the learner creates it
-    settings = make_settings(predictor={"kind": "baseline", "path": str(registry), "reload_s": 0.01}, default_target={"within_points": 1})
+    settings = make_settings(predictor={"kind": "baseline", "path": str(registry), "reload_s": 0.01}, default_target={"within_points": 1},
+                             explore={"rate": 0.1, "untrained_rate": 0.9})  # fmt: skip
     table = LambdaTable.load(BASE)
     assert table is not None
     lam = table.lambda_for(Target(within_points=1))
@@ -76,15 +77,23 @@ async def test_a_new_ladder_serves_the_baseline_until_its_registry_names_a_versi
         health = (await client.get("/health")).json()
         assert health["model_version"] == "builtin" and health["predictor_trained"] is False
         assert health["default_lambda"] | {"target": None} == {"value": 10.0, "source": "default_lambda", "target": None}
+        assert health["explore"] == {"rate": 0.9, "untrained_rate": 0.9}  # still learning: tours at the untrained rate
         shutil.copytree(BASE, registry / "v0001")
         _point(registry, "v0001")
         assert await _serving(client, "v0001")
         health = (await client.get("/health")).json()
         assert health["predictor_trained"] is True and health["default_lambda"]["value"] == lam != 10.0
         assert f'adaptive_sd_default_lambda{{source="target"}} {lam}' in (await client.get("/metrics")).text
+        assert health["explore"]["rate"] == 0.1  # trained, and the target resolved: the trained rate
         body = {"model": "cascade", "messages": PROMPT, "max_tokens": 16}
         answered = await client.post("/v1/chat/completions", json=body)
         assert answered.status_code == 200 and float(answered.headers["x-cascade-lambda"]) == pytest.approx(lam, rel=1e-5)
+        shutil.copytree(BASE, registry / "v0002", ignore=shutil.ignore_patterns("calibration.json"))  # too few tours for a table
+        _point(registry, "v0002")
+        assert await _serving(client, "v0002")
+        health = (await client.get("/health")).json()
+        assert health["predictor_trained"] is True and health["default_lambda"]["source"] == "default_lambda"
+        assert health["explore"]["rate"] == 0.9  # trained, but the target has no λ yet: still learning
         (registry / "current").unlink()  # `training rollback --to baseline`
         assert await _serving(client, "builtin")
         health = (await client.get("/health")).json()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from common.settings import QualityTarget
 from predictor.serving.labels import label
 from training import calibrate
 from training.cli import main
@@ -76,4 +77,18 @@ def test_too_few_tours_give_no_replay_and_say_why() -> None:
 
     settings = load_settings(ROOT / "configs" / "cpu-learn.yaml")
     table, why = calibrate.held_tours([], settings)
-    assert table is None and why == f"0 tours outside the train split, {calibrate.MIN_TOURS} needed"
+    assert table is None and why == "0 tours outside the train split, 100 needed"  # cpu-learn.yaml: within 1 point
+
+
+@pytest.mark.parametrize(
+    ("target", "needed"),
+    [(None, calibrate.MIN_TOURS), ({"within_points": 1}, 100), ({"within_points": 0.5}, 200), ({"keep": 0.98}, 50),
+     ({"within_points": 10}, calibrate.MIN_TOURS), ({"within_points": 0}, calibrate.MIN_TOURS), ({"top_share": 0.5}, calibrate.MIN_TOURS)],
+)  # fmt: skip
+def test_a_table_needs_the_tours_that_resolve_the_default_target(target: dict[str, float] | None, needed: int) -> None:
+    """One miss among the tours must fit within the target's slack (1 / slack tours); 30 at least."""
+    from common.settings import load_settings
+
+    settings = load_settings(ROOT / "configs" / "cpu-learn.yaml")
+    settings.cascade.default_target = None if target is None else QualityTarget(**target)
+    assert calibrate.tours_needed(settings) == needed

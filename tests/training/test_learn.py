@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from common.settings import load_settings
 from predictor.serving.calibration import LambdaTable, Target
 from predictor.serving.loader import resolve
 from predictor.serving.rows import split_of
@@ -126,7 +127,7 @@ def test_a_new_ladder_learns_from_its_traffic_alone(tmp_path: Path) -> None:
     every = learn.labelled_rows([log], reference=2)  # the top's answers too: rows with nothing else labelled train
     assert record["trained_on"]["logged"] == sum(r.order < newer[0].order for r in every) > len(rows) - len(newer)
     assert not (registry / "v0001" / "calibration.json").exists() and outcome.calibration.startswith("no λ table: 0 tours")
-    assert outcome.replayed == {"skipped": "0 tours outside the train split, 30 needed"}
+    assert outcome.replayed == {"skipped": "0 tours outside the train split, 100 needed"}
     card = json.loads((registry / "v0001" / "card.json").read_text())
     assert card["data"]["rows"]["train"] > 0
     labelled = learn.with_reference(every[0].row, 2)
@@ -143,21 +144,26 @@ def test_a_new_ladder_with_tours_gets_a_lambda_table_in_agreement_with_the_top(t
     log = _new_ladder_traffic(tmp_path / "traffic.jsonl", {"dates", "units", "arithmetic", "lists", "extraction"}, tours=True)
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     held = sum(bool(r.get("tour")) and r["split"] != "train" for r in rows)
-    assert held >= calibrate.MIN_TOURS, held
-    outcome = learn.learn(registry, [log], None, None, CPU_LEARN, holdout=0.5, min_eval=20, margin=-100.0)  # promoted whatever
+    assert calibrate.tours_needed(load_settings(CPU_LEARN)) == 100 > held  # too few to resolve within 1 point: no table
+    unresolved = learn.learn(tmp_path / "unresolved", [log], None, None, CPU_LEARN, holdout=0.5, min_eval=20, margin=-100.0)
+    assert unresolved.promoted and unresolved.calibration == f"no λ table: {held} tours outside the train split, 100 needed"
+    config = tmp_path / "five-points.yaml"  # a target 40 tours resolve: within 5 points (30 tours at least)
+    config.write_text(CPU_LEARN.read_text().replace("default_target: {within_points: 1}", "default_target: {within_points: 5}"))
+    assert calibrate.tours_needed(load_settings(config)) == calibrate.MIN_TOURS <= held, held
+    outcome = learn.learn(registry, [log], None, None, config, holdout=0.5, min_eval=20, margin=-100.0)  # promoted whatever
     assert outcome.promoted and outcome.calibration == f"λ table from {held} tours outside the train split (agreement with the top stage)"
     replayed = outcome.replayed  # the second test: the rule replayed on the same tours, the baseline against the candidate
     assert replayed["tours"] == held and replayed["unit"] == "compute" and replayed["candidate_cost"] is not None
-    assert replayed["quality_matched"] == pytest.approx(0.99)  # cpu-learn.yaml's default target: within 1 point of the top
+    assert replayed["quality_matched"] == pytest.approx(0.95)  # the default target: within 5 points of the top
     assert calibrate.cheaper(replayed, learn.DEFAULT_COST_MARGIN)  # promoted: it passed the second test too
-    strict = learn.learn(tmp_path / "strict", [log], None, None, CPU_LEARN, holdout=0.5, min_eval=20, margin=-100.0, cost_margin=-0.99)
+    strict = learn.learn(tmp_path / "strict", [log], None, None, config, holdout=0.5, min_eval=20, margin=-100.0, cost_margin=-0.99)
     assert not strict.promoted and "replayed on" in strict.reason and learn.versions(tmp_path / "strict") == [], strict
     table = json.loads((registry / "v0001" / "calibration.json").read_text())
     assert table["tasks"] == held and table["top_quality"] == 1.0 and table["labels"] == "agreement with the top stage"
     assert learn.lineage(registry, "v0001")["calibration"] == outcome.calibration
-    lam = LambdaTable.of(table).lambda_for(Target(within_points=1))
+    lam = LambdaTable.of(table).lambda_for(Target(within_points=5))
     assert lam is not None and table["grid"][0]["lambda"] < lam
-    assert table["grid"][0]["quality"] < 0.99 <= table["grid"][-1]["quality"]  # agreement rises with λ to the top's
+    assert table["grid"][0]["quality"] < 0.95 <= table["grid"][-1]["quality"]  # agreement rises with λ to the top's
 
 
 def test_cheaper_asks_for_the_quality_at_no_more_than_the_served_cost() -> None:
