@@ -32,11 +32,10 @@ One ``learn`` run:
    parent version, rows trained on, the time trained up to, both models'
    evaluation figures.
 
-   ``cost_margin`` is 5 %: agreement on a few dozen tours ranks close models
-   unreliably; replayed on the collection (``python -m training.unseen_ladder
-   --cost-margin 0``), a margin of 0 kept a first model 3 points below the top
-   stage on the test split against later candidates that were within 1 point
-   and cost up to 4 % more on the tours.
+   A rejected candidate leaves the served version in service; if it has no λ
+   table (promoted before the tours could resolve the default target) and the
+   tours now can, it gets one, as a new version of the same model
+   (``_recalibrated``).
 
 ``rollback`` points ``current`` back at the parent of the version in service (or
 at a version named). The first ``learn`` on an empty registry seeds it with the
@@ -90,14 +89,14 @@ from predictor.serving.labels import label
 from predictor.serving.loader import CURRENT_FILE, baseline_predictor
 from predictor.serving.runtime import OnnxPredictor
 from training import dataset
-from training.replay import BaselineBatch
+from training.replay import BaselineBatch, Table
 
 CARD_FILE = "card.json"
 LINEAGE_KEY = "lineage"
 DEFAULT_HOLDOUT = 0.2  # the newest share of the labelled logged rows that the decision is made on
 DEFAULT_MIN_EVAL = 50  # fewer unseen labelled answers than this: no decision
 DEFAULT_MARGIN = 0.0  # the candidate's log-loss must be lower than the served model's by at least this
-DEFAULT_COST_MARGIN = 0.05  # its replayed cost at the served model's quality may exceed the served model's by this share
+DEFAULT_COST_MARGIN = 0.0  # its replayed cost at the matched quality may exceed the served model's by this share
 
 
 # -- the registry ---------------------------------------------------------------------------------------------------
@@ -337,13 +336,21 @@ def learn(
             )
         if calibration is not None:
             (candidate_dir / calibrate.CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
+
+        def kept() -> Outcome:  # the candidate is not promoted; a new ladder's served version may still need its table
+            version = _recalibrated(registry, served, tours, settings) if new_ladder and tours is not None else None
+            if version is not None:
+                outcome.promoted, outcome.candidate = True, version
+                outcome.reason += f"; {served} recalibrated on {tours_why} (agreement with the top stage) as {version}"
+            return outcome
+
         mine, _ = log_loss(candidate_dir, eval_path)
         theirs, _ = log_loss(registry / served if served else None, eval_path, settings)
         outcome.log_loss = {"candidate": round(mine, 5), served_name: round(theirs, 5)}
         outcome.trained_rows = {"shipped": sum(1 for _ in dataset.read_rows(shipped)) if shipped else 0, "logged": len(older)}
         if not mine < theirs - margin:
             outcome.reason = f"the candidate's log-loss {mine:.4f} does not beat {served_name}'s {theirs:.4f} by {margin}"
-            return outcome
+            return kept()
         if tours is None:
             outcome.replayed = {"skipped": tours_why}
         else:  # the rule replayed on the tours: the candidate must not cost more at the served model's quality
@@ -354,7 +361,7 @@ def learn(
                 what = "never reaches" if r["candidate_cost"] is None else f"costs {r['candidate_cost']:.4g} {r['unit']} at"
                 outcome.reason = (f"the candidate {what} quality {r['quality_matched']:.3f} replayed on {tours_why} "
                                   f"({served_name}: {r['served_cost']:.4g})")  # fmt: skip
-                return outcome
+                return kept()
         record = {"parent": served, "source": "learn", "created": round(time.time(), 3),
                   "trained_on": {"collection": str(shipped) if shipped else None, "logs": [str(p) for p in logs], **outcome.trained_rows},
                   "trained_until": older[-1].order[0] if older else trained_until,
@@ -370,6 +377,28 @@ def learn(
             outcome.reason += (f"; replayed on {r['tours']} tours, {r['candidate_cost']:.4g} against {theirs_cost} {r['unit']} "
                                f"at quality {r['quality_matched']:.3f}")  # fmt: skip
         return outcome
+
+
+def _recalibrated(registry: Path, served: str | None, tours: Table, settings: Settings) -> str | None:
+    """A new ladder's version in service that has no λ table (promoted before the tours could resolve the default
+    target), once they can: the same model with its table, as a new version put in service (a version is never
+    changed once written); its lineage says so. None where there is nothing to do."""
+    from training import calibrate
+
+    if served is None or (registry / served / calibrate.CALIBRATION_FILE).is_file():
+        return None
+    with tempfile.TemporaryDirectory(prefix="adaptive-sd-recalibrate-") as tmp:
+        model = Path(tmp) / "model"
+        shutil.copytree(registry / served, model)
+        table = calibrate.tour_table(tours, OnnxPredictor.load(model, settings.cascade.risk.evidence), settings)
+        (model / calibrate.CALIBRATION_FILE).write_text(json.dumps(table, indent=2) + "\n")
+        before = lineage(registry, served)
+        record = {"parent": served, "source": "recalibrated", "created": round(time.time(), 3),
+                  "trained_on": before.get("trained_on"), "trained_until": before.get("trained_until"),
+                  "calibration": f"λ table from {len(tours.y)} tours outside the train split (agreement with the top stage)"}  # fmt: skip
+        version = _add_version(registry, model, record)
+    point(registry, version)
+    return version
 
 
 def history(registry: Path) -> Iterator[dict[str, Any]]:

@@ -246,19 +246,21 @@ def run(data_path: Path = Path("data/cpu/collect.jsonl"), config: Path = CONFIG,
         y = np.array([lb.value for lb in newest])
         mine, theirs = _log_loss(cand, x, y), _log_loss(model, x, y)
         record["log_loss"] = {"candidate": round(mine, 4), version: round(theirs, 4)}
-        if not mine < theirs:
-            continue
         held, why = held_tours(s, tours)
         record["tours"] = why
-        if held is not None:  # the learner's second test: no dearer at the served model's replayed quality
+        better = mine < theirs
+        if better and held is not None:  # the learner's second test: no dearer at the matched quality, replayed
             replayed = calibrate.matched_cost(held, model, lam_served if trained else s.lam * scale, cand, s.settings)
             record["replayed"] = replayed
-            if not calibrate.cheaper(replayed, cost_margin):
-                continue
+            better = calibrate.cheaper(replayed, cost_margin)
+        if not better and not (trained and not resolved and held is not None):
+            continue
+        # promoted, or (the learner's ``_recalibrated``) the served model, tableless, gets its table from the tours
         version = f"v{sum(r['promoted'] for r in rounds) + 1:04d}"
-        model, trained, trained_until = cand, True, stamps[cut - 1]
+        if better:
+            model, trained, trained_until = cand, True, stamps[cut - 1]
         lam_served, resolved = tour_lambda(s, held, model)
-        record.update(promoted=True, version=version, **{"lambda": lam_served, "target_resolved": resolved})
+        record.update(promoted=True, version=version, recalibrated=not better, **{"lambda": lam_served, "target_resolved": resolved})
         priors = model.prior_batch(s.full.prior_x[test].reshape(-1, s.full.prior_x.shape[-1])).reshape(len(test), n)
         curve.append({"seen": k + 1, "version": version, "labels": len(labels), "lambda": lam_served,
                       **test_point(s, test, model, lam_served, tour if resolved else tour_untrained),
@@ -358,7 +360,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=7)
     cfg = result["config"]
     fig.suptitle(f"a new ladder learning from its own traffic: {cfg['traffic']} requests, a learning round every "
-                 f"{cfg['learn_every']}, {cfg['test']} test tasks, λ {cfg['lam']:g}", fontsize=10)  # fmt: skip
+                 f"{cfg['learn_every']}, {cfg['test']} test tasks; λ: the default target {cfg.get('default_target')} on the tours, "
+                 f"{cfg['lam']:g} until it is resolved", fontsize=10)  # fmt: skip
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -150,6 +150,14 @@ def test_a_new_ladder_with_tours_gets_a_lambda_table_in_agreement_with_the_top(t
     config = tmp_path / "five-points.yaml"  # a target 40 tours resolve: within 5 points (30 tours at least)
     config.write_text(CPU_LEARN.read_text().replace("default_target: {within_points: 1}", "default_target: {within_points: 5}"))
     assert calibrate.tours_needed(load_settings(config)) == calibrate.MIN_TOURS <= held, held
+    # the served version got no table; once the tours resolve the target it gets one, as a version of its own
+    again = learn.learn(tmp_path / "unresolved", [log], None, None, config, holdout=0.5, min_eval=20, margin=100.0)
+    assert again.promoted and again.candidate == "v0002" and "v0001 recalibrated on" in again.reason, again
+    record = learn.lineage(tmp_path / "unresolved", "v0002")
+    assert record["source"] == "recalibrated" and record["parent"] == "v0001"
+    assert record["trained_until"] == learn.lineage(tmp_path / "unresolved", "v0001")["trained_until"]
+    same = [(tmp_path / "unresolved" / v / "predictor.onnx").read_bytes() for v in ("v0001", "v0002")]
+    assert same[0] == same[1] and (tmp_path / "unresolved" / "v0002" / "calibration.json").is_file()
     outcome = learn.learn(registry, [log], None, None, config, holdout=0.5, min_eval=20, margin=-100.0)  # promoted whatever
     assert outcome.promoted and outcome.calibration == f"λ table from {held} tours outside the train split (agreement with the top stage)"
     replayed = outcome.replayed  # the second test: the rule replayed on the same tours, the baseline against the candidate
