@@ -229,9 +229,7 @@ def create_app(
 
     def default_lambda() -> tuple[float, str]:
         """The default λ in force (``TenantService.lam_default``) and where it comes from: ``target`` or ``default_lambda``."""
-        target = settings.cascade.default_target
-        found = targets.find(target) if target is not None else None
-        return (tenants.default_lambda, "default_lambda") if found is None else (found, "target")
+        return targets.in_force(settings.cascade.default_target, tenants.default_lambda)
 
     def limits(tenant: Tenant) -> TenantLimits:
         s = tenant.settings

@@ -39,9 +39,14 @@ class TargetLambdas:
             self._cache[key] = found
         return self._cache[key]
 
+    def in_force(self, target: QualityTarget | None, otherwise: float) -> tuple[float, str]:
+        """The λ for ``target`` and where it comes from: ``target`` (the table's), or ``default_lambda`` (``otherwise``:
+        no target, no table, or no λ of it meets the target)."""
+        found = self.find(target) if target is not None else None
+        return (otherwise, "default_lambda") if found is None else (found, "target")
+
     def lam(self, target: QualityTarget, otherwise: float) -> float:
-        found = self.find(target)
-        return otherwise if found is None else found
+        return self.in_force(target, otherwise)[0]
 
     def describe(self, target: QualityTarget) -> str:
         return Target.of(target).describe()

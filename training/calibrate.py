@@ -135,11 +135,8 @@ def tours_needed(settings: Settings) -> int:
     within what ``cascade.default_target`` allows (1 / its slack: 100 for ``within_points: 1``), so that the target
     is resolved, not met by a sample too small to see one miss."""
     target = settings.cascade.default_target
-    slack = None
-    if target is not None and target.within_points is not None:
-        slack = target.within_points / 100
-    elif target is not None and target.keep is not None:
-        slack = 1.0 - target.keep
+    needed = Target.of(target).quality_needed(1.0) if target is not None else None  # agreement: the top's is 1
+    slack = None if needed is None else 1.0 - needed
     return max(MIN_TOURS, math.ceil(1 / slack - 1e-9)) if slack else MIN_TOURS
 
 

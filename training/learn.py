@@ -187,9 +187,14 @@ def labelled_rows(logs: Iterable[Path], reference: int | None = None) -> list[Lo
     out = []
     for n, path in enumerate(logs):
         for i, row in enumerate(dataset.read_rows(path)):
-            if any(label(s) is not None or s.get("stage") == reference for s in row.get("stages") or ()):
+            if _judged(row) or any(s.get("stage") == reference for s in row.get("stages") or ()):
                 out.append(LoggedRow(row, (float(row.get("time") or 0.0), n * 10**9 + i)))
     return sorted(out, key=lambda r: r.order)
+
+
+def _judged(row: dict[str, Any]) -> bool:
+    """Whether a logged row has an answer a higher stage (or a checker) judged."""
+    return any(label(s) is not None for s in row.get("stages") or ())
 
 
 def with_reference(row: dict[str, Any], top: int) -> dict[str, Any]:
@@ -298,12 +303,13 @@ def learn(
     served_name = served or "baseline"
     trained_until = float(lineage(registry, served).get("trained_until") or 0.0) if served else 0.0
     top = len(settings.stages) - 1 if new_ladder else None
-    rows = labelled_rows(logs)  # the decision is made on answers a higher stage (or a checker) judged
+    every = labelled_rows(logs, len(settings.stages) - 1)  # the logs read once: also rows with only the top's answer
+    rows = [r for r in every if _judged(r.row)]  # the decision is made on answers a higher stage (or a checker) judged
     cut = holdout_start(len(rows), holdout) if rows else 0
     older, newest = rows[:cut], rows[cut:]
     if new_ladder:  # the top stage's answers train as the reference, also in rows with nothing else labelled
         horizon = newest[0].order if newest else (math.inf, 0)
-        older = [r for r in labelled_rows(logs, top) if r.order < horizon]
+        older = [r for r in every if r.order < horizon]
     unseen = [r for r in newest if r.order[0] > trained_until or not r.order[0]]
     outcome = Outcome(False, "", served_name, evaluation_rows=0)
     with tempfile.TemporaryDirectory(prefix="adaptive-sd-learn-") as tmp_name:
@@ -324,7 +330,7 @@ def learn(
             outcome.reason = f"no candidate: {exc}"
             return outcome
         # the tours outside the train split: every stage's answer to requests no prior chose, which no model fitted
-        tours, tours_why = calibrate.held_tours((r.row for r in labelled_rows(logs, len(settings.stages) - 1)), settings)
+        tours, tours_why = calibrate.held_tours((r.row for r in every), settings)
         evidence = settings.cascade.risk.evidence
         candidate = OnnxPredictor.load(candidate_dir, evidence)
         if shipped is not None:
