@@ -162,16 +162,17 @@ def tour_table(t: Table, model: BatchPredictor, settings: Settings) -> dict[str,
     return {**TOURS, **grid(t, replay.beliefs(t, model, _rule(settings)), settings)}
 
 
-def lambda_in_force(table: LambdaTable | None, settings: Settings, trained: bool = True) -> float:
+def lambda_in_force(table: LambdaTable | None, settings: Settings, trained: bool = True) -> tuple[float, bool]:
     """The λ a router on ``settings`` serves a model with for requests that name none: ``cascade.default_target``
     looked up in the model's ``table``, else ``cascade.default_lambda`` (scaled by ``untrained_lambda_scale`` while
-    the baseline serves: ``trained`` False), as ``router.tenants`` and ``router.cascade`` do."""
+    the baseline serves: ``trained`` False), as ``router.targets`` and ``router.cascade`` do; and whether it is the
+    target's (until it is, a new ladder tours at the untrained rate)."""
     c = settings.cascade
     target = c.default_target
     found = table.lambda_for(Target.of(target)) if table and target else None
     if found is not None:
-        return found
-    return c.default_lambda if trained else c.default_lambda * c.untrained_lambda_scale
+        return found, True
+    return (c.default_lambda if trained else c.default_lambda * c.untrained_lambda_scale), False
 
 
 def matched_cost(t: Table, served: BatchPredictor, served_lam: float, candidate: BatchPredictor, settings: Settings) -> dict[str, Any]:

@@ -361,7 +361,9 @@ def learn(
             outcome.replayed = {"skipped": tours_why}
         else:  # the rule replayed on the tours: the candidate must not cost more at the served model's quality
             in_service = OnnxPredictor.load(registry / served, evidence) if served else BaselineBatch(baseline_predictor(settings))
-            lam = calibrate.lambda_in_force(LambdaTable.load(registry / served) if served else None, settings, trained=served is not None)
+            lam, _ = calibrate.lambda_in_force(
+                LambdaTable.load(registry / served) if served else None, settings, trained=served is not None
+            )
             r = outcome.replayed = calibrate.matched_cost(tours, in_service, lam, candidate, settings)
             if not calibrate.cheaper(r, cost_margin):
                 what = "never reaches" if r["candidate_cost"] is None else f"costs {r['candidate_cost']:.4g} {r['unit']} at"

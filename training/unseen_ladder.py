@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from common.settings import Settings, load_settings
-from predictor.serving.calibration import LambdaTable, Target
+from predictor.serving.calibration import LambdaTable
 from predictor.serving.loader import baseline_predictor
 from predictor.serving.rows import split_of
 from predictor.serving.runtime import OnnxPredictor
@@ -142,8 +142,7 @@ def tour_lambda(s: Setup, held: Table | None, model: BatchPredictor) -> tuple[fl
     the held tours (the learner's ``calibrate.tour_table``), else ``default_lambda`` (``calibrate.lambda_in_force``);
     and whether it is the target's (until it is, requests tour at the untrained rate, as the router does)."""
     table = LambdaTable.of(calibrate.tour_table(held, model, s.settings)) if held is not None else None
-    target = s.settings.cascade.default_target
-    return calibrate.lambda_in_force(table, s.settings), bool(table and target and table.lambda_for(Target.of(target)) is not None)
+    return calibrate.lambda_in_force(table, s.settings)
 
 
 def _log_loss(model: BatchPredictor, x: np.ndarray, y: np.ndarray) -> float:
