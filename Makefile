@@ -100,7 +100,7 @@ predictor: $(STAMP)
 
 # The cost/quality frontier (held-out and leave-one-family-out, compute and seconds; table + PNG) and the default λ's table.
 frontier: $(STAMP)
-	$(BIN)/python -m training calibrate --within-points 0
+	$(BIN)/python -m training calibrate --within-points 1 --confidence 0.8
 	$(BIN)/python -m training evaluate
 
 bench-soak: $(STAMP) system-deps

@@ -400,11 +400,20 @@ class QualityTarget(_Model):
     keep: float | None = Field(None, gt=0.0, le=1.0, description="keep this share of the top stage's accuracy")
     within_points: float | None = Field(None, ge=0.0, le=100.0, description="stay within this many accuracy points of the top stage")
     top_share: float | None = Field(None, ge=0.0, le=1.0, description="send this share of requests to the top stage")
+    confidence: float | None = Field(
+        None,
+        ge=0.5,
+        lt=1.0,
+        description="for keep or within_points: meet it with this confidence, a lower bound of the table's accuracy "
+        "(its paired difference with the top stage) instead of the point estimate; unset: the point estimate",
+    )
 
     @model_validator(mode="after")
     def _one(self) -> QualityTarget:
         if sum(v is not None for v in (self.keep, self.within_points, self.top_share)) != 1:
             raise ValueError("give exactly one of keep, within_points, top_share")
+        if self.confidence is not None and self.top_share is not None:
+            raise ValueError("confidence applies to keep or within_points, not to top_share")
         return self
 
 

@@ -20,7 +20,7 @@ log = logging.getLogger("adaptive_sd.targets")
 class TargetLambdas:
     def __init__(self, table: LambdaTable | None) -> None:
         self.table = table
-        self._cache: dict[tuple[float | None, float | None, float | None], float | None] = {}
+        self._cache: dict[Target, float | None] = {}
 
     def use(self, table: LambdaTable | None) -> None:
         """A new model's table (``router.model_reload``): targets are looked up afresh in it."""
@@ -29,15 +29,19 @@ class TargetLambdas:
 
     def find(self, target: QualityTarget) -> float | None:
         """The table's λ for ``target``; None (said once in the log) without a table or where no λ of it meets it."""
-        key = (target.keep, target.within_points, target.top_share)
-        if key not in self._cache:
-            t = Target(*key)
+        t = Target.of(target)
+        if t not in self._cache:
             found = self.table.lambda_for(t) if self.table is not None else None
             if found is None:
-                why = "the predictor has no calibration table" if self.table is None else "no λ of the calibration table meets it"
+                if self.table is None:
+                    why = "the predictor has no calibration table"
+                elif t.confidence is not None and not self.table.has_counts:
+                    why = "its calibration table predates confidence bounds: run `python -m training calibrate` again"
+                else:
+                    why = "no λ of the calibration table meets it"
                 log.warning("target '%s' cannot be honoured (%s): the configured λ is used", t.describe(), why)
-            self._cache[key] = found
-        return self._cache[key]
+            self._cache[t] = found
+        return self._cache[t]
 
     def in_force(self, target: QualityTarget | None, otherwise: float) -> tuple[float, str]:
         """The λ for ``target`` and where it comes from: ``target`` (the table's), or ``default_lambda`` (``otherwise``:

@@ -58,7 +58,9 @@ MIN_TOURS = 30  # a new ladder's λ table needs at least this many tours outside
 
 def grid(t: Table, b: Beliefs, settings: Settings) -> dict[str, Any]:
     """The router's rule (``settings``) replayed on ``t`` with the beliefs ``b`` over a fine λ grid: per λ, the accuracy
-    (``t.y``: whatever its labels are), its share of the top stage's, the top-stage share and the cost in both units."""
+    (``t.y``: whatever its labels are), its share of the top stage's, its wins and losses against the top stage (tasks
+    only one of the two answered correctly: what a target's ``confidence`` bounds it with), the top-stage share and
+    the cost in both units."""
     from training.evaluate import lambdas
 
     prices = replay.prices_of(settings)
@@ -66,12 +68,15 @@ def grid(t: Table, b: Beliefs, settings: Settings) -> dict[str, Any]:
     opt = replay.Options.of(settings)
     sweep = lambdas(b, t)
     top = t.n_stages - 1
-    top_quality = float(t.y[:, top].mean())
+    top_right = t.y[:, top].astype(bool)
+    top_quality = float(top_right.mean())
     rows = []
     for lam in np.geomspace(sweep[0], sweep[-1], GRID_STEPS):
         o = replay.cascade(t, b, costs, float(lam), opt)
-        rows.append({"lambda": float(lam), "quality": float(o.correct.mean()),
-                     "quality_vs_top": float(o.correct.mean()) / top_quality if top_quality else None,
+        right = o.correct.astype(bool)
+        rows.append({"lambda": float(lam), "quality": float(right.mean()),
+                     "quality_vs_top": float(right.mean()) / top_quality if top_quality else None,
+                     "wins": int((right & ~top_right).sum()), "losses": int((~right & top_right).sum()),
                      "top_share": float((o.final == top).mean()),
                      **{f"cost_{u}": float(v.mean()) for u, v in o.spent.items()}})  # fmt: skip
     return {"tasks": len(t.y), "rule_unit": settings.cascade.cost_unit, "top_quality": top_quality,

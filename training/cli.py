@@ -4,6 +4,7 @@ python -m training collect --out data/cpu/collect.jsonl        # resumable
 python -m training train   --data data/cpu/collect.jsonl --out predictor/models/cpu
 python -m training evaluate --data data/cpu/collect.jsonl --model predictor/models/cpu
 python -m training calibrate --within-points 2     # the λ that keeps quality within 2 points of the top stage
+python -m training calibrate --within-points 1 --confidence 0.8   # ... within 1 point, with 80 % confidence
 ADAPTIVE_SD_CASCADE__DRAFT_REUSE=false adaptive-sd up &   # then:
 ADAPTIVE_SD_CASCADE__DRAFT_REUSE=false python -m training live-check --lambdas 5,16,50
 python -m training report --log traffic.jsonl --out report.png   # savings and quality over time (= adaptive-sd report)
@@ -71,7 +72,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     if sum(given) != 1:
         print("error: give exactly one target: --keep, --within-points or --top-share", file=sys.stderr)
         return 2
-    target = calibrate.Target(args.keep, args.within_points, args.top_share)
+    if args.confidence is not None and (args.top_share is not None or not 0.5 <= args.confidence < 1):
+        print("error: --confidence is a probability in [0.5, 1) and applies to --keep or --within-points", file=sys.stderr)
+        return 2
+    target = calibrate.Target(args.keep, args.within_points, args.top_share, args.confidence)
     cal, row = calibrate.run(Path(args.data), Path(args.model), target, args.config, write=not args.dry_run)
     print(f"validation split, {cal['tasks']} tasks; the rule prices stages in {cal['rule_unit']}; top stage: {cal['top_quality']:.3f}")
     if row is None:
@@ -187,6 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     ca.add_argument("--keep", type=float, help="keep this share of the top stage's accuracy, e.g. 0.98")
     ca.add_argument("--within-points", type=float, help="stay within this many accuracy points of the top stage, e.g. 2")
     ca.add_argument("--top-share", type=float, help="send this share of requests to the top stage, e.g. 0.5")
+    ca.add_argument(
+        "--confidence",
+        type=float,
+        help="with --keep or --within-points: meet it with this confidence (a lower "
+        "bound of the accuracy's paired difference with the top stage), e.g. 0.8",
+    )
     ca.add_argument("--dry-run", action="store_true", help="do not write the table next to the model")
     lc = sub.add_parser("live-check", help="compare the offline replay with a running router on test tasks")
     lc.add_argument("--config", help="the running router's config (default: $ADAPTIVE_SD_CONFIG or configs/cpu.yaml)")

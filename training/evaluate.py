@@ -334,9 +334,11 @@ def summary(result: dict[str, Any]) -> str:
             u = res["units"][unit]
             t = u["targets"]
             vs = "-" if t["cost_vs_top_within_1pt"] is None else f"{t['cost_vs_top_within_1pt']:.2f}x"
+            gap = t["default_quality_gap_points"]
+            side = f"{gap:.1f} points below" if gap > 0 else f"{-gap:.1f} points above" if gap < 0 else "level with"
             lines += ["", f"**{unit}**: top stage {t['top_quality']:.3f}; ours best {t['ours_best_quality']:.3f}; ours within 1 point of "
                       f"the top at {vs} its cost (oracle {t['oracle_cost_vs_top']:.2f}x); default λ: "
-                      f"{t['default_quality_gap_points']:.1f} points below the top at {t['default_cost_vs_top']:.2f}x its cost", "",
+                      f"{side} the top at {t['default_cost_vs_top']:.2f}x its cost", "",
                       "| vs | mean margin at matched cost (points) | worst (points) |", "|---|---|---|"]  # fmt: skip
             for name, m in t["margin_over"].items():
                 lines.append(f"| {name} | {m['mean_points']:+.1f} | {m['min_points']:+.1f} |")

@@ -5,36 +5,56 @@ on a fine λ grid: for each λ, the accuracy, its share of the top stage's and t
 the top stage. A target -- keep a share of the top stage's accuracy, stay within some points of it, or send a
 share of the traffic to the top stage -- is met by the smallest λ of the grid that meets it. Offline
 calibration and the router's per-tenant targets look λ up here, on the same numbers.
+
+A quality target may ask for a ``confidence``. The smallest λ whose accuracy on the validation split just meets a
+target is the one most likely to fall short on new prompts: among the λ that meet it, it is chosen for a sample's
+luck. With ``confidence: 0.8`` the target must hold for a lower bound of the accuracy instead: the accuracy minus
+z(0.8) standard errors of its paired difference with the top stage (each row's ``wins``, tasks only the cascade
+answered correctly, and ``losses``, tasks only the top stage did; normal approximation). Rows without those counts
+(tables written before them) meet no target that asks for a confidence.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 CALIBRATION_FILE = "calibration.json"
 
 
+def paired_sd(wins: int, losses: int, tasks: int) -> float:
+    """The standard error of the mean paired difference (cascade minus top stage, each task -1, 0 or +1) over
+    ``tasks`` tasks, ``wins`` of them +1 and ``losses`` -1."""
+    if tasks <= 0:
+        return math.inf
+    mean = (wins - losses) / tasks
+    return math.sqrt(max((wins + losses) / tasks - mean * mean, 0.0) / tasks)
+
+
 @dataclass(frozen=True)
 class Target:
-    """One of three targets (exactly one set)."""
+    """One of three targets (exactly one set), and for a quality target the confidence it must be met with."""
 
     keep: float | None = None  # share of the top stage's accuracy
     within_points: float | None = None  # accuracy points below the top stage's
     top_share: float | None = None  # share of requests that reach the top stage
+    confidence: float | None = None  # None: the point estimate meets it; 0.8: a lower bound at 80 % does
 
     @classmethod
     def of(cls, target: Any) -> Target:
         """The lookup form of a configured target (``common.settings.QualityTarget``: a tenant's or the default)."""
-        return cls(target.keep, target.within_points, target.top_share)
+        return cls(target.keep, target.within_points, target.top_share, target.confidence)
 
     def describe(self) -> str:
+        sure = f" with {self.confidence:.0%} confidence" if self.confidence is not None else ""
         if self.keep is not None:
-            return f"keep {self.keep:.0%} of the top stage's accuracy"
+            return f"keep {self.keep:.0%} of the top stage's accuracy{sure}"
         if self.within_points is not None:
-            return f"within {self.within_points:g} points of the top stage's accuracy"
+            return f"within {self.within_points:g} points of the top stage's accuracy{sure}"
         return f"{self.top_share:.0%} of requests reach the top stage"
 
     def quality_needed(self, top_quality: float) -> float | None:
@@ -45,23 +65,33 @@ class Target:
             return top_quality - self.within_points / 100
         return None
 
-    def met_by(self, row: dict[str, Any], top_quality: float) -> bool:
+    def met_by(self, row: dict[str, Any], top_quality: float, tasks: int | None = None) -> bool:
+        """Whether a table row meets the target; with a ``confidence``, its accuracy's lower bound must (``tasks``:
+        the table's, which the bound needs with the row's ``wins`` and ``losses``)."""
         needed = self.quality_needed(top_quality)
-        if needed is not None:
-            return bool(row["quality"] >= needed - 1e-12)
-        return self.top_share is not None and bool(row["top_share"] >= self.top_share - 1e-12)
+        if needed is None:
+            return self.top_share is not None and bool(row["top_share"] >= self.top_share - 1e-12)
+        quality = float(row["quality"])
+        if self.confidence is not None:
+            if tasks is None or row.get("wins") is None or row.get("losses") is None:
+                return False
+            quality -= NormalDist().inv_cdf(self.confidence) * paired_sd(int(row["wins"]), int(row["losses"]), tasks)
+        return bool(quality >= needed - 1e-12)
 
 
 @dataclass(frozen=True)
 class LambdaTable:
-    """The calibration table: ``grid`` rows ascending in λ, and the top stage's accuracy on the same tasks."""
+    """The calibration table: ``grid`` rows ascending in λ, and the top stage's accuracy on the same ``tasks``."""
 
     top_quality: float
     grid: tuple[dict[str, Any], ...]
+    tasks: int | None = None
 
     @classmethod
     def of(cls, data: dict[str, Any]) -> LambdaTable:
-        return cls(float(data["top_quality"]), tuple(sorted(data["grid"], key=lambda r: r["lambda"])))
+        tasks = data.get("tasks")
+        grid = tuple(sorted(data["grid"], key=lambda r: r["lambda"]))
+        return cls(float(data["top_quality"]), grid, None if tasks is None else int(tasks))
 
     @classmethod
     def load(cls, directory: Path) -> LambdaTable | None:
@@ -71,9 +101,14 @@ class LambdaTable:
             return None
         return cls.of(json.loads(path.read_text()))
 
+    @property
+    def has_counts(self) -> bool:
+        """Whether the table can bound its accuracy (``tasks`` and every row's ``wins`` and ``losses``)."""
+        return self.tasks is not None and all(r.get("wins") is not None and r.get("losses") is not None for r in self.grid)
+
     def choose(self, target: Target) -> dict[str, Any] | None:
         """The row of the smallest λ that meets ``target``; None when no λ of the grid does."""
-        return next((dict(r) for r in self.grid if target.met_by(r, self.top_quality)), None)
+        return next((dict(r) for r in self.grid if target.met_by(r, self.top_quality, self.tasks)), None)
 
     def lambda_for(self, target: Target) -> float | None:
         row = self.choose(target)

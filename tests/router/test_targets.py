@@ -34,11 +34,32 @@ def test_a_target_maps_to_the_smallest_lambda_that_meets_it() -> None:
     assert TABLE.lambda_for(Target(keep=0.8)) == 10.0
 
 
+def test_a_confident_target_needs_a_lower_bound_to_meet_it() -> None:
+    """With ``confidence`` the accuracy minus z standard errors of its paired difference with the top stage must meet
+    the target: a row whose point estimate just meets it on few disagreements does not."""
+    table = LambdaTable.of({"top_quality": 0.6, "tasks": 100, "grid": [
+        {"lambda": 10.0, "quality": 0.59, "wins": 4, "losses": 5, "top_share": 0.5},  # bound 0.59 - 0.84 x 0.030
+        {"lambda": 100.0, "quality": 0.61, "wins": 3, "losses": 2, "top_share": 0.7},  # bound 0.61 - 0.84 x 0.022
+    ]})  # fmt: skip
+    targets = TargetLambdas(table)
+    assert targets.lam(QualityTarget(within_points=1), 7.0) == 10.0
+    assert targets.lam(QualityTarget(within_points=1, confidence=0.8), 7.0) == 100.0
+    assert targets.lam(QualityTarget(within_points=1, confidence=0.99), 7.0) == 7.0  # 0.61 - 2.33 x 0.022 < 0.59
+    assert table.has_counts and not TABLE.has_counts
+    # a table without wins and losses cannot bound its accuracy: a confident target is not met, never met by guess
+    assert TargetLambdas(TABLE).lam(QualityTarget(within_points=2, confidence=0.8), 7.0) == 7.0
+    assert Target.of(QualityTarget(keep=0.9, confidence=0.8)).describe() == "keep 90% of the top stage's accuracy with 80% confidence"
+
+
 def test_a_target_needs_exactly_one_goal() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         QualityTarget(keep=0.9, top_share=0.5)
     with pytest.raises(ValueError, match="exactly one"):
         QualityTarget()
+    with pytest.raises(ValueError, match="confidence applies"):
+        QualityTarget(top_share=0.5, confidence=0.8)
+    with pytest.raises(ValueError, match="confidence"):
+        QualityTarget(within_points=1, confidence=1.0)
 
 
 @pytest.mark.anyio
@@ -64,8 +85,10 @@ async def test_a_tenant_with_a_target_runs_at_its_calibrated_lambda() -> None:
         assert float(resp.headers["x-cascade-lambda"]) == pytest.approx(lam, rel=1e-5)
         view = await c.get("/v1/tenant", headers=key)
         assert view.json()["effective_lambda"] == pytest.approx(lam, rel=1e-9)  # what the tenant is told is what it gets
-        bad = await c.patch("/admin/tenants/acme", json={"target": {"keep": 0.9, "top_share": 0.5}}, headers=ADMIN)
-        assert bad.status_code == 400 and "target" in (bad.json()["error"]["param"] or "")
+        for target in ({"keep": 0.9, "top_share": 0.5}, {"top_share": 0.5, "confidence": 0.8}, {"keep": 0.9, "confidence": 1.5}):
+            bad = await c.patch("/admin/tenants/acme", json={"target": target}, headers=ADMIN)
+            assert bad.status_code == 400 and "target" in (bad.json()["error"]["param"] or ""), bad.text
+        assert (await c.get("/v1/tenant", headers=key)).json()["effective_lambda"] == pytest.approx(lam, rel=1e-9)  # unchanged
 
 
 @pytest.mark.anyio

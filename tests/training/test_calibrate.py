@@ -41,6 +41,27 @@ def test_the_replayed_table_rises_from_the_small_stage_to_the_top_one() -> None:
     assert grid[-1]["quality"] >= cal["top_quality"] - 0.05
     lams = [r["lambda"] for r in grid]
     assert lams == sorted(lams)
+    # wins and losses against the top stage account for the accuracy difference, task by task
+    for r in grid:
+        assert r["quality"] - cal["top_quality"] == pytest.approx((r["wins"] - r["losses"]) / cal["tasks"], abs=1e-9)
+        assert r["losses"] <= cal["tasks"] * cal["top_quality"] + 1e-9
+    # a confidence asks for more than the point estimate: a larger λ, never a smaller one
+    point = calibrate.choose(cal, calibrate.Target(within_points=1))
+    sure = calibrate.choose(cal, calibrate.Target(within_points=1, confidence=0.8))
+    assert point is not None and sure is not None and sure["lambda"] >= point["lambda"]
+
+
+def test_the_shipped_default_lambda_is_its_tables_for_the_default_target() -> None:
+    """configs/cpu.yaml states its default as a target and repeats the λ as ``default_lambda`` (the fallback, and
+    what the benchmarks replay): the two must not drift apart when the model is recalibrated."""
+    from common.settings import load_settings
+    from predictor.serving.calibration import LambdaTable
+
+    settings = load_settings(ROOT / "configs" / "cpu.yaml")
+    table = LambdaTable.load(MODEL)
+    assert table is not None and settings.cascade.default_target is not None and table.has_counts
+    lam = table.lambda_for(calibrate.Target.of(settings.cascade.default_target))
+    assert lam == pytest.approx(settings.cascade.default_lambda, rel=1e-3)
 
 
 def test_the_cli_needs_exactly_one_target(capsys: pytest.CaptureFixture[str]) -> None:
@@ -48,6 +69,11 @@ def test_the_cli_needs_exactly_one_target(capsys: pytest.CaptureFixture[str]) ->
     assert "exactly one target" in capsys.readouterr().err
     assert main(["calibrate", "--within-points", "2", "--dry-run", "--data", str(DATA), "--model", str(MODEL)]) == 0
     assert "λ =" in capsys.readouterr().out
+    assert main(["calibrate", "--top-share", "0.5", "--confidence", "0.8", "--dry-run"]) == 2
+    assert "--confidence" in capsys.readouterr().err
+    assert main(["calibrate", "--within-points", "1", "--confidence", "0.3", "--dry-run"]) == 2
+    assert main(["calibrate", "--within-points", "1", "--confidence", "0.8", "--dry-run", "--data", str(DATA), "--model", str(MODEL)]) == 0
+    assert "with 80% confidence: λ =" in capsys.readouterr().out
 
 
 def _stage(i: int, text: str, agreement: float | None = None, valid: bool | None = None) -> dict[str, object]:
