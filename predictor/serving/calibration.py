@@ -10,7 +10,7 @@ A quality target may ask for a ``confidence``. The smallest λ whose accuracy on
 target is the one most likely to fall short on new prompts: among the λ that meet it, it is chosen for a sample's
 luck. With ``confidence: 0.8`` the target must hold for a lower bound of the accuracy instead: the accuracy minus
 z(0.8) standard errors of its paired difference with the top stage (each row's ``wins``, tasks only the cascade
-answered correctly, and ``losses``, tasks only the top stage did; normal approximation). Rows without those counts
+answered correctly, and ``losses``, tasks only the top stage did; normal approximation, ``paired_sd``). Rows without those counts
 (tables written before them) meet no target that asks for a confidence.
 """
 
@@ -28,11 +28,14 @@ CALIBRATION_FILE = "calibration.json"
 
 def paired_sd(wins: int, losses: int, tasks: int) -> float:
     """The standard error of the mean paired difference (cascade minus top stage, each task -1, 0 or +1) over
-    ``tasks`` tasks, ``wins`` of them +1 and ``losses`` -1."""
+    ``tasks`` tasks, ``wins`` of them +1 and ``losses`` -1, with half a win and half a loss more in one more task
+    (as Agresti and Caffo adjust a paired interval): without it a table with no disagreement on its tasks would be
+    certain of its accuracy, which a tour table of a new ladder, where the top stage never loses, often is."""
     if tasks <= 0:
         return math.inf
-    mean = (wins - losses) / tasks
-    return math.sqrt(max((wins + losses) / tasks - mean * mean, 0.0) / tasks)
+    up, down, n = wins + 0.5, losses + 0.5, tasks + 1
+    mean = (up - down) / n
+    return math.sqrt(max((up + down) / n - mean * mean, 0.0) / n)
 
 
 @dataclass(frozen=True)

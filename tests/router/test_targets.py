@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from common.settings import Settings
-from predictor.serving.calibration import LambdaTable, Target
+from predictor.serving.calibration import LambdaTable, Target, paired_sd
 from router.targets import TargetLambdas
 from router.tenants.model import QualityTarget
 from tests.router.fake_stage import ScriptedPredictor, fake_stages
@@ -38,13 +38,15 @@ def test_a_confident_target_needs_a_lower_bound_to_meet_it() -> None:
     """With ``confidence`` the accuracy minus z standard errors of its paired difference with the top stage must meet
     the target: a row whose point estimate just meets it on few disagreements does not."""
     table = LambdaTable.of({"top_quality": 0.6, "tasks": 100, "grid": [
-        {"lambda": 10.0, "quality": 0.59, "wins": 4, "losses": 5, "top_share": 0.5},  # bound 0.59 - 0.84 x 0.030
-        {"lambda": 100.0, "quality": 0.61, "wins": 3, "losses": 2, "top_share": 0.7},  # bound 0.61 - 0.84 x 0.022
+        {"lambda": 10.0, "quality": 0.59, "wins": 4, "losses": 5, "top_share": 0.5},  # bound 0.59 - 0.84 x 0.031
+        {"lambda": 100.0, "quality": 0.62, "wins": 4, "losses": 2, "top_share": 0.7},  # bound 0.62 - 0.84 x 0.026
     ]})  # fmt: skip
     targets = TargetLambdas(table)
     assert targets.lam(QualityTarget(within_points=1), 7.0) == 10.0
     assert targets.lam(QualityTarget(within_points=1, confidence=0.8), 7.0) == 100.0
-    assert targets.lam(QualityTarget(within_points=1, confidence=0.99), 7.0) == 7.0  # 0.61 - 2.33 x 0.022 < 0.59
+    assert targets.lam(QualityTarget(within_points=1, confidence=0.99), 7.0) == 7.0  # 0.62 - 2.33 x 0.026 < 0.59
+    # no disagreement at all is not certainty: the bound of a perfect row still sits below its point
+    assert paired_sd(0, 0, 100) > 0
     assert table.has_counts and not TABLE.has_counts
     # a table without wins and losses cannot bound its accuracy: a confident target is not met, never met by guess
     assert TargetLambdas(TABLE).lam(QualityTarget(within_points=2, confidence=0.8), 7.0) == 7.0
