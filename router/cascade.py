@@ -329,7 +329,7 @@ class CascadeEngine:
         if req.spec is None:
             req.spec = AnswerSpec.of(req.body)
         result = await self._run(req, req.spec, api)
-        labels = record_labels(result.visits)
+        labels = record_labels(result.visits, api.text)
         if req.learn:  # its tenant may be excluded from learning: then nothing of it is kept or checked
             if self.traffic is not None:
                 self._log(self.traffic, req, req.spec, result, api, labels)
@@ -358,13 +358,14 @@ class CascadeEngine:
     @staticmethod
     def _visit_row(v: StageVisit, api: CascadeDialect, judged: bool, label: FreeLabel | None = None) -> dict[str, Any]:
         """A visit as the traffic log takes it (``TrafficLog.record``), with its verification or shadow ``label``'s
-        agreement (a shadow check's: its weight and verifier too)."""
+        agreement and whether the verifier's answer was the same text (a shadow check's: its weight and verifier too)."""
         row = {"stage": v.stage, "name": v.name, "choice": None if v.choice is None else api.log_choice(v.choice),
                "usage": v.usage.to_dict() if v.usage else None, "seconds": v.seconds,
                "draft": {"accepted": v.draft.accepted_tokens, "tokens": v.draft.draft_tokens, "seconds": round(v.draft.seconds, 4)}
                         if v.draft else None,
                "valid": (v.invalid is None) if judged and v.choice is not None else None, "invalid": v.invalid,
-               "agreement": label.agreement if label is not None else None}  # fmt: skip
+               "agreement": label.agreement if label is not None else None,
+               "same": label.same if label is not None else None}  # fmt: skip
         if label is not None and label.source == "shadow":
             row.update(weight=label.weight, verifier=label.verifier)
         return row

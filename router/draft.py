@@ -79,6 +79,11 @@ class DraftCheck:
         return min(1.0, self.accepted_tokens / self.draft_tokens) if self.draft_tokens else 0.0
 
     @property
+    def same(self) -> bool:
+        """Stage j kept every draft token and ends where the draft ends: its own answer is the draft."""
+        return bool(self.draft_tokens) and self.accepted_tokens == self.draft_tokens and self.finished == "stop"
+
+    @property
     def prefix_tokens(self) -> int:
         return len(self.accepted_logprobs)
 
@@ -183,7 +188,8 @@ async def score_text(client: Stage, body: dict[str, Any], text: str, k: int) -> 
 
 
 async def score_draft(client: Stage, body: dict[str, Any], draft: str) -> DraftCheck | None:
-    """One pass: the longest prefix of ``draft`` that stage ``client`` agrees with (None if misaligned).
+    """One pass: the longest prefix of ``draft`` that stage ``client`` agrees with (None if misaligned); ``finished``
+    is "stop" when the stage kept all of it and would end there (``same``).
 
     Its acceptance fraction is the agreement label for open prompts (training/collect.py).
     """
@@ -195,6 +201,9 @@ async def score_draft(client: Stage, body: dict[str, Any], draft: str) -> DraftC
     check = DraftCheck(draft_tokens=len(scored.tokens), accepted_tokens=n, accepted_text="".join(scored.tokens[:n]),
                        accepted_logprobs=scored.entries[:n], seconds=time.perf_counter() - t0, rounds=1)  # fmt: skip
     check.count_call(scored.generated["usage"])
+    after = (scored.generated.get("choices") or [{}])[0]  # the token the stage writes after the whole draft
+    if n == len(scored.tokens) and after.get("finish_reason") == "stop" and not (after.get("message") or {}).get("content"):
+        check.finished = "stop"  # it would end there too
     return check
 
 

@@ -6,7 +6,8 @@ labels as it works:
 
 * **verification**: when it escalates from stage i and the next stage verifies
   i's answer as a draft, the share of it that stage kept is i's agreement, and
-  the agreement at ``AGREEMENT_THRESHOLD`` or above is a 1;
+  the agreement at ``AGREEMENT_THRESHOLD`` or above is a 1 (a short answer: only
+  where that stage's own answer, once it finished, is the same text);
 * **validity**: an answer that broke the request's rules (a malformed tool call,
   JSON that fails its schema; ``router.validity``) is a 0;
 * **shadow**: a sampled answer the cascade returned from a lower stage, verified by
@@ -26,11 +27,11 @@ keeps each answer with what it takes to recompute its label and features
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from predictor.serving.labels import agreement_label
+from predictor.serving.labels import agreement_label, same_answer
 from router.contracts import StageVisit
 from router.metrics import LABELS, STAGE_AGREEMENT
 
@@ -48,10 +49,23 @@ class FreeLabel:
     agreement: float | None = None  # verification: the share of the answer the next stage kept
     verifier: str | None = None  # verification: the stage that verified it
     weight: float = 1.0  # 1 / the probability that the answer was checked (a shadow check's sampling rate)
+    same: bool | None = None  # the verifier's own answer is this answer's text (None: not known)
 
 
-def free_labels(visits: Sequence[StageVisit]) -> list[FreeLabel]:
-    """The labels a cascade run's visits give (module docstring), in ladder order."""
+AnswerText = Callable[[Mapping[str, Any]], str]  # a choice's text, in the request's dialect (``CascadeDialect.text``)
+
+
+def _same(v: StageVisit, above: StageVisit, text: AnswerText | None) -> bool | None:
+    """Whether ``above`` (which verified ``v``'s answer and went on from what it kept) finished with the same text;
+    None where that is not known: no dialect to read texts with, a streamed answer, an answer cut short."""
+    if text is None or v.choice is None or above.choice is None or above.aborted_at is not None:
+        return None
+    return same_answer(text(v.choice), text(above.choice))
+
+
+def free_labels(visits: Sequence[StageVisit], text: AnswerText | None = None) -> list[FreeLabel]:
+    """The labels a cascade run's visits give (module docstring), in ladder order; ``text`` reads an answer's text
+    (without it a short answer's label is its share kept, as a long one's)."""
     answered = [v for v in visits if v.error is None]
     out: list[FreeLabel] = []
     for v, above in zip(answered, [*answered[1:], None], strict=True):
@@ -60,14 +74,16 @@ def free_labels(visits: Sequence[StageVisit]) -> list[FreeLabel]:
         if v.invalid is not None:
             out.append(FreeLabel(v.stage, v.name, 0, "validity"))
         elif above is not None and above.draft is not None and above.draft.draft_tokens:
-            agreement = above.draft.fraction
-            out.append(FreeLabel(v.stage, v.name, agreement_label(agreement), "verification", agreement, above.name))
+            agreement, same = above.draft.fraction, _same(v, above, text)
+            answer = text(v.choice) if text is not None and v.choice is not None else None
+            value = agreement_label(agreement, answer, same)
+            out.append(FreeLabel(v.stage, v.name, value, "verification", agreement, above.name, same=same))
     return out
 
 
-def record_labels(visits: Sequence[StageVisit]) -> list[FreeLabel]:
+def record_labels(visits: Sequence[StageVisit], text: AnswerText | None = None) -> list[FreeLabel]:
     """``free_labels``, counted in the metrics."""
-    labels = free_labels(visits)
+    labels = free_labels(visits, text)
     for label in labels:
         count_label(label)
     return labels

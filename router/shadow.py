@@ -93,7 +93,8 @@ class ShadowChecks:
             return
         self._count(verifier, "checked")
         name = self.stages[stage].name
-        label = FreeLabel(stage, name, agreement_label(check.fraction), "shadow", check.fraction, verifier.name, weight)
+        value = agreement_label(check.fraction, answer, check.same)
+        label = FreeLabel(stage, name, value, "shadow", check.fraction, verifier.name, weight, same=check.same)
         count_label(label)
         if on_label is not None:
             on_label(label)

@@ -6,7 +6,9 @@ answered its text, compact logprobs, finish reason, usage, seconds and draft
 verification. The label is filled in where the traffic itself provides one:
 when the cascade escalated from stage i and the next stage verified stage i's
 answer as a draft, the share it accepted is stage i's ``agreement`` (the same
-label the open prompts get in collection). With shadow checks on
+label the open prompts get in collection), and ``same`` says whether the next
+stage's own answer was the same text (what a short answer's label rests on,
+``predictor.serving.labels``). With shadow checks on
 (``router.shadow``) a checked answer is logged again, as a row of its own, with its
 ``agreement``, the ``verifier`` and its ``weight`` (1 / the sampling rate). Rows
 without any label are skipped by training. You can add your own verdicts (``passed: true/false``) to rows
@@ -42,7 +44,7 @@ class TrafficLog:
 
     def record(self, prompt_texts: list[str], visits: list[dict[str, Any]], kind: str = "text", tour: bool = False) -> None:
         """``visits``: per answered stage {stage, name, choice (None if streamed), usage, seconds,
-        draft {accepted, tokens, seconds} | None, valid (bool | None), invalid (reason | None), agreement (its
+        draft {accepted, tokens, seconds} | None, valid (bool | None), invalid (reason | None), agreement and same (its
         verification label's, ``router.labels``; None: none)}, and for a shadow check's row ``weight`` (1 / the
         sampling rate) and ``verifier``; ``kind``: the request's kind (``router.validity.request_kind``); ``tour``: the request
         toured the whole ladder (``cascade.explore``), so every stage it may use answered: such rows are a collection
@@ -57,7 +59,7 @@ class TrafficLog:
                 "stage": v["stage"], "name": v["name"], "text": message.get("content") or "",
                 "finish_reason": choice.get("finish_reason") or "stop", "logprobs": compact_logprobs(choice),
                 "usage": v.get("usage") or {}, "seconds": round(v["seconds"], 4), "passed": None,
-                "draft": v.get("draft"), "agreement": v.get("agreement"),
+                "draft": v.get("draft"), "agreement": v.get("agreement"), "same": v.get("same"),
                 "tool_calls": message.get("tool_calls") or None, "valid": v.get("valid"), "invalid": v.get("invalid"),
             }  # fmt: skip
             row.update({key: v[key] for key in ("weight", "verifier") if key in v})

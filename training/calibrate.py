@@ -35,6 +35,7 @@ import numpy as np
 
 from common.settings import Settings, TokenPrices
 from predictor.serving.calibration import CALIBRATION_FILE, LambdaTable, Target
+from predictor.serving.labels import same_answer
 from training import replay, reuse
 from training.replay import BatchPredictor, Beliefs, Table
 
@@ -111,7 +112,8 @@ def table(data_path: Path, model_dir: Path, config: Path | None = None) -> dict[
 def tour_rows(rows: Iterable[dict[str, Any]], n_stages: int) -> list[dict[str, Any]]:
     """The logged rows of tours (``tour: true``, every stage's answer), each answer labelled by its agreement with
     the top stage's: the top's 1 (unless it broke the request's rules), the stage just below it by the top's own
-    verification, the others estimated on the texts (``reuse.agreement``). A tour has every stage's answer to a
+    verification, the others estimated on the texts (``reuse.agreement``); a short answer by whether it is the top's
+    text (``predictor.serving.labels``). A tour has every stage's answer to a
     request no prior chose, which is what a replay of other decisions needs."""
     top = n_stages - 1
     out = []
@@ -125,8 +127,10 @@ def tour_rows(rows: Iterable[dict[str, Any]], n_stages: int) -> list[dict[str, A
             s = {**stages[i], "passed": None}
             if i == top:
                 s["agreement"] = 1.0
-            elif i < top - 1 or s.get("agreement") is None:
-                s["agreement"] = reuse.agreement(own, s.get("text") or "")
+            else:
+                if i < top - 1 or s.get("agreement") is None:
+                    s["agreement"] = reuse.agreement(own, s.get("text") or "")
+                s["same"] = same_answer(s.get("text") or "", own)  # the top's answer on a tour is its whole own answer
             labelled.append(s)
         out.append({**row, "stages": labelled})
     return out

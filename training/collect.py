@@ -24,6 +24,7 @@ from typing import Any
 
 from common.settings import Settings
 from predictor.serving.features import FEATURE_VERSION
+from predictor.serving.labels import same_answer
 from predictor.serving.rows import COLLECT_VERSION, TOP_LOGPROBS, compact_logprobs
 from router.draft import DraftCheck, score_draft
 from router.stage_client import StageClient
@@ -124,6 +125,7 @@ class Collector:
             for row in stages[:-1]:
                 check = await score_draft(top, body, row["text"]) if row["text"] else None
                 row["agreement"] = check.fraction if check else 0.0
+                row["same"] = same_answer(row["text"], texts[-1])
             stages[-1]["agreement"] = 1.0
             if stages[-1]["draft"] is None and len(stages) > 1:
                 stages[-1]["draft"] = _draft(check)  # the top stage verified the stage below it

@@ -10,8 +10,8 @@ For each collected family F (``run``):
 
    * **verification**: every answer the cascade finished and escalated from is verified by the next stage it
      called (draft reuse on, as configured); its label is that stage's agreement with it at
-     ``AGREEMENT_THRESHOLD`` (``router.labels.free_labels``). Aborted answers and the answer returned are not
-     labelled;
+     ``AGREEMENT_THRESHOLD`` (a short answer: whether it is that stage's own text; ``router.labels.free_labels``).
+     Aborted answers and the answer returned are not labelled;
    * **shadow**: an answer returned from a stage below the top is checked with probability ``rate`` by the stage
      above it (``router.shadow``); that check costs the checker's prompt processing of prompt + answer, priced
      as its prompt tokens in compute (2 x parameters x tokens);
@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from predictor.serving.labels import agreement_label, label
+from predictor.serving.labels import agreement_label, label, same_answer
 from training import dataset, learn, replay, reuse
 from training.replay import BatchPredictor, Options, Table, UnitCosts
 
@@ -147,9 +147,12 @@ class Agreement:
         if self.source == "checker":
             y = label(stages[stage])
             return int(y) if y is not None else 0
+        answer, own = stages[stage].get("text") or "", stages[verifier].get("text") or ""
         if verifier == self.n - 1 and stages[stage].get("agreement") is not None:
-            return agreement_label(float(stages[stage]["agreement"]))
-        return agreement_label(reuse.agreement(stages[verifier].get("text") or "", stages[stage].get("text") or ""))
+            agreement = float(stages[stage]["agreement"])
+        else:
+            agreement = reuse.agreement(own, answer)
+        return agreement_label(agreement, answer, same_answer(answer, own))  # a verifier's answer is its own greedy one
 
 
 # -- training rows ----------------------------------------------------------------------------------------------------

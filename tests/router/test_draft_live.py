@@ -105,6 +105,7 @@ def test_own_answer_is_accepted_except_near_ties(router: RouterProcess) -> None:
     async def go() -> None:
         stage = StageClient(settings.stages[1])
         await stage.start()
+        sames: list[bool] = []
         try:
             for prompt in PROMPTS[:3]:
                 body = {"messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": MAX_TOKENS}
@@ -129,11 +130,18 @@ def test_own_answer_is_accepted_except_near_ties(router: RouterProcess) -> None:
                 check = await score_draft(stage, body, text)
                 assert check is not None and check.draft_tokens == n
                 assert text.startswith(check.accepted_text)
+                ended = own["choices"][0]["finish_reason"] == "stop"  # not cut at max_tokens
+                assert check.same == (check.accepted_tokens == n and ended)  # all of its own answer kept: it ends there too
+                sames.append(check.same)
+                half = "".join(e["token"] for e in check.accepted_logprobs[: check.accepted_tokens // 2])
+                cut = await score_draft(stage, body, half)  # its own answer's first half tokens, kept whole
+                assert cut is not None and cut.fraction == 1.0 and not cut.same  # but it would write on
                 # a mangled draft keeps at most the agreeing prefix
                 mangled = text[: len(text) // 2] + " banana banana"
                 bad = await score_draft(stage, body, mangled)
-                assert bad is not None and bad.accepted_tokens < bad.draft_tokens
+                assert bad is not None and bad.accepted_tokens < bad.draft_tokens and not bad.same
                 assert mangled.startswith(bad.accepted_text) and len(bad.accepted_text) <= len(text) // 2 + 1
+            assert any(sames)  # an answer that ended within MAX_TOKENS, scored whole: the stage ends there too
         finally:
             await stage.close()
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import pytest
 
 from router.contracts import StageVisit
@@ -22,6 +25,33 @@ def test_a_verified_answer_is_labelled_by_the_share_its_verifier_kept() -> None:
     assert [label.value for label in free_labels([visit(0), rejected])] == [0]
 
 
+def _chat(text: str) -> dict[str, object]:
+    return {"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+
+
+def text(choice: Mapping[str, Any]) -> str:
+    return str(choice["message"]["content"])
+
+
+def test_a_short_answer_is_labelled_by_whether_its_verifier_finished_with_the_same_text() -> None:
+    """s1 kept all of "30" and wrote on to "300": every token kept, a different answer (0); the same answer is 1."""
+    kept_all = DraftCheck(draft_tokens=2, accepted_tokens=2)
+    [wrong] = free_labels([visit(0, choice=_chat("30")), visit(1, kept_all, choice=_chat("300"))], text)
+    assert (wrong.value, wrong.agreement, wrong.same) == (0, 1.0, False)
+    [right] = free_labels([visit(0, choice=_chat("300")), visit(1, kept_all, choice=_chat("300\n"))], text)
+    assert (right.value, right.same) == (1, True)
+    cut = visit(1, kept_all, choice=_chat("3"), aborted_at=1)  # the verifier cut short by early exit: not known
+    assert free_labels([visit(0, choice=_chat("30")), cut], text)[0].same is None
+    assert free_labels([visit(0, choice=_chat("30")), visit(1, kept_all, choice=_chat("300"))])[0].value == 1  # no text
+
+
+def test_a_long_answer_keeps_the_share_rule_whatever_its_verifier_finished_with() -> None:
+    draft, own = "a" * 40, "a" * 30 + "b" * 20
+    check = DraftCheck(draft_tokens=10, accepted_tokens=7)
+    [long] = free_labels([visit(0, choice=_chat(draft)), visit(1, check, choice=_chat(own))], text)
+    assert (long.value, long.same) == (1, False)
+
+
 def test_what_gives_no_label_and_what_a_broken_rule_gives() -> None:
     assert free_labels([visit(0)]) == []  # the last stage: nothing above it looked at it
     assert free_labels([visit(0), visit(1)]) == []  # escalated, answered from scratch: no verification
@@ -40,13 +70,14 @@ def _count(stage: str, source: str, value: str) -> float:
 
 @pytest.mark.anyio
 async def test_a_served_escalation_counts_its_label() -> None:
-    """An escalation whose next stage verifies the draft (the vLLM dialect scores prompts): s0's answer is labelled."""
-    before = _count("s0", "verification", "1")
+    """An escalation whose next stage verifies the draft (the vLLM dialect scores prompts): s0's answer is labelled,
+    by the text s1 finished with, since it is short: s1 keeps 3 of its 4 tokens (0.75) and says 4, not 5 (a 0)."""
+    before = _count("s0", "verification", "0")
     agreement_before = REGISTRY.get_sample_value("adaptive_sd_stage_agreement_count", {"stage": "s0"}) or 0.0
     async with serve(ESCALATE, make_settings(dialect="vllm")) as r:
         resp = await r.chat(temperature=0, max_tokens=32)
     assert resp.status_code == 200 and resp.headers["x-cascade-path"] == "s0,s1"
-    assert _count("s0", "verification", "1") == before + 1  # S1 keeps 3 of S0's 4 tokens: 0.75
+    assert _count("s0", "verification", "0") == before + 1
     assert REGISTRY.get_sample_value("adaptive_sd_stage_agreement_count", {"stage": "s0"}) == agreement_before + 1
 
 

@@ -44,11 +44,13 @@ async def test_an_answer_from_a_lower_stage_is_checked_after_the_response_and_lo
         assert scored["max_tokens"] == 1 and scored["messages"][-1] == {"role": "assistant", "content": S0.text}
         metrics = (await r.client.get("/metrics")).text
         assert 'adaptive_sd_shadow_checks_total{outcome="checked",stage="s1"}' in metrics
-        assert 'adaptive_sd_labels_total{label="1",source="shadow",stage="s0"}' in metrics
+        # s0's short answer is labelled by whether s1 would write it all and end there: it keeps 3 of 4 tokens (0)
+        assert 'adaptive_sd_labels_total{label="0",source="shadow",stage="s0"}' in metrics
     request_row, shadow_row = [orjson.loads(line) for line in log.read_text().splitlines()]
     assert request_row["stages"][0]["agreement"] is None  # the request's own row: s0 unlabelled
     (checked,) = shadow_row["stages"]
     assert checked["text"] == S0.text and checked["agreement"] == 3 / 4 and checked["verifier"] == "s1" and checked["weight"] == 1.0
+    assert checked["same"] is False  # s1 did not keep all of it
 
 
 async def test_a_check_that_cannot_be_lossless_or_would_wait_is_skipped() -> None:

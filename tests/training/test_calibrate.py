@@ -98,6 +98,15 @@ def test_tour_rows_label_every_answer_by_its_agreement_with_the_top() -> None:
     assert tour["stages"][0]["agreement"] == 0.0  # the logged row is not changed
 
 
+def test_a_short_tour_answer_agrees_only_where_it_is_the_tops_text() -> None:
+    """The top kept all of "30" on the texts and wrote "300": a different answer (0); "300" itself agrees."""
+    tour = {"task": "traffic/b", "split": "val", "tour": True,
+            "stages": [_stage(0, "30"), _stage(1, "300\n", agreement=1.0), _stage(2, "300")]}  # fmt: skip
+    s0, s1, _ = calibrate.tour_rows([tour], 3)[0]["stages"]
+    assert (s0["agreement"], s0["same"], label(s0)) == (1.0, False, 0)
+    assert (s1["same"], label(s1)) == (True, 1)
+
+
 def test_too_few_tours_give_no_replay_and_say_why() -> None:
     from common.settings import load_settings
 

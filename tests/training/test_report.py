@@ -109,17 +109,19 @@ def test_costs_stops_and_labels_of_the_traffic(traffic: Path, tmp_path: Path) ->
     assert [w["stops"] for w in res["windows"]][4] == {"s0": 0.0, "s1": 0.0, "streamed": 1.0}
     # s0: a checker's 0 on the first answer (it outranks the shadow check of the same answer, which is a row of its own),
     # two shadow checks (agreement 3/4), two verifications by s1 (the streamed one too), the broken JSON answer's 0;
-    # s1 answered last every time: nothing above it looked, and a valid answer is no label on its own
+    # s1 answered last every time: nothing above it looked, and a valid answer is no label on its own.
+    # s0's answer is short: a 0 wherever s1's own answer is known to differ (it says 4, not 5); the streamed
+    # verification logs no text of s1's, so the share kept (3/4) decides that one
     assert total["labels"] == 6
     assert total["quality"] == {"s0": {
-        "verification": {"labels": 2, "weight": 2.0, "acceptable": 1.0},
-        "shadow": {"labels": 2, "weight": 2.0, "acceptable": 1.0},
+        "verification": {"labels": 2, "weight": 2.0, "acceptable": 0.5},
+        "shadow": {"labels": 2, "weight": 2.0, "acceptable": 0.0},
         "validity": {"labels": 1, "weight": 1.0, "acceptable": 0.0},
         "checker": {"labels": 1, "weight": 1.0, "acceptable": 0.0},
     }}  # fmt: skip
     # each shadow label lies with the request it checked
     assert [w["labels"] for w in res["windows"]] == [2, 1, 1, 1, 1]
-    assert res["windows"][1]["quality"] == {"s0": {"shadow": {"labels": 1, "weight": 1.0, "acceptable": 1.0}}}
+    assert res["windows"][1]["quality"] == {"s0": {"shadow": {"labels": 1, "weight": 1.0, "acceptable": 0.0}}}
     assert all(w["seconds"]["measured"] > 0 for w in res["windows"])
     png = (tmp_path / "report.png").read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 20_000
