@@ -46,6 +46,18 @@ def test_a_short_replay_learns_only_from_what_production_logs(setup: ul.Setup, t
     assert 0 < shipped["compute_vs_top"] < 1.0
 
 
+def test_other_traffic_orders_end_where_their_own_replay_does(setup: ul.Setup) -> None:
+    kw = {"data_path": DATA, "config": CONFIG, "learn_every": 60, "limit": 120}
+    first = ul.run(**kw, seed=0, out_json=None, out_png=None, progress=False)
+    res = ul.across_orders(first, [1], progress=False, **kw)
+    again = ul.run(**kw, seed=1, out_json=None, out_png=None, progress=False)
+    assert res["orders"] == 2 and [e["seed"] for e in res["ends"]] == [0, 1]
+    assert res["ends"][1]["compute_vs_shipped"] == round(again["curve"][-1]["compute_vs_shipped"], 4)
+    both = sorted(e["points_below_top"] for e in res["ends"])
+    assert res["median"]["points_below_top"] == pytest.approx(sum(both) / 2)
+    assert res["within_points"] == sum(e["points_below_top"] <= ul.TARGET_POINTS for e in res["ends"])
+
+
 def test_a_config_with_a_trained_model_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="kind: baseline"):
         ul.run(DATA, ROOT / "configs" / "cpu.yaml", out_json=None, out_png=None, progress=False, limit=1)
