@@ -55,12 +55,12 @@ class FreeLabel:
 AnswerText = Callable[[Mapping[str, Any]], str]  # a choice's text, in the request's dialect (``CascadeDialect.text``)
 
 
-def _same(v: StageVisit, above: StageVisit, text: AnswerText | None) -> bool | None:
-    """Whether ``above`` (which verified ``v``'s answer and went on from what it kept) finished with the same text;
+def _same(answer: str | None, above: StageVisit, text: AnswerText | None) -> bool | None:
+    """Whether ``above`` (which verified ``answer`` and went on from what it kept) finished with the same text;
     None where that is not known: no dialect to read texts with, a streamed answer, an answer cut short."""
-    if text is None or v.choice is None or above.choice is None or above.aborted_at is not None:
+    if text is None or answer is None or above.choice is None or above.aborted_at is not None:
         return None
-    return same_answer(text(v.choice), text(above.choice))
+    return same_answer(answer, text(above.choice))
 
 
 def free_labels(visits: Sequence[StageVisit], text: AnswerText | None = None) -> list[FreeLabel]:
@@ -74,8 +74,8 @@ def free_labels(visits: Sequence[StageVisit], text: AnswerText | None = None) ->
         if v.invalid is not None:
             out.append(FreeLabel(v.stage, v.name, 0, "validity"))
         elif above is not None and above.draft is not None and above.draft.draft_tokens:
-            agreement, same = above.draft.fraction, _same(v, above, text)
             answer = text(v.choice) if text is not None and v.choice is not None else None
+            agreement, same = above.draft.fraction, _same(answer, above, text)
             value = agreement_label(agreement, answer, same)
             out.append(FreeLabel(v.stage, v.name, value, "verification", agreement, above.name, same=same))
     return out
