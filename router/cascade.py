@@ -43,6 +43,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from common.errors import APIError
@@ -72,6 +73,7 @@ from router.shadow import ShadowChecks
 from router.speculative import verify_sampled
 from router.stage import Stage, StageBadResponse, StageFailure, StageUnavailable
 from router.stage_pool import queue_delay, stage_available
+from router.stream_tap import StreamedAnswer, tap
 from router.traffic_log import TrafficLog
 from router.validity import AnswerSpec
 
@@ -329,12 +331,36 @@ class CascadeEngine:
         if req.spec is None:
             req.spec = AnswerSpec.of(req.body)
         result = await self._run(req, req.spec, api)
-        labels = record_labels(result.visits, api.text)
-        if req.learn:  # its tenant may be excluded from learning: then nothing of it is kept or checked
-            if self.traffic is not None:
-                self._log(self.traffic, req, req.spec, result, api, labels)
-            self._shadow(req, req.spec, result, api)
+        if result.events is not None and api.name == "chat":  # labelled and kept once its whole answer has gone out
+            result.events = tap(result.events, partial(self._streamed, req, req.spec, result, api))
+        else:
+            self._keep(req, req.spec, result, api)
         return result
+
+    def _keep(self, req: CascadeRequest, spec: AnswerSpec, result: CascadeResult, api: CascadeDialect) -> None:
+        """What a finished run leaves behind: its labels (``router.labels``), and, unless its tenant is excluded from
+        learning, its row in the traffic log and a shadow check of its answer."""
+        labels = record_labels(result.visits, api.text)
+        if req.learn:
+            if self.traffic is not None:
+                self._log(self.traffic, req, spec, result, api, labels)
+            self._shadow(req, spec, result, api)
+
+    def _streamed(
+        self, req: CascadeRequest, spec: AnswerSpec, result: CascadeResult, api: CascadeDialect, answer: StreamedAnswer | None
+    ) -> None:
+        """A streamed run's answer has gone out (``router.stream_tap``): its visit gets the whole answer and its usage,
+        so that it labels the stage below as a whole answer does and a streamed tour is logged whole; then ``_keep``.
+        A stream that did not end leaves the visit as it was: no answer of its own."""
+        visit = result.final_visit
+        choice = answer.choice(result.prefix) if answer is not None else None
+        if visit is not None and choice is not None and answer is not None:
+            visit.choice = choice
+            usage = answer.usage_after(result.prefix)
+            if usage is not None:
+                visit.usage = TokenUsage.of(usage)
+            visit.invalid = spec.check(choice)
+        self._keep(req, spec, result, api)
 
     def _shadow(self, req: CascadeRequest, spec: AnswerSpec, result: CascadeResult, api: CascadeDialect) -> None:
         """Maybe start a shadow check of an answer returned from a lower stage (``router.shadow``); with a traffic log,

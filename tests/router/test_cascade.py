@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 import pytest
 
 from common.settings import Settings
@@ -146,6 +147,42 @@ async def test_a_tour_visits_every_stage_in_order_and_returns_the_top_stages_ans
     assert path(await engine.run(excluded, CHAT_DIALECT)) == [("s1", None)]  # the prior skips stage 0, p̂ stops at 1
     engine.predictor.trained = False  # type: ignore[misc]
     assert not engine.draw_tour(request(), [0, 1, 2])
+
+
+def _rows(log: Any) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+async def test_a_streamed_tour_is_logged_whole_once_its_stream_has_ended(tmp_path: Any) -> None:
+    """A tour whose top stage streams (``router.stream_tap``): its row is written when the stream has ended, with the
+    top's answer put together from the stream after the verified prefix (its text, logprobs and usage), so that it
+    is a tour the learner can use (``training.calibrate.tour_rows``). A stream the client leaves early logs no answer
+    of the top stage, as before."""
+    from training.calibrate import tour_rows
+
+    engine, _, log = _touring(tmp_path)
+    result = await engine.run(request(temperature=0, stream=True), CHAT_DIALECT)
+    assert result.events is not None and result.tour and _rows(log) == []  # nothing kept before the answer has gone out
+    streamed = [orjson.loads(p) for p in [p async for p in result.events]]
+    sent = "".join(c["choices"][0]["delta"].get("content") or "" for c in streamed if c.get("choices"))
+    (row,) = _rows(log)
+    assert row["tour"] is True and [s["stage"] for s in row["stages"]] == [0, 1, 2]
+    top = row["stages"][2]
+    prefix = result.prefix.accepted_text if result.prefix is not None else ""
+    assert top["text"] == S2.text == prefix + sent and top["finish_reason"] == "stop"
+    assert len(top["logprobs"]) == top["usage"]["completion_tokens"] > 0
+    assert [s["agreement"] is not None for s in row["stages"]] == [True, True, False]
+    assert row["stages"][1]["same"] is (S1.text.strip() == S2.text.strip())  # the streamed verifier's own text decides
+    assert len(tour_rows([row], 3)) == 1
+    left = await engine.run(request(temperature=0, stream=True), CHAT_DIALECT)
+    assert left.events is not None
+    events = aiter(left.events)
+    await anext(events)
+    await events.aclose()  # type: ignore[attr-defined]
+    row = _rows(log)[-1]
+    assert [s["stage"] for s in row["stages"]] == [0, 1] and tour_rows([row], 3) == []
 
 
 async def test_requests_tour_at_the_untrained_rate_until_the_default_target_has_a_lambda(tmp_path: Any) -> None:

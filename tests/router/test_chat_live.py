@@ -185,6 +185,32 @@ def test_opt_in_traffic_log_feeds_training(stage_ports: list[int], tmp_path: Pat
     assert len(data.y) >= 2 and set(data.stage.tolist()) <= {0, 1}
 
 
+def test_a_streamed_tour_is_logged_whole(stage_ports: list[int], tmp_path: Path) -> None:
+    """A client that streams, on a ladder that tours (``cascade.explore``): the top stage's answer is relayed as it
+    comes, and its row in the traffic log, written once the stream has ended, holds that answer whole (the text the
+    client read, its logprobs and usage): a tour the learner can use (``training.calibrate.tour_rows``)."""
+    from training.calibrate import tour_rows
+
+    log = tmp_path / "traffic.jsonl"
+    cfg = ladder_config(stage_ports, free_port(), explore={"rate": 1.0, "untrained_rate": 1.0})
+    cfg["predictor"]["log_path"] = str(log)
+    proc = RouterProcess(cfg, tmp_path)
+    try:
+        stream = proc.client().chat.completions.create(
+            model="cascade", messages=[{"role": "user", "content": "What is 2 + 2?"}], max_tokens=16, temperature=0, stream=True
+        )
+        read = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    finally:
+        proc.stop()
+    (row,) = [json.loads(line) for line in log.read_text().splitlines()]
+    top = len(stage_ports) - 1
+    assert row["tour"] is True and [s["stage"] for s in row["stages"]] == list(range(top + 1))
+    answer = row["stages"][top]
+    assert read and answer["text"] == read and answer["logprobs"] and answer["usage"]["completion_tokens"] > 0
+    assert row["stages"][top - 1]["agreement"] is not None and row["stages"][top - 1]["same"] is not None
+    assert len(tour_rows([row], top + 1)) == 1
+
+
 def test_draft_reuse_can_be_switched_off(stage_ports: list[int], tmp_path: Path) -> None:
     proc = RouterProcess(ladder_config(stage_ports, free_port(), draft_reuse=False), tmp_path)
     try:

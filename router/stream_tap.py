@@ -1,0 +1,108 @@
+"""A streamed chat answer read as it goes by, for what needs it once the stream has ended.
+
+The cascade relays its top stage's stream to the client as it arrives (``CascadeEngine._stream``): waiting for the
+whole answer would only delay the first token. But then the answer is in no single response, and three things
+need it whole:
+
+* the label of the stage below, which the streaming stage verified: an answer under ``SHORT_ANSWER_CHARS`` is
+  acceptable only where the verifier finished with the same text (``router.labels``);
+* the traffic log: a tour (``cascade.explore``) that ends in a stream would log no answer of the top stage, and a
+  tour row without one is no tour for the learner (``training.calibrate.tour_rows``): with streaming clients, a
+  new ladder would never gather the tours its λ table needs, and would tour every request for good;
+* a shadow check of the returned answer (a stream capped below the top stage).
+
+``tap`` passes every payload on unchanged and keeps the pieces (``StreamedAnswer``); when the stream ends, the
+answer as a chat completion's choice goes to a callback: the verified prefix the client got first
+(``CascadeResult.prefix``) and the stream's content after it, their logprobs, the finish reason, the usage the
+stream ended with. A stream that did not end (the client went away, the stage failed) gives None: what it wrote
+is not an answer. A tool call's stream is not put together (it is never verified, so nothing needs it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from router.draft import DraftCheck, merged_usage
+
+__all__ = ["StreamedAnswer", "tap"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class StreamedAnswer:
+    """The pieces of one streamed chat answer (choice 0), in the order they came."""
+
+    text: list[str] = field(default_factory=list)
+    entries: list[dict[str, Any]] = field(default_factory=list)  # logprobs.content entries
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    tool_calls: bool = False  # a tool call's deltas: not put together
+
+    def add(self, payload: bytes) -> None:
+        """One SSE payload of the stream; what is not a chat chunk (a keep-alive, garbage) is passed over."""
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(chunk, dict):
+            return
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if delta.get("tool_calls"):
+                self.tool_calls = True
+            if isinstance(delta.get("content"), str):
+                self.text.append(delta["content"])
+            content = (choice.get("logprobs") or {}).get("content")
+            if isinstance(content, list):
+                self.entries.extend(content)
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+
+    def choice(self, prefix: DraftCheck | None = None) -> dict[str, Any] | None:
+        """The whole answer as a chat completion's choice, after the verified ``prefix`` the client got first; None
+        when the stream did not finish an answer, or was a tool call."""
+        if self.finish_reason is None or self.tool_calls:
+            return None
+        head, entries = (prefix.accepted_text, list(prefix.accepted_logprobs)) if prefix is not None else ("", [])
+        return {"index": 0, "message": {"role": "assistant", "content": head + "".join(self.text)},
+                "logprobs": {"content": entries + self.entries}, "finish_reason": self.finish_reason}  # fmt: skip
+
+    def usage_after(self, prefix: DraftCheck | None = None) -> dict[str, int] | None:
+        """The answering stage's usage, the verification's calls included (``draft.merged_usage``), as a whole
+        answer's visit counts it; None when the stream said none."""
+        if self.usage is None:
+            return None
+        if prefix is not None:
+            return merged_usage(prefix, self.usage)
+        prompt, completion = int(self.usage.get("prompt_tokens") or 0), int(self.usage.get("completion_tokens") or 0)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def tap(events: AsyncIterator[bytes], done: Callable[[StreamedAnswer | None], None]) -> AsyncIterator[bytes]:
+    """``events`` passed on unchanged; ``done`` called once when they end: with the answer when the stream ran to its
+    end, None when it did not (the consumer stopped reading, or the stage failed: its exception goes on to the
+    relay, which tells the client). ``done`` never breaks the stream: what it raises is logged."""
+    answer: StreamedAnswer | None = StreamedAnswer()
+    try:
+        async for payload in events:
+            assert answer is not None
+            answer.add(payload)
+            yield payload
+    except BaseException:
+        answer = None
+        raise
+    finally:
+        try:
+            done(answer)
+        except Exception:  # the client has its answer: what is kept of it must not take the stream down
+            log.exception("keeping a streamed answer failed")
