@@ -332,7 +332,7 @@ class CascadeEngine:
             req.spec = AnswerSpec.of(req.body)
         result = await self._run(req, req.spec, api)
         if result.events is not None and api.name == "chat":  # labelled and kept once its whole answer has gone out
-            result.events = tap(result.events, partial(self._streamed, req, req.spec, result, api))
+            result.events = tap(result.events, partial(self._streamed, req, req.spec, result, api, time.perf_counter()))
         else:
             self._keep(req, req.spec, result, api)
         return result
@@ -347,18 +347,27 @@ class CascadeEngine:
             self._shadow(req, spec, result, api)
 
     def _streamed(
-        self, req: CascadeRequest, spec: AnswerSpec, result: CascadeResult, api: CascadeDialect, answer: StreamedAnswer | None
+        self,
+        req: CascadeRequest,
+        spec: AnswerSpec,
+        result: CascadeResult,
+        api: CascadeDialect,
+        opened: float,
+        answer: StreamedAnswer | None,
     ) -> None:
-        """A streamed run's answer has gone out (``router.stream_tap``): its visit gets the whole answer and its usage,
-        so that it labels the stage below as a whole answer does and a streamed tour is logged whole; then ``_keep``.
-        A stream that did not end leaves the visit as it was: no answer of its own."""
+        """A streamed run's answer has gone out (``router.stream_tap``; its stream was handed over at ``opened``): its
+        visit gets the whole answer, its usage and its whole time, so that it labels the stage below as a whole answer
+        does, a streamed tour is logged whole, and the stage's prices in seconds are measured on streamed answers too
+        (``_measure``); then ``_keep``. A stream that did not end leaves the visit as it was: no answer of its own."""
         visit = result.final_visit
         choice = answer.choice(result.prefix) if answer is not None else None
         if visit is not None and choice is not None and answer is not None:
             visit.choice = choice
+            visit.seconds += time.perf_counter() - opened
             usage = answer.usage_after(result.prefix)
             if usage is not None:
                 visit.usage = TokenUsage.of(usage)
+                self._measure(visit.stage, visit.seconds, visit.usage)
             visit.invalid = spec.check(choice)
         self._keep(req, spec, result, api)
 
@@ -614,8 +623,9 @@ class CascadeEngine:
         """A completed visit is a measurement of its stage's prices in seconds (``router.measured_prices``; a no-op
         for configured prices): its wall time for the tokens it read and wrote, as the stage reported them (a
         verified draft's visit: the verification's prompt tokens, the draft included, and the kept and continued
-        tokens), or, for a stage aborted while writing, the tokens it wrote before the abort. Failed visits and the
-        streamed top stage (its visit ends when its stream starts) are not measurements."""
+        tokens), or, for a stage aborted while writing, the tokens it wrote before the abort, or, for a streamed
+        answer, its whole stream (``_streamed``: to its last chunk, so a client that reads slower than the stage writes
+        makes the stage look slower). Failed visits and streams that did not end are not measurements."""
         self.pricing.observe(stage, seconds, usage.prompt_tokens, usage.completion_tokens)
 
     def _decide(self, route: Route, stage: int, after: int | None, p_hat: float, invalid: str | None) -> int | None:

@@ -415,10 +415,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     a = ap.parse_args(argv)
     kw: dict[str, Any] = dict(data_path=a.data, config=a.config, shipped=a.shipped, learn_every=a.learn_every, limit=a.limit,
                               tour=a.tour, tour_untrained=a.tour_untrained, cost_margin=a.cost_margin)  # fmt: skip
-    res = run(**kw, seed=a.seed, out_json=a.out, out_png=a.png)
-    if a.orders > 1:
+    res = run(**kw, seed=a.seed, out_json=None if a.orders > 1 else a.out, out_png=a.png)
+    if a.orders > 1:  # the JSON once, with where every order ended
         res["orders"] = across_orders(res, range(a.seed + 1, a.seed + a.orders), **kw)
         if a.out is not None:
+            a.out.parent.mkdir(parents=True, exist_ok=True)
             a.out.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps({k: res[k] for k in ("traffic", "shipped", "targets")} | {"last": res["curve"][-1]}, indent=1))
     if "orders" in res:

@@ -267,7 +267,8 @@ async def test_what_the_engine_measures_a_verified_draft_an_aborted_stage_and_no
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Completed visits count with their usage as the stage reported it (a verified draft's prompt tokens include the
-    draft); an aborted stage with the tokens it wrote before the abort; a failed visit and a streamed top stage not."""
+    draft); an aborted stage with the tokens it wrote before the abort; a streamed answer once its stream has ended
+    (its whole time); a failed visit and a stream the client left early not."""
     seen: list[tuple[int, float, int, int]] = []
 
     def spy(engine: CascadeEngine) -> None:
@@ -291,14 +292,26 @@ async def test_what_the_engine_measures_a_verified_draft_an_aborted_stage_and_no
     assert [t for _, t, _, _ in seen] == [v.seconds for v in result.visits]
     assert [m.visits for m in engine.pricing.measured if m] == [1, 1]
 
-    # a failed stage 0, then a streamed stage 1: neither is a measurement
+    # a failed stage 0, then a streamed stage 1: the failure is no measurement, the stream is once it has ended
     seen.clear()
     engine, stages = engine_of(settings_of(names=("f0", "f1")), {0: 0.1, 1: 0.9})
     spy(engine)
     stages[0].fail = StageUnavailable
     result = await engine.run(request(stream=True), CHAT_DIALECT)
     assert [v.error is not None for v in result.visits] == [True, False] and result.visits[1].usage is None
-    assert seen == [] and [m.visits for m in engine.pricing.measured if m] == [0, 0]
+    assert result.events is not None and seen == []  # nothing is known of the stream before it has gone out
+    opened = result.visits[1].seconds
+    _ = [p async for p in result.events]
+    streamed = result.visits[1]
+    assert streamed.usage is not None and streamed.usage.completion_tokens > 0 and streamed.seconds > opened
+    assert seen == [(1, streamed.seconds, streamed.usage.prompt_tokens, streamed.usage.completion_tokens)]
+    assert [m.visits for m in engine.pricing.measured if m] == [0, 1]
+    left = await engine.run(request(stream=True), CHAT_DIALECT)
+    assert left.events is not None
+    events = aiter(left.events)
+    await anext(events)
+    await events.aclose()  # type: ignore[attr-defined]
+    assert len(seen) == 1 and left.visits[1].usage is None  # a stream the client left is no measurement
 
     # early exit: stage 0 aborted after 4 of its 30 tokens
     seen.clear()
