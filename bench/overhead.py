@@ -1,7 +1,7 @@
 """Router overhead against an instant stub stage (the one place a stub is right).
 
 Measures, interleaved with direct calls to the same stub:
-  * added latency per request (router - direct), p50/p95, non-streaming and streaming;
+  * added latency per request (router - direct), p50/p95, non-streaming and streaming (pass-through and cascade);
   * router process CPU ms per request (from /proc), for pass-through and for the
     full cascade path (logprobs -> features -> predictor -> stopping rule);
   * throughput at concurrency 16 through the router as a ratio of the direct stub,
@@ -130,6 +130,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         out["passthrough_stream"] = await latency(direct, routed, stream, stream, args.requests, router.pid)
         cascade = {**BODY, "model": "cascade", "cascade_max_stage": 0}
         out["cascade"] = await latency(direct, routed, d_body, cascade, args.requests, router.pid)
+        # a streamed cascade answer: relayed, and read as it passes for labels and the log (router.stream_tap)
+        out["cascade_stream"] = await latency(direct, routed, stream, {**cascade, "stream": True}, args.requests, router.pid)
         slow_direct = f"http://127.0.0.1:{slow_port}/v1/chat/completions"
         out["throughput_c16_instant_stage"] = await _throughput_pair(direct, routed, d_body, {**d_body, "model": "stub"}, args.seconds)
         out["throughput_c16_stage_ms"] = args.stage_ms

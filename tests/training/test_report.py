@@ -74,7 +74,7 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     log = tmp_path_factory.mktemp("traffic") / "traffic.jsonl"
     asyncio.run(_traffic(log))
     rows = _rows(log)
-    assert [len(r["stages"]) for r in rows] == [1, 1, 1, 1, 2, 2, 1]  # request, shadow, request, shadow, ...
+    assert [len(r["stages"]) for r in rows] == [1, 1, 1, 1, 2, 2, 2]  # request, shadow, request, shadow, ...
     assert "verifier" in rows[1]["stages"][0] and "verifier" in rows[3]["stages"][0]
     rows[0]["stages"][0]["passed"] = False
     _write(log, rows)
@@ -98,23 +98,24 @@ def _config(tmp_path: Path, log: Path) -> Path:
 def test_costs_stops_and_labels_of_the_traffic(traffic: Path, tmp_path: Path) -> None:
     res = report.run(traffic, _settings(traffic), tmp_path / "report.png", report.Window(requests=1), progress=False)
     assert res["unit"] == "cost" and res["stages"] == ["s0", "s1"]
-    assert res["rows"] == {"requests": 5, "shadow": 2, "streamed": 1, "untimed": 0, "skipped_lines": 0}
-    # s0 alone costs 1 where the top stage alone costs 4; an escalation costs 1 + 4; the streamed answer's tokens are not logged
+    assert res["rows"] == {"requests": 5, "shadow": 2, "streamed": 0, "untimed": 0, "skipped_lines": 0}
+    # s0 alone costs 1 where the top stage alone costs 4; an escalation costs 1 + 4, the streamed one too (its answer is
+    # logged whole once its stream has ended: router.stream_tap)
     per_request = [(w["cost"]["realised"], w["cost"]["top_stage"]) for w in res["windows"]]
-    assert per_request == [(1.0, 4.0), (1.0, 4.0), (5.0, 4.0), (5.0, 4.0), (0.0, 0.0)]
+    assert per_request == [(1.0, 4.0), (1.0, 4.0), (5.0, 4.0), (5.0, 4.0), (5.0, 4.0)]
     total = res["total"]
-    assert total["cost"] == {"priced_requests": 4, "realised": 12.0, "top_stage": 16.0, "saved": 0.25,
-                             "realised_per_request": 3.0, "top_stage_per_request": 4.0}  # fmt: skip
-    assert total["stops"] == {"s0": 0.4, "s1": 0.4, "streamed": 0.2}
-    assert [w["stops"] for w in res["windows"]][4] == {"s0": 0.0, "s1": 0.0, "streamed": 1.0}
+    assert total["cost"] == {"priced_requests": 5, "realised": 17.0, "top_stage": 20.0, "saved": 0.15,
+                             "realised_per_request": 3.4, "top_stage_per_request": 4.0}  # fmt: skip
+    assert total["stops"] == {"s0": 0.4, "s1": 0.6, "streamed": 0.0}
+    assert [w["stops"] for w in res["windows"]][4] == {"s0": 0.0, "s1": 1.0, "streamed": 0.0}
     # s0: a checker's 0 on the first answer (it outranks the shadow check of the same answer, which is a row of its own),
     # two shadow checks (agreement 3/4), two verifications by s1 (the streamed one too), the broken JSON answer's 0;
     # s1 answered last every time: nothing above it looked, and a valid answer is no label on its own.
-    # s0's answer is short: a 0 wherever s1's own answer is known to differ (it says 4, not 5); the streamed
-    # verification logs no text of s1's, so the share kept (3/4) decides that one
+    # s0's answer is short: a 0 wherever s1's own answer is known to differ (it says 4, not 5), the streamed
+    # verifier's too (its answer is put together from its stream)
     assert total["labels"] == 6
     assert total["quality"] == {"s0": {
-        "verification": {"labels": 2, "weight": 2.0, "acceptable": 0.5},
+        "verification": {"labels": 2, "weight": 2.0, "acceptable": 0.0},
         "shadow": {"labels": 2, "weight": 2.0, "acceptable": 0.0},
         "validity": {"labels": 1, "weight": 1.0, "acceptable": 0.0},
         "checker": {"labels": 1, "weight": 1.0, "acceptable": 0.0},
@@ -223,7 +224,7 @@ def test_adaptive_sd_report(traffic: Path, tmp_path: Path, capsys: pytest.Captur
     assert out.read_bytes().startswith(PNG_MAGIC)
     assert json.loads(out.with_suffix(".json").read_text()) == printed
     assert printed["window"] == "2 requests" and [w["requests"] for w in printed["windows"]] == [2, 2, 1]
-    assert printed["total"]["cost"]["saved"] == 0.25
+    assert printed["total"]["cost"]["saved"] == 0.15
     # the global --config, before the command, is the same ladder
     assert adaptive_sd_cli.main(["--config", str(config), "report", "--log", str(traffic), "--out", str(tmp_path / "g.json")]) == 0
     assert json.loads(capsys.readouterr().out)["total"] == printed["total"]
