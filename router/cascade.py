@@ -50,6 +50,7 @@ from common.errors import APIError
 from common.settings import Settings
 from predictor.serving.features import DraftStats, PromptStats, answer_features, prefix_features
 from predictor.serving.interface import Predictor
+from predictor.serving.labels import SHORT_ANSWER_CHARS
 from router.contracts import CascadeRequest, CascadeResult, SkippedStage, StageAnswer, StageVisit, TokenUsage
 from router.dialect import CascadeDialect
 from router.draft import AcceptanceTracker, DraftCheck, token_limit, trim, verify_draft, why_not_verify
@@ -332,10 +333,28 @@ class CascadeEngine:
             req.spec = AnswerSpec.of(req.body)
         result = await self._run(req, req.spec, api)
         if result.events is not None and api.name == "chat":  # labelled and kept once its whole answer has gone out
-            result.events = tap(result.events, partial(self._streamed, req, req.spec, result, api, time.perf_counter()))
-        else:
-            self._keep(req, req.spec, result, api)
+            whole = self._reads_stream(req, result, api)
+            if whole or self.settings.cascade.prices_measured:
+                done = partial(self._streamed, req, req.spec, result, api, time.perf_counter())
+                result.events = tap(result.events, done, whole)
+                return result
+        self._keep(req, req.spec, result, api)
         return result
+
+    def _reads_stream(self, req: CascadeRequest, result: CascadeResult, api: CascadeDialect) -> bool:
+        """Whether anything will read a streamed answer's text once it has gone out (else the tap reads only its
+        usage, for measured prices: decoding every chunk costs ~10-20 µs each): the traffic log or a shadow check of
+        it (a tenant that learns; a shadow check only below the top stage), or the label of the answer it verified
+        where that is short (``predictor.serving.labels``: then only the verifier's own text tells)."""
+        if req.learn and (
+            self.traffic is not None or (max(self.shadow.rate, self.shadow.untrained_rate) > 0 and result.final_stage + 1 < self.n_stages)
+        ):
+            return True
+        final = result.final_visit
+        if final is None or final.draft is None:
+            return False
+        verified = next((v.choice for v in reversed(result.visits[:-1]) if v.choice is not None and v.error is None), None)
+        return verified is not None and len(api.text(verified).strip()) < SHORT_ANSWER_CHARS
 
     def _keep(self, req: CascadeRequest, spec: AnswerSpec, result: CascadeResult, api: CascadeDialect) -> None:
         """What a finished run leaves behind: its labels (``router.labels``), and, unless its tenant is excluded from
@@ -360,15 +379,15 @@ class CascadeEngine:
         does, a streamed tour is logged whole, and the stage's prices in seconds are measured on streamed answers too
         (``_measure``); then ``_keep``. A stream that did not end leaves the visit as it was: no answer of its own."""
         visit = result.final_visit
-        choice = answer.choice(result.prefix) if answer is not None else None
-        if visit is not None and choice is not None and answer is not None:
-            visit.choice = choice
+        if visit is not None and answer is not None:
             visit.seconds += time.perf_counter() - opened
             usage = answer.usage_after(result.prefix)
             if usage is not None:
                 visit.usage = TokenUsage.of(usage)
                 self._measure(visit.stage, visit.seconds, visit.usage)
-            visit.invalid = spec.check(choice)
+            choice = answer.choice(result.prefix)  # None where only the usage was read (``_reads_stream``)
+            if choice is not None:
+                visit.choice, visit.invalid = choice, spec.check(choice)
         self._keep(req, spec, result, api)
 
     def _shadow(self, req: CascadeRequest, spec: AnswerSpec, result: CascadeResult, api: CascadeDialect) -> None:

@@ -12,7 +12,9 @@ need it whole:
 * a shadow check of the returned answer (a stream capped below the top stage).
 
 ``tap`` passes every payload on unchanged and keeps the pieces (``StreamedAnswer``); when the stream ends, the
-answer as a chat completion's choice goes to a callback: the verified prefix the client got first
+answer as a chat completion's choice goes to a callback (or, where nothing reads its text -- no traffic log, no
+shadow check, no short answer below -- only its usage, for the stage's measured prices: decoding every chunk costs
+~10-20 µs each, and a payload without ``"usage"`` in it is then not decoded at all): the verified prefix the client got first
 (``CascadeResult.prefix``) and the stream's content after it, their logprobs, the finish reason, the usage the
 stream ended with. A stream that did not end (the client went away, the stage failed) gives None: what it wrote
 is not an answer. A tool call's stream is not put together (it is never verified, so nothing needs it).
@@ -43,9 +45,12 @@ class StreamedAnswer:
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     tool_calls: bool = False  # a tool call's deltas: not put together
+    whole: bool = True  # False: only the usage is read (``choice`` is None)
 
     def add(self, payload: bytes) -> None:
         """One SSE payload of the stream; what is not a chat chunk (a keep-alive, garbage) is passed over."""
+        if not self.whole and b'"usage"' not in payload:
+            return
         try:
             chunk = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -70,8 +75,8 @@ class StreamedAnswer:
 
     def choice(self, prefix: DraftCheck | None = None) -> dict[str, Any] | None:
         """The whole answer as a chat completion's choice, after the verified ``prefix`` the client got first; None
-        when the stream did not finish an answer, or was a tool call."""
-        if self.finish_reason is None or self.tool_calls:
+        when the stream did not finish an answer, was a tool call, or only its usage was read."""
+        if not self.whole or self.finish_reason is None or self.tool_calls:
             return None
         head, entries = (prefix.accepted_text, list(prefix.accepted_logprobs)) if prefix is not None else ("", [])
         return {"index": 0, "message": {"role": "assistant", "content": head + "".join(self.text)},
@@ -88,11 +93,12 @@ class StreamedAnswer:
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-async def tap(events: AsyncIterator[bytes], done: Callable[[StreamedAnswer | None], None]) -> AsyncIterator[bytes]:
-    """``events`` passed on unchanged; ``done`` called once when they end: with the answer when the stream ran to its
-    end, None when it did not (the consumer stopped reading, or the stage failed: its exception goes on to the
-    relay, which tells the client). ``done`` never breaks the stream: what it raises is logged."""
-    answer: StreamedAnswer | None = StreamedAnswer()
+async def tap(events: AsyncIterator[bytes], done: Callable[[StreamedAnswer | None], None], whole: bool = True) -> AsyncIterator[bytes]:
+    """``events`` passed on unchanged; ``done`` called once when they end: with the answer (``whole`` False: its usage
+    only) when the stream ran to its end, None when it did not (the consumer stopped reading, or the stage failed:
+    its exception goes on to the relay, which tells the client). ``done`` never breaks the stream: what it raises is
+    logged."""
+    answer: StreamedAnswer | None = StreamedAnswer(whole=whole)
     try:
         async for payload in events:
             assert answer is not None

@@ -304,6 +304,7 @@ async def test_what_the_engine_measures_a_verified_draft_an_aborted_stage_and_no
     _ = [p async for p in result.events]
     streamed = result.visits[1]
     assert streamed.usage is not None and streamed.usage.completion_tokens > 0 and streamed.seconds > opened
+    assert streamed.choice is None  # nothing reads its text (no log, no shadow check, no draft): only its usage was read
     assert seen == [(1, streamed.seconds, streamed.usage.prompt_tokens, streamed.usage.completion_tokens)]
     assert [m.visits for m in engine.pricing.measured if m] == [0, 1]
     left = await engine.run(request(stream=True), CHAT_DIALECT)

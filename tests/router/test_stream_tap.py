@@ -61,6 +61,15 @@ def test_what_is_not_a_whole_text_answer_gives_none() -> None:
     assert answer_of([]).usage_after() is None
 
 
+def test_where_nothing_reads_the_text_only_the_usage_is_read() -> None:
+    """``whole`` False (``CascadeEngine._reads_stream``): chunks without usage are not decoded, and there is no choice."""
+    answer = StreamedAnswer(whole=False)
+    for p in [*STREAM, b'{"choices": [{"delta": {"content": "not json"']:
+        answer.add(p)
+    assert answer.text == [] and answer.entries == [] and answer.finish_reason is None and answer.choice() is None
+    assert answer.usage_after() == {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
+
+
 def test_garbage_and_other_choices_are_passed_over() -> None:
     answer = answer_of([b"[DONE]", b"{not json", b"[1, 2]", b'{"choices": [1]}', chunk("x", index=1), *STREAM])
     choice = answer.choice()
