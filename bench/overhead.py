@@ -2,6 +2,7 @@
 
 Measures, interleaved with direct calls to the same stub:
   * added latency per request (router - direct), p50/p95, non-streaming and streaming (pass-through and cascade);
+  * what reading a streamed answer as it passes costs per chunk (``router.stream_tap``), whole and usage-only;
   * router process CPU ms per request (from /proc), for pass-through and for the
     full cascade path (logprobs -> features -> predictor -> stopping rule);
   * throughput at concurrency 16 through the router as a ratio of the direct stub,
@@ -97,6 +98,33 @@ async def _throughput_pair(direct: str, routed: str, d_body: dict, r_body: dict,
     return {"direct_rps": statistics.median(direct_rps), "router_rps": statistics.median(router_rps), "ratio": statistics.median(ratios)}
 
 
+def stream_tap_us(rounds: int = 5, answers: int = 100, chunks: int = 500) -> dict[str, float]:
+    """What reading a streamed answer as it passes costs per chunk (``router.stream_tap.StreamedAnswer.add``), on
+    answers of ``chunks`` chat chunks with five alternatives each: whole (the traffic log, a shadow check or a short
+    answer's label reads it) and usage-only (measured prices alone); medians of ``rounds`` of ``answers``, in µs."""
+    import orjson
+
+    from router.stream_tap import StreamedAnswer
+
+    tops = [{"token": f"t{i}", "logprob": -1.0 * i, "bytes": [116, 49]} for i in range(5)]
+    entry = {"token": " word", "logprob": -0.1, "bytes": list(b" word"), "top_logprobs": tops}
+    chunk = orjson.dumps({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                          "choices": [{"index": 0, "delta": {"content": " word"}, "logprobs": {"content": [entry]},
+                                       "finish_reason": None}]})  # fmt: skip
+    out: dict[str, float] = {"chunk_bytes": float(len(chunk)), "chunks_per_answer": float(chunks)}
+    for name, whole in (("whole_us_per_chunk", True), ("usage_only_us_per_chunk", False)):
+        times = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for _ in range(answers):
+                answer = StreamedAnswer(whole=whole)
+                for _ in range(chunks):
+                    answer.add(chunk)
+            times.append((time.perf_counter() - t0) / (answers * chunks) * 1e6)
+        out[name] = statistics.median(times)
+    return out
+
+
 async def run(args: argparse.Namespace) -> dict[str, object]:
     stub_port, router_port = free_port(), free_port()
     slow_port = free_port()
@@ -132,6 +160,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         out["cascade"] = await latency(direct, routed, d_body, cascade, args.requests, router.pid)
         # a streamed cascade answer: relayed, and read as it passes for labels and the log (router.stream_tap)
         out["cascade_stream"] = await latency(direct, routed, stream, {**cascade, "stream": True}, args.requests, router.pid)
+        out["stream_tap"] = stream_tap_us()
         slow_direct = f"http://127.0.0.1:{slow_port}/v1/chat/completions"
         out["throughput_c16_instant_stage"] = await _throughput_pair(direct, routed, d_body, {**d_body, "model": "stub"}, args.seconds)
         out["throughput_c16_stage_ms"] = args.stage_ms

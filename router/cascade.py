@@ -332,7 +332,7 @@ class CascadeEngine:
         if req.spec is None:
             req.spec = AnswerSpec.of(req.body)
         result = await self._run(req, req.spec, api)
-        if result.events is not None and api.name == "chat":  # labelled and kept once its whole answer has gone out
+        if result.events is not None:  # labelled and kept once its whole answer has gone out
             whole = self._reads_stream(req, result, api)
             if whole or self.settings.cascade.prices_measured:
                 done = partial(self._streamed, req, req.spec, result, api, time.perf_counter())
@@ -343,7 +343,7 @@ class CascadeEngine:
 
     def _reads_stream(self, req: CascadeRequest, result: CascadeResult, api: CascadeDialect) -> bool:
         """Whether anything will read a streamed answer's text once it has gone out (else the tap reads only its
-        usage, for measured prices: decoding every chunk costs ~10-20 µs each): the traffic log or a shadow check of
+        usage, for measured prices: decoding a chunk with logprobs costs ~3 µs): the traffic log or a shadow check of
         it (a tenant that learns; a shadow check only below the top stage), or the label of the answer it verified
         where that is short (``predictor.serving.labels``: then only the verifier's own text tells)."""
         if req.learn and (
@@ -385,8 +385,11 @@ class CascadeEngine:
             if usage is not None:
                 visit.usage = TokenUsage.of(usage)
                 self._measure(visit.stage, visit.seconds, visit.usage)
-            choice = answer.choice(result.prefix)  # None where only the usage was read (``_reads_stream``)
-            if choice is not None:
+            data = answer.response(api.name)  # None where only the usage was read (``_reads_stream``)
+            if data is not None:
+                if result.prefix is not None:  # after the verified prefix, as a verified answer's continuation is
+                    data = api.draft.merge(result.prefix, data)
+                choice = data["choices"][0]
                 visit.choice, visit.invalid = choice, spec.check(choice)
         self._keep(req, spec, result, api)
 

@@ -1,23 +1,26 @@
-"""A streamed chat answer read as it goes by, for what needs it once the stream has ended.
+"""A streamed answer read as it goes by, for what needs it once the stream has ended.
 
 The cascade relays its top stage's stream to the client as it arrives (``CascadeEngine._stream``): waiting for the
-whole answer would only delay the first token. But then the answer is in no single response, and three things
-need it whole:
+whole answer would only delay the first token. But then the answer is in no single response, and four things
+need it:
 
 * the label of the stage below, which the streaming stage verified: an answer under ``SHORT_ANSWER_CHARS`` is
   acceptable only where the verifier finished with the same text (``router.labels``);
 * the traffic log: a tour (``cascade.explore``) that ends in a stream would log no answer of the top stage, and a
   tour row without one is no tour for the learner (``training.calibrate.tour_rows``): with streaming clients, a
   new ladder would never gather the tours its λ table needs, and would tour every request for good;
-* a shadow check of the returned answer (a stream capped below the top stage).
+* a shadow check of the returned answer (a stream capped below the top stage);
+* the stage's measured prices in seconds (``router.measured_prices``): its usage and its time, without which a
+  stage that streams to every client would keep its configured price for good.
 
-``tap`` passes every payload on unchanged and keeps the pieces (``StreamedAnswer``); when the stream ends, the
-answer as a chat completion's choice goes to a callback (or, where nothing reads its text -- no traffic log, no
-shadow check, no short answer below -- only its usage, for the stage's measured prices: decoding every chunk costs
-~10-20 µs each, and a payload without ``"usage"`` in it is then not decoded at all): the verified prefix the client got first
-(``CascadeResult.prefix``) and the stream's content after it, their logprobs, the finish reason, the usage the
-stream ended with. A stream that did not end (the client went away, the stage failed) gives None: what it wrote
-is not an answer. A tool call's stream is not put together (it is never verified, so nothing needs it).
+``tap`` passes every payload on unchanged and keeps the pieces (``StreamedAnswer``); when the stream ends, they go
+to a callback, which makes of them the response the stage would have sent without streaming (``response``: chat or
+completions) and puts it after the verified prefix the client got first, as a verified answer's continuation is
+(``router.draft``'s ``merge``). Where nothing reads the answer's text (no traffic log, no shadow check, no short
+answer below it) only its usage is read, for the stage's measured prices: decoding a chunk with logprobs costs ~3 µs, and
+a payload without ``"usage"`` in it is then not decoded at all. A stream that did not end (the client went away,
+the stage failed) gives None: what it wrote is not an answer. A tool call's stream is not put together (it is
+never verified, so nothing needs it).
 """
 
 from __future__ import annotations
@@ -38,17 +41,19 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class StreamedAnswer:
-    """The pieces of one streamed chat answer (choice 0), in the order they came."""
+    """The pieces of one streamed answer (choice 0), in the order they came: chat chunks (``delta``) or completion
+    chunks (``text``, the completions logprobs shape)."""
 
     text: list[str] = field(default_factory=list)
-    entries: list[dict[str, Any]] = field(default_factory=list)  # logprobs.content entries
+    entries: list[dict[str, Any]] = field(default_factory=list)  # chat: logprobs.content entries
+    tokens: dict[str, list[Any]] = field(default_factory=dict)  # completions: tokens, token_logprobs, top_logprobs
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     tool_calls: bool = False  # a tool call's deltas: not put together
-    whole: bool = True  # False: only the usage is read (``choice`` is None)
+    whole: bool = True  # False: only the usage is read (``response`` is None)
 
     def add(self, payload: bytes) -> None:
-        """One SSE payload of the stream; what is not a chat chunk (a keep-alive, garbage) is passed over."""
+        """One SSE payload of the stream; what is not a chunk (a keep-alive, garbage) is passed over."""
         if not self.whole and b'"usage"' not in payload:
             return
         try:
@@ -60,27 +65,40 @@ class StreamedAnswer:
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
+            if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                self._add(choice)
+
+    def _add(self, choice: dict[str, Any]) -> None:
+        delta, logprobs = choice.get("delta"), choice.get("logprobs") or {}
+        if isinstance(delta, dict):  # a chat chunk
             if delta.get("tool_calls"):
                 self.tool_calls = True
             if isinstance(delta.get("content"), str):
                 self.text.append(delta["content"])
-            content = (choice.get("logprobs") or {}).get("content")
-            if isinstance(content, list):
-                self.entries.extend(content)
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
+            if isinstance(logprobs.get("content"), list):
+                self.entries.extend(logprobs["content"])
+        elif isinstance(choice.get("text"), str):  # a completion chunk
+            self.text.append(choice["text"])
+            for key in ("tokens", "token_logprobs", "top_logprobs"):
+                if isinstance(logprobs.get(key), list):
+                    self.tokens.setdefault(key, []).extend(logprobs[key])
+        if choice.get("finish_reason"):
+            self.finish_reason = choice["finish_reason"]
 
-    def choice(self, prefix: DraftCheck | None = None) -> dict[str, Any] | None:
-        """The whole answer as a chat completion's choice, after the verified ``prefix`` the client got first; None
-        when the stream did not finish an answer, was a tool call, or only its usage was read."""
+    def response(self, dialect: str = "chat") -> dict[str, Any] | None:
+        """The stream as the whole response the stage would have sent without streaming, in ``dialect`` ("chat" or
+        "completions"): what ``router.draft``'s ``merge`` puts after a verified prefix. None when the stream did not
+        finish an answer, was a tool call, or only its usage was read."""
         if not self.whole or self.finish_reason is None or self.tool_calls:
             return None
-        head, entries = (prefix.accepted_text, list(prefix.accepted_logprobs)) if prefix is not None else ("", [])
-        return {"index": 0, "message": {"role": "assistant", "content": head + "".join(self.text)},
-                "logprobs": {"content": entries + self.entries}, "finish_reason": self.finish_reason}  # fmt: skip
+        text, usage = "".join(self.text), dict(self.usage or {})
+        if dialect == "completions":
+            logprobs = {k: self.tokens.get(k, []) for k in ("tokens", "token_logprobs", "top_logprobs")} if self.tokens else None
+            choice: dict[str, Any] = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": self.finish_reason}
+            return {"object": "text_completion", "choices": [choice], "usage": usage}
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": {"content": list(self.entries)},
+                  "finish_reason": self.finish_reason}  # fmt: skip
+        return {"object": "chat.completion", "choices": [choice], "usage": usage}
 
     def usage_after(self, prefix: DraftCheck | None = None) -> dict[str, int] | None:
         """The answering stage's usage, the verification's calls included (``draft.merged_usage``), as a whole

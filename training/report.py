@@ -18,9 +18,9 @@ config, and reports per window of requests or of time (a PNG or an HTML page, an
    added to the log). The sources sample different answers (verification sees escalated ones only): compare a
    source with itself over time, not with another.
 
-What the log does not hold is not in the figures (``NOTES``): a streamed chat answer is logged whole once its stream
-has ended (``router.stream_tap``), but a stream the client left early, a ``/v1/completions`` stream and every stream
-logged before the router kept them are not (a request whose last logged answer was verified by a stage above went on
+What the log does not hold is not in the figures (``NOTES``): a streamed answer is logged whole once its stream has
+ended (``router.stream_tap``), but a stream the client left early, a tool call's and every stream logged before
+the router kept them are not (a request whose last logged answer was verified by a stage above went on
 to one: it counts in the stops as ``streamed`` and is left out of the costs, as in the router's
 ``adaptive_sd_cascade_cost_total``); a stream from the first stage without a whole answer writes no row at all;
 early-exit aborts, failed stage calls and shadow checks' scoring passes are not counted; and the prices are the
@@ -64,8 +64,8 @@ NOTES = [
     "cost: each logged stage answer at its configured prices on its usage; top_stage: the top stage's prices on the "
     "prompt's tokens (the fewest any stage reported) and the answer's tokens",
     "seconds: measured stage seconds of the logged answers only (the top stage's are unknown where it did not answer)",
-    "not in the log, so not counted: streams the log does not hold whole (left early by the client, completions "
-    "streams, logs written before streamed answers were kept: such requests count in the stops as 'streamed' and not "
+    "not in the log, so not counted: streams the log does not hold whole (left early by the client, tool calls, "
+    "logs written before streamed answers were kept: such requests count in the stops as 'streamed' and not "
     "in the costs; such a stream from the first stage writes no row), early-exit aborts, failed stage "
     "calls, shadow checks' scoring passes",
     "quality: label shares per source; shadow labels weighted by 1 / their sampling rate; sources sample different answers",

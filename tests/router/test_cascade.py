@@ -26,6 +26,7 @@ from router.cascade import CascadeEngine, Walk
 from router.contracts import CascadeRequest, CascadeResult, StageAnswer
 from router.metrics import REGISTRY
 from router.openai.chat.dialect import CHAT_DIALECT
+from router.openai.completions.dialect import COMPLETIONS_DIALECT
 from router.stage import StageBadResponse, StageFailure, StageTimeout, StageUnavailable
 from router.validity import AnswerSpec
 from tests.router.fake_stage import FakeStage, Script, ScriptedPredictor, fake_stages
@@ -183,6 +184,24 @@ async def test_a_streamed_tour_is_logged_whole_once_its_stream_has_ended(tmp_pat
     await events.aclose()  # type: ignore[attr-defined]
     row = _rows(log)[-1]
     assert [s["stage"] for s in row["stages"]] == [0, 1] and tour_rows([row], 3) == []
+
+
+async def test_a_streamed_completions_tour_is_logged_whole(tmp_path: Any) -> None:
+    """The same for ``/v1/completions``: its stream's text and completions-shaped logprobs (after a verified prefix,
+    ``COMPLETIONS_DRAFT.merge``: tests/router/test_stream_tap.py) are the top's logged answer."""
+    from training.calibrate import tour_rows
+
+    engine, _, log = _touring(tmp_path)
+    req = CascadeRequest({"prompt": "What is 2 + 2?", "max_tokens": 64, "temperature": 0}, PROMPT_STATS, 10.0, 2, stream=True)
+    result = await engine.run(req, COMPLETIONS_DIALECT)
+    assert result.events is not None and result.tour and _rows(log) == []
+    sent = "".join(c["choices"][0].get("text") or "" for c in [orjson.loads(p) async for p in result.events] if c.get("choices"))
+    (row,) = _rows(log)
+    top = row["stages"][2]
+    prefix = result.prefix.accepted_text if result.prefix is not None else ""  # the fakes' completions do not align
+    assert row["kind"] == "completion" and [s["stage"] for s in row["stages"]] == [0, 1, 2]
+    assert top["text"] == prefix + sent and top["text"] and len(top["logprobs"]) == top["usage"]["completion_tokens"]
+    assert len(tour_rows([row], 3)) == 1
 
 
 async def test_requests_tour_at_the_untrained_rate_until_the_default_target_has_a_lambda(tmp_path: Any) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import RouterProcess
+from tests.conftest import RouterProcess, free_port, ladder_config
 
 PROMPT = "The capital of France is"  # ends on a word: stage 0's draft (" Paris ...") starts on a token boundary
 CODE = "def add(a, b):"
@@ -115,3 +118,26 @@ def test_what_no_stage_can_honour_is_a_400(client: OpenAI) -> None:
         with pytest.raises(openai.BadRequestError) as info:
             client.completions.create(model="cascade", prompt=CODE, max_tokens=4, **kw)  # type: ignore[call-overload]
         assert info.value.body["param"] == next(iter(kw))  # type: ignore[index]
+
+
+def test_a_streamed_completions_tour_is_logged_whole(stage_ports: list[int], tmp_path: Path) -> None:
+    """A streamed completion on a ladder that tours (``cascade.explore``): the top stage's logged answer is the
+    verified prefix and the stream after it (``router.stream_tap``, ``COMPLETIONS_DRAFT.merge``), exactly the text
+    the client read, with its logprobs and usage; a tour the learner can use (``training.calibrate.tour_rows``)."""
+    from training.calibrate import tour_rows
+
+    log = tmp_path / "traffic.jsonl"
+    cfg = ladder_config(stage_ports, free_port(), explore={"rate": 1.0, "untrained_rate": 1.0})
+    cfg["predictor"]["log_path"] = str(log)
+    proc = RouterProcess(cfg, tmp_path)
+    try:
+        read, _ = _streamed(proc.client(), model="cascade", prompt=PROMPT, **GREEDY)
+    finally:
+        proc.stop()
+    (row,) = [json.loads(line) for line in log.read_text().splitlines()]
+    top = len(stage_ports) - 1
+    assert row["tour"] is True and row["kind"] == "completion" and [s["stage"] for s in row["stages"]] == list(range(top + 1))
+    answer = row["stages"][top]
+    assert read and answer["text"] == read and len(answer["logprobs"]) == answer["usage"]["completion_tokens"] > 0
+    assert row["stages"][top - 1]["agreement"] is not None  # verified by the streaming stage: a label
+    assert len(tour_rows([row], top + 1)) == 1

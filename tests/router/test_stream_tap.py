@@ -8,7 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from router.draft import DraftCheck
+from router.draft import DraftCheck, merge
+from router.openai.completions.draft import COMPLETIONS_DRAFT
 from router.stage import StageBadResponse
 from router.stream_tap import StreamedAnswer, tap
 
@@ -33,9 +34,14 @@ def answer_of(payloads: list[bytes]) -> StreamedAnswer:
     return answer
 
 
+def response_choice(answer: StreamedAnswer, dialect: str = "chat") -> dict[str, Any] | None:
+    data = answer.response(dialect)
+    return None if data is None else dict(data["choices"][0])
+
+
 def test_a_stream_becomes_a_whole_choice_with_its_logprobs_and_usage() -> None:
     answer = answer_of(STREAM)
-    choice = answer.choice()
+    choice = response_choice(answer)
     assert choice is not None and choice["message"] == {"role": "assistant", "content": "The answer is 4."}
     assert [e["token"] for e in choice["logprobs"]["content"]] == ["The", " answer", " is 4."]
     assert choice["finish_reason"] == "stop"
@@ -43,36 +49,60 @@ def test_a_stream_becomes_a_whole_choice_with_its_logprobs_and_usage() -> None:
 
 
 def test_the_verified_prefix_comes_first_and_counts_in_the_usage() -> None:
-    """The client got the kept draft prefix before the stream (``CascadeResult.prefix``): the answer is both."""
+    """The client got the kept draft prefix before the stream (``CascadeResult.prefix``): the answer is both, put
+    together as a verified answer's continuation is (``router.draft.merge``)."""
     kept = [{"token": t, "logprob": -0.2, "bytes": list(t.encode()), "top_logprobs": []} for t in ("I", " think")]
     prefix = DraftCheck(draft_tokens=5, accepted_tokens=2, accepted_text="I think", accepted_logprobs=kept, usage={"prompt_tokens": 20})
     answer = answer_of([chunk(" 4."), chunk(finish="stop"), USAGE])
-    choice = answer.choice(prefix)
-    assert choice is not None and choice["message"]["content"] == "I think 4."
+    data = answer.response()
+    assert data is not None
+    merged = merge(prefix, data)
+    choice = merged["choices"][0]
+    assert choice["message"]["content"] == "I think 4." and choice["finish_reason"] == "stop"
     assert [e["token"] for e in choice["logprobs"]["content"]] == ["I", " think", " 4."]
-    assert answer.usage_after(prefix) == {"prompt_tokens": 32, "completion_tokens": 5, "total_tokens": 37}
+    assert merged["usage"] == answer.usage_after(prefix) == {"prompt_tokens": 32, "completion_tokens": 5, "total_tokens": 37}
+
+
+def test_a_completions_stream_becomes_a_text_completion() -> None:
+    """``/v1/completions`` chunks (``text``, the completions logprobs shape), after a verified prefix too."""
+
+    def piece(text: str, finish: str | None = None) -> bytes:
+        logprobs = {"tokens": [text], "token_logprobs": [-0.3], "top_logprobs": [{text: -0.3}], "text_offset": [0]}
+        return orjson.dumps(
+            {"object": "text_completion", "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}]}
+        )
+
+    answer = answer_of([piece(" 4"), piece(".", "stop"), USAGE])
+    data = answer.response("completions")
+    assert data is not None and data["object"] == "text_completion"
+    choice = data["choices"][0]
+    assert choice["text"] == " 4." and choice["finish_reason"] == "stop"
+    assert choice["logprobs"]["tokens"] == [" 4", "."] and choice["logprobs"]["token_logprobs"] == [-0.3, -0.3]
+    kept = [{"token": "I", "logprob": -0.2, "bytes": [73], "top_logprobs": []}]
+    merged = COMPLETIONS_DRAFT.merge(DraftCheck(draft_tokens=3, accepted_tokens=1, accepted_text="I", accepted_logprobs=kept), data)
+    assert merged["choices"][0]["text"] == "I 4." and merged["choices"][0]["logprobs"]["tokens"] == ["I", " 4", "."]
 
 
 def test_what_is_not_a_whole_text_answer_gives_none() -> None:
     """No finish reason (the stream was cut), or a tool call (never verified: nothing needs it put together)."""
-    assert answer_of(STREAM[:3]).choice() is None
+    assert answer_of(STREAM[:3]).response() is None
     call = [{"index": 0, "id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
-    assert answer_of([chunk(tool_calls=call), chunk(finish="tool_calls")]).choice() is None
+    assert answer_of([chunk(tool_calls=call), chunk(finish="tool_calls")]).response() is None
     assert answer_of([]).usage_after() is None
 
 
 def test_where_nothing_reads_the_text_only_the_usage_is_read() -> None:
-    """``whole`` False (``CascadeEngine._reads_stream``): chunks without usage are not decoded, and there is no choice."""
+    """``whole`` False (``CascadeEngine._reads_stream``): chunks without usage are not decoded, and there is no response."""
     answer = StreamedAnswer(whole=False)
     for p in [*STREAM, b'{"choices": [{"delta": {"content": "not json"']:
         answer.add(p)
-    assert answer.text == [] and answer.entries == [] and answer.finish_reason is None and answer.choice() is None
+    assert answer.text == [] and answer.entries == [] and answer.finish_reason is None and answer.response() is None
     assert answer.usage_after() == {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
 
 
 def test_garbage_and_other_choices_are_passed_over() -> None:
     answer = answer_of([b"[DONE]", b"{not json", b"[1, 2]", b'{"choices": [1]}', chunk("x", index=1), *STREAM])
-    choice = answer.choice()
+    choice = response_choice(answer)
     assert choice is not None and choice["message"]["content"] == "The answer is 4."
 
 
@@ -87,7 +117,7 @@ async def test_tap_passes_every_payload_on_and_hands_over_the_answer_at_the_end(
     got: list[StreamedAnswer | None] = []
     out = [p async for p in tap(source(STREAM), got.append)]
     assert out == STREAM and len(got) == 1 and got[0] is not None
-    choice = got[0].choice()
+    choice = response_choice(got[0])
     assert choice is not None and choice["message"]["content"] == "The answer is 4."
 
 
