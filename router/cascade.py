@@ -332,18 +332,16 @@ class CascadeEngine:
         if req.spec is None:
             req.spec = AnswerSpec.of(req.body)
         result = await self._run(req, req.spec, api)
-        if result.events is not None:  # labelled and kept once its whole answer has gone out
-            whole = self._reads_stream(req, result, api)
-            if whole or self.settings.cascade.prices_measured:
-                done = partial(self._streamed, req, req.spec, result, api, time.perf_counter())
-                result.events = tap(result.events, done, whole)
-                return result
+        if result.events is not None:  # labelled, kept and priced once its whole answer has gone out
+            done = partial(self._streamed, req, req.spec, result, api, time.perf_counter())
+            result.events = tap(result.events, done, self._reads_stream(req, result, api))
+            return result
         self._keep(req, req.spec, result, api)
         return result
 
     def _reads_stream(self, req: CascadeRequest, result: CascadeResult, api: CascadeDialect) -> bool:
-        """Whether anything will read a streamed answer's text once it has gone out (else the tap reads only its
-        usage, for measured prices: decoding a chunk with logprobs costs ~3 µs): the traffic log or a shadow check of
+        """Whether anything will read a streamed answer's text once it has gone out (else the tap reads only its usage,
+        for measured prices and the realised cost: decoding a chunk with logprobs costs ~4 µs): the traffic log or a shadow check of
         it (a tenant that learns; a shadow check only below the top stage), or the label of the answer it verified
         where that is short (``predictor.serving.labels``: then only the verifier's own text tells)."""
         if req.learn and (
@@ -377,7 +375,8 @@ class CascadeEngine:
         """A streamed run's answer has gone out (``router.stream_tap``; its stream was handed over at ``opened``): its
         visit gets the whole answer, its usage and its whole time, so that it labels the stage below as a whole answer
         does, a streamed tour is logged whole, and the stage's prices in seconds are measured on streamed answers too
-        (``_measure``); then ``_keep``. A stream that did not end leaves the visit as it was: no answer of its own."""
+        (``_measure``); then ``_keep``, and what the serving layer asked to hear (``CascadeResult.ended``: the realised
+        cost). A stream that did not end leaves the visit as it was: no answer of its own."""
         visit = result.final_visit
         if visit is not None and answer is not None:
             visit.seconds += time.perf_counter() - opened
@@ -392,6 +391,8 @@ class CascadeEngine:
                 choice = data["choices"][0]
                 visit.choice, visit.invalid = choice, spec.check(choice)
         self._keep(req, spec, result, api)
+        for ended in result.ended:
+            ended()
 
     def _shadow(self, req: CascadeRequest, spec: AnswerSpec, result: CascadeResult, api: CascadeDialect) -> None:
         """Maybe start a shadow check of an answer returned from a lower stage (``router.shadow``); with a traffic log,

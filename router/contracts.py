@@ -13,8 +13,8 @@ stage's logprobs stay undecoded until someone reads them (``StageReply``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from predictor.serving.features import PromptStats
@@ -135,6 +135,8 @@ class CascadeResult:
     degraded: str | None = None  # why the answer is not the policy's choice
     skipped: tuple[SkippedStage, ...] = ()  # stages up to the top one that cannot answer this request
     tour: bool = False  # the request toured the ladder (cascade.explore): every stage it may use, in order
+    # called once a streamed answer has ended, its visit's usage known where the stream said it (``router.stream_tap``)
+    ended: list[Callable[[], object]] = field(default_factory=list)
 
     @property
     def invalid(self) -> list[StageVisit]:

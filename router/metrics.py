@@ -100,7 +100,7 @@ STAGE_AGREEMENT = Histogram(
 CASCADE_COST = Counter(
     "adaptive_sd_cascade_cost",
     "Cost of cascade answers in cascade.cost_unit: what they were charged (basis=realised), and what the top stage alone "
-    "would have cost for the same answers' tokens (basis=top_stage); answers whose tokens are known when they are sent",
+    "would have cost for the same answers' tokens (basis=top_stage); a streamed answer once its stream has ended",
     ["basis"],
     registry=REGISTRY,
 )

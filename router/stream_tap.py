@@ -11,13 +11,14 @@ need it:
   new ladder would never gather the tours its λ table needs, and would tour every request for good;
 * a shadow check of the returned answer (a stream capped below the top stage);
 * the stage's measured prices in seconds (``router.measured_prices``): its usage and its time, without which a
-  stage that streams to every client would keep its configured price for good.
+  stage that streams to every client would keep its configured price for good; and the realised cost against the
+  top stage alone (``adaptive_sd_cascade_cost_total``), which counts an answer once its tokens are known.
 
 ``tap`` passes every payload on unchanged and keeps the pieces (``StreamedAnswer``); when the stream ends, they go
 to a callback, which makes of them the response the stage would have sent without streaming (``response``: chat or
 completions) and puts it after the verified prefix the client got first, as a verified answer's continuation is
 (``router.draft``'s ``merge``). Where nothing reads the answer's text (no traffic log, no shadow check, no short
-answer below it) only its usage is read, for the stage's measured prices: decoding a chunk with logprobs costs ~3 µs, and
+answer below it) only its usage is read, for measured prices and the realised cost: decoding a chunk with logprobs costs ~4 µs, and
 a payload without ``"usage"`` in it is then not decoded at all. A stream that did not end (the client went away,
 the stage failed) gives None: what it wrote is not an answer. A tool call's stream is not put together (it is
 never verified, so nothing needs it).

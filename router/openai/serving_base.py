@@ -363,10 +363,8 @@ class OpenAIServing(ABC, Generic[Request]):
         CASCADE_STOPS.labels(final).inc()
         REQUESTS_BY_KIND.labels(kind, final).inc()
         outcome = RequestOutcome(final, result.usage().total_tokens, self.charged(result))
-        top_only = self.top_stage_cost(result)
-        if top_only is not None:
-            CASCADE_COST.labels("realised").inc(outcome.cost)
-            CASCADE_COST.labels("top_stage").inc(top_only)
+        if not self.count_cost(result, outcome.cost) and result.events is not None:
+            result.ended.append(lambda: self.count_cost(result, self.charged(result)))  # its tokens, once it has ended
         out_headers = self.cascade_headers(result)
         out_headers.update(self.cost_headers(stage_tokens(result.visits), outcome.cost))
         out_headers["x-cascade-kind"] = kind
@@ -391,12 +389,24 @@ class OpenAIServing(ABC, Generic[Request]):
         return sum(pricing.actual(v.stage, v.usage.prompt_tokens, v.usage.completion_tokens) if v.usage else
                    pricing.prices[v.stage].request for v in result.visits)  # fmt: skip
 
+    def count_cost(self, result: CascadeResult, realised: float) -> bool:
+        """Add a cascade answer to ``adaptive_sd_cascade_cost_total``: what it was charged, and what the top stage alone
+        would have cost (``top_stage_cost``); False, counting nothing, while its tokens are unknown (a stream before
+        it has ended, or one that never did), so that both sums cover the same answers."""
+        top_only = self.top_stage_cost(result)
+        if top_only is None:
+            return False
+        CASCADE_COST.labels("realised").inc(realised)
+        CASCADE_COST.labels("top_stage").inc(top_only)
+        return True
+
     def top_stage_cost(self, result: CascadeResult) -> float | None:
         """What the ladder's top stage alone would have cost for this answer, at its prices: the prompt's tokens (the
         fewest any stage reported: a verifying stage's include the draft it scored) and the answer's (the answering
         stage's usage, which counts the draft tokens it kept, ``router.draft.merged_usage``). Stages' tokenizers differ
-        a little; this is an estimate. None while the answer's tokens are unknown (the top stage relayed as a stream),
-        so that the realised and the top-stage sums of ``adaptive_sd_cascade_cost_total`` cover the same answers."""
+        a little; this is an estimate. None while the answer's tokens are unknown (the top stage relayed as a stream,
+        until it has ended: ``CascadeResult.ended``), so that the realised and the top-stage sums of
+        ``adaptive_sd_cascade_cost_total`` cover the same answers."""
         final = result.final_visit
         if final is None or final.usage is None:
             return None

@@ -294,7 +294,7 @@ async def test_a_streamed_request_relays_the_top_stage() -> None:
 async def test_a_stream_is_read_whole_only_where_something_reads_its_text() -> None:
     """Without a traffic log or shadow checks, a streamed verifier's answer is put together only where the answer it
     verified is short (its label then needs the verifier's own text, ``predictor.serving.labels``); after a long one
-    nothing reads the stream (and with configured prices not even its usage)."""
+    only its usage is read (for measured prices and the realised cost)."""
     short, _, _ = make_engine({0: ESCALATE, 1: 0.9}, make_settings(n=2, dialect="vllm"), scripts=(S0, S2))
     result = await short.run(request(stream=True, max_stage=1, temperature=0), CHAT_DIALECT)
     assert result.visits[1].draft is not None and result.events is not None
@@ -305,7 +305,7 @@ async def test_a_stream_is_read_whole_only_where_something_reads_its_text() -> N
     result = await long.run(request(stream=True, max_stage=1, temperature=0), CHAT_DIALECT)
     assert result.visits[1].draft is not None and result.events is not None
     _ = [p async for p in result.events]
-    assert result.visits[1].choice is None and result.visits[1].usage is None
+    assert result.visits[1].choice is None and result.visits[1].usage is not None
 
 
 async def test_judge_gives_the_predictors_p_hat_for_a_valid_answer() -> None:

@@ -87,7 +87,8 @@ def _cost(basis: str) -> float:
 
 @pytest.mark.anyio
 async def test_realised_cost_is_counted_against_the_top_stage_alone() -> None:
-    """A stop at s0 (price 1) against what s1 (price 4) would have cost for it; an escalation pays both stages."""
+    """A stop at s0 (price 1) against what s1 (price 4) would have cost for it; an escalation pays both stages; a
+    streamed one counts once its stream has ended (``CascadeResult.ended``), with the tokens the stream reported."""
     realised, top = _cost("realised"), _cost("top_stage")
     async with serve(0.9) as r:
         assert (await r.chat(max_tokens=16)).headers["x-cascade-stage"] == "s0"
@@ -95,6 +96,10 @@ async def test_realised_cost_is_counted_against_the_top_stage_alone() -> None:
     async with serve(ESCALATE) as r:
         assert (await r.chat(max_tokens=16)).headers["x-cascade-stage"] == "s1"
     assert (_cost("realised") - realised, _cost("top_stage") - top) == (6.0, 8.0)
+    async with serve(ESCALATE) as r:
+        streamed = await r.chat(max_tokens=16, stream=True)
+        assert streamed.headers["x-cascade-stage"] == "s1" and b"[DONE]" in streamed.content
+    assert (_cost("realised") - realised, _cost("top_stage") - top) == (11.0, 12.0)
 
 
 @pytest.mark.anyio
