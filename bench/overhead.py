@@ -101,7 +101,8 @@ async def _throughput_pair(direct: str, routed: str, d_body: dict, r_body: dict,
 def stream_tap_us(rounds: int = 5, answers: int = 100, chunks: int = 500) -> dict[str, float]:
     """What reading a streamed answer as it passes costs per chunk (``router.stream_tap.StreamedAnswer.add``), on
     answers of ``chunks`` chat chunks with five alternatives each: whole (the traffic log, a shadow check or a short
-    answer's label reads it) and usage-only (measured prices alone); medians of ``rounds`` of ``answers``, in µs."""
+    answer's label reads it) and usage-only (measured prices and the realised cost); medians of ``rounds`` of ``answers``,
+    in µs."""
     import orjson
 
     from router.stream_tap import StreamedAnswer
@@ -158,7 +159,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         out["passthrough_stream"] = await latency(direct, routed, stream, stream, args.requests, router.pid)
         cascade = {**BODY, "model": "cascade", "cascade_max_stage": 0}
         out["cascade"] = await latency(direct, routed, d_body, cascade, args.requests, router.pid)
-        # a streamed cascade answer: relayed, and read as it passes for labels and the log (router.stream_tap)
+        # a streamed cascade answer: relayed, its usage read as it passes (router.stream_tap; no log here, so not its text)
         out["cascade_stream"] = await latency(direct, routed, stream, {**cascade, "stream": True}, args.requests, router.pid)
         out["stream_tap"] = stream_tap_us()
         slow_direct = f"http://127.0.0.1:{slow_port}/v1/chat/completions"
