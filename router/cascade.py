@@ -332,21 +332,20 @@ class CascadeEngine:
         if req.spec is None:
             req.spec = AnswerSpec.of(req.body)
         result = await self._run(req, req.spec, api)
+        shadow = self.shadow.draw(result.final_stage, self.untrained) if req.learn and api.name == "chat" else 0.0
         if result.events is not None:  # labelled, kept and priced once its whole answer has gone out
-            done = partial(self._streamed, req, req.spec, result, api, time.perf_counter())
-            result.events = tap(result.events, done, self._reads_stream(req, result, api))
+            done = partial(self._streamed, req, req.spec, result, api, shadow, time.perf_counter())
+            result.events = tap(result.events, done, self._reads_stream(req, result, api, shadow))
             return result
-        self._keep(req, req.spec, result, api)
+        self._keep(req, req.spec, result, api, shadow)
         return result
 
-    def _reads_stream(self, req: CascadeRequest, result: CascadeResult, api: CascadeDialect) -> bool:
+    def _reads_stream(self, req: CascadeRequest, result: CascadeResult, api: CascadeDialect, shadow: float) -> bool:
         """Whether anything will read a streamed answer's text once it has gone out (else the tap reads only its usage,
-        for measured prices and the realised cost: decoding a chunk with logprobs costs ~4 µs): the traffic log or a shadow check of
-        it (a tenant that learns; a shadow check only below the top stage), or the label of the answer it verified
-        where that is short (``predictor.serving.labels``: then only the verifier's own text tells)."""
-        if req.learn and (
-            self.traffic is not None or (max(self.shadow.rate, self.shadow.untrained_rate) > 0 and result.final_stage + 1 < self.n_stages)
-        ):
+        for measured prices and the realised cost: decoding a chunk with logprobs costs ~4 µs): the traffic log (a
+        tenant that learns), a ``shadow`` check drawn for it, or the label of the answer it verified where that is
+        short (``predictor.serving.labels``: then only the verifier's own text tells)."""
+        if shadow or (req.learn and self.traffic is not None):
             return True
         final = result.final_visit
         if final is None or final.draft is None:
@@ -354,14 +353,15 @@ class CascadeEngine:
         verified = next((v.choice for v in reversed(result.visits[:-1]) if v.choice is not None and v.error is None), None)
         return verified is not None and len(api.text(verified).strip()) < SHORT_ANSWER_CHARS
 
-    def _keep(self, req: CascadeRequest, spec: AnswerSpec, result: CascadeResult, api: CascadeDialect) -> None:
+    def _keep(self, req: CascadeRequest, spec: AnswerSpec, result: CascadeResult, api: CascadeDialect, shadow: float) -> None:
         """What a finished run leaves behind: its labels (``router.labels``), and, unless its tenant is excluded from
-        learning, its row in the traffic log and a shadow check of its answer."""
+        learning, its row in the traffic log and the ``shadow`` check drawn for its answer (its rate; 0: none)."""
         labels = record_labels(result.visits, api.text)
         if req.learn:
             if self.traffic is not None:
                 self._log(self.traffic, req, spec, result, api, labels)
-            self._shadow(req, spec, result, api)
+            if shadow:
+                self._shadow(req, spec, result, api, shadow)
 
     def _streamed(
         self,
@@ -369,6 +369,7 @@ class CascadeEngine:
         spec: AnswerSpec,
         result: CascadeResult,
         api: CascadeDialect,
+        shadow: float,
         opened: float,
         answer: StreamedAnswer | None,
     ) -> None:
@@ -390,17 +391,17 @@ class CascadeEngine:
                     data = api.draft.merge(result.prefix, data)
                 choice = data["choices"][0]
                 visit.choice, visit.invalid = choice, spec.check(choice)
-        self._keep(req, spec, result, api)
+        self._keep(req, spec, result, api, shadow)
         for ended in result.ended:
             ended()
 
-    def _shadow(self, req: CascadeRequest, spec: AnswerSpec, result: CascadeResult, api: CascadeDialect) -> None:
-        """Maybe start a shadow check of an answer returned from a lower stage (``router.shadow``); with a traffic log,
-        its label is logged as a row of its own when it is done (the request's row leaves that answer unlabelled)."""
+    def _shadow(self, req: CascadeRequest, spec: AnswerSpec, result: CascadeResult, api: CascadeDialect, rate: float) -> None:
+        """Start the shadow check drawn at ``rate`` (``ShadowChecks.draw``, in ``run``: before a stream goes out, so that
+        the tap reads a streamed answer whole only where one will check it) of an answer returned from a lower stage
+        (``router.shadow``); with a traffic log, its label is logged as a row of its own when it is done (the
+        request's row leaves that answer unlabelled). A streamed answer is checked as a whole one is, once its stream
+        has ended whole; one that did not end has no answer to check."""
         final = result.final_stage
-        rate = self.shadow.draw(final, self.untrained)
-        if api.name != "chat" or result.response is None or not rate:
-            return
         visit = result.final_visit
         if visit is None or visit.choice is None or visit.invalid is not None:
             return

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+from starlette.responses import StreamingResponse
 
 from common.errors import parse_chat_request
 from common.settings import ShadowConfig
@@ -114,3 +115,25 @@ async def test_an_untrained_predictor_checks_at_its_own_rate_and_weighs_its_labe
             await _settled(lambda: r.client.get("/health"), "running", 0)
     weights = {row["stages"][0]["weight"] for row in map(orjson.loads, log.read_text().splitlines()) if "weight" in row["stages"][0]}
     assert weights == {2.0}
+
+
+async def test_a_streamed_answer_from_a_lower_stage_is_checked_once_its_stream_has_ended(tmp_path: Path) -> None:
+    """A tenant capped below the top stage gets that stage's answer streamed: the check is drawn before the stream goes
+    out (so the router reads it whole), and runs on the answer put together once the stream has ended."""
+    log = tmp_path / "traffic.jsonl"
+    settings = make_settings(dialect="vllm", shadow={"rate": 1.0}, predictor={"log_path": str(log)})
+    serving = chat_serving(settings, p0=STOP)
+    req = parse_chat_request(orjson.dumps({"model": "cascade", "messages": PROMPT, "temperature": 0, "stream": True}))
+    response, outcome = await serving.create(req, {}, TenantLimits(10.0, max_stage=0))
+    assert outcome.stage == "s0" and serving.engine.shadow.health()["running"] == 0  # nothing yet: the stream is still out
+    assert isinstance(response, StreamingResponse)
+    _ = [chunk async for chunk in response.body_iterator]
+    for _ in range(200):
+        if serving.engine.shadow.health()["checked"]:
+            break
+        await asyncio.sleep(0.01)
+    (scored,) = serving.engine.stages[1].calls  # type: ignore[attr-defined]  # a FakeStage
+    assert scored["messages"][-1] == {"role": "assistant", "content": S0.text} and scored["max_tokens"] == 1
+    shadow_row = [orjson.loads(line) for line in log.read_text().splitlines()][-1]
+    assert shadow_row["stages"][0]["verifier"] == "s1" and shadow_row["stages"][0]["text"] == S0.text
+    await serving.engine.shadow.close()
