@@ -67,7 +67,7 @@ from router.tenants.service import TenantService
 
 log = logging.getLogger("adaptive_sd.router")
 MAX_BODY_BYTES = 64 * 2**20  # a request body above this is refused (413) before it is parsed
-DEFAULT_STREAM_TOKEN_ESTIMATE = 256  # a stream's completion tokens are charged as max_tokens, or this
+DEFAULT_STREAM_TOKEN_ESTIMATE = 256  # a stream whose usage is unknown at its end: its tokens are charged as max_tokens, or this
 
 
 def _json(body: object, status: int = 200) -> Response:
@@ -236,7 +236,8 @@ def create_app(
         return TenantLimits(tenants.lam_for(tenant), s.slo is not None, s.max_stage, s.allowed_models, s.learn)
 
     def account(tenant: Tenant, outcome: RequestOutcome, response: Response, t0: float, stream_tokens: int) -> Response:
-        """Record usage after the response (streams: when the last byte is sent; tokens then estimated)."""
+        """Record usage after the response; a stream's when its last byte is sent, as it came to
+        (``RequestOutcome.settle``), or, where its stage's tokens are not known then, with ``stream_tokens`` for them."""
         if not isinstance(response, StreamingResponse):
             tenants.record(tenant, outcome.tokens, (time.perf_counter() - t0) * 1e3, outcome.cost, outcome.stage)
             return response
@@ -247,7 +248,9 @@ def create_app(
                 async for chunk in body:
                     yield chunk
             finally:
-                tenants.record(tenant, outcome.tokens + stream_tokens, (time.perf_counter() - t0) * 1e3, outcome.cost, outcome.stage)
+                done = outcome.settle() if outcome.settle is not None else outcome
+                tokens, cost = (done.tokens, done.cost) if done is not None else (outcome.tokens + stream_tokens, outcome.cost)
+                tenants.record(tenant, tokens, (time.perf_counter() - t0) * 1e3, cost, outcome.stage)
 
         response.body_iterator = counted()
         return response

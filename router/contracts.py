@@ -153,13 +153,16 @@ class CascadeResult:
         return sum(v.seconds for v in self.visits)
 
     def usage(self) -> TokenUsage:
-        """Tokens of every stage called, before the streamed stage's own (which arrive in its stream)."""
+        """Tokens of every stage called: for a stream before it has ended, the streamed stage's verification calls
+        and kept tokens, not yet what it writes (which arrives in its stream); once it has ended, its visit's usage,
+        which counts them all (``router.draft.merged_usage``)."""
         prompt = completion = 0
         for v in self.visits:
             if v.usage is not None:
                 prompt += v.usage.prompt_tokens
                 completion += v.usage.completion_tokens
-        if self.prefix is not None:  # streamed stage: its scoring calls and the accepted tokens
+        final = self.final_visit
+        if self.prefix is not None and (final is None or final.usage is None):  # the streamed stage's, so far
             prompt += self.prefix.usage.get("prompt_tokens", 0)
             completion += self.prefix.prefix_tokens
         return TokenUsage(prompt, completion)
@@ -180,10 +183,14 @@ class TenantLimits:
 class RequestOutcome:
     """What a served request comes to, for accounting: who answered, tokens used, stage cost spent.
 
-    For a stream, ``tokens`` counts what was known when the response started (earlier stages'); the
-    streamed stage's own tokens are estimated by the caller.
+    For a stream whose stage writes as it goes (the cascade's top stage relayed, a pass-through), ``tokens`` and
+    ``cost`` say what was known when the response started, and ``settle``, called once the stream is over, what it
+    came to (the stage's usage, which its stream says at its end); None where the stream did not say (it broke off,
+    or the client asked for no usage from a pass-through): then the caller adds an estimate. A re-streamed whole
+    answer is known from the start (no ``settle``).
     """
 
     stage: str = "-"
     tokens: int = 0
     cost: float = 0.0
+    settle: Callable[[], RequestOutcome | None] | None = None

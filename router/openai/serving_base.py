@@ -35,6 +35,8 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
+from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
@@ -270,7 +272,8 @@ class OpenAIServing(ABC, Generic[Request]):
         outcome (tokens unknown yet: the stage's request price) is said in ``headers`` (``cost_headers``)."""
         headers["x-cascade-overhead-ms"] = f"{(time.perf_counter() - t0) * 1e3:.3f}"
         REQUESTS_BY_KIND.labels(kind, stage.name).inc()
-        outcome = RequestOutcome(stage.name, 0, self.engine.pricing.prices[self._index[stage.name]].request)
+        price = self.engine.pricing.prices[self._index[stage.name]].request
+        outcome = RequestOutcome(stage.name, 0, price, settle=lambda: None)  # its stream's usage is not read: estimated
         headers.update(self.cost_headers(stage_tokens(()), outcome.cost))
         return StreamingResponse(events, media_type=SSE, headers={**SSE_HEADERS, **headers}), outcome
 
@@ -363,6 +366,8 @@ class OpenAIServing(ABC, Generic[Request]):
         CASCADE_STOPS.labels(final).inc()
         REQUESTS_BY_KIND.labels(kind, final).inc()
         outcome = RequestOutcome(final, result.usage().total_tokens, self.charged(result))
+        if result.events is not None:
+            outcome = replace(outcome, settle=partial(self.settled, result, final))
         if not self.count_cost(result, outcome.cost) and result.events is not None:
             result.ended.append(lambda: self.count_cost(result, self.charged(result)))  # its tokens, once it has ended
         out_headers = self.cascade_headers(result)
@@ -381,6 +386,14 @@ class OpenAIServing(ABC, Generic[Request]):
         if stream:
             return StreamingResponse(rendering.restream(answer), media_type=SSE, headers={**SSE_HEADERS, **out_headers}), outcome
         return Response(rendering.encode(answer), media_type=JSON, headers=out_headers), outcome
+
+    def settled(self, result: CascadeResult, final: str) -> RequestOutcome | None:
+        """A relayed stream's outcome once it is over (``RequestOutcome.settle``): every stage's tokens and charge, the
+        streamed one's from the usage its stream ended with; None where that is unknown."""
+        visit = result.final_visit
+        if visit is None or visit.usage is None:
+            return None
+        return RequestOutcome(final, result.usage().total_tokens, self.charged(result))
 
     def charged(self, result: CascadeResult) -> float:
         """What a cascade run is charged, in ``cascade.cost_unit``: each stage called at its prices on its usage

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
+from starlette.responses import StreamingResponse
 
 from common.errors import APIError, parse_chat_request
 from common.settings import TokenPrices
@@ -164,3 +165,33 @@ async def test_a_stage_called_by_name_is_charged_the_prices_the_cascade_uses() -
         else:
             expected, before = pricing.actual(1, 11, 3), configured.cost(11, 3)
         assert outcome.cost == pytest.approx(expected) and expected != pytest.approx(before)
+
+
+# -- what a tenant is charged for a stream -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dialect", ["openai", "vllm"])
+async def test_a_relayed_stream_settles_at_the_tokens_and_cost_it_came_to(dialect: str) -> None:
+    """The top stage's stream is charged, once it is over, what it wrote (the usage it ended with, the verified prefix
+    and its scoring calls included), not an estimate; before its end, and for a stream that broke off, it is unknown."""
+    serving = chat_serving(make_settings(dialect=dialect), p0=ESCALATE)
+    body = {"model": "cascade", "messages": PROMPT, "temperature": 0, "max_tokens": 200, "stream": True}
+    response, outcome = await serving.create(parse_chat_request(orjson.dumps(body)), {}, TenantLimits(10.0))
+    assert outcome.settle is not None and outcome.settle() is None  # nothing written yet
+    assert isinstance(response, StreamingResponse)
+    _ = [chunk async for chunk in response.body_iterator]
+    settled = outcome.settle()
+    assert settled is not None and settled.stage == "s1"
+    plain = parse_chat_request(orjson.dumps({**body, "stream": False}))
+    whole, known = await chat_serving(make_settings(dialect=dialect), p0=ESCALATE).create(plain, {}, TenantLimits(10.0))
+    assert known.settle is None  # a whole answer is known from the start
+    assert (settled.tokens, settled.cost) == (known.tokens, pytest.approx(known.cost)) and settled.tokens < 200
+    assert settled.tokens == orjson.loads(whole.body)["usage"]["total_tokens"]
+
+
+async def test_a_re_streamed_answer_is_charged_its_tokens_once() -> None:
+    """A lower stage's whole answer re-streamed is known before it goes out: nothing is added for it at its end."""
+    serving = chat_serving(make_settings(), p0=STOP)
+    body = {"model": "cascade", "messages": PROMPT, "max_tokens": 200, "stream": True}
+    _, outcome = await serving.create(parse_chat_request(orjson.dumps(body)), {}, TenantLimits(10.0))
+    assert outcome.stage == "s0" and outcome.settle is None and 0 < outcome.tokens < 200
