@@ -78,6 +78,8 @@ from router.stream_tap import StreamedAnswer, tap
 from router.traffic_log import TrafficLog
 from router.validity import AnswerSpec
 
+HELD_STREAM_SHARE = 0.05  # a stream its client held longer than this share of its time prices the client, not the stage
+
 
 class Route:
     """The stopping policy of one request over the stages it may use, in ladder indices.
@@ -384,7 +386,8 @@ class CascadeEngine:
             usage = answer.usage_after(result.prefix)
             if usage is not None:
                 visit.usage = TokenUsage.of(usage)
-                self._measure(visit.stage, visit.seconds, visit.usage)
+                if answer.held_s <= HELD_STREAM_SHARE * visit.seconds:  # else the client's pace, not the stage's
+                    self._measure(visit.stage, visit.seconds, visit.usage)
             data = answer.response(api.name)  # None where only the usage was read (``_reads_stream``)
             if data is not None:
                 if result.prefix is not None:  # after the verified prefix, as a verified answer's continuation is
@@ -648,8 +651,9 @@ class CascadeEngine:
         for configured prices): its wall time for the tokens it read and wrote, as the stage reported them (a
         verified draft's visit: the verification's prompt tokens, the draft included, and the kept and continued
         tokens), or, for a stage aborted while writing, the tokens it wrote before the abort, or, for a streamed
-        answer, its whole stream (``_streamed``: to its last chunk, so a client that reads slower than the stage writes
-        makes the stage look slower). Failed visits and streams that did not end are not measurements."""
+        answer, its whole stream (``_streamed``: to its last chunk), unless the client held it for more than
+        ``HELD_STREAM_SHARE`` of that time (a client that reads slower than the stage writes would make the stage look
+        slower). Failed visits and streams that did not end are not measurements."""
         self.pricing.observe(stage, seconds, usage.prompt_tokens, usage.completion_tokens)
 
     def _decide(self, route: Route, stage: int, after: int | None, p_hat: float, invalid: str | None) -> int | None:

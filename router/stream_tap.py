@@ -12,7 +12,10 @@ need it:
 * a shadow check of the returned answer (a stream capped below the top stage);
 * the stage's measured prices in seconds (``router.measured_prices``): its usage and its time, without which a
   stage that streams to every client would keep its configured price for good; and the realised cost against the
-  top stage alone (``adaptive_sd_cascade_cost_total``), which counts an answer once its tokens are known.
+  top stage alone (``adaptive_sd_cascade_cost_total``), which counts an answer once its tokens are known. The tap
+  also times how long the consumer held the stream between payloads (``held_s``): a client reading slower than
+  the stage writes fills the buffers between them, and from then on the stream's time is the client's, not the
+  stage's.
 
 ``tap`` passes every payload on unchanged and keeps the pieces (``StreamedAnswer``); when the stream ends, they go
 to a callback, which makes of them the response the stage would have sent without streaming (``response``: chat or
@@ -27,6 +30,7 @@ never verified, so nothing needs it).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +56,7 @@ class StreamedAnswer:
     usage: dict[str, Any] | None = None
     tool_calls: bool = False  # a tool call's deltas: not put together
     whole: bool = True  # False: only the usage is read (``response`` is None)
+    held_s: float = 0.0  # seconds the consumer held the stream between payloads (a slow client's backpressure)
 
     def add(self, payload: bytes) -> None:
         """One SSE payload of the stream; what is not a chunk (a keep-alive, garbage) is passed over."""
@@ -122,7 +127,9 @@ async def tap(events: AsyncIterator[bytes], done: Callable[[StreamedAnswer | Non
         async for payload in events:
             assert answer is not None
             answer.add(payload)
+            handed = time.perf_counter()
             yield payload
+            answer.held_s += time.perf_counter() - handed
     except BaseException:
         answer = None
         raise

@@ -9,6 +9,7 @@ price of a slow fake stage (``FakeStage.delay_s``) moves after its visits when e
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import random
@@ -313,6 +314,11 @@ async def test_what_the_engine_measures_a_verified_draft_an_aborted_stage_and_no
     await anext(events)
     await events.aclose()  # type: ignore[attr-defined]
     assert len(seen) == 1 and left.visits[1].usage is None  # a stream the client left is no measurement
+    slow = await engine.run(request(stream=True), CHAT_DIALECT)
+    assert slow.events is not None
+    async for _ in slow.events:  # read to its end, at a client's pace slower than the stage's
+        await asyncio.sleep(0.02)
+    assert slow.visits[1].usage is not None and len(seen) == 1  # its usage is known, its time is the client's
 
     # early exit: stage 0 aborted after 4 of its 30 tokens
     seen.clear()

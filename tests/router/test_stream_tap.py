@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -140,3 +141,23 @@ async def test_a_failing_callback_never_breaks_the_stream(caplog: pytest.LogCapt
 
     assert [p async for p in tap(source(STREAM), broken)] == STREAM
     assert "keeping a streamed answer failed" in caplog.text
+
+
+async def test_the_time_a_consumer_holds_the_stream_is_told_apart() -> None:
+    """``held_s``: the seconds the consumer kept the tap waiting between payloads (a slow client), not the stage."""
+    got: list[StreamedAnswer | None] = []
+
+    async def stage() -> AsyncIterator[bytes]:
+        for payload in (
+            b'{"choices": [{"index": 0, "delta": {"content": "a"}}]}',
+            b'{"choices": [{"index": 0, "delta": {"content": "b"}}]}',
+        ):
+            yield payload
+
+    async for _ in tap(stage(), got.append):
+        await asyncio.sleep(0.05)
+    (answer,) = got
+    assert answer is not None and 0.09 < answer.held_s < 1.0
+    got.clear()
+    _ = [p async for p in tap(stage(), got.append)]
+    assert got[0] is not None and got[0].held_s < 0.05
