@@ -251,6 +251,13 @@ def _gate(s: Setup, served: BatchPredictor, candidate_fit: Callable[[Sequence[La
     return cand if _log_loss(y, cand.predict_batch(x)) < _log_loss(y, served.predict_batch(x)) else None
 
 
+def halves(idx: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A family's tasks (``idx``) shuffled: the first half is the stream (in its order), the second the test (sorted)."""
+    order = idx[rng.permutation(len(idx))]
+    half = len(order) // 2
+    return order[:half], np.sort(order[half:])
+
+
 def family_run(s: Setup, family: str, fitter: Fitter, rate: float, retrain_every: int, seed: int, gate: bool = False,
                gate_min_eval: int = 5, explore: float = 0.0, tour: float = 0.0) -> dict[str, Any]:  # fmt: skip
     """One family replayed (module docstring); the JSON-ready record, with the labels gathered.
@@ -266,9 +273,7 @@ def family_run(s: Setup, family: str, fitter: Fitter, rate: float, retrain_every
     t0 = time.perf_counter()
     idx = np.flatnonzero(s.full.family == family)
     rng = np.random.default_rng([seed, zlib.crc32(family.encode())])
-    order = idx[rng.permutation(len(idx))]
-    half = len(order) // 2
-    stream, test = order[:half], np.sort(order[half:])
+    stream, test = halves(idx, rng)
     n = s.full.n_stages
 
     def fit(labels: Sequence[Label]) -> BatchPredictor:
