@@ -66,6 +66,18 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
+def finished_rows(path: Path) -> list[dict[str, Any]]:
+    """A resumable benchmark's rows so far (JSONL; none when the file is missing): a line cut by a crash is left out,
+    so that what it recorded runs again."""
+    rows: list[dict[str, Any]] = []
+    for line in path.read_text().splitlines() if path.exists() else ():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 def emit(result: dict[str, object], out: str | Path) -> None:
     """Print the figures as JSON and keep them in ``out``."""
     text = json.dumps(result, indent=2)

@@ -64,7 +64,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._procs import CLOCK_TICKS, RESULTS, ROOT, cpu_seconds
+from bench._procs import CLOCK_TICKS, RESULTS, ROOT, cpu_seconds, finished_rows
 from common.settings import LlamaCppLaunch, Settings, load_settings
 from training import dataset
 from training.collect import SEED
@@ -335,14 +335,21 @@ def summarise(rows: list[dict[str, Any]], settings: Settings, lam: float, skippe
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def router_args(doc: str | None) -> argparse.ArgumentParser:
+    """The options of a benchmark that sends the test tasks to a running router (or starts one): which router, which
+    tasks."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=None, help="the router's config (default: $ADAPTIVE_SD_CONFIG or configs/cpu.yaml)")
     ap.add_argument("--url", default=None, help="the router's base URL (default: the config's server.host:port)")
     ap.add_argument("--start", action="store_true", help="start `adaptive-sd up` with --config, stop it at the end")
     ap.add_argument("--startup-timeout", type=float, default=900)
     ap.add_argument("--data", default=str(ROOT / "data" / "cpu" / "collect.jsonl"))
     ap.add_argument("--limit", type=int, default=None, help="at most this many test tasks")
+    return ap
+
+
+def main() -> None:
+    ap = router_args(__doc__)
     ap.add_argument("--seed", type=int, default=0, help="the shuffle of the tasks")
     ap.add_argument("--lambda", dest="lam", type=float, default=None, help="the cascade's λ (default: the config's)")
     ap.add_argument("--label", default="shipped", help="the name of this run in --out")
@@ -367,15 +374,10 @@ def main() -> None:
     out = Path(args.out)
     rows_path = Path(args.rows) if args.rows else out.with_name(f"{out.stem}.{args.label}.jsonl")
     done: dict[tuple[str, str], dict[str, Any]] = {}
-    if rows_path.exists():
-        for line in rows_path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash: that request runs again
-            noisy = r.get("foreign_cpu_s", 0.0) + r.get("foreign_niced_cpu_s", 0.0) >= QUIET * r["seconds"]
-            if r.get("lambda") == lam and r.get("seed") == args.seed and not (args.redo_noisy and noisy):
-                done[(r["task"], r["arm"])] = r
+    for r in finished_rows(rows_path):
+        noisy = r.get("foreign_cpu_s", 0.0) + r.get("foreign_niced_cpu_s", 0.0) >= QUIET * r["seconds"]
+        if r.get("lambda") == lam and r.get("seed") == args.seed and not (args.redo_noisy and noisy):
+            done[(r["task"], r["arm"])] = r
     print(f"{len(tasks)} test tasks ({skipped_open} without a checker left out), λ={lam}, top={top}, "
           f"threads={thread_layout(settings)}; {len(done)} requests already in {rows_path}", file=sys.stderr, flush=True)  # fmt: skip
 

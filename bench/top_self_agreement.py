@@ -26,7 +26,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -36,8 +35,8 @@ import httpx
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._procs import RESULTS, ROOT, emit
-from bench.live_vs_top import FLUSH, config_name, start_up, stop_up, test_tasks
+from bench._procs import RESULTS, emit, finished_rows
+from bench.live_vs_top import FLUSH, config_name, router_args, start_up, stop_up, test_tasks
 from common.settings import load_settings
 from training.collect import SEED
 from training.tasks import Task
@@ -72,14 +71,8 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=None, help="the router's config (default: $ADAPTIVE_SD_CONFIG or configs/cpu.yaml)")
-    ap.add_argument("--url", default=None, help="the router's base URL (default: the config's server.host:port)")
-    ap.add_argument("--start", action="store_true", help="start `adaptive-sd up` with --config, stop it at the end")
-    ap.add_argument("--startup-timeout", type=float, default=900)
+    ap = router_args(__doc__)
     ap.add_argument("--stage", default=None, help="the stage to ask (default: the top one)")
-    ap.add_argument("--data", default=str(ROOT / "data" / "cpu" / "collect.jsonl"))
-    ap.add_argument("--limit", type=int, default=None, help="at most this many test tasks")
     ap.add_argument("--out", default=str(RESULTS / "top_self_agreement.json"))
     ap.add_argument("--rows", default=None, help="JSONL of finished tasks, for resuming (default: --out's stem + .jsonl)")
     args = ap.parse_args()
@@ -91,15 +84,7 @@ def main() -> None:
     tasks = tasks[: args.limit]
     out = Path(args.out)
     rows_path = Path(args.rows) if args.rows else out.with_suffix(".jsonl")
-    done: dict[str, dict[str, Any]] = {}
-    if rows_path.exists():
-        for line in rows_path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash: that task runs again
-            if row.get("model") == model:
-                done[row["task"]] = row
+    done = {row["task"]: row for row in finished_rows(rows_path) if row.get("model") == model}
     proc = start_up(args.config, rows_path.with_suffix(".up.log"), args.startup_timeout, base + "/health") if args.start else None
     try:
         with httpx.Client(base_url=base, timeout=900) as client, rows_path.open("a") as f:
