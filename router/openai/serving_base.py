@@ -111,6 +111,27 @@ class Addressed(CascadeKnobs, Protocol):
 Request = TypeVar("Request", bound=Addressed)  # what an API's serving class serves
 
 
+class StreamUsage:
+    """The usage a pass-through stream reported (its chunk with ``usage``: chat and completions when the client asked
+    ``stream_options.include_usage``, a Responses stream always), read on its way, for the tenant's accounting."""
+
+    __slots__ = ("usage",)
+
+    def __init__(self) -> None:
+        self.usage: dict[str, Any] | None = None
+
+    def chunk(self, chunk: object) -> None:
+        if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+
+    def payload(self, data: bytes) -> None:
+        """One event's data; what is not a JSON chunk (``[DONE]``, garbage) is passed over."""
+        try:
+            self.chunk(orjson.loads(data))
+        except orjson.JSONDecodeError:
+            return
+
+
 class Rendering(Protocol[Answer]):
     """How one API answers from the cascade's result, for ``OpenAIServing.respond``: one made per request, holding it.
 
@@ -236,8 +257,9 @@ class OpenAIServing(ABC, Generic[Request]):
         for the response (``RequestOutcome.cost``), in the unit named by ``x-cascade-cost-unit`` (``cascade.cost_unit``).
 
         Headers go out before a stream's body, so a stream's say what was known then: a streamed stage (the cascade's
-        top stage relayed, a pass-through stream) is not in ``x-cascade-tokens`` and is charged its per-request price,
-        as the accounting charges it; its tokens arrive in the stream's usage (chat and completions with
+        top stage relayed, a pass-through stream) is not in ``x-cascade-tokens`` and is counted at its per-request
+        price (the tenant's accounting settles at the stream's end: ``RequestOutcome.settle``); its tokens arrive in
+        the stream's usage (chat and completions with
         ``stream_options.include_usage``, Responses always), which sums every stage, so they are that usage less
         ``x-cascade-tokens``'s sums.
         """
@@ -266,27 +288,36 @@ class OpenAIServing(ABC, Generic[Request]):
         return outcome
 
     def stream_response(
-        self, stage: Stage, kind: str, events: AsyncIterator[bytes], headers: dict[str, str], t0: float
+        self, stage: Stage, kind: str, events: AsyncIterator[bytes], headers: dict[str, str], t0: float, seen: StreamUsage
     ) -> tuple[Response, RequestOutcome]:
         """A pass-through's stream is starting: count it, say the router's overhead so far, and send ``events``. Its
-        outcome (tokens unknown yet: the stage's request price) is said in ``headers`` (``cost_headers``)."""
+        outcome (tokens unknown yet: the stage's request price) is said in ``headers`` (``cost_headers``); once the
+        stream is over, it settles at the usage the stream reported (``seen``; None where it reported none)."""
         headers["x-cascade-overhead-ms"] = f"{(time.perf_counter() - t0) * 1e3:.3f}"
         REQUESTS_BY_KIND.labels(kind, stage.name).inc()
         price = self.engine.pricing.prices[self._index[stage.name]].request
-        outcome = RequestOutcome(stage.name, 0, price, settle=lambda: None)  # its stream's usage is not read: estimated
+
+        def settle() -> RequestOutcome | None:
+            return None if seen.usage is None else self.direct_outcome(stage, TokenUsage.of(seen.usage))
+
+        outcome = RequestOutcome(stage.name, 0, price, settle=settle)
         headers.update(self.cost_headers(stage_tokens(()), outcome.cost))
         return StreamingResponse(events, media_type=SSE, headers={**SSE_HEADERS, **headers}), outcome
 
     @staticmethod
-    async def relay(blocks: AsyncIterator[bytes], client: Stage) -> AsyncIterator[bytes]:
+    async def relay(blocks: AsyncIterator[bytes], client: Stage, seen: StreamUsage) -> AsyncIterator[bytes]:
         """A pass-through's stream: whole SSE blocks forwarded as they came (``[DONE]`` included), the model renamed
-        if it differs; a stage failure is the last event, and ``[DONE]`` is sent if the stage did not send it."""
+        if it differs, the usage ``seen`` on its way; a stage failure is the last event, and ``[DONE]`` is sent if the
+        stage did not send it."""
         upstream = f'"model":"{client.config.model}"'.encode()
         public = f'"model":"{client.name}"'.encode()
         done = False
         try:
             async for block in blocks:
                 done = done or (DONE in block and DONE in event_data(block))  # `data:[DONE]` too: a space is optional
+                if b'"usage"' in block:
+                    for data in event_data(block):
+                        seen.payload(data)
                 yield block.replace(upstream, public) if upstream != public else block
         except StageFailure as exc:
             yield error_event(exc)

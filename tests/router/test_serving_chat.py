@@ -16,9 +16,13 @@ import orjson
 import pytest
 from starlette.responses import StreamingResponse
 
+from common.completions_protocol import parse_completion_request
 from common.errors import APIError, parse_chat_request
+from common.responses_protocol import parse_responses_request
 from common.settings import TokenPrices
-from router.contracts import TenantLimits
+from router.contracts import RequestOutcome, TenantLimits
+from router.openai.completions.serving import CompletionServing
+from router.openai.responses.serving import ResponsesServing
 from router.tenants.model import TenantSettings, hash_key
 from router.tenants.redis_store import RedisStore
 from tests.conftest import RedisServer
@@ -195,3 +199,32 @@ async def test_a_re_streamed_answer_is_charged_its_tokens_once() -> None:
     body = {"model": "cascade", "messages": PROMPT, "max_tokens": 200, "stream": True}
     _, outcome = await serving.create(parse_chat_request(orjson.dumps(body)), {}, TenantLimits(10.0))
     assert outcome.stage == "s0" and outcome.settle is None and 0 < outcome.tokens < 200
+
+
+async def _settled_pass_through(serving: Any, req: Any) -> tuple[RequestOutcome, RequestOutcome | None]:
+    response, outcome = await serving.create(req, {}, TenantLimits(10.0))
+    assert isinstance(response, StreamingResponse) and outcome.settle is not None and outcome.settle() is None
+    _ = [chunk async for chunk in response.body_iterator]
+    return outcome, outcome.settle()
+
+
+async def test_a_stage_called_by_name_settles_its_stream_at_the_usage_it_reported() -> None:
+    """A pass-through stream is charged the usage the stage reported at its end, at the stage's prices: chat and
+    completions where the client asked for it (else the caller's estimate stands), a Responses stream always."""
+    settings = make_settings()
+    serving = chat_serving(settings)
+    body = {"model": "s1", "messages": PROMPT, "max_tokens": 200, "stream": True}
+    _, settled = await _settled_pass_through(serving, parse_chat_request(orjson.dumps({**body, "stream_options": {"include_usage": True}})))
+    _, whole = await serving.create(parse_chat_request(orjson.dumps({**body, "stream": False})), {}, TenantLimits(10.0))
+    assert settled is not None and (settled.stage, settled.tokens) == ("s1", whole.tokens) and settled.cost == pytest.approx(whole.cost)
+    _, unknown = await _settled_pass_through(serving, parse_chat_request(orjson.dumps(body)))
+    assert unknown is None  # no usage asked for, none reported: estimated
+    completions = CompletionServing(settings, list(serving.stages.values()), serving.engine)
+    text = {"model": "s1", "prompt": "2 + 2 =", "max_tokens": 200, "stream": True, "stream_options": {"include_usage": True}}
+    _, done = await _settled_pass_through(completions, parse_completion_request(orjson.dumps(text)))
+    assert done is not None and done.stage == "s1" and 0 < done.tokens < 200
+    responses = ResponsesServing(settings, list(serving.stages.values()), serving.engine)
+    _, answered = await _settled_pass_through(
+        responses, parse_responses_request(orjson.dumps({"model": "s1", "input": "2 + 2?", "stream": True}))
+    )
+    assert answered is not None and answered.stage == "s1" and answered.tokens > 0

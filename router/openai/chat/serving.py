@@ -46,6 +46,7 @@ from router.openai.serving_base import (
     PASSTHROUGH_EXCLUDE,
     OpenAIServing,
     RenderingBase,
+    StreamUsage,
     error_event,
     sse,
 )
@@ -86,7 +87,8 @@ class ChatServing(OpenAIServing[ChatCompletionRequest]):
         try:
             if req.stream:
                 events = await stage.stream(body, raw=True)
-                return self.stream_response(stage, spec.kind, self.relay(events, stage), headers, t0)
+                seen = StreamUsage()
+                return self.stream_response(stage, spec.kind, self.relay(events, stage, seen), headers, t0, seen)
             data, seconds = await stage.chat(body)
         except StageFailure:
             STAGE_CALLS.labels(stage.name, "error").inc()

@@ -50,6 +50,7 @@ from router.openai.serving_base import (
     PASSTHROUGH_EXCLUDE,
     OpenAIServing,
     RenderingBase,
+    StreamUsage,
     error_event,
     sse,
 )
@@ -87,7 +88,8 @@ class CompletionServing(OpenAIServing[CompletionRequest]):
             target = completions_stage(stage)
             if req.stream:
                 blocks = await target.complete_stream(body, raw=True)
-                return self.stream_response(stage, _KIND, self.relay(blocks, stage), headers, t0)
+                seen = StreamUsage()
+                return self.stream_response(stage, _KIND, self.relay(blocks, stage, seen), headers, t0, seen)
             reply = await target.complete(body)
         except StageNoCompletions as exc:
             STAGE_CALLS.labels(stage.name, "error").inc()
