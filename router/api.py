@@ -248,7 +248,11 @@ def create_app(
                 async for chunk in body:
                     yield chunk
             finally:
-                done = outcome.settle() if outcome.settle is not None else outcome
+                try:
+                    done = outcome.settle() if outcome.settle is not None else outcome
+                except Exception:  # the response has gone out: its accounting falls back to the estimate
+                    log.exception("settling a stream's usage failed")
+                    done = None
                 tokens, cost = (done.tokens, done.cost) if done is not None else (outcome.tokens + stream_tokens, outcome.cost)
                 tenants.record(tenant, tokens, (time.perf_counter() - t0) * 1e3, cost, outcome.stage)
 

@@ -78,7 +78,7 @@ from router.stream_tap import StreamedAnswer, tap
 from router.traffic_log import TrafficLog
 from router.validity import AnswerSpec
 
-HELD_STREAM_SHARE = 0.05  # a stream its client held longer than this share of its time prices the client, not the stage
+HELD_STREAM_SHARE = 0.05  # a stream its client held longer than this share of its streaming time prices the client, not the stage
 
 
 class Route:
@@ -382,11 +382,12 @@ class CascadeEngine:
         cost). A stream that did not end leaves the visit as it was: no answer of its own."""
         visit = result.final_visit
         if visit is not None and answer is not None:
-            visit.seconds += time.perf_counter() - opened
+            streamed = time.perf_counter() - opened
+            visit.seconds += streamed
             usage = answer.usage_after(result.prefix)
             if usage is not None:
                 visit.usage = TokenUsage.of(usage)
-                if answer.held_s <= HELD_STREAM_SHARE * visit.seconds:  # else the client's pace, not the stage's
+                if answer.held_s <= HELD_STREAM_SHARE * streamed:  # else the client's pace, not the stage's
                     self._measure(visit.stage, visit.seconds, visit.usage)
             data = answer.response(api.name)  # None where only the usage was read (``_reads_stream``)
             if data is not None:
@@ -406,7 +407,8 @@ class CascadeEngine:
         has ended whole; one that did not end has no answer to check."""
         final = result.final_stage
         visit = result.final_visit
-        if visit is None or visit.choice is None or visit.invalid is not None:
+        if visit is None or visit.choice is None or visit.invalid is not None:  # no whole valid answer to check
+            self.shadow.skip(final, "unverifiable")
             return
         traffic, on_label = self.traffic, None
         if traffic is not None:

@@ -99,6 +99,11 @@ class ShadowChecks:
         if on_label is not None:
             on_label(label)
 
+    def skip(self, stage: int, outcome: Outcome) -> None:
+        """A check drawn for an answer of ``stage`` that does not run: counted, so that the labels lost show (a stream
+        that did not end, or an answer that broke the request's rules, has no whole answer to check: ``unverifiable``)."""
+        self._count(self.stages[stage + 1], outcome)
+
     def _count(self, verifier: Stage, outcome: Outcome) -> bool:
         self.counts[outcome] += 1
         SHADOW_CHECKS.labels(verifier.name, outcome).inc()

@@ -42,6 +42,7 @@ from router.draft import DraftCheck, merged_usage
 __all__ = ["StreamedAnswer", "tap"]
 
 log = logging.getLogger(__name__)
+HELD_FLOOR_S = 0.001  # a payload held longer than this: the consumer waited (relaying a payload takes ~0.1 ms)
 
 
 @dataclass(slots=True)
@@ -56,7 +57,7 @@ class StreamedAnswer:
     usage: dict[str, Any] | None = None
     tool_calls: bool = False  # a tool call's deltas: not put together
     whole: bool = True  # False: only the usage is read (``response`` is None)
-    held_s: float = 0.0  # seconds the consumer held the stream between payloads (a slow client's backpressure)
+    held_s: float = 0.0  # seconds the consumer held the stream between payloads, over HELD_FLOOR_S each (backpressure)
 
     def add(self, payload: bytes) -> None:
         """One SSE payload of the stream; what is not a chunk (a keep-alive, garbage) is passed over."""
@@ -129,7 +130,9 @@ async def tap(events: AsyncIterator[bytes], done: Callable[[StreamedAnswer | Non
             answer.add(payload)
             handed = time.perf_counter()
             yield payload
-            answer.held_s += time.perf_counter() - handed
+            held = time.perf_counter() - handed
+            if held > HELD_FLOOR_S:  # the consumer's send waited (below it: the router's own work on the payload)
+                answer.held_s += held
     except BaseException:
         answer = None
         raise

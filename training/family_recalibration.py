@@ -12,8 +12,9 @@ ceiling, so that a negative answer is final:
 2. every lower stage's answer of **every** stream task is labelled by the **exact checker** (what no production
    label stream has: it needs a checker and a tour of every request);
 3. for each lower stage j, a logit offset ``b`` (MAP, a unit Gaussian prior on it) is fitted to those labels for
-   each of M0's beliefs about j: the answer model's p̂, the prompt-only prior, and the belief about j after each
-   stage below it answered; the offsets are added to M0's beliefs on the test half;
+   each of M0's beliefs about j: the answer model's p̂, the prompt-only prior, the belief about j after each
+   stage below it answered, and early exit's belief at each checkpoint; the offsets are added to M0's beliefs
+   on the test half;
 4. the test half is replayed through the router's rule (``replay.cascade``) over a sweep of λ, with M0's beliefs
    (the static leave-one-family-out figure) and with the recalibrated ones: quality against the top stage (points)
    and compute against the top stage, pooled over the families.
@@ -70,13 +71,17 @@ def offset(y: np.ndarray, p: np.ndarray) -> float:
 def recalibrated(stream: Beliefs, y: np.ndarray, test: Beliefs) -> Beliefs:
     """``test`` with every belief about a lower stage j shifted by the offset that fits it to ``y[:, j]`` on ``stream``."""
     n = y.shape[1]
-    p_hat, priors, after = test.p_hat.copy(), test.priors.copy(), test.after.copy()
+    p_hat, priors, after, prefix_q = test.p_hat.copy(), test.priors.copy(), test.after.copy(), test.prefix_q.copy()
     for j in range(n - 1):
         p_hat[:, j] = _sigmoid(_logit(p_hat[:, j]) + offset(y[:, j], stream.p_hat[:, j]))
         priors[:, j] = _sigmoid(_logit(priors[:, j]) + offset(y[:, j], stream.priors[:, j]))
         for i in range(j):
             after[:, i, j] = _sigmoid(_logit(after[:, i, j]) + offset(y[:, j], stream.after[:, i, j]))
-    return Beliefs(priors, p_hat, after, test.prefix_q, test.strengths, test.rule_cost, test.to_finish, test.evidence)
+        for k in range(prefix_q.shape[2]):  # early exit's beliefs at each checkpoint, where the answer reached it
+            seen = ~np.isnan(stream.prefix_q[:, j, k])
+            b = offset(y[seen, j], stream.prefix_q[seen, j, k])
+            prefix_q[:, j, k] = _sigmoid(_logit(prefix_q[:, j, k]) + b)  # NaN (no prefix there) stays NaN
+    return Beliefs(priors, p_hat, after, prefix_q, test.strengths, test.rule_cost, test.to_finish, test.evidence)
 
 
 def family(s: Setup, name: str, seed: int, lams: Sequence[float]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ alone: as the error response, or as the last event of a stream already started.
 from __future__ import annotations
 
 import math
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -109,6 +110,9 @@ class Addressed(CascadeKnobs, Protocol):
 
 
 Request = TypeVar("Request", bound=Addressed)  # what an API's serving class serves
+
+
+_NULL_USAGE = re.compile(rb'"usage"\s*:\s*null')
 
 
 class StreamUsage:
@@ -315,7 +319,7 @@ class OpenAIServing(ABC, Generic[Request]):
         try:
             async for block in blocks:
                 done = done or (DONE in block and DONE in event_data(block))  # `data:[DONE]` too: a space is optional
-                if b'"usage"' in block:
+                if b'"usage"' in block and not _NULL_USAGE.search(block):  # OpenAI sends "usage": null in every chunk
                     for data in event_data(block):
                         seen.payload(data)
                 yield block.replace(upstream, public) if upstream != public else block

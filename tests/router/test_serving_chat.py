@@ -25,6 +25,7 @@ from router.openai.completions.serving import CompletionServing
 from router.openai.responses.serving import ResponsesServing
 from router.tenants.model import TenantSettings, hash_key
 from router.tenants.redis_store import RedisStore
+from router.tenants.service import TenantService
 from tests.conftest import RedisServer
 from tests.router.inprocess import ESCALATE, PROMPT, S0, S1, STOP, chat_serving, events, make_settings, serve, streamed_text
 
@@ -228,3 +229,26 @@ async def test_a_stage_called_by_name_settles_its_stream_at_the_usage_it_reporte
         responses, parse_responses_request(orjson.dumps({"model": "s1", "input": "2 + 2?", "stream": True}))
     )
     assert answered is not None and answered.stage == "s1" and answered.tokens > 0
+
+
+async def test_a_tenant_is_recorded_what_each_kind_of_stream_came_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the app, what the tenant's accounting records once a stream is over: a relayed top stage and a stage
+    called by name with ``include_usage`` at the usage their streams ended with, a re-streamed whole answer at its
+    tokens (nothing added), a stage called by name without usage at ``max_tokens`` (the estimate)."""
+    recorded: list[int] = []
+
+    def record(self: TenantService, tenant: Any, tokens: int, latency_ms: float, cost: float, stage: str) -> None:
+        recorded.append(tokens)
+
+    monkeypatch.setattr(TenantService, "record", record)
+    usage = {"stream_options": {"include_usage": True}}
+    for p0, model, extra in ((ESCALATE, "cascade", usage), (STOP, "cascade", {}), (ESCALATE, "s1", usage), (ESCALATE, "s1", {})):
+        async with serve(p0, make_settings()) as r:
+            resp = await r.client.post(
+                "/v1/chat/completions", json={"model": model, "messages": PROMPT, "max_tokens": 200, "stream": True, **extra}
+            )
+            assert resp.status_code == 200
+            whole = await r.client.post("/v1/chat/completions", json={"model": model, "messages": PROMPT, "max_tokens": 200})
+        streamed, known = recorded[-2:]
+        expected = 200 if model == "s1" and not extra else whole.json()["usage"]["total_tokens"]
+        assert streamed == expected and known == whole.json()["usage"]["total_tokens"], (p0, model, extra)
