@@ -65,15 +65,26 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flag(field: str) -> str:
+    """A ``QualityTarget`` field as ``calibrate``'s option names it."""
+    return "--" + field.replace("_", "-")
+
+
 def _calibrate(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from common.settings import QualityTarget
     from training import calibrate
 
-    given = [x is not None for x in (args.keep, args.within_points, args.top_share)]
-    if sum(given) != 1:
-        print("error: give exactly one target: --keep, --within-points or --top-share", file=sys.stderr)
-        return 2
-    if args.confidence is not None and (args.top_share is not None or not 0.5 <= args.confidence < 1):
-        print("error: --confidence is a probability in [0.5, 1) and applies to --keep or --within-points", file=sys.stderr)
+    try:  # the rules a target follows wherever it is set (a config's default_target, a tenant's target): one definition
+        QualityTarget(keep=args.keep, within_points=args.within_points, top_share=args.top_share, confidence=args.confidence)
+    except ValidationError as exc:
+        for err in exc.errors():
+            where = f"{_flag(str(err['loc'][0]))}: " if err["loc"] else ""
+            message = str(err["msg"]).removeprefix("Value error, ")
+            for field in ("within_points", "top_share", "confidence", "keep"):
+                message = message.replace(field, _flag(field))
+            print(f"error: {where}{message}", file=sys.stderr)
         return 2
     target = calibrate.Target(args.keep, args.within_points, args.top_share, args.confidence)
     cal, row = calibrate.run(Path(args.data), Path(args.model), target, args.config, write=not args.dry_run)

@@ -66,12 +66,13 @@ def test_the_shipped_default_lambda_is_its_tables_for_the_default_target() -> No
 
 def test_the_cli_needs_exactly_one_target(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["calibrate", "--keep", "0.9", "--top-share", "0.5", "--dry-run"]) == 2
-    assert "exactly one target" in capsys.readouterr().err
+    assert "exactly one of --keep, --within-points, --top-share" in capsys.readouterr().err
     assert main(["calibrate", "--within-points", "2", "--dry-run", "--data", str(DATA), "--model", str(MODEL)]) == 0
     assert "λ =" in capsys.readouterr().out
     assert main(["calibrate", "--top-share", "0.5", "--confidence", "0.8", "--dry-run"]) == 2
     assert "--confidence" in capsys.readouterr().err
     assert main(["calibrate", "--within-points", "1", "--confidence", "0.3", "--dry-run"]) == 2
+    assert "--confidence: Input should be greater than or equal to 0.5" in capsys.readouterr().err
     assert main(["calibrate", "--within-points", "1", "--confidence", "0.8", "--dry-run", "--data", str(DATA), "--model", str(MODEL)]) == 0
     assert "with 80% confidence: λ =" in capsys.readouterr().out
 
