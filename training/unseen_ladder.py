@@ -36,7 +36,7 @@ Differences from a live run (stated in the JSON): verification agreement with a 
 the collected texts (``reuse.replay``); a shadow check's draft tokens are the answering stage's; the collection
 has no tool-call or JSON tasks (no validity labels).
 
-Usage: ``python -m training.unseen_ladder [--config configs/cpu-learn.yaml] [--learn-every 50] [--orders 6]``
+Usage: ``python -m training.unseen_ladder [--config configs/cpu-learn.yaml] [--learn-every 50] [--orders 6] [--shadow 0.3]``
 (bench/results/unseen_ladder.json and .png; with ``--orders`` the JSON's ``orders`` has where the same replay ended with
 the traffic in other orders, and the medians: ``across_orders``).
 """
@@ -155,8 +155,10 @@ def _log_loss(model: BatchPredictor, x: np.ndarray, y: np.ndarray) -> float:
 def run(data_path: Path = Path("data/cpu/collect.jsonl"), config: Path = CONFIG, shipped: Path = SHIPPED,
         learn_every: int = 50, seed: int = 0, out_json: Path | None = OUT_JSON, out_png: Path | None = OUT_PNG,
         progress: bool = True, limit: int | None = None, tour: float | None = None, tour_untrained: float | None = None,
-        lambdas: Sequence[float] = LAMBDAS, cost_margin: float = learn.DEFAULT_COST_MARGIN) -> dict[str, Any]:  # fmt: skip
-    """The whole replay (module docstring); the JSON-ready result."""
+        lambdas: Sequence[float] = LAMBDAS, cost_margin: float = learn.DEFAULT_COST_MARGIN,
+        shadow_rate: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """The whole replay (module docstring); the JSON-ready result. ``tour``, ``tour_untrained`` and ``shadow_rate``
+    stand in for the config's ``cascade.explore`` rates and ``cascade.shadow.rate`` (None: the config's)."""
     from tqdm import tqdm
 
     from training import train
@@ -172,6 +174,8 @@ def run(data_path: Path = Path("data/cpu/collect.jsonl"), config: Path = CONFIG,
     traffic = traffic[rng.permutation(len(traffic))][:limit]
     test = np.flatnonzero(s.full.split == "test")
     shadow = s.settings.cascade.shadow
+    if shadow_rate is not None:
+        shadow = shadow.model_copy(update={"rate": shadow_rate})
     untrained_rate = shadow.rate if shadow.untrained_rate is None else shadow.untrained_rate
     scale = s.settings.cascade.untrained_lambda_scale
     explore = s.settings.cascade.explore
@@ -407,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tour", type=float, default=None, help="cascade.explore.rate (default: the config's)")
     ap.add_argument("--tour-untrained", type=float, default=None, help="cascade.explore.untrained_rate (default: the config's)")
+    ap.add_argument("--shadow", type=float, default=None, help="cascade.shadow.rate (default: the config's)")
     ap.add_argument("--limit", type=int, default=None, help="at most this many traffic requests")
     ap.add_argument("--cost-margin", type=float, default=learn.DEFAULT_COST_MARGIN, help="the learner's --cost-margin")
     ap.add_argument("--orders", type=int, default=1, help="replay the traffic in this many orders (seeds from --seed on)")
@@ -414,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--png", type=Path, default=OUT_PNG)
     a = ap.parse_args(argv)
     kw: dict[str, Any] = dict(data_path=a.data, config=a.config, shipped=a.shipped, learn_every=a.learn_every, limit=a.limit,
-                              tour=a.tour, tour_untrained=a.tour_untrained, cost_margin=a.cost_margin)  # fmt: skip
+                              tour=a.tour, tour_untrained=a.tour_untrained, cost_margin=a.cost_margin, shadow_rate=a.shadow)  # fmt: skip
     res = run(**kw, seed=a.seed, out_json=None if a.orders > 1 else a.out, out_png=a.png)
     if a.orders > 1:  # the JSON once, with where every order ended
         res["orders"] = across_orders(res, range(a.seed + 1, a.seed + a.orders), **kw)
