@@ -30,6 +30,7 @@ never verified, so nothing needs it).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -39,9 +40,10 @@ import orjson
 
 from router.draft import DraftCheck, merged_usage
 
-__all__ = ["StreamedAnswer", "tap"]
+__all__ = ["NULL_USAGE", "StreamedAnswer", "tap"]
 
 log = logging.getLogger(__name__)
+NULL_USAGE = re.compile(rb'"usage"\s*:\s*null')  # a chunk that carries no usage after all
 HELD_FLOOR_S = 0.001  # a payload held longer than this: the consumer waited (relaying a payload takes ~0.1 ms)
 
 
@@ -61,7 +63,7 @@ class StreamedAnswer:
 
     def add(self, payload: bytes) -> None:
         """One SSE payload of the stream; what is not a chunk (a keep-alive, garbage) is passed over."""
-        if not self.whole and b'"usage"' not in payload:
+        if not self.whole and (b'"usage"' not in payload or NULL_USAGE.search(payload)):  # OpenAI: "usage": null in every chunk
             return
         try:
             chunk = orjson.loads(payload)

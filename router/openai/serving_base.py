@@ -32,7 +32,6 @@ alone: as the error response, or as the last event of a stream already started.
 from __future__ import annotations
 
 import math
-import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -51,6 +50,7 @@ from router.contracts import NO_USAGE, CascadeResult, RequestOutcome, StageVisit
 from router.metrics import CASCADE_COST, CASCADE_STOPS, INVALID_ANSWERS, OVERHEAD_SECONDS, REQUESTS_BY_KIND, STAGE_CALLS, STAGE_SECONDS
 from router.sse import DONE, event_data
 from router.stage import Stage, StageFailure
+from router.stream_tap import StreamedAnswer
 from router.validity import AnswerSpec
 
 LAMBDA_HEADER = "x-cascade-lambda"
@@ -110,30 +110,6 @@ class Addressed(CascadeKnobs, Protocol):
 
 
 Request = TypeVar("Request", bound=Addressed)  # what an API's serving class serves
-
-
-_NULL_USAGE = re.compile(rb'"usage"\s*:\s*null')
-
-
-class StreamUsage:
-    """The usage a pass-through stream reported (its chunk with ``usage``: chat and completions when the client asked
-    ``stream_options.include_usage``, a Responses stream always), read on its way, for the tenant's accounting."""
-
-    __slots__ = ("usage",)
-
-    def __init__(self) -> None:
-        self.usage: dict[str, Any] | None = None
-
-    def chunk(self, chunk: object) -> None:
-        if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
-            self.usage = chunk["usage"]
-
-    def payload(self, data: bytes) -> None:
-        """One event's data; what is not a JSON chunk (``[DONE]``, garbage) is passed over."""
-        try:
-            self.chunk(orjson.loads(data))
-        except orjson.JSONDecodeError:
-            return
 
 
 class Rendering(Protocol[Answer]):
@@ -292,11 +268,13 @@ class OpenAIServing(ABC, Generic[Request]):
         return outcome
 
     def stream_response(
-        self, stage: Stage, kind: str, events: AsyncIterator[bytes], headers: dict[str, str], t0: float, seen: StreamUsage
+        self, stage: Stage, kind: str, events: AsyncIterator[bytes], headers: dict[str, str], t0: float, seen: StreamedAnswer
     ) -> tuple[Response, RequestOutcome]:
         """A pass-through's stream is starting: count it, say the router's overhead so far, and send ``events``. Its
         outcome (tokens unknown yet: the stage's request price) is said in ``headers`` (``cost_headers``); once the
-        stream is over, it settles at the usage the stream reported (``seen``; None where it reported none)."""
+        stream is over, it settles at the usage the stream reported (``seen``, its usage read on the way, as the
+        cascade's tap reads it: chat and completions with ``include_usage``, Responses always; None where it
+        reported none)."""
         headers["x-cascade-overhead-ms"] = f"{(time.perf_counter() - t0) * 1e3:.3f}"
         REQUESTS_BY_KIND.labels(kind, stage.name).inc()
         price = self.engine.pricing.prices[self._index[stage.name]].request
@@ -309,7 +287,7 @@ class OpenAIServing(ABC, Generic[Request]):
         return StreamingResponse(events, media_type=SSE, headers={**SSE_HEADERS, **headers}), outcome
 
     @staticmethod
-    async def relay(blocks: AsyncIterator[bytes], client: Stage, seen: StreamUsage) -> AsyncIterator[bytes]:
+    async def relay(blocks: AsyncIterator[bytes], client: Stage, seen: StreamedAnswer) -> AsyncIterator[bytes]:
         """A pass-through's stream: whole SSE blocks forwarded as they came (``[DONE]`` included), the model renamed
         if it differs, the usage ``seen`` on its way; a stage failure is the last event, and ``[DONE]`` is sent if the
         stage did not send it."""
@@ -319,9 +297,9 @@ class OpenAIServing(ABC, Generic[Request]):
         try:
             async for block in blocks:
                 done = done or (DONE in block and DONE in event_data(block))  # `data:[DONE]` too: a space is optional
-                if b'"usage"' in block and not _NULL_USAGE.search(block):  # OpenAI sends "usage": null in every chunk
+                if b'"usage"' in block:
                     for data in event_data(block):
-                        seen.payload(data)
+                        seen.add(data)
                 yield block.replace(upstream, public) if upstream != public else block
         except StageFailure as exc:
             yield error_event(exc)

@@ -46,11 +46,11 @@ from router.openai.serving_base import (
     PASSTHROUGH_EXCLUDE,
     OpenAIServing,
     RenderingBase,
-    StreamUsage,
     error_event,
     sse,
 )
 from router.stage import Stage, StageFailure
+from router.stream_tap import StreamedAnswer
 from router.validity import AnswerSpec
 
 _CASCADE_EXCLUDE = frozenset((*CASCADE_FIELDS, "model", "stream", "stream_options"))  # what the cascade's upstream body leaves out
@@ -87,7 +87,7 @@ class ChatServing(OpenAIServing[ChatCompletionRequest]):
         try:
             if req.stream:
                 events = await stage.stream(body, raw=True)
-                seen = StreamUsage()
+                seen = StreamedAnswer(whole=False)  # its usage, read on the way
                 return self.stream_response(stage, spec.kind, self.relay(events, stage, seen), headers, t0, seen)
             data, seconds = await stage.chat(body)
         except StageFailure:

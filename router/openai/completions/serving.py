@@ -50,11 +50,11 @@ from router.openai.serving_base import (
     PASSTHROUGH_EXCLUDE,
     OpenAIServing,
     RenderingBase,
-    StreamUsage,
     error_event,
     sse,
 )
 from router.stage import Stage, StageFailure, StageNoCompletions, completions_stage
+from router.stream_tap import StreamedAnswer
 
 _CASCADE_EXCLUDE = frozenset((*CASCADE_FIELDS, "model", "stream", "stream_options", "echo"))  # what the cascade's upstream body leaves out
 _KIND = COMPLETION_SPEC.kind
@@ -88,7 +88,7 @@ class CompletionServing(OpenAIServing[CompletionRequest]):
             target = completions_stage(stage)
             if req.stream:
                 blocks = await target.complete_stream(body, raw=True)
-                seen = StreamUsage()
+                seen = StreamedAnswer(whole=False)  # its usage, read on the way
                 return self.stream_response(stage, _KIND, self.relay(blocks, stage, seen), headers, t0, seen)
             reply = await target.complete(body)
         except StageNoCompletions as exc:

@@ -34,8 +34,9 @@ from router.metrics import STAGE_CALLS
 from router.openai.chat.dialect import CHAT_DIALECT
 from router.openai.chat.serving import ChatRendering, cascade_request
 from router.openai.responses.builder import ResponseBuilder, completion_chunk
-from router.openai.serving_base import JSON, PASSTHROUGH_EXCLUDE, OpenAIServing, StreamUsage, upstream_error
+from router.openai.serving_base import JSON, PASSTHROUGH_EXCLUDE, OpenAIServing, upstream_error
 from router.stage import Stage, StageFailure
+from router.stream_tap import StreamedAnswer
 from router.validity import AnswerSpec
 
 log = logging.getLogger("adaptive_sd.router")
@@ -87,7 +88,7 @@ class ResponsesServing(OpenAIServing[ResponsesCall]):
         try:
             if req.stream:
                 payloads = await stage.stream(body)
-                seen = StreamUsage()
+                seen = StreamedAnswer(whole=False)  # its usage, read on the way
                 events = _translate(ResponseBuilder(req), _decoded(payloads, seen), payloads)
                 return self.stream_response(stage, spec.kind, events, headers, t0, seen)
             data, seconds = await stage.chat(body)
@@ -143,11 +144,11 @@ async def _aiter(chunks: Iterable[dict[str, Any]]) -> AsyncIterator[dict[str, An
         yield chunk
 
 
-async def _decoded(payloads: AsyncIterator[bytes], seen: StreamUsage) -> AsyncIterator[dict[str, Any]]:
+async def _decoded(payloads: AsyncIterator[bytes], seen: StreamedAnswer) -> AsyncIterator[dict[str, Any]]:
     """A stage's stream of chat chunks (its SSE payloads), decoded; its usage ``seen`` on its way."""
     async for payload in payloads:
+        seen.add(payload)
         chunk: dict[str, Any] = orjson.loads(payload)
-        seen.chunk(chunk)
         yield chunk
 
 
