@@ -421,6 +421,7 @@ def main() -> None:
                     text = data["choices"][0]["message"].get("content") or ""
                     row["ok"] = bool(task.check(text)) if task.check else None
                     row["completion_tokens"] = (data.get("usage") or {}).get("completion_tokens")
+                    row["text"] = text  # which answers the arms differ on, and how
                 else:
                     row["ok"], row["error"] = False, r.text[:300]
                 row["stage"] = r.headers.get("x-cascade-stage") or (top if arm == "top" else None)

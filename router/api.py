@@ -248,6 +248,12 @@ def create_app(
                 async for chunk in body:
                     yield chunk
             finally:
+                close = getattr(body, "aclose", None)
+                try:
+                    if close is not None:  # the stage's stream and its tap end first (not at GC), then it is settled
+                        await close()
+                except Exception:  # its own failure, logged; the accounting below still runs
+                    log.exception("closing a stream's body failed")
                 try:
                     done = outcome.settle() if outcome.settle is not None else outcome
                 except Exception:  # the response has gone out: its accounting falls back to the estimate

@@ -39,8 +39,10 @@ from dataclasses import replace
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
+import anyio
 import orjson
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from common.completions_protocol import CASCADE_FIELDS  # the body's cascade extras (chat's too): never forwarded to a stage
 from common.errors import APIError
@@ -65,6 +67,28 @@ COST_HEADER = "x-cascade-cost"
 COST_UNIT_HEADER = "x-cascade-cost-unit"
 
 Answer = TypeVar("Answer")
+
+
+class SSEResponse(StreamingResponse):
+    """A stream of SSE events whose body is closed when the response ends, however it ends.
+
+    Starlette leaves a body iterator as it was when the client goes away while a chunk is being sent: the
+    generator stays suspended at its ``yield`` until the garbage collector finalises it, and with it the stage's
+    stream, the stream tap's row, labels and shadow check, and the tenant's accounting (``finally`` blocks down the
+    chain). Closing it here, shielded from the cancellation that ended the response, runs them at once.
+    """
+
+    def __init__(self, content: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
+        super().__init__(content, media_type=SSE, headers={**SSE_HEADERS, **headers})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                with anyio.CancelScope(shield=True):
+                    await close()
 
 
 def sse(payload: bytes) -> bytes:
@@ -284,7 +308,7 @@ class OpenAIServing(ABC, Generic[Request]):
 
         outcome = RequestOutcome(stage.name, 0, price, settle=settle)
         headers.update(self.cost_headers(stage_tokens(()), outcome.cost))
-        return StreamingResponse(events, media_type=SSE, headers={**SSE_HEADERS, **headers}), outcome
+        return SSEResponse(events, headers), outcome
 
     @staticmethod
     async def relay(blocks: AsyncIterator[bytes], client: Stage, seen: StreamedAnswer) -> AsyncIterator[bytes]:
@@ -391,13 +415,13 @@ class OpenAIServing(ABC, Generic[Request]):
             overhead = time.perf_counter() - t0 - result.stage_seconds
             out_headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"
             OVERHEAD_SECONDS.observe(overhead)
-            return StreamingResponse(rendering.relay(result.events), media_type=SSE, headers={**SSE_HEADERS, **out_headers}), outcome
+            return SSEResponse(rendering.relay(result.events), out_headers), outcome
         answer = rendering.answer()
         overhead = time.perf_counter() - t0 - result.stage_seconds
         OVERHEAD_SECONDS.observe(overhead)
         out_headers["x-cascade-overhead-ms"] = f"{overhead * 1e3:.3f}"
         if stream:
-            return StreamingResponse(rendering.restream(answer), media_type=SSE, headers={**SSE_HEADERS, **out_headers}), outcome
+            return SSEResponse(rendering.restream(answer), out_headers), outcome
         return Response(rendering.encode(answer), media_type=JSON, headers=out_headers), outcome
 
     def settled(self, result: CascadeResult, final: str) -> RequestOutcome | None:
