@@ -305,9 +305,29 @@ def figures(paired: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
         "cascade_faster_share": round(float((per_task < 1).mean()), 4),
         "cascade_final_stage_share": {k: round(v / n, 4) for k, v in sorted(final.items())},
         "cascade_aborted_requests": sum("(aborted" in (p["cascade"]["path"] or "") for p in paired),
+        **disagreements(paired),
         "within_1_point": bool(diff_pts >= -1.0),
         "not_slower_mean": bool(ratio_mean <= 1.0),
         "not_slower_median": bool(ratio_median <= 1.0),
+    }
+
+
+def disagreements(paired: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Where the two arms' verdicts differ, by where the cascade answered: at a lower stage (the rule trusted it),
+    or at the top stage, with an answer other than the top stage's own (the same stage's cache-state
+    nondeterminism, bench/top_self_agreement.py); and how many of the cascade's top-stage answers differ in text
+    from the top stage's own (None for rows recorded without texts)."""
+    at_top = [p for p in paired if p["cascade"]["stage"] == p["top"]["stage"]]
+    verdicts: dict[str, dict[str, int]] = {}
+    for where, group in (("lower_stage", [p for p in paired if p not in at_top]), ("top_stage", at_top)):
+        verdicts[where] = {
+            "cascade_right": sum(1 for p in group if p["cascade"]["ok"] and not p["top"]["ok"]),
+            "top_right": sum(1 for p in group if p["top"]["ok"] and not p["cascade"]["ok"]),
+        }
+    texts = all("text" in p[a] for p in at_top for a in ARMS)
+    return {
+        "verdicts_differ_where_cascade_answered": verdicts,
+        "top_stage_answers_unlike_the_top_alone": sum(p["cascade"]["text"] != p["top"]["text"] for p in at_top) if texts else None,
     }
 
 

@@ -192,7 +192,7 @@ def create_app(
     else:  # a predictor handed in: the configured directory's λ table only (the model is not loaded again)
         loaded = model_dir(settings)
         table = LambdaTable.load(loaded) if loaded is not None else None
-    targets = TargetLambdas(table)
+    targets = TargetLambdas(table, settings.cascade.cost_unit)
     ladder: list[Stage] = list(build_ladder(settings)) if stages is None else list(stages)
     pools = [s for s in ladder if isinstance(s, StagePool)]
     ENDPOINTS.track(pools)  # /metrics: each endpoint's state

@@ -18,8 +18,12 @@ log = logging.getLogger("adaptive_sd.targets")
 
 
 class TargetLambdas:
-    def __init__(self, table: LambdaTable | None) -> None:
+    """``unit``: the ladder's ``cascade.cost_unit``; a table calibrated in another one (the config's unit changed
+    since ``python -m training calibrate`` ran) gives no λ (``LambdaTable.priced_in``)."""
+
+    def __init__(self, table: LambdaTable | None, unit: str | None = None) -> None:
         self.table = table
+        self.unit = unit
         self._cache: dict[Target, float | None] = {}
 
     def use(self, table: LambdaTable | None) -> None:
@@ -31,10 +35,16 @@ class TargetLambdas:
         """The table's λ for ``target``; None (said once in the log) without a table or where no λ of it meets it."""
         t = Target.of(target)
         if t not in self._cache:
-            found = self.table.lambda_for(t) if self.table is not None else None
+            usable = self.table is not None and self.table.priced_in(self.unit)
+            found = self.table.lambda_for(t) if self.table is not None and usable else None
             if found is None:
                 if self.table is None:
                     why = "the predictor has no calibration table"
+                elif not usable:
+                    why = (
+                        f"its calibration table's λ are prices in {self.table.unit}, the ladder's rule prices stages in "
+                        f"{self.unit} (cascade.cost_unit): run `python -m training calibrate` again"
+                    )
                 elif t.confidence is not None and not self.table.has_counts:
                     why = "its calibration table predates confidence bounds: run `python -m training calibrate` again"
                 else:

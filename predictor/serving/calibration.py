@@ -89,12 +89,13 @@ class LambdaTable:
     top_quality: float
     grid: tuple[dict[str, Any], ...]
     tasks: int | None = None
+    unit: str | None = None  # the unit the rule priced stages in (``rule_unit``), which λ is in; None: not recorded
 
     @classmethod
     def of(cls, data: dict[str, Any]) -> LambdaTable:
         tasks = data.get("tasks")
         grid = tuple(sorted(data["grid"], key=lambda r: r["lambda"]))
-        return cls(float(data["top_quality"]), grid, None if tasks is None else int(tasks))
+        return cls(float(data["top_quality"]), grid, None if tasks is None else int(tasks), data.get("rule_unit"))
 
     @classmethod
     def load(cls, directory: Path) -> LambdaTable | None:
@@ -103,6 +104,12 @@ class LambdaTable:
         if not path.is_file():
             return None
         return cls.of(json.loads(path.read_text()))
+
+    def priced_in(self, unit: str | None) -> bool:
+        """Whether the table's λ are prices in ``unit`` (the ladder's ``cascade.cost_unit``): a λ is a price in the
+        rule's unit, so a table calibrated in another one (1911 GFLOP read as 1911 seconds) gives no λ. A table or a
+        caller that does not say its unit is taken at its word."""
+        return self.unit is None or unit is None or self.unit == unit
 
     @property
     def has_counts(self) -> bool:

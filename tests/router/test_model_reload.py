@@ -68,8 +68,10 @@ async def test_a_new_ladder_serves_the_baseline_until_its_registry_names_a_versi
     version, the baseline serves again. The default λ follows: ``default_lambda`` while the baseline serves, the
     promoted version's table λ for ``cascade.default_target`` once it does."""
     registry = tmp_path / "models"  # not there yet: the learner creates it
-    settings = make_settings(predictor={"kind": "baseline", "path": str(registry), "reload_s": 0.01}, default_target={"within_points": 1},
-                             explore={"rate": 0.1, "untrained_rate": 0.9})  # fmt: skip
+    compute = [{"prices": {"compute": {"request": r}}} for r in (1.0, 4.0)]  # the unit the shipped table's λ are in
+    settings = make_settings(*compute, predictor={"kind": "baseline", "path": str(registry), "reload_s": 0.01},
+                             default_target={"within_points": 1}, explore={"rate": 0.1, "untrained_rate": 0.9},
+                             cost_unit="compute")  # fmt: skip
     table = LambdaTable.load(BASE)
     assert table is not None
     lam = table.lambda_for(Target(within_points=1))

@@ -53,6 +53,18 @@ def test_a_confident_target_needs_a_lower_bound_to_meet_it() -> None:
     assert Target.of(QualityTarget(keep=0.9, confidence=0.8)).describe() == "keep 90% of the top stage's accuracy with 80% confidence"
 
 
+def test_a_table_calibrated_in_another_unit_gives_no_lambda(caplog: pytest.LogCaptureFixture) -> None:
+    """λ is a price in the rule's unit: a table written while the ladder priced stages in compute says nothing of
+    a ladder priced in seconds (the router warns and keeps the configured λ); a table that does not say its unit is
+    taken at its word."""
+    table = LambdaTable.of({"top_quality": 0.6, "rule_unit": "compute", "grid": [{"lambda": 10.0, "quality": 0.59, "top_share": 0.3}]})
+    assert TargetLambdas(table, "compute").lam(QualityTarget(within_points=2), 7.0) == 10.0
+    assert TargetLambdas(table, "seconds").lam(QualityTarget(within_points=2), 7.0) == 7.0
+    assert "prices in compute" in caplog.text and "seconds" in caplog.text
+    assert TargetLambdas(TABLE, "seconds").lam(QualityTarget(within_points=2), 7.0) == 100.0  # TABLE has no rule_unit
+    assert LambdaTable.load(MODEL) is not None and LambdaTable.load(MODEL).unit == "compute"  # type: ignore[union-attr]
+
+
 def test_a_target_needs_exactly_one_goal() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         QualityTarget(keep=0.9, top_share=0.5)
@@ -68,10 +80,11 @@ def test_a_target_needs_exactly_one_goal() -> None:
 async def test_a_tenant_with_a_target_runs_at_its_calibrated_lambda() -> None:
     stage = {"url": "http://127.0.0.1:9/v1", "dialect": "openai"}
     settings = Settings.model_validate({
+        "cascade": {"cost_unit": "compute"},  # the unit the shipped model's table was calibrated in
         "tenancy": {"auth": "keys", "admin_key": "admin-secret"},
         "predictor": {"kind": "onnx", "path": str(MODEL)},
-        "stages": [{**stage, "name": "s0", "model": "m0", "prices": {"cost": {"request": 1.0}}},
-                   {**stage, "name": "s1", "model": "m1", "prices": {"cost": {"request": 4.0}}}],
+        "stages": [{**stage, "name": "s0", "model": "m0", "prices": {"compute": {"request": 1.0}}},
+                   {**stage, "name": "s1", "model": "m1", "prices": {"compute": {"request": 4.0}}}],
     })  # fmt: skip
     want = LambdaTable.load(MODEL)
     assert want is not None
@@ -94,17 +107,21 @@ async def test_a_tenant_with_a_target_runs_at_its_calibrated_lambda() -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("target", "met"), [({"within_points": 2}, True), ({"top_share": 0.95}, False)])
-async def test_the_default_target_sets_the_lambda_of_requests_that_name_none(target: dict[str, float], met: bool) -> None:
+@pytest.mark.parametrize(
+    ("target", "unit", "met"),
+    [({"within_points": 2}, "compute", True), ({"top_share": 0.95}, "compute", False), ({"within_points": 2}, "seconds", False)],
+)
+async def test_the_default_target_sets_the_lambda_of_requests_that_name_none(target: dict[str, float], unit: str, met: bool) -> None:
     """``cascade.default_target``: requests of a tenant without its own λ or target run at the table's λ for it, and
-    ``/health`` says so; a target no λ of the table meets leaves ``default_lambda`` in force, and says that."""
+    ``/health`` says so; a target no λ of the table meets, or a table calibrated with the rule in another unit than
+    the ladder's (the shipped table's λ are GFLOP), leaves ``default_lambda`` in force, and says that."""
     stage = {"url": "http://127.0.0.1:9/v1", "dialect": "openai"}
     settings = Settings.model_validate({
-        "cascade": {"default_lambda": 7.0, "default_target": target},
+        "cascade": {"default_lambda": 7.0, "default_target": target, "cost_unit": unit},
         "tenancy": {"auth": "open"},
         "predictor": {"kind": "onnx", "path": str(MODEL)},
-        "stages": [{**stage, "name": "s0", "model": "m0", "prices": {"cost": {"request": 1.0}}},
-                   {**stage, "name": "s1", "model": "m1", "prices": {"cost": {"request": 4.0}}}],
+        "stages": [{**stage, "name": "s0", "model": "m0", "prices": {unit: {"request": 1.0}}},
+                   {**stage, "name": "s1", "model": "m1", "prices": {unit: {"request": 4.0}}}],
     })  # fmt: skip
     table = LambdaTable.load(MODEL)
     assert table is not None
