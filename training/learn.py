@@ -387,18 +387,35 @@ def learn(
         return outcome
 
 
-def _recalibrated(registry: Path, served: str | None, tours: Table, settings: Settings) -> str | None:
-    """A new ladder's version in service that has no λ table (promoted before the tours could resolve the default
-    target), once they can: the same model with its table, as a new version put in service (a version is never
-    changed once written); its lineage says so. None where there is nothing to do."""
+def _table_in_force(registry: Path, served: str, settings: Settings) -> LambdaTable | None:
+    """The served version's λ table if it gives the default target its λ in the ladder's unit from as many tasks as
+    that target needs (``calibrate.tours_needed``); None where the ladder is still learned for want of one: no
+    table, a table of too few tours for a target since tightened, or one calibrated in another ``cost_unit``."""
     from training import calibrate
 
-    if served is None or (registry / served / calibrate.CALIBRATION_FILE).is_file():
+    table = LambdaTable.load(registry / served)
+    if table is None or not calibrate.lambda_in_force(table, settings)[1]:
         return None
+    return table if table.tasks is None or table.tasks >= calibrate.tours_needed(settings) else None
+
+
+def _recalibrated(registry: Path, served: str | None, tours: Table, settings: Settings) -> str | None:
+    """A new ladder's version in service whose λ table does not resolve the default target (``_table_in_force``:
+    promoted before the tours could, or the target or the unit changed since), once the tours can: the same model
+    with a table from them, as a new version put in service (a version is never changed once written); its lineage
+    says so. A replacement that would not resolve the target either is not written (no version per learning round).
+    None where there is nothing to do."""
+    from training import calibrate
+
+    if served is None or _table_in_force(registry, served, settings) is not None:
+        return None
+    had_table = (registry / served / calibrate.CALIBRATION_FILE).is_file()
     with tempfile.TemporaryDirectory(prefix="adaptive-sd-recalibrate-") as tmp:
         model = Path(tmp) / "model"
         shutil.copytree(registry / served, model)
         table = calibrate.tour_table(tours, OnnxPredictor.load(model, settings.cascade.risk.evidence), settings)
+        if had_table and not calibrate.lambda_in_force(LambdaTable.of(table), settings)[1]:
+            return None
         (model / calibrate.CALIBRATION_FILE).write_text(json.dumps(table, indent=2) + "\n")
         before = lineage(registry, served)
         record = {"parent": served, "source": "recalibrated", "created": round(time.time(), 3),

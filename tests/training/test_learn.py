@@ -158,6 +158,14 @@ def test_a_new_ladder_with_tours_gets_a_lambda_table_in_agreement_with_the_top(t
     assert record["trained_until"] == learn.lineage(tmp_path / "unresolved", "v0001")["trained_until"]
     same = [(tmp_path / "unresolved" / v / "predictor.onnx").read_bytes() for v in ("v0001", "v0002")]
     assert same[0] == same[1] and (tmp_path / "unresolved" / "v0002" / "calibration.json").is_file()
+    learn.learn(tmp_path / "unresolved", [log], None, None, config, holdout=0.5, min_eval=20, margin=100.0)
+    assert learn.versions(tmp_path / "unresolved") == ["v0001", "v0002"]  # its table is in force: no version per round
+    # the ladder's rule now prices stages in seconds: the table's λ are GFLOP, so the tours give it one in seconds
+    seconds = tmp_path / "five-points-seconds.yaml"
+    seconds.write_text(config.read_text().replace("cost_unit: compute", "cost_unit: seconds"))
+    moved = learn.learn(tmp_path / "unresolved", [log], None, None, seconds, holdout=0.5, min_eval=20, margin=100.0)
+    assert moved.promoted and moved.candidate == "v0003" and "v0002 recalibrated on" in moved.reason, moved
+    assert json.loads((tmp_path / "unresolved" / "v0003" / "calibration.json").read_text())["rule_unit"] == "seconds"
     outcome = learn.learn(registry, [log], None, None, config, holdout=0.5, min_eval=20, margin=-100.0)  # promoted whatever
     assert outcome.promoted and outcome.calibration == f"λ table from {held} tours outside the train split (agreement with the top stage)"
     replayed = outcome.replayed  # the second test: the rule replayed on the same tours, the baseline against the candidate
