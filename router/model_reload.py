@@ -9,6 +9,13 @@ with its calibration table (tenants' quality targets). A request in flight keeps
 the model it started with for the steps it has already taken; nothing is torn
 down under it. A version that fails to load or to fit is logged and counted once,
 and the model in service stays until the registry names another version.
+
+The version in service's calibration table is watched too: ``python -m training
+calibrate --model <its directory>`` rewrites it in place (a new target, another
+``cascade.cost_unit``), and a replica that read it only at start-up would keep
+the old λ while a restarted one serves the new: each replica reads the table
+again when its file changes (``outcome="table"``); one that does not parse
+leaves the old table in force (``outcome="failed"``).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import logging
 from pathlib import Path
 
 from common.settings import Settings
-from predictor.serving.calibration import LambdaTable
+from predictor.serving.calibration import CALIBRATION_FILE, LambdaTable
 from predictor.serving.interface import Predictor
 from predictor.serving.loader import PredictorLoadError, baseline_predictor, model_dir, model_version, watched
 from predictor.serving.runtime import OnnxPredictor
@@ -41,6 +48,7 @@ class ModelReloader:
         self.loaded = loaded
         self._task: asyncio.Task[None] | None = None
         self._refused: Path | None = None  # the version that failed to load: not retried until the registry names another
+        self._table_read = _stamp(loaded)  # the table file of the version in service, as last read
         self._publish()
 
     @property
@@ -77,7 +85,9 @@ class ModelReloader:
             return self._failed(f"registry unreadable: {exc}")
         if directory is None and self.loaded is not None and self.settings.predictor.kind == "baseline":
             return self._use(baseline_predictor(self.settings), None, None)  # rolled back to no version
-        if directory is None or directory in (self.loaded, self._refused):
+        if directory is not None and directory == self.loaded:
+            return self._table_changed(directory)
+        if directory is None or directory == self._refused:
             return False
         try:
             predictor, table = await asyncio.to_thread(self._load, directory)
@@ -86,10 +96,25 @@ class ModelReloader:
             return self._failed(f"{directory}: {type(exc).__name__}: {exc}")
         return self._use(predictor, table, directory)
 
+    def _table_changed(self, directory: Path) -> bool:
+        """Read the version in service's table again if its file changed since it was read (module docstring)."""
+        stamp = _stamp(directory)
+        if stamp == self._table_read:
+            return False
+        self._table_read = stamp
+        try:
+            table = LambdaTable.load(directory)
+        except Exception as exc:  # a table half written or broken: the one in force stays
+            return self._failed(f"{directory / CALIBRATION_FILE}: {type(exc).__name__}: {exc}")
+        self.targets.use(table)
+        PREDICTOR_RELOADS.labels("table").inc()
+        log.info("calibration table of model %s read again (%s)", self.version, "removed" if table is None else "changed")
+        return True
+
     def _use(self, predictor: Predictor, table: LambdaTable | None, directory: Path | None) -> bool:
         self.engine.use_predictor(predictor)
         self.targets.use(table)
-        self.loaded, self._refused = directory, None
+        self.loaded, self._refused, self._table_read = directory, None, _stamp(directory)
         self._publish()
         PREDICTOR_RELOADS.labels("loaded").inc()
         log.info("model %s (%s) in service", self.version, directory or "the baseline")
@@ -105,3 +130,12 @@ class ModelReloader:
         PREDICTOR_RELOADS.labels("failed").inc()
         log.warning("model not reloaded, %s in service stays: %s", self.version, why)
         return False
+
+
+def _stamp(directory: Path | None) -> tuple[int, int] | None:
+    """When and how large a model directory's calibration table file is; None where it has none."""
+    try:
+        stat = (directory / CALIBRATION_FILE).stat() if directory is not None else None
+    except OSError:
+        return None
+    return None if stat is None else (stat.st_mtime_ns, stat.st_size)

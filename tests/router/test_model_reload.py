@@ -103,3 +103,45 @@ async def test_a_new_ladder_serves_the_baseline_until_its_registry_names_a_versi
         metrics = (await client.get("/metrics")).text
         assert 'adaptive_sd_default_lambda{source="default_lambda"} 10.0' in metrics and 'source="target"' not in metrics
         assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+
+
+async def test_a_table_rewritten_in_place_is_read_again_and_a_broken_one_leaves_the_old(tmp_path: Path) -> None:
+    """``training calibrate --model <the version in service>`` rewrites its table in place: running replicas take
+    the new λ for the default target (as a restarted one would); a table that does not parse leaves the old one."""
+    model = tmp_path / "model"
+    shutil.copytree(BASE, model)
+    compute = [{"prices": {"compute": {"request": r}}} for r in (1.0, 4.0)]  # the unit the shipped table's λ are in
+    settings = make_settings(*compute, predictor={"kind": "onnx", "path": str(model), "reload_s": 0.01},
+                             default_target={"within_points": 1}, cost_unit="compute")  # fmt: skip
+    table = LambdaTable.load(BASE)
+    assert table is not None
+    lam = table.lambda_for(Target(within_points=1))
+    assert lam is not None
+
+    async def default_lambda(want: float) -> bool:
+        for _ in range(100):
+            if (await client.get("/health")).json()["default_lambda"]["value"] == pytest.approx(want, rel=1e-9):
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    async def reloads(outcome: str) -> float:
+        """This process's count so far (the registry is shared by every test of the session)."""
+        line = f'adaptive_sd_predictor_reloads_total{{outcome="{outcome}"}} '
+        found = [x for x in (await client.get("/metrics")).text.splitlines() if x.startswith(line)]
+        return float(found[0].split()[-1]) if found else 0.0
+
+    async with app_client(settings, stages=fake_stages(settings.stages, S0, S1)) as client:
+        assert await default_lambda(lam)
+        tables, failed = await reloads("table"), await reloads("failed")
+        text = (model / "calibration.json").read_text()
+        (model / "calibration.json").write_text(text.replace('"rule_unit": "compute"', '"rule_unit": "seconds"'))
+        assert await default_lambda(10.0)  # λ in seconds say nothing of this ladder: default_lambda is in force
+        (model / "calibration.json").write_text(text)
+        assert await default_lambda(lam)
+        assert await reloads("table") == tables + 2
+        (model / "calibration.json").write_text("{not json")
+        await asyncio.sleep(0.2)
+        assert (await client.get("/health")).json()["default_lambda"]["value"] == pytest.approx(lam, rel=1e-9)
+        assert await reloads("failed") == failed + 1  # once, not at every look
+        assert (await client.get("/health")).json()["model_version"] == "model"  # the model itself never reloaded
