@@ -115,7 +115,7 @@ def current(registry: Path) -> str | None:
 
 def point(registry: Path, version: str) -> None:
     """Put ``version`` in service: ``current`` rewritten atomically (a replica reads the old name or the new one)."""
-    if not (registry / version).is_dir():
+    if version not in versions(registry):  # a name `current` can hold (not "v0001/", "..", a stray directory)
         raise ValueError(f"{registry} has no version {version!r} (versions: {', '.join(versions(registry)) or 'none'})")
     tmp = registry / f".{CURRENT_FILE}.{os.getpid()}"
     tmp.write_text(version + "\n")
@@ -161,6 +161,12 @@ def rollback(registry: Path, to: str | None = None) -> str:
     if served is None:
         raise ValueError(f"{registry} has no version in service")
     if to == BASELINE:
+        first = versions(registry)[0]
+        record = lineage(registry, first)
+        if record.get("parent") is not None or (record.get("trained_on") or {}).get("collection", "") is not None:
+            raise ValueError(f"--to baseline is for a new ladder's registry, whose first version learned from its traffic "
+                             f"alone; {first} here is {record.get('source') or 'a trained model'}: routers serving it "
+                             f"(predictor.kind onnx) would have no model left to load. Name a version with --to")  # fmt: skip
         (registry / CURRENT_FILE).unlink()
         return BASELINE
     target = to or lineage(registry, served).get("parent")

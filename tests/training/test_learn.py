@@ -62,6 +62,11 @@ def test_a_promoted_candidate_is_in_service_with_its_lineage_and_rolls_back(tmp_
     assert not again.promoted and "does not beat v0002" in again.reason and learn.current(registry) == "v0002", again
     assert learn.rollback(registry) == "v0001" and resolve(registry) == registry / "v0001"
     assert [v["in_service"] for v in learn.history(registry)] == [True, False]
+    # names `current` cannot hold, and the baseline for a registry seeded from a trained model: refused, unchanged
+    for to in ("v0002/", "..", "incoming", "baseline"):
+        with pytest.raises(ValueError, match="has no version|new ladder"):
+            learn.rollback(registry, to)
+    assert learn.current(registry) == "v0001" and resolve(registry) == registry / "v0001"
 
 
 def test_the_commands_list_and_roll_back_a_registry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
