@@ -10,7 +10,7 @@ over the validation split's answers, on a fine λ grid:
 * a traffic target: a share of requests that reach the top stage (``--top-share 0.5``, RouteLLM's calibration):
   the smallest λ whose share reaches it.
 
-The whole table (λ, accuracy, share of the top stage's accuracy, top-stage share, cost in both units) is
+The whole table (λ, accuracy, share of the top stage's accuracy, top-stage share, cost in each unit the ladder prices every stage in) is
 written to ``calibration.json`` next to the model, so the same targets can be looked up later (per tenant) on
 exactly the numbers printed here.
 
@@ -61,11 +61,10 @@ def grid(t: Table, b: Beliefs, settings: Settings) -> dict[str, Any]:
     """The router's rule (``settings``) replayed on ``t`` with the beliefs ``b`` over a fine λ grid: per λ, the accuracy
     (``t.y``: whatever its labels are), its share of the top stage's, its wins and losses against the top stage (tasks
     only one of the two answered correctly: what a target's ``confidence`` bounds it with), the top-stage share and
-    the cost in both units."""
+    the cost in each unit it has (``replay.table_costs``)."""
     from training.evaluate import lambdas
 
-    prices = replay.prices_of(settings)
-    costs = {u: replay.unit_costs(t, u, prices[u]) for u in replay.UNITS}
+    costs = replay.table_costs(t, settings)
     opt = replay.Options.of(settings)
     sweep = lambdas(b, t)
     top = t.n_stages - 1
@@ -189,11 +188,9 @@ def matched_cost(t: Table, served: BatchPredictor, served_lam: float, candidate:
     model's cheapest cost along its own λ grid at the quality that matters: the one ``cascade.default_target`` asks
     for, or without a target the quality the model in service reaches at its λ in force (``served_lam``). Both
     models' λ are thus chosen on the same tours (neither is favoured), at an operating point the router would use.
-    A cost None: no λ of that model's grid reaches the quality. Cost in the rule's unit where the replay has it
-    (``replay.UNITS``), else compute."""
-    unit = settings.cascade.cost_unit if settings.cascade.cost_unit in replay.UNITS else "compute"
-    prices = replay.prices_of(settings)
-    costs = {u: replay.unit_costs(t, u, prices[u]) for u in replay.UNITS}
+    A cost None: no λ of that model's grid reaches the quality. Cost in the rule's unit."""
+    unit = settings.cascade.cost_unit
+    costs = replay.table_costs(t, settings)
     o = replay.cascade(t, replay.beliefs(t, served, _rule(settings)), costs, served_lam, replay.Options.of(settings))
     quality, cost = float(o.correct.mean()), float(o.spent[unit].mean())
     target = settings.cascade.default_target

@@ -173,14 +173,14 @@ class UnitCosts:
 
 
 def unit_costs(t: Table, unit: str, prices: Sequence[TokenPrices]) -> UnitCosts:
-    if unit not in UNITS:
-        raise ValueError(f"unknown unit {unit!r}")
+    """Every task's cost at every stage in ``unit``: ``seconds`` as measured; any other unit (compute, or an
+    operator's own: cost, usd) its prices times the tokens."""
     # each stage's price of every task's whole answer (T, S) and of its first t_k tokens (T, S, K)
     p = {f: np.array([getattr(prices[s], f) for s in range(t.n_stages)]) for f in ("request", "prompt_token", "output_token")}
     base = p["request"] + p["prompt_token"] * t.prompt_tokens
     full = base + p["output_token"] * t.output_tokens
     at = base[:, :, None] + p["output_token"][None, :, None] * np.asarray(t.checkpoints, dtype=np.float64)[None, None, :]
-    if unit == "compute":
+    if unit != "seconds":
         return UnitCosts(full, at, np.zeros_like(t.saving_s))
     # seconds: the measured ones, and for an abort after t tokens the share of them a t-token answer takes at these rates
     share = np.minimum(at / np.maximum(full[:, :, None], 1e-9), 1.0)
@@ -425,6 +425,15 @@ def prices_of(settings: Settings) -> dict[str, list[TokenPrices]]:
     if missing:
         raise ValueError(f"the ladder config gives no prices.{missing[0]} for every stage: the replay reports both units")
     return out
+
+
+def table_costs(t: Table, settings: Settings) -> dict[str, UnitCosts]:
+    """The costs a λ table reports: each of ``UNITS`` that the ladder prices every stage in, and the rule's own unit
+    (``cascade.cost_unit``, which every stage is priced in), so that a ladder priced in its own unit alone (``cost``,
+    ``usd``) calibrates and learns as one priced in both."""
+    units = [u for u in UNITS if all(u in s.prices for s in settings.stages)]
+    units += [settings.cascade.cost_unit] if settings.cascade.cost_unit not in units else []
+    return {u: unit_costs(t, u, [s.prices[u] for s in settings.stages]) for u in units}
 
 
 def sweep(fn: Callable[[float], Outcome], lambdas: Sequence[float], name: str) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -214,3 +215,21 @@ def test_a_new_ladder_needs_its_config(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs its config"):
         learn.learn(tmp_path / "models", [log], None, None)
     assert main(["learn", "--registry", str(tmp_path / "models"), "--log", str(log), "--data", "none"]) == 2
+
+
+def test_a_new_ladder_priced_in_its_own_unit_alone_learns_its_table(tmp_path: Path) -> None:
+    """A ladder priced per request in the default unit ``cost`` only (no compute, no seconds): its tour table and the
+    promotion's replayed cost are in that unit, and the learner promotes, instead of failing for want of the units
+    the offline replay reports."""
+    log = _new_ladder_traffic(tmp_path / "traffic.jsonl", {"dates", "units", "arithmetic", "lists", "extraction"}, tours=True)
+    text = CPU_LEARN.read_text().replace("default_target: {within_points: 1}", "default_target: {within_points: 5}")
+    prices = iter([1.0, 3.0, 10.0])
+    stage_prices = r"    prices:.*\n      compute: .*\n      seconds: .*\n"
+    text = re.sub(stage_prices, lambda _: f"    prices:\n      cost: {{request: {next(prices)}}}\n", text)
+    config = tmp_path / "cost.yaml"
+    config.write_text(text.replace("cost_unit: compute", "cost_unit: cost"))
+    assert all(set(s.prices) == {"cost"} for s in load_settings(config).stages)
+    outcome = learn.learn(tmp_path / "models", [log], None, None, config, holdout=0.5, min_eval=20, margin=-100.0)
+    assert outcome.promoted and outcome.replayed["unit"] == "cost" and outcome.replayed["candidate_cost"] is not None, outcome
+    table = json.loads((tmp_path / "models" / "v0001" / "calibration.json").read_text())
+    assert table["rule_unit"] == "cost" and set(table["top_cost"]) == {"cost"} and table["top_cost"]["cost"] == 10.0
