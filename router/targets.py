@@ -45,6 +45,8 @@ class TargetLambdas:
                         f"its calibration table's λ are prices in {self.table.unit}, the ladder's rule prices stages in "
                         f"{self.unit} (cascade.cost_unit): run `python -m training calibrate` again"
                     )
+                elif self.table.too_few_tours(t):
+                    why = f"its table holds {self.table.tasks or 0} tours, the target needs {t.tours_needed()} to be resolved"
                 elif t.confidence is not None and not self.table.has_counts:
                     why = "its calibration table predates confidence bounds: run `python -m training calibrate` again"
                 else:

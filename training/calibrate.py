@@ -25,7 +25,6 @@ and ``cascade.default_target`` for the router's default λ -- work on a new ladd
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from common.settings import Settings, TokenPrices
-from predictor.serving.calibration import CALIBRATION_FILE, LambdaTable, Target
+from predictor.serving.calibration import CALIBRATION_FILE, MIN_TOURS, TOUR_LABELS, LambdaTable, Target
 from predictor.serving.labels import same_answer
 from training import replay, reuse
 from training.replay import BatchPredictor, Beliefs, Table
@@ -54,7 +53,6 @@ __all__ = [
 ]
 
 GRID_STEPS = 121
-MIN_TOURS = 30  # a new ladder's λ table needs at least this many tours outside the train split
 
 
 def grid(t: Table, b: Beliefs, settings: Settings) -> dict[str, Any]:
@@ -135,17 +133,14 @@ def tour_rows(rows: Iterable[dict[str, Any]], n_stages: int) -> list[dict[str, A
     return out
 
 
-TOURS = {"split": "tours outside the train split", "labels": "agreement with the top stage"}  # what a tour table holds
+TOURS = {"split": "tours outside the train split", "labels": TOUR_LABELS}  # what a tour table holds
 
 
 def tours_needed(settings: Settings) -> int:
-    """How many tours outside the train split a λ table needs: ``MIN_TOURS``, and enough that one disagreement is
-    within what ``cascade.default_target`` allows (1 / its slack: 100 for ``within_points: 1``), so that the target
-    is resolved, not met by a sample too small to see one miss."""
+    """How many tours outside the train split a λ table needs to resolve ``cascade.default_target``
+    (``Target.tours_needed``; ``MIN_TOURS`` without a target)."""
     target = settings.cascade.default_target
-    needed = Target.of(target).quality_needed(1.0) if target is not None else None  # agreement: the top's is 1
-    slack = None if needed is None else 1.0 - needed
-    return max(MIN_TOURS, math.ceil(1 / slack - 1e-9)) if slack else MIN_TOURS
+    return Target.of(target).tours_needed() if target is not None else MIN_TOURS
 
 
 def held_tours(rows: Iterable[dict[str, Any]], settings: Settings, min_tours: int | None = None) -> tuple[Table | None, str]:

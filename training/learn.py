@@ -394,15 +394,13 @@ def learn(
 
 
 def _table_in_force(registry: Path, served: str, settings: Settings) -> LambdaTable | None:
-    """The served version's λ table if it gives the default target its λ in the ladder's unit from as many tasks as
-    that target needs (``calibrate.tours_needed``); None where the ladder is still learned for want of one: no
-    table, a table of too few tours for a target since tightened, or one calibrated in another ``cost_unit``."""
+    """The served version's λ table if it gives the default target its λ in the ladder's unit from as many tours as
+    that target needs (``LambdaTable.choose``); None where the ladder is still learned for want of one: no table, a
+    table of too few tours for a target since tightened, or one calibrated in another ``cost_unit``."""
     from training import calibrate
 
     table = LambdaTable.load(registry / served)
-    if table is None or not calibrate.lambda_in_force(table, settings)[1]:
-        return None
-    return table if table.tasks is None or table.tasks >= calibrate.tours_needed(settings) else None
+    return table if table is not None and calibrate.lambda_in_force(table, settings)[1] else None
 
 
 def _recalibrated(registry: Path, served: str | None, tours: Table, settings: Settings) -> str | None:

@@ -24,6 +24,8 @@ from statistics import NormalDist
 from typing import Any
 
 CALIBRATION_FILE = "calibration.json"
+TOUR_LABELS = "agreement with the top stage"  # a new ladder's table (``training.calibrate.tour_table``): its ``labels``
+MIN_TOURS = 30  # a tour table resolves no target from fewer tasks
 
 
 def paired_sd(wins: int, losses: int, tasks: int) -> float:
@@ -60,6 +62,14 @@ class Target:
             return f"within {self.within_points:g} points of the top stage's accuracy{sure}"
         return f"{self.top_share:.0%} of requests reach the top stage"
 
+    def tours_needed(self) -> int:
+        """How many tours a table labelled by agreement with the top stage (whose own agreement is 1) needs to resolve
+        this target: ``MIN_TOURS``, and enough that one disagreement fits in its slack (100 for ``within_points:
+        1``), so that it is not met by a sample too small to see one miss."""
+        needed = self.quality_needed(1.0)
+        slack = None if needed is None else 1.0 - needed
+        return max(MIN_TOURS, math.ceil(1 / slack - 1e-9)) if slack else MIN_TOURS
+
     def quality_needed(self, top_quality: float) -> float | None:
         """The accuracy a quality target asks for where the top stage's is ``top_quality``; None for a traffic target."""
         if self.keep is not None:
@@ -90,12 +100,17 @@ class LambdaTable:
     grid: tuple[dict[str, Any], ...]
     tasks: int | None = None
     unit: str | None = None  # the unit the rule priced stages in (``rule_unit``), which λ is in; None: not recorded
+    labels: str | None = None  # what its accuracy is: the checkers' verdicts, or ``TOUR_LABELS``
 
     @classmethod
     def of(cls, data: dict[str, Any]) -> LambdaTable:
         tasks = data.get("tasks")
         grid = tuple(sorted(data["grid"], key=lambda r: r["lambda"]))
-        return cls(float(data["top_quality"]), grid, None if tasks is None else int(tasks), data.get("rule_unit"))
+        return cls(float(data["top_quality"]), grid, None if tasks is None else int(tasks), data.get("rule_unit"), data.get("labels"))
+
+    def too_few_tours(self, target: Target) -> bool:
+        """A tour table of fewer tasks than ``target`` needs (``Target.tours_needed``): it resolves no λ for it."""
+        return self.labels == TOUR_LABELS and (self.tasks or 0) < target.tours_needed()
 
     @classmethod
     def load(cls, directory: Path) -> LambdaTable | None:
@@ -117,7 +132,10 @@ class LambdaTable:
         return self.tasks is not None and all(r.get("wins") is not None and r.get("losses") is not None for r in self.grid)
 
     def choose(self, target: Target) -> dict[str, Any] | None:
-        """The row of the smallest λ that meets ``target``; None when no λ of the grid does."""
+        """The row of the smallest λ that meets ``target``; None when no λ of the grid does, or the table has too few
+        tours to tell (``too_few_tours``)."""
+        if self.too_few_tours(target):
+            return None
         return next((dict(r) for r in self.grid if target.met_by(r, self.top_quality, self.tasks)), None)
 
     def lambda_for(self, target: Target) -> float | None:

@@ -65,6 +65,18 @@ def test_a_table_calibrated_in_another_unit_gives_no_lambda(caplog: pytest.LogCa
     assert LambdaTable.load(MODEL) is not None and LambdaTable.load(MODEL).unit == "compute"  # type: ignore[union-attr]
 
 
+def test_a_tour_table_resolves_only_the_targets_its_tours_can_tell(caplog: pytest.LogCaptureFixture) -> None:
+    """A new ladder's table (agreement with the top stage) of 40 tours resolves "within 5 points" (30 needed) but not
+    "within 1 point" (100: one miss must fit in the slack), whatever its grid says; a checker table is not held to it."""
+    grid = [{"lambda": 10.0, "quality": 0.97, "top_share": 0.3}, {"lambda": 50.0, "quality": 1.0, "top_share": 0.6}]
+    tours = LambdaTable.of({"top_quality": 1.0, "tasks": 40, "labels": "agreement with the top stage", "grid": grid})
+    assert TargetLambdas(tours).lam(QualityTarget(within_points=5), 7.0) == 10.0
+    assert TargetLambdas(tours).lam(QualityTarget(within_points=1), 7.0) == 7.0
+    assert "holds 40 tours, the target needs 100" in caplog.text
+    checker = LambdaTable.of({"top_quality": 1.0, "tasks": 40, "labels": "checker", "grid": grid})
+    assert TargetLambdas(checker).lam(QualityTarget(within_points=1), 7.0) == 50.0
+
+
 def test_a_target_needs_exactly_one_goal() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         QualityTarget(keep=0.9, top_share=0.5)
