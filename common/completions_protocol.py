@@ -9,7 +9,7 @@ server (``servers/completions.py`` adds what only llama.cpp cannot do), like
   accepted and dropped: ``upstream_body`` never forwards it;
 * what changes the answer and no stage of ours can honour is a 400 naming the
   field: token-id prompts, several prompts, ``n``/``best_of`` above 1, a
-  ``suffix``, ``logit_bias``.
+  ``suffix``, a non-empty ``logit_bias`` (``{}`` biases nothing: accepted and dropped).
 
 What is taken: one text ``prompt`` (a string, or a list holding one string),
 ``max_tokens`` (default 16; 0 only with ``echo``: the prompt scored, nothing
@@ -43,13 +43,15 @@ from common.protocol import (
     MAX_STOP_SEQUENCES,
     MAX_TOP_LOGPROBS,
     NULL_ONLY,
+    EmptyIsNull,
+    FlagOrNull,
     Int,
     ParamError,
     StopAndUsage,
     StreamOptions,
     add_rules,
     ignored,
-    null_only,
+    null_or_empty,
     when,
 )
 
@@ -87,12 +89,12 @@ class CompletionRequest(StopAndUsage, BaseModel):
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     n: Annotated[int, Field(ge=1, le=1), INTEGRAL] | None = None
     best_of: Annotated[int, Field(ge=1, le=1), INTEGRAL] | None = None
-    stream: bool = False
+    stream: FlagOrNull = False
     stream_options: StreamOptions | None = None
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
     seed: Int | None = None
     logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), INTEGRAL] | None = None
-    echo: bool = False
+    echo: FlagOrNull = False
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     # only an empty one passes the check: nothing to forward
@@ -109,7 +111,7 @@ class CompletionRequest(StopAndUsage, BaseModel):
     prompt_cache_key: Any = ignored()
     safety_identifier: Any = ignored()
     # Declared so the error can say "not supported" instead of "unrecognized".
-    logit_bias: Any = null_only("'logit_bias' is not supported by this server")
+    logit_bias: EmptyIsNull = null_or_empty("'logit_bias' is not supported by this server")
 
     @model_validator(mode="after")
     def _check(self) -> CompletionRequest:

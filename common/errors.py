@@ -47,17 +47,30 @@ class APIError(Exception):
 _BRANCH_NAMES = frozenset(("str", "int", "bool", "float", "constrained-int", "constrained-float", "none"))
 
 
-def _is_branch(part: str) -> bool:
-    """A union branch or validator name pydantic puts in a location (``list[ContentPart]``, ``function-after[...]``)."""
-    return part in _BRANCH_NAMES or "[" in part or part.startswith("literal")
+def _model_names() -> set[str]:
+    """The class names of every pydantic model: pydantic tags a union's model branch with its class name."""
+    names: set[str] = set()
+    stack: list[type[BaseModel]] = [BaseModel]
+    while stack:
+        for sub in stack.pop().__subclasses__():
+            names.add(sub.__name__)
+            stack.append(sub)
+    return names
+
+
+def _is_branch(part: str, models: set[str]) -> bool:
+    """A union branch or validator name pydantic puts in a location (``list[ContentPart]``, ``function-after[...]``,
+    ``NamedToolChoice``): not a field of the request, so never part of ``param``, which clients read as a request path."""
+    return part in _BRANCH_NAMES or "[" in part or part.startswith("literal") or part in models
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
     out = ""
+    models = _model_names() if any(isinstance(part, str) and part[:1].isupper() for part in loc) else set()
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif _is_branch(part):
+        elif _is_branch(part, models):
             continue  # not user-facing
         else:
             out += f".{part}" if out else str(part)

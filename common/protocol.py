@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 # Fields OpenAI defines that change the answer and that no stage of ours implements: refused by name.
 UNSUPPORTED_FIELDS: dict[str, str] = {
@@ -90,6 +90,16 @@ def _sendable(value: Any) -> Any:
     return value
 
 
+def _false_if_null(value: Any) -> Any:
+    """Null is the flag's default, false: OpenAI's spec marks ``stream`` nullable and vLLM takes null for it (and for
+    completions' ``echo``), and SDKs that copy every argument into the body send it so."""
+    return False if value is None else value
+
+
+FlagOrNull = Annotated[bool, BeforeValidator(_false_if_null), WithJsonSchema({"anyOf": [{"type": "boolean"}, {"type": "null"}]})]
+"""A flag that defaults to false, where null means the default (``stream``, ``echo``): still a ``bool`` once parsed."""
+
+
 JSONObject = Annotated[dict[str, Any], AfterValidator(_sendable)]
 """A JSON object forwarded as it came (a JSON schema): anything, within what can be sent on."""
 NULL_ONLY: dict[str, Any] = {"type": "null"}
@@ -99,6 +109,21 @@ NULL_ONLY: dict[str, Any] = {"type": "null"}
 def null_only(why: str) -> Any:
     """A field declared so that the error can say "not supported" (any value but null is a 400 naming it)."""
     return Field(None, exclude=True, json_schema_extra={**NULL_ONLY, "description": f"refused unless null: {why}"})
+
+
+def _none_if_empty(value: Any) -> Any:
+    return None if isinstance(value, dict) and not value else value
+
+
+EmptyIsNull = Annotated[Any, BeforeValidator(_none_if_empty)]
+"""A refused map (``logit_bias``) where ``{}`` changes nothing and counts as absent: LangChain and Haystack send it."""
+
+
+def null_or_empty(why: str) -> Any:
+    """``null_only`` for an ``EmptyIsNull`` map: null and ``{}`` pass, anything else is a 400 naming the field."""
+    empty = {"type": "object", "maxProperties": 0}
+    schema: dict[str, Any] = {"anyOf": [NULL_ONLY, empty], "description": f"refused unless null or {{}}: {why}"}
+    return Field(None, exclude=True, json_schema_extra=schema)
 
 
 def ignored() -> Any:
@@ -238,9 +263,55 @@ class NamedFunction(_Part):
     name: str
 
 
-class NamedToolChoice(_Part):
+class AllowedTool(_Part):
     type: Literal["function"]
     function: NamedFunction
+
+
+class AllowedTools(_Part):
+    mode: Literal["auto", "required"]
+    tools: list[AllowedTool]
+
+
+class NamedToolChoice(_Part):
+    """``{type: function, function: {name}}``, or ``{type: allowed_tools, allowed_tools: {mode, tools}}``.
+
+    One model with a ``type`` (not a union), so errors name plain paths. An ``allowed_tools`` choice never
+    reaches a stage: validating the request turns it into ``tool_choice: <mode>`` with ``tools`` cut to the
+    allowed ones (``ChatCompletionRequest._allow_tools``), which every stage that takes tools honours; a
+    Responses request's ``allowed_tools`` goes the same way.
+    """
+
+    model_config = ConfigDict(json_schema_extra=lambda schema: _tool_choice_schema(schema))
+
+    type: Literal["function", "allowed_tools"]
+    function: NamedFunction | None = None
+    allowed_tools: AllowedTools | None = None
+
+    @model_validator(mode="after")
+    def _check_type(self) -> NamedToolChoice:
+        needed = "function" if self.type == "function" else "allowed_tools"
+        if getattr(self, needed) is None:
+            raise ParamError(needed, f"a 'tool_choice' of type '{self.type}' needs '{needed}'")
+        other = "allowed_tools" if self.type == "function" else "function"
+        if getattr(self, other) is not None:
+            raise ParamError(other, f"'{other}' does not apply to a 'tool_choice' of type '{self.type}'")
+        return self
+
+    @property
+    def name(self) -> str | None:
+        """The function a ``function`` choice forces."""
+        return self.function.name if self.function is not None else None
+
+
+def _tool_choice_schema(schema: dict[str, Any]) -> None:
+    add_rules(
+        schema,
+        when({"type": {"const": "function"}},
+             {"required": ["function"], "properties": {"function": {"type": "object"}, "allowed_tools": NULL_ONLY}}),
+        when({"type": {"const": "allowed_tools"}},
+             {"required": ["allowed_tools"], "properties": {"allowed_tools": {"type": "object"}, "function": NULL_ONLY}}),
+    )  # fmt: skip
 
 
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
@@ -309,7 +380,7 @@ class ChatCompletionRequest(StopAndUsage, _Strict):
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     n: Annotated[int, Field(ge=1, le=1), INTEGRAL] | None = None
-    stream: bool = False
+    stream: FlagOrNull = False
     stream_options: StreamOptions | None = None
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
     seed: Int | None = None
@@ -347,7 +418,7 @@ class ChatCompletionRequest(StopAndUsage, _Strict):
     # Declared so the error can say "not supported" instead of "unrecognized".
     functions: Any = null_only(UNSUPPORTED_FIELDS["functions"])
     function_call: Any = null_only(UNSUPPORTED_FIELDS["function_call"])
-    logit_bias: Any = null_only(UNSUPPORTED_FIELDS["logit_bias"])
+    logit_bias: EmptyIsNull = null_or_empty(UNSUPPORTED_FIELDS["logit_bias"])
     audio: Any = null_only(UNSUPPORTED_FIELDS["audio"])
     web_search_options: Any = null_only(UNSUPPORTED_FIELDS["web_search_options"])
 
@@ -378,14 +449,31 @@ class ChatCompletionRequest(StopAndUsage, _Strict):
         names = [t.function.name for t in self.tools or ()]
         if len(set(names)) != len(names):
             raise ParamError("tools", "'tools' must name each function once")
+        self._allow_tools(names)
+        names = [t.function.name for t in self.tools or ()]
         choice = self.tool_choice
-        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
-            raise ParamError("tool_choice", f"'tool_choice' names function '{choice.function.name}', which is not in 'tools'")
+        if isinstance(choice, NamedToolChoice) and choice.name not in names:
+            raise ParamError("tool_choice", f"'tool_choice' names function '{choice.name}', which is not in 'tools'")
         if choice == "required" and not names:
             raise ParamError("tool_choice", "'tool_choice': 'required' needs at least one tool in 'tools'")
         forced = choice is not None and choice != "auto"
         if self.structured is not None and self.calls_tools and forced:
             raise ParamError("response_format", "'response_format' cannot be combined with a forced 'tool_choice'")
+
+    def _allow_tools(self, names: list[str]) -> None:
+        """An ``allowed_tools`` choice is ``tool_choice: <mode>`` over the allowed tools only: the model may call those and
+        no others, and a stage need not know the choice (no stage server of ours does)."""
+        choice = self.tool_choice
+        if not isinstance(choice, NamedToolChoice) or choice.allowed_tools is None:
+            return
+        allowed = [t.function.name for t in choice.allowed_tools.tools]
+        for i, name in enumerate(allowed):
+            if name not in names:
+                raise ParamError(
+                    f"tool_choice.allowed_tools.tools[{i}]", f"'tool_choice' allows function '{name}', which is not in 'tools'"
+                )
+        self.tools = [t for t in self.tools or () if t.function.name in allowed]
+        self.tool_choice = choice.allowed_tools.mode
 
     @property
     def calls_tools(self) -> bool:

@@ -40,6 +40,7 @@ from common.protocol import (
     MAX_TOP_LOGPROBS,
     NULL_ONLY,
     ChatCompletionRequest,
+    FlagOrNull,
     JSONObject,
     ParamError,
     add_rules,
@@ -358,7 +359,7 @@ class ResponsesRequest(_Strict):
     tool_choice: Literal["none", "auto", "required"] | ToolChoiceObject | None = None
     parallel_tool_calls: bool | None = None
     text: TextConfig | None = None
-    stream: bool = False
+    stream: FlagOrNull = False
     stream_options: ResponsesStreamOptions | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), INTEGRAL] | None = None
     include: list[str] | None = None  # only LOGPROBS_INCLUDE changes anything: the others name items no stage produces
@@ -486,17 +487,17 @@ class ResponsesRequest(_Strict):
         if self.logprobs:
             body["logprobs"] = True
             body["top_logprobs"] = self.top_logprobs or 0
-        tools = self.tools or []
         choice = self.tool_choice
         if isinstance(choice, ToolChoiceObject) and choice.type == "allowed_tools":
-            tools = [t for t in tools if t.name in choice.allowed]  # the model may call these only
-            body["tool_choice"] = choice.mode
+            # chat's own allowed_tools: validating the chat request cuts the tools to these (NamedToolChoice)
+            listed = [{"type": "function", "function": {"name": name}} for name in choice.allowed]
+            body["tool_choice"] = {"type": "allowed_tools", "allowed_tools": {"mode": choice.mode, "tools": listed}}
         elif isinstance(choice, ToolChoiceObject):
             body["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
         elif choice is not None:
             body["tool_choice"] = choice
-        if tools:
-            body["tools"] = [t.chat() for t in tools]
+        if self.tools:
+            body["tools"] = [t.chat() for t in self.tools]
         fmt = self.text.format if self.text is not None else None
         response_format = fmt.chat() if fmt is not None else None
         if response_format is not None:
@@ -518,7 +519,7 @@ _CHAT_PARAMS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^response_format(?=\.|$)"), "text.format"),
     (re.compile(r"^(max_tokens|max_completion_tokens)$"), "max_output_tokens"),
     (re.compile(r"^tools(\[\d+\])\.function(?=\.|$)"), r"tools\1"),
-    (re.compile(r"^tool_choice\.function(?=\.|$)"), "tool_choice"),
+    (re.compile(r"^tool_choice\.(function|allowed_tools)(?=\.|$)"), "tool_choice"),
     (re.compile(r"^messages(\[\d+\].*)?$"), "input"),
     (re.compile(r"^logprobs$"), "include"),
 )

@@ -35,7 +35,10 @@ free-text scores do not give: such requests regenerate (``structured``). So do
 requests that may call tools (``tools``): stage j's answer may be a tool call,
 decoded under the server's tool-call grammar or parser, and a tool-call draft
 has no text to verify. Scoring under the grammar would keep verification
-lossless, but no stage server scores that way.
+lossless, but no stage server scores that way. A client's prefill
+(``continue_final_message``: the answer continues the final assistant message)
+regenerates too (``prefill``): the draft continues that message, and scoring
+it as a message of its own would read stage j in another context.
 
 The same rounds verify a ``/v1/completions`` draft: what differs from chat is
 only how a stage is asked and how its answer is read, a ``DraftIO`` (``CHAT_DRAFT``
@@ -97,14 +100,16 @@ def why_not_verify(client: Stage, body: dict[str, Any], draft: str, shared_token
 
     Greedy requests are verified by :func:`verify_draft`; sampled ones by the
     speculative-sampling rule (router/speculative.py), which needs both stages
-    to share a tokenizer and no nucleus cut. Grammar-constrained and tool-calling
-    requests never are (module docstring).
+    to share a tokenizer and no nucleus cut. Grammar-constrained, tool-calling
+    and prefilled requests never are (module docstring).
     """
     fmt = body.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
         return "structured"
     if body.get("tools") and body.get("tool_choice") != "none":
         return "tools"
+    if body.get("continue_final_message"):
+        return "prefill"
     if client.config.dialect != "vllm":
         return "dialect"
     if body.get("stop"):

@@ -146,7 +146,7 @@ def detect_tool_format(template_source: str) -> ToolFormat | None:
 
 
 def tool_choice_name(choice: ToolChoice | None) -> str | None:
-    return choice.function.name if isinstance(choice, NamedToolChoice) else None
+    return choice.name if isinstance(choice, NamedToolChoice) else None
 
 
 def template_tools(tools: list[Tool]) -> list[dict[str, Any]]:

@@ -138,3 +138,16 @@ def test_the_logprobs_accumulator_and_the_translations() -> None:
     again = entries_logprobs(entries).take()
     assert again["tokens"] == ["def", " add"] and again["text_offset"] == [0, 3]
     assert again["top_logprobs"] == [{"def": -0.1}, {" f": -0.5, " add": -3.0}]
+
+
+def test_null_stream_and_echo_are_their_defaults() -> None:
+    """OpenAI's spec and vLLM take ``stream: null`` and ``echo: null``: false."""
+    req = _parse(stream=None, echo=None)
+    assert req.stream is False and req.echo is False
+    assert _parse(echo=True, stream=True).echo is True
+    assert _refused(echo="yes").param == "echo"
+
+
+def test_an_empty_logit_bias_is_absent() -> None:
+    """``logit_bias: {}`` biases nothing (LangChain sends it); a non-empty one stays refused (above)."""
+    assert "logit_bias" not in _parse(logit_bias={}).upstream_body()

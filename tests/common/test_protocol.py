@@ -16,6 +16,10 @@ TOOL = {
 }
 
 
+def _named(name: str) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name}}
+
+
 def _parse(**fields: Any) -> dict[str, Any]:
     return parse_chat_request(json.dumps({**BASE, **fields}).encode()).upstream_body()
 
@@ -96,6 +100,24 @@ def test_json_schema_response_format_keeps_its_json_name() -> None:
         ({"tools": [TOOL, TOOL]}, "tools"),
         ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools[0].function.name"),
         ({"tools": [TOOL], "tool_choice": "sometimes"}, "tool_choice"),
+        ({"tools": [TOOL], "tool_choice": {"type": "function"}}, "tool_choice.function"),
+        ({"tools": [TOOL], "tool_choice": {"type": "function", "function": {}}}, "tool_choice.function.name"),
+        ({"tools": [TOOL], "tool_choice": {"type": "custom", "custom": {"name": "x"}}}, "tool_choice.type"),
+        ({"tools": [TOOL], "tool_choice": {"type": "allowed_tools"}}, "tool_choice.allowed_tools"),
+        ({"tools": [TOOL], "tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "auto"}}}, "tool_choice.allowed_tools.tools"),
+        (
+            {"tools": [TOOL], "tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "none", "tools": []}}},
+            "tool_choice.allowed_tools.mode",
+        ),
+        (
+            {"tools": [TOOL], "tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [{"type": "function"}]}}},
+            "tool_choice.allowed_tools.tools[0].function",
+        ),
+        (
+            {"tools": [TOOL], "tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [_named("other")]}}},
+            "tool_choice.allowed_tools.tools[0]",
+        ),
+        ({"tools": [TOOL], "tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": []}}}, "tool_choice"),
         ({"response_format": {"type": "xml"}}, "response_format.type"),
         ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
         ({"response_format": {"type": "json_object", "json_schema": {"name": "x"}}}, "response_format.json_schema"),
@@ -110,3 +132,38 @@ def test_what_no_stage_can_honour_is_a_400_naming_the_field(fields: dict[str, An
     err = _refused(**fields)
     assert err.param == param
     assert param.split(".")[0].split("[")[0] in err.message
+
+
+def test_a_param_never_names_a_model_class() -> None:
+    """pydantic tags a union's model branch with the class name (``tool_choice.NamedToolChoice.function``); the
+    param is the request's own path."""
+    for choice in ({"type": "function"}, {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [{}]}}, {"type": 1}):
+        err = _refused(tools=[TOOL], tool_choice=choice)
+        assert err.param is not None and err.param.startswith("tool_choice") and "ToolChoice" not in err.param + err.message
+
+
+def test_null_stream_is_the_default() -> None:
+    """OpenAI's spec and vLLM take ``stream: null`` (SDKs that copy every argument send it): not streamed."""
+    assert _parse(stream=None)["stream"] is False
+    assert _parse(stream=True)["stream"] is True
+    assert _refused(stream="yes").param == "stream"
+
+
+def test_an_empty_logit_bias_is_absent() -> None:
+    """LangChain and Haystack send ``logit_bias: {}``, which biases nothing; a non-empty one stays refused (above)."""
+    assert "logit_bias" not in _parse(logit_bias={})
+
+
+def test_allowed_tools_goes_on_as_its_mode_over_the_allowed_tools() -> None:
+    """Chat's ``allowed_tools`` choice: the stage gets ``tool_choice: <mode>`` and only the allowed tools (as a
+    Responses request's ``allowed_tools`` does)."""
+    time = {"type": "function", "function": {"name": "get_time"}}
+    choice = {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [_named("get_time")]}}
+    body = _parse(tools=[TOOL, time], tool_choice=choice)
+    assert body["tools"] == [time] and body["tool_choice"] == "required"
+    auto = {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [_named("get_weather"), _named("get_time")]}}
+    body = _parse(tools=[TOOL, time], tool_choice=auto)
+    assert [t["function"]["name"] for t in body["tools"]] == ["get_weather", "get_time"] and body["tool_choice"] == "auto"
+    # none allowed under "auto": no tools at all, so a stage without tools can answer
+    body = _parse(tools=[TOOL], tool_choice={"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}})
+    assert "tools" not in body and "tool_choice" not in body

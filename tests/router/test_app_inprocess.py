@@ -120,6 +120,63 @@ async def test_escalation_verifies_the_draft_and_answers_the_upper_stages_own_te
         assert resp.headers["x-cascade-tokens"] == f"s0=10+4,s1={15 + 14}+{3 + rest}"  # the draft's tokens in s1's usage
 
 
+async def test_a_client_prefill_is_regenerated_not_verified() -> None:
+    """``continue_final_message``: the answer continues the client's assistant message. Scoring the draft as a message
+    of its own would read stage 1 in another context, so stage 1 answers the client's request itself."""
+    prefill = [*PROMPT, {"role": "assistant", "content": "The answer is"}]
+    async with serve(ESCALATE, make_settings(dialect="vllm")) as r:
+        resp = await r.chat(messages=prefill, continue_final_message=True, add_generation_prompt=False, max_tokens=32, temperature=0)
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-cascade-draft"] == "s1:regenerate:prefill"
+        [call] = r.stages[1].calls
+        assert call["messages"] == prefill and "prompt_logprobs" not in call
+        assert resp.json()["choices"][0]["message"]["content"] == S1.text.removeprefix("The answer is")
+
+
+async def test_null_flags_and_an_empty_logit_bias_are_accepted_on_every_endpoint() -> None:
+    """``stream: null`` (and completions' ``echo: null``) is the default and ``logit_bias: {}`` biases nothing: an app
+    whose SDK sends them against OpenAI or vLLM works here too."""
+    async with serve(STOP) as r:
+        chat = await r.chat(stream=None, logit_bias={})
+        assert chat.status_code == 200, chat.text
+        assert chat.json()["object"] == "chat.completion" and "logit_bias" not in r.stages[0].calls[-1]
+        completion = await r.complete(stream=None, echo=None, logit_bias={})
+        assert completion.status_code == 200, completion.text
+        assert completion.json()["object"] == "text_completion"
+        response = await r.client.post("/v1/responses", json={"model": "cascade", "input": "What is 2 + 2?", "stream": None})
+        assert response.status_code == 200, response.text
+        assert response.json()["object"] == "response"
+
+
+@pytest.mark.parametrize(
+    ("choice", "param"),
+    [
+        ({"type": "function"}, "tool_choice.function"),
+        (
+            {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [{"type": "function"}]}},
+            "tool_choice.allowed_tools.tools[0].function",
+        ),
+    ],
+)
+async def test_a_malformed_tool_choice_names_its_request_path(choice: dict[str, object], param: str) -> None:
+    tool = {"type": "function", "function": {"name": "get_weather"}}
+    async with serve(STOP) as r:
+        resp = await r.chat(tools=[tool], tool_choice=choice)
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == param
+
+
+async def test_an_allowed_tools_choice_reaches_the_stage_as_its_mode_over_the_allowed_tools() -> None:
+    weather, time = ({"type": "function", "function": {"name": name}} for name in ("get_weather", "get_time"))
+    choice = {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [time]}}
+    async with serve(STOP) as r:
+        resp = await r.client.post(
+            "/v1/chat/completions", json={"model": "s0", "messages": PROMPT, "tools": [weather, time], "tool_choice": choice}
+        )
+        assert resp.status_code == 200, resp.text
+        sent = r.stages[0].calls[-1]
+        assert sent["tools"] == [time] and sent["tool_choice"] == "required"
+
+
 # -- what a response cost ---------------------------------------------------------
 
 S1_VERIFIED = (15 + 14, len(S1.tokens))  # s1's usage after verifying s0's draft (above): scoring + continuation prompts; kept + own

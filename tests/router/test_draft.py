@@ -30,6 +30,9 @@ def test_why_not_verify() -> None:
     assert why_not_verify(_client("vllm"), {**greedy, "temperature": 0.5}, "draft") == "sampling"
     assert why_not_verify(_client("vllm"), {**greedy, "stop": ["x"]}, "draft") == "stop"
     assert why_not_verify(_client("vllm"), greedy, "") == "empty-draft"
+    prefill = {**greedy, "continue_final_message": True, "add_generation_prompt": False}
+    assert why_not_verify(_client("vllm"), prefill, "draft") == "prefill"  # the draft continues the client's message
+    assert why_not_verify(_client("vllm"), {**greedy, "continue_final_message": False}, "draft") is None
     # sampled drafts are verified (speculative sampling) only between stages that share a tokenizer
     assert why_not_verify(_client("vllm"), {"messages": [], "temperature": 0.7}, "draft", shared_tokenizer=True) is None
     assert why_not_verify(_client("vllm"), {"messages": []}, "draft", shared_tokenizer=True) is None
