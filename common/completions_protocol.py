@@ -14,7 +14,10 @@ server (``servers/completions.py`` adds what only llama.cpp cannot do), like
 What is taken: one text ``prompt`` (a string, or a list holding one string),
 ``max_tokens`` (default 16; 0 only with ``echo``: the prompt scored, nothing
 generated), ``temperature``, ``top_p``, ``seed``, ``stop``, the penalties (a
-vLLM stage honours them; the CPU stage server refuses them), ``stream`` (with
+vLLM stage honours them; the CPU stage server refuses them), vLLM's sampling
+extras ``top_k``, ``min_p``, ``repetition_penalty`` and ``min_tokens`` (forwarded;
+only stages of dialect vllm take them; chat's ``chat_template_kwargs`` is accepted
+and dropped: no template applies here), ``stream`` (with
 ``stream_options.include_usage``), ``logprobs`` (an int: the top alternatives
 per position) and ``echo``, plus the cascade's extras (``cascade_lambda``,
 ``cascade_max_stage``). No chat template is applied anywhere.
@@ -42,14 +45,23 @@ from common.protocol import (
     MAX_INT,
     MAX_STOP_SEQUENCES,
     MAX_TOP_LOGPROBS,
+    MIN_P_DOC,
+    MIN_TOKENS_DOC,
     NULL_ONLY,
+    REPETITION_PENALTY_DOC,
+    TOP_K_DOC,
     EmptyIsNull,
     FlagOrNull,
     Int,
+    MinP,
+    MinTokens,
     ParamError,
+    RepetitionPenalty,
     StopAndUsage,
     StreamOptions,
+    TopK,
     add_rules,
+    check_min_tokens,
     ignored,
     null_or_empty,
     when,
@@ -97,6 +109,11 @@ class CompletionRequest(StopAndUsage, BaseModel):
     echo: FlagOrNull = False
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    # vLLM's sampling extras (``common.protocol.SAMPLING_EXTRAS``): a stage of dialect vllm honours them (so does our CPU server)
+    top_k: TopK | None = Field(None, description=TOP_K_DOC)
+    min_p: MinP | None = Field(None, description=MIN_P_DOC)
+    repetition_penalty: RepetitionPenalty | None = Field(None, description=REPETITION_PENALTY_DOC)
+    min_tokens: MinTokens | None = Field(None, description=MIN_TOKENS_DOC)
     # only an empty one passes the check: nothing to forward
     suffix: str | None = Field(None, exclude=True, json_schema_extra={"anyOf": [NULL_ONLY, {"const": ""}], "description": "only ''"})
     # cascade extras
@@ -110,6 +127,8 @@ class CompletionRequest(StopAndUsage, BaseModel):
     service_tier: Any = ignored()
     prompt_cache_key: Any = ignored()
     safety_identifier: Any = ignored()
+    # a chat extra (vLLM's): no chat template is applied to a completions prompt, so it changes nothing here
+    chat_template_kwargs: Any = ignored()
     # Declared so the error can say "not supported" instead of "unrecognized".
     logit_bias: EmptyIsNull = null_or_empty("'logit_bias' is not supported by this server")
 
@@ -124,6 +143,7 @@ class CompletionRequest(StopAndUsage, BaseModel):
             raise ParamError("stream_options", "'stream_options' is only allowed when 'stream' is true")
         if self.max_tokens == 0 and not self.echo:
             raise ParamError("max_tokens", "'max_tokens' must be at least 1 (0 is only allowed with 'echo': true)")
+        check_min_tokens(self.min_tokens, self.token_limit)
         return self
 
     @property

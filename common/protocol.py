@@ -2,8 +2,10 @@
 
 One definition serves the router's public API, the CPU stage server and the
 stage clients. It carries vLLM's extras used for draft verification
-(``prompt_logprobs``, ``continue_final_message``, ``add_generation_prompt``)
-and the cascade's own extras (``cascade_lambda``, ``cascade_max_stage``).
+(``prompt_logprobs``, ``continue_final_message``, ``add_generation_prompt``),
+vLLM's sampling extras that clients send through ``extra_body`` (``top_k``,
+``min_p``, ``repetition_penalty``, ``min_tokens``, ``chat_template_kwargs``:
+forwarded to the stage; only stages of dialect vllm take them) and the cascade's own extras (``cascade_lambda``, ``cascade_max_stage``).
 
 What it accepts follows OpenAI: an app that works against OpenAI or vLLM works
 here by changing ``base_url``.
@@ -352,6 +354,28 @@ class StreamOptions(_Part):
     include_usage: bool = False
 
 
+# vLLM's sampling extras, on chat and completions alike (vLLM's ranges: each value outside is a 400 naming the field).
+# Only a stage of dialect vllm takes them (``router.validity``: the cascade skips the others, a named one is a 400).
+SAMPLING_EXTRAS: tuple[str, ...] = ("top_k", "min_p", "repetition_penalty", "min_tokens", "chat_template_kwargs")
+TopK = Annotated[int, Field(ge=-1, le=MAX_INT), INTEGRAL]
+MinP = Annotated[float, Field(ge=0.0, le=1.0)]
+RepetitionPenalty = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+MinTokens = Annotated[int, Field(ge=0, le=MAX_INT), INTEGRAL]
+TOP_K_DOC = "vLLM extra: sample from the k most likely tokens only; -1 or 0: off (no effect when temperature is 0)"
+MIN_P_DOC = "vLLM extra: drop tokens less likely than min_p times the most likely one; 0: off (no effect when temperature is 0)"
+REPETITION_PENALTY_DOC = (
+    "vLLM extra: > 1 discourages tokens already in the prompt or the output (positive logits divided by it, "
+    "negative ones multiplied); 1: off"
+)
+MIN_TOKENS_DOC = "vLLM extra: no end of sequence and no stop string before this many tokens are generated; at most max_tokens"
+
+
+def check_min_tokens(min_tokens: int | None, max_tokens: int | None) -> None:
+    """vLLM's rule: ``min_tokens`` cannot exceed ``max_tokens`` (when one is given)."""
+    if min_tokens is not None and max_tokens is not None and min_tokens > max_tokens:
+        raise ParamError("min_tokens", f"'min_tokens' ({min_tokens}) must be at most 'max_tokens' ({max_tokens})")
+
+
 class StopAndUsage:
     """What a chat and a completions request read alike from their ``stop`` and ``stream_options`` fields."""
 
@@ -392,6 +416,16 @@ class ChatCompletionRequest(StopAndUsage, _Strict):
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # vLLM's sampling extras (``SamplingExtras``): a stage of dialect vllm honours them (so does our CPU server)
+    top_k: TopK | None = Field(None, description=TOP_K_DOC)
+    min_p: MinP | None = Field(None, description=MIN_P_DOC)
+    repetition_penalty: RepetitionPenalty | None = Field(None, description=REPETITION_PENALTY_DOC)
+    min_tokens: MinTokens | None = Field(None, description=MIN_TOKENS_DOC)
+    chat_template_kwargs: JSONObject | None = Field(
+        None,
+        description='vLLM extra: extra variables for the chat template (e.g. {"enable_thinking": false} for Qwen3); '
+        "only stages of dialect vllm take it",
+    )
     # vLLM extras (draft verification)
     prompt_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), INTEGRAL] | None = None
     continue_final_message: bool = False
@@ -429,6 +463,7 @@ class ChatCompletionRequest(StopAndUsage, _Strict):
                 raise ParamError(name, message)
         if self.modalities is not None and self.modalities != ["text"]:
             raise ParamError("modalities", "'modalities': only 'text' output is supported by this server")
+        check_min_tokens(self.min_tokens, self.token_limit)
         if self.top_logprobs and not self.logprobs:
             raise ParamError("top_logprobs", "'top_logprobs' requires 'logprobs' to be true")
         if self.stream_options is not None and not self.stream:

@@ -308,6 +308,12 @@ class StageConfig(_Model):
         return out
 
     @property
+    def vllm_extras(self) -> bool:
+        """The stage takes vLLM's sampling extras (``top_k``, ``min_p``, ``repetition_penalty``, ``min_tokens``,
+        ``chat_template_kwargs``): dialect vllm (vLLM, our CPU server); a hosted API does not."""
+        return self.dialect == "vllm"
+
+    @property
     def scopes_scoring(self) -> bool:
         if self.scoped_scoring is not None:
             return self.scoped_scoring

@@ -76,7 +76,7 @@ from router.stage import Stage, StageBadResponse, StageFailure, StageUnavailable
 from router.stage_pool import queue_delay, stage_available
 from router.stream_tap import StreamedAnswer, tap
 from router.traffic_log import TrafficLog
-from router.validity import AnswerSpec
+from router.validity import AnswerSpec, capability_setting
 
 HELD_STREAM_SHARE = 0.05  # a stream its client held longer than this share of its streaming time prices the client, not the stage
 
@@ -320,7 +320,7 @@ class CascadeEngine:
             raise APIError(
                 400,
                 f"No stage of model '{self.settings.cascade.model_name}' up to '{self.stages[top].name}' can answer this request: "
-                f"'{param}' needs a stage with {capability}: true, and none of {names} has it",
+                f"'{param}' needs a stage with {capability_setting(capability)}, and none of {names} has it",
                 param=param,
                 code="no_capable_stage",
             )

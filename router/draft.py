@@ -26,6 +26,10 @@ or unset) between stages with different tokenizers (with a shared tokenizer
 router/speculative.py applies the speculative-sampling rule), ``stop`` sequences (a stop string could straddle a boundary), a
 stage dialect without ``prompt_logprobs``, or a draft whose text does not
 re-assemble from the scored tokens (byte-fallback tokens split a character).
+Penalties (``repetition_penalty``, ``presence_penalty``, ``frequency_penalty``)
+and ``min_tokens`` regenerate too (``penalties``): they change stage j's choices
+in ways its raw ``prompt_logprobs`` do not show; and so does sampling with
+vLLM's ``top_k`` or ``min_p`` (``sampling-top-k``), as ``top_p`` < 1 does.
 
 Verification is lossless only when stage j decodes the draft's positions the
 way it decodes on its own, and scoring reads its free-text distribution. A JSON
@@ -100,8 +104,12 @@ def why_not_verify(client: Stage, body: dict[str, Any], draft: str, shared_token
 
     Greedy requests are verified by :func:`verify_draft`; sampled ones by the
     speculative-sampling rule (router/speculative.py), which needs both stages
-    to share a tokenizer and no nucleus cut. Grammar-constrained, tool-calling
-    and prefilled requests never are (module docstring).
+    to share a tokenizer and no cut of the distribution (``top_p`` < 1:
+    ``sampling-top-p``; ``top_k`` or ``min_p``: ``sampling-top-k``).
+    Grammar-constrained, tool-calling and prefilled requests never are, nor
+    penalised ones (``penalties``: a repetition, presence or frequency penalty, or
+    ``min_tokens``) (module docstring). ``chat_template_kwargs`` needs nothing:
+    every call to stage j carries it, so it renders the prompt the same way.
     """
     fmt = body.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
@@ -116,12 +124,28 @@ def why_not_verify(client: Stage, body: dict[str, Any], draft: str, shared_token
         return "stop"
     if not draft:
         return "empty-draft"
+    if _penalised(body):
+        return "penalties"
     if body.get("temperature") != 0:
         if not shared_tokenizer:
             return "sampling"
         if body.get("top_p") not in (None, 1, 1.0):
             return "sampling-top-p"
+        if body.get("top_k") not in (None, 0, -1) or body.get("min_p") not in (None, 0, 0.0):
+            return "sampling-top-k"
     return None
+
+
+def _penalised(body: dict[str, Any]) -> bool:
+    """Stage j's tokens depend on more than its scores of the text so far: a penalty on tokens already seen
+    (``repetition_penalty``, ``presence_penalty``, ``frequency_penalty``) or no end before ``min_tokens``; its
+    ``prompt_logprobs`` are the raw scores, so neither its greedy choice nor its distribution can be read from them."""
+    return (
+        body.get("repetition_penalty") not in (None, 1, 1.0)
+        or bool(body.get("min_tokens"))
+        or bool(body.get("presence_penalty"))
+        or bool(body.get("frequency_penalty"))
+    )
 
 
 def _assistant(body: dict[str, Any], text: str) -> dict[str, Any]:

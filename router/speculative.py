@@ -17,8 +17,9 @@ bound of the unseen tail, and the residual is drawn over stage j's top-k.
 Where the top-k hold nearly all of the mass (the usual case at T <= 1), the
 rule is exact to that mass; ``tests/router/test_speculative.py`` checks the
 output distribution against p on full distributions, where it is exact.
-Requests with ``top_p < 1`` regenerate (the nucleus cut of each stage is
-not known to the router).
+Requests with ``top_p < 1``, or with vLLM's ``top_k`` or ``min_p``, regenerate
+(the cut of each stage's distribution is not known to the router:
+``router.draft.why_not_verify``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 A request that offers ``tools`` or asks for a JSON ``response_format`` can only be
 answered by a stage that does tools or structured outputs (``StageConfig.tools``,
-``StageConfig.structured_outputs``): the cascade skips the others and a
+``StageConfig.structured_outputs``), and one with vLLM's sampling extras (``top_k``,
+``min_p``, ``repetition_penalty``, ``min_tokens``, ``chat_template_kwargs``) only by a
+stage of dialect vllm (``StageConfig.vllm_extras``): the cascade skips the others and a
 pass-through to one of them is a 400 naming the field. And such a request has an
 objective part of "acceptable" that the learned predictor does not see: the
 answer must be usable by the client's code. A tool call whose arguments are not
@@ -41,9 +43,11 @@ from jsonschema.exceptions import SchemaError
 from jsonschema.protocols import Validator
 from referencing import Registry
 
+from common.protocol import SAMPLING_EXTRAS
 from common.settings import StageConfig
 
-Capability = Literal["tools", "structured_outputs", "completions"]  # each a ``StageConfig`` flag of that name
+# each a ``StageConfig`` flag (or property: ``vllm_extras`` is dialect vllm) of that name
+Capability = Literal["tools", "structured_outputs", "completions", "vllm_extras"]
 RequestKind = Literal["tools", "json_object", "json_schema", "text"]
 REQUEST_KINDS: tuple[RequestKind, ...] = ("tools", "json_object", "json_schema", "text")
 InvalidReason = Literal[
@@ -98,7 +102,22 @@ def required_capabilities(body: Mapping[str, Any]) -> dict[Capability, str]:
         needs["tools"] = "messages"
     if _format(body) is not None:
         needs["structured_outputs"] = "response_format"
+    needs.update(extras_needs(body))
     return needs
+
+
+def extras_needs(body: Mapping[str, Any]) -> dict[Capability, str]:
+    """vLLM's sampling extras (``top_k``, ``min_p``, ...: ``SAMPLING_EXTRAS``) need a stage of dialect vllm: a hosted
+    API (dialect openai or litellm) refuses or ignores them. The first one the body holds names the need."""
+    for name in SAMPLING_EXTRAS:
+        if body.get(name) is not None:
+            return {"vllm_extras": name}
+    return {}
+
+
+def capability_setting(capability: Capability) -> str:
+    """The stage setting that gives ``capability``, as a 400 says it (``tools: true``, ``dialect: vllm``)."""
+    return "dialect: vllm" if capability == "vllm_extras" else f"{capability}: true"
 
 
 def missing_capability(config: StageConfig, needs: Mapping[Capability, str]) -> Capability | None:

@@ -15,6 +15,7 @@ Jinja's own ``tojson`` would write ``<`` as ``\\u003c`` and sort the keys.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -53,18 +54,28 @@ class ChatTemplate:
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
         tools: list[dict[str, Any]] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> str:
+        """The prompt text. ``extra``: the request's ``chat_template_kwargs`` (vLLM's extra), more variables for the
+        template (``enable_thinking`` for Qwen3's); those named like the ones set here (``messages``, ``tools``, ...)
+        do not replace them: the request's own fields say those."""
         if continue_final_message and add_generation_prompt:
             raise ChatTemplateError("continue_final_message and add_generation_prompt cannot both be true")
         try:
             text = self._template.render(
-                messages=messages,
-                add_generation_prompt=add_generation_prompt,
-                tools=tools,
-                bos_token=self._bos,
-                eos_token=self._eos,
+                {
+                    **(extra or {}),
+                    "messages": messages,
+                    "add_generation_prompt": add_generation_prompt,
+                    "tools": tools,
+                    "bos_token": self._bos,
+                    "eos_token": self._eos,
+                }
             )
-        except TemplateError as exc:
+        except ChatTemplateError:
+            raise
+        except (TemplateError, TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
+            # a template error, or one of Python's from values it did not expect (``chat_template_kwargs`` are the client's)
             raise ChatTemplateError(f"chat template failed: {exc}") from exc
         if not continue_final_message:
             return text

@@ -71,12 +71,26 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return out
 
 
+def penalize(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
+    """vLLM's (and transformers') ``repetition_penalty`` on a copy of ``logits``: the logits of the tokens in ``seen``
+    (ids already in the prompt or the output) divided by ``penalty`` where positive, multiplied where negative."""
+    out = logits.copy()
+    if penalty != 1.0 and len(seen):
+        values = out[seen]
+        with np.errstate(over="ignore"):  # an extreme penalty: logits of +-inf, which picking handles
+            out[seen] = np.where(values > 0, values / penalty, values * penalty)
+    return out
+
+
 def top_k(logprobs: np.ndarray, k: int) -> list[TokenLogprob]:
     if k <= 0:
         return []
     idx = np.argpartition(-logprobs, k - 1)[:k]
     idx = idx[np.argsort(-logprobs[idx], kind="stable")]
     return [(int(i), float(logprobs[i])) for i in idx]
+
+
+_top_alternatives = top_k  # for ``generate``, whose ``top_k`` parameter (vLLM's name) hides the function
 
 
 class LlamaEngine:
@@ -103,6 +117,7 @@ class LlamaEngine:
             eos_token=self.piece(eos).decode("utf-8", "replace") if eos >= 0 else "",
         )
         self._vocab = self.llm._model.vocab
+        self._end_ids: np.ndarray | None = None  # every end-of-generation token id (``end_ids``), found once when asked
         # _scores[p]: token p scored given tokens < p (None: fed without its row in view); len == n_tokens
         self._scores: list[ScoredToken | None] = []
         self._tail: np.ndarray | None = None  # logits row of the last fed token: the next token's distribution
@@ -134,6 +149,12 @@ class LlamaEngine:
 
     def is_end(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def end_ids(self) -> np.ndarray:
+        """Every end-of-generation token id (what ``min_tokens`` holds back): one pass over the vocabulary, once."""
+        if self._end_ids is None:
+            self._end_ids = np.array([t for t in range(self.n_vocab) if self.is_end(t)], dtype=np.intp)
+        return self._end_ids
 
     def constraint(self, grammar: str) -> TokenConstraint:
         """A grammar constraint over this model's vocabulary for one ``generate`` (raises ``GrammarError``)."""
@@ -199,6 +220,10 @@ class LlamaEngine:
         max_tokens: int,
         temperature: float = 0.0,
         top_p: float = 1.0,
+        top_k: int = 0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        min_tokens: int = 0,
         seed: int | None = None,
         logprobs: bool = False,
         top_logprobs: int = 0,
@@ -220,25 +245,42 @@ class LlamaEngine:
         ~50 tok/s). Generation ends when the grammar admits nothing but an end
         token (or nothing at all).
         Without a constraint nothing of this runs: the loop is unchanged.
+
+        vLLM's extras: ``top_k`` (0 or -1: off) and ``min_p`` (0: off) cut the
+        sampled distribution (``_pick``); ``repetition_penalty`` (1: off) scales
+        the logits of every token already in the prompt or the output
+        (``penalize``); ``min_tokens`` holds back every end-of-generation token
+        until that many tokens are generated. The logprobs reported stay the raw
+        model's, as under a grammar.
         """
         if not prompt:
             raise ValueError("empty prompt")
         rng = np.random.default_rng(None if seed is None else seed % 2**64)  # numpy takes no negative seed; the API's may be
         logits = self._prefill(prompt)
+        seen = np.unique(np.asarray(prompt, dtype=np.intp)) if repetition_penalty != 1.0 else None
+        ends = self.end_ids() if min_tokens > 0 else None
         for produced in range(max_tokens):
+            picking = logits
+            if seen is not None:
+                picking = penalize(logits, seen, repetition_penalty)
+            if ends is not None and produced < min_tokens:
+                picking = picking.copy() if picking is logits else picking
+                picking[ends] = -np.inf
             if constraint is None:
-                token = self._pick(logits, temperature, top_p, rng)
+                token = self._pick(picking, temperature, top_p, rng, top_k, min_p)
             else:
-                token = self._pick_constrained(logits, constraint, temperature, top_p, rng)
+                token = self._pick_constrained(picking, constraint, temperature, top_p, rng, top_k, min_p)
                 if token < 0:
                     return
+            if seen is not None and not (seen == token).any():
+                seen = np.append(seen, token)
             if self.is_end(token):
                 return
             lp = log_softmax(logits)
             step = Step(token)
             if logprobs:
                 step.logprob = float(lp[token])
-                step.top = top_k(lp, top_logprobs)
+                step.top = _top_alternatives(lp, top_logprobs)
             yield step
             if constraint is not None:
                 constraint.accept(token)
@@ -282,12 +324,19 @@ class LlamaEngine:
         return list(self._scores[: len(prompt)])
 
     def _pick_constrained(
-        self, logits: np.ndarray, constraint: TokenConstraint, temperature: float, top_p: float, rng: np.random.Generator
+        self,
+        logits: np.ndarray,
+        constraint: TokenConstraint,
+        temperature: float,
+        top_p: float,
+        rng: np.random.Generator,
+        top_k: int = 0,
+        min_p: float = 0.0,
     ) -> int:
         """A token from the constrained distribution (-1: nothing allowed).
 
         Masking walks the whole vocabulary through the grammar (~10 ms here), so
-        unless the masked logits are needed (top-p, whose nucleus must be taken
+        unless the masked logits are needed (top-p, top-k and min-p, whose cut must be taken
         after the restriction) the token the model would pick is checked alone first. Greedy: the best of the top few candidates
         that the grammar allows is the constrained argmax. Sampling: a draw from
         the raw distribution that the grammar allows is kept, otherwise one is
@@ -299,17 +348,20 @@ class LlamaEngine:
             for token in order[np.lexsort((order, -logits[order]))]:  # best first, ties by id as np.argmax breaks them
                 if constraint.allows(int(token)):
                     return int(token)
-        elif top_p >= 1.0:
+        elif top_p >= 1.0 and top_k <= 0 and min_p <= 0.0:
             token = self._pick(logits, temperature, top_p, rng)
             if constraint.allows(token):
                 return token
         masked = constraint.mask(logits)
         if not np.isfinite(masked).any():
             return -1
-        return self._pick(masked, temperature, top_p, rng)
+        return self._pick(masked, temperature, top_p, rng, top_k, min_p)
 
     @staticmethod
-    def _pick(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
+    def _pick(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator, top_k: int = 0, min_p: float = 0.0) -> int:
+        """Greedy at temperature 0 (``top_k`` and ``min_p`` change nothing then); otherwise a draw at ``temperature``
+        from the tokens that survive vLLM's cuts, in its order: ``min_p`` (less likely than ``min_p`` times the most
+        likely token: out), ``top_k`` (0 or -1: off), then the ``top_p`` nucleus of what is left, renormalised."""
         if temperature <= 0.0:
             return int(np.argmax(logits))
         with np.errstate(over="ignore"):
@@ -317,7 +369,11 @@ class LlamaEngine:
         top = scaled.max()
         if not np.isfinite(top):  # a temperature so small that the scaled logits overflow (inf - inf: NaN): its limit, greedy
             return int(np.argmax(logits))
-        probs = np.exp(scaled - top)
+        probs = np.exp(scaled - top)  # the most likely token has 1
+        if min_p > 0.0:
+            probs[probs < min_p] = 0.0
+        if 0 < top_k < len(probs):
+            probs[probs < np.partition(probs, -top_k)[-top_k]] = 0.0
         probs /= probs.sum()
         if top_p < 1.0:
             order = np.argsort(-probs)

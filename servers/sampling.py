@@ -23,6 +23,10 @@ class Sampling:
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # vLLM's extras: 0 (or -1) off
+    min_p: float = 0.0  # 0: off
+    repetition_penalty: float = 1.0  # 1: off
+    min_tokens: int = 0  # no end of sequence and no stop string before this many tokens
     seed: int | None = None
     logprobs: bool = False
     top_logprobs: int = 0
@@ -38,12 +42,14 @@ class StopMatcher:
         self.stops = [s for s in stops if s]
         self.hold = max((len(s) for s in self.stops), default=1) - 1
         self.buffer = ""
+        self.floor = 0  # a stop string counts only if it ends beyond buffer[:floor] (text fed with check=False)
 
-    def feed(self, text: str) -> tuple[str, bool]:
-        """Return (text safe to emit, stopped)."""
+    def feed(self, text: str, check: bool = True) -> tuple[str, bool]:
+        """Return (text safe to emit, stopped). ``check=False`` (before ``min_tokens``): no stop string ends in ``text``,
+        as vLLM checks none before then; a stop string that ends in later text still counts."""
         self.buffer += text
-        for s in self.stops:
-            at = self.buffer.find(s)
+        for s in self.stops if check else ():
+            at = self.buffer.find(s, max(0, self.floor - len(s) + 1))
             if at >= 0:
                 out, self.buffer = self.buffer[:at], ""
                 return out, True
@@ -51,6 +57,7 @@ class StopMatcher:
             out, self.buffer = self.buffer, ""
         else:
             out, self.buffer = self.buffer[: -self.hold], self.buffer[-self.hold :]
+        self.floor = max(0, self.floor - len(out)) if check else len(self.buffer)
         return out, False
 
     def flush(self) -> str:

@@ -26,7 +26,7 @@ from common.errors import APIError, parse_chat_request
 from servers.completions import CompletionLogprobs, parse_stage_completion_request
 from servers.llama_engine import ContextOverflow
 from servers.sampling import Sampling
-from servers.stage_serving import Completion, StageServing, echo_logprobs, token_usage
+from servers.stage_serving import Completion, StageServing, echo_logprobs, sampling_extras, token_usage
 from servers.stage_streams import chat_stream, completion_stream
 
 
@@ -119,6 +119,7 @@ def create_app(serving: StageServing) -> FastAPI:
             max_tokens=serving._token_limit(req.token_limit, len(prompt)),
             temperature=1.0 if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p,
+            **sampling_extras(req),
             seed=req.seed,
             logprobs=req.logprobs is not None,
             top_logprobs=req.logprobs or 0,

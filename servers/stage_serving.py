@@ -17,6 +17,10 @@ Beyond plain chat, as vLLM's OpenAI server does:
   the history) through the model's own chat template; see ``servers/tools.py``.
   A model whose template has no tool format answers a tool request with a 400
   rather than ignoring the tools.
+* vLLM's sampling extras: ``top_k``, ``min_p``, ``repetition_penalty``,
+  ``min_tokens`` (``LlamaEngine.generate``; no stop string counts before
+  ``min_tokens`` either, as in vLLM) and ``chat_template_kwargs`` (extra
+  variables of the chat template, e.g. Qwen3's ``enable_thinking``).
 * structured outputs (``response_format`` ``json_object`` / ``json_schema``) by
   grammar-constrained decoding; see ``servers/grammar.py``. The logprobs reported
   under a grammar are the raw model's, as vLLM reports them (``LlamaEngine.generate``).
@@ -34,7 +38,7 @@ from typing import Any
 from common.errors import APIError
 from common.protocol import ChatCompletionRequest, ChatMessage
 from servers.chat_template import ChatTemplateError
-from servers.completions import CompletionLogprobs
+from servers.completions import CompletionLogprobs, CompletionRequest
 from servers.grammar import GrammarBuilder, GrammarError, TokenConstraint
 from servers.llama_engine import LlamaEngine, ScoredToken, Step
 from servers.sampling import Sampling, StopMatcher
@@ -101,6 +105,7 @@ class StageServing:
             add_generation_prompt=add_generation_prompt,
             continue_final_message=continue_final,
             tools=tools,
+            extra=req.chat_template_kwargs,
         )
 
     def prompt_tokens(self, req: ChatCompletionRequest) -> list[int]:
@@ -163,6 +168,7 @@ class StageServing:
             max_tokens=self._token_limit(req.token_limit, n_prompt),
             temperature=1.0 if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p,
+            **sampling_extras(req),
             seed=req.seed,
             logprobs=bool(req.logprobs),
             top_logprobs=req.top_logprobs or 0,
@@ -202,6 +208,10 @@ class StageServing:
                     max_tokens=sampling.max_tokens,
                     temperature=sampling.temperature,
                     top_p=sampling.top_p,
+                    top_k=sampling.top_k,
+                    min_p=sampling.min_p,
+                    repetition_penalty=sampling.repetition_penalty,
+                    min_tokens=sampling.min_tokens,
                     seed=sampling.seed,
                     logprobs=sampling.logprobs,
                     top_logprobs=sampling.top_logprobs,
@@ -217,7 +227,7 @@ class StageServing:
                         pending = b""
                     except UnicodeDecodeError:
                         text = ""  # an incomplete UTF-8 sequence; wait for the next token
-                    out, stopped = stopper.feed(text)
+                    out, stopped = stopper.feed(text, check=produced >= sampling.min_tokens)
                     calls: list[ParsedCall] = []
                     if parser is not None:
                         out, calls = parser.feed(out)
@@ -347,6 +357,16 @@ def _arguments(text: str, where: str) -> Any:
         return json.loads(text) if text.strip() else {}
     except ValueError:
         raise APIError(400, f"{where}.function.arguments is not valid JSON", param=f"{where}.function.arguments") from None
+
+
+def sampling_extras(req: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
+    """vLLM's sampling extras of a request as ``Sampling`` fields (each unset one: off)."""
+    return {
+        "top_k": req.top_k or 0,  # -1 is off too
+        "min_p": req.min_p or 0.0,
+        "repetition_penalty": 1.0 if req.repetition_penalty is None else req.repetition_penalty,
+        "min_tokens": req.min_tokens or 0,
+    }
 
 
 def token_usage(prompt: int, completion: int) -> dict[str, int]:

@@ -53,7 +53,7 @@ from router.metrics import CASCADE_COST, CASCADE_STOPS, INVALID_ANSWERS, OVERHEA
 from router.sse import DONE, event_data
 from router.stage import Stage, StageFailure
 from router.stream_tap import StreamedAnswer
-from router.validity import AnswerSpec
+from router.validity import AnswerSpec, capability_setting
 
 LAMBDA_HEADER = "x-cascade-lambda"
 MAX_STAGE_HEADER = "x-cascade-max-stage"
@@ -244,8 +244,8 @@ class OpenAIServing(ABC, Generic[Request]):
             param = spec.needs[capability]
             raise APIError(
                 400,
-                f"Model '{stage.name}' cannot answer requests with '{param}': its stage has {capability}: false; "
-                f"use model '{self.cascade_name}' (it picks a stage that can) or a stage with {capability}",
+                f"Model '{stage.name}' cannot answer requests with '{param}': its stage lacks {capability_setting(capability)}; "
+                f"use model '{self.cascade_name}' (it picks a stage that can) or a stage with {capability_setting(capability)}",
                 param=param,
                 code="unsupported_parameter",
             )

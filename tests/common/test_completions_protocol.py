@@ -151,3 +151,17 @@ def test_null_stream_and_echo_are_their_defaults() -> None:
 def test_an_empty_logit_bias_is_absent() -> None:
     """``logit_bias: {}`` biases nothing (LangChain sends it); a non-empty one stays refused (above)."""
     assert "logit_bias" not in _parse(logit_bias={}).upstream_body()
+
+
+def test_vllm_sampling_extras_are_forwarded_and_their_ranges_checked() -> None:
+    extras = {"top_k": 5, "min_p": 0.1, "repetition_penalty": 1.2, "min_tokens": 3}
+    body = _parse(**extras).upstream_body()
+    assert {k: body[k] for k in extras} == extras
+    assert parse_stage_request(json.dumps({**BASE, **extras}).encode()).top_k == 5  # the CPU stage server takes them too
+    # chat's template variables change nothing without a chat template: accepted, not forwarded
+    assert "chat_template_kwargs" not in _parse(chat_template_kwargs={"enable_thinking": False}).upstream_body()
+    assert _refused(top_k=-2).param == "top_k"
+    assert _refused(min_p=2).param == "min_p"
+    assert _refused(repetition_penalty=0).param == "repetition_penalty"
+    assert _refused(min_tokens=17).param == "min_tokens"  # above the default max_tokens, 16
+    assert _refused(min_tokens=5, max_tokens=4).param == "min_tokens"

@@ -167,3 +167,40 @@ def test_allowed_tools_goes_on_as_its_mode_over_the_allowed_tools() -> None:
     # none allowed under "auto": no tools at all, so a stage without tools can answer
     body = _parse(tools=[TOOL], tool_choice={"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}})
     assert "tools" not in body and "tool_choice" not in body
+
+
+VLLM_EXTRAS: dict[str, Any] = {
+    "top_k": 20,
+    "min_p": 0.05,
+    "repetition_penalty": 1.1,
+    "min_tokens": 2,
+    "chat_template_kwargs": {"enable_thinking": False},
+}
+
+
+def test_vllm_sampling_extras_are_accepted_and_forwarded_as_sent() -> None:
+    """What vLLM clients send through ``extra_body`` (Qwen3's ``chat_template_kwargs`` among them) reaches the stage."""
+    body = _parse(**VLLM_EXTRAS, max_tokens=8)
+    assert {k: body[k] for k in VLLM_EXTRAS} == VLLM_EXTRAS
+    assert _parse(top_k=-1, min_p=0, repetition_penalty=1, min_tokens=0)["top_k"] == -1  # vLLM's "off" values
+    assert not set(VLLM_EXTRAS) & set(_parse())  # unset: nothing forwarded
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"top_k": -2},
+        {"top_k": 1.5},
+        {"min_p": -0.1},
+        {"min_p": 1.5},
+        {"repetition_penalty": 0},
+        {"repetition_penalty": -1.0},
+        {"min_tokens": -1},
+        {"min_tokens": 9, "max_tokens": 8},
+        {"min_tokens": 9, "max_completion_tokens": 8},
+        {"chat_template_kwargs": "enable_thinking"},
+    ],
+)
+def test_vllm_sampling_extras_out_of_range_are_400s_naming_the_field(fields: dict[str, Any]) -> None:
+    name = next(k for k in fields if k not in ("max_tokens", "max_completion_tokens"))
+    assert _refused(**fields).param == name

@@ -148,6 +148,60 @@ async def test_null_flags_and_an_empty_logit_bias_are_accepted_on_every_endpoint
         assert response.json()["object"] == "response"
 
 
+VLLM_EXTRAS = {"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1, "min_tokens": 2}
+CHAT_EXTRAS = {**VLLM_EXTRAS, "chat_template_kwargs": {"enable_thinking": False}}
+
+
+async def test_vllm_sampling_extras_reach_a_vllm_stage_as_sent() -> None:
+    """``top_k``, ``min_p``, ``repetition_penalty``, ``min_tokens``, ``chat_template_kwargs`` (what vLLM clients send
+    through ``extra_body``): through the cascade and to a named stage, on chat and completions."""
+    async with serve(STOP, make_settings(dialect="vllm")) as r:
+        for model in ("cascade", "s1"):
+            resp = await r.chat(model=model, max_tokens=8, **CHAT_EXTRAS)
+            assert resp.status_code == 200, resp.text
+            sent = r.stages[0 if model == "cascade" else 1].calls[-1]
+            assert {k: sent.get(k) for k in CHAT_EXTRAS} == CHAT_EXTRAS
+            completion = await r.complete(model=model, max_tokens=8, chat_template_kwargs={"enable_thinking": False}, **VLLM_EXTRAS)
+            assert completion.status_code == 200, completion.text
+            sent = r.stages[0 if model == "cascade" else 1].calls[-1]
+            assert {k: sent.get(k) for k in VLLM_EXTRAS} == VLLM_EXTRAS and "chat_template_kwargs" not in sent  # no template there
+
+
+async def test_a_penalised_request_is_regenerated_not_verified() -> None:
+    async with serve(ESCALATE, make_settings(dialect="vllm")) as r:
+        resp = await r.chat(max_tokens=32, temperature=0, repetition_penalty=1.2)
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-cascade-draft"] == "s1:regenerate:penalties"
+        [call] = r.stages[1].calls
+        assert call["repetition_penalty"] == 1.2 and "prompt_logprobs" not in call
+
+
+@pytest.mark.parametrize("api", ["chat", "completions"])
+@pytest.mark.parametrize("field", [*VLLM_EXTRAS, "chat_template_kwargs"])
+async def test_vllm_sampling_extras_need_a_vllm_stage(api: str, field: str) -> None:
+    """A hosted API (dialect openai or litellm) refuses or ignores vLLM's extras: a named one is a 400 naming the field,
+    the cascade skips it (``x-cascade-skipped``) as it skips a stage without tools for a tools request."""
+    if api == "completions" and field == "chat_template_kwargs":
+        return  # accepted and dropped there: no chat template applies (test above)
+    value = CHAT_EXTRAS[field]
+    async with serve(STOP, make_settings({"dialect": "openai"}, {}, dialect="vllm")) as r:
+        ask = r.chat if api == "chat" else r.complete
+        resp = await ask(model="s0", max_tokens=8, **{field: value})
+        assert resp.status_code == 400, resp.text
+        err = resp.json()["error"]
+        assert err["param"] == field and "s0" in err["message"] and "dialect: vllm" in err["message"]
+        assert r.stages[0].calls == []
+        resp = await ask(max_tokens=8, **{field: value})
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-cascade-skipped"] == "s0:vllm_extras" and resp.headers["x-cascade-stage"] == "s1"
+        assert r.stages[0].calls == [] and r.stages[1].calls[-1][field] == value
+        resp = await ask(max_tokens=8, cascade_max_stage=0, **{field: value})  # no vllm stage left
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == field
+        assert resp.json()["error"]["code"] == "no_capable_stage"
+        plain = await ask(model="s0", max_tokens=8)  # without them the stage is fine
+        assert plain.status_code == 200, plain.text
+
+
 @pytest.mark.parametrize(
     ("choice", "param"),
     [

@@ -42,6 +42,24 @@ def test_why_not_verify() -> None:
     )
 
 
+def test_why_not_verify_penalties_and_cuts_of_the_distribution() -> None:
+    """A penalty or ``min_tokens`` changes stage j's choices beyond its raw scores: regenerate; ``top_k``/``min_p``
+    cut a sampled distribution the speculative-sampling rule does not know, as ``top_p`` does; their "off" values
+    and ``chat_template_kwargs`` change nothing."""
+    greedy = {"messages": [], "temperature": 0}
+    vllm = _client("vllm")
+    assert why_not_verify(vllm, {**greedy, "repetition_penalty": 1.1}, "draft") == "penalties"
+    assert why_not_verify(vllm, {**greedy, "min_tokens": 5}, "draft") == "penalties"
+    assert why_not_verify(vllm, {**greedy, "presence_penalty": 0.5}, "draft") == "penalties"
+    assert why_not_verify(vllm, {**greedy, "repetition_penalty": 1.0, "min_tokens": 0}, "draft") is None
+    assert why_not_verify(vllm, {**greedy, "top_k": 5, "min_p": 0.1, "chat_template_kwargs": {"enable_thinking": False}}, "draft") is None
+    sampled = {"messages": [], "temperature": 0.7}
+    assert why_not_verify(vllm, {**sampled, "top_k": 5}, "draft", shared_tokenizer=True) == "sampling-top-k"
+    assert why_not_verify(vllm, {**sampled, "min_p": 0.05}, "draft", shared_tokenizer=True) == "sampling-top-k"
+    assert why_not_verify(vllm, {**sampled, "top_k": -1, "min_p": 0}, "draft", shared_tokenizer=True) is None
+    assert why_not_verify(vllm, {**sampled, "top_k": 5}, "draft") == "sampling"
+
+
 def test_proposals_end_before_a_space_and_rejoin_needs_a_long_enough_tail() -> None:
     draft = "def f(x):\n    return x + 1\n"
     assert _proposal(draft, 0, 3, 4.0) == "def f(x):"  # ~12 characters, cut before the newline

@@ -69,6 +69,20 @@ def test_kinds_and_capabilities() -> None:
     assert missing_capability(stage, {"structured_outputs": "response_format"}) is None
 
 
+def test_vllm_extras_need_a_vllm_stage() -> None:
+    assert required_capabilities({"messages": [], "min_p": 0.1, "top_k": 5}) == {"vllm_extras": "top_k"}  # the first one named
+    assert required_capabilities({"messages": [], "chat_template_kwargs": {"enable_thinking": False}}) == {
+        "vllm_extras": "chat_template_kwargs"
+    }
+    assert required_capabilities({"messages": [], "top_p": 0.5}) == {}
+    needs = required_capabilities({"messages": [], "repetition_penalty": 1.1})
+    prices = {"cost": {"request": 1.0}}
+    assert missing_capability(StageConfig(name="s", model="m", url="http://x/v1", prices=prices), needs) is None
+    for dialect in ("openai", "litellm"):
+        hosted = StageConfig(name="s", model="m", url="http://x/v1", prices=prices, dialect=dialect)
+        assert missing_capability(hosted, needs) == "vllm_extras"
+
+
 @pytest.mark.parametrize(
     ("body", "choice", "reason"),
     [

@@ -142,3 +142,18 @@ def test_model_by_id(client: OpenAI, url: str) -> None:
     assert [m.id for m in client.models.list()] == [QWEN]
     resp = httpx.get(f"{url}/models/other", timeout=60)
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "model_not_found"
+
+
+def test_vllm_sampling_extras_are_honoured(url: str) -> None:
+    greedy = _post(url, max_tokens=12, temperature=0)["choices"][0]["text"]
+    assert _post(url, max_tokens=12, temperature=1.0, seed=1, top_k=1)["choices"][0]["text"] == greedy
+    assert _post(url, max_tokens=12, temperature=1.0, seed=1, min_p=1.0)["choices"][0]["text"] == greedy
+    repeats = "a a a a a a a a a a a a"  # greedy goes on repeating; a penalty on the tokens seen steers away
+    assert _post(url, prompt=repeats, max_tokens=6, temperature=0)["choices"][0]["text"].split() == ["a"] * 6
+    assert "a" not in _post(url, prompt=repeats, max_tokens=6, temperature=0, repetition_penalty=5.0)["choices"][0]["text"].split()
+    done = _post(url, prompt="The capital of France is Paris.", max_tokens=64, temperature=0, stop=["."])
+    n = done["usage"]["completion_tokens"]
+    held = _post(url, prompt="The capital of France is Paris.", max_tokens=64, temperature=0, stop=["."], min_tokens=n + 3)
+    assert held["usage"]["completion_tokens"] >= n + 3  # neither the stop string nor the end before min_tokens
+    resp = httpx.post(f"{url}/completions", json={"model": QWEN, "prompt": PROMPT, "top_k": -2}, timeout=60)
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "top_k", resp.text

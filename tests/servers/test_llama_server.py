@@ -196,3 +196,25 @@ def test_closing_a_stream_stops_decoding_at_once(stage: str) -> None:
     t0 = time.perf_counter()
     _post(stage, temperature=0, max_tokens=1)
     assert time.perf_counter() - t0 < 5
+
+
+def test_vllm_sampling_extras_are_honoured(stage: str) -> None:
+    """top_k, min_p, repetition_penalty, min_tokens and chat_template_kwargs, as vLLM takes them (its 400s included)."""
+    greedy = _post(stage, temperature=0, max_tokens=12)["choices"][0]["message"]["content"]
+    # sampling from the top 1 token, or from the tokens at least as likely as the most likely one, is greedy
+    assert _post(stage, temperature=1.0, seed=1, top_k=1, max_tokens=12)["choices"][0]["message"]["content"] == greedy
+    assert _post(stage, temperature=1.0, seed=1, min_p=1.0, max_tokens=12)["choices"][0]["message"]["content"] == greedy
+    assert _post(stage, temperature=0, top_k=5, min_p=0.5, max_tokens=12)["choices"][0]["message"]["content"] == greedy
+    assert _post(stage, temperature=0, repetition_penalty=2.0, max_tokens=12)["choices"][0]["message"]["content"] != greedy
+    kwargs = _post(stage, temperature=0, max_tokens=12, chat_template_kwargs={"enable_thinking": False})
+    assert kwargs["choices"][0]["message"]["content"] == greedy  # Qwen2.5's template has no such variable
+    short = [{"role": "user", "content": "Reply with the single word: yes"}]
+    free = _post(stage, messages=short, temperature=0, max_tokens=64)
+    assert free["choices"][0]["finish_reason"] == "stop"
+    n = free["usage"]["completion_tokens"]
+    held = _post(stage, messages=short, temperature=0, max_tokens=64, min_tokens=n + 4)
+    assert held["usage"]["completion_tokens"] >= n + 4
+    for body, param in [({"top_k": -2}, "top_k"), ({"min_p": 1.5}, "min_p"), ({"repetition_penalty": 0}, "repetition_penalty"),
+                        ({"min_tokens": 9, "max_tokens": 8}, "min_tokens")]:  # fmt: skip
+        resp = httpx.post(f"{stage}/chat/completions", json={"model": "qwen2.5-coder-0.5b", "messages": PROMPT, **body})
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == param, resp.text

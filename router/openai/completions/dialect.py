@@ -18,11 +18,17 @@ from router.dialect import STREAM_USAGE
 from router.draft import DraftIO
 from router.openai.completions.draft import COMPLETIONS_DRAFT
 from router.stage import Stage, StageReply, completions_stage
-from router.validity import AnswerSpec
+from router.validity import AnswerSpec, extras_needs
 
 # A completions request needs a stage that serves /v1/completions; it is text, with no rules beyond that. Its field is
 # ``model``: what a client changes when no stage of the model it named can serve it.
 COMPLETION_SPEC = AnswerSpec("text", {"completions": "model"}, None)
+
+
+def completion_spec(body: Mapping[str, Any]) -> AnswerSpec:
+    """``COMPLETION_SPEC``, plus a stage of dialect vllm when the body holds vLLM's sampling extras (``top_k``, ...)."""
+    extras = extras_needs(body)
+    return AnswerSpec("text", {**COMPLETION_SPEC.needs, **extras}, None) if extras else COMPLETION_SPEC
 
 
 class CompletionsDialect:

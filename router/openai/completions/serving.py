@@ -43,7 +43,7 @@ from common.errors import APIError
 from predictor.serving.features import PromptStats
 from router.contracts import CascadeRequest, RequestOutcome, TenantLimits, TokenUsage
 from router.metrics import STAGE_CALLS
-from router.openai.completions.dialect import COMPLETION_SPEC, COMPLETIONS_DIALECT
+from router.openai.completions.dialect import COMPLETION_SPEC, COMPLETIONS_DIALECT, completion_spec
 from router.openai.serving_base import (
     DONE_EVENT,
     JSON,
@@ -83,6 +83,7 @@ class CompletionServing(OpenAIServing[CompletionRequest]):
         if not stage.config.completions:
             raise self._no_completions(stage, "its stage has completions: false")
         body = req.upstream_body(exclude=PASSTHROUGH_EXCLUDE)
+        self.refuse_incapable(stage, completion_spec(body))
         headers = {"x-cascade-stage": stage.name, "x-cascade-path": stage.name, "x-cascade-kind": _KIND}
         try:
             target = completions_stage(stage)
@@ -115,7 +116,7 @@ class CompletionServing(OpenAIServing[CompletionRequest]):
         body = req.upstream_body(exclude=_CASCADE_EXCLUDE)
         body["max_tokens"] = req.token_limit  # explicit: verification and continuations count against it
         prompt = PromptStats.from_texts([req.prompt_text])
-        cascade_req = CascadeRequest(body, prompt, lam, max_stage, stream=req.stream, spec=COMPLETION_SPEC, learn=limits.learn)
+        cascade_req = CascadeRequest(body, prompt, lam, max_stage, stream=req.stream, spec=completion_spec(body), learn=limits.learn)
         result = await self.engine.run(cascade_req, COMPLETIONS_DIALECT)
         return self.respond(result, _KIND, lam, t0, req.stream, CompletionsRendering(self, req, result))
 
