@@ -37,6 +37,7 @@ from predictor.serving.calibration import LambdaTable
 from predictor.serving.interface import Predictor
 from predictor.serving.loader import load_model, model_dir
 from router.cascade import CascadeEngine
+from router.closing import aclose
 from router.contracts import RequestOutcome, TenantLimits
 from router.metrics import DEFAULT_LAMBDA, ENDPOINTS, RATE_LIMITED, REGISTRY, REQUESTS
 from router.model_reload import ModelReloader
@@ -248,10 +249,8 @@ def create_app(
                 async for chunk in body:
                     yield chunk
             finally:
-                close = getattr(body, "aclose", None)
-                try:
-                    if close is not None:  # the stage's stream and its tap end first (not at GC), then it is settled
-                        await close()
+                try:  # the stage's stream and its tap end first (router.closing: not at GC), then it is settled
+                    await aclose(body)
                 except Exception:  # its own failure, logged; the accounting below still runs
                     log.exception("closing a stream's body failed")
                 try:

@@ -42,7 +42,8 @@ has no text to verify. Scoring under the grammar would keep verification
 lossless, but no stage server scores that way. A client's prefill
 (``continue_final_message``: the answer continues the final assistant message)
 regenerates too (``prefill``): the draft continues that message, and scoring
-it as a message of its own would read stage j in another context.
+it as a message of its own would read stage j in another context; so does a
+request without the generation prompt (``add_generation_prompt: false``).
 
 The same rounds verify a ``/v1/completions`` draft: what differs from chat is
 only how a stage is asked and how its answer is read, a ``DraftIO`` (``CHAT_DRAFT``
@@ -116,8 +117,8 @@ def why_not_verify(client: Stage, body: dict[str, Any], draft: str, shared_token
         return "structured"
     if body.get("tools") and body.get("tool_choice") != "none":
         return "tools"
-    if body.get("continue_final_message"):
-        return "prefill"
+    if body.get("continue_final_message") or body.get("add_generation_prompt") is False:
+        return "prefill"  # the answer is not a new assistant message: scoring the draft as one reads another context
     if client.config.dialect != "vllm":
         return "dialect"
     if body.get("stop"):

@@ -38,6 +38,7 @@ from typing import Any
 
 import orjson
 
+from router.closing import closing
 from router.draft import DraftCheck, merged_usage
 
 __all__ = ["NULL_USAGE", "StreamedAnswer", "tap"]
@@ -127,14 +128,15 @@ async def tap(events: AsyncIterator[bytes], done: Callable[[StreamedAnswer | Non
     logged."""
     answer: StreamedAnswer | None = StreamedAnswer(whole=whole)
     try:
-        async for payload in events:
-            assert answer is not None
-            answer.add(payload)
-            handed = time.perf_counter()
-            yield payload
-            held = time.perf_counter() - handed
-            if held > HELD_FLOOR_S:  # the consumer's send waited (below it: the router's own work on the payload)
-                answer.held_s += held
+        async with closing(events):  # the stage's stream ends before ``done`` is told
+            async for payload in events:
+                assert answer is not None
+                answer.add(payload)
+                handed = time.perf_counter()
+                yield payload
+                held = time.perf_counter() - handed
+                if held > HELD_FLOOR_S:  # the consumer's send waited (below it: the router's own work on the payload)
+                    answer.held_s += held
     except BaseException:
         answer = None
         raise

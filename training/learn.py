@@ -393,14 +393,23 @@ def learn(
         return outcome
 
 
-def _table_in_force(registry: Path, served: str, settings: Settings) -> LambdaTable | None:
-    """The served version's λ table if it gives the default target its λ in the ladder's unit from as many tours as
-    that target needs (``LambdaTable.choose``); None where the ladder is still learned for want of one: no table, a
-    table of too few tours for a target since tightened, or one calibrated in another ``cost_unit``."""
+def _resolves(table: LambdaTable | None, settings: Settings) -> bool:
+    """Whether a λ table serves this ladder: its λ in the ladder's unit and, where there is a default target, one
+    for it from as many tours as it needs (``LambdaTable.choose``). Without a target a table in the unit serves
+    (tenants' targets are looked up in it): nothing to recalibrate, every learning round."""
     from training import calibrate
 
+    if table is None or not table.priced_in(settings.cascade.cost_unit):
+        return False
+    return settings.cascade.default_target is None or calibrate.lambda_in_force(table, settings)[1]
+
+
+def _table_in_force(registry: Path, served: str, settings: Settings) -> LambdaTable | None:
+    """The served version's λ table if it serves the ladder (``_resolves``); None where the ladder is still learned
+    for want of one: no table, a table of too few tours for a target since tightened, or one in another
+    ``cost_unit``."""
     table = LambdaTable.load(registry / served)
-    return table if table is not None and calibrate.lambda_in_force(table, settings)[1] else None
+    return table if _resolves(table, settings) else None
 
 
 def _recalibrated(registry: Path, served: str | None, tours: Table, settings: Settings) -> str | None:
@@ -418,7 +427,7 @@ def _recalibrated(registry: Path, served: str | None, tours: Table, settings: Se
         model = Path(tmp) / "model"
         shutil.copytree(registry / served, model)
         table = calibrate.tour_table(tours, OnnxPredictor.load(model, settings.cascade.risk.evidence), settings)
-        if had_table and not calibrate.lambda_in_force(LambdaTable.of(table), settings)[1]:
+        if had_table and not _resolves(LambdaTable.of(table), settings):
             return None
         (model / calibrate.CALIBRATION_FILE).write_text(json.dumps(table, indent=2) + "\n")
         before = lineage(registry, served)

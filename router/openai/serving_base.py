@@ -48,6 +48,7 @@ from common.completions_protocol import CASCADE_FIELDS  # the body's cascade ext
 from common.errors import APIError
 from common.settings import Settings
 from router.cascade import CascadeEngine
+from router.closing import aclose, closing
 from router.contracts import NO_USAGE, CascadeResult, RequestOutcome, StageVisit, TenantLimits, TokenUsage
 from router.metrics import CASCADE_COST, CASCADE_STOPS, INVALID_ANSWERS, OVERHEAD_SECONDS, REQUESTS_BY_KIND, STAGE_CALLS, STAGE_SECONDS
 from router.sse import DONE, event_data
@@ -65,6 +66,7 @@ DONE_EVENT = b"data: [DONE]\n\n"
 TOKENS_HEADER = "x-cascade-tokens"
 COST_HEADER = "x-cascade-cost"
 COST_UNIT_HEADER = "x-cascade-cost-unit"
+CLOSE_TIMEOUT_S = 5.0  # SSEResponse: how long closing a stream's chain may take once its response has ended
 
 Answer = TypeVar("Answer")
 
@@ -75,7 +77,9 @@ class SSEResponse(StreamingResponse):
     Starlette leaves a body iterator as it was when the client goes away while a chunk is being sent: the
     generator stays suspended at its ``yield`` until the garbage collector finalises it, and with it the stage's
     stream, the stream tap's row, labels and shadow check, and the tenant's accounting (``finally`` blocks down the
-    chain). Closing it here, shielded from the cancellation that ended the response, runs them at once.
+    chain). Closing it here, shielded from the cancellation that ended the response, runs them at once: each link
+    of the chain closes the one it wraps (``router.closing``), down to the stage's HTTP stream. A close that
+    stalls is given up after ``CLOSE_TIMEOUT_S`` (what is left of it goes to the garbage collector, as before).
     """
 
     def __init__(self, content: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
@@ -85,10 +89,8 @@ class SSEResponse(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            close = getattr(self.body_iterator, "aclose", None)
-            if close is not None:
-                with anyio.CancelScope(shield=True):
-                    await close()
+            with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+                await aclose(self.body_iterator)
 
 
 def sse(payload: bytes) -> bytes:
@@ -319,12 +321,13 @@ class OpenAIServing(ABC, Generic[Request]):
         public = f'"model":"{client.name}"'.encode()
         done = False
         try:
-            async for block in blocks:
-                done = done or (DONE in block and DONE in event_data(block))  # `data:[DONE]` too: a space is optional
-                if b'"usage"' in block:
-                    for data in event_data(block):
-                        seen.add(data)
-                yield block.replace(upstream, public) if upstream != public else block
+            async with closing(blocks):
+                async for block in blocks:
+                    done = done or (DONE in block and DONE in event_data(block))  # `data:[DONE]` too: a space is optional
+                    if b'"usage"' in block:
+                        for data in event_data(block):
+                            seen.add(data)
+                    yield block.replace(upstream, public) if upstream != public else block
         except StageFailure as exc:
             yield error_event(exc)
         if not done:

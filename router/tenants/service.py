@@ -265,8 +265,8 @@ class TenantService:
             return settings.lambda_
         if settings.slo is not None:
             return self.cfg.slo_initial_lambda
-        if settings.target is not None and self.target_lambda is not None:
-            return self.target_lambda(settings.target, self.default_lambda)
+        if settings.target is not None and self.target_lambda is not None:  # unmet: what it would have had without one
+            return self.target_lambda(settings.target, self.lam_default())
         return self.lam_default()
 
     def lam_default(self) -> float:

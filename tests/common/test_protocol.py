@@ -182,7 +182,10 @@ def test_vllm_sampling_extras_are_accepted_and_forwarded_as_sent() -> None:
     """What vLLM clients send through ``extra_body`` (Qwen3's ``chat_template_kwargs`` among them) reaches the stage."""
     body = _parse(**VLLM_EXTRAS, max_tokens=8)
     assert {k: body[k] for k in VLLM_EXTRAS} == VLLM_EXTRAS
-    assert _parse(top_k=-1, min_p=0, repetition_penalty=1, min_tokens=0)["top_k"] == -1  # vLLM's "off" values
+    # vLLM's "off" values change no answer: parsed as absent, not forwarded, and no stage of dialect vllm is needed
+    off = _parse(top_k=-1, min_p=0, repetition_penalty=1, min_tokens=0, chat_template_kwargs={})
+    assert not set(VLLM_EXTRAS) & set(off)
+    assert not set(VLLM_EXTRAS) & set(_parse(top_k=0, repetition_penalty=1.0))
     assert not set(VLLM_EXTRAS) & set(_parse())  # unset: nothing forwarded
 
 

@@ -32,6 +32,8 @@ def test_why_not_verify() -> None:
     assert why_not_verify(_client("vllm"), greedy, "") == "empty-draft"
     prefill = {**greedy, "continue_final_message": True, "add_generation_prompt": False}
     assert why_not_verify(_client("vllm"), prefill, "draft") == "prefill"  # the draft continues the client's message
+    no_header = {**greedy, "add_generation_prompt": False}  # the answer follows the messages with no assistant header
+    assert why_not_verify(_client("vllm"), no_header, "draft") == "prefill"
     assert why_not_verify(_client("vllm"), {**greedy, "continue_final_message": False}, "draft") is None
     # sampled drafts are verified (speculative sampling) only between stages that share a tokenizer
     assert why_not_verify(_client("vllm"), {"messages": [], "temperature": 0.7}, "draft", shared_tokenizer=True) is None

@@ -9,6 +9,7 @@ have run by the time the response returns.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -16,7 +17,8 @@ import pytest
 from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 
-from router.openai.serving_base import SSE, SSEResponse
+from router.openai.serving_base import SSE, OpenAIServing, SSEResponse
+from router.stream_tap import StreamedAnswer, tap
 
 pytestmark = pytest.mark.anyio
 
@@ -64,6 +66,19 @@ async def test_a_stream_whose_client_leaves_mid_send_is_closed_before_the_respon
     response = SSEResponse(body.events(), {"x-cascade-stage": "s0"})
     await _leaves_mid_send(response)
     assert body.sent == 2 and body.closed  # while `response` still holds the generator: closed, not waiting for GC
+
+
+async def test_the_close_reaches_the_stages_stream_through_every_link_of_the_chain() -> None:
+    """A pass-through's chain as the router builds it: the stage's stream, the tap that keeps its answer, the relay
+    that renames its model. The stage's stream (held here, as the cascade's reference cycle holds it) is closed and
+    the tap has told its end (None: not run to its end) before the response returns, not when a collector runs."""
+    body = _Body()
+    source = body.events()
+    ended: list[StreamedAnswer | None] = []
+    stage: Any = SimpleNamespace(name="s0", config=SimpleNamespace(model="m0"))
+    chain = OpenAIServing.relay(tap(source, ended.append), stage, StreamedAnswer(whole=False))
+    await _leaves_mid_send(SSEResponse(chain, {}))
+    assert body.closed and ended == [None]
 
 
 async def test_on_an_asgi_2_4_server_a_send_that_fails_closes_the_stream_too() -> None:

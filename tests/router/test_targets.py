@@ -152,3 +152,27 @@ async def test_the_default_target_sets_the_lambda_of_requests_that_name_none(tar
 def test_the_default_target_is_validated_as_a_tenants_is() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         Settings.model_validate({"cascade": {"default_target": {"keep": 0.9, "within_points": 1}}})
+
+
+@pytest.mark.anyio
+async def test_a_tenant_whose_target_no_lambda_meets_runs_at_the_default_targets_lambda() -> None:
+    """A target the table cannot meet leaves the tenant the λ it would have had without one: the default target's,
+    not the bare ``default_lambda`` (which may be far looser than what every other request gets)."""
+    stage = {"url": "http://127.0.0.1:9/v1", "dialect": "openai"}
+    settings = Settings.model_validate({
+        "cascade": {"cost_unit": "compute", "default_lambda": 7.0, "default_target": {"within_points": 2}},
+        "tenancy": {"auth": "keys", "admin_key": "admin-secret"},
+        "predictor": {"kind": "onnx", "path": str(MODEL)},
+        "stages": [{**stage, "name": "s0", "model": "m0", "prices": {"compute": {"request": 1.0}}},
+                   {**stage, "name": "s1", "model": "m1", "prices": {"compute": {"request": 4.0}}}],
+    })  # fmt: skip
+    table = LambdaTable.load(MODEL)
+    assert table is not None and table.lambda_for(Target(top_share=0.999)) is None
+    default = table.lambda_for(Target(within_points=2))
+    assert default is not None and default != 7.0
+    predictor = ScriptedPredictor({0: 0.9, 1: 0.9}, [0.5, 0.9])
+    async with app_client(settings, predictor=predictor, stages=fake_stages(settings.stages)) as c:
+        made = await c.post("/admin/tenants", json={"id": "strict", "settings": {"target": {"top_share": 0.999}}}, headers=ADMIN)
+        assert made.status_code in (200, 201), made.text
+        view = await c.get("/v1/tenant", headers={"authorization": f"Bearer {made.json()['api_key']}"})
+        assert view.json()["effective_lambda"] == pytest.approx(default, rel=1e-9)

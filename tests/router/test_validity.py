@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from common.errors import parse_chat_request
 from common.settings import StageConfig
 from router.validity import (
     INVALID_REASONS,
@@ -75,6 +76,21 @@ def test_vllm_extras_need_a_vllm_stage() -> None:
         "vllm_extras": "chat_template_kwargs"
     }
     assert required_capabilities({"messages": [], "top_p": 0.5}) == {}
+    # vLLM's "off" values parse as absent: a request that sends them is answered by any stage
+    off = parse_chat_request(
+        json.dumps(
+            {
+                "model": "cascade",
+                "messages": [{"role": "user", "content": "hi"}],
+                "top_k": -1,
+                "min_p": 0,
+                "repetition_penalty": 1,
+                "min_tokens": 0,
+                "chat_template_kwargs": {},
+            }
+        )
+    )
+    assert required_capabilities(off.upstream_body()) == {}
     needs = required_capabilities({"messages": [], "repetition_penalty": 1.1})
     prices = {"cost": {"request": 1.0}}
     assert missing_capability(StageConfig(name="s", model="m", url="http://x/v1", prices=prices), needs) is None

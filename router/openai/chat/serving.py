@@ -37,6 +37,7 @@ from starlette.responses import Response
 from common.completions_protocol import CASCADE_FIELDS
 from common.protocol import ChatCompletionRequest
 from predictor.serving.features import PromptStats
+from router.closing import closing
 from router.contracts import CascadeRequest, RequestOutcome, TenantLimits, TokenUsage
 from router.metrics import STAGE_CALLS
 from router.openai.chat.dialect import CHAT_DIALECT
@@ -220,20 +221,21 @@ class ChatRendering(RenderingBase[ChatCompletionRequest]):
         if first is not None:  # the verified draft prefix goes out at once
             yield sse(orjson.dumps(first))
         try:
-            async for payload in events:
-                if b'"usage"' in payload:
-                    chunk = orjson.loads(payload)
-                    if chunk.get("usage") and not chunk.get("choices"):
-                        usage = self.usage_chunk(chunk, before)
-                        if usage is not None:
-                            yield sse(orjson.dumps(usage))
-                        continue
-                if rewrite:
-                    rewritten = self.rewrite(orjson.loads(payload))
-                    if rewritten is not None:
-                        yield sse(orjson.dumps(rewritten))
-                else:
-                    yield sse(payload.replace(upstream, public, 1))
+            async with closing(events):
+                async for payload in events:
+                    if b'"usage"' in payload:
+                        chunk = orjson.loads(payload)
+                        if chunk.get("usage") and not chunk.get("choices"):
+                            usage = self.usage_chunk(chunk, before)
+                            if usage is not None:
+                                yield sse(orjson.dumps(usage))
+                            continue
+                    if rewrite:
+                        rewritten = self.rewrite(orjson.loads(payload))
+                        if rewritten is not None:
+                            yield sse(orjson.dumps(rewritten))
+                    else:
+                        yield sse(payload.replace(upstream, public, 1))
         except StageFailure as exc:
             yield error_event(exc)
         yield DONE_EVENT
@@ -246,14 +248,15 @@ class ChatRendering(RenderingBase[ChatCompletionRequest]):
         first = self.prefix_chunk()
         if first is not None:
             yield first
-        async for payload in events:
-            chunk: dict[str, Any] = orjson.loads(payload)
-            out: dict[str, Any] | None = chunk
-            if chunk.get("usage") and not chunk.get("choices"):
-                out = self.usage_chunk(chunk, before)
-            elif rewrite:
-                out = self.rewrite(chunk)
-            else:
-                chunk["model"] = self.cascade_name
-            if out is not None:
-                yield out
+        async with closing(events):
+            async for payload in events:
+                chunk: dict[str, Any] = orjson.loads(payload)
+                out: dict[str, Any] | None = chunk
+                if chunk.get("usage") and not chunk.get("choices"):
+                    out = self.usage_chunk(chunk, before)
+                elif rewrite:
+                    out = self.rewrite(chunk)
+                else:
+                    chunk["model"] = self.cascade_name
+                if out is not None:
+                    yield out

@@ -41,6 +41,7 @@ from starlette.responses import Response
 from common.completions_protocol import CASCADE_FIELDS, CompletionRequest, entries_logprobs, top_alternatives
 from common.errors import APIError
 from predictor.serving.features import PromptStats
+from router.closing import closing
 from router.contracts import CascadeRequest, RequestOutcome, TenantLimits, TokenUsage
 from router.metrics import STAGE_CALLS
 from router.openai.completions.dialect import COMPLETION_SPEC, COMPLETIONS_DIALECT, completion_spec
@@ -196,24 +197,25 @@ class CompletionsRendering(RenderingBase[CompletionRequest]):
         # the stage was asked for max(client's, predictor's) alternatives: relay its chunks untouched only when that is the client's
         rewrite = req.logprobs is None or req.logprobs < self.top_k or shift > 0
         try:
-            async for payload in events:
-                if b'"usage"' in payload:
-                    chunk = orjson.loads(payload)
-                    if chunk.get("usage") and not chunk.get("choices"):
-                        if req.include_usage:
-                            chunk["usage"] = (before + TokenUsage.of(chunk["usage"])).to_dict()
-                            chunk["model"] = self.cascade_name
-                            yield sse(orjson.dumps(chunk))
-                        continue
-                if rewrite:
-                    chunk = orjson.loads(payload)
-                    for choice in chunk.get("choices", ()):
-                        choice["logprobs"] = self.client_logprobs(choice.get("logprobs"), shift)
-                    chunk["model"] = self.cascade_name
-                    chunk.pop("usage", None)
-                    yield sse(orjson.dumps(chunk))
-                else:
-                    yield sse(payload.replace(upstream, public, 1))
+            async with closing(events):
+                async for payload in events:
+                    if b'"usage"' in payload:
+                        chunk = orjson.loads(payload)
+                        if chunk.get("usage") and not chunk.get("choices"):
+                            if req.include_usage:
+                                chunk["usage"] = (before + TokenUsage.of(chunk["usage"])).to_dict()
+                                chunk["model"] = self.cascade_name
+                                yield sse(orjson.dumps(chunk))
+                            continue
+                    if rewrite:
+                        chunk = orjson.loads(payload)
+                        for choice in chunk.get("choices", ()):
+                            choice["logprobs"] = self.client_logprobs(choice.get("logprobs"), shift)
+                        chunk["model"] = self.cascade_name
+                        chunk.pop("usage", None)
+                        yield sse(orjson.dumps(chunk))
+                    else:
+                        yield sse(payload.replace(upstream, public, 1))
         except StageFailure as exc:
             yield error_event(exc)
         yield DONE_EVENT

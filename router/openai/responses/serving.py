@@ -29,6 +29,7 @@ from starlette.responses import Response
 from common.errors import APIError
 from common.protocol import ChatCompletionRequest
 from common.responses_protocol import ResponsesRequest, responses_error
+from router.closing import aclose, closing
 from router.contracts import RequestOutcome, TenantLimits
 from router.metrics import STAGE_CALLS
 from router.openai.chat.dialect import CHAT_DIALECT
@@ -146,10 +147,11 @@ async def _aiter(chunks: Iterable[dict[str, Any]]) -> AsyncIterator[dict[str, An
 
 async def _decoded(payloads: AsyncIterator[bytes], seen: StreamedAnswer) -> AsyncIterator[dict[str, Any]]:
     """A stage's stream of chat chunks (its SSE payloads), decoded; its usage ``seen`` on its way."""
-    async for payload in payloads:
-        seen.add(payload)
-        chunk: dict[str, Any] = orjson.loads(payload)
-        yield chunk
+    async with closing(payloads):
+        async for payload in payloads:
+            seen.add(payload)
+            chunk: dict[str, Any] = orjson.loads(payload)
+            yield chunk
 
 
 async def _translate(
@@ -179,14 +181,8 @@ async def _translate(
             yield event
         return
     finally:
-        await _close(chunks)
+        await aclose(chunks)
         if source is not None:
-            await _close(source)
+            await aclose(source)
     for event in builder.finish():
         yield event
-
-
-async def _close(stream: AsyncIterator[Any]) -> None:
-    close = getattr(stream, "aclose", None)
-    if close is not None:
-        await close()
