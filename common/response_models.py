@@ -424,6 +424,9 @@ class ModelCapabilities(_Body):
     tools: bool
     structured_outputs: bool
     completions: bool = Field(description="it serves POST /v1/completions")
+    vllm_extras: bool = Field(
+        description="it takes vLLM's sampling extras: top_k, min_p, repetition_penalty, min_tokens, chat_template_kwargs"
+    )
 
 
 class ModelCard(_Body):

@@ -350,14 +350,16 @@ def create_app(
         )
 
     # Model cards: the cascade and each stage; "capabilities" says which stages take tools / JSON formats / /v1/completions
-    # (the cascade's: what some stage of it takes).
+    # / vLLM's sampling extras (the cascade's: what some stage of it takes).
     cards = [{"id": settings.cascade.model_name, "object": "model", "created": 0, "owned_by": "adaptive-sd",
               "capabilities": {"tools": any(s.tools for s in settings.stages),
                                "structured_outputs": any(s.structured_outputs for s in settings.stages),
-                               "completions": any(s.completions for s in settings.stages)}}]  # fmt: skip
+                               "completions": any(s.completions for s in settings.stages),
+                               "vllm_extras": any(s.vllm_extras for s in settings.stages)}}]  # fmt: skip
     cards += [
         {"id": s.name, "object": "model", "created": 0, "owned_by": "adaptive-sd", "stage": i,
-         "capabilities": {"tools": s.tools, "structured_outputs": s.structured_outputs, "completions": s.completions}}
+         "capabilities": {"tools": s.tools, "structured_outputs": s.structured_outputs, "completions": s.completions,
+                          "vllm_extras": s.vllm_extras}}
         for i, s in enumerate(settings.stages)
     ]  # fmt: skip
 
