@@ -404,30 +404,24 @@ def _resolves(table: LambdaTable | None, settings: Settings) -> bool:
     return settings.cascade.default_target is None or calibrate.lambda_in_force(table, settings)[1]
 
 
-def _table_in_force(registry: Path, served: str, settings: Settings) -> LambdaTable | None:
-    """The served version's λ table if it serves the ladder (``_resolves``); None where the ladder is still learned
-    for want of one: no table, a table of too few tours for a target since tightened, or one in another
-    ``cost_unit``."""
-    table = LambdaTable.load(registry / served)
-    return table if _resolves(table, settings) else None
-
-
 def _recalibrated(registry: Path, served: str | None, tours: Table, settings: Settings) -> str | None:
-    """A new ladder's version in service whose λ table does not resolve the default target (``_table_in_force``:
-    promoted before the tours could, or the target or the unit changed since), once the tours can: the same model
+    """A new ladder's version in service whose λ table does not serve the ladder (``_resolves``: no table, promoted
+    before the tours could resolve the default target, or the target or the unit changed since), once the tours can: the same model
     with a table from them, as a new version put in service (a version is never changed once written); its lineage
     says so. A replacement that would not resolve the target either is not written (no version per learning round).
     None where there is nothing to do."""
     from training import calibrate
 
-    if served is None or _table_in_force(registry, served, settings) is not None:
+    if served is None:
         return None
-    had_table = (registry / served / calibrate.CALIBRATION_FILE).is_file()
+    in_service = LambdaTable.load(registry / served)
+    if _resolves(in_service, settings):
+        return None
     with tempfile.TemporaryDirectory(prefix="adaptive-sd-recalibrate-") as tmp:
         model = Path(tmp) / "model"
         shutil.copytree(registry / served, model)
         table = calibrate.tour_table(tours, OnnxPredictor.load(model, settings.cascade.risk.evidence), settings)
-        if had_table and not _resolves(LambdaTable.of(table), settings):
+        if in_service is not None and not _resolves(LambdaTable.of(table), settings):
             return None
         (model / calibrate.CALIBRATION_FILE).write_text(json.dumps(table, indent=2) + "\n")
         before = lineage(registry, served)

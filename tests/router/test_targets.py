@@ -88,16 +88,21 @@ def test_a_target_needs_exactly_one_goal() -> None:
         QualityTarget(within_points=1, confidence=1.0)
 
 
-@pytest.mark.anyio
-async def test_a_tenant_with_a_target_runs_at_its_calibrated_lambda() -> None:
+def _keyed(**cascade: object) -> Settings:
+    """Two scripted stages priced in compute (the unit the shipped model's table was calibrated in), tenants by key."""
     stage = {"url": "http://127.0.0.1:9/v1", "dialect": "openai"}
-    settings = Settings.model_validate({
-        "cascade": {"cost_unit": "compute"},  # the unit the shipped model's table was calibrated in
+    return Settings.model_validate({
+        "cascade": {"cost_unit": "compute", **cascade},
         "tenancy": {"auth": "keys", "admin_key": "admin-secret"},
         "predictor": {"kind": "onnx", "path": str(MODEL)},
         "stages": [{**stage, "name": "s0", "model": "m0", "prices": {"compute": {"request": 1.0}}},
                    {**stage, "name": "s1", "model": "m1", "prices": {"compute": {"request": 4.0}}}],
     })  # fmt: skip
+
+
+@pytest.mark.anyio
+async def test_a_tenant_with_a_target_runs_at_its_calibrated_lambda() -> None:
+    settings = _keyed()
     want = LambdaTable.load(MODEL)
     assert want is not None
     lam = want.lambda_for(Target(within_points=2))
@@ -158,14 +163,7 @@ def test_the_default_target_is_validated_as_a_tenants_is() -> None:
 async def test_a_tenant_whose_target_no_lambda_meets_runs_at_the_default_targets_lambda() -> None:
     """A target the table cannot meet leaves the tenant the λ it would have had without one: the default target's,
     not the bare ``default_lambda`` (which may be far looser than what every other request gets)."""
-    stage = {"url": "http://127.0.0.1:9/v1", "dialect": "openai"}
-    settings = Settings.model_validate({
-        "cascade": {"cost_unit": "compute", "default_lambda": 7.0, "default_target": {"within_points": 2}},
-        "tenancy": {"auth": "keys", "admin_key": "admin-secret"},
-        "predictor": {"kind": "onnx", "path": str(MODEL)},
-        "stages": [{**stage, "name": "s0", "model": "m0", "prices": {"compute": {"request": 1.0}}},
-                   {**stage, "name": "s1", "model": "m1", "prices": {"compute": {"request": 4.0}}}],
-    })  # fmt: skip
+    settings = _keyed(default_lambda=7.0, default_target={"within_points": 2})
     table = LambdaTable.load(MODEL)
     assert table is not None and table.lambda_for(Target(top_share=0.999)) is None
     default = table.lambda_for(Target(within_points=2))
