@@ -273,7 +273,7 @@ def write_summary(a: argparse.Namespace, rows: list[dict[str, Any]], tests: list
     extra = {"model_version": model_version, "config": str(CONFIG.relative_to(ROOT)), "traffic_tasks": len(traffic),
              "learn_every": a.learn_every, "min_eval": a.min_eval,
              "lambda": {"default_target": target.model_dump(exclude_none=True) if target else None,
-                        "in_force": table.lambda_for(Target.of(target)) if table and target else None,
+                        "in_force": table.lambda_for(Target.of(target), settings.cascade.cost_unit) if table and target else None,
                         "tours": cal["tasks"] if cal else None, "default_lambda": settings.cascade.default_lambda}}  # fmt: skip
     summary = summarise(rows, tests, settings) | extra
     a.out.write_text(json.dumps(summary, indent=1) + "\n")

@@ -32,6 +32,7 @@ document is one the router takes as far as JSON Schema can say it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
@@ -356,20 +357,33 @@ class StreamOptions(_Part):
 
 # vLLM's sampling extras, on chat and completions alike (vLLM's ranges: each value outside is a 400 naming the field).
 # Only a stage of dialect vllm takes them (``router.validity``: the cascade skips the others, a named one is a 400).
-SAMPLING_EXTRAS: tuple[str, ...] = ("top_k", "min_p", "repetition_penalty", "min_tokens", "chat_template_kwargs")
+# Each maps to the values that switch it off (vLLM's defaults), which change no answer.
+EXTRAS_OFF: dict[str, tuple[Any, ...]] = {
+    "top_k": (-1, 0),
+    "min_p": (0.0,),
+    "repetition_penalty": (1.0,),
+    "min_tokens": (0,),
+    "chat_template_kwargs": ({},),
+}
+SAMPLING_EXTRAS: tuple[str, ...] = tuple(EXTRAS_OFF)
 
 
-def _off_is_absent(*off: Any) -> AfterValidator:
-    """A value that switches an extra off (vLLM's defaults: ``top_k`` -1 or 0, ``min_p`` 0, ...) is parsed as absent:
-    it changes no answer, so it is not forwarded and asks for no stage of dialect vllm (a hosted API would refuse
-    the name), and draft verification and the stage server read it as unset."""
-    return AfterValidator(lambda value: None if value in off else value)
+def extra_in_effect(body: Mapping[str, Any], name: str) -> bool:
+    """Whether ``body`` sets the extra ``name`` to a value that changes the answer (not absent, null or ``EXTRAS_OFF``)."""
+    value = body.get(name)
+    return value is not None and value not in EXTRAS_OFF[name]
 
 
-TopK = Annotated[int, Field(ge=-1, le=MAX_INT), INTEGRAL, _off_is_absent(-1, 0)]
-MinP = Annotated[float, Field(ge=0.0, le=1.0), _off_is_absent(0.0)]
-RepetitionPenalty = Annotated[float, Field(gt=0.0, allow_inf_nan=False), _off_is_absent(1.0)]
-MinTokens = Annotated[int, Field(ge=0, le=MAX_INT), INTEGRAL, _off_is_absent(0)]
+def _off_is_absent(name: str) -> AfterValidator:
+    """An extra's off value (``EXTRAS_OFF``) is parsed as absent: it changes no answer, so it is not forwarded and
+    asks for no stage of dialect vllm (a hosted API would refuse the name), and the stage server reads it as unset."""
+    return AfterValidator(lambda value: value if extra_in_effect({name: value}, name) else None)
+
+
+TopK = Annotated[int, Field(ge=-1, le=MAX_INT), INTEGRAL, _off_is_absent("top_k")]
+MinP = Annotated[float, Field(ge=0.0, le=1.0), _off_is_absent("min_p")]
+RepetitionPenalty = Annotated[float, Field(gt=0.0, allow_inf_nan=False), _off_is_absent("repetition_penalty")]
+MinTokens = Annotated[int, Field(ge=0, le=MAX_INT), INTEGRAL, _off_is_absent("min_tokens")]
 TOP_K_DOC = "vLLM extra: sample from the k most likely tokens only; -1 or 0: off (no effect when temperature is 0)"
 MIN_P_DOC = "vLLM extra: drop tokens less likely than min_p times the most likely one; 0: off (no effect when temperature is 0)"
 REPETITION_PENALTY_DOC = (
@@ -430,7 +444,7 @@ class ChatCompletionRequest(StopAndUsage, _Strict):
     min_p: MinP | None = Field(None, description=MIN_P_DOC)
     repetition_penalty: RepetitionPenalty | None = Field(None, description=REPETITION_PENALTY_DOC)
     min_tokens: MinTokens | None = Field(None, description=MIN_TOKENS_DOC)
-    chat_template_kwargs: Annotated[JSONObject, _off_is_absent({})] | None = Field(
+    chat_template_kwargs: Annotated[JSONObject, _off_is_absent("chat_template_kwargs")] | None = Field(
         None,
         description='vLLM extra: extra variables for the chat template (e.g. {"enable_thinking": false} for Qwen3); '
         "only stages of dialect vllm take it",

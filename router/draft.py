@@ -58,6 +58,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.protocol import extra_in_effect
 from router.stage import Stage
 
 FIRST_PROPOSAL_TOKENS = 16  # draft tokens scored in the first round; doubles after each fully accepted round
@@ -132,7 +133,7 @@ def why_not_verify(client: Stage, body: dict[str, Any], draft: str, shared_token
             return "sampling"
         if body.get("top_p") not in (None, 1, 1.0):
             return "sampling-top-p"
-        if body.get("top_k") not in (None, 0, -1) or body.get("min_p") not in (None, 0, 0.0):
+        if extra_in_effect(body, "top_k") or extra_in_effect(body, "min_p"):
             return "sampling-top-k"
     return None
 
@@ -142,8 +143,8 @@ def _penalised(body: dict[str, Any]) -> bool:
     (``repetition_penalty``, ``presence_penalty``, ``frequency_penalty``) or no end before ``min_tokens``; its
     ``prompt_logprobs`` are the raw scores, so neither its greedy choice nor its distribution can be read from them."""
     return (
-        body.get("repetition_penalty") not in (None, 1, 1.0)
-        or bool(body.get("min_tokens"))
+        extra_in_effect(body, "repetition_penalty")
+        or extra_in_effect(body, "min_tokens")
         or bool(body.get("presence_penalty"))
         or bool(body.get("frequency_penalty"))
     )

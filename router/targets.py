@@ -35,12 +35,11 @@ class TargetLambdas:
         """The table's λ for ``target``; None (said once in the log) without a table or where no λ of it meets it."""
         t = Target.of(target)
         if t not in self._cache:
-            usable = self.table is not None and self.table.priced_in(self.unit)
-            found = self.table.lambda_for(t) if self.table is not None and usable else None
+            found = self.table.lambda_for(t, self.unit) if self.table is not None else None
             if found is None:
                 if self.table is None:
                     why = "the predictor has no calibration table"
-                elif not usable:
+                elif not self.table.priced_in(self.unit):
                     why = (
                         f"its calibration table's λ are prices in {self.table.unit}, the ladder's rule prices stages in "
                         f"{self.unit} (cascade.cost_unit): run `python -m training calibrate` again"

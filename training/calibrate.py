@@ -172,7 +172,7 @@ def lambda_in_force(table: LambdaTable | None, settings: Settings, trained: bool
     target's (until it is, a new ladder tours at the untrained rate)."""
     c = settings.cascade
     target = c.default_target
-    found = table.lambda_for(Target.of(target)) if table and target and table.priced_in(c.cost_unit) else None
+    found = table.lambda_for(Target.of(target), c.cost_unit) if table and target else None
     if found is not None:
         return found, True
     return (c.default_lambda if trained else c.default_lambda * c.untrained_lambda_scale), False

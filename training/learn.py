@@ -399,9 +399,11 @@ def _resolves(table: LambdaTable | None, settings: Settings) -> bool:
     (tenants' targets are looked up in it): nothing to recalibrate, every learning round."""
     from training import calibrate
 
-    if table is None or not table.priced_in(settings.cascade.cost_unit):
+    if table is None:
         return False
-    return settings.cascade.default_target is None or calibrate.lambda_in_force(table, settings)[1]
+    if settings.cascade.default_target is None:
+        return table.priced_in(settings.cascade.cost_unit)
+    return calibrate.lambda_in_force(table, settings)[1]  # its λ for the target, in the ladder's unit
 
 
 def _recalibrated(registry: Path, served: str | None, tours: Table, settings: Settings) -> str | None:

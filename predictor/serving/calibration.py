@@ -138,6 +138,8 @@ class LambdaTable:
             return None
         return next((dict(r) for r in self.grid if target.met_by(r, self.top_quality, self.tasks)), None)
 
-    def lambda_for(self, target: Target) -> float | None:
-        row = self.choose(target)
+    def lambda_for(self, target: Target, unit: str | None = None) -> float | None:
+        """The λ of ``choose``'s row, for a ladder whose rule prices stages in ``unit``; None where the table's λ are
+        prices in another unit (``priced_in``) or no row meets ``target``."""
+        row = self.choose(target) if self.priced_in(unit) else None
         return None if row is None else float(row["lambda"])

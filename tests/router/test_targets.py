@@ -58,6 +58,7 @@ def test_a_table_calibrated_in_another_unit_gives_no_lambda(caplog: pytest.LogCa
     a ladder priced in seconds (the router warns and keeps the configured λ); a table that does not say its unit is
     taken at its word."""
     table = LambdaTable.of({"top_quality": 0.6, "rule_unit": "compute", "grid": [{"lambda": 10.0, "quality": 0.59, "top_share": 0.3}]})
+    assert table.lambda_for(Target(within_points=2), "compute") == 10.0 and table.lambda_for(Target(within_points=2), "seconds") is None
     assert TargetLambdas(table, "compute").lam(QualityTarget(within_points=2), 7.0) == 10.0
     assert TargetLambdas(table, "seconds").lam(QualityTarget(within_points=2), 7.0) == 7.0
     assert "prices in compute" in caplog.text and "seconds" in caplog.text
