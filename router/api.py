@@ -37,7 +37,7 @@ from predictor.serving.calibration import LambdaTable
 from predictor.serving.interface import Predictor
 from predictor.serving.loader import load_model, model_dir
 from router.cascade import CascadeEngine
-from router.closing import aclose
+from router.closing import Link, aclose
 from router.contracts import RequestOutcome, TenantLimits
 from router.metrics import DEFAULT_LAMBDA, ENDPOINTS, RATE_LIMITED, REGISTRY, REQUESTS
 from router.model_reload import ModelReloader
@@ -244,6 +244,15 @@ def create_app(
             return response
         body = response.body_iterator
 
+        def settle() -> None:
+            try:
+                done = outcome.settle() if outcome.settle is not None else outcome
+            except Exception:  # the response has gone out: its accounting falls back to the estimate
+                log.exception("settling a stream's usage failed")
+                done = None
+            tokens, cost = (done.tokens, done.cost) if done is not None else (outcome.tokens + stream_tokens, outcome.cost)
+            tenants.record(tenant, tokens, (time.perf_counter() - t0) * 1e3, cost, outcome.stage)
+
         async def counted() -> AsyncIterator[Content]:
             try:
                 async for chunk in body:
@@ -253,15 +262,10 @@ def create_app(
                     await aclose(body)
                 except Exception:  # its own failure, logged; the accounting below still runs
                     log.exception("closing a stream's body failed")
-                try:
-                    done = outcome.settle() if outcome.settle is not None else outcome
-                except Exception:  # the response has gone out: its accounting falls back to the estimate
-                    log.exception("settling a stream's usage failed")
-                    done = None
-                tokens, cost = (done.tokens, done.cost) if done is not None else (outcome.tokens + stream_tokens, outcome.cost)
-                tenants.record(tenant, tokens, (time.perf_counter() - t0) * 1e3, cost, outcome.stage)
+                settle()
 
-        response.body_iterator = counted()
+        # closed before its first byte (the client gone while the cascade decided): settled all the same
+        response.body_iterator = Link(counted(), body, unstarted=settle)
         return response
 
     @app.exception_handler(APIError)

@@ -8,18 +8,27 @@ result that holds the stream) makes that the cyclic collector, seconds or minute
 on writing for a client that has gone, its pool counts a request in flight, and the tap's row, labels and shadow
 check wait. Each link of the chain opens its inner stream with ``closing``, so one ``aclose`` at the top
 (``router.openai.serving_base.SSEResponse``) closes every link down to the stage's HTTP stream, in order.
+
+A generator closed before its first step runs none of its body, ``closing`` and ``finally`` included. That is
+the case of a client gone before the response's first byte (Starlette then never iterates the body: a client
+whose timeout ran out while the cascade decided), and of the links below one that sends something before it reads
+its inner stream (a verified draft's prefix). Each link is therefore a ``Link`` (``link``): closed unstarted, it
+closes its inner streams itself and runs its own cleanup (``unstarted``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+import functools
+import inspect
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
-async def aclose(stream: AsyncIterable[Any]) -> None:
+async def aclose(stream: AsyncIterable[Any] | None) -> None:
     """Close ``stream`` where it can be closed (an async generator, an HTTP body); others have nothing to close."""
     close = getattr(stream, "aclose", None)
     if close is not None:
@@ -33,3 +42,56 @@ async def closing(stream: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
         yield stream
     finally:
         await aclose(stream)
+
+
+class Link(AsyncIterator[T]):
+    """One link of a stream chain: ``body`` (an async generator over ``inner``), closed whole whether it ran or not.
+
+    Started, ``body`` closes its inner streams itself (``closing``, ``finally``). Closed before its first step, it
+    could not: then ``inner`` are closed here, in order, and ``unstarted`` runs (what the body's ``finally`` would
+    have done, e.g. the tap's "not run to its end"), even when a close fails.
+    """
+
+    __slots__ = ("_body", "_inner", "_started", "_unstarted")
+
+    def __init__(self, body: AsyncIterator[T], *inner: AsyncIterable[Any] | None, unstarted: Callable[[], None] | None = None) -> None:
+        self._body = body
+        self._inner = inner
+        self._unstarted = unstarted
+        self._started = False
+
+    def __aiter__(self) -> Link[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        self._started = True
+        return await self._body.__anext__()
+
+    async def aclose(self) -> None:
+        if self._started:
+            await aclose(self._body)
+            return
+        self._started = True  # a second close has nothing left to do
+        try:
+            await aclose(self._body)  # marks it closed: it never runs
+            for stream in self._inner:
+                await aclose(stream)
+        finally:
+            if self._unstarted is not None:
+                self._unstarted()
+
+
+def link(*inner: str) -> Callable[[Callable[P, AsyncIterator[T]]], Callable[P, AsyncIterator[T]]]:
+    """An async generator function whose streams are a ``Link`` over its arguments named ``inner``."""
+
+    def wrap(fn: Callable[P, AsyncIterator[T]]) -> Callable[P, AsyncIterator[T]]:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def linked(*args: P.args, **kwargs: P.kwargs) -> AsyncIterator[T]:
+            given = signature.bind(*args, **kwargs).arguments
+            return Link(fn(*args, **kwargs), *(given.get(name) for name in inner))
+
+        return linked
+
+    return wrap

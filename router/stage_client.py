@@ -30,6 +30,7 @@ import orjson
 from common.errors import APIError
 from common.settings import StageConfig
 from router._http import ConnectFailed, ConnectTimeout, HttpError, HttpPool, HttpResponse, ReadTimeout, Timeouts, TotalTimeout
+from router.closing import Link
 from router.sse import DONE, EventBlocks, EventDecoder
 from router.stage import StageBadResponse, StageFailure, StageNoCompletions, StageReply, StageTimeout, StageUnavailable
 
@@ -163,12 +164,12 @@ class StageClient:
         yield, so connection errors surface before any byte goes to the client.
         """
         resp = await self._open("/chat/completions", body)
-        return self._blocks(resp) if raw else self._events(resp)
+        return Link(self._blocks(resp) if raw else self._events(resp), unstarted=resp.release)
 
     async def complete_stream(self, body: dict[str, Any], raw: bool = False) -> AsyncIterator[bytes]:
         """Streaming ``/v1/completions`` call; yields as ``stream`` does."""
         resp = await self._open("/completions", body, completions=True)
-        return self._blocks(resp) if raw else self._events(resp)
+        return Link(self._blocks(resp) if raw else self._events(resp), unstarted=resp.release)
 
     async def _open(self, path: str, body: dict[str, Any], completions: bool = False) -> HttpResponse:
         """POST ``body`` for a stream: the response once its status is 200, or a typed failure."""

@@ -38,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from router.closing import closing
+from router.closing import Link, closing
 from router.draft import DraftCheck, merged_usage
 
 __all__ = ["NULL_USAGE", "StreamedAnswer", "tap"]
@@ -121,11 +121,15 @@ class StreamedAnswer:
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-async def tap(events: AsyncIterator[bytes], done: Callable[[StreamedAnswer | None], None], whole: bool = True) -> AsyncIterator[bytes]:
+def tap(events: AsyncIterator[bytes], done: Callable[[StreamedAnswer | None], None], whole: bool = True) -> AsyncIterator[bytes]:
     """``events`` passed on unchanged; ``done`` called once when they end: with the answer (``whole`` False: its usage
-    only) when the stream ran to its end, None when it did not (the consumer stopped reading, or the stage failed:
-    its exception goes on to the relay, which tells the client). ``done`` never breaks the stream: what it raises is
-    logged."""
+    only) when the stream ran to its end, None when it did not (the consumer stopped reading, or closed it before
+    its first payload, or the stage failed: its exception goes on to the relay, which tells the client). ``done``
+    never breaks the stream: what it raises is logged."""
+    return Link(_tapped(events, done, whole), events, unstarted=lambda: _tell(done, None))
+
+
+async def _tapped(events: AsyncIterator[bytes], done: Callable[[StreamedAnswer | None], None], whole: bool) -> AsyncIterator[bytes]:
     answer: StreamedAnswer | None = StreamedAnswer(whole=whole)
     try:
         async with closing(events):  # the stage's stream ends before ``done`` is told
@@ -141,7 +145,11 @@ async def tap(events: AsyncIterator[bytes], done: Callable[[StreamedAnswer | Non
         answer = None
         raise
     finally:
-        try:
-            done(answer)
-        except Exception:  # the client has its answer: what is kept of it must not take the stream down
-            log.exception("keeping a streamed answer failed")
+        _tell(done, answer)
+
+
+def _tell(done: Callable[[StreamedAnswer | None], None], answer: StreamedAnswer | None) -> None:
+    try:
+        done(answer)
+    except Exception:  # the client has its answer: what is kept of it must not take the stream down
+        log.exception("keeping a streamed answer failed")

@@ -48,7 +48,7 @@ from common.completions_protocol import CASCADE_FIELDS  # the body's cascade ext
 from common.errors import APIError
 from common.settings import Settings
 from router.cascade import CascadeEngine
-from router.closing import aclose, closing
+from router.closing import aclose, closing, link
 from router.contracts import NO_USAGE, CascadeResult, RequestOutcome, StageVisit, TenantLimits, TokenUsage
 from router.metrics import CASCADE_COST, CASCADE_STOPS, INVALID_ANSWERS, OVERHEAD_SECONDS, REQUESTS_BY_KIND, STAGE_CALLS, STAGE_SECONDS
 from router.sse import DONE, event_data
@@ -313,6 +313,7 @@ class OpenAIServing(ABC, Generic[Request]):
         return SSEResponse(events, headers), outcome
 
     @staticmethod
+    @link("blocks")
     async def relay(blocks: AsyncIterator[bytes], client: Stage, seen: StreamedAnswer) -> AsyncIterator[bytes]:
         """A pass-through's stream: whole SSE blocks forwarded as they came (``[DONE]`` included), the model renamed
         if it differs, the usage ``seen`` on its way; a stage failure is the last event, and ``[DONE]`` is sent if the

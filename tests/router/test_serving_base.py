@@ -17,6 +17,7 @@ import pytest
 from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 
+from router.closing import Link
 from router.openai.serving_base import SSE, OpenAIServing, SSEResponse
 from router.stream_tap import StreamedAnswer, tap
 
@@ -113,3 +114,29 @@ async def test_an_sse_response_says_its_media_type_and_keeps_proxies_from_buffer
     assert response.media_type == SSE
     assert response.headers["x-accel-buffering"] == "no" and response.headers["cache-control"] == "no-cache"
     assert response.headers["x-cascade-stage"] == "s0"
+
+
+async def test_a_client_gone_before_the_first_byte_still_closes_the_stages_stream_and_settles() -> None:
+    """The client's timeout ran out while the cascade decided: the server's first ``send`` fails (ASGI 2.4), and
+    Starlette never iterates the body. Every link is closed all the same: the stage's stream gives its connection
+    back, the tap tells its end (None), and the accounting wrapped around the chain (as ``router.api`` wraps it)
+    settles, in that order."""
+    log: list[str] = []
+
+    async def stage_events() -> AsyncIterator[bytes]:
+        yield b"{}"
+
+    source = Link(stage_events(), unstarted=lambda: log.append("released"))  # as StageClient.stream hands it on
+    stage: Any = SimpleNamespace(name="s0", config=SimpleNamespace(model="m0"))
+    chain = OpenAIServing.relay(tap(source, lambda answer: log.append(f"tapped {answer}")), stage, StreamedAnswer(whole=False))
+    counted = Link(chain, chain, unstarted=lambda: log.append("settled"))
+
+    async def send(message: dict[str, Any]) -> None:
+        raise OSError("the client has gone")
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("an ASGI 2.4 response does not listen for the disconnect")
+
+    with anyio.fail_after(5), pytest.raises(ClientDisconnect):
+        await SSEResponse(counted, {})({**SCOPE, "asgi": {"version": "3.0", "spec_version": "2.4"}}, receive, send)
+    assert log == ["released", "tapped None", "settled"]

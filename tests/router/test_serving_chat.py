@@ -10,6 +10,8 @@ refused with an error naming ``max_stage``, never served by the whole ladder.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -20,9 +22,12 @@ from common.completions_protocol import parse_completion_request
 from common.errors import APIError, parse_chat_request
 from common.responses_protocol import parse_responses_request
 from common.settings import TokenPrices
-from router.contracts import RequestOutcome, TenantLimits
+from router.closing import Link
+from router.contracts import RequestOutcome, TenantLimits, TokenUsage
+from router.openai.chat.serving import ChatRendering
 from router.openai.completions.serving import CompletionServing
 from router.openai.responses.serving import ResponsesServing
+from router.stream_tap import tap
 from router.tenants.model import TenantSettings, hash_key
 from router.tenants.redis_store import RedisStore
 from router.tenants.service import TenantService
@@ -252,3 +257,25 @@ async def test_a_tenant_is_recorded_what_each_kind_of_stream_came_to(monkeypatch
         streamed, known = recorded[-2:]
         expected = 200 if model == "s1" and not extra else whole.json()["usage"]["total_tokens"]
         assert streamed == expected and known == whole.json()["usage"]["total_tokens"], (p0, model, extra)
+
+
+async def test_a_client_gone_while_the_verified_prefix_is_sent_closes_the_stages_stream() -> None:
+    """The verified draft's prefix goes out before the stage's stream is read; a client that leaves then closes
+    that stream too (its connection back, the tap told), not when the garbage collector finds it."""
+    log: list[str] = []
+
+    async def stage_events() -> AsyncIterator[bytes]:
+        yield b'{"choices":[{"index":0,"delta":{"content":" more"}}]}'
+
+    source = Link(stage_events(), unstarted=lambda: log.append("released"))
+    prefix = {"id": "chatcmpl-prefix", "choices": [{"index": 0, "delta": {"content": "The answer"}}]}
+    rendering: Any = SimpleNamespace(result=SimpleNamespace(usage=TokenUsage), upstream_model="m", cascade_name="cascade",
+                                     rewrites_logprobs=False, prefix_chunk=lambda: prefix)  # fmt: skip
+    for relay in (ChatRendering.relay, ChatRendering.chunks):
+        log.clear()
+        stream = relay(rendering, tap(source, lambda answer: log.append(f"tapped {answer}")))
+        first = await anext(stream)
+        assert b"The answer" in first if isinstance(first, bytes) else first == prefix
+        await stream.aclose()  # type: ignore[attr-defined]
+        assert log == ["released", "tapped None"]
+        source = Link(stage_events(), unstarted=lambda: log.append("released"))

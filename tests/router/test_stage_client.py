@@ -251,3 +251,20 @@ async def test_failures_map_the_same_for_whole_answers_and_streams(call: str) ->
             else:
                 async for _ in await client.stream(CHAT):
                     pass
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("raw", [False, True], ids=["payloads", "raw"])
+async def test_a_stream_closed_before_its_first_read_gives_its_connection_back(raw: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stream is held (as a chain of the router's holds it) and closed unread: its connection goes back at once,
+    not when the garbage collector finds it. With one connection to the stage, a second call gets it."""
+    monkeypatch.setattr("router.stage_client.POOL_SIZE", 1)
+    gate = asyncio.Event()
+    script = Script([Piece(_event(E1), gate=gate), Piece(_event(b"[DONE]"))])
+    async with client_for(script) as client:
+        first = await client.stream(CHAT, raw=raw)
+        await first.aclose()  # type: ignore[attr-defined]
+        second = await asyncio.wait_for(client.stream(CHAT, raw=raw), PATIENCE_S)
+        gate.set()
+        assert E1 in b"".join([e async for e in second])
+        del first

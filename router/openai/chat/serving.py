@@ -37,7 +37,7 @@ from starlette.responses import Response
 from common.completions_protocol import CASCADE_FIELDS
 from common.protocol import ChatCompletionRequest
 from predictor.serving.features import PromptStats
-from router.closing import closing
+from router.closing import closing, link
 from router.contracts import CascadeRequest, RequestOutcome, TenantLimits, TokenUsage
 from router.metrics import STAGE_CALLS
 from router.openai.chat.dialect import CHAT_DIALECT
@@ -210,6 +210,7 @@ class ChatRendering(RenderingBase[ChatCompletionRequest]):
         chunk.pop("usage", None)
         return chunk
 
+    @link("events")
     async def relay(self, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Relay the top stage's stream (``events``, its SSE payloads) after the verified prefix; fold earlier stages'
         tokens into its usage chunk. A chunk is decoded only where it must change (``rewrites_logprobs``, usage)."""
@@ -218,10 +219,10 @@ class ChatRendering(RenderingBase[ChatCompletionRequest]):
         public = f'"model":"{self.cascade_name}"'.encode()
         rewrite = self.rewrites_logprobs
         first = self.prefix_chunk()
-        if first is not None:  # the verified draft prefix goes out at once
-            yield sse(orjson.dumps(first))
         try:
-            async with closing(events):
+            async with closing(events):  # a client gone during the prefix closes the stage's stream too
+                if first is not None:  # the verified draft prefix goes out at once
+                    yield sse(orjson.dumps(first))
                 async for payload in events:
                     if b'"usage"' in payload:
                         chunk = orjson.loads(payload)
@@ -240,15 +241,16 @@ class ChatRendering(RenderingBase[ChatCompletionRequest]):
             yield error_event(exc)
         yield DONE_EVENT
 
+    @link("events")
     async def chunks(self, events: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
         """The top stage's stream as the chunks ``relay`` sends, decoded: the verified prefix, the stage's chunks with
         the client's logprobs, the usage chunk with earlier stages' tokens. A stage failure raises ``StageFailure``."""
         before = self.result.usage()
         rewrite = self.rewrites_logprobs
         first = self.prefix_chunk()
-        if first is not None:
-            yield first
         async with closing(events):
+            if first is not None:
+                yield first
             async for payload in events:
                 chunk: dict[str, Any] = orjson.loads(payload)
                 out: dict[str, Any] | None = chunk

@@ -41,7 +41,7 @@ from starlette.responses import Response
 from common.completions_protocol import CASCADE_FIELDS, CompletionRequest, entries_logprobs, top_alternatives
 from common.errors import APIError
 from predictor.serving.features import PromptStats
-from router.closing import closing
+from router.closing import closing, link
 from router.contracts import CascadeRequest, RequestOutcome, TenantLimits, TokenUsage
 from router.metrics import STAGE_CALLS
 from router.openai.completions.dialect import COMPLETION_SPEC, COMPLETIONS_DIALECT, completion_spec
@@ -179,6 +179,7 @@ class CompletionsRendering(RenderingBase[CompletionRequest]):
             yield sse(orjson.dumps({**base, "choices": [], "usage": answer["usage"]}))
         yield DONE_EVENT
 
+    @link("events")
     async def relay(self, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Relay the top stage's stream (``events``); fold earlier stages' tokens into its usage chunk."""
         req, result = self.req, self.result
@@ -186,18 +187,19 @@ class CompletionsRendering(RenderingBase[CompletionRequest]):
         upstream = f'"model":"{self.upstream_model}"'.encode()
         public = f'"model":"{self.cascade_name}"'.encode()
         base = {"id": "cmpl-prefix", "object": "text_completion", "created": 0, "model": self.cascade_name}
-        if req.echo:
-            yield self._chunk(base, req.prompt_text, None)
+        first = [self._chunk(base, req.prompt_text, None)] if req.echo else []
         shift = 0
         prefix = result.prefix
         if prefix is not None and prefix.accepted_tokens:  # the verified draft prefix goes out at once
             lp = self.client_logprobs(entries_logprobs(prefix.accepted_logprobs).take())
             shift = sum(len(e["token"]) for e in prefix.accepted_logprobs)
-            yield self._chunk(base, prefix.accepted_text, None, lp)
+            first.append(self._chunk(base, prefix.accepted_text, None, lp))
         # the stage was asked for max(client's, predictor's) alternatives: relay its chunks untouched only when that is the client's
         rewrite = req.logprobs is None or req.logprobs < self.top_k or shift > 0
         try:
-            async with closing(events):
+            async with closing(events):  # a client gone during the prefix closes the stage's stream too
+                for block in first:
+                    yield block
                 async for payload in events:
                     if b'"usage"' in payload:
                         chunk = orjson.loads(payload)

@@ -29,7 +29,7 @@ from starlette.responses import Response
 from common.errors import APIError
 from common.protocol import ChatCompletionRequest
 from common.responses_protocol import ResponsesRequest, responses_error
-from router.closing import aclose, closing
+from router.closing import aclose, closing, link
 from router.contracts import RequestOutcome, TenantLimits
 from router.metrics import STAGE_CALLS
 from router.openai.chat.dialect import CHAT_DIALECT
@@ -145,6 +145,7 @@ async def _aiter(chunks: Iterable[dict[str, Any]]) -> AsyncIterator[dict[str, An
         yield chunk
 
 
+@link("payloads")
 async def _decoded(payloads: AsyncIterator[bytes], seen: StreamedAnswer) -> AsyncIterator[dict[str, Any]]:
     """A stage's stream of chat chunks (its SSE payloads), decoded; its usage ``seen`` on its way."""
     async with closing(payloads):
@@ -154,14 +155,15 @@ async def _decoded(payloads: AsyncIterator[bytes], seen: StreamedAnswer) -> Asyn
             yield chunk
 
 
+@link("chunks", "source")
 async def _translate(
     builder: ResponseBuilder, chunks: AsyncIterator[dict[str, Any]], source: AsyncIterator[bytes] | None = None
 ) -> AsyncIterator[bytes]:
     """Chat chunks as the Responses event stream. A stage's ``error`` chunk or a ``StageFailure`` ends it with
     ``error`` and ``response.failed`` (``upstream_error``'s message); ``source``, the stage's stream, is closed."""
-    for event in builder.start():
-        yield event
     try:
+        for event in builder.start():
+            yield event
         async for chunk in chunks:
             error = chunk.get("error")
             if error is not None:  # the stage's last event when it failed mid-stream
