@@ -117,7 +117,7 @@ class LlamaEngine:
             eos_token=self.piece(eos).decode("utf-8", "replace") if eos >= 0 else "",
         )
         self._vocab = self.llm._model.vocab
-        self._end_ids: np.ndarray | None = None  # every end-of-generation token id (``end_ids``), found once when asked
+        self._end_ids: np.ndarray | None = None  # every end-of-generation token id (``end_ids``), found once (at warm-up)
         # _scores[p]: token p scored given tokens < p (None: fed without its row in view); len == n_tokens
         self._scores: list[ScoredToken | None] = []
         self._tail: np.ndarray | None = None  # logits row of the last fed token: the next token's distribution
@@ -131,8 +131,10 @@ class LlamaEngine:
         weights fine and dies at the first matrix product. Running one batched prefill and a few decode
         steps at start-up turns that into a process that never becomes healthy (the launcher reports its
         exit), instead of a server that says ok and drops every request. The cache is emptied after, so
-        the first real request sees the same state as without a warm-up.
+        the first real request sees the same state as without a warm-up. The end-of-generation ids
+        (``end_ids``, ~0.2 s over a 150k vocabulary) are found here too, not during a first ``min_tokens`` request.
         """
+        self.end_ids()
         generated = sum(1 for _ in self.generate(self.tokenize(prompt), max_tokens=max_tokens, logprobs=True, top_logprobs=1))
         self._reuse_prefix([], keep_at_most=0)  # keep nothing: the next forward pass starts from an empty cache
         return generated

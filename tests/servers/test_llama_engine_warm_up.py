@@ -31,5 +31,6 @@ def test_warm_up_generates_then_forgets(weights: str) -> None:
     expected = _greedy(cold)
     warm = LlamaEngine(weights, n_ctx=512)
     assert warm.warm_up() == WARM_UP_TOKENS
+    assert warm._end_ids is not None and warm.is_end(int(warm._end_ids[0]))  # found at start-up, not in a first request
     assert warm.llm.n_tokens == 0 and warm._scores == [] and warm._tail is None
     assert _greedy(warm) == expected
