@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from router.closing import aclose
 from router.stage import Stage, StageBadResponse
 
 
@@ -109,5 +110,5 @@ async def write(
                     out.aborted_at = t
                     return out
     finally:
-        await events.aclose()  # type: ignore[attr-defined]  # an async generator: closing it closes the connection
+        await aclose(events)  # closing the stage's stream closes its connection (an aborted generation)
     return out
