@@ -33,6 +33,7 @@ document is one the router takes as far as JSON Schema can say it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
@@ -358,13 +359,15 @@ class StreamOptions(_Part):
 # vLLM's sampling extras, on chat and completions alike (vLLM's ranges: each value outside is a 400 naming the field).
 # Only a stage of dialect vllm takes them (``router.validity``: the cascade skips the others, a named one is a 400).
 # Each maps to the values that switch it off (vLLM's defaults), which change no answer.
-EXTRAS_OFF: dict[str, tuple[Any, ...]] = {
-    "top_k": (-1, 0),
-    "min_p": (0.0,),
-    "repetition_penalty": (1.0,),
-    "min_tokens": (0,),
-    "chat_template_kwargs": ({},),
-}
+EXTRAS_OFF: Mapping[str, tuple[Any, ...]] = MappingProxyType(
+    {
+        "top_k": (-1, 0),
+        "min_p": (0.0,),
+        "repetition_penalty": (1.0,),
+        "min_tokens": (0,),
+        "chat_template_kwargs": ({},),
+    }
+)
 SAMPLING_EXTRAS: tuple[str, ...] = tuple(EXTRAS_OFF)
 
 

@@ -262,7 +262,8 @@ def create_app(
                     await aclose(body)
                 except Exception:  # its own failure, logged; the accounting below still runs
                     log.exception("closing a stream's body failed")
-                settle()
+                finally:  # also when the close was cancelled (SSEResponse bounds it)
+                    settle()
 
         # closed before its first byte (the client gone while the cascade decided): settled all the same
         response.body_iterator = Link(counted(), body, unstarted=settle)

@@ -47,9 +47,10 @@ async def closing(stream: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
 class Link(AsyncIterator[T]):
     """One link of a stream chain: ``body`` (an async generator over ``inner``), closed whole whether it ran or not.
 
-    Started, ``body`` closes its inner streams itself (``closing``, ``finally``). Closed before its first step, it
-    could not: then ``inner`` are closed here, in order, and ``unstarted`` runs (what the body's ``finally`` would
-    have done, e.g. the tap's "not run to its end"), even when a close fails.
+    Closing it closes ``body``, then ``inner`` (in order; where the body got to its own ``closing`` they are closed
+    already, and a second close does nothing), so the inner streams are closed also where the body failed before
+    it reached its ``closing`` block. Closed before its first step, the body ran none of its cleanup: ``unstarted``
+    runs then (what its ``finally`` would have done, e.g. the tap's "not run to its end"), even when a close fails.
     """
 
     __slots__ = ("_body", "_inner", "_started", "_unstarted")
@@ -68,29 +69,31 @@ class Link(AsyncIterator[T]):
         return await self._body.__anext__()
 
     async def aclose(self) -> None:
-        if self._started:
-            await aclose(self._body)
-            return
-        self._started = True  # a second close has nothing left to do
+        started, self._started = self._started, True  # a second close runs no cleanup again
         try:
-            await aclose(self._body)  # marks it closed: it never runs
+            await aclose(self._body)  # unstarted: marks it closed, it never runs
             for stream in self._inner:
                 await aclose(stream)
         finally:
-            if self._unstarted is not None:
+            if not started and self._unstarted is not None:
                 self._unstarted()
 
 
 def link(*inner: str) -> Callable[[Callable[P, AsyncIterator[T]]], Callable[P, AsyncIterator[T]]]:
-    """An async generator function whose streams are a ``Link`` over its arguments named ``inner``."""
+    """An async generator function whose streams are a ``Link`` over its arguments named ``inner`` (each must be a
+    parameter of it: a name that is not would close nothing)."""
 
     def wrap(fn: Callable[P, AsyncIterator[T]]) -> Callable[P, AsyncIterator[T]]:
         signature = inspect.signature(fn)
+        unknown = [name for name in inner if name not in signature.parameters]
+        if unknown:
+            raise TypeError(f"{fn.__qualname__} has no parameter {', '.join(unknown)}")
 
         @functools.wraps(fn)
         def linked(*args: P.args, **kwargs: P.kwargs) -> AsyncIterator[T]:
-            given = signature.bind(*args, **kwargs).arguments
-            return Link(fn(*args, **kwargs), *(given.get(name) for name in inner))
+            given = signature.bind(*args, **kwargs)
+            given.apply_defaults()
+            return Link(fn(*args, **kwargs), *(given.arguments[name] for name in inner))
 
         return linked
 

@@ -31,6 +31,7 @@ alone: as the error response, or as the last event of a stream already started.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from abc import ABC, abstractmethod
@@ -66,6 +67,7 @@ DONE_EVENT = b"data: [DONE]\n\n"
 TOKENS_HEADER = "x-cascade-tokens"
 COST_HEADER = "x-cascade-cost"
 COST_UNIT_HEADER = "x-cascade-cost-unit"
+log = logging.getLogger("adaptive_sd.router.serving")
 CLOSE_TIMEOUT_S = 5.0  # SSEResponse: how long closing a stream's chain may take once its response has ended
 
 Answer = TypeVar("Answer")
@@ -90,7 +92,10 @@ class SSEResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
-                await aclose(self.body_iterator)
+                try:
+                    await aclose(self.body_iterator)
+                except Exception:  # a link's own failure: logged, and the response ends as it was ending
+                    log.exception("closing a stream's body failed")
 
 
 def sse(payload: bytes) -> bytes:

@@ -91,3 +91,28 @@ async def test_the_unstarted_cleanup_runs_even_when_closing_the_inner_stream_fai
     with pytest.raises(RuntimeError, match="close failed"):
         await Link(body(), Broken(), unstarted=lambda: log.append("settled")).aclose()  # type: ignore[arg-type]
     assert log == ["settled"]
+
+
+async def test_a_link_whose_body_failed_before_its_closing_block_still_closes_its_inner_stream() -> None:
+    """The body raised in its first step, before it opened ``closing(events)`` (a relay's prefix that cannot be
+    rendered): closing the link closes the stage's stream all the same, and runs no unstarted cleanup."""
+    log: list[str] = []
+
+    @link("events")
+    async def broken(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        raise ValueError("cannot render the prefix")
+        yield b""  # an async generator
+
+    relay = broken(_Source(log).stream())
+    with pytest.raises(ValueError):
+        await anext(relay)
+    await relay.aclose()  # type: ignore[attr-defined]
+    assert log == ["source released"]
+
+
+def test_link_refuses_a_name_that_is_not_a_parameter() -> None:
+    with pytest.raises(TypeError, match="no parameter stream"):
+
+        @link("stream")
+        async def relay(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+            yield b""

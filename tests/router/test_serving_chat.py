@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
+from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 
 from common.completions_protocol import parse_completion_request
@@ -279,3 +280,35 @@ async def test_a_client_gone_while_the_verified_prefix_is_sent_closes_the_stages
         await stream.aclose()  # type: ignore[attr-defined]
         assert log == ["released", "tapped None"]
         source = Link(stage_events(), unstarted=lambda: log.append("released"))
+
+
+@pytest.mark.parametrize("p0", [ESCALATE, STOP], ids=["relayed", "re-streamed"])
+async def test_a_stream_whose_client_left_before_its_first_byte_is_still_recorded(p0: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's timeout ran out while the cascade decided: the server's first ``send`` fails (ASGI 2.4) and the
+    body is never iterated. The tenant is still recorded what the request spent (``router.api``'s accounting)."""
+    recorded: list[int] = []
+
+    def record(self: TenantService, tenant: Any, tokens: int, latency_ms: float, cost: float, stage: str) -> None:
+        recorded.append(tokens)
+
+    monkeypatch.setattr(TenantService, "record", record)
+    body = orjson.dumps({"model": "cascade", "messages": PROMPT, "max_tokens": 200, "stream": True})
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"",
+             "root_path": "", "headers": [(b"content-type", b"application/json"), (b"host", b"router")],
+             "server": ("router", 80), "client": ("127.0.0.1", 1)}  # fmt: skip
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message["type"])
+        raise OSError("the client has gone")
+
+    async with serve(p0, make_settings()) as r:
+        app = r.client._transport.app  # type: ignore[attr-defined]
+        with pytest.raises(ClientDisconnect):
+            await app(scope, receive, send)
+    assert sent == ["http.response.start"] and len(recorded) == 1 and recorded[0] > 0

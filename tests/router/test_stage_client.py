@@ -17,6 +17,7 @@ import pytest
 
 from common.settings import StageConfig
 from predictor.serving.features import AnswerStats
+from router._http import HttpResponse
 from router.stage_client import StageBadResponse, StageClient, StageReply, StageTimeout, StageUnavailable
 from tests.conftest import free_port, ladder_config
 from tests.router.scripted_http_stage import Piece, Script, scripted_stage
@@ -257,8 +258,11 @@ async def test_failures_map_the_same_for_whole_answers_and_streams(call: str) ->
 @pytest.mark.parametrize("raw", [False, True], ids=["payloads", "raw"])
 async def test_a_stream_closed_before_its_first_read_gives_its_connection_back(raw: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """The stream is held (as a chain of the router's holds it) and closed unread: its connection goes back at once,
-    not when the garbage collector finds it. With one connection to the stage, a second call gets it."""
+    not when the garbage collector finds it. With one connection to the stage, a second call gets it. (The answer's
+    own ``__del__`` gives it back when nothing refers to it; on the cascade's path a reference cycle keeps it, so
+    that fallback is off here.)"""
     monkeypatch.setattr("router.stage_client.POOL_SIZE", 1)
+    monkeypatch.setattr(HttpResponse, "__del__", lambda self: None)
     gate = asyncio.Event()
     script = Script([Piece(_event(E1), gate=gate), Piece(_event(b"[DONE]"))])
     async with client_for(script) as client:
