@@ -25,7 +25,6 @@ Usage: ``python -m training.family_bounds [--config configs/cpu.yaml]`` (``bench
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import zlib
@@ -38,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from training import dataset, replay
-from training.family_recalibration import EVIDENCE
+from training.family_recalibration import EVIDENCE, family_args
 from training.learning_curve import TARGET_COMPUTE, TARGET_POINTS, Setup, fold_fitter, halves, request_labels, setup, training_rows, visits
 from training.replay import Beliefs, UnitCosts
 
@@ -319,12 +318,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m training.family_bounds", description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=Path("data/cpu/collect.jsonl"))
-    ap.add_argument("--config", type=Path, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=OUT_JSON)
-    a = ap.parse_args(argv)
+    a = family_args("training.family_bounds", __doc__, OUT_JSON, argv)
     s = setup(a.data, a.config, "agreement", None)
     names = sorted(set(s.full.family.tolist()))
     fams = [family(s, name, a.seed) for name in tqdm(names, desc="families", unit="family")]

@@ -118,13 +118,18 @@ def pooled(fams: Sequence[dict[str, Any]], lams: Sequence[float]) -> dict[str, l
     return table
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m training.family_recalibration", description=__doc__.split("\n")[0])
+def family_args(module: str, doc: str, out: Path, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line of a per-family replay (this module, ``training.family_bounds``): data, config, seed, out."""
+    ap = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n")[0])
     ap.add_argument("--data", type=Path, default=Path("data/cpu/collect.jsonl"))
     ap.add_argument("--config", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=OUT_JSON)
-    a = ap.parse_args(argv)
+    ap.add_argument("--out", type=Path, default=out)
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    a = family_args("training.family_recalibration", __doc__, OUT_JSON, argv)
     s = setup(a.data, a.config, "checker", None)
     names = sorted(set(s.full.family.tolist()))
     fams = [family(s, name, a.seed, LAMBDAS) for name in tqdm(names, desc="families", unit="family")]
