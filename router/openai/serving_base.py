@@ -35,7 +35,7 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
@@ -50,7 +50,8 @@ from common.errors import APIError
 from common.settings import Settings
 from router.cascade import CascadeEngine
 from router.closing import aclose, closing, link
-from router.contracts import NO_USAGE, CascadeResult, RequestOutcome, StageVisit, TenantLimits, TokenUsage
+from router.contracts import NO_USAGE, CascadeRequest, CascadeResult, RequestOutcome, StageVisit, TenantLimits, TokenUsage
+from router.dialect import CascadeDialect
 from router.metrics import CASCADE_COST, CASCADE_STOPS, INVALID_ANSWERS, OVERHEAD_SECONDS, REQUESTS_BY_KIND, STAGE_CALLS, STAGE_SECONDS
 from router.sse import DONE, event_data
 from router.stage import Stage, StageFailure
@@ -402,6 +403,22 @@ class OpenAIServing(ABC, Generic[Request]):
             return lam, self.settings.stage_index(ref)
         except ValueError as exc:
             raise APIError(400, f"Invalid {param}: {exc}", param=param) from None
+
+    async def run_cascade(
+        self, req: CascadeRequest, api: CascadeDialect, lam: float, t0: float, stream: bool,
+        rendering: Callable[[CascadeResult], Rendering[Any]], kind: str | None = None,
+    ) -> tuple[Response, RequestOutcome]:  # fmt: skip
+        """Run the cascade on ``req`` and ``respond`` with what ``rendering`` makes of its result (``kind``: the
+        answer spec's where not given). A stream the run opened is closed here if the response cannot be built
+        (``router.closing``: its tap told, the stage's connection back), not left to the garbage collector."""
+        result = await self.engine.run(req, api)
+        assert req.spec is not None
+        try:
+            return self.respond(result, kind or req.spec.kind, lam, t0, stream, rendering(result))
+        except BaseException:
+            if result.events is not None:
+                await aclose(result.events)
+            raise
 
     def respond(
         self, result: CascadeResult, kind: str, lam: float, t0: float, stream: bool, rendering: Rendering[Answer]

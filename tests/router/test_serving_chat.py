@@ -23,11 +23,13 @@ from common.completions_protocol import parse_completion_request
 from common.errors import APIError, parse_chat_request
 from common.responses_protocol import parse_responses_request
 from common.settings import TokenPrices
+from router.cascade import CascadeEngine
 from router.closing import Link
 from router.contracts import RequestOutcome, TenantLimits, TokenUsage
 from router.openai.chat.serving import ChatRendering
 from router.openai.completions.serving import CompletionServing
 from router.openai.responses.serving import ResponsesServing
+from router.openai.serving_base import OpenAIServing
 from router.stream_tap import tap
 from router.tenants.model import TenantSettings, hash_key
 from router.tenants.redis_store import RedisStore
@@ -312,3 +314,30 @@ async def test_a_stream_whose_client_left_before_its_first_byte_is_still_recorde
         with pytest.raises(ClientDisconnect):
             await app(scope, receive, send)
     assert sent == ["http.response.start"] and len(recorded) == 1 and recorded[0] > 0
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/responses"])
+async def test_a_stream_whose_response_cannot_be_built_is_closed_not_left_to_the_collector(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run opened the top stage's stream; then building the response failed (a bug of ours, here the headers):
+    the client gets a 500, and the stream is closed at once, its tap told it did not run to its end."""
+    told: list[Any] = []
+
+    def streamed(self: CascadeEngine, *args: Any) -> None:
+        told.append(args[-1])  # the tap's answer: None, not run to its end
+
+    def broken(self: Any, result: Any) -> dict[str, str]:
+        raise RuntimeError("a bug while building the headers")
+
+    monkeypatch.setattr(CascadeEngine, "_streamed", streamed)
+    monkeypatch.setattr(OpenAIServing, "cascade_headers", broken)
+    body: dict[str, Any] = {"model": "cascade", "stream": True}
+    if path == "/v1/responses":
+        body |= {"input": "2 + 2?", "max_output_tokens": 200}
+    else:
+        body |= {"max_tokens": 200} | ({"prompt": "2 + 2 ="} if path == "/v1/completions" else {"messages": PROMPT})
+    async with serve(ESCALATE, make_settings()) as r:
+        resp = await r.client.post(path, json=body)
+    assert resp.status_code == 500
+    assert told == [None]

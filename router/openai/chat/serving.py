@@ -103,9 +103,7 @@ class ChatServing(OpenAIServing[ChatCompletionRequest]):
     ) -> tuple[Response, RequestOutcome]:
         lam, max_stage = self.knobs(req, headers, limits)
         cascade_req = cascade_request(req, lam, max_stage, limits.learn)
-        result = await self.engine.run(cascade_req, CHAT_DIALECT)
-        assert cascade_req.spec is not None
-        return self.respond(result, cascade_req.spec.kind, lam, t0, req.stream, ChatRendering(self, req, result))
+        return await self.run_cascade(cascade_req, CHAT_DIALECT, lam, t0, req.stream, lambda result: ChatRendering(self, req, result))
 
 
 class ChatRendering(RenderingBase[ChatCompletionRequest]):

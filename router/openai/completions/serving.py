@@ -33,6 +33,7 @@ smaller one's text as the end of the prompt
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Mapping
+from functools import partial
 from typing import Any
 
 import orjson
@@ -118,8 +119,8 @@ class CompletionServing(OpenAIServing[CompletionRequest]):
         body["max_tokens"] = req.token_limit  # explicit: verification and continuations count against it
         prompt = PromptStats.from_texts([req.prompt_text])
         cascade_req = CascadeRequest(body, prompt, lam, max_stage, stream=req.stream, spec=completion_spec(body), learn=limits.learn)
-        result = await self.engine.run(cascade_req, COMPLETIONS_DIALECT)
-        return self.respond(result, _KIND, lam, t0, req.stream, CompletionsRendering(self, req, result))
+        rendering = partial(CompletionsRendering, self, req)
+        return await self.run_cascade(cascade_req, COMPLETIONS_DIALECT, lam, t0, req.stream, rendering, kind=_KIND)
 
 
 class CompletionsRendering(RenderingBase[CompletionRequest]):

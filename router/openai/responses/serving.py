@@ -30,7 +30,7 @@ from common.errors import APIError
 from common.protocol import ChatCompletionRequest
 from common.responses_protocol import ResponsesRequest, responses_error
 from router.closing import aclose, closing, link
-from router.contracts import RequestOutcome, TenantLimits
+from router.contracts import CascadeResult, RequestOutcome, TenantLimits
 from router.metrics import STAGE_CALLS
 from router.openai.chat.dialect import CHAT_DIALECT
 from router.openai.chat.serving import ChatRendering, cascade_request
@@ -108,10 +108,11 @@ class ResponsesServing(OpenAIServing[ResponsesCall]):
     ) -> tuple[Response, RequestOutcome]:
         lam, max_stage = self.knobs(call.chat, headers, limits)
         cascade_req = cascade_request(call.chat, lam, max_stage, limits.learn)
-        result = await self.engine.run(cascade_req, CHAT_DIALECT)
-        assert cascade_req.spec is not None
-        rendering = ResponsesRendering(call.request, ChatRendering(self, call.chat, result))
-        return self.respond(result, cascade_req.spec.kind, lam, t0, call.chat.stream, rendering)
+
+        def rendering(result: CascadeResult) -> ResponsesRendering:
+            return ResponsesRendering(call.request, ChatRendering(self, call.chat, result))
+
+        return await self.run_cascade(cascade_req, CHAT_DIALECT, lam, t0, call.chat.stream, rendering)
 
 
 class ResponsesRendering:
