@@ -6,14 +6,16 @@ Closing a generator raises ``GeneratorExit`` at its ``yield``, which leaves the 
 that is left to the garbage collector, and on the cascade's path a reference cycle (the tap's callback holds the
 result that holds the stream) makes that the cyclic collector, seconds or minutes later. Until then the stage goes
 on writing for a client that has gone, its pool counts a request in flight, and the tap's row, labels and shadow
-check wait. Each link of the chain opens its inner stream with ``closing``, so one ``aclose`` at the top
-(``router.openai.serving_base.SSEResponse``) closes every link down to the stage's HTTP stream, in order.
+check wait. A generator closed before its first step runs none of its body, ``finally`` included: the case of a
+client gone before the response's first byte (Starlette then never iterates the body: a client whose timeout ran
+out while the cascade decided), and of the links below one that sends something before it reads its inner stream
+(a verified draft's prefix).
 
-A generator closed before its first step runs none of its body, ``closing`` and ``finally`` included. That is
-the case of a client gone before the response's first byte (Starlette then never iterates the body: a client
-whose timeout ran out while the cascade decided), and of the links below one that sends something before it reads
-its inner stream (a verified draft's prefix). Each link is therefore a ``Link`` (``link``): closed unstarted, it
-closes its inner streams itself and runs its own cleanup (``unstarted``).
+So each link of the chain is a ``Link`` (``link``): closing it closes its body, then the streams it wraps, however
+far the body got, and runs the link's own cleanup where the body never started (``unstarted``). One ``aclose`` at
+the top (``router.openai.serving_base.SSEResponse``) closes every link down to the stage's HTTP stream. A link
+whose own cleanup must come after its inner stream has ended (the tap tells its answer, the accounting settles)
+closes that stream itself first (``closing``, ``aclose``).
 """
 
 from __future__ import annotations
@@ -47,10 +49,10 @@ async def closing(stream: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
 class Link(AsyncIterator[T]):
     """One link of a stream chain: ``body`` (an async generator over ``inner``), closed whole whether it ran or not.
 
-    Closing it closes ``body``, then ``inner`` (in order; where the body got to its own ``closing`` they are closed
-    already, and a second close does nothing), so the inner streams are closed also where the body failed before
-    it reached its ``closing`` block. Closed before its first step, the body ran none of its cleanup: ``unstarted``
-    runs then (what its ``finally`` would have done, e.g. the tap's "not run to its end"), even when a close fails.
+    Closing it closes ``body``, then ``inner``, in order, however far the body got (a body that closed one itself
+    leaves a second close with nothing to do). Closed before its first step, the body ran none of its cleanup:
+    ``unstarted`` runs then (what its ``finally`` would have done, e.g. the tap's "not run to its end"), even when
+    a close fails.
     """
 
     __slots__ = ("_body", "_inner", "_started", "_unstarted")

@@ -39,7 +39,7 @@ import orjson
 
 from common.errors import APIError
 from common.settings import StageConfig
-from router.closing import Link, closing
+from router.closing import Link
 from router.stage import StageBadResponse, StageFailure, StageReply, StageTimeout, StageUnavailable
 
 INSTALL_HINT = "pip install 'adaptive-sd[litellm]'"
@@ -143,10 +143,9 @@ class LiteLLMStage:
 
     async def _relay(self, chunks: Any, raw: bool) -> AsyncIterator[bytes]:
         try:
-            async with closing(chunks):
-                async for chunk in chunks:
-                    payload = orjson.dumps(_openai_chunk(chunk.model_dump(exclude_none=True)))
-                    yield b"data: " + payload + b"\n\n" if raw else payload
+            async for chunk in chunks:
+                payload = orjson.dumps(_openai_chunk(chunk.model_dump(exclude_none=True)))
+                yield b"data: " + payload + b"\n\n" if raw else payload
         except Exception as exc:
             raise self._failure(exc) from None
         if raw:

@@ -49,7 +49,7 @@ from common.completions_protocol import CASCADE_FIELDS  # the body's cascade ext
 from common.errors import APIError
 from common.settings import Settings
 from router.cascade import CascadeEngine
-from router.closing import aclose, closing, link
+from router.closing import aclose, link
 from router.contracts import NO_USAGE, CascadeRequest, CascadeResult, RequestOutcome, StageVisit, TenantLimits, TokenUsage
 from router.dialect import CascadeDialect
 from router.metrics import CASCADE_COST, CASCADE_STOPS, INVALID_ANSWERS, OVERHEAD_SECONDS, REQUESTS_BY_KIND, STAGE_CALLS, STAGE_SECONDS
@@ -328,13 +328,12 @@ class OpenAIServing(ABC, Generic[Request]):
         public = f'"model":"{client.name}"'.encode()
         done = False
         try:
-            async with closing(blocks):
-                async for block in blocks:
-                    done = done or (DONE in block and DONE in event_data(block))  # `data:[DONE]` too: a space is optional
-                    if b'"usage"' in block:
-                        for data in event_data(block):
-                            seen.add(data)
-                    yield block.replace(upstream, public) if upstream != public else block
+            async for block in blocks:
+                done = done or (DONE in block and DONE in event_data(block))  # `data:[DONE]` too: a space is optional
+                if b'"usage"' in block:
+                    for data in event_data(block):
+                        seen.add(data)
+                yield block.replace(upstream, public) if upstream != public else block
         except StageFailure as exc:
             yield error_event(exc)
         if not done:

@@ -37,7 +37,7 @@ from starlette.responses import Response
 from common.completions_protocol import CASCADE_FIELDS
 from common.protocol import ChatCompletionRequest
 from predictor.serving.features import PromptStats
-from router.closing import closing, link
+from router.closing import link
 from router.contracts import CascadeRequest, RequestOutcome, TenantLimits, TokenUsage
 from router.metrics import STAGE_CALLS
 from router.openai.chat.dialect import CHAT_DIALECT
@@ -217,24 +217,23 @@ class ChatRendering(RenderingBase[ChatCompletionRequest]):
         public = f'"model":"{self.cascade_name}"'.encode()
         rewrite = self.rewrites_logprobs
         first = self.prefix_chunk()
+        if first is not None:  # the verified draft prefix goes out at once
+            yield sse(orjson.dumps(first))
         try:
-            async with closing(events):  # a client gone during the prefix closes the stage's stream too
-                if first is not None:  # the verified draft prefix goes out at once
-                    yield sse(orjson.dumps(first))
-                async for payload in events:
-                    if b'"usage"' in payload:
-                        chunk = orjson.loads(payload)
-                        if chunk.get("usage") and not chunk.get("choices"):
-                            usage = self.usage_chunk(chunk, before)
-                            if usage is not None:
-                                yield sse(orjson.dumps(usage))
-                            continue
-                    if rewrite:
-                        rewritten = self.rewrite(orjson.loads(payload))
-                        if rewritten is not None:
-                            yield sse(orjson.dumps(rewritten))
-                    else:
-                        yield sse(payload.replace(upstream, public, 1))
+            async for payload in events:
+                if b'"usage"' in payload:
+                    chunk = orjson.loads(payload)
+                    if chunk.get("usage") and not chunk.get("choices"):
+                        usage = self.usage_chunk(chunk, before)
+                        if usage is not None:
+                            yield sse(orjson.dumps(usage))
+                        continue
+                if rewrite:
+                    rewritten = self.rewrite(orjson.loads(payload))
+                    if rewritten is not None:
+                        yield sse(orjson.dumps(rewritten))
+                else:
+                    yield sse(payload.replace(upstream, public, 1))
         except StageFailure as exc:
             yield error_event(exc)
         yield DONE_EVENT
@@ -246,17 +245,16 @@ class ChatRendering(RenderingBase[ChatCompletionRequest]):
         before = self.result.usage()
         rewrite = self.rewrites_logprobs
         first = self.prefix_chunk()
-        async with closing(events):
-            if first is not None:
-                yield first
-            async for payload in events:
-                chunk: dict[str, Any] = orjson.loads(payload)
-                out: dict[str, Any] | None = chunk
-                if chunk.get("usage") and not chunk.get("choices"):
-                    out = self.usage_chunk(chunk, before)
-                elif rewrite:
-                    out = self.rewrite(chunk)
-                else:
-                    chunk["model"] = self.cascade_name
-                if out is not None:
-                    yield out
+        if first is not None:
+            yield first
+        async for payload in events:
+            chunk: dict[str, Any] = orjson.loads(payload)
+            out: dict[str, Any] | None = chunk
+            if chunk.get("usage") and not chunk.get("choices"):
+                out = self.usage_chunk(chunk, before)
+            elif rewrite:
+                out = self.rewrite(chunk)
+            else:
+                chunk["model"] = self.cascade_name
+            if out is not None:
+                yield out

@@ -42,7 +42,7 @@ from starlette.responses import Response
 from common.completions_protocol import CASCADE_FIELDS, CompletionRequest, entries_logprobs, top_alternatives
 from common.errors import APIError
 from predictor.serving.features import PromptStats
-from router.closing import closing, link
+from router.closing import link
 from router.contracts import CascadeRequest, RequestOutcome, TenantLimits, TokenUsage
 from router.metrics import STAGE_CALLS
 from router.openai.completions.dialect import COMPLETION_SPEC, COMPLETIONS_DIALECT, completion_spec
@@ -188,37 +188,35 @@ class CompletionsRendering(RenderingBase[CompletionRequest]):
         upstream = f'"model":"{self.upstream_model}"'.encode()
         public = f'"model":"{self.cascade_name}"'.encode()
         base = {"id": "cmpl-prefix", "object": "text_completion", "created": 0, "model": self.cascade_name}
-        first = [self._chunk(base, req.prompt_text, None)] if req.echo else []
+        if req.echo:
+            yield self._chunk(base, req.prompt_text, None)
         shift = 0
         prefix = result.prefix
         if prefix is not None and prefix.accepted_tokens:  # the verified draft prefix goes out at once
             lp = self.client_logprobs(entries_logprobs(prefix.accepted_logprobs).take())
             shift = sum(len(e["token"]) for e in prefix.accepted_logprobs)
-            first.append(self._chunk(base, prefix.accepted_text, None, lp))
+            yield self._chunk(base, prefix.accepted_text, None, lp)
         # the stage was asked for max(client's, predictor's) alternatives: relay its chunks untouched only when that is the client's
         rewrite = req.logprobs is None or req.logprobs < self.top_k or shift > 0
         try:
-            async with closing(events):  # a client gone during the prefix closes the stage's stream too
-                for block in first:
-                    yield block
-                async for payload in events:
-                    if b'"usage"' in payload:
-                        chunk = orjson.loads(payload)
-                        if chunk.get("usage") and not chunk.get("choices"):
-                            if req.include_usage:
-                                chunk["usage"] = (before + TokenUsage.of(chunk["usage"])).to_dict()
-                                chunk["model"] = self.cascade_name
-                                yield sse(orjson.dumps(chunk))
-                            continue
-                    if rewrite:
-                        chunk = orjson.loads(payload)
-                        for choice in chunk.get("choices", ()):
-                            choice["logprobs"] = self.client_logprobs(choice.get("logprobs"), shift)
-                        chunk["model"] = self.cascade_name
-                        chunk.pop("usage", None)
-                        yield sse(orjson.dumps(chunk))
-                    else:
-                        yield sse(payload.replace(upstream, public, 1))
+            async for payload in events:
+                if b'"usage"' in payload:
+                    chunk = orjson.loads(payload)
+                    if chunk.get("usage") and not chunk.get("choices"):
+                        if req.include_usage:
+                            chunk["usage"] = (before + TokenUsage.of(chunk["usage"])).to_dict()
+                            chunk["model"] = self.cascade_name
+                            yield sse(orjson.dumps(chunk))
+                        continue
+                if rewrite:
+                    chunk = orjson.loads(payload)
+                    for choice in chunk.get("choices", ()):
+                        choice["logprobs"] = self.client_logprobs(choice.get("logprobs"), shift)
+                    chunk["model"] = self.cascade_name
+                    chunk.pop("usage", None)
+                    yield sse(orjson.dumps(chunk))
+                else:
+                    yield sse(payload.replace(upstream, public, 1))
         except StageFailure as exc:
             yield error_event(exc)
         yield DONE_EVENT

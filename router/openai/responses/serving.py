@@ -29,7 +29,7 @@ from starlette.responses import Response
 from common.errors import APIError
 from common.protocol import ChatCompletionRequest
 from common.responses_protocol import ResponsesRequest, responses_error
-from router.closing import aclose, closing, link
+from router.closing import link
 from router.contracts import CascadeResult, RequestOutcome, TenantLimits
 from router.metrics import STAGE_CALLS
 from router.openai.chat.dialect import CHAT_DIALECT
@@ -149,11 +149,10 @@ async def _aiter(chunks: Iterable[dict[str, Any]]) -> AsyncIterator[dict[str, An
 @link("payloads")
 async def _decoded(payloads: AsyncIterator[bytes], seen: StreamedAnswer) -> AsyncIterator[dict[str, Any]]:
     """A stage's stream of chat chunks (its SSE payloads), decoded; its usage ``seen`` on its way."""
-    async with closing(payloads):
-        async for payload in payloads:
-            seen.add(payload)
-            chunk: dict[str, Any] = orjson.loads(payload)
-            yield chunk
+    async for payload in payloads:
+        seen.add(payload)
+        chunk: dict[str, Any] = orjson.loads(payload)
+        yield chunk
 
 
 @link("chunks", "source")
@@ -161,10 +160,11 @@ async def _translate(
     builder: ResponseBuilder, chunks: AsyncIterator[dict[str, Any]], source: AsyncIterator[bytes] | None = None
 ) -> AsyncIterator[bytes]:
     """Chat chunks as the Responses event stream. A stage's ``error`` chunk or a ``StageFailure`` ends it with
-    ``error`` and ``response.failed`` (``upstream_error``'s message); ``source``, the stage's stream, is closed."""
+    ``error`` and ``response.failed`` (``upstream_error``'s message); ``source``, the stage's stream, is closed with
+    it (``link``)."""
+    for event in builder.start():
+        yield event
     try:
-        for event in builder.start():
-            yield event
         async for chunk in chunks:
             error = chunk.get("error")
             if error is not None:  # the stage's last event when it failed mid-stream
@@ -183,9 +183,5 @@ async def _translate(
         for event in builder.fail(f"internal error: {type(exc).__name__}", "server_error"):
             yield event
         return
-    finally:
-        await aclose(chunks)
-        if source is not None:
-            await aclose(source)
     for event in builder.finish():
         yield event
