@@ -43,7 +43,7 @@ from jsonschema.exceptions import SchemaError
 from jsonschema.protocols import Validator
 from referencing import Registry
 
-from common.protocol import SAMPLING_EXTRAS
+from common.protocol import SAMPLING_EXTRAS, extra_in_effect
 from common.settings import StageConfig
 
 # each a ``StageConfig`` flag (or property: ``vllm_extras`` is dialect vllm) of that name
@@ -110,7 +110,7 @@ def extras_needs(body: Mapping[str, Any]) -> dict[Capability, str]:
     """vLLM's sampling extras (``top_k``, ``min_p``, ...: ``SAMPLING_EXTRAS``) need a stage of dialect vllm: a hosted
     API (dialect openai or litellm) refuses or ignores them. The first one the body holds names the need."""
     for name in SAMPLING_EXTRAS:
-        if body.get(name) is not None:
+        if extra_in_effect(body, name):
             return {"vllm_extras": name}
     return {}
 

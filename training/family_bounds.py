@@ -37,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from training import dataset, replay
-from training.family_recalibration import EVIDENCE, family_args
+from training.family_recalibration import EVIDENCE, family_args, logit, lower_beliefs, with_lower_beliefs
 from training.learning_curve import TARGET_COMPUTE, TARGET_POINTS, Setup, fold_fitter, halves, request_labels, setup, training_rows, visits
 from training.replay import Beliefs, UnitCosts
 
@@ -181,24 +181,6 @@ def neighbour_mean(similarity: np.ndarray, labels: np.ndarray, k: int, exclude: 
     return out
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    q = np.clip(p, 1e-4, 1 - 1e-4)
-    out: np.ndarray = np.log(q / (1 - q))
-    return out
-
-
-def _slots(b: Beliefs) -> list[tuple[str, int, tuple[Any, ...]]]:
-    """Every belief about a lower stage j, as (array name, j, index): the answer model's p̂, the prompt-only prior,
-    the beliefs after each stage below j answered, early exit's at each checkpoint."""
-    n = b.p_hat.shape[1]
-    out: list[tuple[str, int, tuple[Any, ...]]] = []
-    for j in range(n - 1):
-        out += [("p_hat", j, (slice(None), j)), ("priors", j, (slice(None), j))]
-        out += [("after", j, (slice(None), i, j)) for i in range(j)]
-        out += [("prefix_q", j, (slice(None), j, k)) for k in range(b.prefix_q.shape[2])]
-    return out
-
-
 def similar(s: Setup, fams: Sequence[Family], texts: Sequence[str], source: str) -> dict[str, Beliefs]:
     """Bound 2's beliefs on each test half for the label stream ``source``: every belief about a lower stage combined
     with the neighbours' label mean by a logistic regression fitted on the other families' stream halves (a belief
@@ -218,9 +200,8 @@ def similar(s: Setup, fams: Sequence[Family], texts: Sequence[str], source: str)
             feats[f.name, j] = (neighbour_mean(on_stream, y, NEIGHBOURS, own), neighbour_mean(on_test, y, NEIGHBOURS))
     out = {}
     for f in fams:
-        b = f.test_beliefs
-        arrays = {"p_hat": b.p_hat.copy(), "priors": b.priors.copy(), "after": b.after.copy(), "prefix_q": b.prefix_q.copy()}
-        for name, j, ix in _slots(b):
+        out[f.name], arrays = with_lower_beliefs(f.test_beliefs)
+        for name, j, ix in lower_beliefs(f.test_beliefs):
             rows, ys = [], []
             for g in fams:
                 if g is f:
@@ -228,7 +209,7 @@ def similar(s: Setup, fams: Sequence[Family], texts: Sequence[str], source: str)
                 pos, y = g.labels[source][j]
                 belief, near = getattr(g.stream_beliefs, name)[ix][pos], feats[g.name, j][0][pos]
                 ok = ~np.isnan(belief) & ~np.isnan(near)
-                rows.append(np.c_[_logit(belief[ok]), near[ok]])
+                rows.append(np.c_[logit(belief[ok]), near[ok]])
                 ys.append(y[ok])
             xs, y_all = np.concatenate(rows), np.concatenate(ys)
             if len(np.unique(y_all)) < 2:
@@ -237,9 +218,7 @@ def similar(s: Setup, fams: Sequence[Family], texts: Sequence[str], source: str)
             belief, near = arrays[name][ix], feats[f.name, j][1]  # a view: written in place
             ok = ~np.isnan(belief) & ~np.isnan(near)
             if ok.any():
-                belief[ok] = fit.predict_proba(np.c_[_logit(belief[ok]), near[ok]])[:, 1]
-        out[f.name] = Beliefs(arrays["priors"], arrays["p_hat"], arrays["after"], arrays["prefix_q"], b.strengths, b.rule_cost,
-                              b.to_finish, b.evidence)  # fmt: skip
+                belief[ok] = fit.predict_proba(np.c_[logit(belief[ok]), near[ok]])[:, 1]
     return out
 
 

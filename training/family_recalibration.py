@@ -28,6 +28,7 @@ import argparse
 import json
 import zlib
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ EVIDENCE = 50.0  # the fold models' risk evidence, as the learning curve fits th
 PRIOR_PRECISION = 1.0  # the offset's Gaussian prior: N(0, 1) on the logit scale
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
+def logit(p: np.ndarray) -> np.ndarray:
     q = np.clip(p, 1e-4, 1 - 1e-4)
     out: np.ndarray = np.log(q / (1 - q))
     return out
@@ -58,7 +59,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 def offset(y: np.ndarray, p: np.ndarray) -> float:
     """The MAP logit offset b of ``p`` for labels ``y``: maximises sum log Bernoulli(y | sigmoid(logit p + b)) - b² / 2
     (Newton's method; the objective is concave)."""
-    z, b = _logit(p), 0.0
+    z, b = logit(p), 0.0
     for _ in range(50):
         q = _sigmoid(z + b)
         step = (float(np.sum(y - q)) - PRIOR_PRECISION * b) / (float(np.sum(q * (1 - q))) + PRIOR_PRECISION)
@@ -68,20 +69,38 @@ def offset(y: np.ndarray, p: np.ndarray) -> float:
     return b
 
 
-def recalibrated(stream: Beliefs, y: np.ndarray, test: Beliefs) -> Beliefs:
-    """``test`` with every belief about a lower stage j shifted by the offset that fits it to ``y[:, j]`` on ``stream``."""
-    n = y.shape[1]
-    p_hat, priors, after, prefix_q = test.p_hat.copy(), test.priors.copy(), test.after.copy(), test.prefix_q.copy()
+BeliefSlot = tuple[str, int, tuple[Any, ...]]
+
+
+def lower_beliefs(b: Beliefs) -> list[BeliefSlot]:
+    """Every belief about a lower stage j, as (``Beliefs`` field, j, index into it): the answer model's p̂, the
+    prompt-only prior, the beliefs after each stage below j answered, early exit's at each checkpoint (NaN where the
+    answer did not reach it)."""
+    n = b.p_hat.shape[1]
+    out: list[BeliefSlot] = []
     for j in range(n - 1):
-        p_hat[:, j] = _sigmoid(_logit(p_hat[:, j]) + offset(y[:, j], stream.p_hat[:, j]))
-        priors[:, j] = _sigmoid(_logit(priors[:, j]) + offset(y[:, j], stream.priors[:, j]))
-        for i in range(j):
-            after[:, i, j] = _sigmoid(_logit(after[:, i, j]) + offset(y[:, j], stream.after[:, i, j]))
-        for k in range(prefix_q.shape[2]):  # early exit's beliefs at each checkpoint, where the answer reached it
-            seen = ~np.isnan(stream.prefix_q[:, j, k])
-            b = offset(y[seen, j], stream.prefix_q[seen, j, k])
-            prefix_q[:, j, k] = _sigmoid(_logit(prefix_q[:, j, k]) + b)  # NaN (no prefix there) stays NaN
-    return Beliefs(priors, p_hat, after, prefix_q, test.strengths, test.rule_cost, test.to_finish, test.evidence)
+        out += [("p_hat", j, (slice(None), j)), ("priors", j, (slice(None), j))]
+        out += [("after", j, (slice(None), i, j)) for i in range(j)]
+        out += [("prefix_q", j, (slice(None), j, k)) for k in range(b.prefix_q.shape[2])]
+    return out
+
+
+def with_lower_beliefs(b: Beliefs) -> tuple[Beliefs, dict[str, np.ndarray]]:
+    """A copy of ``b`` whose arrays of ``lower_beliefs`` are its own (to be written in place), and those arrays."""
+    arrays = {name: getattr(b, name).copy() for name in ("p_hat", "priors", "after", "prefix_q")}
+    return replace(b, **arrays), arrays
+
+
+def recalibrated(stream: Beliefs, y: np.ndarray, test: Beliefs) -> Beliefs:
+    """``test`` with every belief about a lower stage j shifted by the offset that fits it to ``y[:, j]`` on ``stream``
+    (an early-exit belief: on the stream tasks whose answer reached its checkpoint)."""
+    out, arrays = with_lower_beliefs(test)
+    for name, j, ix in lower_beliefs(test):
+        fitted = getattr(stream, name)[ix]
+        seen = ~np.isnan(fitted)
+        belief = arrays[name][ix]  # a view: written in place
+        belief[:] = _sigmoid(logit(belief) + offset(y[seen, j], fitted[seen]))  # NaN (no prefix there) stays NaN
+    return out
 
 
 def family(s: Setup, name: str, seed: int, lams: Sequence[float]) -> dict[str, Any]:
